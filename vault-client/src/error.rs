@@ -1,0 +1,180 @@
+//! The one error type of this crate.
+
+use std::fmt;
+use std::path::PathBuf;
+
+/// What went wrong talking to Vault, with the context needed to act on it.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// A configuration value (an environment variable or a builder input) is invalid.
+    #[error("invalid configuration {setting}: {reason}")]
+    Config {
+        /// The setting, e.g. `VAULT_ADDR` or `tls_server_name`.
+        setting: String,
+        /// Why it was rejected.
+        reason: String,
+    },
+    /// A configured file (CA bundle, client certificate or key) could not be read.
+    #[error("cannot read {what} {}: {source}", path.display())]
+    ReadFile {
+        /// What the file is for, e.g. "CA bundle (VAULT_CACERT)".
+        what: String,
+        /// The file.
+        path: PathBuf,
+        /// The underlying I/O error.
+        source: std::io::Error,
+    },
+    /// A configured file was read but does not hold the PEM material expected.
+    #[error("{what} {}: {reason}", path.display())]
+    BadPem {
+        /// What the file is for.
+        what: String,
+        /// The file.
+        path: PathBuf,
+        /// What is wrong with it.
+        reason: String,
+    },
+    /// Vault answered with an error status.
+    #[error("{method} {path}: HTTP {status}{}", fmt_errors(errors))]
+    Api {
+        /// HTTP method.
+        method: String,
+        /// Vault path, without the `/v1/` prefix.
+        path: String,
+        /// HTTP status code.
+        status: u16,
+        /// Vault's `errors` array (may be empty).
+        errors: Vec<String>,
+    },
+    /// The request never got an HTTP answer (connect, TLS, timeout, reset).
+    #[error("{method} {path}: {kind} after {attempts} attempt(s): {message}")]
+    Transport {
+        /// HTTP method.
+        method: String,
+        /// Vault path, without the `/v1/` prefix.
+        path: String,
+        /// The failure class, for callers that branch on it.
+        kind: TransportKind,
+        /// How many attempts were made (retries included).
+        attempts: u32,
+        /// The full cause chain, flattened to text.
+        message: String,
+        /// The underlying error.
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
+    /// Vault answered 2xx but the body is not what the endpoint documents.
+    #[error("{method} {path}: unexpected response body: {reason}")]
+    Decode {
+        /// HTTP method.
+        method: String,
+        /// Vault path.
+        path: String,
+        /// What did not match.
+        reason: String,
+    },
+}
+
+fn fmt_errors(errors: &[String]) -> String {
+    if errors.is_empty() {
+        String::new()
+    } else {
+        format!(": {}", errors.join("; "))
+    }
+}
+
+impl Error {
+    /// The HTTP status, when Vault answered.
+    pub fn status(&self) -> Option<u16> {
+        match self {
+            Error::Api { status, .. } => Some(*status),
+            _ => None,
+        }
+    }
+
+    /// The transport failure class, when the request got no HTTP answer.
+    pub fn transport_kind(&self) -> Option<TransportKind> {
+        match self {
+            Error::Transport { kind, .. } => Some(*kind),
+            _ => None,
+        }
+    }
+
+    /// True for a connection reset by peer (ECONNRESET, errno 104): the listener is
+    /// restarting, or rejected the client certificate, SNI or chain mid-handshake.
+    pub fn is_connection_reset(&self) -> bool {
+        self.transport_kind() == Some(TransportKind::ConnectionReset)
+    }
+
+    /// True when Vault said 404 (absent path; absent role, mapping or secret).
+    pub fn is_not_found(&self) -> bool {
+        self.status() == Some(404)
+    }
+
+    /// True when Vault said 403 (token lacks the capability, or is invalid).
+    pub fn is_forbidden(&self) -> bool {
+        self.status() == Some(403)
+    }
+}
+
+/// Why a request got no HTTP answer. Each names the likely operational cause.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum TransportKind {
+    /// Nothing is listening at the address (ECONNREFUSED).
+    ConnectionRefused,
+    /// The peer reset the connection (ECONNRESET, errno 104).
+    ConnectionReset,
+    /// The server rejected or required our client certificate.
+    ClientCertRejected,
+    /// The server's certificate does not chain to the trusted CA bundle.
+    ServerCertUntrusted,
+    /// The server's certificate is not valid for the TLS server name we expect.
+    ServerNameMismatch,
+    /// Another TLS failure (protocol, expired certificate, ...).
+    Tls,
+    /// The connect or request timeout elapsed.
+    Timeout,
+    /// Anything else (DNS, malformed response, ...).
+    Other,
+}
+
+impl TransportKind {
+    /// Safe to retry even a non-idempotent request: nothing reached the server.
+    pub(crate) fn request_not_sent(self) -> bool {
+        matches!(self, TransportKind::ConnectionRefused)
+    }
+
+    /// Worth retrying for an idempotent request.
+    pub(crate) fn transient(self) -> bool {
+        matches!(
+            self,
+            TransportKind::ConnectionRefused
+                | TransportKind::ConnectionReset
+                | TransportKind::Timeout
+        )
+    }
+}
+
+impl fmt::Display for TransportKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            TransportKind::ConnectionRefused => "connection refused (nothing listening)",
+            TransportKind::ConnectionReset => "connection reset by peer (errno 104)",
+            TransportKind::ClientCertRejected => {
+                "client certificate rejected or missing (the listener requires mTLS)"
+            }
+            TransportKind::ServerCertUntrusted => "server certificate not trusted by the CA bundle",
+            TransportKind::ServerNameMismatch => {
+                "server certificate not valid for the TLS server name"
+            }
+            TransportKind::Tls => "TLS failure",
+            TransportKind::Timeout => "timed out",
+            TransportKind::Other => "transport failure",
+        })
+    }
+}
+
+/// Result alias for this crate.
+pub type Result<T, E = Error> = std::result::Result<T, E>;
