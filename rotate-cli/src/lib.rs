@@ -1,4 +1,32 @@
-//! The rotation workflow as a library: configuration, plan, ordered steps and their gates.
+//! The rotation workflow as a library, so other Rust tools can embed it; the `rotate`
+//! binary is a thin shell around [`run`].
+//!
+//! - [`Config`]: the TOML topology (Vault, PKI mount, agents, apps, proxy).
+//! - [`status()`]: reachability, seal state, version and identity over mTLS.
+//! - [`Exit`]: the documented exit codes.
+//!
+//! ```no_run
+//! # async fn demo() -> anyhow::Result<()> {
+//! use rotate_cli::{Config, status};
+//! let cfg = Config::load(std::path::Path::new("/etc/rotate/prod.toml"))?;
+//! let client_cfg = cfg.client_config()?;
+//! let vault = vault_client::VaultClient::new(&client_cfg)?;
+//! let report = status(&vault, client_cfg.addr.as_str(), None, true).await?;
+//! println!("{report}");
+//! # Ok(()) }
+//! ```
 
 #![forbid(unsafe_code)]
 #![deny(missing_docs)]
+
+mod cli;
+mod config;
+mod exit;
+mod status;
+
+pub use cli::{Cli, Command, Output, run};
+pub use config::{
+    AgentsSection, AppConfig, Config, ConfigError, KeyMode, PkiSection, ProxySection, VaultSection,
+};
+pub use exit::Exit;
+pub use status::{Identity, StatusReport, status};

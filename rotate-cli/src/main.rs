@@ -1,1 +1,17 @@
-fn main() {}
+//! `rotate`: parse the command line, run, exit with a documented code (see `rotate_cli::Exit`).
+
+use clap::Parser;
+
+#[tokio::main]
+async fn main() -> std::process::ExitCode {
+    let cli = rotate_cli::Cli::parse();
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("ROTATE_LOG")
+                .unwrap_or_else(|_| "warn".into()),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let mut stdout = std::io::stdout().lock();
+    rotate_cli::run(cli, &mut stdout).await.into()
+}

@@ -1,1 +1,60 @@
-//! The OpenBao lab.
+//! The OpenBao lab: a real `bao server` (OpenBao 2.7.2) on loopback with a TLS listener
+//! that requires client certificates, shaped like the seed's production. One
+//! implementation backs both the integration tests ([`shared`]) and the README's
+//! main-job command (the `rotate-lab` binary).
+//!
+//! ```no_run
+//! # async fn demo() -> anyhow::Result<()> {
+//! let lab = rotate_tests::Lab::start(std::path::Path::new("target/lab")).await?;
+//! println!("export VAULT_ADDR={}", lab.addr);
+//! # Ok(()) }
+//! ```
+
+#![deny(missing_docs)]
+
+mod lab;
+mod pki;
+
+pub use lab::{Lab, LabPaths, PKI_MOUNT, SERVER_NAME, bao_binary, spawn_tied};
+pub use pki::{INTERMEDIATE_CN, LabCa, Leaf, ROOT_CN, write_file};
+
+use std::sync::OnceLock;
+
+/// The lab shared by every test of one test binary: started on first use in a thread that
+/// lives as long as the process (the server is tied to it and dies with the binary).
+pub fn shared() -> &'static Lab {
+    static LAB: OnceLock<&'static Lab> = OnceLock::new();
+    LAB.get_or_init(|| {
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::Builder::new()
+            .name("openbao-lab".into())
+            .spawn(move || {
+                let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+                    .join("../target/lab-tests")
+                    .join(std::process::id().to_string());
+                let rt = tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                    .map_err(anyhow::Error::from);
+                let lab = rt.and_then(|rt| rt.block_on(Lab::start(&dir)));
+                match lab {
+                    Ok(lab) => {
+                        let _ = tx.send(Ok(&*Box::leak(Box::new(lab))));
+                        // Keep this thread (the server's parent) alive until the process exits.
+                        loop {
+                            std::thread::park();
+                        }
+                    }
+                    Err(e) => {
+                        let _ = tx.send(Err(format!("{e:#}")));
+                    }
+                }
+            })
+            .expect("spawn lab thread");
+        match rx.recv() {
+            Ok(Ok(lab)) => lab,
+            Ok(Err(e)) => panic!("OpenBao lab failed to start: {e}"),
+            Err(_) => panic!("OpenBao lab thread died"),
+        }
+    })
+}

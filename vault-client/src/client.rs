@@ -93,6 +93,19 @@ impl VaultClient {
         body: Option<serde_json::Value>,
         idem: Idempotency,
     ) -> Result<HttpResponse> {
+        self.send_accepting(method, path, body, idem, &[]).await
+    }
+
+    /// Like [`VaultClient::send`], where the statuses in `answers` are meaningful answers of
+    /// this endpoint (e.g. 429 = standby for `sys/health`), never retried.
+    pub(crate) async fn send_accepting(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<serde_json::Value>,
+        idem: Idempotency,
+        answers: &[u16],
+    ) -> Result<HttpResponse> {
         let req = HttpRequest {
             method,
             path: path.trim_start_matches('/').to_owned(),
@@ -105,13 +118,20 @@ impl VaultClient {
             attempt += 1;
             let result = self.transport.send(&req).await;
             let outcome = match &result {
-                Ok(resp) => Outcome::Status(resp.status),
-                Err(f) => Outcome::Transport(f.kind),
+                Ok(resp) if answers.contains(&resp.status) => None,
+                Ok(resp) if resp.status == 400 && is_kv_upgrading(&resp.body) => {
+                    Some(Outcome::KvUpgrading)
+                }
+                Ok(resp) => Some(Outcome::Status(resp.status)),
+                Err(f) => Some(Outcome::Transport(f.kind)),
             };
             let wait = self.retry.delay(attempt);
             let budget_left = attempt < self.retry.max_attempts
                 && start.elapsed() + wait < self.retry.max_elapsed;
-            if budget_left && is_retryable(idem, outcome) {
+            if let Some(outcome) = outcome
+                && budget_left
+                && is_retryable(idem, outcome)
+            {
                 tracing::debug!(
                     method = method.as_str(),
                     path,
@@ -184,6 +204,11 @@ impl VaultClient {
     }
 }
 
+fn is_kv_upgrading(body: &[u8]) -> bool {
+    const MSG: &[u8] = b"Upgrading from non-versioned to versioned data";
+    body.windows(MSG.len()).any(|w| w == MSG)
+}
+
 pub(crate) fn decode<T: DeserializeOwned>(
     method: Method,
     path: &str,
@@ -197,9 +222,23 @@ pub(crate) fn decode<T: DeserializeOwned>(
         .map_err(|e| Error::Decode {
             method: method.as_str().into(),
             path: path.trim_start_matches('/').to_owned(),
-            // serde_json's message names the field and position, never the value.
-            reason: e.to_string(),
+            reason: redacted_decode_error(&e),
         })
+}
+
+/// serde's message quotes the offending value ("invalid type: string \"-----BEGIN ..."),
+/// which may be a key or a token: keep only what was expected and where.
+fn redacted_decode_error(e: &serde_json::Error) -> String {
+    let msg = e.to_string();
+    let what = match msg.rfind(", expected ") {
+        Some(i) if msg.starts_with("invalid") => {
+            let expected = &msg[i + 2..];
+            let expected = expected.split(" at line ").next().unwrap_or(expected);
+            format!("invalid value, {expected}")
+        }
+        _ => msg.split(" at line ").next().unwrap_or(&msg).to_owned(),
+    };
+    format!("{what} at line {} column {}", e.line(), e.column())
 }
 
 pub(crate) fn api_error(method: Method, path: &str, resp: &HttpResponse) -> Error {
@@ -385,6 +424,29 @@ mod tests {
             Error::Transport { attempts, .. } => assert!((3..=8).contains(&attempts), "{attempts}"),
             other => panic!("{other}"),
         }
+    }
+
+    #[test]
+    fn decode_errors_never_quote_the_value() {
+        let resp = HttpResponse {
+            status: 200,
+            body: Zeroizing::new(br#"{"data":{"keys":"-----BEGIN PRIVATE KEY-----"}}"#.to_vec()),
+        };
+        #[derive(Debug, serde::Deserialize)]
+        #[allow(dead_code)]
+        struct D {
+            data: K,
+        }
+        #[derive(Debug, serde::Deserialize)]
+        #[allow(dead_code)]
+        struct K {
+            keys: Vec<String>,
+        }
+        let err = decode::<D>(Method::Get, "x", &resp)
+            .unwrap_err()
+            .to_string();
+        assert!(!err.contains("PRIVATE"), "{err}");
+        assert!(err.contains("expected a sequence"), "{err}");
     }
 
     #[tokio::test(start_paused = true)]

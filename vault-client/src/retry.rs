@@ -68,6 +68,9 @@ pub enum Idempotency {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Outcome {
     Status(u16),
+    /// A KV mount just enabled as v2 answers 400 "Upgrading from non-versioned to versioned
+    /// data" for a moment: transient.
+    KvUpgrading,
     Transport(TransportKind),
 }
 
@@ -76,6 +79,7 @@ pub(crate) fn is_retryable(idem: Idempotency, outcome: Outcome) -> bool {
     match outcome {
         Outcome::Transport(kind) if kind.request_not_sent() => true,
         Outcome::Transport(kind) => idem == Idempotency::Idempotent && kind.transient(),
+        Outcome::KvUpgrading => idem == Idempotency::Idempotent,
         Outcome::Status(s) => idem == Idempotency::Idempotent && matches!(s, 429 | 500 | 502 | 504),
     }
 }
@@ -94,6 +98,8 @@ mod tests {
         assert!(!is_retryable(NonIdempotent, t(Timeout)));
         assert!(!is_retryable(NonIdempotent, Outcome::Status(502)));
         assert!(is_retryable(Idempotent, t(ConnectionReset)));
+        assert!(is_retryable(Idempotent, Outcome::KvUpgrading));
+        assert!(!is_retryable(NonIdempotent, Outcome::KvUpgrading));
         assert!(is_retryable(Idempotent, t(Timeout)));
         for s in [429, 500, 502, 504] {
             assert!(is_retryable(Idempotent, Outcome::Status(s)), "{s}");

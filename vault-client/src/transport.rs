@@ -228,7 +228,11 @@ fn classify(err: reqwest::Error) -> TransportFailure {
                     kind = TransportKind::ConnectionRefused;
                     break;
                 }
-                std::io::ErrorKind::ConnectionReset | std::io::ErrorKind::BrokenPipe => {
+                // A peer that closes mid-exchange (a restarting listener, a stale pooled
+                // connection) is the same operational event as a reset.
+                std::io::ErrorKind::ConnectionReset
+                | std::io::ErrorKind::BrokenPipe
+                | std::io::ErrorKind::UnexpectedEof => {
                     kind = TransportKind::ConnectionReset;
                     break;
                 }
@@ -239,6 +243,12 @@ fn classify(err: reqwest::Error) -> TransportFailure {
                 cur = Some(inner as &(dyn std::error::Error + 'static));
                 continue;
             }
+        }
+        if e.to_string()
+            .contains("connection closed before message completed")
+        {
+            kind = TransportKind::ConnectionReset;
+            break;
         }
         cur = e.source();
     }

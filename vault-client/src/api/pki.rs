@@ -211,8 +211,9 @@ impl PkiApi for VaultClient {
     async fn read_ca_chain(&self, mount: &str) -> Result<String> {
         #[derive(Deserialize)]
         struct C {
+            // A string here (OpenBao), an array on the issuer endpoints.
             #[serde(default)]
-            ca_chain: Vec<String>,
+            ca_chain: Option<Value>,
             certificate: String,
         }
         let d: Data<C> = self
@@ -223,10 +224,14 @@ impl PkiApi for VaultClient {
                 Idempotent,
             )
             .await?;
-        Ok(if d.data.ca_chain.is_empty() {
-            d.data.certificate
-        } else {
-            d.data.ca_chain.join("\n")
+        Ok(match d.data.ca_chain {
+            Some(Value::String(s)) if !s.is_empty() => s,
+            Some(Value::Array(a)) if !a.is_empty() => a
+                .iter()
+                .filter_map(Value::as_str)
+                .collect::<Vec<_>>()
+                .join("\n"),
+            _ => d.data.certificate,
         })
     }
 

@@ -224,7 +224,10 @@ fn trim(path: &str) -> &str {
 impl SysApi for VaultClient {
     async fn health(&self) -> Result<Health> {
         let path = "sys/health";
-        let resp = self.send(Method::Get, path, None, Idempotent).await?;
+        let answers = [200, 429, 472, 473, 474, 501, 503];
+        let resp = self
+            .send_accepting(Method::Get, path, None, Idempotent, &answers)
+            .await?;
         let Some(state) = HealthState::from_status(resp.status) else {
             return Err(api_error(Method::Get, path, &resp));
         };
@@ -344,6 +347,39 @@ mod tests {
         assert_eq!(m("kv", Some("1")).kv_version(), Some(1));
         assert_eq!(m("kv", None).kv_version(), Some(1));
         assert_eq!(m("pki", None).kv_version(), None);
+    }
+
+    #[tokio::test]
+    async fn health_parses_the_body_of_every_documented_status() {
+        use crate::transport::{HttpResponse, MockTransport};
+        use std::sync::Arc;
+        for (code, state, sealed, standby) in [
+            (200, HealthState::Active, false, false),
+            (429, HealthState::Standby, false, true),
+            (472, HealthState::DrSecondary, false, false),
+            (473, HealthState::PerformanceStandby, false, true),
+            (474, HealthState::StandbyNotReady, false, true),
+            (501, HealthState::NotInitialized, true, false),
+            (503, HealthState::Sealed, true, false),
+        ] {
+            let body = format!(
+                r#"{{"initialized":{},"sealed":{sealed},"standby":{standby},"version":"2.7.2"}}"#,
+                code != 501
+            );
+            let mut t = MockTransport::new();
+            t.expect_send().times(1).returning(move |_| {
+                Ok(HttpResponse {
+                    status: code,
+                    body: Zeroizing::new(body.clone().into_bytes()),
+                })
+            });
+            let c = VaultClient::with_transport(Arc::new(t), crate::RetryPolicy::default());
+            let h = c.health().await.unwrap();
+            assert_eq!((h.status, h.state), (code, state));
+            assert_eq!((h.body.sealed, h.body.standby), (sealed, standby));
+            assert_eq!(h.body.initialized, code != 501);
+            assert_eq!(h.body.version, "2.7.2");
+        }
     }
 
     #[test]

@@ -1,0 +1,414 @@
+//! The TOML configuration: the seed's topology, expressed as-is.
+//!
+//! See `rotate-cli/examples/prod.toml` for the production shape.
+
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+use vault_client::ClientConfig;
+
+/// A configuration problem, naming the file and the setting.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ConfigError {
+    /// The file could not be read.
+    #[error("cannot read config {}: {source}", path.display())]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// Cause.
+        source: std::io::Error,
+    },
+    /// The file is not valid TOML for this schema.
+    #[error("invalid config {}: {message}", path.display())]
+    Parse {
+        /// The file.
+        path: PathBuf,
+        /// TOML's message (with line and column).
+        message: String,
+    },
+    /// A value is invalid.
+    #[error("invalid config {}: {setting}: {reason}", path.display())]
+    Invalid {
+        /// The file.
+        path: PathBuf,
+        /// The setting, e.g. `apps[1].name`.
+        setting: String,
+        /// Why.
+        reason: String,
+    },
+    /// An app named on the command line is not in the config.
+    #[error("unknown app {name:?} (configured: {known})")]
+    UnknownApp {
+        /// The name given.
+        name: String,
+        /// The configured names.
+        known: String,
+    },
+    /// The Vault client configuration is invalid.
+    #[error(transparent)]
+    Vault(#[from] vault_client::Error),
+}
+
+/// The whole configuration.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// Environment name, e.g. `prod` (shown in every report).
+    pub env: String,
+    /// How to reach Vault.
+    pub vault: VaultSection,
+    /// The PKI mount and its issuer.
+    pub pki: PkiSection,
+    /// Agent login certificates and cert auth mappings (step 3).
+    #[serde(default)]
+    pub agents: AgentsSection,
+    /// The apps.
+    #[serde(default)]
+    pub apps: Vec<AppConfig>,
+    /// The proxy app, e.g. `proxyprod`.
+    #[serde(default)]
+    pub proxy: Option<ProxySection>,
+    /// The file this was loaded from (set by [`Config::load`]).
+    #[serde(skip)]
+    pub source: PathBuf,
+}
+
+/// `[vault]`: unset values fall back to the `VAULT_*` / `BAO_*` environment.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct VaultSection {
+    /// Address, e.g. `https://127.0.0.1:22400`.
+    pub addr: Option<String>,
+    /// TLS server name (SNI), e.g. `vault.prod.privsec.ch`.
+    pub tls_server_name: Option<String>,
+    /// CA bundle clients use to verify the listener.
+    pub ca_cert: Option<PathBuf>,
+    /// Admin client certificate.
+    pub client_cert: Option<PathBuf>,
+    /// Admin client key.
+    pub client_key: Option<PathBuf>,
+    /// File holding the admin token (else `VAULT_TOKEN`).
+    pub token_file: Option<PathBuf>,
+}
+
+/// `[pki]`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PkiSection {
+    /// Mount, e.g. `pki-prod`.
+    pub mount: String,
+    /// Expected issuer common name, e.g. `PrivSec Intermediate CA (prod)`.
+    pub issuer_name: String,
+}
+
+/// How agent keys are made.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, serde::Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum KeyMode {
+    /// Generate the key here (ECDSA P-256) and send a CSR to `pki/sign`: the key never
+    /// leaves the host.
+    #[default]
+    CsrEcdsaP256,
+    /// Like `csr-ecdsa-p256` with RSA 2048.
+    CsrRsa2048,
+    /// Let Vault generate the key (`pki/issue`).
+    Vault,
+}
+
+/// `[agents]`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AgentsSection {
+    /// Domain of agent CNs: `agent-<app>.<domain>`.
+    pub domain: String,
+    /// Cert auth mount path (`auth/<mount>`).
+    pub cert_auth_mount: String,
+    /// Policy attached to every agent mapping besides `pki-issue-<app>`.
+    pub marker_policy: String,
+    /// Agent certificate TTL.
+    pub ttl: String,
+    /// Role max TTL.
+    pub max_ttl: String,
+    /// Token TTL of the mapping, seconds.
+    pub token_ttl: u64,
+    /// How keys are made.
+    pub key_mode: KeyMode,
+    /// Create missing PKI roles (else a missing role is an error).
+    pub create_roles: bool,
+}
+
+impl Default for AgentsSection {
+    fn default() -> Self {
+        AgentsSection {
+            domain: "prod.privsec.ch".into(),
+            cert_auth_mount: "cert".into(),
+            marker_policy: "marker-cert-auth".into(),
+            ttl: "720h".into(),
+            max_ttl: "720h".into(),
+            token_ttl: 3600,
+            key_mode: KeyMode::default(),
+            create_roles: true,
+        }
+    }
+}
+
+/// `[[apps]]`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AppConfig {
+    /// App name, e.g. `ncprd1`.
+    pub name: String,
+    /// Home directory, e.g. `/home/ncprd1`.
+    pub home: PathBuf,
+    /// Owner of the app's files (by name); unset = don't chown.
+    #[serde(default)]
+    pub user: Option<String>,
+    /// Group of the app's files; defaults to `user`.
+    #[serde(default)]
+    pub group: Option<String>,
+    /// User systemd unit of the agent; default `vault-agent-<app>.service`.
+    #[serde(default)]
+    pub unit: Option<String>,
+}
+
+impl AppConfig {
+    /// `<home>/vault/mtls/agent.key`.
+    pub fn agent_key(&self) -> PathBuf {
+        self.home.join("vault/mtls/agent.key")
+    }
+    /// `<home>/vault/mtls/agent.crt`.
+    pub fn agent_cert(&self) -> PathBuf {
+        self.home.join("vault/mtls/agent.crt")
+    }
+    /// `<home>/vault/ca/ca.pem`.
+    pub fn ca_file(&self) -> PathBuf {
+        self.home.join("vault/ca/ca.pem")
+    }
+    /// The agent's user unit.
+    pub fn unit(&self) -> String {
+        self.unit
+            .clone()
+            .unwrap_or_else(|| format!("vault-agent-{}.service", self.name))
+    }
+    /// The group, defaulting to the user.
+    pub fn group(&self) -> Option<&str> {
+        self.group.as_deref().or(self.user.as_deref())
+    }
+}
+
+/// `[proxy]`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ProxySection {
+    /// Proxy app name, e.g. `proxyprod`.
+    pub name: String,
+}
+
+impl Config {
+    /// Read and validate a config file.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
+        Config::parse(&text, path)
+    }
+
+    /// Parse and validate `text` (from `path`, for messages; relative paths in the file
+    /// are resolved against its directory).
+    pub fn parse(text: &str, path: &Path) -> Result<Config, ConfigError> {
+        let mut cfg: Config = toml::from_str(text).map_err(|e| ConfigError::Parse {
+            path: path.to_owned(),
+            message: e.to_string(),
+        })?;
+        cfg.source = path.to_owned();
+        let base = path.parent().unwrap_or(Path::new("."));
+        let abs = |p: &mut PathBuf| {
+            if p.is_relative() {
+                *p = base.join(&*p);
+            }
+        };
+        for p in [
+            &mut cfg.vault.ca_cert,
+            &mut cfg.vault.client_cert,
+            &mut cfg.vault.client_key,
+            &mut cfg.vault.token_file,
+        ]
+        .into_iter()
+        .flatten()
+        {
+            abs(p);
+        }
+        for app in &mut cfg.apps {
+            abs(&mut app.home);
+        }
+        cfg.validate()?;
+        Ok(cfg)
+    }
+
+    fn invalid(&self, setting: impl Into<String>, reason: impl Into<String>) -> ConfigError {
+        ConfigError::Invalid {
+            path: self.source.clone(),
+            setting: setting.into(),
+            reason: reason.into(),
+        }
+    }
+
+    fn validate(&self) -> Result<(), ConfigError> {
+        let name_ok = |s: &str| {
+            !s.is_empty()
+                && s.chars()
+                    .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+        };
+        if !name_ok(&self.pki.mount) {
+            return Err(self.invalid(
+                "pki.mount",
+                format!("{:?} is not a mount name", self.pki.mount),
+            ));
+        }
+        if !name_ok(&self.agents.cert_auth_mount) {
+            return Err(self.invalid("agents.cert_auth_mount", "not a mount name"));
+        }
+        let mut seen = std::collections::BTreeSet::new();
+        for (i, app) in self.apps.iter().enumerate() {
+            if !name_ok(&app.name) {
+                return Err(self.invalid(
+                    format!("apps[{i}].name"),
+                    format!("{:?}: use letters, digits, '-' or '_'", app.name),
+                ));
+            }
+            if !seen.insert(&app.name) {
+                return Err(self.invalid(
+                    format!("apps[{i}].name"),
+                    format!("{:?} appears twice", app.name),
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    /// The apps selected by `names` (all when empty), in config order; an unknown name is
+    /// an error listing the configured ones.
+    pub fn select_apps(&self, names: &[String]) -> Result<Vec<&AppConfig>, ConfigError> {
+        for n in names {
+            if !self.apps.iter().any(|a| &a.name == n) {
+                return Err(ConfigError::UnknownApp {
+                    name: n.clone(),
+                    known: self
+                        .apps
+                        .iter()
+                        .map(|a| a.name.as_str())
+                        .collect::<Vec<_>>()
+                        .join(", "),
+                });
+            }
+        }
+        Ok(self
+            .apps
+            .iter()
+            .filter(|a| names.is_empty() || names.contains(&a.name))
+            .collect())
+    }
+
+    /// The admin's Vault client configuration: the environment, overlaid with `[vault]`.
+    pub fn client_config(&self) -> Result<ClientConfig, ConfigError> {
+        self.vault.client_config()
+    }
+}
+
+impl VaultSection {
+    /// The environment (`VAULT_*`/`BAO_*`), overlaid with the values set here.
+    pub fn client_config(&self) -> Result<ClientConfig, ConfigError> {
+        let mut cfg = ClientConfig::from_env()?;
+        if let Some(addr) = &self.addr {
+            let fresh = ClientConfig::new(addr)?;
+            cfg.addr = fresh.addr;
+        }
+        if let Some(n) = &self.tls_server_name {
+            cfg.tls_server_name = Some(n.clone());
+        }
+        if let Some(p) = &self.ca_cert {
+            cfg.ca_cert = Some(p.clone());
+        }
+        if let (Some(c), Some(k)) = (&self.client_cert, &self.client_key) {
+            cfg = cfg.client_identity(c, k);
+        }
+        if let Some(tf) = &self.token_file {
+            let token = zeroize::Zeroizing::new(std::fs::read_to_string(tf).map_err(|source| {
+                vault_client::Error::ReadFile {
+                    what: "token file ([vault] token_file)".into(),
+                    path: tf.clone(),
+                    source,
+                }
+            })?);
+            cfg = cfg.token(&token)?;
+        }
+        Ok(cfg)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const PROD: &str = include_str!("../examples/prod.toml");
+
+    #[test]
+    fn prod_example_expresses_the_seed_topology() {
+        let c = Config::parse(PROD, Path::new("/etc/rotate/prod.toml")).unwrap();
+        assert_eq!(c.env, "prod");
+        assert_eq!(c.vault.addr.as_deref(), Some("https://127.0.0.1:22400"));
+        assert_eq!(
+            c.vault.tls_server_name.as_deref(),
+            Some("vault.prod.privsec.ch")
+        );
+        assert_eq!(c.pki.mount, "pki-prod");
+        assert_eq!(c.pki.issuer_name, "PrivSec Intermediate CA (prod)");
+        let names: Vec<_> = c.apps.iter().map(|a| a.name.as_str()).collect();
+        assert_eq!(names, ["ncprd1", "resume2me"]);
+        let a = &c.apps[0];
+        assert_eq!(
+            a.agent_key(),
+            Path::new("/home/ncprd1/vault/mtls/agent.key")
+        );
+        assert_eq!(
+            a.agent_cert(),
+            Path::new("/home/ncprd1/vault/mtls/agent.crt")
+        );
+        assert_eq!(a.ca_file(), Path::new("/home/ncprd1/vault/ca/ca.pem"));
+        assert_eq!(a.unit(), "vault-agent-ncprd1.service");
+        assert_eq!(a.group(), Some("ncprd1"));
+        assert_eq!(c.proxy.unwrap().name, "proxyprod");
+    }
+
+    #[test]
+    fn unknown_app_lists_the_known_ones() {
+        let c = Config::parse(PROD, Path::new("/etc/rotate/prod.toml")).unwrap();
+        let err = c.select_apps(&["ncprd2".into()]).unwrap_err().to_string();
+        assert_eq!(
+            err,
+            "unknown app \"ncprd2\" (configured: ncprd1, resume2me)"
+        );
+        assert_eq!(c.select_apps(&[]).unwrap().len(), 2);
+    }
+
+    #[test]
+    fn bad_files_name_the_file_and_setting() {
+        let p = Path::new("/etc/rotate/x.toml");
+        let err = Config::parse("env = 1", p).unwrap_err().to_string();
+        assert!(
+            err.starts_with("invalid config /etc/rotate/x.toml:"),
+            "{err}"
+        );
+        let dup = PROD.replace("name = \"resume2me\"", "name = \"ncprd1\"");
+        let err = Config::parse(&dup, p).unwrap_err().to_string();
+        assert!(
+            err.contains("apps[1].name") && err.contains("twice"),
+            "{err}"
+        );
+        let typo = PROD.replace("[proxy]", "[proxy]\nnmae = 1");
+        let err = Config::parse(&typo, p).unwrap_err().to_string();
+        assert!(err.contains("nmae"), "unknown keys are refused: {err}");
+    }
+}

@@ -1,0 +1,109 @@
+//! `rotate status`: is Vault reachable over mTLS, unsealed, and who are we.
+
+use serde::Serialize;
+use vault_client::{HealthState, SysApi, TokenApi};
+
+/// What `rotate status` reports.
+#[derive(Debug, Clone, Serialize)]
+pub struct StatusReport {
+    /// Where we connected.
+    pub addr: String,
+    /// The TLS server name verified (SNI).
+    pub tls_server_name: Option<String>,
+    /// `sys/health` state.
+    pub state: HealthState,
+    /// Initialised?
+    pub initialized: bool,
+    /// Sealed?
+    pub sealed: bool,
+    /// Server version.
+    pub version: String,
+    /// Seal type and storage, from `sys/seal-status`.
+    pub seal_type: String,
+    /// Storage backend.
+    pub storage_type: Option<String>,
+    /// Cluster name.
+    pub cluster_name: Option<String>,
+    /// The identity of our token, when one is configured and valid.
+    pub identity: Option<Identity>,
+}
+
+/// The token's identity (never the token).
+#[derive(Debug, Clone, Serialize)]
+pub struct Identity {
+    /// Display name.
+    pub display_name: String,
+    /// Policies.
+    pub policies: Vec<String>,
+    /// Remaining TTL, seconds (0 = none).
+    pub ttl: i64,
+}
+
+/// Query `sys/health`, `sys/seal-status` and, if `with_token`, `auth/token/lookup-self`.
+pub async fn status<V: SysApi + TokenApi>(
+    vault: &V,
+    addr: &str,
+    tls_server_name: Option<&str>,
+    with_token: bool,
+) -> vault_client::Result<StatusReport> {
+    let health = vault.health().await?;
+    let seal = vault.seal_status().await?;
+    let identity = if with_token && !seal.sealed {
+        let me = vault.lookup_self().await?;
+        Some(Identity {
+            display_name: me.display_name,
+            policies: me.policies,
+            ttl: me.ttl,
+        })
+    } else {
+        None
+    };
+    Ok(StatusReport {
+        addr: addr.to_owned(),
+        tls_server_name: tls_server_name.map(str::to_owned),
+        state: health.state,
+        initialized: seal.initialized,
+        sealed: seal.sealed,
+        version: seal.version,
+        seal_type: seal.seal_type,
+        storage_type: seal.storage_type,
+        cluster_name: seal.cluster_name,
+        identity,
+    })
+}
+
+impl std::fmt::Display for StatusReport {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        writeln!(f, "Vault        {}", self.addr)?;
+        if let Some(n) = &self.tls_server_name {
+            writeln!(f, "TLS name     {n} (verified, sent as SNI)")?;
+        }
+        writeln!(f, "State        {:?}", self.state)?;
+        writeln!(f, "Initialized  {}", self.initialized)?;
+        writeln!(f, "Sealed       {}", self.sealed)?;
+        writeln!(f, "Version      {}", self.version)?;
+        writeln!(
+            f,
+            "Seal/storage {} / {}",
+            self.seal_type,
+            self.storage_type.as_deref().unwrap_or("?")
+        )?;
+        if let Some(c) = &self.cluster_name {
+            writeln!(f, "Cluster      {c}")?;
+        }
+        if let Some(id) = &self.identity {
+            writeln!(
+                f,
+                "Identity     {} (policies: {}; ttl {})",
+                id.display_name,
+                id.policies.join(", "),
+                if id.ttl == 0 {
+                    "none".to_string()
+                } else {
+                    format!("{}s", id.ttl)
+                }
+            )?;
+        }
+        Ok(())
+    }
+}
