@@ -1,0 +1,3 @@
+//! Key, certificate and chain files on disk.
+
+pub(crate) mod write;

@@ -1,0 +1,4 @@
+//! The PKI secrets engine: roles and issuance.
+
+pub(crate) mod issue;
+pub(crate) mod roles;
