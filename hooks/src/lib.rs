@@ -1,4 +1,69 @@
 //! Post-hooks and reloads: everything a rotation runs outside Vault.
+//!
+//! - [`CommandRunner`] is the seam every external command goes through:
+//!   [`ProcessRunner`] runs it for real (time limit, captured stderr),
+//!   [`DryRunRunner`] records it for a plan, `MockCommandRunner` (feature
+//!   `mocks`) scripts it in tests.
+//! - [`Reloader`] and [`reload`]: podman containers by label or name,
+//!   systemd user units, signals from pid files, commands; parsed from the
+//!   write-up's strings (`PROXY_RELOAD='podman:proxyprod'`) or from config.
+//! - [`render_post_hook`] / [`install_post_hook`]: the agent's
+//!   `vault-agent-post-leaf.sh` (POSIX sh, checks the leaf files, then
+//!   reloads), installed atomically into the app user's own directory.
+//! - [`render_agent_config`]: the OpenBao/Vault Agent HCL of one app (cert
+//!   auto-auth over mTLS, one leaf template running the post-hook).
+//! - [`Version`] and [`compare_versions`]: agent/server version skew.
+//!
+//! ```no_run
+//! use std::time::Duration;
+//! use hooks::{ProcessRunner, Reloader, reload};
+//!
+//! # async fn demo() -> Result<(), hooks::Error> {
+//! // RELOAD_TLS_LABEL='tls=true' PROXY_RELOAD='podman:proxyprod'
+//! let label: Reloader = "podman-label:tls=true".parse()?;
+//! let proxy: Reloader = "podman:proxyprod".parse()?;
+//! for reloader in [label, proxy] {
+//!     let report = reload(&ProcessRunner, &reloader, Duration::from_secs(30)).await?;
+//!     println!("{}: {:?}", report.reloader, report.reloaded);
+//! }
+//! # Ok(())
+//! # }
+//! ```
 
 #![forbid(unsafe_code)]
 #![deny(missing_docs)]
+
+mod agent;
+mod error;
+mod posthook;
+mod reload;
+mod runner;
+mod users;
+mod version;
+
+use async_trait::async_trait;
+
+pub use crate::{
+    agent::{AgentConfigSpec, hcl_string, render_agent_config, render_leaf_template},
+    error::{Error, Result},
+    posthook::{
+        InstallReport, POST_HOOK_MODE, PostHookSpec, default_post_hook_path, install_post_hook,
+        render_post_hook,
+    },
+    reload::{ReloadReport, Reloader, read_pid_file, reload},
+    runner::{
+        CommandOutput, CommandSpec, DEFAULT_TIMEOUT, DryRunRunner, OUTPUT_LIMIT, ProcessRunner,
+    },
+    version::{Version, VersionCheck, command_version, compare_versions},
+};
+
+/// Runs one external command: the seam between rotation logic and the
+/// machine. Implementations must turn a non-zero exit into
+/// [`Error::HookFailed`] and an exceeded [`CommandSpec::timeout`] into
+/// [`Error::Timeout`].
+#[cfg_attr(any(test, feature = "mocks"), mockall::automock)]
+#[async_trait]
+pub trait CommandRunner: Send + Sync {
+    /// Runs `cmd` to completion and returns what it printed.
+    async fn run(&self, cmd: &CommandSpec) -> Result<CommandOutput, Error>;
+}

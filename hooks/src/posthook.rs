@@ -1,0 +1,801 @@
+//! The agent's post-hook script: render it (POSIX sh) and install it
+//! atomically into the app user's directory.
+
+use std::fs::{File, Permissions};
+use std::io::Write;
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+use crate::error::{Error, Result};
+use crate::reload::Reloader;
+use crate::users::lookup_user;
+
+/// Mode of the installed script.
+pub const POST_HOOK_MODE: u32 = 0o755;
+
+/// What the post-hook of one app checks and reloads.
+///
+/// Every reload entry uses the `PROXY_RELOAD` scheme of [`Reloader`]'s
+/// string form: `podman:<name>[:<SIG>]`, `podman-restart:<name>`,
+/// `podman-label:<label>`, `systemd-user:<unit>`, `signal:<pidfile>:<SIG>`,
+/// `cmd:<shell command>`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PostHookSpec {
+    /// The app (`ncprd1`): a plain user name.
+    pub app: String,
+    /// The leaf certificate plus chain (`/home/<app>/tls/<app>.fullchain.pem`).
+    pub fullchain_path: PathBuf,
+    /// The leaf's private key.
+    pub key_path: PathBuf,
+    /// `RELOAD_TLS_LABEL`: containers with this label get SIGHUP (`tls=true`).
+    #[serde(default)]
+    pub reload_tls_label: Option<String>,
+    /// `PROXY_RELOAD`: how to reload the proxy (`podman:proxyprod`).
+    #[serde(default)]
+    pub proxy_reload: Option<String>,
+    /// More reloads, run after the proxy's, in order (same scheme).
+    #[serde(default)]
+    pub extra_reload_cmds: Vec<String>,
+}
+
+impl PostHookSpec {
+    /// The write-up's layout for `app`: `/home/<app>/tls/<app>.fullchain.pem`
+    /// and `/home/<app>/tls/<app>.key`, no reloads yet.
+    pub fn new(app: impl Into<String>) -> Self {
+        let app = app.into();
+        Self {
+            fullchain_path: PathBuf::from(format!("/home/{app}/tls/{app}.fullchain.pem")),
+            key_path: PathBuf::from(format!("/home/{app}/tls/{app}.key")),
+            app,
+            reload_tls_label: None,
+            proxy_reload: None,
+            extra_reload_cmds: Vec::new(),
+        }
+    }
+
+    /// Sets `RELOAD_TLS_LABEL`.
+    #[must_use]
+    pub fn reload_tls_label(mut self, label: impl Into<String>) -> Self {
+        self.reload_tls_label = Some(label.into());
+        self
+    }
+
+    /// Sets `PROXY_RELOAD`.
+    #[must_use]
+    pub fn proxy_reload(mut self, spec: impl Into<String>) -> Self {
+        self.proxy_reload = Some(spec.into());
+        self
+    }
+
+    /// Adds one more reload.
+    #[must_use]
+    pub fn extra_reload(mut self, spec: impl Into<String>) -> Self {
+        self.extra_reload_cmds.push(spec.into());
+        self
+    }
+}
+
+/// Where the write-up installs the hook:
+/// `/home/<app>/.vault-agent-<app>/bin/vault-agent-post-leaf.sh`.
+pub fn default_post_hook_path(app: &str) -> PathBuf {
+    PathBuf::from(format!(
+        "/home/{app}/.vault-agent-{app}/bin/vault-agent-post-leaf.sh"
+    ))
+}
+
+/// Renders the post-hook script for `spec`.
+///
+/// The script is POSIX sh with `set -eu`; it checks that the fullchain and
+/// key exist, are non-empty PEM and that the key is not world-readable, then
+/// SIGHUPs every running container labelled `RELOAD_TLS_LABEL`, then runs
+/// `PROXY_RELOAD` and the extra reloads, logging one line per action on
+/// stdout. Any failure prints `FAILED: <what>` on stderr and exits 1.
+/// Re-running it only re-checks and re-signals. `PODMAN` and `SYSTEMCTL` in
+/// the environment override the binaries used.
+///
+/// Refuses (with [`Error::InvalidSpec`] or [`Error::InvalidReloader`]) an app
+/// name that is not a plain user name, relative paths, and reload strings
+/// that do not parse.
+pub fn render_post_hook(spec: &PostHookSpec) -> Result<String> {
+    check_app(&spec.app)?;
+    check_path("fullchain_path", &spec.fullchain_path)?;
+    check_path("key_path", &spec.key_path)?;
+    let label = match &spec.reload_tls_label {
+        Some(label) => {
+            // Same rules as a label reloader.
+            Reloader::PodmanLabel {
+                label: label.clone(),
+                signal: None,
+            }
+            .validate()
+            .map_err(|err| with_input(err, label))?;
+            label.as_str()
+        }
+        None => "",
+    };
+    let proxy = match &spec.proxy_reload {
+        Some(proxy) => {
+            check_reload_spec(proxy)?;
+            proxy.as_str()
+        }
+        None => "",
+    };
+    let mut extra = String::new();
+    for spec in &spec.extra_reload_cmds {
+        check_reload_spec(spec)?;
+        extra.push_str(&format!("reload_spec {}\n", sh_quote(spec)));
+    }
+
+    let script = TEMPLATE
+        .replace("@APP_COMMENT@", &spec.app)
+        .replace("@APP@", &sh_quote(&spec.app))
+        .replace("@FULLCHAIN@", &sh_quote(&path_str(&spec.fullchain_path)))
+        .replace("@KEY@", &sh_quote(&path_str(&spec.key_path)))
+        .replace("@LABEL@", &sh_quote(label))
+        .replace("@PROXY@", &sh_quote(proxy))
+        .replace("@EXTRA@\n", &extra);
+    Ok(script)
+}
+
+fn with_input(err: Error, input: &str) -> Error {
+    match err {
+        Error::InvalidReloader { reason, .. } => Error::InvalidReloader {
+            input: input.to_owned(),
+            reason,
+        },
+        other => other,
+    }
+}
+
+fn check_reload_spec(spec: &str) -> Result<()> {
+    if spec.contains(['\n', '\r', '\0']) {
+        return Err(Error::InvalidReloader {
+            input: spec.escape_debug().to_string(),
+            reason: "contains a line break or NUL".to_owned(),
+        });
+    }
+    spec.parse::<Reloader>().map(drop)
+}
+
+fn check_app(app: &str) -> Result<()> {
+    let mut chars = app.chars();
+    let first_ok = chars
+        .next()
+        .is_some_and(|c| c.is_ascii_lowercase() || c == '_');
+    let rest_ok =
+        chars.all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_' || c == '-');
+    if first_ok && rest_ok && app.len() <= 32 {
+        Ok(())
+    } else {
+        Err(Error::InvalidSpec {
+            field: "app",
+            value: app.escape_debug().to_string(),
+            reason: "expected a user name: [a-z_][a-z0-9_-]*, at most 32 characters".to_owned(),
+        })
+    }
+}
+
+fn check_path(field: &'static str, path: &Path) -> Result<()> {
+    let text = path.to_str().ok_or_else(|| Error::InvalidSpec {
+        field,
+        value: path.display().to_string(),
+        reason: "not UTF-8".to_owned(),
+    })?;
+    let reason = if !path.is_absolute() {
+        "must be absolute"
+    } else if text.chars().any(char::is_control) {
+        "contains control characters"
+    } else {
+        return Ok(());
+    };
+    Err(Error::InvalidSpec {
+        field,
+        value: text.escape_debug().to_string(),
+        reason: reason.to_owned(),
+    })
+}
+
+fn path_str(path: &Path) -> String {
+    path.to_string_lossy().into_owned()
+}
+
+/// Single-quotes `s` for POSIX sh: `it's` -> `'it'\''s'`.
+pub(crate) fn sh_quote(s: &str) -> String {
+    format!("'{}'", s.replace('\'', r"'\''"))
+}
+
+const TEMPLATE: &str = r#"#!/bin/sh
+# vault-agent-post-leaf.sh for @APP_COMMENT@, rendered by the `hooks` crate: do not edit.
+# OpenBao/Vault Agent runs it after writing the leaf: issue -> write -> reload.
+# Safe to re-run: it only re-checks the files and re-signals.
+# PODMAN and SYSTEMCTL in the environment override the binaries used.
+set -eu
+set -f
+
+APP=@APP@
+FULLCHAIN=@FULLCHAIN@
+KEY=@KEY@
+RELOAD_TLS_LABEL=@LABEL@
+PROXY_RELOAD=@PROXY@
+
+PODMAN=${PODMAN:-podman}
+SYSTEMCTL=${SYSTEMCTL:-systemctl}
+TAG="vault-agent-post-leaf[$APP]"
+
+log() {
+	printf '%s: %s\n' "$TAG" "$*"
+}
+
+die() {
+	printf '%s: FAILED: %s\n' "$TAG" "$*" >&2
+	exit 1
+}
+
+# check_file <what> <path> <pem marker>
+check_file() {
+	[ -e "$2" ] || die "$1 $2 does not exist"
+	[ -f "$2" ] || die "$1 $2 is not a regular file"
+	[ -r "$2" ] || die "$1 $2 is not readable"
+	[ -s "$2" ] || die "$1 $2 is empty"
+	grep -q -- "$3" "$2" || die "$1 $2 holds no '$3' block"
+}
+
+# signal_container <name> <signal>
+signal_container() {
+	"$PODMAN" kill --signal "$2" "$1" >/dev/null || die "$PODMAN kill --signal $2 $1 failed"
+	log "sent SIG$2 to container $1"
+}
+
+# reload_label <label>: SIGHUP every running container carrying the label.
+reload_label() {
+	names=$("$PODMAN" ps --filter "label=$1" --format '{{.Names}}') ||
+		die "$PODMAN ps --filter label=$1 failed"
+	if [ -z "$names" ]; then
+		log "no running container has label $1"
+		return 0
+	fi
+	for name in $names; do
+		signal_container "$name" HUP
+	done
+}
+
+# reload_spec <spec>: podman:<name>[:<SIG>] | podman-restart:<name> |
+# podman-label:<label> | systemd-user:<unit> | signal:<pidfile>:<SIG> | cmd:<command>
+reload_spec() {
+	spec=$1
+	case $spec in
+	podman:*)
+		target=${spec#podman:}
+		name=${target%%:*}
+		sig=HUP
+		case $target in *:*) sig=${target#*:} ;; esac
+		signal_container "$name" "${sig#SIG}"
+		;;
+	podman-restart:*)
+		name=${spec#podman-restart:}
+		"$PODMAN" restart "$name" >/dev/null || die "$PODMAN restart $name failed"
+		log "restarted container $name"
+		;;
+	podman-label:*)
+		reload_label "${spec#podman-label:}"
+		;;
+	systemd-user:*)
+		unit=${spec#systemd-user:}
+		"$SYSTEMCTL" --user restart "$unit" || die "$SYSTEMCTL --user restart $unit failed"
+		state=$("$SYSTEMCTL" --user is-active "$unit") ||
+			die "unit $unit is ${state:-unknown} after restart, not active"
+		log "restarted user unit $unit ($state)"
+		;;
+	signal:*)
+		target=${spec#signal:}
+		pidfile=${target%:*}
+		sig=${target##*:}
+		sig=${sig#SIG}
+		[ "$pidfile" != "$target" ] || die "bad reload spec $spec: expected signal:<pidfile>:<SIG>"
+		[ -s "$pidfile" ] || die "pid file $pidfile is missing or empty"
+		pid=$(cat "$pidfile")
+		case $pid in
+		'' | *[!0-9]*) die "pid file $pidfile does not hold a pid" ;;
+		esac
+		[ "$pid" -gt 1 ] || die "pid file $pidfile holds $pid: refusing to signal it"
+		kill -s "$sig" "$pid" || die "kill -s $sig $pid (from $pidfile) failed"
+		log "sent SIG$sig to pid $pid ($pidfile)"
+		;;
+	cmd:*)
+		shell_cmd=${spec#cmd:}
+		sh -c "$shell_cmd" || die "reload command failed: $shell_cmd"
+		log "ran $shell_cmd"
+		;;
+	*)
+		die "unknown reload spec $spec (expected podman:, podman-restart:, podman-label:, systemd-user:, signal: or cmd:)"
+		;;
+	esac
+}
+
+check_file fullchain "$FULLCHAIN" 'BEGIN CERTIFICATE'
+check_file key "$KEY" 'PRIVATE KEY'
+if [ -n "$(find "$KEY" -perm -004)" ]; then
+	die "key $KEY is world-readable"
+fi
+log "fullchain $FULLCHAIN and key $KEY are in place"
+
+if [ -n "$RELOAD_TLS_LABEL" ]; then
+	reload_label "$RELOAD_TLS_LABEL"
+fi
+if [ -n "$PROXY_RELOAD" ]; then
+	reload_spec "$PROXY_RELOAD"
+fi
+@EXTRA@
+log "done"
+"#;
+
+/// What [`install_post_hook`] did.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct InstallReport {
+    /// The installed script.
+    pub path: PathBuf,
+    /// `false` when the script was already there, identical, with mode 0755.
+    pub changed: bool,
+}
+
+/// Renders and installs the post-hook at `path`.
+///
+/// * `owner`: the app user; the script is chowned to it (uid and primary
+///   gid from `/etc/passwd`, or a numeric uid), and its directory must
+///   belong to it.
+/// * `expected_dir_owner_uid`: the uid the directory must belong to,
+///   overriding `owner`'s. With neither, ownership is not checked.
+///
+/// Refuses with [`Error::BadOwner`] (naming the directory, the expected and
+/// the found uid) when the directory belongs to someone else. Writes a
+/// temporary file in the same directory with mode 0755 from creation,
+/// fsyncs it, renames it over `path` and fsyncs the directory; leaves an
+/// identical script alone (`changed: false`).
+pub fn install_post_hook(
+    spec: &PostHookSpec,
+    path: &Path,
+    owner: Option<&str>,
+    expected_dir_owner_uid: Option<u32>,
+) -> Result<InstallReport> {
+    let script = render_post_hook(spec)?;
+    let dir = path
+        .parent()
+        .filter(|d| !d.as_os_str().is_empty())
+        .ok_or_else(|| Error::InvalidSpec {
+            field: "post-hook path",
+            value: path.display().to_string(),
+            reason: "has no directory".to_owned(),
+        })?;
+    let io = |p: &Path| {
+        let p = p.to_path_buf();
+        move |source| Error::Io { path: p, source }
+    };
+    let dir_meta = std::fs::metadata(dir).map_err(io(dir))?;
+    if !dir_meta.is_dir() {
+        return Err(Error::Io {
+            path: dir.to_path_buf(),
+            source: std::io::Error::new(std::io::ErrorKind::NotADirectory, "not a directory"),
+        });
+    }
+    let owner_ids = owner.map(lookup_user).transpose()?;
+    let expected = expected_dir_owner_uid.or(owner_ids.map(|ids| ids.uid));
+    if let Some(expected) = expected.filter(|uid| *uid != dir_meta.uid()) {
+        return Err(Error::BadOwner {
+            path: dir.to_path_buf(),
+            expected,
+            found: dir_meta.uid(),
+        });
+    }
+
+    if let Ok(meta) = std::fs::symlink_metadata(path) {
+        let same_owner = owner_ids.is_none_or(|ids| meta.uid() == ids.uid && meta.gid() == ids.gid);
+        if meta.is_file()
+            && meta.mode() & 0o7777 == POST_HOOK_MODE
+            && same_owner
+            && std::fs::read(path).is_ok_and(|old| old == script.as_bytes())
+        {
+            tracing::debug!(path = %path.display(), "post-hook unchanged");
+            return Ok(InstallReport {
+                path: path.to_path_buf(),
+                changed: false,
+            });
+        }
+    }
+
+    let mut tmp = tempfile::Builder::new()
+        .prefix(".vault-agent-post-leaf.")
+        .suffix(".tmp")
+        .permissions(Permissions::from_mode(POST_HOOK_MODE))
+        .tempfile_in(dir)
+        .map_err(io(dir))?;
+    let tmp_path = tmp.path().to_path_buf();
+    let file: &mut File = tmp.as_file_mut();
+    file.write_all(script.as_bytes()).map_err(io(&tmp_path))?;
+    // The umask may have narrowed the creation mode.
+    file.set_permissions(Permissions::from_mode(POST_HOOK_MODE))
+        .map_err(io(&tmp_path))?;
+    if let Some(ids) = owner_ids {
+        std::os::unix::fs::fchown(&*file, Some(ids.uid), Some(ids.gid)).map_err(io(&tmp_path))?;
+    }
+    file.sync_all().map_err(io(&tmp_path))?;
+    tmp.persist(path).map_err(|err| Error::Io {
+        path: path.to_path_buf(),
+        source: err.error,
+    })?;
+    File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(io(dir))?;
+    tracing::info!(path = %path.display(), "installed post-hook");
+    Ok(InstallReport {
+        path: path.to_path_buf(),
+        changed: true,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::process::Command;
+
+    const CERT: &str = "-----BEGIN CERTIFICATE-----\nMIIB\n-----END CERTIFICATE-----\n";
+    const KEY: &str = "-----BEGIN PRIVATE KEY-----\nMIIE\n-----END PRIVATE KEY-----\n";
+
+    /// A lab: leaf files, a fake `podman` that logs its arguments and lists
+    /// two labelled containers, and a rendered hook.
+    struct Lab {
+        dir: tempfile::TempDir,
+        spec: PostHookSpec,
+    }
+
+    impl Lab {
+        fn new() -> Self {
+            let dir = tempfile::tempdir().expect("tempdir");
+            let tls = dir.path().join("tls");
+            std::fs::create_dir(&tls).expect("mkdir");
+            let spec = PostHookSpec {
+                fullchain_path: tls.join("ncprd1.fullchain.pem"),
+                key_path: tls.join("ncprd1.key"),
+                ..PostHookSpec::new("ncprd1")
+            }
+            .reload_tls_label("tls=true")
+            .proxy_reload("podman:proxyprod");
+            std::fs::write(&spec.fullchain_path, CERT).expect("write");
+            std::fs::write(&spec.key_path, KEY).expect("write");
+            std::fs::set_permissions(&spec.key_path, Permissions::from_mode(0o600)).expect("chmod");
+            let podman = dir.path().join("fake-podman");
+            let log = dir.path().join("podman.log");
+            std::fs::write(
+                &podman,
+                format!(
+                    "#!/bin/sh\nprintf '%s\\n' \"$*\" >> '{}'\n\
+                     if [ \"$1\" = ps ]; then printf 'ncprd1-nginx\\nncprd1-app\\n'; fi\n\
+                     if [ \"$1\" = kill ] && [ \"$4\" = broken ]; then echo 'Error: no container with name or ID \"broken\" found' >&2; exit 125; fi\n",
+                    log.display()
+                ),
+            )
+            .expect("write");
+            std::fs::set_permissions(&podman, Permissions::from_mode(0o755)).expect("chmod");
+            Self { dir, spec }
+        }
+
+        fn run(&self) -> std::process::Output {
+            let script = self.dir.path().join("hook.sh");
+            std::fs::write(&script, render_post_hook(&self.spec).expect("renders")).expect("write");
+            Command::new("sh")
+                .arg(&script)
+                .env("PODMAN", self.dir.path().join("fake-podman"))
+                .output()
+                .expect("sh runs")
+        }
+
+        fn podman_calls(&self) -> Vec<String> {
+            std::fs::read_to_string(self.dir.path().join("podman.log"))
+                .unwrap_or_default()
+                .lines()
+                .map(str::to_owned)
+                .collect()
+        }
+    }
+
+    #[test]
+    fn rendered_script_passes_shellcheck() {
+        let spec = PostHookSpec::new("ncprd1")
+            .reload_tls_label("tls=true")
+            .proxy_reload("podman:proxyprod")
+            .extra_reload("cmd:echo 'it''s fine'")
+            .extra_reload("systemd-user:nginx.service");
+        let dir = tempfile::tempdir().expect("tempdir");
+        let script = dir.path().join("vault-agent-post-leaf.sh");
+        std::fs::write(&script, render_post_hook(&spec).expect("renders")).expect("write");
+        let out = match Command::new("shellcheck")
+            .args(["-s", "sh", "-S", "style"])
+            .arg(&script)
+            .output()
+        {
+            Ok(out) => out,
+            Err(err) => {
+                panic!("shellcheck is needed for this test (apt-get install shellcheck): {err}")
+            }
+        };
+        assert!(
+            out.status.success(),
+            "shellcheck found problems:\n{}",
+            String::from_utf8_lossy(&out.stdout)
+        );
+    }
+
+    #[test]
+    fn renders_the_write_up_values() {
+        let script = render_post_hook(
+            &PostHookSpec::new("ncprd1")
+                .reload_tls_label("tls=true")
+                .proxy_reload("podman:proxyprod"),
+        )
+        .expect("renders");
+        assert!(script.starts_with("#!/bin/sh\n"));
+        assert!(script.contains("\nset -eu\n"));
+        assert!(script.contains("RELOAD_TLS_LABEL='tls=true'\n"));
+        assert!(script.contains("PROXY_RELOAD='podman:proxyprod'\n"));
+        assert!(script.contains("FULLCHAIN='/home/ncprd1/tls/ncprd1.fullchain.pem'\n"));
+        assert!(!script.contains('@'), "a placeholder was left:\n{script}");
+    }
+
+    #[test]
+    fn refuses_bad_specs() {
+        let bad_app = PostHookSpec::new("ncprd1; rm -rf /");
+        assert!(matches!(
+            render_post_hook(&bad_app),
+            Err(Error::InvalidSpec { field: "app", .. })
+        ));
+        let relative = PostHookSpec {
+            key_path: "tls/key.pem".into(),
+            ..PostHookSpec::new("ncprd1")
+        };
+        assert!(matches!(
+            render_post_hook(&relative),
+            Err(Error::InvalidSpec {
+                field: "key_path",
+                ..
+            })
+        ));
+        let bad_proxy = PostHookSpec::new("ncprd1").proxy_reload("docker:proxyprod");
+        let err = render_post_hook(&bad_proxy).expect_err("bad scheme");
+        assert!(err.to_string().contains("docker:proxyprod"), "{err}");
+        let bad_label = PostHookSpec::new("ncprd1").reload_tls_label("tls=true x");
+        let err = render_post_hook(&bad_label).expect_err("bad label");
+        assert!(err.to_string().contains("`tls=true x`"), "{err}");
+        let newline = PostHookSpec::new("ncprd1").extra_reload("cmd:a\nb");
+        assert!(render_post_hook(&newline).is_err());
+    }
+
+    #[test]
+    fn quoting_survives_the_shell() {
+        let out = Command::new("sh")
+            .arg("-c")
+            .arg(format!("printf '%s' {}", sh_quote("it's $HOME `x` \"y\"")))
+            .output()
+            .expect("sh");
+        assert_eq!(String::from_utf8_lossy(&out.stdout), "it's $HOME `x` \"y\"");
+    }
+
+    #[test]
+    fn hook_hups_labelled_containers_then_the_proxy() {
+        let lab = Lab::new();
+        let out = lab.run();
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            out.status.success(),
+            "hook failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert_eq!(
+            lab.podman_calls(),
+            [
+                "ps --filter label=tls=true --format {{.Names}}",
+                "kill --signal HUP ncprd1-nginx",
+                "kill --signal HUP ncprd1-app",
+                "kill --signal HUP proxyprod",
+            ]
+        );
+        assert!(
+            stdout.contains("sent SIGHUP to container ncprd1-nginx"),
+            "{stdout}"
+        );
+        assert!(
+            stdout.contains("sent SIGHUP to container proxyprod"),
+            "{stdout}"
+        );
+        // Idempotent: a second run does the same again and still succeeds.
+        assert!(lab.run().status.success());
+        assert_eq!(lab.podman_calls().len(), 8);
+    }
+
+    #[test]
+    fn hook_runs_signal_and_cmd_reloads() {
+        let mut lab = Lab::new();
+        let pid_file = lab.dir.path().join("proxy.pid");
+        let marker = lab.dir.path().join("marker");
+        // Our own sleeping child stands in for the proxy process.
+        let mut child = Command::new("sleep").arg("30").spawn().expect("sleep");
+        std::fs::write(&pid_file, format!("{}\n", child.id())).expect("write");
+        lab.spec.reload_tls_label = None;
+        lab.spec.proxy_reload = Some(format!("signal:{}:TERM", pid_file.display()));
+        lab.spec.extra_reload_cmds = vec![format!("cmd:touch '{}'", marker.display())];
+        let out = lab.run();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let status = child.wait().expect("wait");
+        assert_eq!(
+            std::os::unix::process::ExitStatusExt::signal(&status),
+            Some(15)
+        );
+        assert!(marker.exists());
+        assert!(lab.podman_calls().is_empty());
+    }
+
+    #[test]
+    fn hook_fails_loudly_without_fullchain() {
+        let lab = Lab::new();
+        std::fs::remove_file(&lab.spec.fullchain_path).expect("rm");
+        let out = lab.run();
+        assert_eq!(out.status.code(), Some(1));
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(stderr.contains("FAILED: fullchain"), "{stderr}");
+        assert!(
+            stderr.contains("ncprd1.fullchain.pem does not exist"),
+            "{stderr}"
+        );
+        assert!(
+            lab.podman_calls().is_empty(),
+            "reloaded despite the missing file"
+        );
+    }
+
+    #[test]
+    fn hook_fails_on_empty_key_and_world_readable_key() {
+        let lab = Lab::new();
+        std::fs::write(&lab.spec.key_path, "").expect("truncate");
+        let out = lab.run();
+        assert_eq!(out.status.code(), Some(1));
+        assert!(String::from_utf8_lossy(&out.stderr).contains("is empty"));
+
+        std::fs::write(&lab.spec.key_path, KEY).expect("write");
+        std::fs::set_permissions(&lab.spec.key_path, Permissions::from_mode(0o644)).expect("chmod");
+        let out = lab.run();
+        assert_eq!(out.status.code(), Some(1));
+        assert!(String::from_utf8_lossy(&out.stderr).contains("world-readable"));
+    }
+
+    #[test]
+    fn hook_fails_when_podman_fails() {
+        let mut lab = Lab::new();
+        lab.spec.proxy_reload = Some("podman:broken".into());
+        let out = lab.run();
+        assert_eq!(out.status.code(), Some(1));
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(stderr.contains("no container with name"), "{stderr}");
+        assert!(
+            stderr.contains("FAILED:") && stderr.contains("kill --signal HUP broken failed"),
+            "{stderr}"
+        );
+    }
+
+    #[test]
+    fn install_is_atomic_and_idempotent() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("vault-agent-post-leaf.sh");
+        let spec = PostHookSpec::new("ncprd1").proxy_reload("podman:proxyprod");
+        let my_uid = std::fs::metadata(dir.path()).expect("meta").uid();
+
+        let first = install_post_hook(&spec, &path, None, Some(my_uid)).expect("installs");
+        assert!(first.changed);
+        let meta = std::fs::metadata(&path).expect("meta");
+        assert_eq!(meta.mode() & 0o7777, 0o755);
+        assert_eq!(
+            std::fs::read_to_string(&path).expect("read"),
+            render_post_hook(&spec).expect("r")
+        );
+        let mtime = meta.modified().expect("mtime");
+
+        let second = install_post_hook(&spec, &path, None, Some(my_uid)).expect("installs");
+        assert!(!second.changed);
+        assert_eq!(
+            std::fs::metadata(&path)
+                .expect("meta")
+                .modified()
+                .expect("mtime"),
+            mtime
+        );
+
+        // A changed spec or a changed mode is rewritten.
+        let third = install_post_hook(
+            &spec.clone().reload_tls_label("tls=true"),
+            &path,
+            None,
+            None,
+        )
+        .expect("installs");
+        assert!(third.changed);
+        std::fs::set_permissions(&path, Permissions::from_mode(0o700)).expect("chmod");
+        assert!(
+            install_post_hook(&spec, &path, None, None)
+                .expect("installs")
+                .changed
+        );
+        assert_eq!(
+            std::fs::metadata(&path).expect("meta").mode() & 0o7777,
+            0o755
+        );
+
+        // No temporary files left behind.
+        let names: Vec<_> = std::fs::read_dir(dir.path())
+            .expect("ls")
+            .map(|e| e.expect("entry").file_name())
+            .collect();
+        assert_eq!(
+            names,
+            [std::ffi::OsString::from("vault-agent-post-leaf.sh")]
+        );
+    }
+
+    #[test]
+    fn install_refuses_a_directory_of_another_user() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("vault-agent-post-leaf.sh");
+        let found = std::fs::metadata(dir.path()).expect("meta").uid();
+        let expected = found.wrapping_add(4242);
+        let err = install_post_hook(&PostHookSpec::new("ncprd1"), &path, None, Some(expected))
+            .expect_err("refused");
+        match &err {
+            Error::BadOwner {
+                path: p,
+                expected: e,
+                found: f,
+            } => {
+                assert_eq!(p, dir.path());
+                assert_eq!((*e, *f), (expected, found));
+            }
+            other => panic!("expected BadOwner, got {other:?}"),
+        }
+        let msg = err.to_string();
+        assert!(
+            msg.contains(&format!("uid {found}")) && msg.contains(&format!("uid {expected}")),
+            "{msg}"
+        );
+        assert!(!path.exists());
+    }
+
+    #[test]
+    fn install_chowns_to_the_owner() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("vault-agent-post-leaf.sh");
+        let uid = std::fs::metadata(dir.path()).expect("meta").uid();
+        let owner = uid.to_string();
+        let report = install_post_hook(&PostHookSpec::new("ncprd1"), &path, Some(&owner), None)
+            .expect("installs");
+        assert!(report.changed);
+        assert_eq!(std::fs::metadata(&path).expect("meta").uid(), uid);
+        // The directory check uses the owner's uid when no uid is given.
+        let other = uid.wrapping_add(4242).to_string();
+        let err = install_post_hook(&PostHookSpec::new("ncprd1"), &path, Some(&other), None)
+            .expect_err("refused");
+        assert!(matches!(err, Error::BadOwner { .. }), "{err:?}");
+    }
+
+    #[test]
+    fn install_reports_a_missing_directory() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("missing/bin/hook.sh");
+        let err =
+            install_post_hook(&PostHookSpec::new("ncprd1"), &path, None, None).expect_err("no dir");
+        assert!(
+            matches!(err, Error::Io { ref path, .. } if path.ends_with("missing/bin")),
+            "{err:?}"
+        );
+    }
+}
