@@ -40,6 +40,11 @@ pub trait TokenApi: Send + Sync {
     /// `GET /auth/token/lookup-self`.
     /// <https://openbao.org/api-docs/auth/token/#lookup-a-token-self>
     async fn lookup_self(&self) -> Result<TokenInfo>;
+
+    /// `POST /auth/token/revoke-accessor`: revoke the token behind `accessor` (e.g. a
+    /// gate's login token) without handling the token itself.
+    /// <https://openbao.org/api-docs/auth/token/#revoke-a-token-accessor>
+    async fn revoke_accessor(&self, accessor: &str) -> Result<()>;
 }
 
 #[async_trait]
@@ -53,5 +58,16 @@ impl TokenApi for VaultClient {
             .request_some(Method::Get, "auth/token/lookup-self", None, Idempotent)
             .await?;
         Ok(d.data)
+    }
+
+    async fn revoke_accessor(&self, accessor: &str) -> Result<()> {
+        self.request::<serde_json::Value>(
+            Method::Post,
+            "auth/token/revoke-accessor",
+            Some(serde_json::json!({ "accessor": accessor })),
+            Idempotent,
+        )
+        .await?;
+        Ok(())
     }
 }

@@ -1,0 +1,77 @@
+//! The one error type of this crate.
+
+/// What went wrong managing cert auth.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// A Vault call failed; `what` says which step.
+    #[error("{what}: {source}")]
+    Vault {
+        /// The step, e.g. "write mapping auth/cert/certs/agent-ncprd1".
+        what: String,
+        /// The Vault error (method, path, status, Vault's message).
+        source: vault_client::Error,
+    },
+    /// The mount exists but is not a cert auth method.
+    #[error("auth mount {mount:?} exists with type {found:?}, expected \"cert\"")]
+    WrongAuthType {
+        /// The mount path.
+        mount: String,
+        /// Its actual type.
+        found: String,
+    },
+    /// The login gate's token does not carry exactly the expected policies.
+    #[error(
+        "login via auth/{mount}/certs/{mapping}: token policies {found:?}, expected exactly {expected:?} (missing {missing:?}, stray {stray:?})"
+    )]
+    PolicyMismatch {
+        /// Cert auth mount.
+        mount: String,
+        /// Mapping name.
+        mapping: String,
+        /// Expected policies (besides `default`).
+        expected: Vec<String>,
+        /// What the token carries.
+        found: Vec<String>,
+        /// Expected but absent.
+        missing: Vec<String>,
+        /// Present but not expected.
+        stray: Vec<String>,
+    },
+    /// The login succeeded but not with the certificate we just issued.
+    #[error(
+        "login via auth/{mount}/certs/{mapping} used certificate serial {found}, expected the new one {expected}"
+    )]
+    WrongCertificate {
+        /// Cert auth mount.
+        mount: String,
+        /// Mapping name.
+        mapping: String,
+        /// Serial of the new certificate (decimal).
+        expected: String,
+        /// Serial Vault saw (decimal, from token metadata).
+        found: String,
+    },
+    /// The login matched another mapping than the one under test.
+    #[error("login matched mapping {found:?}, expected {expected:?}")]
+    WrongMapping {
+        /// The mapping under test.
+        expected: String,
+        /// The mapping Vault used.
+        found: String,
+    },
+    /// A CA PEM for a mapping holds no certificate.
+    #[error("CA certificate for mapping {mapping:?} holds no PEM CERTIFICATE block")]
+    EmptyCa {
+        /// Mapping name.
+        mapping: String,
+    },
+}
+
+/// Result alias.
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+pub(crate) fn vault(what: impl Into<String>) -> impl FnOnce(vault_client::Error) -> Error {
+    let what = what.into();
+    move |source| Error::Vault { what, source }
+}
