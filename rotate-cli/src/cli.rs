@@ -7,7 +7,9 @@ use clap::{Parser, Subcommand, ValueEnum};
 use vault_client::{HealthState, VaultClient};
 
 use crate::config::{Config, ConfigError};
+use crate::deps::{FreshClients, Vault};
 use crate::exit::Exit;
+use crate::steps::agents::run_agents;
 
 /// Rotate every piece of TLS/mTLS material around a Vault/OpenBao deployment, in the order
 /// that cannot lock you out, proving each step before the next.
@@ -42,6 +44,32 @@ pub enum Output {
 pub enum Command {
     /// Show Vault's health, seal status, version and our identity, over mTLS.
     Status,
+    /// Show what a run would change (roles, policies, mappings, files); writes nothing.
+    /// Exits 10 when roles, policies or mappings would change.
+    Plan {
+        /// The step to plan.
+        #[arg(long, value_enum, default_value_t = Step::Agents)]
+        step: Step,
+        /// Only these apps (repeatable); default: every configured app.
+        #[arg(long = "app", value_name = "NAME")]
+        apps: Vec<String>,
+    },
+    /// Run a step: write, then prove it with the step's gate (rolled back if it fails).
+    Run {
+        /// The step to run.
+        #[arg(long, value_enum)]
+        step: Step,
+        /// Only these apps (repeatable); default: every configured app.
+        #[arg(long = "app", value_name = "NAME")]
+        apps: Vec<String>,
+    },
+}
+
+/// The steps, in the order they must run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Step {
+    /// Step 3: agent login mTLS certs + cert auth mappings.
+    Agents,
 }
 
 /// Run a parsed command line, writing the report to `out`. Returns the exit code.
@@ -68,6 +96,9 @@ impl Failure {
     fn exit(&self) -> Exit {
         if self.0.downcast_ref::<ConfigError>().is_some() {
             return Exit::Config;
+        }
+        if let Some(e) = self.0.downcast_ref::<crate::steps::StepError>() {
+            return e.exit();
         }
         if let Some(e) = self.0.downcast_ref::<vault_client::Error>() {
             return match e {
@@ -109,6 +140,37 @@ async fn dispatch(cli: &Cli, out: &mut dyn Write) -> Result<Exit, Failure> {
                 HealthState::Sealed | HealthState::NotInitialized => Exit::Sealed,
                 _ => Exit::Ok,
             })
+        }
+        Command::Plan { step, apps } => run_step(cli, config, *step, apps, true, out).await,
+        Command::Run { step, apps } => run_step(cli, config, *step, apps, false, out).await,
+    }
+}
+
+async fn run_step(
+    cli: &Cli,
+    config: Option<Config>,
+    step: Step,
+    apps: &[String],
+    dry_run: bool,
+    out: &mut dyn Write,
+) -> Result<Exit, Failure> {
+    let config = config.ok_or_else(|| {
+        anyhow::anyhow!("this command needs --config (or ROTATE_CONFIG): the topology to rotate")
+    })?;
+    let selected = config.select_apps(apps)?;
+    let client_cfg = config.client_config()?;
+    let admin = VaultClient::new(&client_cfg)?;
+    let gate = FreshClients::new(&client_cfg);
+    let vault = Vault::from_client(&admin, &gate);
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs() as i64)
+        .unwrap_or_default();
+    match step {
+        Step::Agents => {
+            let report = run_agents(&config, &selected, vault, dry_run, now).await?;
+            emit(cli.output, out, &report)?;
+            Ok(report.exit())
         }
     }
 }

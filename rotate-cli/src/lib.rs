@@ -3,6 +3,9 @@
 //!
 //! - [`Config`]: the TOML topology (Vault, PKI mount, agents, apps, proxy).
 //! - [`status()`]: reachability, seal state, version and identity over mTLS.
+//! - [`run_agents`]: step 3, agent login certs + cert auth mappings, with its login gate
+//!   (and, with `dry_run`, the plan). Vault is reached through [`Vault`], a bundle of
+//!   narrow traits, so the step runs against mocks in unit tests.
 //! - [`Exit`]: the documented exit codes.
 //!
 //! ```no_run
@@ -21,12 +24,17 @@
 
 mod cli;
 mod config;
+mod deps;
 mod exit;
 mod status;
+mod steps;
 
-pub use cli::{Cli, Command, Output, run};
+pub use cli::{Cli, Command, Output, Step, run};
 pub use config::{
     AgentsSection, AppConfig, Config, ConfigError, KeyMode, PkiSection, ProxySection, VaultSection,
 };
+pub use deps::{FreshClients, GateConnector, Vault};
 pub use exit::Exit;
 pub use status::{Identity, StatusReport, status};
+pub use steps::StepError;
+pub use steps::agents::{AgentReport, AgentsReport, AppStatus, run_agents};

@@ -293,15 +293,17 @@ impl Lab {
             if TcpStream::connect(("127.0.0.1", self.port)).is_ok() {
                 return Ok(());
             }
-            if let Some(child) = self
+            let exited = match self
                 .child
                 .lock()
                 .unwrap_or_else(|e| e.into_inner())
                 .as_mut()
             {
-                if let Some(status) = child.try_wait()? {
-                    bail!("bao server exited ({status}); log:\n{}", self.log_tail());
-                }
+                Some(child) => child.try_wait()?,
+                None => None,
+            };
+            if let Some(status) = exited {
+                bail!("bao server exited ({status}); log:\n{}", self.log_tail());
             }
             if start.elapsed() > limit {
                 bail!(

@@ -1,5 +1,8 @@
 //! Integration tests: one binary, one OpenBao lab (see `rotate_tests::shared`), tests
 //! isolated by mount, role and mapping names.
 
+#![allow(clippy::unwrap_used)]
+
+mod agents;
 mod cli;
 mod client;

@@ -41,7 +41,18 @@ async fn main() -> Result<std::process::ExitCode> {
         lab.paths.rotate_toml.display()
     );
     let config = lab.paths.rotate_toml.display().to_string();
-    let exit = rotate(&["rotate", "--config", &config, "status"]).await;
+    let mut exit = rotate(&["rotate", "--config", &config, "status"]).await;
+    for args in [
+        &["plan", "--step", "agents"][..],
+        &["run", "--step", "agents"][..],
+    ] {
+        if exit != rotate_cli::Exit::Ok && exit != rotate_cli::Exit::Changes {
+            break;
+        }
+        let mut argv = vec!["rotate", "--config", &config];
+        argv.extend_from_slice(args);
+        exit = rotate(&argv).await;
+    }
     if args.keep && exit == rotate_cli::Exit::Ok {
         println!(
             "\nLab running. In another shell: source {} && bao status\nCtrl-C to stop.",

@@ -1,0 +1,132 @@
+//! The ordered steps. Each step is a function over the config, the selected apps and the
+//! narrow Vault traits, returning a report; `dry_run` plans without writing anything.
+
+use std::path::{Path, PathBuf};
+
+use crate::config::AppConfig;
+use crate::exit::Exit;
+
+pub(crate) mod agents;
+
+/// Why a step (or one app within it) failed.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum StepError {
+    /// A Vault call failed.
+    #[error("{what}: {source}")]
+    Vault {
+        /// Which call, in words.
+        what: String,
+        /// Method, path, status, Vault's message.
+        source: vault_client::Error,
+    },
+    /// A PKI operation or check failed (role, issuance, X.509 check, file write).
+    #[error(transparent)]
+    Pki(#[from] pki_ops::Error),
+    /// A cert auth operation failed.
+    #[error(transparent)]
+    CertAuth(Box<cert_auth::Error>),
+    /// An input is invalid (missing home, bad CA chain, ...).
+    #[error("{what}: {reason}")]
+    Invalid {
+        /// What, with its path or name.
+        what: String,
+        /// Why.
+        reason: String,
+    },
+    /// The step's gate failed; its writes were rolled back.
+    #[error("gate of step {step} failed for {app}: {reason}")]
+    Gate {
+        /// Step name.
+        step: &'static str,
+        /// App.
+        app: String,
+        /// What the gate saw.
+        reason: String,
+    },
+}
+
+impl StepError {
+    pub(crate) fn vault(what: impl Into<String>, source: vault_client::Error) -> Self {
+        StepError::Vault {
+            what: what.into(),
+            source,
+        }
+    }
+
+    /// The exit code this failure maps to.
+    pub fn exit(&self) -> Exit {
+        match self {
+            StepError::Vault { source, .. } => vault_exit(source),
+            StepError::CertAuth(e) => match &**e {
+                cert_auth::Error::Vault { source, .. } => vault_exit(source),
+                _ => Exit::GateFailed,
+            },
+            StepError::Pki(pki_ops::Error::Vault { source, .. }) => vault_exit(source),
+            StepError::Pki(pki_ops::Error::RoleMissing { .. })
+            | StepError::Pki(pki_ops::Error::NotWritable { .. })
+            | StepError::Pki(pki_ops::Error::Io { .. })
+            | StepError::Pki(pki_ops::Error::UnknownOwner { .. })
+            | StepError::Pki(pki_ops::Error::Chown { .. })
+            | StepError::Invalid { .. } => Exit::Config,
+            StepError::Pki(_) | StepError::Gate { .. } => Exit::GateFailed,
+        }
+    }
+}
+
+impl From<cert_auth::Error> for StepError {
+    fn from(e: cert_auth::Error) -> Self {
+        StepError::CertAuth(Box::new(e))
+    }
+}
+
+fn vault_exit(e: &vault_client::Error) -> Exit {
+    match e.status() {
+        Some(503 | 501) => Exit::Sealed,
+        _ => Exit::Vault,
+    }
+}
+
+/// Make sure the directory of `file` exists: create it (with `mode`, owned by the app
+/// user when configured) if missing; refuse a non-directory in the way.
+pub(crate) fn ensure_dir(file: &Path, mode: u32, app: &AppConfig) -> Result<PathBuf, StepError> {
+    use std::os::unix::fs::DirBuilderExt;
+    let dir = file.parent().unwrap_or(Path::new("/")).to_owned();
+    if dir.is_dir() {
+        return Ok(dir);
+    }
+    if dir.exists() {
+        return Err(StepError::Invalid {
+            what: format!("app {} directory {}", app.name, dir.display()),
+            reason: "exists but is not a directory".into(),
+        });
+    }
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(mode)
+        .create(&dir)
+        .map_err(|e| StepError::Invalid {
+            what: format!("app {} directory {}", app.name, dir.display()),
+            reason: format!("cannot create: {e}"),
+        })?;
+    if let Some(user) = &app.user {
+        let owner = |e: String| StepError::Invalid {
+            what: format!("app {} directory {}", app.name, dir.display()),
+            reason: e,
+        };
+        let u = nix::unistd::User::from_name(user)
+            .map_err(|e| owner(format!("look up user {user}: {e}")))?
+            .ok_or_else(|| owner(format!("no such user {user}")))?;
+        let gid = match app.group() {
+            Some(g) => nix::unistd::Group::from_name(g)
+                .map_err(|e| owner(format!("look up group {g}: {e}")))?
+                .ok_or_else(|| owner(format!("no such group {g}")))?
+                .gid
+                .as_raw(),
+            None => u.gid.as_raw(),
+        };
+        std::os::unix::fs::chown(&dir, Some(u.uid.as_raw()), Some(gid))
+            .map_err(|e| owner(format!("chown to {user}: {e}")))?;
+    }
+    Ok(dir)
+}

@@ -1,0 +1,329 @@
+//! Step 3 end to end against the lab: `rotate run --step agents`, checked with real
+//! clients (`bao login -method=cert`, `openssl verify`) and the server's audit log.
+
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use clap::Parser;
+use rotate_cli::{Cli, Exit};
+use rotate_tests::{Lab, shared};
+
+/// A lab config whose app homes live under `dir`, so tests don't share files.
+fn config_in(lab: &Lab, dir: &Path, apps: &[&str], extra: &str) -> PathBuf {
+    let mut text = lab.rotate_config();
+    let start = text.find("\n[[apps]]").unwrap();
+    let end = text.find("\n[proxy]").unwrap();
+    let mut apps_toml = String::new();
+    for app in apps {
+        let home = dir.join("home").join(app);
+        std::fs::create_dir_all(&home).unwrap();
+        apps_toml.push_str(&format!(
+            "\n[[apps]]\nname = \"{app}\"\nhome = \"{}\"\n",
+            home.display()
+        ));
+    }
+    text.replace_range(start..end, &apps_toml);
+    let text = text.replace("[agents]\n", &format!("[agents]\n{extra}"));
+    let path = dir.join("rotate.toml");
+    std::fs::write(&path, text).unwrap();
+    path
+}
+
+fn tempdir(tag: &str) -> PathBuf {
+    let d = std::env::temp_dir().join(format!("rotate-agents-{tag}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&d);
+    std::fs::create_dir_all(&d).unwrap();
+    d
+}
+
+async fn rotate(config: &Path, args: &[&str]) -> (Exit, serde_json::Value) {
+    let c = config.display().to_string();
+    let mut argv = vec!["rotate", "--config", &c, "--output", "json"];
+    argv.extend_from_slice(args);
+    let mut out = Vec::new();
+    let exit = rotate_cli::run(Cli::parse_from(argv), &mut out).await;
+    let text = String::from_utf8(out).unwrap();
+    let v = serde_json::from_str(&text).unwrap_or_else(|e| panic!("{e}: {text}"));
+    (exit, v)
+}
+
+/// Count audit log requests (writes) to `path`.
+fn audit_writes(lab: &Lab, path: &str) -> usize {
+    let log = std::fs::read_to_string(lab.paths.dir.join("server/audit.log")).unwrap_or_default();
+    log.lines()
+        .filter(|l| l.contains("\"type\":\"request\""))
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .filter(|v| {
+            v["request"]["path"] == path
+                && matches!(
+                    v["request"]["operation"].as_str(),
+                    Some("create" | "update")
+                )
+        })
+        .count()
+}
+
+fn bao_login(lab: &Lab, home: &Path) -> serde_json::Value {
+    let out = Command::new(&lab.bao)
+        .env_clear()
+        .env("VAULT_ADDR", &lab.addr)
+        .env("VAULT_CACERT", home.join("vault/ca/ca.pem"))
+        .env("VAULT_TLS_SERVER_NAME", rotate_tests::SERVER_NAME)
+        .env("HOME", home)
+        .args([
+            "login",
+            "-method=cert",
+            "-format=json",
+            "-no-store",
+            &format!(
+                "-client-cert={}",
+                home.join("vault/mtls/agent.crt").display()
+            ),
+            &format!(
+                "-client-key={}",
+                home.join("vault/mtls/agent.key").display()
+            ),
+        ])
+        .output()
+        .expect("run bao");
+    assert!(
+        out.status.success(),
+        "bao login -method=cert failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
+fn mode(p: &Path) -> u32 {
+    std::fs::metadata(p).unwrap().permissions().mode() & 0o7777
+}
+
+#[tokio::test]
+async fn agents_rotate_end_to_end_and_real_clients_agree() {
+    let lab = shared();
+    let dir = tempdir("e2e");
+    let cfg = config_in(lab, &dir, &["e2eapp1", "e2eapp2"], "");
+
+    let (exit, report) = rotate(&cfg, &["run", "--step", "agents"]).await;
+    assert_eq!(exit, Exit::Ok, "{report:#}");
+    let text = report.to_string();
+    assert!(!text.contains("PRIVATE KEY"), "no key material in JSON");
+    assert!(!text.contains(lab.token()), "no token in JSON");
+
+    for (i, app) in ["e2eapp1", "e2eapp2"].iter().enumerate() {
+        let r = &report["apps"][i];
+        assert_eq!(r["status"], "rotated", "{r:#}");
+        assert_eq!(r["cn"], format!("agent-{app}.prod.privsec.ch"));
+        assert_eq!(r["role"]["role"], format!("agent-mtls-{app}"));
+        assert_eq!(r["mapping"]["path"], format!("auth/cert/certs/agent-{app}"));
+        assert_eq!(
+            r["certificate"]["issuer_cn"],
+            "PrivSec Intermediate CA (prod)"
+        );
+        assert!(
+            r["pending"]
+                .as_str()
+                .unwrap()
+                .contains(&format!("vault-agent-{app}.service"))
+        );
+
+        let home = dir.join("home").join(app);
+        let key = home.join("vault/mtls/agent.key");
+        let crt = home.join("vault/mtls/agent.crt");
+        let ca = home.join("vault/ca/ca.pem");
+        assert_eq!(mode(&key), 0o600);
+        assert_eq!(mode(&crt), 0o644);
+        assert_eq!(mode(&ca), 0o644);
+        assert!(
+            std::fs::read_to_string(&key)
+                .unwrap()
+                .contains("PRIVATE KEY")
+        );
+
+        // openssl agrees the chain verifies to the CA bundle written for the app.
+        let v = Command::new("openssl")
+            .args(["verify", "-CAfile"])
+            .arg(&ca)
+            .arg(&crt)
+            .output()
+            .unwrap();
+        assert!(
+            v.status.success(),
+            "openssl verify: {}",
+            String::from_utf8_lossy(&v.stdout)
+        );
+
+        // The real bao CLI logs in with the new cert and gets exactly the policies.
+        let login = bao_login(lab, &home);
+        let mut policies: Vec<String> =
+            serde_json::from_value(login["auth"]["token_policies"].clone()).unwrap();
+        policies.sort();
+        assert_eq!(
+            policies,
+            ["default", "marker-cert-auth", &format!("pki-issue-{app}")]
+        );
+        assert_eq!(
+            login["auth"]["metadata"]["cert_name"],
+            format!("agent-{app}")
+        );
+        assert_eq!(
+            login["auth"]["metadata"]["serial_number"],
+            r["certificate"]["serial_decimal"]
+        );
+    }
+
+    // Second run: new certificates, but no role or mapping writes.
+    let role_writes = audit_writes(lab, "pki-prod/roles/agent-mtls-e2eapp1");
+    let map_writes = audit_writes(lab, "auth/cert/certs/agent-e2eapp1");
+    assert_eq!(
+        (role_writes, map_writes),
+        (1, 1),
+        "first run wrote each once"
+    );
+    let first_serial = report["apps"][0]["certificate"]["serial_hex"].clone();
+    let (exit, again) = rotate(&cfg, &["run", "--step", "agents", "--app", "e2eapp1"]).await;
+    assert_eq!(exit, Exit::Ok, "{again:#}");
+    assert_eq!(again["apps"].as_array().unwrap().len(), 1);
+    assert_eq!(again["apps"][0]["role"]["action"], "unchanged");
+    assert_eq!(again["apps"][0]["mapping"]["action"], "unchanged");
+    assert_ne!(again["apps"][0]["certificate"]["serial_hex"], first_serial);
+    assert_eq!(audit_writes(lab, "pki-prod/roles/agent-mtls-e2eapp1"), 1);
+    assert_eq!(audit_writes(lab, "auth/cert/certs/agent-e2eapp1"), 1);
+    let prev = dir.join("home/e2eapp1/vault/mtls/agent.key.prev");
+    assert_eq!(mode(&prev), 0o600, "the kept previous key is private too");
+}
+
+#[tokio::test]
+async fn plan_writes_nothing_and_reports_what_would_change() {
+    let lab = shared();
+    let dir = tempdir("plan");
+    let cfg = config_in(lab, &dir, &["planapp"], "");
+    let (exit, plan) = rotate(&cfg, &["plan", "--step", "agents"]).await;
+    assert_eq!(exit, Exit::Changes, "{plan:#}");
+    let app = &plan["apps"][0];
+    assert_eq!(app["status"], "planned");
+    assert_eq!(app["role"]["action"], "created");
+    assert_eq!(app["role"]["dry_run"], true);
+    assert_eq!(app["mapping"]["action"], "would_create");
+    assert!(
+        !dir.join("home/planapp/vault").exists(),
+        "plan wrote no files"
+    );
+    let admin = lab.admin_client().unwrap();
+    use vault_client::{CertAuthApi, PkiApi};
+    assert!(
+        admin
+            .read_role("pki-prod", "agent-mtls-planapp")
+            .await
+            .unwrap()
+            .is_none()
+    );
+    assert!(
+        admin
+            .read_cert_role("cert", "agent-planapp")
+            .await
+            .unwrap()
+            .is_none()
+    );
+}
+
+#[tokio::test]
+async fn unknown_app_is_a_config_error_and_changes_nothing() {
+    let lab = shared();
+    let dir = tempdir("unknown");
+    let cfg = config_in(lab, &dir, &["knownapp"], "");
+    let (exit, v) = rotate(&cfg, &["run", "--step", "agents", "--app", "nosuchapp"]).await;
+    assert_eq!(exit, Exit::Config);
+    assert!(
+        v["error"]
+            .as_str()
+            .unwrap()
+            .contains("unknown app \"nosuchapp\""),
+        "{v}"
+    );
+    assert!(!dir.join("home/knownapp/vault").exists());
+}
+
+#[tokio::test]
+async fn missing_role_with_create_roles_off_fails_without_writing() {
+    let lab = shared();
+    let dir = tempdir("norole");
+    let cfg = config_in(lab, &dir, &["noroleapp"], "create_roles = false\n");
+    let (exit, v) = rotate(&cfg, &["run", "--step", "agents"]).await;
+    assert_eq!(exit, Exit::Config, "{v:#}");
+    let err = v["apps"][0]["error"].as_str().unwrap();
+    assert!(
+        err.contains("pki-prod") && err.contains("agent-mtls-noroleapp"),
+        "{err}"
+    );
+    assert!(!dir.join("home/noroleapp/vault").exists());
+}
+
+#[tokio::test]
+async fn unwritable_target_fails_clearly_and_changes_nothing() {
+    let lab = shared();
+    let dir = tempdir("unwritable");
+    let cfg = config_in(lab, &dir, &["blockedapp"], "");
+    // `vault` is a file where the directory should be: nothing can be written below it.
+    std::fs::write(dir.join("home/blockedapp/vault"), "not a dir").unwrap();
+    let (exit, v) = rotate(&cfg, &["run", "--step", "agents"]).await;
+    assert_ne!(exit, Exit::Ok, "{v:#}");
+    let err = v["apps"][0]["error"].as_str().unwrap();
+    assert!(err.contains("blockedapp/vault"), "{err}");
+    let admin = lab.admin_client().unwrap();
+    use vault_client::CertAuthApi;
+    assert!(
+        admin
+            .read_cert_role("cert", "agent-blockedapp")
+            .await
+            .unwrap()
+            .is_none(),
+        "no mapping written when files could not be"
+    );
+}
+
+#[tokio::test]
+async fn forbidden_mapping_write_is_reported_and_files_are_rolled_back() {
+    let lab = shared();
+    let admin = lab.admin_client().unwrap();
+    use vault_client::SysApi;
+    // An operator token that may do everything but write cert auth mappings.
+    admin
+        .write_policy(
+            "rotate-no-mappings",
+            "path \"*\" { capabilities = [\"create\",\"read\",\"update\",\"delete\",\"list\",\"sudo\"] }\n\
+             path \"auth/cert/certs/*\" { capabilities = [\"read\", \"list\"] }\n",
+        )
+        .await
+        .unwrap();
+    let token: serde_json::Value = admin
+        .request(
+            vault_client::Method::Post,
+            "auth/token/create",
+            Some(serde_json::json!({"policies": ["rotate-no-mappings"], "ttl": "10m"})),
+            vault_client::Idempotency::NonIdempotent,
+        )
+        .await
+        .unwrap()
+        .unwrap();
+    let dir = tempdir("forbidden");
+    let token_file = dir.join("token");
+    std::fs::write(&token_file, token["auth"]["client_token"].as_str().unwrap()).unwrap();
+    let cfg = config_in(lab, &dir, &["forbidapp"], "");
+    let text = std::fs::read_to_string(&cfg).unwrap().replace(
+        &lab.paths.token_file.display().to_string(),
+        &token_file.display().to_string(),
+    );
+    std::fs::write(&cfg, text).unwrap();
+
+    let (exit, v) = rotate(&cfg, &["run", "--step", "agents"]).await;
+    assert_eq!(exit, Exit::Vault, "{v:#}");
+    let err = v["apps"][0]["error"].as_str().unwrap();
+    assert!(
+        err.contains("auth/cert/certs/agent-forbidapp") && err.contains("403"),
+        "{err}"
+    );
+    let key = dir.join("home/forbidapp/vault/mtls/agent.key");
+    assert!(!key.exists(), "the new files were rolled back");
+}
