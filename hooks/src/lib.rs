@@ -36,6 +36,7 @@
 mod agent;
 mod error;
 mod posthook;
+mod programs;
 mod reload;
 mod runner;
 mod users;
@@ -50,6 +51,7 @@ pub use crate::{
         InstallReport, POST_HOOK_MODE, PostHookSpec, default_post_hook_path, install_post_hook,
         render_post_hook,
     },
+    programs::ProgramOverrides,
     reload::{ReloadReport, Reloader, read_pid_file, reload},
     runner::{
         CommandOutput, CommandSpec, DEFAULT_TIMEOUT, DryRunRunner, OUTPUT_LIMIT, ProcessRunner,

@@ -165,6 +165,13 @@ impl ProcessRunner {
 }
 
 #[async_trait]
+impl<T: CommandRunner + ?Sized> CommandRunner for std::sync::Arc<T> {
+    async fn run(&self, cmd: &CommandSpec) -> Result<CommandOutput> {
+        (**self).run(cmd).await
+    }
+}
+
+#[async_trait]
 impl CommandRunner for ProcessRunner {
     async fn run(&self, cmd: &CommandSpec) -> Result<CommandOutput> {
         let mut command = tokio::process::Command::new(&cmd.program);
