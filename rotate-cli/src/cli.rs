@@ -10,6 +10,8 @@ use crate::config::{Config, ConfigError};
 use crate::deps::{FreshClients, Vault};
 use crate::exit::Exit;
 use crate::steps::agents::run_agents;
+use crate::steps::leaf::{LeafOptions, run_leaf};
+use hooks::{ProcessRunner, ProgramOverrides};
 
 /// Rotate every piece of TLS/mTLS material around a Vault/OpenBao deployment, in the order
 /// that cannot lock you out, proving each step before the next.
@@ -53,6 +55,9 @@ pub enum Command {
         /// Only these apps (repeatable); default: every configured app.
         #[arg(long = "app", value_name = "NAME")]
         apps: Vec<String>,
+        /// Step leaf: KV access and seed switches.
+        #[command(flatten)]
+        kv: KvFlags,
     },
     /// Run a step: write, then prove it with the step's gate (rolled back if it fails).
     Run {
@@ -62,7 +67,22 @@ pub enum Command {
         /// Only these apps (repeatable); default: every configured app.
         #[arg(long = "app", value_name = "NAME")]
         apps: Vec<String>,
+        /// Step leaf: KV access and seed switches.
+        #[command(flatten)]
+        kv: KvFlags,
     },
+}
+
+/// The seed's KV switches for step leaf (also settable in `[leaf]`).
+#[derive(Debug, Clone, Copy, clap::Args)]
+pub struct KvFlags {
+    /// Attach `secret-agent-<app>-policy` (read on `kv/data/<app>`, `kv/metadata/<app>`);
+    /// the KV mount must be v2.
+    #[arg(long)]
+    pub with_kv_access: bool,
+    /// Create `kv/<app>` if it is missing; an existing secret is never overwritten.
+    #[arg(long)]
+    pub with_kv_seed: bool,
 }
 
 /// The steps, in the order they must run.
@@ -70,6 +90,8 @@ pub enum Command {
 pub enum Step {
     /// Step 3: agent login mTLS certs + cert auth mappings.
     Agents,
+    /// Step 4: app leaf certs via the agent, post-hook reloads, agent restart.
+    Leaf,
 }
 
 /// Run a parsed command line, writing the report to `out`. Returns the exit code.
@@ -141,8 +163,12 @@ async fn dispatch(cli: &Cli, out: &mut dyn Write) -> Result<Exit, Failure> {
                 _ => Exit::Ok,
             })
         }
-        Command::Plan { step, apps } => run_step(cli, config, *step, apps, true, out).await,
-        Command::Run { step, apps } => run_step(cli, config, *step, apps, false, out).await,
+        Command::Plan { step, apps, kv } => {
+            run_step(cli, config, *step, apps, *kv, true, out).await
+        }
+        Command::Run { step, apps, kv } => {
+            run_step(cli, config, *step, apps, *kv, false, out).await
+        }
     }
 }
 
@@ -151,6 +177,7 @@ async fn run_step(
     config: Option<Config>,
     step: Step,
     apps: &[String],
+    kv: KvFlags,
     dry_run: bool,
     out: &mut dyn Write,
 ) -> Result<Exit, Failure> {
@@ -162,17 +189,32 @@ async fn run_step(
     let admin = VaultClient::new(&client_cfg)?;
     let gate = FreshClients::new(&client_cfg);
     let vault = Vault::from_client(&admin, &gate);
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_secs() as i64)
-        .unwrap_or_default();
     match step {
         Step::Agents => {
-            let report = run_agents(&config, &selected, vault, dry_run, now).await?;
+            let report = run_agents(&config, &selected, vault, dry_run, unix_now()).await?;
+            emit(cli.output, out, &report)?;
+            Ok(report.exit())
+        }
+        Step::Leaf => {
+            let runner =
+                ProgramOverrides::new(ProcessRunner::new(), config.commands.overrides.clone());
+            let opts = LeafOptions {
+                kv_access: kv.with_kv_access,
+                kv_seed: kv.with_kv_seed,
+            };
+            let report =
+                run_leaf(&config, &selected, vault, &runner, opts, dry_run, unix_now).await?;
             emit(cli.output, out, &report)?;
             Ok(report.exit())
         }
     }
+}
+
+fn unix_now() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs() as i64)
+        .unwrap_or_default()
 }
 
 fn emit<T: serde::Serialize + std::fmt::Display>(

@@ -63,6 +63,12 @@ pub struct Config {
     /// Agent login certificates and cert auth mappings (step 3).
     #[serde(default)]
     pub agents: AgentsSection,
+    /// App leaf certificates, agents and reloads (step 4).
+    #[serde(default)]
+    pub leaf: LeafSection,
+    /// Programs to run instead of the defaults found on `PATH`.
+    #[serde(default)]
+    pub commands: CommandsSection,
     /// The apps.
     #[serde(default)]
     pub apps: Vec<AppConfig>,
@@ -153,6 +159,85 @@ impl Default for AgentsSection {
     }
 }
 
+/// `[leaf]`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LeafSection {
+    /// Domains the `nginx-<app>` role allows (subdomains).
+    pub allowed_domains: Vec<String>,
+    /// Leaf CN: `<app>.<cn_domain>`.
+    pub cn_domain: String,
+    /// Leaf TTL the agent requests.
+    pub ttl: String,
+    /// Role max TTL.
+    pub max_ttl: String,
+    /// Gate: the leaf must have at least this much validity left.
+    pub min_remaining: String,
+    /// Gate: the leaf's total lifetime must not exceed this.
+    pub max_lifetime: String,
+    /// Policies removed from the agent mapping (e.g. a leftover `debug-policy`).
+    pub remove_policies: Vec<String>,
+    /// KV mount the agent may read (`--with-kv-access`).
+    pub kv_mount: String,
+    /// Attach `secret-agent-<app>-policy` (read `kv/data/<app>`, `kv/metadata/<app>`).
+    pub kv_access: bool,
+    /// Create `kv/<app>` if missing (never overwrite).
+    pub kv_seed: bool,
+    /// Containers with this label get SIGHUP after a render (`RELOAD_TLS_LABEL`); empty = none.
+    pub reload_tls_label: String,
+    /// How the post-hook reloads the proxy (`PROXY_RELOAD`, e.g. `podman:proxyprod`); empty = none.
+    pub proxy_reload: String,
+    /// How long to wait for the agent to render the new leaf after its restart.
+    pub render_timeout: String,
+    /// Time limit of each reload/restart command.
+    pub command_timeout: String,
+}
+
+impl Default for LeafSection {
+    fn default() -> Self {
+        LeafSection {
+            allowed_domains: vec!["int.privsec.ch".into(), "prod.privsec.ch".into()],
+            cn_domain: "int.privsec.ch".into(),
+            ttl: "24h".into(),
+            max_ttl: "72h".into(),
+            min_remaining: "1h".into(),
+            max_lifetime: "72h".into(),
+            remove_policies: vec!["debug-policy".into()],
+            kv_mount: "kv".into(),
+            kv_access: false,
+            kv_seed: false,
+            reload_tls_label: "tls=true".into(),
+            proxy_reload: String::new(),
+            render_timeout: "60s".into(),
+            command_timeout: "30s".into(),
+        }
+    }
+}
+
+/// `[commands]`: program paths, e.g. `systemctl = "/usr/bin/systemctl"`,
+/// `agent = "/usr/bin/vault"` (the agent binary whose version is compared with the server's).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default)]
+pub struct CommandsSection {
+    /// The Vault/OpenBao agent binary (`vault` or `bao`).
+    pub agent: String,
+    /// Overrides by program name (`systemctl`, `podman`, `runuser`, ...).
+    #[serde(flatten)]
+    pub overrides: std::collections::BTreeMap<String, String>,
+}
+
+impl Default for CommandsSection {
+    fn default() -> Self {
+        CommandsSection {
+            agent: "vault".into(),
+            overrides: Default::default(),
+        }
+    }
+}
+
+/// Programs `[commands]` may point elsewhere (besides `agent`).
+pub(crate) const OVERRIDABLE: &[&str] = &["systemctl", "podman", "runuser", "kill"];
+
 /// `[[apps]]`.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -190,6 +275,26 @@ impl AppConfig {
         self.unit
             .clone()
             .unwrap_or_else(|| format!("vault-agent-{}.service", self.name))
+    }
+    /// `<home>/tls/<app>.fullchain.pem`.
+    pub fn fullchain(&self) -> PathBuf {
+        self.home.join(format!("tls/{}.fullchain.pem", self.name))
+    }
+    /// `<home>/tls/<app>.key`.
+    pub fn leaf_key(&self) -> PathBuf {
+        self.home.join(format!("tls/{}.key", self.name))
+    }
+    /// `<home>/.vault-agent-<app>`: the agent's config, post-hook, pid file, token sink.
+    pub fn agent_dir(&self) -> PathBuf {
+        self.home.join(format!(".vault-agent-{}", self.name))
+    }
+    /// `<home>/.vault-agent-<app>/bin/vault-agent-post-leaf.sh`.
+    pub fn post_hook(&self) -> PathBuf {
+        self.agent_dir().join("bin/vault-agent-post-leaf.sh")
+    }
+    /// `<home>/.vault-agent-<app>/agent.hcl`.
+    pub fn agent_config(&self) -> PathBuf {
+        self.agent_dir().join("agent.hcl")
     }
     /// The group, defaulting to the user.
     pub fn group(&self) -> Option<&str> {
@@ -267,6 +372,37 @@ impl Config {
                 format!("{:?} is not a mount name", self.pki.mount),
             ));
         }
+        for (setting, v) in [
+            ("leaf.ttl", &self.leaf.ttl),
+            ("leaf.max_ttl", &self.leaf.max_ttl),
+            ("leaf.min_remaining", &self.leaf.min_remaining),
+            ("leaf.max_lifetime", &self.leaf.max_lifetime),
+            ("leaf.render_timeout", &self.leaf.render_timeout),
+            ("leaf.command_timeout", &self.leaf.command_timeout),
+            ("agents.ttl", &self.agents.ttl),
+            ("agents.max_ttl", &self.agents.max_ttl),
+        ] {
+            if pki_ops::parse_duration_secs(v).is_none() {
+                return Err(self.invalid(
+                    setting,
+                    format!("{v:?} is not a duration (e.g. 24h, 30m, 90s)"),
+                ));
+            }
+        }
+        for name in self.commands.overrides.keys() {
+            if !OVERRIDABLE.contains(&name.as_str()) {
+                return Err(self.invalid(
+                    format!("commands.{name}"),
+                    format!("unknown program; one of: agent, {}", OVERRIDABLE.join(", ")),
+                ));
+            }
+        }
+        if !self.leaf.proxy_reload.is_empty() {
+            self.leaf
+                .proxy_reload
+                .parse::<hooks::Reloader>()
+                .map_err(|e| self.invalid("leaf.proxy_reload", e.to_string()))?;
+        }
         if !name_ok(&self.agents.cert_auth_mount) {
             return Err(self.invalid("agents.cert_auth_mount", "not a mount name"));
         }
@@ -309,6 +445,13 @@ impl Config {
             .iter()
             .filter(|a| names.is_empty() || names.contains(&a.name))
             .collect())
+    }
+
+    /// A duration setting, validated at load time.
+    pub fn duration(&self, value: &str) -> std::time::Duration {
+        std::time::Duration::from_secs(
+            pki_ops::parse_duration_secs(value).unwrap_or(0).max(0) as u64
+        )
     }
 
     /// The admin's Vault client configuration: the environment, overlaid with `[vault]`.

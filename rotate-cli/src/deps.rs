@@ -3,7 +3,7 @@
 
 use std::path::Path;
 
-use vault_client::{CertAuthApi, ClientConfig, PkiApi, SysApi, TokenApi, VaultClient};
+use vault_client::{CertAuthApi, ClientConfig, KvApi, PkiApi, SysApi, TokenApi, VaultClient};
 
 /// Builds a brand-new client (own connection pool, no token) presenting `cert`/`key` and
 /// trusting only `ca`: what an agent with those files would be.
@@ -58,6 +58,8 @@ pub struct Vault<'a> {
     pub cert: &'a dyn CertAuthApi,
     /// Tokens.
     pub token: &'a dyn TokenApi,
+    /// KV v2.
+    pub kv: &'a dyn KvApi,
     /// Fresh clients for gates.
     pub gate: &'a dyn GateConnector,
 }
@@ -70,6 +72,7 @@ impl<'a> Vault<'a> {
             pki: client,
             cert: client,
             token: client,
+            kv: client,
             gate,
         }
     }

@@ -6,6 +6,8 @@
 //! - [`run_agents`]: step 3, agent login certs + cert auth mappings, with its login gate
 //!   (and, with `dry_run`, the plan). Vault is reached through [`Vault`], a bundle of
 //!   narrow traits, so the step runs against mocks in unit tests.
+//! - [`run_leaf`]: step 4, app leaf certs through the agent, post-hook, agent restart,
+//!   and the leaf gate ([`verify_leaf`]).
 //! - [`Exit`]: the documented exit codes.
 //!
 //! ```no_run
@@ -29,7 +31,7 @@ mod exit;
 mod status;
 mod steps;
 
-pub use cli::{Cli, Command, Output, Step, run};
+pub use cli::{Cli, Command, KvFlags, Output, Step, run};
 pub use config::{
     AgentsSection, AppConfig, Config, ConfigError, KeyMode, PkiSection, ProxySection, VaultSection,
 };
@@ -38,3 +40,7 @@ pub use exit::Exit;
 pub use status::{Identity, StatusReport, status};
 pub use steps::StepError;
 pub use steps::agents::{AgentReport, AgentsReport, AppStatus, run_agents};
+pub use steps::leaf::{
+    KvReport, LeafExpectation, LeafOptions, LeafReport, LeafStepReport, kv_policy_name, run_leaf,
+    verify_leaf,
+};

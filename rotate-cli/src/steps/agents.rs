@@ -85,11 +85,9 @@ impl AgentsReport {
     /// policies or mappings would change.
     pub fn exit(&self) -> crate::Exit {
         use crate::Exit;
-        if let Some(code) = self.apps.iter().find_map(|a| a.exit_code) {
-            return [Exit::Config, Exit::Vault, Exit::Sealed, Exit::GateFailed]
-                .into_iter()
-                .find(|e| e.code() == code)
-                .unwrap_or(Exit::Failure);
+        let failed = crate::steps::exit_of(self.apps.iter().map(|a| a.exit_code));
+        if failed != Exit::Ok {
+            return failed;
         }
         let drift = self.apps.iter().any(|a| {
             a.role
@@ -124,6 +122,24 @@ fn names(cfg: &Config, app: &AppConfig) -> Names {
         cn: format!("agent-{}.{}", app.name, cfg.agents.domain),
         mapping: format!("agent-{}", app.name),
         issue_policy: format!("pki-issue-{}", app.name),
+    }
+}
+
+/// The desired mapping `agent-<app>`: the PKI chain as CA, the agent CN, exactly the
+/// agent policies (plus the KV policy when `[leaf] kv_access` is set).
+pub(crate) fn mapping_spec(cfg: &Config, app: &AppConfig, chain: &str) -> MappingSpec {
+    let n = names(cfg, app);
+    let mut token_policies = vec![n.issue_policy, cfg.agents.marker_policy.clone()];
+    if cfg.leaf.kv_access {
+        token_policies.push(crate::steps::leaf::kv_policy_name(&app.name));
+    }
+    MappingSpec {
+        name: n.mapping,
+        ca_pem: chain.to_owned(),
+        allowed_common_names: vec![n.cn],
+        token_policies,
+        token_ttl: cfg.agents.token_ttl,
+        token_max_ttl: 0,
     }
 }
 
@@ -263,7 +279,6 @@ async fn agent(
         .await?,
     );
 
-    let policies = vec![n.issue_policy.clone(), cfg.agents.marker_policy.clone()];
     report.policies.push(
         ensure_policy(
             vault.sys,
@@ -284,14 +299,8 @@ async fn agent(
         )
         .await?,
     );
-    let mapping = MappingSpec {
-        name: n.mapping.clone(),
-        ca_pem: chain.to_owned(),
-        allowed_common_names: vec![n.cn.clone()],
-        token_policies: policies.clone(),
-        token_ttl: cfg.agents.token_ttl,
-        token_max_ttl: 0,
-    };
+    let mapping = mapping_spec(cfg, app, chain);
+    let policies = mapping.token_policies.clone();
 
     if dry_run {
         report.mapping = Some(upsert_mapping(vault.cert, mount, &mapping, true).await?);
@@ -426,11 +435,7 @@ impl std::fmt::Display for AgentsReport {
             writeln!(f, "\n{}  [{:?}]", a.app, a.status)?;
             writeln!(f, "  CN:       {}", a.cn)?;
             if let Some(r) = &a.role {
-                let action = if r.dry_run && r.action != pki_ops::RoleAction::Unchanged {
-                    format!("would be {:?}", r.action).to_lowercase()
-                } else {
-                    format!("{:?}", r.action)
-                };
+                let action = crate::steps::role_action_text(r);
                 writeln!(
                     f,
                     "  role:     {}/roles/{} ({action}{})",

@@ -7,6 +7,7 @@ use crate::config::AppConfig;
 use crate::exit::Exit;
 
 pub(crate) mod agents;
+pub(crate) mod leaf;
 
 /// Why a step (or one app within it) failed.
 #[derive(Debug, thiserror::Error)]
@@ -26,6 +27,9 @@ pub enum StepError {
     /// A cert auth operation failed.
     #[error(transparent)]
     CertAuth(Box<cert_auth::Error>),
+    /// A hook, reload or rendering failed.
+    #[error(transparent)]
+    Hook(Box<hooks::Error>),
     /// An input is invalid (missing home, bad CA chain, ...).
     #[error("{what}: {reason}")]
     Invalid {
@@ -69,6 +73,13 @@ impl StepError {
             | StepError::Pki(pki_ops::Error::UnknownOwner { .. })
             | StepError::Pki(pki_ops::Error::Chown { .. })
             | StepError::Invalid { .. } => Exit::Config,
+            StepError::Hook(e) => match **e {
+                hooks::Error::BadOwner { .. }
+                | hooks::Error::UnknownUser { .. }
+                | hooks::Error::InvalidSpec { .. }
+                | hooks::Error::InvalidReloader { .. } => Exit::Config,
+                _ => Exit::GateFailed,
+            },
             StepError::Pki(_) | StepError::Gate { .. } => Exit::GateFailed,
         }
     }
@@ -77,6 +88,32 @@ impl StepError {
 impl From<cert_auth::Error> for StepError {
     fn from(e: cert_auth::Error) -> Self {
         StepError::CertAuth(Box::new(e))
+    }
+}
+
+/// A role outcome in words: `Created`, or `would be created` in a plan.
+pub(crate) fn role_action_text(r: &pki_ops::RoleOutcome) -> String {
+    if r.dry_run && r.action != pki_ops::RoleAction::Unchanged {
+        format!("would be {:?}", r.action).to_lowercase()
+    } else {
+        format!("{:?}", r.action)
+    }
+}
+
+/// The exit code of a step from its apps' codes: the first failure's, else `Ok`.
+pub(crate) fn exit_of(codes: impl IntoIterator<Item = Option<u8>>) -> Exit {
+    match codes.into_iter().flatten().next() {
+        None => Exit::Ok,
+        Some(code) => [Exit::Config, Exit::Vault, Exit::Sealed, Exit::GateFailed]
+            .into_iter()
+            .find(|e| e.code() == code)
+            .unwrap_or(Exit::Failure),
+    }
+}
+
+impl From<hooks::Error> for StepError {
+    fn from(e: hooks::Error) -> Self {
+        StepError::Hook(Box::new(e))
     }
 }
 
