@@ -19,6 +19,8 @@ use crate::pki::{LabCa, write_file};
 pub const SERVER_NAME: &str = "vault.prod.privsec.ch";
 /// The PKI mount the lab creates.
 pub const PKI_MOUNT: &str = "pki-prod";
+/// The KV v2 mount the lab creates.
+pub const KV_MOUNT: &str = "kv";
 
 /// Where the lab keeps its files; written so that the CLI and real clients can use them.
 #[derive(Debug, Clone, serde::Serialize)]
@@ -87,6 +89,8 @@ pub struct Lab {
     pub ca: LabCa,
     /// Path of the real `bao` binary.
     pub bao: PathBuf,
+    /// Fake systemd user units (real processes) behind `<lab>/bin/systemctl`.
+    pub units: crate::units::Units,
     token: Zeroizing<String>,
     child: Mutex<Option<Child>>,
 }
@@ -222,10 +226,12 @@ impl Lab {
             server_config(&paths, port, cluster_port).as_bytes(),
             0o644,
         )?;
+        let units = crate::units::Units::start(&paths.dir)?;
         let lab = Lab {
             addr: format!("https://127.0.0.1:{port}"),
             port,
             ca,
+            units,
             bao,
             token: Zeroizing::new(String::new()),
             child: Mutex::new(None),
@@ -267,6 +273,14 @@ impl Lab {
             .import_ca_bundle(PKI_MOUNT, &self.ca.import_bundle_pem())
             .await
             .context("import the intermediate into pki-prod")?;
+        admin
+            .enable_mount(
+                KV_MOUNT,
+                "kv",
+                [("version".to_owned(), "2".to_owned())].into(),
+            )
+            .await
+            .context("mount kv (v2)")?;
         self.write_state()
     }
 
@@ -444,10 +458,26 @@ domain = "prod.privsec.ch"
 cert_auth_mount = "cert"
 marker_policy = "marker-cert-auth"
 ttl = "720h"
-{apps}
+
+[leaf]
+allowed_domains = ["int.privsec.ch", "prod.privsec.ch"]
+cn_domain = "int.privsec.ch"
+ttl = "24h"
+kv_mount = "{KV_MOUNT}"
+# No podman containers in the lab by default; tests and the demo set PROXY_RELOAD.
+reload_tls_label = ""
+render_timeout = "30s"
+
+[commands]
+agent = "{bao}"
+# systemd is not PID 1 here: the lab's fake systemctl runs real processes.
+systemctl = "{systemctl}"
+
 [proxy]
 name = "proxyprod"
-"#,
+{apps}"#,
+            bao = d(&self.bao),
+            systemctl = d(&self.paths.dir.join("bin/systemctl")),
             addr = self.addr,
             ca = d(&self.paths.ca_bundle),
             cert = d(&self.paths.admin_cert),
@@ -455,6 +485,28 @@ name = "proxyprod"
             token = d(&self.paths.token_file),
             issuer = crate::pki::INTERMEDIATE_CN,
         )
+    }
+
+    /// Define `vault-agent-<app>.service` as a real `bao agent` with the config the leaf
+    /// step writes (`<home>/.vault-agent-<app>/agent.hcl`), with a clean environment (no
+    /// admin client-cert variables) and its log at `<home>/.vault-agent-<app>/agent.log`.
+    pub fn define_agent_unit(&self, app: &str, home: &Path) {
+        let agent_dir = home.join(format!(".vault-agent-{app}"));
+        self.units.define(
+            &format!("vault-agent-{app}.service"),
+            crate::units::UnitDef {
+                argv: vec![
+                    self.bao.display().to_string(),
+                    "agent".into(),
+                    format!("-config={}", agent_dir.join("agent.hcl").display()),
+                ],
+                env: vec![
+                    ("PATH".into(), std::env::var("PATH").unwrap_or_default()),
+                    ("HOME".into(), home.display().to_string()),
+                ],
+                log: home.join(format!("agent-{app}.log")),
+            },
+        );
     }
 
     fn write_state(&self) -> Result<()> {

@@ -14,9 +14,11 @@
 
 mod lab;
 mod pki;
+mod units;
 
-pub use lab::{Lab, LabPaths, PKI_MOUNT, SERVER_NAME, bao_binary, spawn_tied};
+pub use lab::{KV_MOUNT, Lab, LabPaths, PKI_MOUNT, SERVER_NAME, bao_binary, spawn_tied};
 pub use pki::{INTERMEDIATE_CN, LabCa, Leaf, ROOT_CN, write_file};
+pub use units::{UnitDef, Units};
 
 use std::sync::OnceLock;
 

@@ -2,51 +2,13 @@
 //! clients (`bao login -method=cert`, `openssl verify`) and the server's audit log.
 
 use std::os::unix::fs::PermissionsExt;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Command;
 
-use clap::Parser;
-use rotate_cli::{Cli, Exit};
+use rotate_cli::Exit;
 use rotate_tests::{Lab, shared};
 
-/// A lab config whose app homes live under `dir`, so tests don't share files.
-fn config_in(lab: &Lab, dir: &Path, apps: &[&str], extra: &str) -> PathBuf {
-    let mut text = lab.rotate_config();
-    let start = text.find("\n[[apps]]").unwrap();
-    let end = text.find("\n[proxy]").unwrap();
-    let mut apps_toml = String::new();
-    for app in apps {
-        let home = dir.join("home").join(app);
-        std::fs::create_dir_all(&home).unwrap();
-        apps_toml.push_str(&format!(
-            "\n[[apps]]\nname = \"{app}\"\nhome = \"{}\"\n",
-            home.display()
-        ));
-    }
-    text.replace_range(start..end, &apps_toml);
-    let text = text.replace("[agents]\n", &format!("[agents]\n{extra}"));
-    let path = dir.join("rotate.toml");
-    std::fs::write(&path, text).unwrap();
-    path
-}
-
-fn tempdir(tag: &str) -> PathBuf {
-    let d = std::env::temp_dir().join(format!("rotate-agents-{tag}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&d);
-    std::fs::create_dir_all(&d).unwrap();
-    d
-}
-
-async fn rotate(config: &Path, args: &[&str]) -> (Exit, serde_json::Value) {
-    let c = config.display().to_string();
-    let mut argv = vec!["rotate", "--config", &c, "--output", "json"];
-    argv.extend_from_slice(args);
-    let mut out = Vec::new();
-    let exit = rotate_cli::run(Cli::parse_from(argv), &mut out).await;
-    let text = String::from_utf8(out).unwrap();
-    let v = serde_json::from_str(&text).unwrap_or_else(|e| panic!("{e}: {text}"));
-    (exit, v)
-}
+use crate::support::{config_in, rotate, tempdir};
 
 /// Count audit log requests (writes) to `path`.
 fn audit_writes(lab: &Lab, path: &str) -> usize {

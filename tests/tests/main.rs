@@ -6,3 +6,6 @@
 mod agents;
 mod cli;
 mod client;
+mod leaf;
+mod podman;
+mod support;

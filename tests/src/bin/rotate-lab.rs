@@ -2,12 +2,15 @@
 
 use std::path::PathBuf;
 
-use anyhow::Result;
+use anyhow::{Context, Result};
 use clap::Parser;
+use rotate_cli::Exit;
+use vault_client::{CertAuthApi, KvApi, SysApi};
 
 /// Start a real OpenBao server shaped like the seed's production (mTLS listener, SNI
-/// `vault.prod.privsec.ch`, `pki-prod` with "PrivSec Intermediate CA (prod)") and run
-/// `rotate` against it.
+/// `vault.prod.privsec.ch`, `pki-prod` with "PrivSec Intermediate CA (prod)", KV v2 `kv`)
+/// and run the rotation steps against it: status, plan + run of step 3 (agents), plan +
+/// run of step 4 (leaf, with real `bao agent`s behind a fake `systemctl`), status.
 #[derive(Parser)]
 struct Args {
     /// Lab directory (wiped and recreated).
@@ -18,11 +21,46 @@ struct Args {
     keep: bool,
 }
 
-async fn rotate(args: &[&str]) -> rotate_cli::Exit {
-    println!("\n$ rotate {}", args[1..].join(" "));
-    let cli = rotate_cli::Cli::parse_from(args);
+async fn rotate(config: &str, args: &[&str]) -> Exit {
+    println!("\n$ rotate {}", args.join(" "));
+    let mut argv = vec!["rotate", "--config", config];
+    argv.extend_from_slice(args);
     let mut out = std::io::stdout();
-    rotate_cli::run(cli, &mut out).await
+    let exit = rotate_cli::run(rotate_cli::Cli::parse_from(argv), &mut out).await;
+    println!("(exit {})", exit.code());
+    exit
+}
+
+/// The write-up found a leftover `debug-policy` on the agent mappings and an existing
+/// `kv/ncprd1`: recreate that state so the run has something to fix and to respect.
+async fn seed_drift(lab: &rotate_tests::Lab) -> Result<()> {
+    let admin = lab.admin_client()?;
+    admin
+        .write_policy(
+            "debug-policy",
+            "path \"sys/health\" { capabilities = [\"read\"] }\n",
+        )
+        .await?;
+    for app in ["ncprd1", "resume2me"] {
+        let name = format!("agent-{app}");
+        let mut m = admin
+            .read_cert_role("cert", &name)
+            .await?
+            .with_context(|| format!("mapping {name} missing"))?;
+        m.token_policies.push("debug-policy".into());
+        admin.write_cert_role("cert", &name, &m).await?;
+    }
+    let data = serde_json::json!({"db_password": "set-by-operator"});
+    admin
+        .kv2_write(
+            "kv",
+            "ncprd1",
+            data.as_object().cloned().unwrap_or_default(),
+            Some(0),
+        )
+        .await?;
+    println!("\n(lab) added debug-policy to both agent mappings; created kv/ncprd1");
+    Ok(())
 }
 
 #[tokio::main]
@@ -40,29 +78,37 @@ async fn main() -> Result<std::process::ExitCode> {
         lab.paths.dir.display(),
         lab.paths.rotate_toml.display()
     );
+    for app in ["ncprd1", "resume2me"] {
+        lab.define_agent_unit(app, &lab.paths.dir.join("home").join(app));
+    }
     let config = lab.paths.rotate_toml.display().to_string();
-    let mut exit = rotate(&["rotate", "--config", &config, "status"]).await;
-    for args in [
+    let ok = |e: Exit| e == Exit::Ok || e == Exit::Changes;
+    let mut exit = rotate(&config, &["status"]).await;
+    for step in [
         &["plan", "--step", "agents"][..],
         &["run", "--step", "agents"][..],
+        &["plan", "--step", "leaf", "--with-kv-access"][..],
+        &["run", "--step", "leaf", "--with-kv-access"][..],
+        &["status"][..],
     ] {
-        if exit != rotate_cli::Exit::Ok && exit != rotate_cli::Exit::Changes {
+        if !ok(exit) {
             break;
         }
-        let mut argv = vec!["rotate", "--config", &config];
-        argv.extend_from_slice(args);
-        exit = rotate(&argv).await;
+        if step == ["plan", "--step", "leaf", "--with-kv-access"] {
+            seed_drift(&lab).await?;
+        }
+        exit = rotate(&config, step).await;
     }
-    if args.keep && exit == rotate_cli::Exit::Ok {
+    if ok(exit) && args.keep {
         println!(
             "\nLab running. In another shell: source {} && bao status\nCtrl-C to stop.",
             lab.paths.env_sh.display()
         );
         tokio::signal::ctrl_c().await?;
     }
-    if exit != rotate_cli::Exit::Ok {
+    if !ok(exit) {
         eprintln!("server log tail:\n{}", lab.log_tail());
     }
     drop(lab);
-    Ok(exit.into())
+    Ok(if ok(exit) { Exit::Ok } else { exit }.into())
 }

@@ -1,0 +1,221 @@
+//! A stand-in for systemd user units in the lab (systemd is not PID 1 on these machines):
+//! a fake `systemctl` script that records its arguments and asks a supervisor thread to
+//! (re)start real processes, e.g. a real `bao agent` for `vault-agent-<app>.service`.
+//!
+//! The protocol is files in `<lab>/systemd/`: `systemctl --user restart U` writes `U.req`
+//! and waits for `U.ack` (`ok` or an error); the supervisor keeps `U.active` while U runs.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result};
+
+use crate::lab::spawn_tied;
+use crate::pki::write_file;
+
+/// How to run one unit.
+#[derive(Debug, Clone)]
+pub struct UnitDef {
+    /// Program and arguments.
+    pub argv: Vec<String>,
+    /// The whole environment (nothing is inherited).
+    pub env: Vec<(String, String)>,
+    /// Where stdout and stderr go (appended).
+    pub log: PathBuf,
+}
+
+/// The lab's units and their supervisor.
+pub struct Units {
+    dir: PathBuf,
+    defs: Arc<Mutex<HashMap<String, UnitDef>>>,
+    stop: Arc<AtomicBool>,
+}
+
+fn script(dir: &Path) -> String {
+    format!(
+        r#"#!/bin/sh
+# Fake `systemctl --user` for the OpenBao lab (systemd is not PID 1 here). Records every
+# call; restart/start/stop/is-active are served by the lab's supervisor thread.
+set -u
+D='{dir}'
+printf '%s\n' "$*" >> "$D/calls.log"
+[ "${{1:-}}" = "--user" ] && shift
+cmd=${{1:-}}
+unit=${{2:-}}
+case $cmd in
+restart|start|stop)
+	rm -f "$D/$unit.ack"
+	printf '%s\n' "$cmd" > "$D/$unit.req.tmp" && mv "$D/$unit.req.tmp" "$D/$unit.req"
+	i=0
+	while [ ! -e "$D/$unit.ack" ]; do
+		i=$((i + 1))
+		if [ "$i" -gt 400 ]; then
+			echo "fake systemctl: $unit: no answer from the lab supervisor" >&2
+			exit 1
+		fi
+		sleep 0.05
+	done
+	ack=$(cat "$D/$unit.ack")
+	if [ "$ack" != ok ]; then
+		echo "fake systemctl: $cmd $unit: $ack" >&2
+		exit 1
+	fi
+	;;
+is-active)
+	if [ -e "$D/$unit.active" ]; then echo active; else echo inactive; exit 3; fi
+	;;
+*)
+	echo "fake systemctl: unsupported: $*" >&2
+	exit 1
+	;;
+esac
+"#,
+        dir = dir.display()
+    )
+}
+
+impl Units {
+    /// Create `<lab>/systemd/`, the fake `<lab>/bin/systemctl`, and start the supervisor.
+    pub fn start(lab_dir: &Path) -> Result<Units> {
+        let dir = lab_dir.join("systemd");
+        std::fs::create_dir_all(&dir)?;
+        std::fs::create_dir_all(lab_dir.join("bin"))?;
+        write_file(
+            &lab_dir.join("bin/systemctl"),
+            script(&dir).as_bytes(),
+            0o755,
+        )?;
+        let units = Units {
+            dir: dir.clone(),
+            defs: Arc::default(),
+            stop: Arc::default(),
+        };
+        let defs = units.defs.clone();
+        let stop = units.stop.clone();
+        std::thread::Builder::new()
+            .name("lab-units".into())
+            .spawn(move || supervise(&dir, &defs, &stop))
+            .context("start the lab's unit supervisor")?;
+        Ok(units)
+    }
+
+    /// Define (or redefine) unit `name`.
+    pub fn define(&self, name: &str, def: UnitDef) {
+        self.defs
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(name.to_owned(), def);
+    }
+
+    /// Every `systemctl` call so far, one line each (arguments joined by spaces).
+    pub fn calls(&self) -> Vec<String> {
+        std::fs::read_to_string(self.dir.join("calls.log"))
+            .unwrap_or_default()
+            .lines()
+            .map(str::to_owned)
+            .collect()
+    }
+
+    /// Is the unit running?
+    pub fn is_active(&self, name: &str) -> bool {
+        self.dir.join(format!("{name}.active")).exists()
+    }
+}
+
+impl Drop for Units {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::SeqCst);
+    }
+}
+
+fn stop_child(child: &mut Child) {
+    let _ = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status();
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while Instant::now() < deadline {
+        if let Ok(Some(_)) = child.try_wait() {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+}
+
+fn start_child(def: &UnitDef) -> Result<Child> {
+    let log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(&def.log)?;
+    let mut cmd = Command::new(&def.argv[0]);
+    cmd.args(&def.argv[1..])
+        .env_clear()
+        .envs(def.env.iter().cloned())
+        .stdin(Stdio::null())
+        .stdout(log.try_clone()?)
+        .stderr(log);
+    Ok(spawn_tied(&mut cmd)?)
+}
+
+/// The supervisor loop: serve requests, track exits. Children are tied to this thread.
+fn supervise(dir: &Path, defs: &Mutex<HashMap<String, UnitDef>>, stop: &AtomicBool) {
+    let mut running: HashMap<String, Child> = HashMap::new();
+    while !stop.load(Ordering::SeqCst) {
+        if let Ok(entries) = std::fs::read_dir(dir) {
+            for e in entries.flatten() {
+                let name = e.file_name().to_string_lossy().into_owned();
+                let Some(unit) = name.strip_suffix(".req") else {
+                    continue;
+                };
+                let unit = unit.to_owned();
+                let req = std::fs::read_to_string(e.path()).unwrap_or_default();
+                let _ = std::fs::remove_file(e.path());
+                let def = defs
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .get(&unit)
+                    .cloned();
+                let ack = match def {
+                    None => format!("Unit {unit} not found."),
+                    Some(def) => {
+                        if let Some(mut child) = running.remove(&unit) {
+                            stop_child(&mut child);
+                        }
+                        let _ = std::fs::remove_file(dir.join(format!("{unit}.active")));
+                        if req.trim() == "stop" {
+                            "ok".to_owned()
+                        } else {
+                            match start_child(&def) {
+                                Ok(child) => {
+                                    running.insert(unit.clone(), child);
+                                    let _ = std::fs::write(dir.join(format!("{unit}.active")), "");
+                                    "ok".to_owned()
+                                }
+                                Err(e) => format!("failed to start: {e:#}"),
+                            }
+                        }
+                    }
+                };
+                let tmp = dir.join(format!("{unit}.ack.tmp"));
+                let _ = std::fs::write(&tmp, ack);
+                let _ = std::fs::rename(&tmp, dir.join(format!("{unit}.ack")));
+            }
+        }
+        running.retain(|unit, child| match child.try_wait() {
+            Ok(None) => true,
+            _ => {
+                let _ = std::fs::remove_file(dir.join(format!("{unit}.active")));
+                false
+            }
+        });
+        std::thread::sleep(Duration::from_millis(25));
+    }
+    for (_, mut child) in running {
+        stop_child(&mut child);
+    }
+}

@@ -1,0 +1,499 @@
+//! Step 4 end to end: a real `bao agent` (started through the lab's fake systemd) logs in
+//! with the rotated agent cert, renders the leaf, runs the post-hook, which reloads a real
+//! nginx; `openssl s_client` then sees the new serial.
+
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use rotate_cli::Exit;
+use rotate_tests::{Lab, SERVER_NAME, shared, spawn_tied};
+use vault_client::{CertAuthApi, KvApi, SysApi};
+
+use crate::support::{add_to_section, config_in, free_port, rotate, tempdir};
+
+struct Nginx {
+    child: Child,
+    port: u16,
+}
+
+impl Drop for Nginx {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn nginx_binary() -> &'static str {
+    for p in ["/usr/sbin/nginx", "/usr/bin/nginx"] {
+        if Path::new(p).exists() {
+            return p;
+        }
+    }
+    panic!("nginx is not installed: run `bash scripts/setup.sh` (apt-get install nginx)");
+}
+
+/// A real nginx serving `fullchain`/`key` for `cn` on a loopback port.
+fn start_nginx(dir: &Path, cn: &str, fullchain: &Path, key: &Path) -> Nginx {
+    let root = dir.join("nginx");
+    std::fs::create_dir_all(root.join("tmp")).unwrap();
+    let port = free_port();
+    let pid_file = root.join("nginx.pid");
+    let conf = format!(
+        "daemon off;\nmaster_process on;\nworker_processes 1;\npid {pid};\nerror_log {root}/error.log info;\n\
+         events {{ worker_connections 64; }}\n\
+         http {{\n  access_log off;\n  client_body_temp_path {root}/tmp/body;\n  proxy_temp_path {root}/tmp/proxy;\n\
+           fastcgi_temp_path {root}/tmp/fastcgi;\n  uwsgi_temp_path {root}/tmp/uwsgi;\n  scgi_temp_path {root}/tmp/scgi;\n\
+           server {{\n    listen 127.0.0.1:{port} ssl;\n    server_name {cn};\n\
+             ssl_certificate {fullchain};\n    ssl_certificate_key {key};\n    location / {{ return 200 \"ok\\n\"; }}\n  }}\n}}\n",
+        pid = pid_file.display(),
+        root = root.display(),
+        fullchain = fullchain.display(),
+        key = key.display(),
+    );
+    std::fs::write(root.join("nginx.conf"), conf).unwrap();
+    let mut cmd = Command::new(nginx_binary());
+    cmd.arg("-p")
+        .arg(&root)
+        .arg("-c")
+        .arg(root.join("nginx.conf"))
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null());
+    let child = spawn_tied(&mut cmd).expect("start nginx");
+    let start = Instant::now();
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() || !pid_file.exists() {
+        assert!(
+            start.elapsed() < Duration::from_secs(10),
+            "nginx did not start; log:\n{}",
+            std::fs::read_to_string(root.join("error.log")).unwrap_or_default()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    Nginx { child, port }
+}
+
+/// The serial (hex, `aa:bb` like Vault prints it) nginx presents for `cn`, via `openssl s_client`.
+fn served_serial(port: u16, cn: &str) -> String {
+    let out = Command::new("sh")
+        .arg("-c")
+        .arg(format!(
+            "openssl s_client -connect 127.0.0.1:{port} -servername {cn} </dev/null 2>/dev/null | openssl x509 -noout -serial"
+        ))
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    let hex = text
+        .trim()
+        .trim_start_matches("serial=")
+        .to_ascii_lowercase();
+    hex.as_bytes()
+        .chunks(2)
+        .map(|c| String::from_utf8_lossy(c).into_owned())
+        .collect::<Vec<_>>()
+        .join(":")
+}
+
+fn wait_for_serial(port: u16, cn: &str, want: &str) {
+    let start = Instant::now();
+    loop {
+        let got = served_serial(port, cn);
+        if got == want {
+            return;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(15),
+            "nginx still serves {got}, expected {want}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// Put a placeholder leaf (from the lab CA) where the agent will render, so nginx can start.
+fn placeholder_leaf(lab: &Lab, home: &Path, app: &str) -> (PathBuf, PathBuf) {
+    let tls = home.join("tls");
+    std::fs::create_dir_all(&tls).unwrap();
+    let cn = format!("{app}.int.privsec.ch");
+    let leaf = lab
+        .ca
+        .leaf(&cn, &[&cn], &[], true, time::Duration::hours(2))
+        .unwrap();
+    let fullchain = tls.join(format!("{app}.fullchain.pem"));
+    let key = tls.join(format!("{app}.key"));
+    rotate_tests::write_file(
+        &fullchain,
+        format!("{}{}", leaf.cert_pem, lab.ca.intermediate_pem()).as_bytes(),
+        0o644,
+    )
+    .unwrap();
+    rotate_tests::write_file(&key, leaf.key_pem.as_bytes(), 0o600).unwrap();
+    (fullchain, key)
+}
+
+#[tokio::test]
+async fn leaf_rotation_with_a_real_agent_post_hook_and_nginx() {
+    let lab = shared();
+    let app = "leafapp";
+    let cn = format!("{app}.int.privsec.ch");
+    let dir = tempdir("leaf-e2e");
+    let cfg = config_in(lab, &dir, &[app], "");
+    let home = dir.join("home").join(app);
+    add_to_section(
+        &cfg,
+        "leaf",
+        &format!(
+            "proxy_reload = \"signal:{}:HUP\"",
+            dir.join("nginx/nginx.pid").display()
+        ),
+    );
+
+    let (exit, v) = rotate(&cfg, &["run", "--step", "agents"]).await;
+    assert_eq!(exit, Exit::Ok, "{v:#}");
+
+    // A leftover debug-policy on the mapping, as in the write-up.
+    let admin = lab.admin_client().unwrap();
+    admin
+        .write_policy(
+            "debug-policy",
+            "path \"sys/health\" { capabilities = [\"read\"] }",
+        )
+        .await
+        .unwrap();
+    let mut mapping = admin
+        .read_cert_role("cert", &format!("agent-{app}"))
+        .await
+        .unwrap()
+        .unwrap();
+    mapping.token_policies.push("debug-policy".into());
+    admin
+        .write_cert_role("cert", &format!("agent-{app}"), &mapping)
+        .await
+        .unwrap();
+
+    let (fullchain, key) = placeholder_leaf(lab, &home, app);
+    let nginx = start_nginx(&dir, &cn, &fullchain, &key);
+    let placeholder = served_serial(nginx.port, &cn);
+    assert!(!placeholder.is_empty());
+    lab.define_agent_unit(app, &home);
+
+    let (exit, r) = rotate(
+        &cfg,
+        &[
+            "run",
+            "--step",
+            "leaf",
+            "--with-kv-access",
+            "--with-kv-seed",
+        ],
+    )
+    .await;
+    let agent_log =
+        std::fs::read_to_string(home.join(format!("agent-{app}.log"))).unwrap_or_default();
+    assert_eq!(exit, Exit::Ok, "{r:#}\nagent log:\n{agent_log}");
+    let a = &r["apps"][0];
+    assert_eq!(a["status"], "rotated");
+    assert_eq!(a["removed_policies"], serde_json::json!(["debug-policy"]));
+    assert_eq!(a["kv"]["version"], 2);
+    assert_eq!(a["kv"]["seed"], "created");
+    assert_eq!(
+        a["kv"]["policy"]["name"],
+        format!("secret-agent-{app}-policy")
+    );
+    assert_eq!(a["auth"], "cert (mTLS) only");
+    assert_eq!(a["role"]["role"], format!("nginx-{app}"));
+    assert_eq!(a["leaf"]["subject_cn"], cn);
+    assert_eq!(a["leaf"]["issuer_cn"], "PrivSec Intermediate CA (prod)");
+    assert_eq!(a["previous_serial"], placeholder.as_str());
+    let new_serial = a["leaf"]["serial_hex"].as_str().unwrap().to_owned();
+    assert_ne!(new_serial, placeholder);
+    let mut policies: Vec<String> =
+        serde_json::from_value(a["login"]["token_policies"].clone()).unwrap();
+    policies.sort();
+    assert_eq!(
+        policies,
+        [
+            "default",
+            "marker-cert-auth",
+            &format!("pki-issue-{app}"),
+            &format!("secret-agent-{app}-policy")
+        ]
+    );
+    assert!(
+        r["versions"]["agent"]["major"].is_number(),
+        "agent/server versions compared: {r:#}"
+    );
+
+    // The post-hook is installed 0755, and it reloaded the real nginx.
+    let hook = home.join(format!(".vault-agent-{app}/bin/vault-agent-post-leaf.sh"));
+    assert_eq!(
+        std::fs::metadata(&hook).unwrap().permissions().mode() & 0o7777,
+        0o755
+    );
+    assert_eq!(
+        std::fs::metadata(&key).unwrap().mode() & 0o7777,
+        0o600,
+        "agent wrote the key 0600"
+    );
+    wait_for_serial(nginx.port, &cn, &new_serial);
+    assert!(agent_log.contains("vault-agent-post-leaf") || hook.exists());
+
+    // The fake systemctl saw a user-unit restart and an is-active check.
+    let calls = lab.units.calls();
+    let unit = format!("vault-agent-{app}.service");
+    assert!(
+        calls.contains(&format!("--user restart {unit}")),
+        "{calls:?}"
+    );
+    assert!(
+        calls.contains(&format!("--user is-active {unit}")),
+        "{calls:?}"
+    );
+    assert!(lab.units.is_active(&unit));
+
+    // KV: the secret exists now and a second run never overwrites it; the agent is
+    // restarted again, so nginx gets yet another leaf.
+    let before = admin
+        .kv2_read_metadata("kv", app)
+        .await
+        .unwrap()
+        .unwrap()
+        .current_version;
+    let (exit, r2) = rotate(
+        &cfg,
+        &[
+            "run",
+            "--step",
+            "leaf",
+            "--with-kv-access",
+            "--with-kv-seed",
+        ],
+    )
+    .await;
+    assert_eq!(exit, Exit::Ok, "{r2:#}");
+    let a2 = &r2["apps"][0];
+    assert_eq!(a2["kv"]["seed"], "exists, not overwritten");
+    assert_eq!(a2["removed_policies"], serde_json::json!([]));
+    assert_eq!(a2["mapping"]["action"], "unchanged");
+    assert_eq!(a2["post_hook"]["changed"], false);
+    assert_eq!(
+        admin
+            .kv2_read_metadata("kv", app)
+            .await
+            .unwrap()
+            .unwrap()
+            .current_version,
+        before
+    );
+    let newer = a2["leaf"]["serial_hex"].as_str().unwrap();
+    assert_ne!(newer, new_serial);
+    wait_for_serial(nginx.port, &cn, newer);
+
+    let _ = Command::new(lab.paths.dir.join("bin/systemctl"))
+        .args(["--user", "stop", &unit])
+        .status();
+    drop(nginx);
+}
+
+#[tokio::test]
+async fn unknown_or_v1_kv_mount_is_refused_before_anything_is_written() {
+    let lab = shared();
+    let dir = tempdir("leaf-kv");
+    let cfg = config_in(lab, &dir, &["kvapp"], "");
+    let (exit, v) = rotate(&cfg, &["run", "--step", "agents"]).await;
+    assert_eq!(exit, Exit::Ok, "{v:#}");
+
+    let text = std::fs::read_to_string(&cfg)
+        .unwrap()
+        .replace("kv_mount = \"kv\"", "kv_mount = \"nokv\"");
+    std::fs::write(&cfg, text).unwrap();
+    let (exit, v) = rotate(&cfg, &["run", "--step", "leaf", "--with-kv-access"]).await;
+    assert_eq!(exit, Exit::Config, "{v:#}");
+    let err = v["apps"][0]["error"].as_str().unwrap();
+    assert!(
+        err.contains("KV mount nokv") && err.contains("no such"),
+        "{err}"
+    );
+
+    let admin = lab.admin_client().unwrap();
+    admin
+        .enable_mount(
+            "kvone",
+            "kv",
+            [("version".to_owned(), "1".to_owned())].into(),
+        )
+        .await
+        .unwrap();
+    let text = std::fs::read_to_string(&cfg)
+        .unwrap()
+        .replace("kv_mount = \"nokv\"", "kv_mount = \"kvone\"");
+    std::fs::write(&cfg, text).unwrap();
+    let (exit, v) = rotate(&cfg, &["run", "--step", "leaf", "--with-kv-access"]).await;
+    assert_eq!(exit, Exit::Config, "{v:#}");
+    let err = v["apps"][0]["error"].as_str().unwrap();
+    assert!(
+        err.contains("KV v1") && err.contains("v2 is required"),
+        "{err}"
+    );
+
+    use vault_client::PkiApi;
+    assert!(
+        admin
+            .read_role("pki-prod", "nginx-kvapp")
+            .await
+            .unwrap()
+            .is_none(),
+        "no role written"
+    );
+    assert!(
+        !dir.join("home/kvapp/.vault-agent-kvapp").exists(),
+        "no hook or agent config written"
+    );
+}
+
+#[tokio::test]
+async fn post_hook_dir_not_owned_by_the_app_is_refused() {
+    let lab = shared();
+    let dir = tempdir("leaf-owner");
+    let cfg = config_in(lab, &dir, &["ownapp"], "");
+    let text = std::fs::read_to_string(&cfg).unwrap().replace(
+        "name = \"ownapp\"\n",
+        "name = \"ownapp\"\nuser = \"nobody\"\ngroup = \"nogroup\"\n",
+    );
+    std::fs::write(&cfg, text).unwrap();
+    let (exit, v) = rotate(&cfg, &["run", "--step", "agents"]).await;
+    assert_eq!(exit, Exit::Ok, "{v:#}");
+    let key = dir.join("home/ownapp/vault/mtls/agent.key");
+    let nobody = nix::unistd::User::from_name("nobody")
+        .unwrap()
+        .unwrap()
+        .uid
+        .as_raw();
+    assert_eq!(
+        std::fs::metadata(&key).unwrap().uid(),
+        nobody,
+        "agent files owned by the app user"
+    );
+
+    // The hook's directory exists but belongs to root, not to the app.
+    let bin = dir.join("home/ownapp/.vault-agent-ownapp/bin");
+    std::fs::create_dir_all(&bin).unwrap();
+    let (exit, v) = rotate(&cfg, &["run", "--step", "leaf"]).await;
+    assert_eq!(exit, Exit::Config, "{v:#}");
+    let err = v["apps"][0]["error"].as_str().unwrap();
+    assert!(
+        err.contains(&bin.display().to_string()) && err.contains("nobody"),
+        "{err}"
+    );
+    assert!(!bin.join("vault-agent-post-leaf.sh").exists());
+}
+
+#[tokio::test]
+async fn failing_or_hanging_restart_fails_the_step_and_keeps_the_leaf() {
+    let lab = shared();
+    let app = "hangapp";
+    let dir = tempdir("leaf-hang");
+    let cfg = config_in(lab, &dir, &[app], "");
+    let (exit, v) = rotate(&cfg, &["run", "--step", "agents"]).await;
+    assert_eq!(exit, Exit::Ok, "{v:#}");
+    let home = dir.join("home").join(app);
+    let (fullchain, _) = placeholder_leaf(lab, &home, app);
+    let before = std::fs::read(&fullchain).unwrap();
+
+    // The unit is not defined: the (fake) systemctl restart fails with its message.
+    let (exit, v) = rotate(&cfg, &["run", "--step", "leaf"]).await;
+    assert_eq!(exit, Exit::GateFailed, "{v:#}");
+    let err = v["apps"][0]["error"].as_str().unwrap();
+    assert!(
+        err.contains(&format!("vault-agent-{app}.service")) && err.contains("not found"),
+        "{err}"
+    );
+    assert_eq!(
+        std::fs::read(&fullchain).unwrap(),
+        before,
+        "the leaf stays as it was"
+    );
+
+    // A restart that hangs past its timeout.
+    let hang = dir.join("systemctl-hang");
+    rotate_tests::write_file(&hang, b"#!/bin/sh\nsleep 30\n", 0o755).unwrap();
+    let text = std::fs::read_to_string(&cfg).unwrap().replace(
+        &lab.paths.dir.join("bin/systemctl").display().to_string(),
+        &hang.display().to_string(),
+    );
+    std::fs::write(&cfg, text).unwrap();
+    add_to_section(&cfg, "leaf", "command_timeout = \"1s\"");
+    let start = Instant::now();
+    let (exit, v) = rotate(&cfg, &["run", "--step", "leaf"]).await;
+    assert_eq!(exit, Exit::GateFailed, "{v:#}");
+    assert!(
+        start.elapsed() < Duration::from_secs(15),
+        "the timeout was enforced"
+    );
+    let err = v["apps"][0]["error"].as_str().unwrap();
+    assert!(
+        err.contains("timed out") || err.contains("timeout"),
+        "{err}"
+    );
+    assert_eq!(std::fs::read(&fullchain).unwrap(), before);
+}
+
+#[test]
+fn leaf_gate_rejects_a_wrong_cn_and_a_foreign_key() {
+    let lab = shared();
+    let dir = tempdir("leaf-gate");
+    let home = dir.join("home/gateapp");
+    let (fullchain, key) = placeholder_leaf(lab, &home, "gateapp");
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs() as i64;
+    let hour = Duration::from_secs(3600);
+    let want = |cn: &'static str| rotate_cli::LeafExpectation {
+        cn,
+        issuer: "PrivSec Intermediate CA (prod)",
+        min_remaining: Duration::from_secs(60),
+        max_lifetime: hour * 3,
+    };
+    let ok = rotate_cli::verify_leaf(
+        &fullchain,
+        &key,
+        &lab.paths.ca_bundle,
+        &want("gateapp.int.privsec.ch"),
+        now,
+    );
+    assert!(ok.is_ok(), "{ok:?}");
+    let err = rotate_cli::verify_leaf(
+        &fullchain,
+        &key,
+        &lab.paths.ca_bundle,
+        &want("other.int.privsec.ch"),
+        now,
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(
+        err.contains("other.int.privsec.ch") && err.contains("gateapp.int.privsec.ch"),
+        "{err}"
+    );
+    assert!(
+        err.contains(&fullchain.display().to_string()),
+        "names the file: {err}"
+    );
+
+    let other = lab
+        .ca
+        .leaf("x", &["x"], &[], true, time::Duration::hours(1))
+        .unwrap();
+    std::fs::write(&key, other.key_pem.as_bytes()).unwrap();
+    let err = rotate_cli::verify_leaf(
+        &fullchain,
+        &key,
+        &lab.paths.ca_bundle,
+        &want("gateapp.int.privsec.ch"),
+        now,
+    )
+    .unwrap_err();
+    assert!(err.to_string().to_lowercase().contains("key"), "{err}");
+    let _ = SERVER_NAME;
+}
