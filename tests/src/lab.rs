@@ -124,13 +124,19 @@ fn free_ports() -> Result<(u16, u16)> {
 
 /// Spawn `cmd` so that it dies with the thread that spawned it (no leaked servers when a
 /// test binary exits without running destructors).
-#[allow(unsafe_code)]
 pub fn spawn_tied(cmd: &mut Command) -> std::io::Result<Child> {
+    spawn_tied_with(cmd, libc::SIGKILL)
+}
+
+/// Like [`spawn_tied`], delivering `signal` instead of SIGKILL: for a server with workers
+/// (nginx) that must get the chance to stop them.
+#[allow(unsafe_code)]
+pub fn spawn_tied_with(cmd: &mut Command, signal: i32) -> std::io::Result<Child> {
     use std::os::unix::process::CommandExt;
     // SAFETY: prctl is async-signal-safe and touches no memory of the parent.
     unsafe {
-        cmd.pre_exec(|| {
-            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 {
+        cmd.pre_exec(move || {
+            if libc::prctl(libc::PR_SET_PDEATHSIG, signal) != 0 {
                 return Err(std::io::Error::last_os_error());
             }
             Ok(())

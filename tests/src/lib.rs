@@ -16,7 +16,9 @@ mod lab;
 mod pki;
 mod units;
 
-pub use lab::{KV_MOUNT, Lab, LabPaths, PKI_MOUNT, SERVER_NAME, bao_binary, spawn_tied};
+pub use lab::{
+    KV_MOUNT, Lab, LabPaths, PKI_MOUNT, SERVER_NAME, bao_binary, spawn_tied, spawn_tied_with,
+};
 pub use pki::{INTERMEDIATE_CN, LabCa, Leaf, ROOT_CN, write_file};
 pub use units::{UnitDef, Units};
 

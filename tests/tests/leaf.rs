@@ -8,7 +8,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use rotate_cli::Exit;
-use rotate_tests::{Lab, SERVER_NAME, shared, spawn_tied};
+use rotate_tests::{Lab, SERVER_NAME, shared, spawn_tied_with};
 use vault_client::{CertAuthApi, KvApi, SysApi};
 
 use crate::support::{add_to_section, config_in, free_port, rotate, tempdir};
@@ -19,7 +19,18 @@ struct Nginx {
 }
 
 impl Drop for Nginx {
+    /// SIGTERM (fast shutdown: the master stops its workers), then SIGKILL if needed.
     fn drop(&mut self) {
+        let _ = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status();
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = self.child.try_wait() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
@@ -61,7 +72,7 @@ fn start_nginx(dir: &Path, cn: &str, fullchain: &Path, key: &Path) -> Nginx {
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(Stdio::null());
-    let child = spawn_tied(&mut cmd).expect("start nginx");
+    let child = spawn_tied_with(&mut cmd, libc::SIGTERM).expect("start nginx");
     let start = Instant::now();
     while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() || !pid_file.exists() {
         assert!(
