@@ -289,3 +289,34 @@ async fn forbidden_mapping_write_is_reported_and_files_are_rolled_back() {
     let key = dir.join("home/forbidapp/vault/mtls/agent.key");
     assert!(!key.exists(), "the new files were rolled back");
 }
+
+#[tokio::test]
+async fn non_pem_ca_file_is_a_config_error_and_changes_nothing() {
+    let lab = shared();
+    let dir = tempdir("badca");
+    let cfg = config_in(lab, &dir, &["badcaapp"], "");
+    let bad = dir.join("ca.pem");
+    std::fs::write(&bad, "this is not PEM\n").unwrap();
+    let text = std::fs::read_to_string(&cfg).unwrap().replace(
+        &lab.paths.ca_bundle.display().to_string(),
+        &bad.display().to_string(),
+    );
+    std::fs::write(&cfg, text).unwrap();
+    let (exit, v) = rotate(&cfg, &["run", "--step", "agents"]).await;
+    assert_eq!(exit, Exit::Config, "{v:#}");
+    let err = v["error"].as_str().unwrap();
+    assert!(
+        err.contains(&bad.display().to_string()) && err.contains("PEM"),
+        "{err}"
+    );
+    assert!(!dir.join("home/badcaapp/vault").exists());
+    use vault_client::PkiApi;
+    let admin = lab.admin_client().unwrap();
+    assert!(
+        admin
+            .read_role("pki-prod", "agent-mtls-badcaapp")
+            .await
+            .unwrap()
+            .is_none()
+    );
+}

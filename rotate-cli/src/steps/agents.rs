@@ -511,3 +511,109 @@ fn changes(r: &RoleOutcome) -> String {
         format!(": {}", fields.join(", "))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    //! Step 3's logic against mocked Vault: what an embedding tool's unit tests look like.
+
+    use super::*;
+    use crate::deps::MockGateConnector;
+    use rcgen::{
+        BasicConstraints, CertificateParams, CertificateSigningRequestParams, CertifiedIssuer,
+        DnType, IsCa, KeyPair,
+    };
+    use vault_client::{
+        IssuedCert, MockCertAuthApi, MockKvApi, MockPkiApi, MockSysApi, MockTokenApi, MountInfo,
+    };
+
+    fn config(home: &std::path::Path) -> Config {
+        let text = format!(
+            "env = \"test\"\n[vault]\naddr = \"https://127.0.0.1:1\"\n\
+             [pki]\nmount = \"pki-prod\"\nissuer_name = \"PrivSec Intermediate CA (prod)\"\n\
+             [[apps]]\nname = \"ncprd1\"\nhome = \"{}\"\n",
+            home.display()
+        );
+        Config::parse(&text, std::path::Path::new("/etc/rotate/test.toml")).unwrap()
+    }
+
+    fn ca() -> CertifiedIssuer<'static, KeyPair> {
+        let mut p = CertificateParams::new(Vec::<String>::new()).unwrap();
+        p.distinguished_name
+            .push(DnType::CommonName, "PrivSec Intermediate CA (prod)");
+        p.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        CertifiedIssuer::self_signed(p, KeyPair::generate().unwrap()).unwrap()
+    }
+
+    /// A PKI mock whose `sign` returns a certificate for `cn` whatever the CSR asked.
+    fn pki_signing_as(cn: &'static str) -> MockPkiApi {
+        let issuer = std::sync::Arc::new(ca());
+        let chain = issuer.pem();
+        let mut pki = MockPkiApi::new();
+        pki.expect_read_ca_chain()
+            .returning(move |_| Ok(chain.clone()));
+        pki.expect_read_role().returning(|_, _| Ok(None));
+        pki.expect_write_role().times(1).returning(|_, _, _| Ok(()));
+        pki.expect_issue().never();
+        pki.expect_sign().times(1).returning(move |_, _, csr, _| {
+            let mut req = CertificateSigningRequestParams::from_pem(csr).unwrap();
+            req.params.distinguished_name = rcgen::DistinguishedName::new();
+            req.params.distinguished_name.push(DnType::CommonName, cn);
+            let cert = req.signed_by(&issuer).unwrap();
+            Ok(serde_json::from_value::<IssuedCert>(serde_json::json!({
+                "certificate": cert.pem(),
+                "issuing_ca": issuer.pem(),
+                "ca_chain": [issuer.pem()],
+                "serial_number": "01:02",
+            }))
+            .unwrap())
+        });
+        pki
+    }
+
+    #[tokio::test]
+    async fn an_issued_cert_with_another_cn_fails_the_app_and_writes_nothing() {
+        let home = tempfile::tempdir().unwrap();
+        let cfg = config(home.path());
+        let mut sys = MockSysApi::new();
+        sys.expect_list_auth().returning(|| {
+            Ok([(
+                "cert/".to_string(),
+                MountInfo {
+                    mount_type: "cert".into(),
+                    description: String::new(),
+                    accessor: String::new(),
+                    options: None,
+                },
+            )]
+            .into())
+        });
+        sys.expect_read_policy().returning(|_| Ok(None));
+        sys.expect_write_policy().returning(|_, _| Ok(()));
+        let pki = pki_signing_as("evil.example.com");
+        let mut cert = MockCertAuthApi::new();
+        cert.expect_write_cert_role().never();
+        let token = MockTokenApi::new();
+        let kv = MockKvApi::new();
+        let mut gate = MockGateConnector::new();
+        gate.expect_connect().never();
+        let vault = Vault {
+            sys: &sys,
+            pki: &pki,
+            cert: &cert,
+            token: &token,
+            kv: &kv,
+            gate: &gate,
+        };
+        let apps = cfg.select_apps(&[]).unwrap();
+        let report = run_agents(&cfg, &apps, vault, false, 0).await.unwrap();
+        let app = &report.apps[0];
+        assert_eq!(app.status, AppStatus::Failed);
+        let err = app.error.as_deref().unwrap();
+        assert!(
+            err.contains("agent-ncprd1.prod.privsec.ch") && err.contains("evil.example.com"),
+            "{err}"
+        );
+        assert_eq!(report.exit(), crate::Exit::GateFailed);
+        assert!(!home.path().join("vault").exists(), "no file written");
+    }
+}

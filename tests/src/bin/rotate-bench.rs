@@ -1,0 +1,186 @@
+//! `rotate-bench`: measure what a rotation spends its time on, against the real lab.
+//!
+//! `cargo run --release -p rotate-tests --bin rotate-bench` prints a table: requests over
+//! one pooled mTLS connection vs a fresh client (handshake) per request, issuance with a
+//! Vault-made key vs a local CSR (P-256, RSA 2048), and whole `run --step agents` runs.
+
+use std::time::{Duration, Instant};
+
+use anyhow::Result;
+use clap::Parser;
+use pki_ops::{IssueMode, KeyAlgorithm, RoleSpec, issue_cert};
+use vault_client::{IssueRequest, SysApi, VaultClient};
+
+#[derive(Parser)]
+struct Args {
+    /// Lab directory (wiped and recreated).
+    #[arg(long, default_value = "target/bench-lab")]
+    dir: std::path::PathBuf,
+    /// Repetitions of the cheap measurements (the expensive ones use a fifth).
+    #[arg(long, default_value_t = 200)]
+    n: usize,
+}
+
+struct Stats {
+    name: String,
+    n: usize,
+    samples: Vec<Duration>,
+}
+
+impl Stats {
+    fn row(&mut self) -> String {
+        self.samples.sort();
+        let total: Duration = self.samples.iter().sum();
+        let pct = |p: f64| self.samples[((self.samples.len() - 1) as f64 * p) as usize];
+        format!(
+            "| {} | {} | {:.2} | {:.2} | {:.2} |",
+            self.name,
+            self.n,
+            (total / self.n as u32).as_secs_f64() * 1e3,
+            pct(0.5).as_secs_f64() * 1e3,
+            pct(0.95).as_secs_f64() * 1e3,
+        )
+    }
+}
+
+async fn measure<F, Fut>(name: &str, n: usize, mut f: F) -> Result<Stats>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<()>>,
+{
+    f().await?; // warm-up
+    let mut samples = Vec::with_capacity(n);
+    for _ in 0..n {
+        let t = Instant::now();
+        f().await?;
+        samples.push(t.elapsed());
+    }
+    Ok(Stats {
+        name: name.to_owned(),
+        n,
+        samples,
+    })
+}
+
+#[tokio::main]
+async fn main() -> Result<()> {
+    let args = Args::parse();
+    let lab = rotate_tests::Lab::start(&args.dir).await?;
+    let admin = lab.admin_client()?;
+    let cfg = lab.client_config(None)?;
+    let few = (args.n / 5).max(5);
+
+    let role = RoleSpec::agent_client("bench.prod.privsec.ch", "1h", "1h");
+    pki_ops::upsert_role(
+        &admin,
+        rotate_tests::PKI_MOUNT,
+        "bench",
+        &role,
+        pki_ops::CreatePolicy::CreateIfMissing,
+        false,
+    )
+    .await?;
+    let rsa_role =
+        RoleSpec::agent_client("bench.prod.privsec.ch", "1h", "1h").with_key(KeyAlgorithm::Rsa2048);
+    pki_ops::upsert_role(
+        &admin,
+        rotate_tests::PKI_MOUNT,
+        "bench-rsa",
+        &rsa_role,
+        pki_ops::CreatePolicy::CreateIfMissing,
+        false,
+    )
+    .await?;
+    let req = IssueRequest {
+        common_name: "bench.prod.privsec.ch".into(),
+        ttl: Some("10m".into()),
+        ..Default::default()
+    };
+
+    let pooled = VaultClient::new(&cfg)?;
+    let mut rows = vec![
+        measure(
+            "sys/seal-status, one pooled mTLS client",
+            args.n,
+            || async {
+                pooled.seal_status().await?;
+                Ok(())
+            },
+        )
+        .await?,
+        measure(
+            "sys/seal-status, fresh client + mTLS handshake each",
+            few,
+            || async {
+                VaultClient::new(&cfg)?.seal_status().await?;
+                Ok(())
+            },
+        )
+        .await?,
+        measure(
+            "issue, Vault-made EC P-256 key (pki/issue)",
+            few,
+            || async {
+                issue_cert(
+                    &admin,
+                    rotate_tests::PKI_MOUNT,
+                    "bench",
+                    &req,
+                    IssueMode::VaultKey,
+                )
+                .await?;
+                Ok(())
+            },
+        )
+        .await?,
+        measure("issue, local P-256 key + CSR (pki/sign)", few, || async {
+            issue_cert(
+                &admin,
+                rotate_tests::PKI_MOUNT,
+                "bench",
+                &req,
+                IssueMode::Csr(KeyAlgorithm::EcdsaP256),
+            )
+            .await?;
+            Ok(())
+        })
+        .await?,
+        measure(
+            "issue, local RSA 2048 key + CSR (pki/sign)",
+            few / 2,
+            || async {
+                issue_cert(
+                    &admin,
+                    rotate_tests::PKI_MOUNT,
+                    "bench-rsa",
+                    &req,
+                    IssueMode::Csr(KeyAlgorithm::Rsa2048),
+                )
+                .await?;
+                Ok(())
+            },
+        )
+        .await?,
+    ];
+    let config = lab.paths.rotate_toml.display().to_string();
+    rows.push(
+        measure(
+            "`rotate run --step agents`, 2 apps, gates included",
+            5,
+            || async {
+                let cli = <rotate_cli::Cli as Parser>::parse_from([
+                    "rotate", "--config", &config, "-o", "json", "run", "--step", "agents",
+                ]);
+                let exit = rotate_cli::run(cli, &mut std::io::sink()).await;
+                anyhow::ensure!(exit == rotate_cli::Exit::Ok, "rotate exited {exit:?}");
+                Ok(())
+            },
+        )
+        .await?,
+    );
+    println!("| operation | n | mean ms | p50 ms | p95 ms |\n| --- | --- | --- | --- | --- |");
+    for r in &mut rows {
+        println!("{}", r.row());
+    }
+    Ok(())
+}
