@@ -34,3 +34,26 @@ impl From<Exit> for std::process::ExitCode {
         std::process::ExitCode::from(e.code())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::Exit;
+
+    /// Scripts depend on these numbers: changing one is a breaking change.
+    #[test]
+    fn exit_codes_are_stable() {
+        let codes = [
+            (Exit::Ok, 0),
+            (Exit::Failure, 1),
+            (Exit::Usage, 2),
+            (Exit::Config, 3),
+            (Exit::Vault, 4),
+            (Exit::GateFailed, 5),
+            (Exit::Sealed, 6),
+            (Exit::Changes, 10),
+        ];
+        for (e, n) in codes {
+            assert_eq!(e.code(), n, "{e:?}");
+        }
+    }
+}

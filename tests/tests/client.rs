@@ -470,3 +470,42 @@ fn fastrand_suffix() -> u64 {
     static N: AtomicU64 = AtomicU64::new(0);
     N.fetch_add(1, Ordering::SeqCst)
 }
+
+#[tokio::test]
+async fn ca_directory_works_like_vault_capath() {
+    let lab = shared();
+    let dir = tempdir();
+    let capath = dir.join("capath");
+    std::fs::create_dir_all(&capath).unwrap();
+    std::fs::write(capath.join("root.pem"), lab.ca.root_pem()).unwrap();
+    std::fs::write(capath.join("intermediate.pem"), lab.ca.intermediate_pem()).unwrap();
+    let vars = [
+        ("BAO_ADDR", lab.addr.clone()),
+        ("VAULT_CAPATH", capath.display().to_string()),
+        (
+            "VAULT_CLIENT_CERT",
+            lab.paths.admin_cert.display().to_string(),
+        ),
+        (
+            "VAULT_CLIENT_KEY",
+            lab.paths.admin_key.display().to_string(),
+        ),
+        ("VAULT_TLS_SERVER_NAME", SERVER_NAME.to_owned()),
+        ("VAULT_TOKEN", format!("{}\n", lab.token())),
+    ];
+    let cfg =
+        ClientConfig::from_lookup(|k| vars.iter().find(|(n, _)| *n == k).map(|(_, v)| v.clone()))
+            .unwrap();
+    let v = VaultClient::new(&cfg).unwrap();
+    assert_eq!(
+        v.lookup_self().await.unwrap().policies,
+        vec!["root".to_string()]
+    );
+
+    std::fs::write(capath.join("junk.txt"), "not a certificate").unwrap();
+    let err = VaultClient::new(&cfg).unwrap_err().to_string();
+    assert!(
+        err.contains("junk.txt"),
+        "a bad file in VAULT_CAPATH is named: {err}"
+    );
+}

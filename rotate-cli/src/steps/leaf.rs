@@ -216,6 +216,35 @@ fn post_hook_spec(cfg: &Config, app: &AppConfig) -> PostHookSpec {
     s
 }
 
+/// The auto_auth methods an existing agent config uses (`method "approle" {`...).
+fn auth_methods_in(config: &str) -> Vec<String> {
+    config
+        .lines()
+        .filter_map(|l| l.trim().strip_prefix("method"))
+        .filter_map(|rest| rest.trim().strip_prefix('"'))
+        .filter_map(|rest| rest.split('"').next())
+        .map(str::to_owned)
+        .collect()
+}
+
+/// Strict auth: the agent authenticates by cert only. Report what the config it replaces
+/// used, if anything else.
+fn strict_auth(app: &AppConfig) -> String {
+    let previous = std::fs::read_to_string(app.agent_config())
+        .map(|c| auth_methods_in(&c))
+        .unwrap_or_default();
+    let other: Vec<&String> = previous.iter().filter(|m| *m != "cert").collect();
+    if other.is_empty() {
+        "cert (mTLS) only".to_owned()
+    } else {
+        let list: Vec<&str> = other.iter().map(|s| s.as_str()).collect();
+        format!(
+            "cert (mTLS) only; the previous agent config also used: {}",
+            list.join(", ")
+        )
+    }
+}
+
 fn serial_of(path: &Path) -> Option<String> {
     CertInfo::from_pem_file(path).ok().map(|c| c.serial_hex)
 }
@@ -483,6 +512,7 @@ async fn leaf(
     r.mapping = Some(outcome);
 
     // Agent config and post-hook.
+    r.auth = strict_auth(app);
     let hook_spec = post_hook_spec(cfg, app);
     let agent_hcl = hooks::render_agent_config(&agent_spec(cfg, app))?;
     if dry_run {
@@ -707,5 +737,17 @@ impl std::fmt::Display for LeafStepReport {
             }
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn finds_every_auto_auth_method_of_an_agent_config() {
+        let hcl = "auto_auth {\n  method \"approle\" {\n  }\n  method \"cert\" {\n  }\n}\n";
+        assert_eq!(auth_methods_in(hcl), ["approle", "cert"]);
+        assert!(auth_methods_in("vault { address = \"x\" }").is_empty());
     }
 }
