@@ -320,3 +320,43 @@ async fn non_pem_ca_file_is_a_config_error_and_changes_nothing() {
             .is_none()
     );
 }
+
+#[tokio::test]
+async fn role_update_keeps_fields_rotate_does_not_manage() {
+    use vault_client::PkiApi;
+    let lab = shared();
+    let admin = lab.admin_client().unwrap();
+    let spec = pki_ops::RoleSpec::agent_client("keep.prod.privsec.ch", "1h", "2h");
+    let create = pki_ops::CreatePolicy::CreateIfMissing;
+    pki_ops::upsert_role(&admin, "pki-prod", "keep-role", &spec, create, false)
+        .await
+        .unwrap();
+    // An operator sets a field rotate does not manage (Vault resets fields a write omits).
+    let mut role = admin
+        .read_role("pki-prod", "keep-role")
+        .await
+        .unwrap()
+        .unwrap();
+    role.insert("ou".into(), serde_json::json!(["SRE"]));
+    admin
+        .write_role("pki-prod", "keep-role", role)
+        .await
+        .unwrap();
+
+    let changed = pki_ops::RoleSpec::agent_client("keep.prod.privsec.ch", "30m", "2h");
+    let out = pki_ops::upsert_role(&admin, "pki-prod", "keep-role", &changed, create, false)
+        .await
+        .unwrap();
+    assert_eq!(out.action, pki_ops::RoleAction::Updated);
+    let after = admin
+        .read_role("pki-prod", "keep-role")
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(after["ttl"], 1800);
+    assert_eq!(
+        after["ou"],
+        serde_json::json!(["SRE"]),
+        "the operator's field survived"
+    );
+}

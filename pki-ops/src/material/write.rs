@@ -444,7 +444,8 @@ fn write_one(file: &MaterialFile, plan: &Plan) -> Result<FileOutcome> {
             uid: Some(meta.uid()),
             gid: Some(meta.gid()),
         };
-        replace(&prev, meta.mode() & 0o7777, old_owner, &old)?;
+        // Never wider than the new file: the backup of a key is as private as the key.
+        replace(&prev, meta.mode() & spec.mode & 0o7777, old_owner, &old)?;
         outcome.previous = Some(prev);
     }
     replace(&spec.path, spec.mode, plan.owner, &file.contents)?;
@@ -664,7 +665,11 @@ mod tests {
         assert!(r.files[0].changed);
         assert_eq!(mode_of(&key), 0o600);
         restore(&key).unwrap();
-        assert_eq!(mode_of(&key), 0o644);
+        assert_eq!(
+            mode_of(&key),
+            0o600,
+            "the backup of a key is never wider than the key it backs up"
+        );
     }
 
     #[test]

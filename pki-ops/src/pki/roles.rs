@@ -281,6 +281,12 @@ pub async fn upsert_role(
         .read_role(mount, name)
         .await
         .map_err(Error::vault(format!("read role {mount}/roles/{name}")))?;
+    // Vault rebuilds a role from its defaults on every write: send what it has, overlaid
+    // with what we want, so fields we don't manage (issuer_ref, key_usage, ...) survive.
+    let mut params = actual.clone().unwrap_or_default();
+    for (k, v) in spec.params() {
+        params.insert(k.clone(), v.clone());
+    }
     let (action, changes) = match actual {
         None if policy == CreatePolicy::MustExist => {
             return Err(Error::RoleMissing {
@@ -300,7 +306,7 @@ pub async fn upsert_role(
         }
     };
     if action != RoleAction::Unchanged && !dry_run {
-        api.write_role(mount, name, spec.params.clone())
+        api.write_role(mount, name, params)
             .await
             .map_err(Error::vault(format!("write role {mount}/roles/{name}")))?;
     }
@@ -489,10 +495,18 @@ mod tests {
         let spec = RoleSpec::agent_client("agent-x.prod.privsec.ch", "720h", "720h");
         let mut actual = vault_form(&spec);
         actual.insert("server_flag".into(), json!(true));
+        actual.insert("issuer_ref".into(), json!("pinned-issuer"));
+        let mut sent = actual.clone();
+        for (k, v) in spec.params() {
+            sent.insert(k.clone(), v.clone());
+        }
+        assert_eq!(
+            sent["issuer_ref"], "pinned-issuer",
+            "unmanaged fields are sent back"
+        );
         let mut api = MockPkiApi::new();
         api.expect_read_role()
             .returning(move |_, _| Ok(Some(actual.clone())));
-        let sent = spec.params().clone();
         api.expect_write_role()
             .withf(move |m, n, p| m == "pki-prod" && n == "agent-mtls-x" && *p == sent)
             .times(1)

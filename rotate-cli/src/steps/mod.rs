@@ -124,46 +124,57 @@ fn vault_exit(e: &vault_client::Error) -> Exit {
     }
 }
 
-/// Make sure the directory of `file` exists: create it (with `mode`, owned by the app
-/// user when configured) if missing; refuse a non-directory in the way.
+/// Make sure the directory of `file` exists: create each missing level (with `mode`,
+/// owned by the app user when configured, so the app can reach what is inside); refuse a
+/// non-directory in the way.
 pub(crate) fn ensure_dir(file: &Path, mode: u32, app: &AppConfig) -> Result<PathBuf, StepError> {
     use std::os::unix::fs::DirBuilderExt;
     let dir = file.parent().unwrap_or(Path::new("/")).to_owned();
-    if dir.is_dir() {
-        return Ok(dir);
-    }
-    if dir.exists() {
-        return Err(StepError::Invalid {
-            what: format!("app {} directory {}", app.name, dir.display()),
-            reason: "exists but is not a directory".into(),
-        });
-    }
-    std::fs::DirBuilder::new()
-        .recursive(true)
-        .mode(mode)
-        .create(&dir)
-        .map_err(|e| StepError::Invalid {
-            what: format!("app {} directory {}", app.name, dir.display()),
-            reason: format!("cannot create: {e}"),
-        })?;
-    if let Some(user) = &app.user {
-        let owner = |e: String| StepError::Invalid {
-            what: format!("app {} directory {}", app.name, dir.display()),
-            reason: e,
+    let invalid = |d: &Path, reason: String| StepError::Invalid {
+        what: format!("app {} directory {}", app.name, d.display()),
+        reason,
+    };
+    let owner = app_owner(app).map_err(|e| invalid(&dir, e))?;
+    let mut missing = Vec::new();
+    let mut cur = dir.as_path();
+    while !cur.is_dir() {
+        if cur.exists() {
+            return Err(invalid(cur, "exists but is not a directory".into()));
+        }
+        missing.push(cur.to_owned());
+        cur = match cur.parent() {
+            Some(p) => p,
+            None => break,
         };
-        let u = nix::unistd::User::from_name(user)
-            .map_err(|e| owner(format!("look up user {user}: {e}")))?
-            .ok_or_else(|| owner(format!("no such user {user}")))?;
-        let gid = match app.group() {
-            Some(g) => nix::unistd::Group::from_name(g)
-                .map_err(|e| owner(format!("look up group {g}: {e}")))?
-                .ok_or_else(|| owner(format!("no such group {g}")))?
-                .gid
-                .as_raw(),
-            None => u.gid.as_raw(),
-        };
-        std::os::unix::fs::chown(&dir, Some(u.uid.as_raw()), Some(gid))
-            .map_err(|e| owner(format!("chown to {user}: {e}")))?;
+    }
+    for d in missing.iter().rev() {
+        std::fs::DirBuilder::new()
+            .mode(mode)
+            .create(d)
+            .map_err(|e| invalid(d, format!("cannot create: {e}")))?;
+        if let Some((uid, gid)) = owner {
+            std::os::unix::fs::chown(d, Some(uid), Some(gid))
+                .map_err(|e| invalid(d, format!("chown to uid {uid}: {e}")))?;
+        }
     }
     Ok(dir)
+}
+
+/// The app's uid/gid by name, `None` when no user is configured.
+fn app_owner(app: &AppConfig) -> Result<Option<(u32, u32)>, String> {
+    let Some(user) = &app.user else {
+        return Ok(None);
+    };
+    let u = nix::unistd::User::from_name(user)
+        .map_err(|e| format!("look up user {user}: {e}"))?
+        .ok_or_else(|| format!("no such user {user}"))?;
+    let gid = match app.group() {
+        Some(g) => nix::unistd::Group::from_name(g)
+            .map_err(|e| format!("look up group {g}: {e}"))?
+            .ok_or_else(|| format!("no such group {g}"))?
+            .gid
+            .as_raw(),
+        None => u.gid.as_raw(),
+    };
+    Ok(Some((u.uid.as_raw(), gid)))
 }

@@ -97,8 +97,9 @@ pub trait PkiApi: Send + Sync {
     /// <https://openbao.org/api-docs/secret/pki/#read-role>
     async fn read_role(&self, mount: &str, name: &str) -> Result<Option<Map<String, Value>>>;
 
-    /// `POST /:mount/roles/:name`: create or update the role with `params` (fields not
-    /// given keep their current or default value).
+    /// `POST /:mount/roles/:name`: create or replace the role with `params`. Vault rebuilds
+    /// the role from its defaults on every write: fields not given are reset, so an update
+    /// must send the whole role (as `pki_ops::upsert_role` does).
     /// <https://openbao.org/api-docs/secret/pki/#createupdate-role>
     async fn write_role(&self, mount: &str, name: &str, params: Map<String, Value>) -> Result<()>;
 
