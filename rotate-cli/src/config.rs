@@ -474,8 +474,16 @@ impl VaultSection {
         if let Some(p) = &self.ca_cert {
             cfg.ca_cert = Some(p.clone());
         }
-        if let (Some(c), Some(k)) = (&self.client_cert, &self.client_key) {
-            cfg = cfg.client_identity(c, k);
+        match (&self.client_cert, &self.client_key) {
+            (Some(c), Some(k)) => cfg = cfg.client_identity(c, k),
+            (None, None) => {}
+            (Some(_), None) | (None, Some(_)) => {
+                return Err(vault_client::Error::Config {
+                    setting: "[vault] client_cert / client_key".into(),
+                    reason: "set both or neither (half an identity would silently fall back to the environment's)".into(),
+                }
+                .into());
+            }
         }
         if let Some(tf) = &self.token_file {
             let token = zeroize::Zeroizing::new(std::fs::read_to_string(tf).map_err(|source| {

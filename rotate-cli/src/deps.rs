@@ -16,6 +16,10 @@ pub trait GateConnector: Send + Sync {
         key: &Path,
         ca: &Path,
     ) -> vault_client::Result<Box<dyn CertAuthApi>>;
+
+    /// A client reaching Vault like the admin (same TLS identity) but sending `token`, to
+    /// look up a token someone else obtained (e.g. the agent's sink).
+    fn token_client(&self, token: &str) -> vault_client::Result<Box<dyn TokenApi>>;
 }
 
 /// The real [`GateConnector`]: the admin's address and TLS server name, new files.
@@ -29,7 +33,6 @@ impl FreshClients {
     pub fn new(base: &ClientConfig) -> Self {
         let mut base = base.clone();
         base.token = None;
-        base.ca_path = None;
         FreshClients { base }
     }
 }
@@ -41,7 +44,14 @@ impl GateConnector for FreshClients {
         key: &Path,
         ca: &Path,
     ) -> vault_client::Result<Box<dyn CertAuthApi>> {
-        let cfg = self.base.clone().ca_cert(ca).client_identity(cert, key);
+        let mut cfg = self.base.clone().ca_cert(ca).client_identity(cert, key);
+        // Only the app's CA bundle: the gate proves *it* verifies the listener.
+        cfg.ca_path = None;
+        Ok(Box::new(VaultClient::new(&cfg)?))
+    }
+
+    fn token_client(&self, token: &str) -> vault_client::Result<Box<dyn TokenApi>> {
+        let cfg = self.base.clone().token(token)?;
         Ok(Box::new(VaultClient::new(&cfg)?))
     }
 }

@@ -161,6 +161,7 @@ async fn leaf_rotation_with_a_real_agent_post_hook_and_nginx() {
 
     let (exit, v) = rotate(&cfg, &["run", "--step", "agents"]).await;
     assert_eq!(exit, Exit::Ok, "{v:#}");
+    let agent_serial = v["apps"][0]["certificate"]["serial_decimal"].clone();
 
     // A leftover debug-policy on the mapping, as in the write-up.
     let admin = lab.admin_client().unwrap();
@@ -212,6 +213,10 @@ async fn leaf_rotation_with_a_real_agent_post_hook_and_nginx() {
         format!("secret-agent-{app}-policy")
     );
     assert_eq!(a["auth"], "cert (mTLS) only");
+    assert_eq!(
+        a["agent_login_serial"], agent_serial,
+        "the restarted agent's own token was issued for the step-3 certificate"
+    );
     assert_eq!(a["role"]["role"], format!("nginx-{app}"));
     assert_eq!(a["leaf"]["subject_cn"], cn);
     assert_eq!(a["leaf"]["issuer_cn"], "PrivSec Intermediate CA (prod)");

@@ -172,11 +172,11 @@ fn parse_addr(setting: &str, value: &str) -> Result<Url> {
         setting: setting.to_owned(),
         reason: format!("{value:?} is not a URL: {e}"),
     })?;
-    if url.scheme() != "https" && url.scheme() != "http" {
+    if url.scheme() != "https" {
         return Err(Error::Config {
             setting: setting.to_owned(),
             reason: format!(
-                "{value:?}: scheme must be https (or http), not {}",
+                "{value:?}: scheme must be https, not {} (plain http would send the token in cleartext)",
                 url.scheme()
             ),
         });
@@ -259,5 +259,7 @@ mod tests {
         assert!(err.to_string().contains("VAULT_ADDR"), "{err}");
         let err = cfg(&[("BAO_ADDR", "ftp://x")]).unwrap_err();
         assert!(err.to_string().contains("BAO_ADDR"), "{err}");
+        let err = cfg(&[("VAULT_ADDR", "http://127.0.0.1:8200")]).unwrap_err();
+        assert!(err.to_string().contains("cleartext"), "{err}");
     }
 }

@@ -41,8 +41,8 @@ impl Method {
     }
 }
 
-/// One request to Vault, relative to `/v1/`.
-#[derive(Debug, Clone)]
+/// One request to Vault, relative to `/v1/`. `Debug` shows neither token nor body.
+#[derive(Clone)]
 pub(crate) struct HttpRequest {
     pub(crate) method: Method,
     pub(crate) path: String,
@@ -50,11 +50,30 @@ pub(crate) struct HttpRequest {
     pub(crate) token: Option<Arc<Zeroizing<String>>>,
 }
 
-/// Vault's answer. The body may hold secrets (keys, tokens) and is wiped on drop.
-#[derive(Debug)]
+/// Vault's answer. The body may hold secrets (keys, tokens): wiped on drop, never in `Debug`.
 pub(crate) struct HttpResponse {
     pub(crate) status: u16,
     pub(crate) body: Zeroizing<Vec<u8>>,
+}
+
+impl std::fmt::Debug for HttpRequest {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("HttpRequest")
+            .field("method", &self.method)
+            .field("path", &self.path)
+            .field("body", &self.body.as_ref().map(|_| "<redacted>"))
+            .field("token", &self.token.as_ref().map(|_| "<redacted>"))
+            .finish()
+    }
+}
+
+impl std::fmt::Debug for HttpResponse {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("HttpResponse")
+            .field("status", &self.status)
+            .field("body", &format_args!("<{} bytes>", self.body.len()))
+            .finish()
+    }
 }
 
 /// A request that got no HTTP answer.

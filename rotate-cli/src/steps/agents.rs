@@ -89,17 +89,18 @@ impl AgentsReport {
         if failed != Exit::Ok {
             return failed;
         }
-        let drift = self.apps.iter().any(|a| {
-            a.role
-                .as_ref()
-                .is_some_and(|r| r.action != pki_ops::RoleAction::Unchanged)
-                || a.mapping
+        let drift = self.cert_auth == EnableAction::WouldEnable
+            || self.apps.iter().any(|a| {
+                a.role
                     .as_ref()
-                    .is_some_and(|m| m.action != cert_auth::MappingAction::Unchanged)
-                || a.policies
-                    .iter()
-                    .any(|p| p.action != cert_auth::PolicyAction::Unchanged)
-        });
+                    .is_some_and(|r| r.action != pki_ops::RoleAction::Unchanged)
+                    || a.mapping
+                        .as_ref()
+                        .is_some_and(|m| m.action != cert_auth::MappingAction::Unchanged)
+                    || a.policies
+                        .iter()
+                        .any(|p| p.action != cert_auth::PolicyAction::Unchanged)
+            });
         if self.dry_run && drift {
             Exit::Changes
         } else {
@@ -299,7 +300,21 @@ async fn agent(
         )
         .await?,
     );
-    let mapping = mapping_spec(cfg, app, chain);
+    let mut mapping = mapping_spec(cfg, app, chain);
+    // KV access granted by step 4 (`--with-kv-access`) is kept, not treated as drift.
+    let kv_policy = crate::steps::leaf::kv_policy_name(&app.name);
+    if !mapping.token_policies.contains(&kv_policy) {
+        let current = vault
+            .cert
+            .read_cert_role(mount, &n.mapping)
+            .await
+            .map_err(|e| {
+                StepError::vault(format!("read mapping auth/{mount}/certs/{}", n.mapping), e)
+            })?;
+        if current.is_some_and(|c| c.token_policies.contains(&kv_policy)) {
+            mapping.token_policies.push(kv_policy);
+        }
+    }
     let policies = mapping.token_policies.clone();
 
     if dry_run {
@@ -370,8 +385,11 @@ async fn agent(
     let outcome = match upsert_mapping(vault.cert, mount, &mapping, false).await {
         Ok(o) => o,
         Err(e) => {
-            rollback_files(&written);
-            return Err(e.into());
+            let rollback = rollback_files(&written);
+            return Err(StepError::RolledBack {
+                source: Box::new(e.into()),
+                rollback,
+            });
         }
     };
     report.mapping = Some(outcome.clone());
@@ -397,28 +415,38 @@ async fn agent(
         Ok(proof) => {
             report.login = Some(proof);
             report.pending = Some(format!(
-                "the running agent presents the new certificate only after {} restarts (step 4)",
+                "the agent re-reads these files at its next login (reload = true), but its open \
+                 connections keep the old certificate until {} restarts (step 4)",
                 app.unit()
             ));
             Ok(())
         }
         Err(e) => {
-            rollback_files(&written);
-            if let Err(re) = restore_mapping(vault.cert, mount, &n.mapping, &outcome).await {
-                tracing::error!(error = %re, mapping = %outcome.path, "mapping restore failed");
-            }
+            let files = rollback_files(&written);
+            let mapping = match restore_mapping(vault.cert, mount, &n.mapping, &outcome).await {
+                Ok(()) => "mapping restored".to_owned(),
+                Err(re) => format!(
+                    "MAPPING RESTORE FAILED ({re}): check {} by hand",
+                    outcome.path
+                ),
+            };
             Err(StepError::Gate {
                 step: "agents",
                 app: app.name.clone(),
-                reason: format!("{e:#}; files and mapping restored"),
+                reason: format!("{e:#}; {files}; {mapping}"),
             })
         }
     }
 }
 
-fn rollback_files(written: &pki_ops::WriteReport) {
-    if let Err(e) = written.rollback() {
-        tracing::error!(error = %e, "rollback of written files incomplete");
+/// Roll written files back; say how it went (it goes into the error the user sees).
+pub(crate) fn rollback_files(written: &pki_ops::WriteReport) -> String {
+    match written.rollback() {
+        Ok(()) => "files restored".to_owned(),
+        Err(e) => {
+            tracing::error!(error = %e, "rollback of written files incomplete");
+            format!("FILE ROLLBACK INCOMPLETE ({e}): check the .prev files by hand")
+        }
     }
 }
 
@@ -591,6 +619,7 @@ mod tests {
         sys.expect_write_policy().returning(|_, _| Ok(()));
         let pki = pki_signing_as("evil.example.com");
         let mut cert = MockCertAuthApi::new();
+        cert.expect_read_cert_role().returning(|_, _| Ok(None));
         cert.expect_write_cert_role().never();
         let token = MockTokenApi::new();
         let kv = MockKvApi::new();

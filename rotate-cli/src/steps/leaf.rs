@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 
 use cert_auth::{
     LoginProof, MappingOutcome, PolicyMode, PolicyOutcome, ensure_policy, login_gate,
-    upsert_mapping,
+    restore_mapping, upsert_mapping,
 };
 use hooks::{
     AgentConfigSpec, CommandRunner, InstallReport, PostHookSpec, ReloadReport, Reloader,
@@ -83,6 +83,9 @@ pub struct LeafReport {
     pub leaf: Option<CertInfo>,
     /// Cert login with the agent's files.
     pub login: Option<LoginProof>,
+    /// The serial (decimal) the restarted agent's own token was issued for: proof that
+    /// the agent presents the new login certificate (step 3 live).
+    pub agent_login_serial: Option<String>,
     /// Why it failed.
     pub error: Option<String>,
     /// Exit code of the failure.
@@ -280,6 +283,13 @@ fn check_hook_dir(app: &AppConfig) -> Result<(), StepError> {
     Ok(())
 }
 
+/// The agent's files, rendered before anything is written.
+struct Rendered {
+    hook_spec: PostHookSpec,
+    hook: String,
+    agent: String,
+}
+
 /// Run (or plan) step 4 for `apps`.
 pub async fn run_leaf(
     cfg: &Config,
@@ -317,6 +327,7 @@ pub async fn run_leaf(
             previous_serial: serial_of(&app.fullchain()),
             leaf: None,
             login: None,
+            agent_login_serial: None,
             error: None,
             exit_code: None,
         };
@@ -425,6 +436,14 @@ async fn leaf(
         None
     };
     check_hook_dir(app)?;
+    // Render now: a spec the renderers refuse must stop us before the first write.
+    let hook_spec = post_hook_spec(cfg, app);
+    let rendered = Rendered {
+        hook: hooks::render_post_hook(&hook_spec)?,
+        agent: hooks::render_agent_config(&agent_spec(cfg, app))?,
+        hook_spec,
+    };
+    r.auth = strict_auth(app);
 
     // Role.
     let role_spec = RoleSpec::server_leaf(
@@ -477,7 +496,12 @@ async fn leaf(
                 // cas=0: Vault refuses if someone created it meanwhile; never an overwrite.
                 match vault.kv.kv2_write(kv_mount, &app.name, data, Some(0)).await {
                     Ok(_) => "created".to_owned(),
-                    Err(e) if e.status() == Some(400) => {
+                    // Vault's check-and-set refusal: someone created it meanwhile.
+                    Err(vault_client::Error::Api {
+                        status: 400,
+                        errors,
+                        ..
+                    }) if errors.iter().any(|m| m.contains("check-and-set")) => {
                         "exists (created concurrently), not overwritten".to_owned()
                     }
                     Err(e) => {
@@ -497,10 +521,14 @@ async fn leaf(
         });
     }
 
-    // Mapping: exactly the agent policies (+ KV), stray ones removed.
+    // Mapping: exactly the agent policies (+ KV, also kept when an earlier run granted
+    // it), stray ones removed.
     let mut spec = mapping_spec(cfg, app, chain);
-    if kv_access && !spec.token_policies.contains(&kv_policy_name(&app.name)) {
-        spec.token_policies.push(kv_policy_name(&app.name));
+    let kv_policy = kv_policy_name(&app.name);
+    if (kv_access || current.token_policies.contains(&kv_policy))
+        && !spec.token_policies.contains(&kv_policy)
+    {
+        spec.token_policies.push(kv_policy);
     }
     r.removed_policies = current
         .token_policies
@@ -509,35 +537,32 @@ async fn leaf(
         .cloned()
         .collect();
     let outcome = upsert_mapping(vault.cert, mount, &spec, dry_run).await?;
-    r.mapping = Some(outcome);
+    r.mapping = Some(outcome.clone());
 
-    // Agent config and post-hook.
-    r.auth = strict_auth(app);
-    let hook_spec = post_hook_spec(cfg, app);
-    let agent_hcl = hooks::render_agent_config(&agent_spec(cfg, app))?;
     if dry_run {
-        let hook_text = hooks::render_post_hook(&hook_spec)?;
         r.post_hook = Some(InstallReport {
             path: app.post_hook(),
             changed: std::fs::read_to_string(app.post_hook()).ok().as_deref()
-                != Some(hook_text.as_str()),
+                != Some(rendered.hook.as_str()),
         });
         r.agent_config = Some(FileOutcome {
             path: app.agent_config(),
             mode: 0o644,
-            bytes: agent_hcl.len(),
+            bytes: rendered.agent.len(),
             changed: std::fs::read_to_string(app.agent_config()).ok().as_deref()
-                != Some(agent_hcl.as_str()),
+                != Some(rendered.agent.as_str()),
             existed: app.agent_config().exists(),
             previous: None,
         });
         r.leaf = CertInfo::from_pem_file(&app.fullchain()).ok();
         return Ok(());
     }
+
+    // Agent config and post-hook.
     ensure_dir(&app.post_hook(), 0o755, app)?;
     ensure_dir(&app.fullchain(), 0o750, app)?;
     r.post_hook = Some(hooks::install_post_hook(
-        &hook_spec,
+        &rendered.hook_spec,
         &app.post_hook(),
         app.user.as_deref(),
         None,
@@ -548,32 +573,87 @@ async fn leaf(
         _ => file,
     };
     let written = MaterialSet::new()
-        .with(file, agent_hcl.into_bytes())
+        .with(file, rendered.agent.into_bytes())
         .write()?;
     r.agent_config = written.files.first().cloned();
 
-    // Restart the agent: it re-reads its login cert (step 3 goes live) and issues a leaf.
-    let restart = Reloader::SystemdUser {
+    match restart_and_prove(cfg, app, vault, runner, &spec.token_policies, now, r).await {
+        Ok(()) => Ok(()),
+        Err(e) => {
+            // Put back what this step changed for the agent, then restart it on the old
+            // config so it is not left running a config that failed its gate.
+            let mut undo = vec![super::agents::rollback_files(&written)];
+            undo.push(
+                match restore_mapping(vault.cert, mount, &mapping_name, &outcome).await {
+                    Ok(()) => "mapping restored".to_owned(),
+                    Err(re) => format!(
+                        "MAPPING RESTORE FAILED ({re}): check {} by hand",
+                        outcome.path
+                    ),
+                },
+            );
+            if written.any_changed() {
+                let timeout = cfg.duration(&cfg.leaf.command_timeout);
+                undo.push(
+                    match hooks::reload(runner, &restart_reloader(app), timeout).await {
+                        Ok(_) => format!("{} restarted on the previous config", app.unit()),
+                        Err(re) => format!("RESTART ON THE PREVIOUS CONFIG FAILED: {re}"),
+                    },
+                );
+            }
+            Err(StepError::RolledBack {
+                source: Box::new(e),
+                rollback: undo.join("; "),
+            })
+        }
+    }
+}
+
+fn restart_reloader(app: &AppConfig) -> Reloader {
+    Reloader::SystemdUser {
         unit: app.unit(),
         user: app.user.clone(),
         xdg_runtime_dir: None,
-    };
-    let restarted_at = now();
+    }
+}
+
+fn gate_err(app: &AppConfig, reason: String) -> StepError {
+    StepError::Gate {
+        step: "leaf",
+        app: app.name.clone(),
+        reason,
+    }
+}
+
+/// Restart the agent, then the gate: a new leaf that passes every check, a cert login with
+/// the agent's files, and the agent's own token proving it logged in with the new cert.
+async fn restart_and_prove(
+    cfg: &Config,
+    app: &AppConfig,
+    vault: Vault<'_>,
+    runner: &dyn CommandRunner,
+    policies: &[String],
+    now: &impl Fn() -> i64,
+    r: &mut LeafReport,
+) -> Result<(), StepError> {
+    let mount = cfg.agents.cert_auth_mount.as_str();
+    // Read right before the restart: a leaf the old agent renewed meanwhile is not "new".
+    r.previous_serial = serial_of(&app.fullchain());
+    let sink = app.agent_dir().join("token");
+    let sink_before = std::fs::metadata(&sink).and_then(|m| m.modified()).ok();
     r.restart = Some(
-        hooks::reload(runner, &restart, cfg.duration(&cfg.leaf.command_timeout))
-            .await
-            .map_err(|e| StepError::Gate {
-                step: "leaf",
-                app: app.name.clone(),
-                reason: format!("restart of {} failed: {e}", app.unit()),
-            })?,
+        hooks::reload(
+            runner,
+            &restart_reloader(app),
+            cfg.duration(&cfg.leaf.command_timeout),
+        )
+        .await
+        .map_err(|e| gate_err(app, format!("restart of {} failed: {e}", app.unit())))?,
     );
 
-    // Gate: a new leaf appears and passes every check.
     let deadline = Instant::now() + cfg.duration(&cfg.leaf.render_timeout);
-    let expected_cn = r.cn.clone();
     let want = LeafExpectation {
-        cn: &expected_cn,
+        cn: &r.cn,
         issuer: &cfg.pki.issuer_name,
         min_remaining: cfg.duration(&cfg.leaf.min_remaining),
         max_lifetime: cfg.duration(&cfg.leaf.max_lifetime),
@@ -581,7 +661,7 @@ async fn leaf(
     let info = loop {
         let fresh = serial_of(&app.fullchain()).filter(|s| Some(s) != r.previous_serial.as_ref());
         if fresh.is_some() {
-            // The key is rendered right after the fullchain: allow it a moment to catch up.
+            // The key lands right after the fullchain: give it a moment to catch up.
             match verify_leaf(
                 &app.fullchain(),
                 &app.leaf_key(),
@@ -590,26 +670,19 @@ async fn leaf(
                 now(),
             ) {
                 Ok(info) => break info,
-                Err(e) if Instant::now() > deadline => {
-                    return Err(StepError::Gate {
-                        step: "leaf",
-                        app: app.name.clone(),
-                        reason: format!("{e:#}"),
-                    });
-                }
+                Err(e) if Instant::now() > deadline => return Err(gate_err(app, format!("{e:#}"))),
                 Err(_) => {}
             }
         } else if Instant::now() > deadline {
-            return Err(StepError::Gate {
-                step: "leaf",
-                app: app.name.clone(),
-                reason: format!(
-                    "no new leaf at {} within {} of restarting {} (restarted at {restarted_at}); check the agent's log",
+            return Err(gate_err(
+                app,
+                format!(
+                    "no new leaf at {} within {} of restarting {}; check the agent's log",
                     app.fullchain().display(),
                     cfg.leaf.render_timeout,
                     app.unit()
                 ),
-            });
+            ));
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     };
@@ -624,18 +697,53 @@ async fn leaf(
             fresh.as_ref(),
             Some(vault.token),
             mount,
-            &mapping_name,
-            &spec.token_policies,
+            &format!("agent-{}", app.name),
+            policies,
             None,
         )
         .await
-        .map_err(|e| StepError::Gate {
-            step: "leaf",
-            app: app.name.clone(),
-            reason: format!("cert login with the agent's files: {e}"),
-        })?,
+        .map_err(|e| gate_err(app, format!("cert login with the agent's files: {e}")))?,
     );
-    Ok(())
+
+    // Step 3 is live only when the restarted agent logged in with the new certificate:
+    // its sink token's metadata names the serial it presented.
+    let expected = CertInfo::from_pem_file(&app.agent_cert())?.serial_decimal;
+    loop {
+        let fresh_sink = std::fs::metadata(&sink).and_then(|m| m.modified()).ok();
+        if fresh_sink.is_some() && fresh_sink != sink_before {
+            let token = zeroize::Zeroizing::new(std::fs::read_to_string(&sink).unwrap_or_default());
+            let seen = match vault.gate.token_client(token.trim()) {
+                Ok(c) => c.lookup_self().await.ok(),
+                Err(_) => None,
+            };
+            if let Some(meta) = seen.and_then(|t| t.meta) {
+                let serial = meta.get("serial_number").cloned().unwrap_or_default();
+                if serial == expected {
+                    r.agent_login_serial = Some(serial);
+                    return Ok(());
+                }
+                if Instant::now() > deadline {
+                    return Err(gate_err(
+                        app,
+                        format!(
+                            "the restarted agent logged in with certificate serial {serial}, not the new {expected}"
+                        ),
+                    ));
+                }
+            }
+        }
+        if Instant::now() > deadline {
+            return Err(gate_err(
+                app,
+                format!(
+                    "the restarted agent wrote no usable token to {} within {}",
+                    sink.display(),
+                    cfg.leaf.render_timeout
+                ),
+            ));
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
 }
 
 impl std::fmt::Display for LeafStepReport {
@@ -730,6 +838,12 @@ impl std::fmt::Display for LeafStepReport {
                     f,
                     "  gate:       leaf checks OK; cert login OK ({})",
                     l.token_policies.join(",")
+                )?;
+            }
+            if let Some(serial) = &a.agent_login_serial {
+                writeln!(
+                    f,
+                    "  agent:      logged in with the new agent cert (serial {serial}): step 3 live"
                 )?;
             }
             if let Some(e) = &a.error {

@@ -38,6 +38,14 @@ pub enum StepError {
         /// Why.
         reason: String,
     },
+    /// A step failed after writing; what it wrote was rolled back (`rollback` says how that went).
+    #[error("{source}; {rollback}")]
+    RolledBack {
+        /// The failure.
+        source: Box<StepError>,
+        /// The outcome of the rollback.
+        rollback: String,
+    },
     /// The step's gate failed; its writes were rolled back.
     #[error("gate of step {step} failed for {app}: {reason}")]
     Gate {
@@ -62,6 +70,7 @@ impl StepError {
     pub fn exit(&self) -> Exit {
         match self {
             StepError::Vault { source, .. } => vault_exit(source),
+            StepError::RolledBack { source, .. } => source.exit(),
             StepError::CertAuth(e) => match &**e {
                 cert_auth::Error::Vault { source, .. } => vault_exit(source),
                 _ => Exit::GateFailed,
