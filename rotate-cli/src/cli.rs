@@ -181,9 +181,7 @@ async fn run_step(
     dry_run: bool,
     out: &mut dyn Write,
 ) -> Result<Exit, Failure> {
-    let config = config.ok_or_else(|| {
-        anyhow::anyhow!("this command needs --config (or ROTATE_CONFIG): the topology to rotate")
-    })?;
+    let config = config.ok_or(ConfigError::Missing)?;
     let selected = config.select_apps(apps)?;
     let client_cfg = config.client_config()?;
     let admin = VaultClient::new(&client_cfg)?;
@@ -239,5 +237,14 @@ mod tests {
     #[test]
     fn cli_definition_is_consistent() {
         Cli::command().debug_assert();
+    }
+
+    #[tokio::test]
+    async fn run_without_a_config_is_a_config_error() {
+        let mut out = Vec::new();
+        let cli = Cli::parse_from(["rotate", "-o", "json", "run", "--step", "agents"]);
+        assert_eq!(run(cli, &mut out).await, Exit::Config);
+        let v: serde_json::Value = serde_json::from_slice(&out).unwrap();
+        assert!(v["error"].as_str().unwrap().contains("--config"), "{v}");
     }
 }

@@ -45,6 +45,9 @@ pub enum ConfigError {
         /// The configured names.
         known: String,
     },
+    /// The command needs a config file and none was given.
+    #[error("this command needs --config (or ROTATE_CONFIG): the topology to rotate")]
+    Missing,
     /// The Vault client configuration is invalid.
     #[error(transparent)]
     Vault(#[from] vault_client::Error),
