@@ -315,6 +315,7 @@ fn check_one(file: &MaterialFile) -> Result<Plan> {
         reason,
     };
     let dir = parent_dir(&spec.path);
+    refuse_foreign_symlinks(&spec.path)?;
     match fs::metadata(dir) {
         Ok(m) if m.is_dir() => {}
         Ok(_) => return Err(not_writable(dir, "not a directory".into())),
@@ -353,6 +354,28 @@ fn check_one(file: &MaterialFile) -> Result<Plan> {
         existing,
         changed,
     })
+}
+
+/// Refuse to follow a symlink that someone other than us (or root) owns, anywhere on the
+/// path: as root, writing through an app user's link would let that user choose where
+/// root creates (and chowns) key files.
+fn refuse_foreign_symlinks(path: &Path) -> Result<()> {
+    let me = nix::unistd::geteuid().as_raw();
+    for p in path.ancestors().filter(|p| !p.as_os_str().is_empty()) {
+        let Ok(m) = fs::symlink_metadata(p) else {
+            continue;
+        };
+        if m.file_type().is_symlink() && m.uid() != me && m.uid() != 0 {
+            return Err(Error::NotWritable {
+                path: p.to_owned(),
+                reason: format!(
+                    "is a symlink owned by uid {}: refusing to write through it as uid {me}",
+                    m.uid()
+                ),
+            });
+        }
+    }
+    Ok(())
 }
 
 fn resolve_owner(spec: &FileSpec) -> Result<Ownership> {
@@ -654,6 +677,45 @@ mod tests {
         assert_eq!((mode_of(&key), mode_of(&crt)), (0o600, 0o640));
         assert!(!chain.exists(), "created file removed on rollback");
         assert!(entries(dir.path()).iter().all(|n| !n.contains(".tmp.")));
+    }
+
+    #[test]
+    fn symlinks_owned_by_someone_else_are_not_followed() {
+        let dir = tempfile::tempdir().unwrap();
+        let real = dir.path().join("real");
+        fs::create_dir(&real).unwrap();
+        let link = dir.path().join("mtls");
+        std::os::unix::fs::symlink(&real, &link).unwrap();
+        // Our own (or root's) link is fine.
+        write_all(&[MaterialFile::new(
+            FileSpec::private_key(link.join("a.key")),
+            KEY,
+        )])
+        .unwrap();
+        // Giving the link another owner needs root, as the attack it prevents does.
+        assert!(
+            nix::unistd::geteuid().is_root(),
+            "this test needs root (CI runs as root): the scenario is root writing into an app's dir"
+        );
+        {
+            let nobody = nix::unistd::User::from_name("nobody").unwrap().unwrap().uid;
+            nix::unistd::fchownat(
+                nix::fcntl::AT_FDCWD,
+                &link,
+                Some(nobody),
+                None,
+                nix::fcntl::AtFlags::AT_SYMLINK_NOFOLLOW,
+            )
+            .unwrap();
+            let err = write_all(&[MaterialFile::new(
+                FileSpec::private_key(link.join("b.key")),
+                KEY,
+            )])
+            .unwrap_err()
+            .to_string();
+            assert!(err.contains("symlink owned by uid"), "{err}");
+            assert!(!real.join("b.key").exists());
+        }
     }
 
     #[test]
