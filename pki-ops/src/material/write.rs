@@ -236,6 +236,9 @@ pub fn restore(path: &Path) -> Result<()> {
 /// midway, the files already written are rolled back before the error is returned.
 pub fn write_all(files: &[MaterialFile]) -> Result<WriteReport> {
     let plans = preflight(files)?;
+    for f in files {
+        sweep_stale_temps(&f.spec.path);
+    }
     let mut done: Vec<FileOutcome> = Vec::with_capacity(files.len());
     for (file, plan) in files.iter().zip(plans) {
         match write_one(file, &plan) {
@@ -520,6 +523,29 @@ fn set_owner(file: &File, tmp: &Path, owner: Ownership) -> Result<()> {
 
 static TEMP_COUNTER: AtomicU64 = AtomicU64::new(0);
 
+/// Remove temp files a killed run left next to `target` (`.<name>.tmp.<pid>.<n>` whose
+/// process is gone): they may hold key bytes.
+fn sweep_stale_temps(target: &Path) {
+    let Some(name) = target.file_name().map(|n| n.to_string_lossy().into_owned()) else {
+        return;
+    };
+    let prefix = format!(".{name}.tmp.");
+    let Ok(entries) = fs::read_dir(parent_dir(target)) else {
+        return;
+    };
+    for e in entries.flatten() {
+        let file = e.file_name().to_string_lossy().into_owned();
+        let Some(rest) = file.strip_prefix(&prefix) else {
+            continue;
+        };
+        let pid = rest.split('.').next().unwrap_or_default();
+        let alive = !pid.is_empty() && Path::new("/proc").join(pid).exists();
+        if !alive && fs::remove_file(e.path()).is_ok() {
+            tracing::warn!(path = %e.path().display(), "removed a stale temp file of an interrupted write");
+        }
+    }
+}
+
 /// Creates a new, empty temporary file next to `target` with exactly `mode`: `O_EXCL`,
 /// created with `mode` (the umask can only narrow it), then set to exactly `mode` while
 /// still empty.
@@ -677,6 +703,21 @@ mod tests {
         assert_eq!((mode_of(&key), mode_of(&crt)), (0o600, 0o640));
         assert!(!chain.exists(), "created file removed on rollback");
         assert!(entries(dir.path()).iter().all(|n| !n.contains(".tmp.")));
+    }
+
+    #[test]
+    fn temp_files_of_a_killed_run_are_swept() {
+        let dir = tempfile::tempdir().unwrap();
+        let key = dir.path().join("agent.key");
+        let stale = dir.path().join(".agent.key.tmp.4194999.3");
+        fs::write(&stale, KEY).unwrap();
+        let mine = dir
+            .path()
+            .join(format!(".agent.key.tmp.{}.77", std::process::id()));
+        fs::write(&mine, b"in flight").unwrap();
+        write_all(&[MaterialFile::new(FileSpec::private_key(&key), KEY)]).unwrap();
+        assert!(!stale.exists(), "a dead process's temp file is removed");
+        assert!(mine.exists(), "a live process's temp file is left alone");
     }
 
     #[test]
