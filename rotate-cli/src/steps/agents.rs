@@ -423,19 +423,29 @@ async fn agent(
         }
         Err(e) => {
             let files = rollback_files(&written);
-            let mapping = match restore_mapping(vault.cert, mount, &n.mapping, &outcome).await {
-                Ok(()) => "mapping restored".to_owned(),
-                Err(re) => format!(
-                    "MAPPING RESTORE FAILED ({re}): check {} by hand",
-                    outcome.path
-                ),
-            };
+            let mapping = undo_mapping(vault, mount, &n.mapping, &outcome).await;
             Err(StepError::Gate {
                 step: "agents",
                 app: app.name.clone(),
                 reason: format!("{e:#}; {files}; {mapping}"),
             })
         }
+    }
+}
+
+/// Restore a mapping this step changed; say how it went (it goes into the user's error).
+pub(crate) async fn undo_mapping(
+    vault: Vault<'_>,
+    mount: &str,
+    name: &str,
+    outcome: &MappingOutcome,
+) -> String {
+    match restore_mapping(vault.cert, mount, name, outcome).await {
+        Ok(()) => "mapping restored".to_owned(),
+        Err(e) => format!(
+            "MAPPING RESTORE FAILED ({e}): check {} by hand",
+            outcome.path
+        ),
     }
 }
 

@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 
 use cert_auth::{
     LoginProof, MappingOutcome, PolicyMode, PolicyOutcome, ensure_policy, login_gate,
-    restore_mapping, upsert_mapping,
+    upsert_mapping,
 };
 use hooks::{
     AgentConfigSpec, CommandRunner, InstallReport, PostHookSpec, ReloadReport, Reloader,
@@ -583,15 +583,7 @@ async fn leaf(
             // Put back what this step changed for the agent, then restart it on the old
             // config so it is not left running a config that failed its gate.
             let mut undo = vec![super::agents::rollback_files(&written)];
-            undo.push(
-                match restore_mapping(vault.cert, mount, &mapping_name, &outcome).await {
-                    Ok(()) => "mapping restored".to_owned(),
-                    Err(re) => format!(
-                        "MAPPING RESTORE FAILED ({re}): check {} by hand",
-                        outcome.path
-                    ),
-                },
-            );
+            undo.push(super::agents::undo_mapping(vault, mount, &mapping_name, &outcome).await);
             if written.any_changed() {
                 let timeout = cfg.duration(&cfg.leaf.command_timeout);
                 undo.push(
