@@ -513,3 +513,67 @@ fn leaf_gate_rejects_a_wrong_cn_and_a_foreign_key() {
     assert!(err.to_string().to_lowercase().contains("key"), "{err}");
     let _ = SERVER_NAME;
 }
+
+#[tokio::test]
+async fn leaf_plan_reports_changes_and_writes_nothing() {
+    use vault_client::PkiApi;
+    let lab = shared();
+    let app = "planleaf";
+    let dir = tempdir("leaf-plan");
+    let cfg = config_in(lab, &dir, &[app], "");
+    let (exit, v) = rotate(&cfg, &["run", "--step", "agents"]).await;
+    assert_eq!(exit, Exit::Ok, "{v:#}");
+    let admin = lab.admin_client().unwrap();
+    let before = admin
+        .read_cert_role("cert", &format!("agent-{app}"))
+        .await
+        .unwrap()
+        .unwrap();
+
+    let (exit, p) = rotate(
+        &cfg,
+        &[
+            "plan",
+            "--step",
+            "leaf",
+            "--with-kv-access",
+            "--with-kv-seed",
+        ],
+    )
+    .await;
+    assert_eq!(exit, Exit::Changes, "{p:#}");
+    let a = &p["apps"][0];
+    assert_eq!(a["status"], "planned");
+    assert_eq!(a["kv"]["seed"], "missing, would create");
+    assert_eq!(a["kv"]["policy"]["action"], "would_create");
+    assert_eq!(a["mapping"]["action"], "would_update");
+    assert_eq!(a["post_hook"]["changed"], true);
+    assert!(
+        !dir.join(format!("home/{app}/.vault-agent-{app}")).exists(),
+        "no file written"
+    );
+    assert!(
+        admin
+            .read_role("pki-prod", &format!("nginx-{app}"))
+            .await
+            .unwrap()
+            .is_none()
+    );
+    assert!(admin.kv2_read_metadata("kv", app).await.unwrap().is_none());
+    let after = admin
+        .read_cert_role("cert", &format!("agent-{app}"))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        after.token_policies, before.token_policies,
+        "mapping untouched"
+    );
+    assert!(
+        admin
+            .read_policy(&format!("secret-agent-{app}-policy"))
+            .await
+            .unwrap()
+            .is_none()
+    );
+}
