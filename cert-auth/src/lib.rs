@@ -17,6 +17,7 @@
 //!     token_policies: vec!["pki-issue-ncprd1".into(), "marker-cert-auth".into()],
 //!     token_ttl: 3600,
 //!     token_max_ttl: 0,
+//!     keep_if_present: vec![],
 //! };
 //! let outcome = upsert_mapping(admin, "cert", &spec, false).await?;
 //! println!("{:?} {:?}", outcome.action, outcome.drift);

@@ -22,6 +22,25 @@ pub struct MappingSpec {
     pub token_ttl: u64,
     /// Token max TTL, seconds (0 = system default).
     pub token_max_ttl: u64,
+    /// Policies kept when the mapping already carries them (granted by another step or an
+    /// operator), instead of being reported as drift and removed.
+    pub keep_if_present: Vec<String>,
+}
+
+impl MappingSpec {
+    /// The desired policies given what Vault has: `token_policies` plus each of
+    /// `keep_if_present` the actual mapping already carries.
+    pub fn effective_policies(&self, actual: Option<&CertRole>) -> Vec<String> {
+        let mut policies = self.token_policies.clone();
+        if let Some(actual) = actual {
+            for p in &self.keep_if_present {
+                if actual.token_policies.contains(p) && !policies.contains(p) {
+                    policies.push(p.clone());
+                }
+            }
+        }
+        policies
+    }
 }
 
 /// One field where Vault's mapping differs from the desired one.
@@ -50,6 +69,8 @@ pub struct MappingOutcome {
     pub action: MappingAction,
     /// Differences found before writing (empty when unchanged).
     pub drift: Vec<Drift>,
+    /// The policies the mapping carries after this (what a login must yield).
+    pub token_policies: Vec<String>,
     /// The mapping as it was, to restore on rollback (`None` if it did not exist).
     #[serde(skip)]
     pub previous: Option<CertRole>,
@@ -127,7 +148,7 @@ pub fn diff_mapping(spec: &MappingSpec, actual: &CertRole) -> Vec<Drift> {
     ));
     drift.extend(list_drift(
         "token_policies",
-        &spec.token_policies,
+        &spec.effective_policies(Some(actual)),
         &actual.token_policies,
     ));
     drift.extend(scalar_drift("token_ttl", spec.token_ttl, actual.token_ttl));
@@ -170,7 +191,7 @@ pub async fn upsert_mapping(
             let mut role = previous.clone().unwrap_or_default();
             role.certificate = spec.ca_pem.clone();
             role.allowed_common_names = spec.allowed_common_names.clone();
-            role.token_policies = spec.token_policies.clone();
+            role.token_policies = spec.effective_policies(previous.as_ref());
             role.token_ttl = spec.token_ttl;
             role.token_max_ttl = spec.token_max_ttl;
             if role.display_name.is_empty() {
@@ -194,6 +215,7 @@ pub async fn upsert_mapping(
         path,
         action,
         drift,
+        token_policies: spec.effective_policies(previous.as_ref()),
         previous,
     })
 }
@@ -233,6 +255,7 @@ mod tests {
             token_policies: vec!["pki-issue-ncprd1".into(), "marker-cert-auth".into()],
             token_ttl: 3600,
             token_max_ttl: 0,
+            keep_if_present: vec!["secret-agent-ncprd1-policy".into()],
         }
     }
 
@@ -260,6 +283,15 @@ mod tests {
         assert_eq!(d[0].field, "token_policies");
         assert_eq!(d[0].removed, vec!["debug-policy".to_string()]);
         assert!(d[0].added.is_empty());
+    }
+
+    #[test]
+    fn kept_policies_are_not_drift_but_others_are() {
+        let mut a = actual();
+        a.token_policies.push("secret-agent-ncprd1-policy".into());
+        assert!(diff_mapping(&spec(), &a).is_empty());
+        assert_eq!(spec().effective_policies(Some(&a)).len(), 3);
+        assert_eq!(spec().effective_policies(None).len(), 2);
     }
 
     #[tokio::test]

@@ -305,6 +305,17 @@ async fn leaf_rotation_with_a_real_agent_post_hook_and_nginx() {
     assert_ne!(newer, new_serial);
     wait_for_serial(nginx.port, &cn, newer);
 
+    // Step 3 again: the KV access step 4 granted is kept, not treated as drift.
+    let (exit, r3) = rotate(&cfg, &["run", "--step", "agents"]).await;
+    assert_eq!(exit, Exit::Ok, "{r3:#}");
+    assert_eq!(r3["apps"][0]["mapping"]["action"], "unchanged", "{r3:#}");
+    let kept: Vec<String> =
+        serde_json::from_value(r3["apps"][0]["login"]["token_policies"].clone()).unwrap();
+    assert!(
+        kept.contains(&format!("secret-agent-{app}-policy")),
+        "{kept:?}"
+    );
+
     let _ = Command::new(lab.paths.dir.join("bin/systemctl"))
         .args(["--user", "stop", &unit])
         .status();

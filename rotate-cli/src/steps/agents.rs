@@ -127,7 +127,8 @@ fn names(cfg: &Config, app: &AppConfig) -> Names {
 }
 
 /// The desired mapping `agent-<app>`: the PKI chain as CA, the agent CN, exactly the
-/// agent policies (plus the KV policy when `[leaf] kv_access` is set).
+/// agent policies (plus the KV policy when `[leaf] kv_access` is set; kept anyway when an
+/// earlier `--with-kv-access` run granted it).
 pub(crate) fn mapping_spec(cfg: &Config, app: &AppConfig, chain: &str) -> MappingSpec {
     let n = names(cfg, app);
     let mut token_policies = vec![n.issue_policy, cfg.agents.marker_policy.clone()];
@@ -141,6 +142,7 @@ pub(crate) fn mapping_spec(cfg: &Config, app: &AppConfig, chain: &str) -> Mappin
         token_policies,
         token_ttl: cfg.agents.token_ttl,
         token_max_ttl: 0,
+        keep_if_present: vec![crate::steps::leaf::kv_policy_name(&app.name)],
     }
 }
 
@@ -300,22 +302,7 @@ async fn agent(
         )
         .await?,
     );
-    let mut mapping = mapping_spec(cfg, app, chain);
-    // KV access granted by step 4 (`--with-kv-access`) is kept, not treated as drift.
-    let kv_policy = crate::steps::leaf::kv_policy_name(&app.name);
-    if !mapping.token_policies.contains(&kv_policy) {
-        let current = vault
-            .cert
-            .read_cert_role(mount, &n.mapping)
-            .await
-            .map_err(|e| {
-                StepError::vault(format!("read mapping auth/{mount}/certs/{}", n.mapping), e)
-            })?;
-        if current.is_some_and(|c| c.token_policies.contains(&kv_policy)) {
-            mapping.token_policies.push(kv_policy);
-        }
-    }
-    let policies = mapping.token_policies.clone();
+    let mapping = mapping_spec(cfg, app, chain);
 
     if dry_run {
         report.mapping = Some(upsert_mapping(vault.cert, mount, &mapping, true).await?);
@@ -405,7 +392,7 @@ async fn agent(
             Some(vault.token),
             mount,
             &n.mapping,
-            &policies,
+            &outcome.token_policies,
             Some(&issued.info.serial_decimal),
         )
         .await?;

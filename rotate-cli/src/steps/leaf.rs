@@ -525,18 +525,16 @@ async fn leaf(
     // it), stray ones removed.
     let mut spec = mapping_spec(cfg, app, chain);
     let kv_policy = kv_policy_name(&app.name);
-    if (kv_access || current.token_policies.contains(&kv_policy))
-        && !spec.token_policies.contains(&kv_policy)
-    {
+    if kv_access && !spec.token_policies.contains(&kv_policy) {
         spec.token_policies.push(kv_policy);
     }
+    let outcome = upsert_mapping(vault.cert, mount, &spec, dry_run).await?;
     r.removed_policies = current
         .token_policies
         .iter()
-        .filter(|p| !spec.token_policies.contains(p))
+        .filter(|p| !outcome.token_policies.contains(p))
         .cloned()
         .collect();
-    let outcome = upsert_mapping(vault.cert, mount, &spec, dry_run).await?;
     r.mapping = Some(outcome.clone());
 
     if dry_run {
@@ -577,7 +575,7 @@ async fn leaf(
         .write()?;
     r.agent_config = written.files.first().cloned();
 
-    match restart_and_prove(cfg, app, vault, runner, &spec.token_policies, now, r).await {
+    match restart_and_prove(cfg, app, vault, runner, &outcome.token_policies, now, r).await {
         Ok(()) => Ok(()),
         Err(e) => {
             // Put back what this step changed for the agent, then restart it on the old
