@@ -78,6 +78,9 @@ pub struct Config {
     /// The proxy app, e.g. `proxyprod`.
     #[serde(default)]
     pub proxy: Option<ProxySection>,
+    /// How runs are executed: state directory, concurrency.
+    #[serde(default)]
+    pub run: RunSection,
     /// The file this was loaded from (set by [`Config::load`]).
     #[serde(skip)]
     pub source: PathBuf,
@@ -99,6 +102,26 @@ pub struct VaultSection {
     pub client_key: Option<PathBuf>,
     /// File holding the admin token (else `VAULT_TOKEN`).
     pub token_file: Option<PathBuf>,
+}
+
+/// `[run]`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RunSection {
+    /// State directory (journal, lock); default `/var/lib/rotate/<env>`. One run at a
+    /// time per state directory.
+    pub state_dir: Option<PathBuf>,
+    /// How many apps a step works on at once (reports keep config order).
+    pub concurrency: usize,
+}
+
+impl Default for RunSection {
+    fn default() -> Self {
+        RunSection {
+            state_dir: None,
+            concurrency: 4,
+        }
+    }
 }
 
 /// `[pki]`.
@@ -166,8 +189,13 @@ impl Default for AgentsSection {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct LeafSection {
-    /// Domains the `nginx-<app>` role allows (subdomains).
+    /// With `allow_subdomains`: the domains whose every subdomain `nginx-<app>` may issue
+    /// for (the seed's broad form). Otherwise unused.
     pub allowed_domains: Vec<String>,
+    /// The seed's broad role: any subdomain of `allowed_domains`, so any app's agent can
+    /// mint a certificate for another app or for Vault's own name. Off by default (the
+    /// role allows exactly `<app>.<cn_domain>`); `plan` warns when it is on.
+    pub allow_subdomains: bool,
     /// Leaf CN: `<app>.<cn_domain>`.
     pub cn_domain: String,
     /// Leaf TTL the agent requests.
@@ -200,6 +228,7 @@ impl Default for LeafSection {
     fn default() -> Self {
         LeafSection {
             allowed_domains: vec!["int.privsec.ch".into(), "prod.privsec.ch".into()],
+            allow_subdomains: false,
             cn_domain: "int.privsec.ch".into(),
             ttl: "24h".into(),
             max_ttl: "72h".into(),
@@ -249,7 +278,8 @@ pub struct AppConfig {
     pub name: String,
     /// Home directory, e.g. `/home/ncprd1`.
     pub home: PathBuf,
-    /// Owner of the app's files (by name); unset = don't chown.
+    /// Owner of the app's files, and whose `systemctl --user` manager runs its agent;
+    /// defaults to the app name (the seed's layout).
     #[serde(default)]
     pub user: Option<String>,
     /// Group of the app's files; defaults to `user`.
@@ -299,9 +329,13 @@ impl AppConfig {
     pub fn agent_config(&self) -> PathBuf {
         self.agent_dir().join("agent.hcl")
     }
-    /// The group, defaulting to the user.
+    /// The user owning the app's files: `user`, defaulting to the app name.
+    pub fn user(&self) -> &str {
+        self.user.as_deref().unwrap_or(&self.name)
+    }
+    /// The group, defaulting to the user's primary group.
     pub fn group(&self) -> Option<&str> {
-        self.group.as_deref().or(self.user.as_deref())
+        self.group.as_deref()
     }
 }
 
@@ -342,6 +376,7 @@ impl Config {
             &mut cfg.vault.client_cert,
             &mut cfg.vault.client_key,
             &mut cfg.vault.token_file,
+            &mut cfg.run.state_dir,
         ]
         .into_iter()
         .flatten()
@@ -409,8 +444,28 @@ impl Config {
         if !name_ok(&self.agents.cert_auth_mount) {
             return Err(self.invalid("agents.cert_auth_mount", "not a mount name"));
         }
+        if self.run.concurrency == 0 {
+            return Err(self.invalid("run.concurrency", "must be at least 1"));
+        }
         let mut seen = std::collections::BTreeSet::new();
+        let mut homes = std::collections::BTreeMap::new();
         for (i, app) in self.apps.iter().enumerate() {
+            hooks::check_safe_path("home", &app.home)
+                .map_err(|e| self.invalid(format!("apps[{i}].home"), e.to_string()))?;
+            if let Some(other) = homes.insert(app.home.clone(), &app.name) {
+                return Err(self.invalid(
+                    format!("apps[{i}].home"),
+                    format!(
+                        "{} is also the home of app {other:?}: each app needs its own",
+                        app.home.display()
+                    ),
+                ));
+            }
+            if let Some(u) = &app.user
+                && !name_ok(u)
+            {
+                return Err(self.invalid(format!("apps[{i}].user"), format!("{u:?} is not a user name")));
+            }
             if !name_ok(&app.name) {
                 return Err(self.invalid(
                     format!("apps[{i}].name"),
@@ -455,6 +510,14 @@ impl Config {
         std::time::Duration::from_secs(
             pki_ops::parse_duration_secs(value).unwrap_or(0).max(0) as u64
         )
+    }
+
+    /// The state directory of this environment.
+    pub fn state_dir(&self) -> PathBuf {
+        self.run
+            .state_dir
+            .clone()
+            .unwrap_or_else(|| PathBuf::from(format!("/var/lib/rotate/{}", self.env)))
     }
 
     /// The admin's Vault client configuration: the environment, overlaid with `[vault]`.
@@ -532,7 +595,7 @@ mod tests {
         );
         assert_eq!(a.ca_file(), Path::new("/home/ncprd1/vault/ca/ca.pem"));
         assert_eq!(a.unit(), "vault-agent-ncprd1.service");
-        assert_eq!(a.group(), Some("ncprd1"));
+        assert_eq!(a.user(), "ncprd1");
         assert_eq!(c.proxy.unwrap().name, "proxyprod");
     }
 
@@ -561,6 +624,18 @@ mod tests {
             err.contains("apps[1].name") && err.contains("twice"),
             "{err}"
         );
+        let shared = PROD.replace("/home/resume2me", "/home/ncprd1");
+        let err = Config::parse(&shared, p).unwrap_err().to_string();
+        assert!(
+            err.contains("apps[1].home") && err.contains("ncprd1"),
+            "two apps sharing a home are refused: {err}"
+        );
+        let crafted = PROD.replace("/home/resume2me", "/home/resume2me/$(id)");
+        let err = Config::parse(&crafted, p).unwrap_err().to_string();
+        assert!(err.contains("apps[1].home"), "{err}");
+        let spaced = PROD.replace("/home/resume2me", "/home/resume 2me");
+        let err = Config::parse(&spaced, p).unwrap_err().to_string();
+        assert!(err.contains("apps[1].home"), "{err}");
         let typo = PROD.replace("[proxy]", "[proxy]\nnmae = 1");
         let err = Config::parse(&typo, p).unwrap_err().to_string();
         assert!(err.contains("nmae"), "unknown keys are refused: {err}");

@@ -10,22 +10,73 @@ pub enum Exit {
     Failure = 1,
     /// Bad command line (clap's own code).
     Usage = 2,
-    /// The configuration file or an input (app name, CA file, ...) is invalid; nothing changed.
+    /// The configuration file or an input (app name, CA file, home, ...) is invalid;
+    /// nothing was written anywhere.
     Config = 3,
-    /// Vault could not be reached or rejected us (TLS, mTLS, 403); nothing changed.
+    /// Vault could not be reached or refused us (TLS, mTLS, 403); nothing was written.
     Vault = 4,
-    /// A step's gate failed; what that step wrote was rolled back.
+    /// A step failed (its gate, or a write) after writing; everything the failed targets
+    /// wrote was undone (and certificates they issued revoked). Targets that passed their
+    /// gate stay committed; the report lists both.
     GateFailed = 5,
-    /// Vault is sealed or not initialised.
+    /// Vault is sealed or not initialised; nothing was written.
     Sealed = 6,
+    /// A rollback is incomplete: the report and the journal list what is left to fix by
+    /// hand (`rotate rollback` retries it).
+    RollbackIncomplete = 7,
+    /// The run was interrupted (signal, crash) and must be finished first:
+    /// `rotate run --resume` (or `rotate rollback`).
+    ResumeNeeded = 8,
+    /// Another run holds the lock of this state directory; nothing was done.
+    Locked = 9,
     /// `plan` found changes to make (like `terraform plan -detailed-exitcode`).
     Changes = 10,
 }
 
 impl Exit {
+    /// Every code, in numeric order (the README table is tested against this).
+    pub const ALL: [Exit; 11] = [
+        Exit::Ok,
+        Exit::Failure,
+        Exit::Usage,
+        Exit::Config,
+        Exit::Vault,
+        Exit::GateFailed,
+        Exit::Sealed,
+        Exit::RollbackIncomplete,
+        Exit::ResumeNeeded,
+        Exit::Locked,
+        Exit::Changes,
+    ];
+
     /// The numeric code.
     pub fn code(self) -> u8 {
         self as u8
+    }
+
+    /// The code for `n`, if it is one of ours.
+    pub fn from_code(n: u8) -> Option<Exit> {
+        Exit::ALL.into_iter().find(|e| e.code() == n)
+    }
+
+    /// The worse of two outcomes (what a run reports when targets differ).
+    pub fn worst(self, other: Exit) -> Exit {
+        fn rank(e: Exit) -> u8 {
+            match e {
+                Exit::Ok => 0,
+                Exit::Changes => 1,
+                Exit::Config => 2,
+                Exit::Vault => 3,
+                Exit::Sealed => 4,
+                Exit::GateFailed => 5,
+                Exit::Failure => 6,
+                Exit::Usage => 6,
+                Exit::Locked => 7,
+                Exit::ResumeNeeded => 8,
+                Exit::RollbackIncomplete => 9,
+            }
+        }
+        if rank(other) > rank(self) { other } else { self }
     }
 }
 
@@ -50,6 +101,9 @@ mod tests {
             (Exit::Vault, 4),
             (Exit::GateFailed, 5),
             (Exit::Sealed, 6),
+            (Exit::RollbackIncomplete, 7),
+            (Exit::ResumeNeeded, 8),
+            (Exit::Locked, 9),
             (Exit::Changes, 10),
         ];
         for (e, n) in codes {

@@ -1,13 +1,14 @@
-//! The ordered steps. Each step is a function over the config, the selected apps and the
-//! narrow Vault traits, returning a report; `dry_run` plans without writing anything.
-
-use std::path::{Path, PathBuf};
+//! The steps of the order, each an [`crate::engine::Step`]: step 0 (preflight, reads
+//! only), step 3 (agents), step 4 (leaf); names and policy texts in [`names`].
 
 use crate::config::AppConfig;
+use crate::engine::change::{Change, ChangeKind, FieldDiff};
 use crate::exit::Exit;
 
 pub(crate) mod agents;
 pub(crate) mod leaf;
+pub(crate) mod names;
+pub(crate) mod preflight;
 
 /// Why a step (or one app within it) failed.
 #[derive(Debug, thiserror::Error)]
@@ -38,15 +39,10 @@ pub enum StepError {
         /// Why.
         reason: String,
     },
-    /// A step failed after writing; what it wrote was rolled back (`rollback` says how that went).
-    #[error("{source}; {rollback}")]
-    RolledBack {
-        /// The failure.
-        source: Box<StepError>,
-        /// The outcome of the rollback.
-        rollback: String,
-    },
-    /// The step's gate failed; its writes were rolled back.
+    /// The journal could not record an undo or a state: the write was not made.
+    #[error(transparent)]
+    Journal(Box<crate::engine::journal::JournalError>),
+    /// The step's gate failed.
     #[error("gate of step {step} failed for {app}: {reason}")]
     Gate {
         /// Step name.
@@ -70,7 +66,6 @@ impl StepError {
     pub fn exit(&self) -> Exit {
         match self {
             StepError::Vault { source, .. } => vault_exit(source),
-            StepError::RolledBack { source, .. } => source.exit(),
             StepError::CertAuth(e) => match &**e {
                 cert_auth::Error::Vault { source, .. } => vault_exit(source),
                 _ => Exit::GateFailed,
@@ -90,6 +85,7 @@ impl StepError {
                 _ => Exit::GateFailed,
             },
             StepError::Pki(_) | StepError::Gate { .. } => Exit::GateFailed,
+            StepError::Journal(_) => Exit::Failure,
         }
     }
 }
@@ -97,26 +93,6 @@ impl StepError {
 impl From<cert_auth::Error> for StepError {
     fn from(e: cert_auth::Error) -> Self {
         StepError::CertAuth(Box::new(e))
-    }
-}
-
-/// A role outcome in words: `Created`, or `would be created` in a plan.
-pub(crate) fn role_action_text(r: &pki_ops::RoleOutcome) -> String {
-    if r.dry_run && r.action != pki_ops::RoleAction::Unchanged {
-        format!("would be {:?}", r.action).to_lowercase()
-    } else {
-        format!("{:?}", r.action)
-    }
-}
-
-/// The exit code of a step from its apps' codes: the first failure's, else `Ok`.
-pub(crate) fn exit_of(codes: impl IntoIterator<Item = Option<u8>>) -> Exit {
-    match codes.into_iter().flatten().next() {
-        None => Exit::Ok,
-        Some(code) => [Exit::Config, Exit::Vault, Exit::Sealed, Exit::GateFailed]
-            .into_iter()
-            .find(|e| e.code() == code)
-            .unwrap_or(Exit::Failure),
     }
 }
 
@@ -133,57 +109,90 @@ fn vault_exit(e: &vault_client::Error) -> Exit {
     }
 }
 
-/// Make sure the directory of `file` exists: create each missing level (with `mode`,
-/// owned by the app user when configured, so the app can reach what is inside); refuse a
-/// non-directory in the way.
-pub(crate) fn ensure_dir(file: &Path, mode: u32, app: &AppConfig) -> Result<PathBuf, StepError> {
-    use std::os::unix::fs::DirBuilderExt;
-    let dir = file.parent().unwrap_or(Path::new("/")).to_owned();
-    let invalid = |d: &Path, reason: String| StepError::Invalid {
-        what: format!("app {} directory {}", app.name, d.display()),
+/// The app user's uid and gid (NSS, through `nix`: the one lookup of the workspace).
+pub(crate) fn owner_of(app: &AppConfig) -> Result<pki_ops::Owner, StepError> {
+    let user = app.user();
+    let invalid = |reason: String| StepError::Invalid {
+        what: format!("app {} user {user:?}", app.name),
         reason,
     };
-    let owner = app_owner(app).map_err(|e| invalid(&dir, e))?;
-    let mut missing = Vec::new();
-    let mut cur = dir.as_path();
-    while !cur.is_dir() {
-        if cur.exists() {
-            return Err(invalid(cur, "exists but is not a directory".into()));
-        }
-        missing.push(cur.to_owned());
-        cur = match cur.parent() {
-            Some(p) => p,
-            None => break,
-        };
-    }
-    for d in missing.iter().rev() {
-        std::fs::DirBuilder::new()
-            .mode(mode)
-            .create(d)
-            .map_err(|e| invalid(d, format!("cannot create: {e}")))?;
-        if let Some((uid, gid)) = owner {
-            std::os::unix::fs::chown(d, Some(uid), Some(gid))
-                .map_err(|e| invalid(d, format!("chown to uid {uid}: {e}")))?;
-        }
-    }
-    Ok(dir)
-}
-
-/// The app's uid/gid by name, `None` when no user is configured.
-fn app_owner(app: &AppConfig) -> Result<Option<(u32, u32)>, String> {
-    let Some(user) = &app.user else {
-        return Ok(None);
-    };
     let u = nix::unistd::User::from_name(user)
-        .map_err(|e| format!("look up user {user}: {e}"))?
-        .ok_or_else(|| format!("no such user {user}"))?;
+        .map_err(|e| invalid(format!("look up: {e}")))?
+        .ok_or_else(|| invalid("no such user (set apps[].user, or create it)".into()))?;
     let gid = match app.group() {
         Some(g) => nix::unistd::Group::from_name(g)
-            .map_err(|e| format!("look up group {g}: {e}"))?
-            .ok_or_else(|| format!("no such group {g}"))?
+            .map_err(|e| invalid(format!("look up group {g}: {e}")))?
+            .ok_or_else(|| invalid(format!("no such group {g}")))?
             .gid
             .as_raw(),
         None => u.gid.as_raw(),
     };
-    Ok(Some((u.uid.as_raw(), gid)))
+    Ok(pki_ops::Owner {
+        uid: u.uid.as_raw(),
+        gid,
+    })
+}
+
+/// The change to policy `name` from `current` to `desired`. An existing policy that
+/// differs is never narrowed: it is kept, with the text diff shown (the gate then proves
+/// the token can still do what it must). `create_only` policies are never compared.
+pub(crate) fn policy_change(
+    name: &str,
+    current: Option<&str>,
+    desired: &str,
+    create_only: bool,
+) -> Change {
+    let object = format!("sys/policies/acl/{name}");
+    match current {
+        None => Change::new(ChangeKind::Create, object),
+        Some(c) if c.trim() == desired.trim() || create_only => {
+            Change::new(ChangeKind::Unchanged, object)
+        }
+        Some(c) => {
+            let theirs: Vec<&str> = c.lines().collect();
+            let ours: Vec<&str> = desired.lines().collect();
+            let mut fields: Vec<FieldDiff> = theirs
+                .iter()
+                .filter(|l| !ours.contains(l))
+                .map(|l| FieldDiff {
+                    field: "only in Vault".into(),
+                    from: (*l).to_owned(),
+                    to: "-".into(),
+                })
+                .collect();
+            fields.extend(ours.iter().filter(|l| !theirs.contains(l)).map(|l| FieldDiff {
+                field: "only in rotate's text".into(),
+                from: "-".into(),
+                to: (*l).to_owned(),
+            }));
+            Change::new(ChangeKind::Kept, object)
+                .fields(fields)
+                .note("differs from rotate's text; kept as the operator has it (never narrowed)")
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_extended_policy_is_kept_with_its_diff() {
+        let ours = "path \"a\" {}\n";
+        let theirs = "path \"a\" {}\npath \"extra\" {}\n";
+        let c = policy_change("p", Some(theirs), ours, false);
+        assert_eq!(c.kind, ChangeKind::Kept);
+        assert!(!c.is_change());
+        assert_eq!(c.fields.len(), 1);
+        assert_eq!(c.fields[0].from, "path \"extra\" {}");
+        assert_eq!(policy_change("p", None, ours, false).kind, ChangeKind::Create);
+        assert_eq!(
+            policy_change("p", Some(ours), ours, false).kind,
+            ChangeKind::Unchanged
+        );
+        assert_eq!(
+            policy_change("p", Some(theirs), ours, true).kind,
+            ChangeKind::Unchanged
+        );
+    }
 }

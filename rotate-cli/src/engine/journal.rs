@@ -1,0 +1,698 @@
+//! The run journal: an append-only log of events, each line one JSON object, flushed to
+//! disk (`fdatasync`) before the write it describes is made.
+//!
+//! Replaying the log gives a [`RunRecord`]: what the run was asked to do, the state of
+//! every step/target, and the undo log of each target. A line that is not complete (a
+//! crash while appending) is ignored: the write it was guarding was never made, because
+//! the append returns only after the data is durable.
+//!
+//! Layout of a state directory (one per environment, root-owned, `0700`):
+//! - `lock`: the run lock and its holder (see [`super::lock`]);
+//! - `journal.jsonl`: the current or last run;
+//! - `runs/<run_id>.jsonl`: earlier runs, moved aside when a new run starts.
+
+use std::fs::{File, OpenOptions};
+use std::io::{BufRead as _, BufReader, Write as _};
+use std::os::unix::fs::{DirBuilderExt as _, OpenOptionsExt as _};
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+
+use serde::{Deserialize, Serialize};
+
+use super::undo::UndoAction;
+
+/// A failure of the journal itself (the state directory cannot be used).
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum JournalError {
+    /// Reading or writing a journal file failed.
+    #[error("journal {}: {op}: {source}", path.display())]
+    Io {
+        /// The file or directory.
+        path: PathBuf,
+        /// What we were doing.
+        op: &'static str,
+        /// Cause.
+        source: std::io::Error,
+    },
+    /// The journal holds something this version cannot read.
+    #[error("journal {} line {line}: {reason}", path.display())]
+    Corrupt {
+        /// The file.
+        path: PathBuf,
+        /// 1-based line number.
+        line: usize,
+        /// What is wrong.
+        reason: String,
+    },
+}
+
+/// The steps of the order (MISSION.md), as the journal names them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum StepId {
+    /// Step 0: checks before the first write.
+    Preflight,
+    /// Step 3: agent login mTLS certs + cert auth mappings.
+    Agents,
+    /// Step 4: app leaf certs via the agent, post-hook, agent restart.
+    Leaf,
+}
+
+impl StepId {
+    /// The step's number in the order.
+    pub fn number(self) -> u8 {
+        match self {
+            StepId::Preflight => 0,
+            StepId::Agents => 3,
+            StepId::Leaf => 4,
+        }
+    }
+
+    /// The name used on the command line and in reports.
+    pub fn name(self) -> &'static str {
+        match self {
+            StepId::Preflight => "preflight",
+            StepId::Agents => "agents",
+            StepId::Leaf => "leaf",
+        }
+    }
+}
+
+impl std::fmt::Display for StepId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "step {} ({})", self.number(), self.name())
+    }
+}
+
+/// Where one target (an app, within a step) is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum TargetState {
+    /// Planned; nothing written yet.
+    Planned,
+    /// Writes under way: the undo log may be partial. A resume unwinds it.
+    Applying,
+    /// Every write made; the gate has not passed yet. A resume re-gates it.
+    Applied,
+    /// The gate passed. Never redone by a resume.
+    Committed,
+    /// Undone completely.
+    RolledBack,
+    /// Undo failed for at least one entry; the journal lists what is left.
+    RollbackIncomplete,
+}
+
+impl TargetState {
+    /// Whether a resume has to deal with this target (unwind or re-gate).
+    pub fn is_unfinished(self) -> bool {
+        matches!(self, TargetState::Applying | TargetState::Applied)
+    }
+}
+
+/// How a run ended (or that it did not).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RunState {
+    /// Started and not finished: interrupted if no process holds the lock.
+    Running,
+    /// Finished: every target committed or (after a failure) fully rolled back.
+    Finished,
+    /// Stopped at a safe point by a signal; `--resume` continues.
+    Interrupted,
+    /// Unwound by `rotate rollback`.
+    RolledBack,
+}
+
+/// What the run was asked to do: enough for `--resume` to continue it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RunRequest {
+    /// The steps, in order.
+    pub steps: Vec<StepId>,
+    /// The apps (empty = all configured).
+    pub apps: Vec<String>,
+    /// Step 4: attach the KV policy.
+    pub kv_access: bool,
+    /// Step 4: seed `kv/<app>` when missing.
+    pub kv_seed: bool,
+}
+
+/// One line of the journal.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(tag = "event", rename_all = "snake_case")]
+pub enum Event {
+    /// A run began.
+    RunStarted {
+        /// Unique id (also names the kept previous versions of files).
+        run_id: String,
+        /// Environment.
+        env: String,
+        /// Process id.
+        pid: u32,
+        /// Unix seconds.
+        started: i64,
+        /// What was asked.
+        request: RunRequest,
+    },
+    /// A target changed state.
+    Target {
+        /// Step.
+        step: StepId,
+        /// Target (app name).
+        target: String,
+        /// New state.
+        state: TargetState,
+        /// Why (for failures), in words.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        note: Option<String>,
+        /// For `applied`: what the gate needs (serials, paths), so a resume can re-gate.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        data: Option<serde_json::Value>,
+    },
+    /// How to undo the next write of a target: appended before the write is made.
+    Undo {
+        /// Step.
+        step: StepId,
+        /// Target.
+        target: String,
+        /// The undo action.
+        action: UndoAction,
+    },
+    /// Undo entry `index` of a target was carried out (or found already done).
+    UndoDone {
+        /// Step.
+        step: StepId,
+        /// Target.
+        target: String,
+        /// Index into the target's undo log.
+        index: usize,
+    },
+    /// The previous versions a committed target kept were discarded.
+    Pruned {
+        /// Step.
+        step: StepId,
+        /// Target.
+        target: String,
+    },
+    /// The run reached a final state.
+    RunEnded {
+        /// The state.
+        state: RunState,
+    },
+}
+
+/// One undo entry and whether it was carried out.
+#[derive(Debug, Clone, Serialize)]
+pub struct UndoEntry {
+    /// The action.
+    pub action: UndoAction,
+    /// Carried out.
+    pub done: bool,
+}
+
+/// The replayed state of one target.
+#[derive(Debug, Clone, Serialize)]
+pub struct TargetRecord {
+    /// Step.
+    pub step: StepId,
+    /// Target (app name).
+    pub target: String,
+    /// State.
+    pub state: TargetState,
+    /// Last note (failure reason).
+    pub note: Option<String>,
+    /// What `apply` produced (for re-gating on resume).
+    pub data: Option<serde_json::Value>,
+    /// Undo log, in the order the writes were made.
+    pub undo: Vec<UndoEntry>,
+    /// The kept previous versions were discarded (nothing left to roll back to).
+    pub pruned: bool,
+}
+
+/// A run, replayed from its journal.
+#[derive(Debug, Clone, Serialize)]
+pub struct RunRecord {
+    /// Run id.
+    pub run_id: String,
+    /// Environment.
+    pub env: String,
+    /// Process that ran it.
+    pub pid: u32,
+    /// Unix seconds.
+    pub started: i64,
+    /// What was asked.
+    pub request: RunRequest,
+    /// Final state, or `Running`.
+    pub state: RunState,
+    /// Targets in the order they were first seen.
+    pub targets: Vec<TargetRecord>,
+}
+
+impl RunRecord {
+    /// The record of `step`/`target`, if the run reached it.
+    pub fn target(&self, step: StepId, target: &str) -> Option<&TargetRecord> {
+        self.targets
+            .iter()
+            .find(|t| t.step == step && t.target == target)
+    }
+
+    fn target_mut(&mut self, step: StepId, target: &str) -> &mut TargetRecord {
+        let i = match self
+            .targets
+            .iter()
+            .position(|t| t.step == step && t.target == target)
+        {
+            Some(i) => i,
+            None => {
+                self.targets.push(TargetRecord {
+                    step,
+                    target: target.to_owned(),
+                    state: TargetState::Planned,
+                    note: None,
+                    data: None,
+                    undo: Vec::new(),
+                    pruned: false,
+                });
+                self.targets.len() - 1
+            }
+        };
+        &mut self.targets[i]
+    }
+
+    /// Whether the run stopped before finishing (crash, kill, signal) and needs
+    /// `--resume` (or `rollback`) before another run may start.
+    pub fn needs_resume(&self) -> bool {
+        matches!(self.state, RunState::Running | RunState::Interrupted)
+            || self.targets.iter().any(|t| t.state.is_unfinished())
+    }
+
+    fn apply(&mut self, e: Event) -> Result<(), String> {
+        match e {
+            Event::RunStarted { .. } => return Err("a second run_started in one journal".into()),
+            Event::Target {
+                step,
+                target,
+                state,
+                note,
+                data,
+            } => {
+                let t = self.target_mut(step, &target);
+                t.state = state;
+                if note.is_some() {
+                    t.note = note;
+                }
+                if data.is_some() {
+                    t.data = data;
+                }
+            }
+            Event::Undo {
+                step,
+                target,
+                action,
+            } => self
+                .target_mut(step, &target)
+                .undo
+                .push(UndoEntry {
+                    action,
+                    done: false,
+                }),
+            Event::UndoDone {
+                step,
+                target,
+                index,
+            } => {
+                let t = self.target_mut(step, &target);
+                let n = t.undo.len();
+                t.undo
+                    .get_mut(index)
+                    .ok_or_else(|| format!("undo_done index {index} of {n}"))?
+                    .done = true;
+            }
+            Event::Pruned { step, target } => self.target_mut(step, &target).pruned = true,
+            Event::RunEnded { state } => self.state = state,
+        }
+        Ok(())
+    }
+}
+
+/// An open journal: appends events durably; keeps the replayed record in memory.
+#[derive(Debug)]
+pub struct Journal {
+    path: PathBuf,
+    inner: Mutex<Inner>,
+}
+
+#[derive(Debug)]
+struct Inner {
+    file: File,
+    record: RunRecord,
+}
+
+/// The current journal file of a state directory.
+fn journal_path(state_dir: &Path) -> PathBuf {
+    state_dir.join("journal.jsonl")
+}
+
+/// Create the state directory (`0700`) if missing.
+pub(crate) fn ensure_state_dir(state_dir: &Path) -> Result<(), JournalError> {
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(state_dir.join("runs"))
+        .map_err(|source| JournalError::Io {
+            path: state_dir.to_owned(),
+            op: "create state directory",
+            source,
+        })
+}
+
+/// Replay the last run of `state_dir`, if any.
+pub fn last_run(state_dir: &Path) -> Result<Option<RunRecord>, JournalError> {
+    let path = journal_path(state_dir);
+    let file = match File::open(&path) {
+        Ok(f) => f,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(source) => {
+            return Err(JournalError::Io {
+                path,
+                op: "open",
+                source,
+            });
+        }
+    };
+    replay(&path, file).map(Some)
+}
+
+fn replay(path: &Path, file: File) -> Result<RunRecord, JournalError> {
+    let corrupt = |line: usize, reason: String| JournalError::Corrupt {
+        path: path.to_owned(),
+        line,
+        reason,
+    };
+    let mut record: Option<RunRecord> = None;
+    let mut lines = BufReader::new(file).split(b'\n').enumerate().peekable();
+    while let Some((i, line)) = lines.next() {
+        let line = line.map_err(|source| JournalError::Io {
+            path: path.to_owned(),
+            op: "read",
+            source,
+        })?;
+        let event: Event = match serde_json::from_slice(&line) {
+            Ok(e) => e,
+            // A torn last line: its write was never acknowledged, so never made.
+            Err(_) if lines.peek().is_none() => break,
+            Err(e) => return Err(corrupt(i + 1, e.to_string())),
+        };
+        match (&mut record, event) {
+            (
+                None,
+                Event::RunStarted {
+                    run_id,
+                    env,
+                    pid,
+                    started,
+                    request,
+                },
+            ) => {
+                record = Some(RunRecord {
+                    run_id,
+                    env,
+                    pid,
+                    started,
+                    request,
+                    state: RunState::Running,
+                    targets: Vec::new(),
+                })
+            }
+            (None, _) => return Err(corrupt(i + 1, "does not start with run_started".into())),
+            (Some(r), e) => r.apply(e).map_err(|reason| corrupt(i + 1, reason))?,
+        }
+    }
+    record.ok_or_else(|| corrupt(1, "empty journal".into()))
+}
+
+impl Journal {
+    /// Start a new run: the previous journal (if any) moves to `runs/`, a new one begins
+    /// with `RunStarted`.
+    pub fn start(
+        state_dir: &Path,
+        run_id: &str,
+        env: &str,
+        started: i64,
+        request: RunRequest,
+    ) -> Result<Journal, JournalError> {
+        ensure_state_dir(state_dir)?;
+        let path = journal_path(state_dir);
+        if let Some(prev) = last_run(state_dir)? {
+            let to = state_dir
+                .join("runs")
+                .join(format!("{}.jsonl", prev.run_id));
+            std::fs::rename(&path, &to).map_err(|source| JournalError::Io {
+                path: to,
+                op: "archive previous journal",
+                source,
+            })?;
+        }
+        let file = OpenOptions::new()
+            .create_new(true)
+            .append(true)
+            .mode(0o600)
+            .open(&path)
+            .map_err(|source| JournalError::Io {
+                path: path.clone(),
+                op: "create",
+                source,
+            })?;
+        let pid = std::process::id();
+        let record = RunRecord {
+            run_id: run_id.to_owned(),
+            env: env.to_owned(),
+            pid,
+            started,
+            request: request.clone(),
+            state: RunState::Running,
+            targets: Vec::new(),
+        };
+        let j = Journal {
+            path,
+            inner: Mutex::new(Inner { file, record }),
+        };
+        j.append_raw(&Event::RunStarted {
+            run_id: run_id.to_owned(),
+            env: env.to_owned(),
+            pid,
+            started,
+            request,
+        })?;
+        sync_dir(state_dir)?;
+        Ok(j)
+    }
+
+    /// Reopen the last run's journal to continue it (`--resume`, `rollback`).
+    pub fn reopen(state_dir: &Path) -> Result<Option<Journal>, JournalError> {
+        let path = journal_path(state_dir);
+        let Some(record) = last_run(state_dir)? else {
+            return Ok(None);
+        };
+        let file = OpenOptions::new()
+            .append(true)
+            .open(&path)
+            .map_err(|source| JournalError::Io {
+                path: path.clone(),
+                op: "open for append",
+                source,
+            })?;
+        Ok(Some(Journal {
+            path,
+            inner: Mutex::new(Inner { file, record }),
+        }))
+    }
+
+    /// The journal file.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// The run's id.
+    pub fn run_id(&self) -> String {
+        self.lock().record.run_id.clone()
+    }
+
+    /// A copy of the replayed record as it stands.
+    pub fn record(&self) -> RunRecord {
+        self.lock().record.clone()
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
+        // A panic while holding the lock leaves a consistent record (apply is last).
+        self.inner.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn append_raw(&self, e: &Event) -> Result<(), JournalError> {
+        let mut inner = self.lock();
+        let mut line = serde_json::to_vec(e).map_err(|err| JournalError::Corrupt {
+            path: self.path.clone(),
+            line: 0,
+            reason: format!("cannot encode event: {err}"),
+        })?;
+        line.push(b'\n');
+        let io = |op, source| JournalError::Io {
+            path: self.path.clone(),
+            op,
+            source,
+        };
+        inner.file.write_all(&line).map_err(|e| io("append", e))?;
+        inner.file.sync_data().map_err(|e| io("fdatasync", e))?;
+        Ok(())
+    }
+
+    /// Append `e` durably, then apply it to the in-memory record.
+    pub fn append(&self, e: Event) -> Result<(), JournalError> {
+        self.append_raw(&e)?;
+        let mut inner = self.lock();
+        inner
+            .record
+            .apply(e)
+            .map_err(|reason| JournalError::Corrupt {
+                path: self.path.clone(),
+                line: 0,
+                reason,
+            })
+    }
+
+    /// Record a target's new state.
+    pub fn set_state(
+        &self,
+        step: StepId,
+        target: &str,
+        state: TargetState,
+        note: Option<String>,
+    ) -> Result<(), JournalError> {
+        self.append(Event::Target {
+            step,
+            target: target.to_owned(),
+            state,
+            note,
+            data: None,
+        })
+    }
+
+    /// Record how to undo the write about to be made.
+    pub fn record_undo(
+        &self,
+        step: StepId,
+        target: &str,
+        action: UndoAction,
+    ) -> Result<(), JournalError> {
+        self.append(Event::Undo {
+            step,
+            target: target.to_owned(),
+            action,
+        })
+    }
+}
+
+fn sync_dir(dir: &Path) -> Result<(), JournalError> {
+    File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(|source| JournalError::Io {
+            path: dir.to_owned(),
+            op: "fsync directory",
+            source,
+        })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn request() -> RunRequest {
+        RunRequest {
+            steps: vec![StepId::Agents],
+            apps: vec![],
+            kv_access: false,
+            kv_seed: false,
+        }
+    }
+
+    fn undo(n: &str) -> UndoAction {
+        UndoAction::DisableAuth {
+            mount: n.to_owned(),
+        }
+    }
+
+    #[test]
+    fn replays_states_and_undo_logs() {
+        let dir = tempfile::tempdir().unwrap();
+        let j = Journal::start(dir.path(), "r1", "test", 1, request()).unwrap();
+        j.set_state(StepId::Agents, "a", TargetState::Applying, None)
+            .unwrap();
+        j.record_undo(StepId::Agents, "a", undo("x")).unwrap();
+        j.record_undo(StepId::Agents, "a", undo("y")).unwrap();
+        j.append(Event::UndoDone {
+            step: StepId::Agents,
+            target: "a".into(),
+            index: 1,
+        })
+        .unwrap();
+        drop(j);
+        let r = last_run(dir.path()).unwrap().unwrap();
+        assert_eq!(r.run_id, "r1");
+        assert!(r.needs_resume());
+        let t = r.target(StepId::Agents, "a").unwrap();
+        assert_eq!(t.state, TargetState::Applying);
+        assert_eq!(t.undo.len(), 2);
+        assert!(!t.undo[0].done && t.undo[1].done);
+    }
+
+    #[test]
+    fn a_torn_last_line_is_ignored_but_a_torn_middle_line_is_corruption() {
+        let dir = tempfile::tempdir().unwrap();
+        let j = Journal::start(dir.path(), "r1", "test", 1, request()).unwrap();
+        j.set_state(StepId::Agents, "a", TargetState::Committed, None)
+            .unwrap();
+        drop(j);
+        let path = journal_path(dir.path());
+        let mut f = OpenOptions::new().append(true).open(&path).unwrap();
+        f.write_all(br#"{"event":"target","step":"agents","tar"#)
+            .unwrap();
+        let r = last_run(dir.path()).unwrap().unwrap();
+        assert_eq!(
+            r.target(StepId::Agents, "a").unwrap().state,
+            TargetState::Committed
+        );
+        f.write_all(b"\n{\"event\":\"run_ended\",\"state\":\"finished\"}\n")
+            .unwrap();
+        let err = last_run(dir.path()).unwrap_err().to_string();
+        assert!(err.contains("line 3"), "{err}");
+    }
+
+    #[test]
+    fn a_new_run_archives_the_previous_journal() {
+        let dir = tempfile::tempdir().unwrap();
+        let j = Journal::start(dir.path(), "r1", "test", 1, request()).unwrap();
+        j.append(Event::RunEnded {
+            state: RunState::Finished,
+        })
+        .unwrap();
+        drop(j);
+        let j2 = Journal::start(dir.path(), "r2", "test", 2, request()).unwrap();
+        assert_eq!(j2.record().run_id, "r2");
+        assert!(dir.path().join("runs/r1.jsonl").is_file());
+        assert_eq!(last_run(dir.path()).unwrap().unwrap().run_id, "r2");
+    }
+
+    #[test]
+    fn finished_runs_need_no_resume() {
+        let dir = tempfile::tempdir().unwrap();
+        let j = Journal::start(dir.path(), "r1", "test", 1, request()).unwrap();
+        j.set_state(StepId::Agents, "a", TargetState::Committed, None)
+            .unwrap();
+        assert!(j.record().needs_resume(), "still running");
+        j.append(Event::RunEnded {
+            state: RunState::Finished,
+        })
+        .unwrap();
+        assert!(!j.record().needs_resume());
+    }
+}

@@ -1,0 +1,110 @@
+//! One run at a time per state directory: an exclusive `flock` on `<state>/lock`, held
+//! for the life of the run. The holder writes its pid, start time and command into the
+//! file, so a second run can say who holds it. The kernel drops the lock when the holder
+//! dies (even on SIGKILL), so a stale lock file never blocks anyone.
+
+use std::fs::{File, OpenOptions, TryLockError};
+use std::io::{Read as _, Seek as _, Write as _};
+use std::os::unix::fs::OpenOptionsExt as _;
+use std::path::{Path, PathBuf};
+
+/// Why the lock could not be taken.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum LockError {
+    /// Another process holds it.
+    #[error("another rotate run holds {}: {holder}; wait for it to finish (one run at a time)", path.display())]
+    Held {
+        /// The lock file.
+        path: PathBuf,
+        /// What the holder wrote: pid, start time, command.
+        holder: String,
+    },
+    /// The lock file could not be opened or locked.
+    #[error("lock {}: {source}", path.display())]
+    Io {
+        /// The lock file.
+        path: PathBuf,
+        /// Cause.
+        source: std::io::Error,
+    },
+}
+
+/// The held lock; dropping it releases it.
+#[derive(Debug)]
+pub struct StateLock {
+    _file: File,
+}
+
+impl StateLock {
+    /// Take the lock of `state_dir` (created `0700` if missing) or fail at once naming
+    /// the holder. `what` describes this run (written for the next contender to read).
+    pub fn acquire(state_dir: &Path, what: &str, now: i64) -> Result<StateLock, LockError> {
+        let path = state_dir.join("lock");
+        let io = |source| LockError::Io {
+            path: path.clone(),
+            source,
+        };
+        super::journal::ensure_state_dir(state_dir).map_err(|e| match e {
+            super::journal::JournalError::Io { source, .. } => io(source),
+            other => io(std::io::Error::other(other.to_string())),
+        })?;
+        let mut file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .mode(0o600)
+            .open(&path)
+            .map_err(io)?;
+        match file.try_lock() {
+            Ok(()) => {}
+            Err(TryLockError::WouldBlock) => {
+                let mut holder = String::new();
+                let _ = file.read_to_string(&mut holder);
+                let holder = holder.trim();
+                return Err(LockError::Held {
+                    path,
+                    holder: if holder.is_empty() {
+                        "holder unknown (it is just starting)".to_owned()
+                    } else {
+                        holder.to_owned()
+                    },
+                });
+            }
+            Err(TryLockError::Error(e)) => return Err(io(e)),
+        }
+        file.set_len(0).map_err(io)?;
+        file.rewind().map_err(io)?;
+        write!(
+            file,
+            "pid {} started {} (unix {now}): {what}",
+            std::process::id(),
+            super::utc(now),
+        )
+        .map_err(io)?;
+        file.sync_data().map_err(io)?;
+        Ok(StateLock { _file: file })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_second_holder_is_refused_naming_the_first() {
+        let dir = tempfile::tempdir().unwrap();
+        let first = StateLock::acquire(dir.path(), "rotate run --step agents", 0).unwrap();
+        let err = StateLock::acquire(dir.path(), "rotate run", 0).unwrap_err();
+        let msg = err.to_string();
+        assert!(matches!(err, LockError::Held { .. }), "{msg}");
+        assert!(
+            msg.contains(&format!("pid {}", std::process::id()))
+                && msg.contains("rotate run --step agents"),
+            "{msg}"
+        );
+        drop(first);
+        StateLock::acquire(dir.path(), "rotate run", 0).expect("released on drop");
+    }
+}

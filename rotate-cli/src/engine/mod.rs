@@ -1,0 +1,423 @@
+//! The rotation engine: every step is `plan` (reads only) → `apply` (writes, each one
+//! preceded by a durable undo record) → `gate` (never writes; proves the effect the way a
+//! client sees it) → commit, or unwind of everything the target wrote.
+//!
+//! Shape (after sqlx's migrator): take the lock of the state directory → refuse to start
+//! over an unfinished run unless resuming → run the steps in order → journal every state.
+//! Targets (apps) inside a step run with bounded concurrency; reports keep config order.
+
+pub(crate) mod change;
+pub(crate) mod journal;
+pub(crate) mod lock;
+pub(crate) mod undo;
+
+use std::future::Future;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use async_trait::async_trait;
+use futures_util::StreamExt as _;
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+
+use crate::config::AppConfig;
+use crate::steps::StepError;
+use change::Change;
+use journal::{Journal, JournalError, StepId, TargetState};
+use undo::{UndoAction, UndoDeps, UnwindOutcome, unwind};
+
+/// A cooperative stop request (SIGINT/SIGTERM): checked at safe points, i.e. before a
+/// target starts writing. A target that started finishes (commit or unwind).
+#[derive(Debug, Default)]
+pub struct Cancel(AtomicBool);
+
+impl Cancel {
+    /// Not cancelled.
+    pub fn new() -> Self {
+        Cancel(AtomicBool::new(false))
+    }
+    /// Ask to stop at the next safe point.
+    pub fn cancel(&self) {
+        self.0.store(true, Ordering::SeqCst);
+    }
+    /// Whether a stop was asked.
+    pub fn is_cancelled(&self) -> bool {
+        self.0.load(Ordering::SeqCst)
+    }
+}
+
+/// Records undo actions for one target, each durably before its write.
+pub struct Tx<'a> {
+    journal: &'a Journal,
+    step: StepId,
+    target: &'a str,
+}
+
+impl Tx<'_> {
+    /// The run's id (names the kept previous versions of files).
+    pub fn run_id(&self) -> String {
+        self.journal.run_id()
+    }
+
+    /// Record how to undo the write about to be made. Call it *before* the write.
+    pub fn record(&self, action: UndoAction) -> Result<(), StepError> {
+        self.journal
+            .record_undo(self.step, self.target, action)
+            .map_err(StepError::from)
+    }
+}
+
+/// What a step's plan for one target says.
+pub struct TargetPlan<P> {
+    /// The changes, in the shared vocabulary.
+    pub changes: Vec<Change>,
+    /// Whatever `apply` needs.
+    pub data: P,
+}
+
+/// A step of the order.
+#[async_trait]
+pub trait Step: Send + Sync {
+    /// What `plan` hands to `apply`.
+    type Plan: Send + Sync;
+    /// What `apply` hands to `gate` (journaled, so a resume can re-gate).
+    type Applied: Serialize + DeserializeOwned + Send + Sync;
+    /// What the gate proved (goes into the report).
+    type Proof: Serialize + Send + Sync;
+
+    /// Which step.
+    fn id(&self) -> StepId;
+    /// Reads only: what would change for `app`.
+    async fn plan(&self, app: &AppConfig) -> Result<TargetPlan<Self::Plan>, StepError>;
+    /// Writes, recording each undo through `tx` before the write.
+    async fn apply(
+        &self,
+        app: &AppConfig,
+        plan: TargetPlan<Self::Plan>,
+        tx: &Tx<'_>,
+    ) -> Result<Self::Applied, StepError>;
+    /// Never writes: proves the effect as a client sees it.
+    async fn gate(&self, app: &AppConfig, applied: &Self::Applied)
+    -> Result<Self::Proof, StepError>;
+    /// What is still needed before this target is live (e.g. step 3 until step 4 restarts
+    /// the agent).
+    fn pending(&self, _app: &AppConfig) -> Option<String> {
+        None
+    }
+}
+
+/// The outcome of one target.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Outcome {
+    /// Plan only.
+    Planned,
+    /// Nothing to do: unchanged and its gate passes.
+    Unchanged,
+    /// Written and proven.
+    Committed,
+    /// Failed before writing anything.
+    FailedNothingWritten,
+    /// Failed after writing; everything undone.
+    RolledBack,
+    /// Failed after writing; some undo failed (listed).
+    RollbackIncomplete,
+    /// Not started: the run was interrupted first.
+    NotStarted,
+    /// Skipped: an earlier step failed for this app.
+    Skipped,
+}
+
+/// The report of one target.
+#[derive(Debug, Serialize)]
+pub struct TargetReport {
+    /// App name.
+    pub app: String,
+    /// Outcome.
+    pub outcome: Outcome,
+    /// The changes (planned, or made).
+    pub changes: Vec<Change>,
+    /// What `apply` produced (serials, files, ...), never keys or tokens.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub applied: Option<serde_json::Value>,
+    /// What the gate proved.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub proof: Option<serde_json::Value>,
+    /// What remains before it is live.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub pending: Option<String>,
+    /// Why it failed.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+    /// Exit-code class of the failure (3 input, 4 Vault, 5 gate, 6 sealed).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error_class: Option<u8>,
+    /// The unwind, when there was one.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub rollback: Option<UnwindOutcome>,
+    /// Milliseconds spent.
+    pub millis: u64,
+}
+
+/// The report of one step.
+#[derive(Debug, Serialize)]
+pub struct StepReport {
+    /// Which step.
+    pub step: StepId,
+    /// Per target, in config order.
+    pub targets: Vec<TargetReport>,
+    /// Milliseconds spent.
+    pub millis: u64,
+}
+
+/// Run one step over `apps`: plan each (bounded concurrency), then, unless `dry_run`,
+/// apply, gate and commit or unwind each. Stops starting new targets once `cancel` is
+/// set.
+pub async fn run_step<S: Step>(
+    step: &S,
+    apps: &[&AppConfig],
+    journal: Option<&Journal>,
+    undo: UndoDeps<'_>,
+    concurrency: usize,
+    cancel: &Cancel,
+) -> Result<StepReport, JournalError> {
+    let started = std::time::Instant::now();
+    let results = bounded(apps, concurrency, |app| async move {
+        run_target(step, app, journal, undo, cancel).await
+    })
+    .await;
+    let mut targets = Vec::with_capacity(results.len());
+    for r in results {
+        targets.push(r?);
+    }
+    Ok(StepReport {
+        step: step.id(),
+        targets,
+        millis: started.elapsed().as_millis() as u64,
+    })
+}
+
+/// `f` over `items` with at most `n` at a time; results in the order of `items`.
+pub(crate) async fn bounded<'a, T: ?Sized + 'a, F, Fut, R>(
+    items: &'a [&'a T],
+    n: usize,
+    f: F,
+) -> Vec<R>
+where
+    F: Fn(&'a T) -> Fut,
+    Fut: Future<Output = R>,
+{
+    futures_util::stream::iter(items.iter().map(|item| f(item)))
+        .buffered(n.max(1))
+        .collect()
+        .await
+}
+
+fn blank(app: &AppConfig, outcome: Outcome) -> TargetReport {
+    TargetReport {
+        app: app.name.clone(),
+        outcome,
+        changes: Vec::new(),
+        applied: None,
+        proof: None,
+        pending: None,
+        error: None,
+        error_class: None,
+        rollback: None,
+        millis: 0,
+    }
+}
+
+async fn run_target<S: Step>(
+    step: &S,
+    app: &AppConfig,
+    journal: Option<&Journal>,
+    undo_deps: UndoDeps<'_>,
+    cancel: &Cancel,
+) -> Result<TargetReport, JournalError> {
+    let started = std::time::Instant::now();
+    let mut r = blank(app, Outcome::Planned);
+    let fail = |r: &mut TargetReport, e: &StepError| {
+        r.error = Some(format!("{e:#}"));
+        r.error_class = Some(e.exit().code());
+    };
+    let plan = match step.plan(app).await {
+        Ok(p) => p,
+        Err(e) => {
+            r.outcome = Outcome::FailedNothingWritten;
+            fail(&mut r, &e);
+            r.millis = started.elapsed().as_millis() as u64;
+            return Ok(r);
+        }
+    };
+    r.changes = plan.changes.clone();
+    let Some(journal) = journal else {
+        r.millis = started.elapsed().as_millis() as u64;
+        return Ok(r);
+    };
+    if cancel.is_cancelled() {
+        r.outcome = Outcome::NotStarted;
+        return Ok(r);
+    }
+    let id = step.id();
+    journal.set_state(id, &app.name, TargetState::Applying, None)?;
+    let tx = Tx {
+        journal,
+        step: id,
+        target: &app.name,
+    };
+    let result = async {
+        let applied = step.apply(app, plan, &tx).await?;
+        let data = serde_json::to_value(&applied).ok();
+        journal.append(journal::Event::Target {
+            step: id,
+            target: app.name.clone(),
+            state: TargetState::Applied,
+            note: None,
+            data: data.clone(),
+        })?;
+        let proof = step.gate(app, &applied).await?;
+        Ok::<_, StepError>((data, proof))
+    }
+    .await;
+    match result {
+        Ok((data, proof)) => {
+            journal.set_state(id, &app.name, TargetState::Committed, None)?;
+            r.outcome = Outcome::Committed;
+            r.applied = data;
+            r.proof = serde_json::to_value(&proof).ok();
+            r.pending = step.pending(app);
+        }
+        Err(e) => {
+            fail(&mut r, &e);
+            let wrote = journal
+                .record()
+                .target(id, &app.name)
+                .is_some_and(|t| !t.undo.is_empty());
+            let out = unwind(journal, undo_deps, id, &app.name).await?;
+            r.outcome = if !wrote {
+                Outcome::FailedNothingWritten
+            } else if out.complete() {
+                Outcome::RolledBack
+            } else {
+                Outcome::RollbackIncomplete
+            };
+            if wrote {
+                r.rollback = Some(out);
+            }
+        }
+    }
+    r.millis = started.elapsed().as_millis() as u64;
+    Ok(r)
+}
+
+/// Finish a target an interrupted run left `Applied`: gate it again from the journaled
+/// `apply` data; commit if it passes, unwind if not. A target left `Applying` (writes
+/// possibly half made) is unwound.
+pub async fn recover_target<S: Step>(
+    step: &S,
+    app: &AppConfig,
+    journal: &Journal,
+    undo_deps: UndoDeps<'_>,
+) -> Result<TargetReport, JournalError> {
+    let started = std::time::Instant::now();
+    let id = step.id();
+    let rec = journal.record();
+    let Some(t) = rec.target(id, &app.name) else {
+        return Ok(blank(app, Outcome::NotStarted));
+    };
+    let mut r = blank(app, Outcome::Committed);
+    let regate = match (t.state, &t.data) {
+        (TargetState::Applied, Some(data)) => {
+            match serde_json::from_value::<S::Applied>(data.clone()) {
+                Ok(applied) => Some(step.gate(app, &applied).await.map(|p| (data.clone(), p))),
+                Err(e) => Some(Err(StepError::Invalid {
+                    what: format!("journal data of {id} for {}", app.name),
+                    reason: e.to_string(),
+                })),
+            }
+        }
+        _ => None,
+    };
+    match regate {
+        Some(Ok((data, proof))) => {
+            journal.set_state(id, &app.name, TargetState::Committed, None)?;
+            r.applied = Some(data);
+            r.proof = serde_json::to_value(&proof).ok();
+            r.pending = step.pending(app);
+        }
+        other => {
+            if let Some(Err(e)) = other {
+                r.error = Some(format!("re-gate after interruption: {e:#}"));
+                r.error_class = Some(e.exit().code());
+            } else {
+                r.error = Some("interrupted while writing; unwound".to_owned());
+            }
+            let out = unwind(journal, undo_deps, id, &app.name).await?;
+            r.outcome = if out.complete() {
+                Outcome::RolledBack
+            } else {
+                Outcome::RollbackIncomplete
+            };
+            r.rollback = Some(out);
+        }
+    }
+    r.millis = started.elapsed().as_millis() as u64;
+    Ok(r)
+}
+
+/// A UTC timestamp `YYYY-MM-DD HH:MM:SS UTC` for unix seconds (for messages).
+pub(crate) fn utc(unix: i64) -> String {
+    let days = unix.div_euclid(86_400);
+    let secs = unix.rem_euclid(86_400);
+    // Civil from days (Howard Hinnant's algorithm).
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = yoe + era * 400 + i64::from(m <= 2);
+    format!(
+        "{y:04}-{m:02}-{d:02} {:02}:{:02}:{:02} UTC",
+        secs / 3600,
+        secs / 60 % 60,
+        secs % 60
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn utc_formats_known_instants() {
+        assert_eq!(utc(0), "1970-01-01 00:00:00 UTC");
+        assert_eq!(utc(1_766_391_140), "2025-12-22 08:12:20 UTC");
+        assert_eq!(utc(951_782_400), "2000-02-29 00:00:00 UTC");
+    }
+
+    #[tokio::test]
+    async fn bounded_keeps_order_and_limits_concurrency() {
+        use std::sync::atomic::AtomicUsize;
+        let items: Vec<usize> = (0..20).collect();
+        let refs: Vec<&usize> = items.iter().collect();
+        let live = AtomicUsize::new(0);
+        let peak = AtomicUsize::new(0);
+        let out = bounded(&refs, 3, |i| {
+            let (live, peak) = (&live, &peak);
+            async move {
+                let now = live.fetch_add(1, Ordering::SeqCst) + 1;
+                peak.fetch_max(now, Ordering::SeqCst);
+                tokio::task::yield_now().await;
+                tokio::time::sleep(std::time::Duration::from_millis((20 - i) as u64)).await;
+                live.fetch_sub(1, Ordering::SeqCst);
+                *i * 2
+            }
+        })
+        .await;
+        assert_eq!(out, (0..20).map(|i| i * 2).collect::<Vec<_>>());
+        assert_eq!(peak.load(Ordering::SeqCst), 3);
+    }
+}

@@ -1,0 +1,289 @@
+//! Undo actions: what the journal records before each write, and how each is carried out.
+//!
+//! Every action is idempotent (carrying it out twice, or after a crash half-way, ends in
+//! the same state), because a resume may find it done, half done or not done.
+//! [`unwind`] carries out a target's log in reverse order, except that unit restarts run
+//! last (a unit is restarted once its previous config is back in place).
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value};
+
+use super::journal::{Event, Journal, JournalError, StepId, TargetState};
+use crate::deps::Vault;
+
+/// How to undo one write.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum UndoAction {
+    /// Put a file back (its previous version was kept as a hard link), or remove it if
+    /// this run created it.
+    File {
+        /// What the safe writer recorded.
+        undo: pki_ops::FileUndo,
+        /// Owner of the tree it lives in.
+        owner: Option<pki_ops::Owner>,
+    },
+    /// Remove directories this run created (only while empty), innermost first.
+    Dirs {
+        /// The tree root (an app's home).
+        root: PathBuf,
+        /// Relative paths, outermost first.
+        dirs: Vec<PathBuf>,
+        /// Owner of the tree.
+        owner: Option<pki_ops::Owner>,
+    },
+    /// Put a PKI role back, or delete it if this run created it.
+    Role {
+        /// PKI mount.
+        mount: String,
+        /// Role name.
+        name: String,
+        /// The role as it was (`None`: it did not exist).
+        previous: Option<Map<String, Value>>,
+    },
+    /// Put an ACL policy back, or delete it if this run created it.
+    Policy {
+        /// Policy name.
+        name: String,
+        /// Its text before (`None`: it did not exist).
+        previous: Option<String>,
+    },
+    /// Put a cert auth mapping back, or delete it if this run created it.
+    Mapping {
+        /// Cert auth mount.
+        mount: String,
+        /// Mapping name.
+        name: String,
+        /// The mapping as it was, every field (`None`: it did not exist).
+        previous: Option<vault_client::CertRole>,
+    },
+    /// Disable an auth method this run enabled.
+    DisableAuth {
+        /// Its mount path.
+        mount: String,
+    },
+    /// Delete a KV v2 secret (all versions and metadata) this run created.
+    DeleteKvSecret {
+        /// KV mount.
+        mount: String,
+        /// Secret path.
+        path: String,
+    },
+    /// Revoke a certificate this run issued.
+    Revoke {
+        /// PKI mount.
+        mount: String,
+        /// Serial, `aa:bb:..` hex.
+        serial: String,
+        /// Its CN (for the report).
+        cn: String,
+    },
+    /// Restart a user unit so it runs on its restored config.
+    RestartUnit {
+        /// The unit.
+        unit: String,
+        /// Whose user manager.
+        user: Option<String>,
+    },
+}
+
+impl UndoAction {
+    /// One line saying what undoing does.
+    pub fn describe(&self) -> String {
+        match self {
+            UndoAction::File { undo, .. } => {
+                let p = undo.root.join(&undo.rel);
+                match &undo.prev {
+                    Some(_) => format!("restore file {}", p.display()),
+                    None => format!("remove file {}", p.display()),
+                }
+            }
+            UndoAction::Dirs { root, dirs, .. } => {
+                let d: Vec<String> = dirs
+                    .iter()
+                    .map(|d| root.join(d).display().to_string())
+                    .collect();
+                format!("remove created directories {}", d.join(", "))
+            }
+            UndoAction::Role {
+                mount,
+                name,
+                previous,
+            } => match previous {
+                Some(_) => format!("restore role {mount}/roles/{name}"),
+                None => format!("delete role {mount}/roles/{name}"),
+            },
+            UndoAction::Policy { name, previous } => match previous {
+                Some(_) => format!("restore policy {name}"),
+                None => format!("delete policy {name}"),
+            },
+            UndoAction::Mapping {
+                mount,
+                name,
+                previous,
+            } => match previous {
+                Some(_) => format!("restore mapping auth/{mount}/certs/{name}"),
+                None => format!("delete mapping auth/{mount}/certs/{name}"),
+            },
+            UndoAction::DisableAuth { mount } => format!("disable auth method {mount}/"),
+            UndoAction::DeleteKvSecret { mount, path } => {
+                format!("delete secret {mount}/{path} (created by this run)")
+            }
+            UndoAction::Revoke { mount, serial, cn } => {
+                format!("revoke certificate {serial} ({cn}) on {mount}")
+            }
+            UndoAction::RestartUnit { unit, .. } => {
+                format!("restart {unit} on its previous config")
+            }
+        }
+    }
+}
+
+/// What undo needs from the outside world.
+#[derive(Clone, Copy)]
+pub struct UndoDeps<'a> {
+    /// Vault, as the admin.
+    pub vault: Vault<'a>,
+    /// Runs `systemctl`.
+    pub runner: &'a dyn hooks::CommandRunner,
+    /// Time limit of a restart.
+    pub timeout: Duration,
+}
+
+/// Carry out one undo action.
+pub async fn carry_out(deps: UndoDeps<'_>, action: &UndoAction) -> Result<(), String> {
+    let v = deps.vault;
+    match action {
+        UndoAction::File { undo, owner } => {
+            pki_ops::undo_file(undo, *owner).map_err(|e| e.to_string())
+        }
+        UndoAction::Dirs { root, dirs, owner } => {
+            pki_ops::remove_created_dirs(root, dirs, *owner).map_err(|e| e.to_string())
+        }
+        UndoAction::Role {
+            mount,
+            name,
+            previous,
+        } => match previous {
+            Some(p) => v.pki.write_role(mount, name, p.clone()).await,
+            None => v.pki.delete_role(mount, name).await,
+        }
+        .map_err(|e| e.to_string()),
+        UndoAction::Policy { name, previous } => match previous {
+            Some(text) => v.sys.write_policy(name, text).await,
+            None => v.sys.delete_policy(name).await,
+        }
+        .map_err(|e| e.to_string()),
+        UndoAction::Mapping {
+            mount,
+            name,
+            previous,
+        } => match previous {
+            Some(role) => v.cert.write_cert_role(mount, name, role).await,
+            None => v.cert.delete_cert_role(mount, name).await,
+        }
+        .map_err(|e| e.to_string()),
+        UndoAction::DisableAuth { mount } => {
+            v.sys.disable_auth(mount).await.map_err(|e| e.to_string())
+        }
+        UndoAction::DeleteKvSecret { mount, path } => v
+            .kv
+            .kv2_delete_metadata(mount, path)
+            .await
+            .map_err(|e| e.to_string()),
+        UndoAction::Revoke { mount, serial, .. } => match v.pki.revoke(mount, serial).await {
+            Ok(_) => Ok(()),
+            // Already revoked or expired: the goal (not usable) holds.
+            Err(e) if e.to_string().contains("already") || e.to_string().contains("expired") => {
+                Ok(())
+            }
+            Err(e) => Err(e.to_string()),
+        },
+        UndoAction::RestartUnit { unit, user } => {
+            let r = hooks::Reloader::SystemdUser {
+                unit: unit.clone(),
+                user: user.clone(),
+                xdg_runtime_dir: None,
+            };
+            hooks::reload(deps.runner, &r, deps.timeout)
+                .await
+                .map(drop)
+                .map_err(|e| e.to_string())
+        }
+    }
+}
+
+/// The outcome of unwinding one target.
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+pub struct UnwindOutcome {
+    /// What was undone, in order.
+    pub undone: Vec<String>,
+    /// What could not be undone, with why: the operator must look at these.
+    pub left: Vec<String>,
+}
+
+impl UnwindOutcome {
+    /// Everything was undone.
+    pub fn complete(&self) -> bool {
+        self.left.is_empty()
+    }
+}
+
+impl std::fmt::Display for UnwindOutcome {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        if self.complete() {
+            write!(f, "rolled back ({} undone)", self.undone.len())
+        } else {
+            write!(f, "ROLLBACK INCOMPLETE: left {}", self.left.join("; "))
+        }
+    }
+}
+
+/// Undo every not-yet-undone entry of `step`/`target`, newest first (unit restarts
+/// last), journaling each one; the target ends `RolledBack` or `RollbackIncomplete`.
+pub async fn unwind(
+    journal: &Journal,
+    deps: UndoDeps<'_>,
+    step: StepId,
+    target: &str,
+) -> Result<UnwindOutcome, JournalError> {
+    let record = journal.record();
+    let Some(t) = record.target(step, target) else {
+        return Ok(UnwindOutcome::default());
+    };
+    let mut order: Vec<usize> = (0..t.undo.len()).rev().collect();
+    order.sort_by_key(|&i| matches!(t.undo[i].action, UndoAction::RestartUnit { .. }));
+    let mut out = UnwindOutcome::default();
+    for i in order {
+        let entry = &t.undo[i];
+        if entry.done {
+            continue;
+        }
+        let what = entry.action.describe();
+        match carry_out(deps, &entry.action).await {
+            Ok(()) => {
+                journal.append(Event::UndoDone {
+                    step,
+                    target: target.to_owned(),
+                    index: i,
+                })?;
+                out.undone.push(what);
+            }
+            Err(e) => {
+                tracing::error!(%step, target, action = %what, error = %e, "undo failed");
+                out.left.push(format!("{what}: {e}"));
+            }
+        }
+    }
+    let state = if out.complete() {
+        TargetState::RolledBack
+    } else {
+        TargetState::RollbackIncomplete
+    };
+    let note = (!out.complete()).then(|| out.to_string());
+    journal.set_state(step, target, state, note)?;
+    Ok(out)
+}

@@ -1,0 +1,622 @@
+//! A whole rotation as a transaction: lock → refuse to start over an unfinished run →
+//! preflight (step 0, reads only) → the steps in order, each target journaled, gated,
+//! committed or unwound. Also `--resume` (finish or unwind what an interrupted run left)
+//! and `rollback` (unwind the last run's committed targets, newest first).
+
+use std::path::PathBuf;
+
+use serde::Serialize;
+
+use crate::config::{AppConfig, Config};
+use crate::deps::Vault;
+use crate::engine::journal::{
+    self, Event, Journal, JournalError, RunRequest, RunState, StepId, TargetState,
+};
+use crate::engine::lock::{LockError, StateLock};
+use crate::engine::undo::{UndoAction, UndoDeps, unwind};
+use crate::engine::{
+    Cancel, Outcome, Step, StepReport, TargetReport, recover_target, run_step,
+};
+use crate::exit::Exit;
+use crate::steps::StepError;
+use crate::steps::agents::AgentsStep;
+use crate::steps::leaf::LeafStep;
+use crate::steps::preflight::{PreflightReport, preflight};
+
+/// What to do.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Mode {
+    /// Plan only: reads, writes nothing (not even the journal), takes no lock.
+    Plan,
+    /// Run the requested steps.
+    Run,
+    /// Finish or unwind an interrupted run, then continue it.
+    Resume,
+    /// Unwind the last run's committed targets.
+    Rollback,
+}
+
+/// Everything a rotation needs from the outside world.
+#[derive(Clone, Copy)]
+pub struct Deps<'a> {
+    /// Vault as the admin (plus fresh clients for gates).
+    pub vault: Vault<'a>,
+    /// Runs `systemctl`, `podman`, the agent binary.
+    pub runner: &'a dyn hooks::CommandRunner,
+    /// Unix seconds now (injected so tests control time).
+    pub clock: &'a (dyn Fn() -> i64 + Send + Sync),
+    /// Stop request (SIGINT/SIGTERM).
+    pub cancel: &'a Cancel,
+}
+
+/// The report of a whole invocation: one document for human and JSON output.
+#[derive(Debug, Serialize)]
+pub struct RunReport {
+    /// Environment.
+    pub env: String,
+    /// What was done.
+    pub mode: Mode,
+    /// The run's id (journal), when one was started or continued.
+    pub run_id: Option<String>,
+    /// The state directory.
+    pub state_dir: PathBuf,
+    /// Step 0.
+    pub preflight: Option<PreflightReport>,
+    /// Targets an interrupted run left, finished or unwound by `--resume`.
+    pub recovered: Vec<StepReport>,
+    /// The steps, in order.
+    pub steps: Vec<StepReport>,
+    /// `rollback`: what was unwound.
+    pub rolled_back: Vec<TargetReport>,
+    /// The exit code (documented in README and [`Exit`]).
+    pub exit_code: u8,
+    /// One sentence: what changed, what was undone, what is left.
+    pub summary: String,
+}
+
+impl RunReport {
+    /// The exit code.
+    pub fn exit(&self) -> Exit {
+        Exit::from_code(self.exit_code).unwrap_or(Exit::Failure)
+    }
+}
+
+/// Why an invocation could not even start.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum RotationError {
+    /// Another run holds the lock.
+    #[error(transparent)]
+    Locked(#[from] LockError),
+    /// The journal cannot be used.
+    #[error(transparent)]
+    Journal(#[from] JournalError),
+    /// The last run was interrupted and must be resumed or rolled back first.
+    #[error(
+        "run {run_id} (pid {pid}, started {started}) did not finish: run `rotate run --resume` to finish it, or `rotate rollback` to unwind it (journal {journal})"
+    )]
+    ResumeNeeded {
+        /// The unfinished run.
+        run_id: String,
+        /// Its pid.
+        pid: u32,
+        /// When it started.
+        started: String,
+        /// Its journal.
+        journal: String,
+    },
+    /// `--resume`/`rollback` found nothing to act on.
+    #[error("{0}")]
+    NothingToDo(String),
+}
+
+impl RotationError {
+    /// The exit code.
+    pub fn exit(&self) -> Exit {
+        match self {
+            RotationError::Locked(LockError::Held { .. }) => Exit::Locked,
+            RotationError::Locked(_) | RotationError::Journal(_) => Exit::Failure,
+            RotationError::ResumeNeeded { .. } => Exit::ResumeNeeded,
+            RotationError::NothingToDo(_) => Exit::Ok,
+        }
+    }
+}
+
+/// The steps as objects, built once per invocation.
+struct Steps<'a> {
+    agents: AgentsStep<'a>,
+    leaf: LeafStep<'a>,
+}
+
+fn undo_deps<'a>(cfg: &Config, deps: Deps<'a>) -> UndoDeps<'a> {
+    UndoDeps {
+        vault: deps.vault,
+        runner: deps.runner,
+        timeout: cfg.duration(&cfg.leaf.command_timeout),
+    }
+}
+
+/// Plan, run, resume or roll back.
+pub async fn execute(
+    cfg: &Config,
+    apps: &[&AppConfig],
+    request: RunRequest,
+    mode: Mode,
+    deps: Deps<'_>,
+) -> Result<RunReport, RotationError> {
+    let state_dir = cfg.state_dir();
+    let mut report = RunReport {
+        env: cfg.env.clone(),
+        mode,
+        run_id: None,
+        state_dir: state_dir.clone(),
+        preflight: None,
+        recovered: Vec::new(),
+        steps: Vec::new(),
+        rolled_back: Vec::new(),
+        exit_code: 0,
+        summary: String::new(),
+    };
+    let now = (deps.clock)();
+    let _lock = if mode == Mode::Plan {
+        None
+    } else {
+        Some(StateLock::acquire(
+            &state_dir,
+            &format!("rotate {mode:?} {:?}", request.steps).to_lowercase(),
+            now,
+        )?)
+    };
+    let last = journal::last_run(&state_dir)?;
+    match mode {
+        Mode::Rollback => return rollback(cfg, apps, deps, report).await,
+        Mode::Resume => {
+            if !last.as_ref().is_some_and(|r| r.needs_resume()) {
+                return Err(RotationError::NothingToDo(
+                    "nothing to resume: the last run finished".into(),
+                ));
+            }
+        }
+        Mode::Run => {
+            if let Some(r) = last.as_ref().filter(|r| r.needs_resume()) {
+                return Err(RotationError::ResumeNeeded {
+                    run_id: r.run_id.clone(),
+                    pid: r.pid,
+                    started: crate::engine::utc(r.started),
+                    journal: state_dir.join("journal.jsonl").display().to_string(),
+                });
+            }
+        }
+        Mode::Plan => {}
+    }
+
+    // Step 0: every check before the first write.
+    let request = match (&mode, &last) {
+        (Mode::Resume, Some(r)) => r.request.clone(),
+        _ => request,
+    };
+    let pre = preflight(cfg, apps, &request, deps).await;
+    let ready = pre.ready();
+    let chain = pre.ca_chain.clone();
+    let pre_exit = pre.exit();
+    report.preflight = Some(pre);
+    let Some(chain) = chain.filter(|_| ready) else {
+        report.exit_code = pre_exit.code();
+        report.summary = "preflight failed: nothing was written".into();
+        return Ok(report);
+    };
+    let steps = Steps {
+        agents: AgentsStep::new(cfg, deps, chain.clone()),
+        leaf: LeafStep::new(cfg, deps, chain, request.kv_access, request.kv_seed),
+    };
+    let undo = undo_deps(cfg, deps);
+    let concurrency = cfg.run.concurrency;
+
+    if mode == Mode::Plan {
+        for id in &request.steps {
+            report
+                .steps
+                .push(step_dispatch(&steps, *id, apps, None, undo, concurrency, deps.cancel).await?);
+        }
+        let changes = report
+            .steps
+            .iter()
+            .flat_map(|s| &s.targets)
+            .flat_map(|t| &t.changes)
+            .filter(|c| c.is_change())
+            .count();
+        let failed = report.steps.iter().flat_map(|s| &s.targets).find_map(|t| t.error_class);
+        report.exit_code = match failed {
+            Some(c) => c,
+            None if changes > 0 => Exit::Changes.code(),
+            None => Exit::Ok.code(),
+        };
+        report.summary = match failed {
+            Some(_) => "plan found problems (listed); nothing was written".into(),
+            None => format!("plan: {changes} change(s); nothing was written"),
+        };
+        return Ok(report);
+    }
+
+    let journal = match mode {
+        Mode::Resume => Journal::reopen(&state_dir)?.ok_or_else(|| {
+            RotationError::NothingToDo("nothing to resume: no journal".into())
+        })?,
+        _ => {
+            prune_last_run(&state_dir, last.as_ref())?;
+            let run_id = format!("{}-{}", now, std::process::id());
+            Journal::start(&state_dir, &run_id, &cfg.env, now, request.clone())?
+        }
+    };
+    report.run_id = Some(journal.record().run_id);
+
+    if mode == Mode::Resume {
+        let rec = journal.record();
+        for id in &request.steps {
+            let mut targets = Vec::new();
+            for app in apps {
+                if rec.target(*id, &app.name).is_some_and(|t| t.state.is_unfinished()) {
+                    targets.push(recover_dispatch(&steps, *id, app, &journal, undo).await?);
+                }
+            }
+            if !targets.is_empty() {
+                report.recovered.push(StepReport {
+                    step: *id,
+                    targets,
+                    millis: 0,
+                });
+            }
+        }
+    }
+
+    // The steps, in order. An app that failed a step is skipped by the later ones.
+    let mut failed_apps: Vec<String> = Vec::new();
+    for id in &request.steps {
+        if deps.cancel.is_cancelled() {
+            break;
+        }
+        let rec = journal.record();
+        let todo: Vec<&AppConfig> = apps
+            .iter()
+            .copied()
+            .filter(|a| !failed_apps.contains(&a.name))
+            .filter(|a| {
+                !rec.target(*id, &a.name)
+                    .is_some_and(|t| t.state == TargetState::Committed)
+            })
+            .collect();
+        let mut sr =
+            step_dispatch(&steps, *id, &todo, Some(&journal), undo, concurrency, deps.cancel)
+                .await?;
+        for a in apps.iter().filter(|a| failed_apps.contains(&a.name)) {
+            sr.targets.push(skipped(a, *id));
+        }
+        for t in &sr.targets {
+            if !matches!(t.outcome, Outcome::Committed | Outcome::Unchanged) {
+                failed_apps.push(t.app.clone());
+            }
+        }
+        report.steps.push(sr);
+    }
+
+    let interrupted = deps.cancel.is_cancelled()
+        || report
+            .steps
+            .iter()
+            .flat_map(|s| &s.targets)
+            .any(|t| t.outcome == Outcome::NotStarted);
+    journal.append(Event::RunEnded {
+        state: if interrupted {
+            RunState::Interrupted
+        } else {
+            RunState::Finished
+        },
+    })?;
+    let (exit, summary) = judge(&report, interrupted);
+    report.exit_code = exit.code();
+    report.summary = summary;
+    Ok(report)
+}
+
+fn skipped(app: &AppConfig, id: StepId) -> TargetReport {
+    TargetReport {
+        app: app.name.clone(),
+        outcome: Outcome::Skipped,
+        changes: Vec::new(),
+        applied: None,
+        proof: None,
+        pending: None,
+        error: Some(format!("skipped: an earlier step failed for {}", app.name)),
+        error_class: None,
+        rollback: None,
+        millis: 0,
+    }
+    .with_step_note(id)
+}
+
+impl TargetReport {
+    fn with_step_note(mut self, id: StepId) -> Self {
+        if let Some(e) = &mut self.error {
+            e.push_str(&format!(" ({id} not attempted)"));
+        }
+        self
+    }
+}
+
+/// The exit code and summary of a run from its targets' outcomes.
+fn judge(report: &RunReport, interrupted: bool) -> (Exit, String) {
+    let all: Vec<&TargetReport> = report
+        .recovered
+        .iter()
+        .chain(&report.steps)
+        .flat_map(|s| &s.targets)
+        .collect();
+    let count = |o: Outcome| all.iter().filter(|t| t.outcome == o).count();
+    let committed = count(Outcome::Committed);
+    let rolled_back = count(Outcome::RolledBack);
+    let incomplete = count(Outcome::RollbackIncomplete);
+    let failed_clean = count(Outcome::FailedNothingWritten);
+    let mut exit = Exit::Ok;
+    for t in &all {
+        let e = match t.outcome {
+            Outcome::RollbackIncomplete => Exit::RollbackIncomplete,
+            Outcome::RolledBack => Exit::GateFailed,
+            Outcome::FailedNothingWritten => t
+                .error_class
+                .and_then(Exit::from_code)
+                .unwrap_or(Exit::Failure),
+            _ => Exit::Ok,
+        };
+        exit = exit.worst(e);
+    }
+    // 3/4/6 promise "nothing written": only true when nothing at all was committed.
+    if committed > 0 && matches!(exit, Exit::Config | Exit::Vault | Exit::Sealed) {
+        exit = Exit::GateFailed;
+    }
+    if interrupted {
+        exit = exit.worst(Exit::ResumeNeeded);
+    }
+    let mut parts = vec![format!("{committed} target(s) committed")];
+    if rolled_back > 0 {
+        parts.push(format!("{rolled_back} failed and fully rolled back"));
+    }
+    if incomplete > 0 {
+        parts.push(format!(
+            "{incomplete} ROLLBACK INCOMPLETE (see the listed leftovers; `rotate rollback` retries)"
+        ));
+    }
+    if failed_clean > 0 {
+        parts.push(format!("{failed_clean} failed before writing anything"));
+    }
+    if interrupted {
+        parts.push("interrupted: run `rotate run --resume` to finish".into());
+    }
+    (exit, parts.join(", "))
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn step_dispatch(
+    steps: &Steps<'_>,
+    id: StepId,
+    apps: &[&AppConfig],
+    journal: Option<&Journal>,
+    undo: UndoDeps<'_>,
+    concurrency: usize,
+    cancel: &Cancel,
+) -> Result<StepReport, JournalError> {
+    match id {
+        StepId::Agents => run_step(&steps.agents, apps, journal, undo, concurrency, cancel).await,
+        StepId::Leaf => run_step(&steps.leaf, apps, journal, undo, concurrency, cancel).await,
+        StepId::Preflight => Ok(StepReport {
+            step: id,
+            targets: Vec::new(),
+            millis: 0,
+        }),
+    }
+}
+
+async fn recover_dispatch(
+    steps: &Steps<'_>,
+    id: StepId,
+    app: &AppConfig,
+    journal: &Journal,
+    undo: UndoDeps<'_>,
+) -> Result<TargetReport, JournalError> {
+    match id {
+        StepId::Agents => recover_target(&steps.agents, app, journal, undo).await,
+        StepId::Leaf => recover_target(&steps.leaf, app, journal, undo).await,
+        StepId::Preflight => Ok(skipped(app, id)),
+    }
+}
+
+/// Before a new run: the last finished run's kept previous versions (old keys) are no
+/// longer needed by any undo once a new run replaces it; unlink them.
+fn prune_last_run(
+    state_dir: &std::path::Path,
+    last: Option<&journal::RunRecord>,
+) -> Result<(), JournalError> {
+    let Some(last) = last else { return Ok(()) };
+    let Some(j) = Journal::reopen(state_dir)? else {
+        return Ok(());
+    };
+    for t in last.targets.iter().filter(|t| !t.pruned) {
+        for u in &t.undo {
+            if let UndoAction::File { undo, owner } = &u.action
+                && undo.prev.is_some()
+                && !u.done
+                && let Err(e) = pki_ops::discard_prev(undo, *owner)
+            {
+                tracing::warn!(error = %e, "could not remove a kept previous version");
+            }
+        }
+        j.append(Event::Pruned {
+            step: t.step,
+            target: t.target.clone(),
+        })?;
+    }
+    Ok(())
+}
+
+/// `rotate rollback`: unwind the last run's committed (and unfinished) targets, the
+/// latest step first.
+async fn rollback(
+    cfg: &Config,
+    apps: &[&AppConfig],
+    deps: Deps<'_>,
+    mut report: RunReport,
+) -> Result<RunReport, RotationError> {
+    let journal = Journal::reopen(&cfg.state_dir())?
+        .ok_or_else(|| RotationError::NothingToDo("nothing to roll back: no run yet".into()))?;
+    let rec = journal.record();
+    report.run_id = Some(rec.run_id.clone());
+    if rec.state == RunState::RolledBack {
+        return Err(RotationError::NothingToDo(format!(
+            "run {} was already rolled back",
+            rec.run_id
+        )));
+    }
+    let undo = undo_deps(cfg, deps);
+    let mut targets: Vec<_> = rec
+        .targets
+        .iter()
+        .filter(|t| {
+            matches!(
+                t.state,
+                TargetState::Committed
+                    | TargetState::Applying
+                    | TargetState::Applied
+                    | TargetState::RollbackIncomplete
+            )
+        })
+        .filter(|t| apps.iter().any(|a| a.name == t.target))
+        .collect();
+    targets.sort_by_key(|t| std::cmp::Reverse(t.step));
+    for t in targets {
+        if t.pruned {
+            report.rolled_back.push(TargetReport {
+                app: t.target.clone(),
+                outcome: Outcome::RollbackIncomplete,
+                changes: Vec::new(),
+                applied: None,
+                proof: None,
+                pending: None,
+                error: Some("its previous versions were already discarded".into()),
+                error_class: None,
+                rollback: None,
+                millis: 0,
+            });
+            continue;
+        }
+        let out = unwind(&journal, undo, t.step, &t.target).await?;
+        report.rolled_back.push(TargetReport {
+            app: t.target.clone(),
+            outcome: if out.complete() {
+                Outcome::RolledBack
+            } else {
+                Outcome::RollbackIncomplete
+            },
+            changes: Vec::new(),
+            applied: None,
+            proof: None,
+            pending: None,
+            error: None,
+            error_class: None,
+            rollback: Some(out),
+            millis: 0,
+        });
+    }
+    let incomplete = report
+        .rolled_back
+        .iter()
+        .any(|t| t.outcome == Outcome::RollbackIncomplete);
+    journal.append(Event::RunEnded {
+        state: RunState::RolledBack,
+    })?;
+    report.exit_code = if incomplete {
+        Exit::RollbackIncomplete
+    } else {
+        Exit::Ok
+    }
+    .code();
+    report.summary = format!(
+        "run {}: {} target(s) unwound{}",
+        rec.run_id,
+        report.rolled_back.len(),
+        if incomplete { ", SOME INCOMPLETE" } else { "" }
+    );
+    Ok(report)
+}
+
+impl From<JournalError> for StepError {
+    fn from(e: JournalError) -> Self {
+        StepError::Journal(Box::new(e))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn target(outcome: Outcome, class: Option<u8>) -> TargetReport {
+        TargetReport {
+            app: "a".into(),
+            outcome,
+            changes: Vec::new(),
+            applied: None,
+            proof: None,
+            pending: None,
+            error: None,
+            error_class: class,
+            rollback: None,
+            millis: 0,
+        }
+    }
+
+    fn report(targets: Vec<TargetReport>) -> RunReport {
+        RunReport {
+            env: "t".into(),
+            mode: Mode::Run,
+            run_id: None,
+            state_dir: PathBuf::new(),
+            preflight: None,
+            recovered: Vec::new(),
+            steps: vec![StepReport {
+                step: StepId::Agents,
+                targets,
+                millis: 0,
+            }],
+            rolled_back: Vec::new(),
+            exit_code: 0,
+            summary: String::new(),
+        }
+    }
+
+    #[test]
+    fn exit_codes_tell_what_happened() {
+        use Outcome::*;
+        let cases = [
+            (vec![target(Committed, None)], false, Exit::Ok),
+            (vec![target(FailedNothingWritten, Some(3))], false, Exit::Config),
+            (vec![target(FailedNothingWritten, Some(4))], false, Exit::Vault),
+            // Something was committed: "nothing changed" would be a lie.
+            (
+                vec![target(Committed, None), target(FailedNothingWritten, Some(3))],
+                false,
+                Exit::GateFailed,
+            ),
+            (vec![target(RolledBack, Some(5))], false, Exit::GateFailed),
+            (
+                vec![target(RolledBack, Some(5)), target(RollbackIncomplete, Some(5))],
+                false,
+                Exit::RollbackIncomplete,
+            ),
+            (vec![target(Committed, None)], true, Exit::ResumeNeeded),
+        ];
+        for (targets, interrupted, want) in cases {
+            let r = report(targets);
+            let (exit, summary) = judge(&r, interrupted);
+            assert_eq!(exit, want, "{summary}");
+        }
+    }
+}

@@ -1,0 +1,109 @@
+//! Every name, path and policy text derived from the config, in one place (the steps and
+//! the preflight read them from here; no step module depends on another for a name).
+
+use std::path::{Path, PathBuf};
+
+use crate::config::{AppConfig, Config};
+
+/// The names of one app's objects.
+#[derive(Debug, Clone)]
+pub(crate) struct Names {
+    /// `agent-mtls-<app>`: the PKI role of the agent's login certificate.
+    pub agent_role: String,
+    /// `agent-<app>.<agents.domain>`.
+    pub agent_cn: String,
+    /// `agent-<app>`: the cert auth mapping.
+    pub mapping: String,
+    /// `pki-issue-<app>`.
+    pub issue_policy: String,
+    /// `nginx-<app>`: the PKI role of the app's leaf.
+    pub leaf_role: String,
+    /// `<app>.<leaf.cn_domain>`.
+    pub leaf_cn: String,
+    /// `secret-agent-<app>-policy`.
+    pub kv_policy: String,
+}
+
+impl Names {
+    pub(crate) fn new(cfg: &Config, app: &AppConfig) -> Names {
+        Names {
+            agent_role: format!("agent-mtls-{}", app.name),
+            agent_cn: format!("agent-{}.{}", app.name, cfg.agents.domain),
+            mapping: format!("agent-{}", app.name),
+            issue_policy: format!("pki-issue-{}", app.name),
+            leaf_role: format!("nginx-{}", app.name),
+            leaf_cn: format!("{}.{}", app.name, cfg.leaf.cn_domain),
+            kv_policy: kv_policy_name(&app.name),
+        }
+    }
+}
+
+/// The name of an app's KV policy: `secret-agent-<app>-policy`.
+pub fn kv_policy_name(app: &str) -> String {
+    format!("secret-agent-{app}-policy")
+}
+
+/// Paths inside an app's home (relative, for the safe writer).
+pub(crate) mod rel {
+    use super::*;
+
+    /// `vault/mtls/agent.key`.
+    pub(crate) fn agent_key() -> PathBuf {
+        PathBuf::from("vault/mtls/agent.key")
+    }
+    /// `vault/mtls/agent.crt`.
+    pub(crate) fn agent_cert() -> PathBuf {
+        PathBuf::from("vault/mtls/agent.crt")
+    }
+    /// `vault/ca/ca.pem`.
+    pub(crate) fn ca_file() -> PathBuf {
+        PathBuf::from("vault/ca/ca.pem")
+    }
+    /// `.vault-agent-<app>`.
+    pub(crate) fn agent_dir(app: &AppConfig) -> PathBuf {
+        PathBuf::from(format!(".vault-agent-{}", app.name))
+    }
+    /// `.vault-agent-<app>/agent.hcl`.
+    pub(crate) fn agent_config(app: &AppConfig) -> PathBuf {
+        agent_dir(app).join("agent.hcl")
+    }
+    /// `.vault-agent-<app>/bin/vault-agent-post-leaf.sh`.
+    pub(crate) fn post_hook(app: &AppConfig) -> PathBuf {
+        agent_dir(app).join("bin/vault-agent-post-leaf.sh")
+    }
+    /// `tls`.
+    pub(crate) fn tls_dir() -> PathBuf {
+        PathBuf::from("tls")
+    }
+    /// A relative path's parent (`""` for a bare name).
+    pub(crate) fn parent(p: &Path) -> PathBuf {
+        p.parent().map(Path::to_path_buf).unwrap_or_default()
+    }
+}
+
+/// `pki-issue-<app>`: what the app's agent may do with its token.
+pub(crate) fn issue_policy_text(cfg: &Config, app: &AppConfig) -> String {
+    format!(
+        "# Managed by rotate: the {app} agent issues its leaf certificates.\n\
+         path \"{mount}/issue/nginx-{app}\" {{\n  capabilities = [\"create\", \"update\"]\n}}\n\
+         path \"{mount}/sign/nginx-{app}\" {{\n  capabilities = [\"create\", \"update\"]\n}}\n",
+        app = app.name,
+        mount = cfg.pki.mount
+    )
+}
+
+/// The marker policy (created if missing, never changed).
+pub(crate) fn marker_policy_text() -> String {
+    "# Marker: this token was obtained through cert auth (created by rotate if missing).\n\
+     path \"auth/token/lookup-self\" {\n  capabilities = [\"read\"]\n}\n"
+        .to_owned()
+}
+
+/// `secret-agent-<app>-policy`: read the app's KV v2 secret.
+pub(crate) fn kv_policy_text(mount: &str, app: &str) -> String {
+    format!(
+        "# Managed by rotate: the {app} agent reads its secret.\n\
+         path \"{mount}/data/{app}\" {{\n  capabilities = [\"read\"]\n}}\n\
+         path \"{mount}/metadata/{app}\" {{\n  capabilities = [\"read\"]\n}}\n"
+    )
+}

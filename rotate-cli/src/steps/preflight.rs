@@ -1,0 +1,278 @@
+//! Step 0, preflight: every check that can be made before the first write, reads only.
+//! Any failure stops the run with nothing written (exit 3 input, 4 Vault refused us,
+//! 6 sealed).
+
+use std::path::Path;
+
+use serde::Serialize;
+use vault_client::HealthState;
+
+use crate::config::{AppConfig, Config};
+use crate::engine::journal::{RunRequest, StepId};
+use crate::exit::Exit;
+use crate::rotation::Deps;
+use crate::steps::{names::Names, owner_of};
+
+/// One check.
+#[derive(Debug, Clone, Serialize)]
+pub struct Check {
+    /// What was checked, e.g. `vault unsealed`, `home of ncprd1`.
+    pub name: String,
+    /// Passed?
+    pub ok: bool,
+    /// What was seen, or why it failed and what to do.
+    pub detail: String,
+    /// Exit class when it failed.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub class: Option<u8>,
+}
+
+/// The preflight's findings.
+#[derive(Debug, Clone, Serialize)]
+pub struct PreflightReport {
+    /// The checks, in the order made.
+    pub checks: Vec<Check>,
+    /// The PKI mount's CA chain, once verified (the steps use it).
+    #[serde(skip)]
+    pub ca_chain: Option<String>,
+}
+
+impl PreflightReport {
+    /// Every check passed.
+    pub fn ready(&self) -> bool {
+        self.checks.iter().all(|c| c.ok)
+    }
+
+    /// The exit code of the first failure (`Ok` when ready).
+    pub fn exit(&self) -> Exit {
+        self.checks
+            .iter()
+            .filter(|c| !c.ok)
+            .filter_map(|c| c.class.and_then(Exit::from_code))
+            .fold(Exit::Ok, Exit::worst)
+    }
+
+    fn push(&mut self, name: impl Into<String>, r: Result<String, (Exit, String)>) -> bool {
+        let ok = r.is_ok();
+        let (class, detail) = match r {
+            Ok(d) => (None, d),
+            Err((e, d)) => (Some(e.code()), d),
+        };
+        self.checks.push(Check {
+            name: name.into(),
+            ok,
+            detail,
+            class,
+        });
+        ok
+    }
+}
+
+/// Run the preflight for `request` over `apps`.
+pub async fn preflight(
+    cfg: &Config,
+    apps: &[&AppConfig],
+    request: &RunRequest,
+    deps: Deps<'_>,
+) -> PreflightReport {
+    let mut r = PreflightReport {
+        checks: Vec::new(),
+        ca_chain: None,
+    };
+    let v = deps.vault;
+    let leaf = request.steps.contains(&StepId::Leaf);
+
+    // Vault reachable, initialised, unsealed, active.
+    let health = v.sys.health().await;
+    let up = r.push(
+        "vault reachable and unsealed",
+        match &health {
+            Ok(h) => match h.state {
+                HealthState::Active => Ok(format!("active, version {}", h.body.version)),
+                HealthState::Sealed => Err((
+                    Exit::Sealed,
+                    "sealed: unseal it (`bao operator unseal`), then run again".into(),
+                )),
+                HealthState::NotInitialized => {
+                    Err((Exit::Sealed, "not initialised".into()))
+                }
+                other => Err((
+                    Exit::Vault,
+                    format!("{other:?}: point [vault] addr at the active node"),
+                )),
+            },
+            Err(e) => Err((Exit::Vault, e.to_string())),
+        },
+    );
+    if !up {
+        return r;
+    }
+
+    // PKI mount and issuer.
+    match crate::steps::agents::ca_chain(cfg, v).await {
+        Ok(chain) => {
+            r.push(
+                format!("PKI mount {} and issuer", cfg.pki.mount),
+                Ok(format!("chain starts with {:?}", cfg.pki.issuer_name)),
+            );
+            r.ca_chain = Some(chain);
+        }
+        Err(e) => {
+            let class = match e.exit() {
+                Exit::Vault if e.to_string().contains("404") => Exit::Config,
+                other => other,
+            };
+            r.push(
+                format!("PKI mount {} and issuer", cfg.pki.mount),
+                Err((class, format!("{e:#}"))),
+            );
+        }
+    }
+
+    // The admin token may write every path the run will write.
+    let mut need: Vec<(String, &'static str)> = Vec::new();
+    let mount = &cfg.agents.cert_auth_mount;
+    need.push((format!("sys/auth/{mount}"), "update"));
+    need.push((format!("{}/revoke", cfg.pki.mount), "update"));
+    need.push((format!("sys/policies/acl/{}", cfg.agents.marker_policy), "update"));
+    for app in apps {
+        let n = Names::new(cfg, app);
+        if request.steps.contains(&StepId::Agents) {
+            need.push((format!("{}/roles/{}", cfg.pki.mount, n.agent_role), "update"));
+            need.push((format!("{}/sign/{}", cfg.pki.mount, n.agent_role), "update"));
+            need.push((format!("sys/policies/acl/{}", n.issue_policy), "update"));
+        }
+        need.push((format!("auth/{mount}/certs/{}", n.mapping), "update"));
+        if leaf {
+            need.push((format!("{}/roles/{}", cfg.pki.mount, n.leaf_role), "update"));
+            if request.kv_access {
+                need.push((format!("sys/policies/acl/{}", n.kv_policy), "update"));
+            }
+            if request.kv_seed {
+                let kv = cfg.leaf.kv_mount.trim_matches('/');
+                need.push((format!("{kv}/data/{}", app.name), "create"));
+            }
+        }
+    }
+    let paths: Vec<String> = need.iter().map(|(p, _)| p.clone()).collect();
+    let caps = v.token.capabilities_self(&paths).await;
+    r.push(
+        "admin token capabilities",
+        match caps {
+            Ok(caps) => {
+                let missing: Vec<String> = need
+                    .iter()
+                    .filter(|(p, c)| {
+                        let have = caps.get(p).cloned().unwrap_or_default();
+                        !(have.iter().any(|h| h == c || h == "root" || h == "sudo")
+                            || (*c == "update" && have.iter().any(|h| h == "create")))
+                    })
+                    .map(|(p, c)| format!("{c} on {p}"))
+                    .collect();
+                if missing.is_empty() {
+                    Ok(format!("{} paths writable", need.len()))
+                } else {
+                    Err((
+                        Exit::Vault,
+                        format!(
+                            "the admin token lacks: {}; grant them in the admin policy",
+                            missing.join(", ")
+                        ),
+                    ))
+                }
+            }
+            Err(e) => Err((Exit::Vault, format!("sys/capabilities-self: {e}"))),
+        },
+    );
+
+    // Apps: user, home (no symlink, owned by the app or root).
+    for app in apps {
+        let owner = match owner_of(app) {
+            Ok(o) => {
+                r.push(
+                    format!("user of {}", app.name),
+                    Ok(format!("{} (uid {}, gid {})", app.user(), o.uid, o.gid)),
+                );
+                o
+            }
+            Err(e) => {
+                r.push(format!("user of {}", app.name), Err((Exit::Config, e.to_string())));
+                continue;
+            }
+        };
+        r.push(
+            format!("home of {}", app.name),
+            match pki_ops::Tree::open(&app.home, Some(owner)) {
+                Ok(_) => Ok(format!("{} (no symlinks, owner ok)", app.home.display())),
+                Err(e) => Err((Exit::Config, e.to_string())),
+            },
+        );
+    }
+
+    // Commands step 4 runs.
+    if leaf {
+        for (what, prog) in [
+            ("systemctl", cfg.program("systemctl")),
+            ("agent binary", cfg.commands.agent.clone()),
+        ] {
+            r.push(
+                format!("command {what}"),
+                match find_program(&prog) {
+                    Some(p) => Ok(p.display().to_string()),
+                    None => Err((
+                        Exit::Config,
+                        format!("{prog:?} not found on PATH; install it or set [commands]"),
+                    )),
+                },
+            );
+        }
+        if request.kv_access || request.kv_seed {
+            let kv = cfg.leaf.kv_mount.trim_matches('/').to_owned();
+            let res = match v.sys.list_mounts().await {
+                Ok(m) => match m.get(&format!("{kv}/")).map(|m| (m.kv_version(), m)) {
+                    Some((Some(2), _)) => Ok("KV v2".into()),
+                    Some((Some(ver), _)) => Err((
+                        Exit::Config,
+                        format!("KV v{ver}; v2 is required: `bao kv enable-versioning {kv}`"),
+                    )),
+                    Some((None, m)) => {
+                        Err((Exit::Config, format!("a {} engine, not KV", m.mount_type)))
+                    }
+                    None => Err((Exit::Config, "no such secrets engine".into())),
+                },
+                Err(e) => Err((Exit::Vault, e.to_string())),
+            };
+            r.push(format!("KV mount {kv}"), res);
+        }
+    }
+    r
+}
+
+/// `prog` as a path, or found on `PATH`.
+fn find_program(prog: &str) -> Option<std::path::PathBuf> {
+    let p = Path::new(prog);
+    if p.is_absolute() {
+        return p.is_file().then(|| p.to_owned());
+    }
+    std::env::var_os("PATH").and_then(|path| {
+        std::env::split_paths(&path)
+            .map(|d| d.join(prog))
+            .find(|c| c.is_file())
+    })
+}
+
+impl std::fmt::Display for PreflightReport {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        writeln!(f, "Step 0: preflight")?;
+        for c in &self.checks {
+            writeln!(
+                f,
+                "  [{}] {}: {}",
+                if c.ok { "ok" } else { "FAIL" },
+                c.name,
+                c.detail
+            )?;
+        }
+        Ok(())
+    }
+}
