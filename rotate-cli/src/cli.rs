@@ -1,4 +1,5 @@
-//! The command line (clap derive) and `run`, which the binary calls.
+//! The command line (clap derive) and [`run`], which the binary calls. Behind the default
+//! `cli` feature, so an embedder does not pull clap or anyhow.
 
 use std::io::Write;
 use std::path::PathBuf;
@@ -8,9 +9,10 @@ use vault_client::{HealthState, VaultClient};
 
 use crate::config::{Config, ConfigError};
 use crate::deps::{FreshClients, Vault};
+use crate::engine::Cancel;
+use crate::engine::journal::{RunRequest, StepId};
 use crate::exit::Exit;
-use crate::steps::agents::run_agents;
-use crate::steps::leaf::{LeafOptions, run_leaf};
+use crate::rotation::{Deps, Mode, RotationError, execute};
 use hooks::{ProcessRunner, ProgramOverrides};
 
 /// Rotate every piece of TLS/mTLS material around a Vault/OpenBao deployment, in the order
@@ -41,36 +43,42 @@ pub enum Output {
     Json,
 }
 
+/// What to rotate.
+#[derive(Debug, Clone, clap::Args)]
+pub struct Selection {
+    /// Only this step (repeatable); default: every step, in order.
+    #[arg(long, value_enum)]
+    pub step: Vec<Step>,
+    /// Only these apps (repeatable); default: every configured app.
+    #[arg(long = "app", value_name = "NAME")]
+    pub apps: Vec<String>,
+    /// Step leaf: KV access and seed switches.
+    #[command(flatten)]
+    pub kv: KvFlags,
+}
+
 /// Subcommands.
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Show Vault's health, seal status, version and our identity, over mTLS.
     Status,
-    /// Show what a run would change (roles, policies, mappings, files); writes nothing.
-    /// Exits 10 when roles, policies or mappings would change.
-    Plan {
-        /// The step to plan.
-        #[arg(long, value_enum, default_value_t = Step::Agents)]
-        step: Step,
-        /// Only these apps (repeatable); default: every configured app.
-        #[arg(long = "app", value_name = "NAME")]
-        apps: Vec<String>,
-        /// Step leaf: KV access and seed switches.
-        #[command(flatten)]
-        kv: KvFlags,
-    },
-    /// Run a step: write, then prove it with the step's gate (rolled back if it fails).
+    /// Show what a run would change (typed changes with field diffs); writes nothing, takes
+    /// no lock. Exits 10 when something would change.
+    Plan(Selection),
+    /// Run the steps: preflight, then per step and app write (journaled, undo recorded
+    /// first), gate, commit or undo.
     Run {
-        /// The step to run.
-        #[arg(long, value_enum)]
-        step: Step,
-        /// Only these apps (repeatable); default: every configured app.
-        #[arg(long = "app", value_name = "NAME")]
-        apps: Vec<String>,
-        /// Step leaf: KV access and seed switches.
+        /// What to rotate.
         #[command(flatten)]
-        kv: KvFlags,
+        selection: Selection,
+        /// Finish an interrupted run: re-gate what it applied, unwind what it left half
+        /// written, then continue it (its own steps and apps).
+        #[arg(long, conflicts_with_all = ["step", "apps"])]
+        resume: bool,
     },
+    /// Unwind the last run: every target it committed (or left unfinished), the latest
+    /// step first; certificates it issued are revoked.
+    Rollback,
 }
 
 /// The seed's KV switches for step leaf (also settable in `[leaf]`).
@@ -85,7 +93,7 @@ pub struct KvFlags {
     pub with_kv_seed: bool,
 }
 
-/// The steps, in the order they must run.
+/// The steps that exist today, in the order they run.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum Step {
     /// Step 3: agent login mTLS certs + cert auth mappings.
@@ -94,9 +102,20 @@ pub enum Step {
     Leaf,
 }
 
+impl Step {
+    fn id(self) -> StepId {
+        match self {
+            Step::Agents => StepId::Agents,
+            Step::Leaf => StepId::Leaf,
+        }
+    }
+}
+
 /// Run a parsed command line, writing the report to `out`. Returns the exit code.
+/// SIGINT/SIGTERM stop the run at the next safe point.
 pub async fn run(cli: Cli, out: &mut dyn Write) -> Exit {
-    match dispatch(&cli, out).await {
+    let cancel = Cancel::new();
+    match dispatch(&cli, out, &cancel).await {
         Ok(exit) => exit,
         Err(e) => {
             let exit = e.exit();
@@ -119,7 +138,7 @@ impl Failure {
         if self.0.downcast_ref::<ConfigError>().is_some() {
             return Exit::Config;
         }
-        if let Some(e) = self.0.downcast_ref::<crate::steps::StepError>() {
+        if let Some(e) = self.0.downcast_ref::<RotationError>() {
             return e.exit();
         }
         if let Some(e) = self.0.downcast_ref::<vault_client::Error>() {
@@ -141,71 +160,96 @@ impl<E: Into<anyhow::Error>> From<E> for Failure {
     }
 }
 
-async fn dispatch(cli: &Cli, out: &mut dyn Write) -> Result<Exit, Failure> {
+async fn dispatch(cli: &Cli, out: &mut dyn Write, cancel: &Cancel) -> Result<Exit, Failure> {
     let config = cli.config.as_deref().map(Config::load).transpose()?;
-    match &cli.command {
-        Command::Status => {
-            let client_cfg = match &config {
-                Some(c) => c.client_config()?,
-                None => vault_client::ClientConfig::from_env()?,
-            };
-            let vault = VaultClient::new(&client_cfg)?;
-            let report = crate::status::status(
-                &vault,
-                client_cfg.addr.as_str(),
-                client_cfg.tls_server_name.as_deref(),
-                vault.has_token(),
-            )
-            .await?;
-            emit(cli.output, out, &report)?;
-            Ok(match report.state {
-                HealthState::Sealed | HealthState::NotInitialized => Exit::Sealed,
-                _ => Exit::Ok,
-            })
-        }
-        Command::Plan { step, apps, kv } => {
-            run_step(cli, config, *step, apps, *kv, true, out).await
-        }
-        Command::Run { step, apps, kv } => {
-            run_step(cli, config, *step, apps, *kv, false, out).await
-        }
-    }
-}
-
-async fn run_step(
-    cli: &Cli,
-    config: Option<Config>,
-    step: Step,
-    apps: &[String],
-    kv: KvFlags,
-    dry_run: bool,
-    out: &mut dyn Write,
-) -> Result<Exit, Failure> {
+    let (selection, mode) = match &cli.command {
+        Command::Status => return status(cli, config, out).await,
+        Command::Plan(s) => (Some(s), Mode::Plan),
+        Command::Run {
+            selection,
+            resume: false,
+        } => (Some(selection), Mode::Run),
+        Command::Run { resume: true, .. } => (None, Mode::Resume),
+        Command::Rollback => (None, Mode::Rollback),
+    };
     let config = config.ok_or(ConfigError::Missing)?;
-    let selected = config.select_apps(apps)?;
+    let empty = Vec::new();
+    let names = selection.map(|s| &s.apps).unwrap_or(&empty);
+    let apps = config.select_apps(names)?;
+    let request = RunRequest {
+        steps: match selection {
+            Some(s) if !s.step.is_empty() => {
+                let mut v: Vec<StepId> = s.step.iter().map(|s| s.id()).collect();
+                v.sort();
+                v.dedup();
+                v
+            }
+            _ => vec![StepId::Agents, StepId::Leaf],
+        },
+        apps: names.clone(),
+        kv_access: selection.is_some_and(|s| s.kv.with_kv_access),
+        kv_seed: selection.is_some_and(|s| s.kv.with_kv_seed),
+    };
     let client_cfg = config.client_config()?;
     let admin = VaultClient::new(&client_cfg)?;
     let gate = FreshClients::new(&client_cfg);
-    let vault = Vault::from_client(&admin, &gate);
-    match step {
-        Step::Agents => {
-            let report = run_agents(&config, &selected, vault, dry_run, unix_now()).await?;
-            emit(cli.output, out, &report)?;
-            Ok(report.exit())
-        }
-        Step::Leaf => {
-            let runner =
-                ProgramOverrides::new(ProcessRunner::new(), config.commands.overrides.clone());
-            let opts = LeafOptions {
-                kv_access: kv.with_kv_access,
-                kv_seed: kv.with_kv_seed,
-            };
-            let report =
-                run_leaf(&config, &selected, vault, &runner, opts, dry_run, unix_now).await?;
-            emit(cli.output, out, &report)?;
-            Ok(report.exit())
-        }
+    let runner = ProgramOverrides::new(ProcessRunner::new(), config.commands.overrides.clone());
+    let clock = unix_now;
+    let deps = Deps {
+        vault: Vault::from_client(&admin, &gate),
+        runner: &runner,
+        clock: &clock,
+        cancel,
+    };
+    let work = execute(&config, &apps, request, mode, deps);
+    let report = tokio::select! {
+        r = work => r?,
+        never = stop_signal(cancel) => match never {},
+    };
+    emit(cli.output, out, &report)?;
+    if cli.output == Output::Human && report.exit() != Exit::Ok && report.exit() != Exit::Changes {
+        eprintln!("rotate: {}", report.summary);
     }
+    Ok(report.exit())
+}
+
+/// Waits for SIGINT/SIGTERM, then asks the run to stop at its next safe point and keeps
+/// waiting (the run finishes what it started, then returns).
+async fn stop_signal(cancel: &Cancel) -> std::convert::Infallible {
+    use tokio::signal::unix::{SignalKind, signal};
+    let (Ok(mut int), Ok(mut term)) = (
+        signal(SignalKind::interrupt()),
+        signal(SignalKind::terminate()),
+    ) else {
+        return std::future::pending().await;
+    };
+    tokio::select! {
+        _ = int.recv() => {}
+        _ = term.recv() => {}
+    }
+    eprintln!("rotate: stop requested: finishing the targets under way, then stopping");
+    cancel.cancel();
+    std::future::pending().await
+}
+
+async fn status(cli: &Cli, config: Option<Config>, out: &mut dyn Write) -> Result<Exit, Failure> {
+    let client_cfg = match &config {
+        Some(c) => c.client_config()?,
+        None => vault_client::ClientConfig::from_env()?,
+    };
+    let vault = VaultClient::new(&client_cfg)?;
+    let report = crate::status::status(
+        &vault,
+        client_cfg.addr.as_str(),
+        client_cfg.tls_server_name.as_deref(),
+        vault.has_token(),
+    )
+    .await?;
+    emit(cli.output, out, &report)?;
+    Ok(match report.state {
+        HealthState::Sealed | HealthState::NotInitialized => Exit::Sealed,
+        _ => Exit::Ok,
+    })
 }
 
 fn unix_now() -> i64 {
@@ -246,5 +290,11 @@ mod tests {
         assert_eq!(run(cli, &mut out).await, Exit::Config);
         let v: serde_json::Value = serde_json::from_slice(&out).unwrap();
         assert!(v["error"].as_str().unwrap().contains("--config"), "{v}");
+    }
+
+    #[test]
+    fn resume_takes_no_selection() {
+        let r = Cli::try_parse_from(["rotate", "run", "--resume", "--app", "x"]);
+        assert!(r.is_err(), "--resume continues the interrupted run as it was asked");
     }
 }

@@ -168,6 +168,10 @@ pub struct AgentsSection {
     pub key_mode: KeyMode,
     /// Create missing PKI roles (else a missing role is an error).
     pub create_roles: bool,
+    /// A mapping with constraints rotate does not manage (`allowed_organizational_units`,
+    /// `token_bound_cidrs`, `required_extensions`, ...) is refused with the list; with
+    /// `true` they are reset to their defaults (reported as drift).
+    pub converge_unmanaged: bool,
 }
 
 impl Default for AgentsSection {
@@ -181,6 +185,7 @@ impl Default for AgentsSection {
             token_ttl: 3600,
             key_mode: KeyMode::default(),
             create_roles: true,
+            converge_unmanaged: false,
         }
     }
 }
@@ -510,6 +515,16 @@ impl Config {
         std::time::Duration::from_secs(
             pki_ops::parse_duration_secs(value).unwrap_or(0).max(0) as u64
         )
+    }
+
+    /// The program to run for `name` (`systemctl`, `podman`, ...): its `[commands]`
+    /// override, else the name (found on `PATH`).
+    pub fn program(&self, name: &str) -> String {
+        self.commands
+            .overrides
+            .get(name)
+            .cloned()
+            .unwrap_or_else(|| name.to_owned())
     }
 
     /// The state directory of this environment.

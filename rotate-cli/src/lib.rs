@@ -1,22 +1,33 @@
 //! The rotation workflow as a library, so other Rust tools can embed it; the `rotate`
-//! binary is a thin shell around [`run`].
+//! binary is a thin shell around [`run`] (feature `cli`, on by default).
 //!
-//! - [`Config`]: the TOML topology (Vault, PKI mount, agents, apps, proxy).
-//! - [`status()`]: reachability, seal state, version and identity over mTLS.
-//! - [`run_agents`]: step 3, agent login certs + cert auth mappings, with its login gate
-//!   (and, with `dry_run`, the plan). Vault is reached through [`Vault`], a bundle of
-//!   narrow traits, so the step runs against mocks in unit tests.
-//! - [`run_leaf`]: step 4, app leaf certs through the agent, post-hook, agent restart,
-//!   and the leaf gate ([`verify_leaf`]).
-//! - [`Exit`]: the documented exit codes.
+//! - [`Config`]: the TOML topology (Vault, PKI mount, agents, apps, run state).
+//! - [`execute`]: a whole rotation as a transaction. It takes the state directory's lock,
+//!   refuses to start over an unfinished run, runs step 0 ([`preflight`], reads only),
+//!   then each [`Step`] per app: `plan` (reads) → `apply` (every write preceded by a
+//!   durable undo record in the journal) → `gate` (proves the effect as a client sees
+//!   it) → commit, or unwind everything the app wrote (certificates it issued revoked).
+//!   [`Mode::Resume`] finishes an interrupted run; [`Mode::Rollback`] unwinds the last one.
+//! - Steps: [`AgentsStep`] (step 3, agent login certs + cert auth mappings) and
+//!   [`LeafStep`] (step 4, app leaf certs through the agent, post-hook, restart).
+//! - [`RunReport`]: one report for human and JSON output; [`Exit`]: documented exit codes.
+//! - Vault is reached through [`Vault`], a bundle of narrow traits, so steps run against
+//!   mocks in unit tests.
 //!
 //! ```no_run
-//! # async fn demo() -> anyhow::Result<()> {
-//! use rotate_cli::{Config, status};
+//! # async fn demo() -> Result<(), Box<dyn std::error::Error>> {
+//! use rotate_cli::{Cancel, Config, Deps, FreshClients, Mode, RunRequest, StepId, Vault, execute};
 //! let cfg = Config::load(std::path::Path::new("/etc/rotate/prod.toml"))?;
 //! let client_cfg = cfg.client_config()?;
-//! let vault = vault_client::VaultClient::new(&client_cfg)?;
-//! let report = status(&vault, client_cfg.addr.as_str(), None, true).await?;
+//! let admin = vault_client::VaultClient::new(&client_cfg)?;
+//! let gate = FreshClients::new(&client_cfg);
+//! let runner = hooks::ProcessRunner::new();
+//! let clock = || 1_766_391_140;
+//! let cancel = Cancel::new();
+//! let deps = Deps { vault: Vault::from_client(&admin, &gate), runner: &runner, clock: &clock, cancel: &cancel };
+//! let apps = cfg.select_apps(&[])?;
+//! let request = RunRequest { steps: vec![StepId::Agents], apps: vec![], kv_access: false, kv_seed: false };
+//! let report = execute(&cfg, &apps, request, Mode::Plan, deps).await?;
 //! println!("{report}");
 //! # Ok(()) }
 //! ```
@@ -24,23 +35,37 @@
 #![forbid(unsafe_code)]
 #![deny(missing_docs)]
 
+#[cfg(feature = "cli")]
 mod cli;
 mod config;
 mod deps;
+mod engine;
 mod exit;
+mod render;
+mod rotation;
 mod status;
 mod steps;
 
-pub use cli::{Cli, Command, KvFlags, Output, Step, run};
+#[cfg(feature = "cli")]
+pub use cli::{Cli, Command, KvFlags, Output, Selection, Step as CliStep, run};
 pub use config::{
-    AgentsSection, AppConfig, Config, ConfigError, KeyMode, PkiSection, ProxySection, VaultSection,
+    AgentsSection, AppConfig, Config, ConfigError, KeyMode, LeafSection, PkiSection,
+    ProxySection, RunSection, VaultSection,
 };
 pub use deps::{FreshClients, GateConnector, Vault};
+pub use engine::change::{Change, ChangeKind, FieldDiff};
+pub use engine::journal::{
+    Event, Journal, JournalError, RunRecord, RunRequest, RunState, StepId, TargetRecord,
+    TargetState, last_run,
+};
+pub use engine::lock::{LockError, StateLock};
+pub use engine::undo::{UndoAction, UndoDeps, UnwindOutcome, carry_out, unwind};
+pub use engine::{Cancel, Outcome, Step, StepReport, TargetPlan, TargetReport, Tx};
 pub use exit::Exit;
+pub use rotation::{Deps, Mode, RotationError, RunReport, execute};
 pub use status::{Identity, StatusReport, status};
 pub use steps::StepError;
-pub use steps::agents::{AgentReport, AgentsReport, AppStatus, run_agents};
-pub use steps::leaf::{
-    KvReport, LeafExpectation, LeafOptions, LeafReport, LeafStepReport, kv_policy_name, run_leaf,
-    verify_leaf,
-};
+pub use steps::agents::{AgentApplied, AgentProof, AgentsStep};
+pub use steps::leaf::{LeafApplied, LeafExpectation, LeafProof, LeafStep, verify_leaf};
+pub use steps::names::kv_policy_name;
+pub use steps::preflight::{Check, PreflightReport, preflight};

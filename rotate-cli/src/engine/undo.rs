@@ -65,12 +65,16 @@ pub enum UndoAction {
         /// Its mount path.
         mount: String,
     },
-    /// Delete a KV v2 secret (all versions and metadata) this run created.
+    /// Delete a KV v2 secret (all versions and metadata) this run created: only if its
+    /// data still carries this run's marker (`rotate_run`), so a secret someone else
+    /// created meanwhile is never deleted.
     DeleteKvSecret {
         /// KV mount.
         mount: String,
         /// Secret path.
         path: String,
+        /// The run whose seed it must be.
+        run_id: String,
     },
     /// Revoke a certificate this run issued.
     Revoke {
@@ -129,7 +133,7 @@ impl UndoAction {
                 None => format!("delete mapping auth/{mount}/certs/{name}"),
             },
             UndoAction::DisableAuth { mount } => format!("disable auth method {mount}/"),
-            UndoAction::DeleteKvSecret { mount, path } => {
+            UndoAction::DeleteKvSecret { mount, path, .. } => {
                 format!("delete secret {mount}/{path} (created by this run)")
             }
             UndoAction::Revoke { mount, serial, cn } => {
@@ -189,19 +193,28 @@ pub async fn carry_out(deps: UndoDeps<'_>, action: &UndoAction) -> Result<(), St
         UndoAction::DisableAuth { mount } => {
             v.sys.disable_auth(mount).await.map_err(|e| e.to_string())
         }
-        UndoAction::DeleteKvSecret { mount, path } => v
-            .kv
-            .kv2_delete_metadata(mount, path)
-            .await
-            .map_err(|e| e.to_string()),
-        UndoAction::Revoke { mount, serial, .. } => match v.pki.revoke(mount, serial).await {
-            Ok(_) => Ok(()),
-            // Already revoked or expired: the goal (not usable) holds.
-            Err(e) if e.to_string().contains("already") || e.to_string().contains("expired") => {
+        UndoAction::DeleteKvSecret {
+            mount,
+            path,
+            run_id,
+        } => {
+            let current = v.kv.kv2_read(mount, path).await.map_err(|e| e.to_string())?;
+            let ours = current.as_ref().is_some_and(|s| {
+                s.data.get("rotate_run").and_then(|r| r.as_str()) == Some(run_id.as_str())
+            });
+            if ours {
+                v.kv
+                    .kv2_delete_metadata(mount, path)
+                    .await
+                    .map_err(|e| e.to_string())
+            } else {
+                // Absent, or not our seed (created concurrently): nothing of ours to undo.
                 Ok(())
             }
-            Err(e) => Err(e.to_string()),
-        },
+        }
+        UndoAction::Revoke { mount, serial, .. } => {
+            v.pki.revoke(mount, serial).await.map_err(|e| e.to_string())
+        }
         UndoAction::RestartUnit { unit, user } => {
             let r = hooks::Reloader::SystemdUser {
                 unit: unit.clone(),

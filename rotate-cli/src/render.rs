@@ -1,0 +1,124 @@
+//! The human rendering of a [`RunReport`]. JSON is the same structure serialised, so the
+//! two never disagree about what happened.
+
+use std::fmt;
+
+use crate::engine::{Outcome, StepReport, TargetReport};
+use crate::rotation::{Mode, RunReport};
+
+impl fmt::Display for RunReport {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        writeln!(
+            f,
+            "rotate {} ({}){}",
+            match self.mode {
+                Mode::Plan => "plan",
+                Mode::Run => "run",
+                Mode::Resume => "run --resume",
+                Mode::Rollback => "rollback",
+            },
+            self.env,
+            self.run_id
+                .as_deref()
+                .map(|r| format!("  run {r}"))
+                .unwrap_or_default()
+        )?;
+        if let Some(p) = &self.preflight {
+            write!(f, "\n{p}")?;
+        }
+        for s in &self.recovered {
+            writeln!(f, "\nRecovered from the interrupted run:")?;
+            write!(f, "{s}")?;
+        }
+        for s in &self.steps {
+            write!(f, "\n{s}")?;
+        }
+        if !self.rolled_back.is_empty() {
+            writeln!(f, "\nRolled back:")?;
+            for t in &self.rolled_back {
+                write!(f, "{t}")?;
+            }
+        }
+        writeln!(f, "\n{} (exit {})", self.summary, self.exit_code)
+    }
+}
+
+impl fmt::Display for StepReport {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        writeln!(f, "{} — {} ms", self.step, self.millis)?;
+        for t in &self.targets {
+            write!(f, "{t}")?;
+        }
+        Ok(())
+    }
+}
+
+impl fmt::Display for TargetReport {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let outcome = match self.outcome {
+            Outcome::Planned => "planned",
+            Outcome::Unchanged => "unchanged",
+            Outcome::Committed => "committed (gate passed)",
+            Outcome::FailedNothingWritten => "FAILED, nothing written",
+            Outcome::RolledBack => "FAILED, rolled back",
+            Outcome::RollbackIncomplete => "FAILED, ROLLBACK INCOMPLETE",
+            Outcome::NotStarted => "not started (interrupted)",
+            Outcome::Skipped => "skipped",
+        };
+        writeln!(f, "  {}  [{outcome}]", self.app)?;
+        for c in &self.changes {
+            writeln!(f, "    {c}")?;
+        }
+        if let Some(a) = &self.applied {
+            for key in ["serial_hex", "not_after", "previous_serial", "removed_policies"] {
+                if let Some(v) = a.get(key).filter(|v| !v.is_null()) {
+                    writeln!(f, "    {key}: {}", plain(v))?;
+                }
+            }
+        }
+        if let Some(p) = &self.proof {
+            if let Some(l) = p.get("leaf") {
+                writeln!(
+                    f,
+                    "    leaf: CN {}  serial {}  notAfter {}",
+                    plain(&l["subject_cn"]),
+                    plain(&l["serial_hex"]),
+                    plain(&l["not_after_human"])
+                )?;
+            }
+            if let Some(s) = p.get("agent_login_serial") {
+                writeln!(
+                    f,
+                    "    agent logged in with certificate serial {} (step 3 live)",
+                    plain(s)
+                )?;
+            }
+            if let Some(l) = p.get("login") {
+                writeln!(f, "    gate: cert login OK, policies {}", plain(&l["token_policies"]))?;
+            }
+        }
+        if let Some(p) = &self.pending {
+            writeln!(f, "    pending: {p}")?;
+        }
+        if let Some(e) = &self.error {
+            writeln!(f, "    error: {e}")?;
+        }
+        if let Some(r) = &self.rollback {
+            for u in &r.undone {
+                writeln!(f, "    undone: {u}")?;
+            }
+            for l in &r.left {
+                writeln!(f, "    LEFT (fix by hand): {l}")?;
+            }
+        }
+        Ok(())
+    }
+}
+
+fn plain(v: &serde_json::Value) -> String {
+    match v {
+        serde_json::Value::String(s) => s.clone(),
+        serde_json::Value::Array(a) => a.iter().map(plain).collect::<Vec<_>>().join(","),
+        other => other.to_string(),
+    }
+}
