@@ -240,10 +240,20 @@ pub enum Error {
         reason: String,
     },
 
-    /// There is no `<name>.prev` to restore.
-    #[error("no previous version {} to restore", path.display())]
-    NoPrevious {
-        /// The missing `.prev` path.
+    /// A path is not safe to use as root in a tree another user controls: a symlink, a
+    /// non-directory or non-regular file, or a foreign owner. Nothing was done there.
+    #[error("refusing {}: {reason}", path.display())]
+    Unsafe {
+        /// The path.
+        path: PathBuf,
+        /// What is wrong with it.
+        reason: String,
+    },
+
+    /// The disk (or quota) is full. Raised while staging, so nothing was replaced.
+    #[error("no space left writing {}: nothing was replaced", path.display())]
+    NoSpace {
+        /// The file being staged.
         path: PathBuf,
     },
 }

@@ -9,12 +9,17 @@
 //!   validity, usages, fingerprint; typed checks (`expect_cn`, `expect_validity`, ...),
 //!   [`key_matches_cert`] and [`verify_chain`], each failure naming the file, what was
 //!   expected and what was found. Time is passed in.
-//! - **Writes** ([`write_all`]): temp file created with its final mode (keys `0600` from
-//!   the first byte), owner set, fsync, rename, directory fsync; the old version kept as
-//!   `<name>.prev` for [`restore`] / [`WriteReport::rollback`].
+//! - **Writes** ([`Tree`], [`MaterialSet::stage`], [`Staged::commit`]): every operation
+//!   relative to directory fds opened without following symlinks (root writes into
+//!   app-owned homes); a set (key + cert + chain) is staged completely (temp files with
+//!   their final mode and owner, synced) before any target is replaced, so a full disk
+//!   fails before the first rename; previous versions are kept as hard links until the
+//!   caller no longer needs them ([`undo_file`], [`discard_prev`]). Each rename is
+//!   atomic; a set of renames is not: the caller journals [`Staged::undo_records`]
+//!   first and repairs an interrupted commit with them.
 //!
 //! ```no_run
-//! use pki_ops::{FileSpec, IssueMode, KeyAlgorithm, MaterialSet, issue_cert};
+//! use pki_ops::{FileSpec, IssueMode, KeyAlgorithm, MaterialSet, Owner, Tree, issue_cert};
 //! use vault_client::{IssueRequest, VaultClient};
 //!
 //! # async fn demo(vault: &VaultClient, now: i64) -> Result<(), pki_ops::Error> {
@@ -26,12 +31,18 @@
 //! let m = issue_cert(vault, "pki-prod", "nginx-ncprd1", &req, IssueMode::Csr(KeyAlgorithm::EcdsaP256)).await?;
 //! m.info.expect_issuer_cn("PrivSec Intermediate CA (prod)")?;
 //! m.info.expect_validity(now, std::time::Duration::from_secs(86_400), None)?;
-//! let report = MaterialSet::new()
-//!     .with(FileSpec::private_key("/home/ncprd1/tls/ncprd1.key").owned_by("ncprd1", "ncprd1"), m.key_pem.as_bytes())
-//!     .with(FileSpec::public("/home/ncprd1/tls/ncprd1.fullchain.pem").owned_by("ncprd1", "ncprd1"), m.fullchain_pem())
-//!     .write()?;
+//! let tree = Tree::open(std::path::Path::new("/home/ncprd1"), Some(Owner { uid: 1001, gid: 1001 }))?;
+//! tree.ensure_dir(std::path::Path::new("tls"), 0o750)?;
+//! let staged = MaterialSet::new()
+//!     .with(FileSpec::private_key("tls/ncprd1.key"), m.key_pem.as_bytes())
+//!     .with(FileSpec::public("tls/ncprd1.fullchain.pem"), m.fullchain_pem())
+//!     .stage(&tree, "run-1")?;
+//! let undo = staged.undo_records(); // journal these first
+//! staged.commit()?;
 //! // ... a gate fails:
-//! report.rollback()?;
+//! for u in undo.iter().rev() {
+//!     pki_ops::undo_file(u, tree.owner())?;
+//! }
 //! # Ok(()) }
 //! ```
 
@@ -48,9 +59,9 @@ mod x509;
 pub use csr::{build_csr, parse_ip_sans};
 pub use error::{Error, Result};
 pub use keygen::{KeyAlgorithm, PrivateKey};
-pub use material::write::{
-    FileOutcome, FileSpec, MaterialFile, MaterialSet, WriteReport, dry_run, prev_path, restore,
-    write_all,
+pub use material::tree::{
+    FileOutcome, FileSpec, FileUndo, MaterialFile, MaterialSet, Owner, Staged, Tree, WriteReport,
+    discard_prev, remove_created_dirs, undo_file,
 };
 pub use pki::issue::{IssueMode, IssuedMaterial, issue_cert};
 pub use pki::roles::{

@@ -439,7 +439,7 @@ impl Lab {
         let mut apps = String::new();
         for app in ["ncprd1", "resume2me"] {
             apps.push_str(&format!(
-                "\n[[apps]]\nname = \"{app}\"\nhome = \"{}\"\nunit = \"vault-agent-{app}.service\"\n",
+                "\n[[apps]]\nname = \"{app}\"\nhome = \"{}\"\nuser = \"root\"\nunit = \"vault-agent-{app}.service\"\n",
                 d(&self.paths.dir.join("home").join(app))
             ));
         }
@@ -474,6 +474,10 @@ kv_mount = "{KV_MOUNT}"
 reload_tls_label = ""
 render_timeout = "30s"
 
+[run]
+# Journal and lock of this lab's runs.
+state_dir = "{state}"
+
 [commands]
 agent = "{bao}"
 # systemd is not PID 1 here: the lab's fake systemctl runs real processes.
@@ -484,6 +488,7 @@ name = "proxyprod"
 {apps}"#,
             bao = d(&self.bao),
             systemctl = d(&self.paths.dir.join("bin/systemctl")),
+            state = d(&self.paths.dir.join("state")),
             addr = self.addr,
             ca = d(&self.paths.ca_bundle),
             cert = d(&self.paths.admin_cert),

@@ -16,11 +16,17 @@ pub(crate) fn config_in(lab: &Lab, dir: &Path, apps: &[&str], extra: &str) -> Pa
         let home = dir.join("home").join(app);
         std::fs::create_dir_all(&home).unwrap();
         apps_toml.push_str(&format!(
-            "\n[[apps]]\nname = \"{app}\"\nhome = \"{}\"\n",
+            "\n[[apps]]\nname = \"{app}\"\nhome = \"{}\"\nuser = \"root\"\n",
             home.display()
         ));
     }
     text.replace_range(start..end, &apps_toml);
+    // Each test has its own journal and lock.
+    let state = dir.join("state");
+    let text = text.replace(
+        &lab.paths.dir.join("state").display().to_string(),
+        &state.display().to_string(),
+    );
     let text = text.replace("[agents]\n", &format!("[agents]\n{extra}"));
     let path = dir.join("rotate.toml");
     std::fs::write(&path, text).unwrap();

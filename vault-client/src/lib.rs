@@ -43,7 +43,7 @@ mod transport;
 
 pub use api::cert_auth::{AuthInfo, CertAuthApi, CertRole};
 pub use api::kv::{KvApi, KvMetadata, KvSecret, KvVersion};
-pub use api::pki::{IssueRequest, IssuedCert, IssuerInfo, PkiApi};
+pub use api::pki::{CertRecord, IssueRequest, IssuedCert, IssuerInfo, PkiApi};
 pub use api::sys::{Health, HealthBody, HealthState, InitResponse, MountInfo, SealStatus, SysApi};
 pub use api::token::{TokenApi, TokenInfo};
 pub use client::VaultClient;

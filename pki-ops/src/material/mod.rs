@@ -1,3 +1,3 @@
-//! Key, certificate and chain files on disk.
+//! Key, certificate and chain files on disk, written through directory fds.
 
-pub(crate) mod write;
+pub(crate) mod tree;

@@ -46,9 +46,20 @@ impl RoleSpec {
     }
 
     /// An app or listener leaf role (`nginx-<app>`): server certificates only, for
-    /// subdomains of `allowed_domains` (e.g. `int.privsec.ch`, `prod.privsec.ch`), IP SANs
-    /// allowed, ECDSA P-256 keys (see [`RoleSpec::with_key`]).
-    pub fn server_leaf(allowed_domains: Vec<String>, ttl: &str, max_ttl: &str) -> Self {
+    /// exactly `names` (e.g. `ncprd1.int.privsec.ch`) and no other name, so one app's agent
+    /// cannot mint a certificate for another app or for Vault itself; ECDSA P-256 keys
+    /// (see [`RoleSpec::with_key`]).
+    pub fn server_leaf(names: Vec<String>, ttl: &str, max_ttl: &str) -> Self {
+        Self::server_leaf_subdomains(names, ttl, max_ttl)
+            .set("allow_bare_domains", true)
+            .set("allow_subdomains", false)
+            .set("allow_ip_sans", false)
+    }
+
+    /// The write-up's broad leaf role: any subdomain of `allowed_domains` (e.g.
+    /// `int.privsec.ch`, `prod.privsec.ch`), IP SANs allowed. Any agent holding it can
+    /// mint a certificate for any name under those domains: choose it deliberately.
+    pub fn server_leaf_subdomains(allowed_domains: Vec<String>, ttl: &str, max_ttl: &str) -> Self {
         Self::from_json(json!({
             "allowed_domains": allowed_domains,
             "allow_bare_domains": false,
@@ -450,7 +461,7 @@ mod tests {
             (p["server_flag"].clone(), p["client_flag"].clone()),
             (json!(true), json!(false))
         );
-        assert_eq!(p["allow_subdomains"], json!(true));
+        assert_eq!(p["allow_subdomains"], json!(false), "exact names only");
         assert_eq!(
             (p["key_type"].clone(), p["key_bits"].clone()),
             (json!("rsa"), json!(2048))

@@ -82,6 +82,11 @@ pub trait KvApi: Send + Sync {
     /// `GET /:mount/metadata/:path`: `None` if the secret never existed.
     /// <https://openbao.org/api-docs/secret/kv/kv-v2/#read-secret-metadata>
     async fn kv2_read_metadata(&self, mount: &str, path: &str) -> Result<Option<KvMetadata>>;
+
+    /// `DELETE /:mount/metadata/:path`: delete a KV v2 secret, every version and its
+    /// metadata.
+    /// <https://openbao.org/api-docs/secret/kv/kv-v2/#delete-metadata-and-all-versions>
+    async fn kv2_delete_metadata(&self, mount: &str, path: &str) -> Result<()>;
 }
 
 #[derive(Deserialize)]
@@ -149,5 +154,16 @@ impl KvApi for VaultClient {
             )
             .await?;
         Ok(d.map(|d| d.data))
+    }
+
+    async fn kv2_delete_metadata(&self, mount: &str, path: &str) -> Result<()> {
+        self.request::<serde_json::Value>(
+            Method::Delete,
+            &format!("{}/metadata/{path}", m(mount)),
+            None,
+            Idempotent,
+        )
+        .await?;
+        Ok(())
     }
 }

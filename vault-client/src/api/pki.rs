@@ -89,6 +89,17 @@ pub struct IssuerInfo {
     pub ca_chain: Vec<String>,
 }
 
+/// A stored certificate (`GET /:mount/cert/:serial`).
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
+pub struct CertRecord {
+    /// PEM.
+    #[serde(default)]
+    pub certificate: String,
+    /// Unix seconds of revocation; 0 = not revoked.
+    #[serde(default)]
+    pub revocation_time: i64,
+}
+
 /// PKI endpoints. The mount (e.g. `pki-prod`) is always explicit.
 #[cfg_attr(any(test, feature = "mocks"), mockall::automock)]
 #[async_trait]
@@ -102,6 +113,20 @@ pub trait PkiApi: Send + Sync {
     /// must send the whole role (as `pki_ops::upsert_role` does).
     /// <https://openbao.org/api-docs/secret/pki/#createupdate-role>
     async fn write_role(&self, mount: &str, name: &str, params: Map<String, Value>) -> Result<()>;
+
+    /// `DELETE /:mount/roles/:name`: remove a role.
+    /// <https://openbao.org/api-docs/secret/pki/#delete-role>
+    async fn delete_role(&self, mount: &str, name: &str) -> Result<()>;
+
+    /// `POST /:mount/revoke`: revoke the certificate with `serial` (`aa:bb:..` hex).
+    /// Revoking an already revoked certificate succeeds.
+    /// <https://openbao.org/api-docs/secret/pki/#revoke-certificate>
+    async fn revoke(&self, mount: &str, serial: &str) -> Result<()>;
+
+    /// `GET /:mount/cert/:serial`: the stored certificate and its revocation time
+    /// (0 = not revoked); `None` if unknown.
+    /// <https://openbao.org/api-docs/secret/pki/#read-certificate-serial-number>
+    async fn read_cert(&self, mount: &str, serial: &str) -> Result<Option<CertRecord>>;
 
     /// `POST /:mount/issue/:role`: Vault generates the key and issues. Not idempotent.
     /// <https://openbao.org/api-docs/secret/pki/#generate-certificate-and-key>
@@ -172,6 +197,40 @@ impl PkiApi for VaultClient {
         )
         .await?;
         Ok(())
+    }
+
+    async fn delete_role(&self, mount: &str, name: &str) -> Result<()> {
+        self.request::<Value>(
+            Method::Delete,
+            &format!("{}/roles/{name}", m(mount)),
+            None,
+            Idempotent,
+        )
+        .await?;
+        Ok(())
+    }
+
+    async fn revoke(&self, mount: &str, serial: &str) -> Result<()> {
+        self.request::<Value>(
+            Method::Post,
+            &format!("{}/revoke", m(mount)),
+            Some(serde_json::json!({ "serial_number": serial })),
+            Idempotent,
+        )
+        .await?;
+        Ok(())
+    }
+
+    async fn read_cert(&self, mount: &str, serial: &str) -> Result<Option<CertRecord>> {
+        let d: Option<Data<CertRecord>> = self
+            .request_opt(
+                Method::Get,
+                &format!("{}/cert/{serial}", m(mount)),
+                None,
+                Idempotent,
+            )
+            .await?;
+        Ok(d.map(|d| d.data))
     }
 
     async fn issue(&self, mount: &str, role: &str, req: &IssueRequest) -> Result<IssuedCert> {

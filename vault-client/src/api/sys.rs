@@ -209,6 +209,14 @@ pub trait SysApi: Send + Sync {
     /// `PUT /sys/policies/acl/:name`: create or replace the policy.
     /// <https://openbao.org/api-docs/system/policies/#create-update-acl-policy>
     async fn write_policy(&self, name: &str, policy: &str) -> Result<()>;
+
+    /// `DELETE /sys/policies/acl/:name`: remove an ACL policy (absent is not an error).
+    /// <https://openbao.org/api-docs/system/policies/#delete-acl-policy>
+    async fn delete_policy(&self, name: &str) -> Result<()>;
+
+    /// `DELETE /sys/auth/:path`: disable an auth method (absent is not an error).
+    /// <https://openbao.org/api-docs/system/auth/#disable-auth-method>
+    async fn disable_auth(&self, path: &str) -> Result<()>;
 }
 
 #[derive(Deserialize)]
@@ -324,6 +332,28 @@ impl SysApi for VaultClient {
             Method::Put,
             &format!("sys/policies/acl/{name}"),
             Some(json!({ "policy": policy })),
+            Idempotent,
+        )
+        .await?;
+        Ok(())
+    }
+
+    async fn delete_policy(&self, name: &str) -> Result<()> {
+        self.request::<serde_json::Value>(
+            Method::Delete,
+            &format!("sys/policies/acl/{name}"),
+            None,
+            Idempotent,
+        )
+        .await?;
+        Ok(())
+    }
+
+    async fn disable_auth(&self, path: &str) -> Result<()> {
+        self.request::<serde_json::Value>(
+            Method::Delete,
+            &format!("sys/auth/{}", path.trim_matches('/')),
+            None,
             Idempotent,
         )
         .await?;

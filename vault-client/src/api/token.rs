@@ -19,9 +19,12 @@ pub struct TokenInfo {
     /// Display name, e.g. `cert-agent-ncprd1`.
     #[serde(default)]
     pub display_name: String,
-    /// Policies.
+    /// Policies attached to the token itself (including `default`).
     #[serde(default)]
     pub policies: Vec<String>,
+    /// Policies the token gets from its identity entity and groups.
+    #[serde(default)]
+    pub identity_policies: Vec<String>,
     /// Auth path that created it, e.g. `auth/cert/login`.
     #[serde(default)]
     pub path: String,
@@ -45,6 +48,10 @@ pub trait TokenApi: Send + Sync {
     /// gate's login token) without handling the token itself.
     /// <https://openbao.org/api-docs/auth/token/#revoke-a-token-accessor>
     async fn revoke_accessor(&self, accessor: &str) -> Result<()>;
+
+    /// `POST /sys/capabilities-self`: what the calling token may do on each of `paths`.
+    /// <https://openbao.org/api-docs/system/capabilities-self/>
+    async fn capabilities_self(&self, paths: &[String]) -> Result<BTreeMap<String, Vec<String>>>;
 }
 
 #[async_trait]
@@ -69,5 +76,29 @@ impl TokenApi for VaultClient {
         )
         .await?;
         Ok(())
+    }
+
+    async fn capabilities_self(&self, paths: &[String]) -> Result<BTreeMap<String, Vec<String>>> {
+        let v: serde_json::Value = self
+            .request_some(
+                Method::Post,
+                "sys/capabilities-self",
+                Some(serde_json::json!({ "paths": paths })),
+                Idempotent,
+            )
+            .await?;
+        // The answer has one key per path (at the top level and under `data`).
+        let data = v.get("data").unwrap_or(&v);
+        Ok(paths
+            .iter()
+            .map(|p| {
+                let caps = data
+                    .get(p)
+                    .and_then(|c| c.as_array())
+                    .map(|a| a.iter().filter_map(|c| c.as_str().map(str::to_owned)).collect())
+                    .unwrap_or_default();
+                (p.clone(), caps)
+            })
+            .collect())
     }
 }
