@@ -66,6 +66,36 @@ pub enum Error {
         /// Mapping name.
         mapping: String,
     },
+    /// A mapping carries constraints rotate does not manage: a login with the right
+    /// certificate would still fail. Nothing was written.
+    #[error(
+        "{path} carries constraints rotate does not manage: {fields}; clear them, or set [agents] converge_unmanaged = true to reset them"
+    )]
+    UnmanagedConstraint {
+        /// The mapping path.
+        path: String,
+        /// `field = value`, comma separated.
+        fields: String,
+    },
+    /// The token lacks capabilities it needs.
+    #[error("token lacks {missing}")]
+    MissingCapabilities {
+        /// `capability on path`, comma separated.
+        missing: String,
+    },
+    /// The token carries policies from its identity (entity or group), which the mapping
+    /// does not control.
+    #[error(
+        "login via auth/{mount}/certs/{mapping}: the token also gets identity policies {identity:?} (from an identity entity or group); remove the agent's entity from that group, or detach them"
+    )]
+    IdentityPolicies {
+        /// Cert auth mount.
+        mount: String,
+        /// Mapping name.
+        mapping: String,
+        /// The identity policies.
+        identity: Vec<String>,
+    },
 }
 
 /// Result alias.

@@ -16,8 +16,9 @@
 //!     allowed_common_names: vec!["agent-ncprd1.prod.privsec.ch".into()],
 //!     token_policies: vec!["pki-issue-ncprd1".into(), "marker-cert-auth".into()],
 //!     token_ttl: 3600,
-//!     token_max_ttl: 0,
+//!     token_max_ttl: None,
 //!     keep_if_present: vec![],
+//!     unmanaged: cert_auth::Unmanaged::Refuse,
 //! };
 //! let outcome = upsert_mapping(admin, "cert", &spec, false).await?;
 //! println!("{:?} {:?}", outcome.action, outcome.drift);
@@ -37,9 +38,9 @@ mod policy;
 
 pub use enable::{EnableAction, ensure_enabled};
 pub use error::{Error, Result};
-pub use login::{LoginProof, login_gate};
+pub use login::{LoginProof, login_gate, require_capabilities};
 pub use mapping::{
-    Drift, MappingAction, MappingOutcome, MappingSpec, diff_mapping, restore_mapping,
+    Drift, MappingAction, MappingOutcome, MappingSpec, Unmanaged, diff_mapping, restore_mapping,
     upsert_mapping,
 };
 pub use policy::{PolicyAction, PolicyMode, PolicyOutcome, ensure_policy};

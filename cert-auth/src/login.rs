@@ -15,6 +15,8 @@ pub struct LoginProof {
     pub mapping: String,
     /// The token's policies (from the mapping; `default` included if Vault added it).
     pub token_policies: Vec<String>,
+    /// Policies from an identity entity or group (must be none outside the expected set).
+    pub identity_policies: Vec<String>,
     /// The certificate's CN as Vault saw it.
     pub common_name: String,
     /// The certificate's serial as Vault saw it (decimal).
@@ -53,10 +55,28 @@ pub async fn login_gate(
         });
     }
     let want: BTreeSet<&str> = expected.iter().map(String::as_str).collect();
+    // The token's whole effective set: what the mapping attached, plus what an identity
+    // entity or group adds (the mapping does not control those, so they are refused).
+    let identity: Vec<String> = auth
+        .identity_policies
+        .iter()
+        .filter(|p| !want.contains(p.as_str()) && *p != "default")
+        .cloned()
+        .collect();
+    if !identity.is_empty() {
+        return Err(Error::IdentityPolicies {
+            mount: mount.to_owned(),
+            mapping: name.to_owned(),
+            identity,
+        });
+    }
     let got: BTreeSet<&str> = auth
         .token_policies
         .iter()
+        .chain(&auth.policies)
+        .chain(&auth.identity_policies)
         .map(String::as_str)
+        // `default` is added by Vault unless the mapping sets token_no_default_policy.
         .filter(|p| *p != "default" || want.contains("default"))
         .collect();
     if want != got {
@@ -83,9 +103,41 @@ pub async fn login_gate(
     Ok(LoginProof {
         mapping: name.to_owned(),
         token_policies: auth.token_policies.clone(),
+        identity_policies: auth.identity_policies.clone(),
         common_name: meta.get("common_name").cloned().unwrap_or_default(),
         serial_decimal: serial,
     })
+}
+
+/// Check that `token` (the client's token) has each capability in `need` on its path
+/// (`sys/capabilities-self`); the error names every missing `capability on path`.
+/// `root` satisfies every capability.
+pub async fn require_capabilities(
+    token: &dyn TokenApi,
+    need: &[(String, Vec<String>)],
+) -> Result<()> {
+    let paths: Vec<String> = need.iter().map(|(p, _)| p.clone()).collect();
+    let caps = token
+        .capabilities_self(&paths)
+        .await
+        .map_err(vault("sys/capabilities-self".to_owned()))?;
+    let mut missing = Vec::new();
+    for (path, wanted) in need {
+        let have = caps.get(path).cloned().unwrap_or_default();
+        for w in wanted {
+            let ok = have.iter().any(|h| h == w || h == "root");
+            if !ok {
+                missing.push(format!("{w} on {path} (has {})", have.join(",")));
+            }
+        }
+    }
+    if missing.is_empty() {
+        Ok(())
+    } else {
+        Err(Error::MissingCapabilities {
+            missing: missing.join("; "),
+        })
+    }
 }
 
 #[cfg(test)]
@@ -111,6 +163,39 @@ mod tests {
 
     fn expected() -> Vec<String> {
         vec!["pki-issue-ncprd1".into(), "marker-cert-auth".into()]
+    }
+
+    #[tokio::test]
+    async fn an_identity_policy_fails_the_gate() {
+        let mut c = MockCertAuthApi::new();
+        c.expect_cert_login().returning(|_, _| {
+            let mut a = auth(&["default", "marker-cert-auth", "pki-issue-ncprd1"], "42");
+            a.identity_policies = vec!["admin-everything".into()];
+            Ok(a)
+        });
+        let err = login_gate(&c, None, "cert", "agent-ncprd1", &expected(), None)
+            .await
+            .unwrap_err();
+        assert!(matches!(err, Error::IdentityPolicies { .. }), "{err}");
+        assert!(err.to_string().contains("admin-everything"));
+    }
+
+    #[tokio::test]
+    async fn missing_capabilities_are_named() {
+        let mut t = MockTokenApi::new();
+        t.expect_capabilities_self().returning(|paths| {
+            Ok(paths
+                .iter()
+                .map(|p| (p.clone(), vec!["read".to_string()]))
+                .collect())
+        });
+        let err = require_capabilities(
+            &t,
+            &[("pki-prod/issue/nginx-a".into(), vec!["update".into()])],
+        )
+        .await
+        .unwrap_err();
+        assert!(err.to_string().contains("update on pki-prod/issue/nginx-a"), "{err}");
     }
 
     #[tokio::test]

@@ -20,11 +20,71 @@ pub struct MappingSpec {
     pub token_policies: Vec<String>,
     /// Token TTL, seconds.
     pub token_ttl: u64,
-    /// Token max TTL, seconds (0 = system default).
-    pub token_max_ttl: u64,
+    /// Token max TTL, seconds; `None` keeps what the mapping has (an operator's choice).
+    pub token_max_ttl: Option<u64>,
     /// Policies kept when the mapping already carries them (granted by another step or an
     /// operator), instead of being reported as drift and removed.
     pub keep_if_present: Vec<String>,
+    /// What to do with constraints this spec does not manage.
+    pub unmanaged: Unmanaged,
+}
+
+/// What to do when a mapping carries constraints rotate does not manage
+/// (`allowed_organizational_units`, `token_bound_cidrs`, `required_extensions`, ...): they
+/// make a login with the right certificate fail with a bare 400/403.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Unmanaged {
+    /// Refuse with the list of fields and values (the default: nothing is changed).
+    #[default]
+    Refuse,
+    /// Reset them to their defaults, reported as drift.
+    Converge,
+}
+
+/// Constraint fields of a cert auth mapping that rotate does not manage, with the value
+/// that means "no constraint".
+const UNMANAGED: &[(&str, fn() -> serde_json::Value)] = &[
+    ("allowed_names", || serde_json::json!([])),
+    ("allowed_dns_sans", || serde_json::json!([])),
+    ("allowed_email_sans", || serde_json::json!([])),
+    ("allowed_uri_sans", || serde_json::json!([])),
+    ("allowed_organizational_units", || serde_json::json!([])),
+    ("required_extensions", || serde_json::json!([])),
+    ("token_bound_cidrs", || serde_json::json!([])),
+    ("bound_cidrs", || serde_json::json!([])),
+    ("token_num_uses", || serde_json::json!(0)),
+    ("token_no_default_policy", || serde_json::json!(false)),
+];
+
+/// Whether `v` constrains anything (a non-empty list or string, `true`, a non-zero number).
+fn constrains(v: &serde_json::Value) -> bool {
+    match v {
+        serde_json::Value::Null => false,
+        serde_json::Value::Bool(b) => *b,
+        serde_json::Value::Number(n) => n.as_f64().is_some_and(|f| f != 0.0),
+        serde_json::Value::String(s) => !s.is_empty(),
+        serde_json::Value::Array(a) => !a.is_empty(),
+        serde_json::Value::Object(o) => !o.is_empty(),
+    }
+}
+
+/// The unmanaged constraints `actual` carries.
+fn unmanaged_drift(actual: &CertRole) -> Vec<Drift> {
+    UNMANAGED
+        .iter()
+        .filter_map(|(field, empty)| {
+            let v = actual.other.get(*field)?;
+            constrains(v).then(|| Drift {
+                field: (*field).to_owned(),
+                desired: empty().to_string(),
+                actual: v.to_string(),
+                added: vec![],
+                removed: vec![],
+                managed: false,
+            })
+        })
+        .collect()
 }
 
 impl MappingSpec {
@@ -58,6 +118,8 @@ pub struct Drift {
     /// For list fields: entries that would be removed (e.g. a stray `debug-policy`).
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub removed: Vec<String>,
+    /// A field rotate manages (`false`: a constraint outside the managed set).
+    pub managed: bool,
 }
 
 /// The result of [`upsert_mapping`].
@@ -112,6 +174,7 @@ fn list_drift(field: &str, desired: &[String], actual: &[String]) -> Option<Drif
         actual: actual.join(","),
         added: d.difference(&a).map(|s| s.to_string()).collect(),
         removed: a.difference(&d).map(|s| s.to_string()).collect(),
+        managed: true,
     })
 }
 
@@ -122,6 +185,7 @@ fn scalar_drift(field: &str, desired: u64, actual: u64) -> Option<Drift> {
         actual: actual.to_string(),
         added: vec![],
         removed: vec![],
+        managed: true,
     })
 }
 
@@ -139,6 +203,7 @@ pub fn diff_mapping(spec: &MappingSpec, actual: &CertRole) -> Vec<Drift> {
             ),
             added: vec![],
             removed: vec![],
+            managed: true,
         });
     }
     drift.extend(list_drift(
@@ -152,11 +217,10 @@ pub fn diff_mapping(spec: &MappingSpec, actual: &CertRole) -> Vec<Drift> {
         &actual.token_policies,
     ));
     drift.extend(scalar_drift("token_ttl", spec.token_ttl, actual.token_ttl));
-    drift.extend(scalar_drift(
-        "token_max_ttl",
-        spec.token_max_ttl,
-        actual.token_max_ttl,
-    ));
+    if let Some(max) = spec.token_max_ttl {
+        drift.extend(scalar_drift("token_max_ttl", max, actual.token_max_ttl));
+    }
+    drift.extend(unmanaged_drift(actual));
     drift
 }
 
@@ -183,6 +247,17 @@ pub async fn upsert_mapping(
         Some(actual) => (diff_mapping(spec, actual), true),
         None => (Vec::new(), false),
     };
+    let foreign: Vec<&Drift> = drift.iter().filter(|d| !d.managed).collect();
+    if !foreign.is_empty() && spec.unmanaged == Unmanaged::Refuse {
+        return Err(Error::UnmanagedConstraint {
+            path,
+            fields: foreign
+                .iter()
+                .map(|d| format!("{} = {}", d.field, d.actual))
+                .collect::<Vec<_>>()
+                .join(", "),
+        });
+    }
     let action = match (exists, drift.is_empty(), dry_run) {
         (true, true, _) => MappingAction::Unchanged,
         (true, false, true) => MappingAction::WouldUpdate,
@@ -193,7 +268,16 @@ pub async fn upsert_mapping(
             role.allowed_common_names = spec.allowed_common_names.clone();
             role.token_policies = spec.effective_policies(previous.as_ref());
             role.token_ttl = spec.token_ttl;
-            role.token_max_ttl = spec.token_max_ttl;
+            if let Some(max) = spec.token_max_ttl {
+                role.token_max_ttl = max;
+            }
+            if spec.unmanaged == Unmanaged::Converge {
+                for (field, empty) in UNMANAGED {
+                    if role.other.get(*field).is_some_and(constrains) {
+                        role.other.insert((*field).to_owned(), empty());
+                    }
+                }
+            }
             if role.display_name.is_empty() {
                 role.display_name = spec.name.clone();
             }
@@ -254,9 +338,45 @@ mod tests {
             allowed_common_names: vec!["agent-ncprd1.prod.privsec.ch".into()],
             token_policies: vec!["pki-issue-ncprd1".into(), "marker-cert-auth".into()],
             token_ttl: 3600,
-            token_max_ttl: 0,
+            token_max_ttl: None,
             keep_if_present: vec!["secret-agent-ncprd1-policy".into()],
+            unmanaged: Unmanaged::Refuse,
         }
+    }
+
+    #[tokio::test]
+    async fn an_unmanaged_ou_constraint_is_refused_or_converged_and_max_ttl_kept() {
+        let mut a = actual();
+        a.token_max_ttl = 7200;
+        a.other
+            .insert("allowed_organizational_units".into(), serde_json::json!(["SRE"]));
+        let stored = a.clone();
+        let mut api = MockCertAuthApi::new();
+        api.expect_read_cert_role()
+            .returning(move |_, _| Ok(Some(stored.clone())));
+        api.expect_write_cert_role().never();
+        let err = upsert_mapping(&api, "cert", &spec(), true).await.unwrap_err();
+        let msg = err.to_string();
+        assert!(
+            msg.contains("allowed_organizational_units") && msg.contains("SRE"),
+            "{msg}"
+        );
+
+        let stored = a.clone();
+        let mut api = MockCertAuthApi::new();
+        api.expect_read_cert_role()
+            .returning(move |_, _| Ok(Some(stored.clone())));
+        api.expect_write_cert_role()
+            .withf(|_, _, r| {
+                r.other["allowed_organizational_units"] == serde_json::json!([])
+                    && r.token_max_ttl == 7200
+            })
+            .times(1)
+            .returning(|_, _, _| Ok(()));
+        let mut s = spec();
+        s.unmanaged = Unmanaged::Converge;
+        let out = upsert_mapping(&api, "cert", &s, false).await.unwrap();
+        assert!(out.drift.iter().any(|d| !d.managed));
     }
 
     fn actual() -> CertRole {
@@ -312,7 +432,7 @@ mod tests {
             let mut a = actual();
             a.token_ttl = 60;
             a.other
-                .insert("allowed_dns_sans".into(), serde_json::json!(["x"]));
+                .insert("ocsp_servers_override".into(), serde_json::json!(["x"]));
             Ok(Some(a))
         });
         api.expect_write_cert_role()
@@ -320,7 +440,7 @@ mod tests {
                 m == "cert"
                     && n == "agent-ncprd1"
                     && r.token_ttl == 3600
-                    && r.other.contains_key("allowed_dns_sans")
+                    && r.other.contains_key("ocsp_servers_override")
             })
             .times(1)
             .returning(|_, _, _| Ok(()));

@@ -59,6 +59,9 @@ pub struct AuthInfo {
     /// The policies attached by the mapping.
     #[serde(default, deserialize_with = "null_as_empty")]
     pub token_policies: Vec<String>,
+    /// Policies the token gets from an identity entity or group (not from the mapping).
+    #[serde(default, deserialize_with = "null_as_empty")]
+    pub identity_policies: Vec<String>,
     /// Metadata, e.g. `cert_name`, `common_name`, `serial_number` (decimal).
     #[serde(default)]
     pub metadata: Option<BTreeMap<String, String>>,
@@ -77,6 +80,7 @@ impl std::fmt::Debug for AuthInfo {
             .field("accessor", &self.accessor)
             .field("policies", &self.policies)
             .field("token_policies", &self.token_policies)
+            .field("identity_policies", &self.identity_policies)
             .field("metadata", &self.metadata)
             .field("lease_duration", &self.lease_duration)
             .finish()
