@@ -177,24 +177,39 @@ fn check_app(app: &str) -> Result<()> {
     }
 }
 
-fn check_path(field: &'static str, path: &Path) -> Result<()> {
+/// A path that goes into an agent config or a shell script, or names an app's home:
+/// absolute, UTF-8, no `..` or empty component, and only `[A-Za-z0-9._/@+-]` (no
+/// whitespace, quotes, `$`, backticks or other shell/template metacharacters).
+pub fn check_safe_path(field: &'static str, path: &Path) -> Result<()> {
     let text = path.to_str().ok_or_else(|| Error::InvalidSpec {
         field,
         value: path.display().to_string(),
         reason: "not UTF-8".to_owned(),
     })?;
-    let reason = if !path.is_absolute() {
-        "must be absolute"
-    } else if text.chars().any(char::is_control) {
-        "contains control characters"
-    } else {
-        return Ok(());
-    };
-    Err(Error::InvalidSpec {
+    let refuse = |reason: String| Error::InvalidSpec {
         field,
         value: text.escape_debug().to_string(),
-        reason: reason.to_owned(),
-    })
+        reason,
+    };
+    if !path.is_absolute() {
+        return Err(refuse("must be absolute".into()));
+    }
+    if text.split('/').skip(1).any(|c| c.is_empty() || c == "..") && text != "/" {
+        return Err(refuse("has an empty or `..` component".into()));
+    }
+    if let Some(c) = text
+        .chars()
+        .find(|c| !(c.is_ascii_alphanumeric() || "._/@+-".contains(*c)))
+    {
+        return Err(refuse(format!(
+            "contains {c:?}: only letters, digits and . _ / @ + - are allowed"
+        )));
+    }
+    Ok(())
+}
+
+fn check_path(field: &'static str, path: &Path) -> Result<()> {
+    check_safe_path(field, path)
 }
 
 fn path_str(path: &Path) -> String {
@@ -432,6 +447,33 @@ pub fn install_post_hook(
         path: path.to_path_buf(),
         changed: true,
     })
+}
+
+#[cfg(test)]
+mod safe_path_tests {
+    use super::*;
+
+    #[test]
+    fn safe_paths_refuse_shell_and_template_characters() {
+        for ok in [
+            "/home/ncprd1/.vault-agent-ncprd1/bin/vault-agent-post-leaf.sh",
+            "/tmp/.tmpAb12_x/home-a",
+        ] {
+            check_safe_path("home", Path::new(ok)).unwrap();
+        }
+        for (bad, what) in [
+            ("/home/a b", "' '"),
+            ("/home/$(id)", "'$'"),
+            ("/home/a;b", "';'"),
+            ("/home/a\"b", "'\"'"),
+            ("/home/`x`", "'`'"),
+            ("/home/../etc", "`..`"),
+            ("home/a", "absolute"),
+        ] {
+            let err = check_safe_path("home", Path::new(bad)).unwrap_err().to_string();
+            assert!(err.contains(what), "{bad}: {err}");
+        }
+    }
 }
 
 #[cfg(test)]

@@ -499,6 +499,25 @@ fn systemctl_base(user: Option<&str>, xdg_runtime_dir: Option<&Path>) -> Result<
     Ok(cmd)
 }
 
+/// The state of a user unit (`systemctl --user is-active <unit>`, through `runuser -u
+/// <user>` when `user` is given): `active`, `inactive`, `failed`, ...
+pub async fn unit_state(
+    runner: &dyn CommandRunner,
+    unit: &str,
+    user: Option<&str>,
+    timeout: std::time::Duration,
+) -> Result<String> {
+    let mut cmd = systemctl_base(user, None)?.args(["is-active", unit]);
+    cmd.timeout = timeout;
+    match runner.run(&cmd).await {
+        Ok(out) => Ok(out.stdout.trim().to_owned()),
+        Err(Error::HookFailed { stdout, .. }) if !stdout.trim().is_empty() => {
+            Ok(stdout.trim().to_owned())
+        }
+        Err(e) => Err(e),
+    }
+}
+
 /// Reads and validates a pid file: one decimal pid, greater than 1.
 ///
 /// Refuses 0 and negative numbers (they address process groups) and 1 (init).

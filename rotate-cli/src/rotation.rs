@@ -15,7 +15,7 @@ use crate::engine::journal::{
 use crate::engine::lock::{LockError, StateLock};
 use crate::engine::undo::{UndoAction, UndoDeps, unwind};
 use crate::engine::{
-    Cancel, Outcome, Step, StepReport, TargetReport, recover_target, run_step,
+    Cancel, Outcome, StepReport, TargetReport, recover_target, run_step,
 };
 use crate::exit::Exit;
 use crate::steps::StepError;

@@ -172,7 +172,7 @@ pub struct StepReport {
 /// Run one step over `apps`: plan each (bounded concurrency), then, unless `dry_run`,
 /// apply, gate and commit or unwind each. Stops starting new targets once `cancel` is
 /// set.
-pub async fn run_step<S: Step>(
+pub(crate) async fn run_step<S: Step>(
     step: &S,
     apps: &[&AppConfig],
     journal: Option<&Journal>,
@@ -313,7 +313,7 @@ async fn run_target<S: Step>(
 /// Finish a target an interrupted run left `Applied`: gate it again from the journaled
 /// `apply` data; commit if it passes, unwind if not. A target left `Applying` (writes
 /// possibly half made) is unwound.
-pub async fn recover_target<S: Step>(
+pub(crate) async fn recover_target<S: Step>(
     step: &S,
     app: &AppConfig,
     journal: &Journal,

@@ -206,7 +206,7 @@ impl Step for AgentsStep<'_> {
                         diff.iter()
                             .map(|d| FieldDiff {
                                 field: d.field.clone(),
-                                from: d.actual.to_string(),
+                                from: d.actual.as_ref().map_or("-".into(), |v| v.to_string()),
                                 to: d.desired.to_string(),
                             })
                             .collect(),
@@ -271,7 +271,10 @@ impl Step for AgentsStep<'_> {
 
         let current_cert = tree
             .read(&rel::agent_cert())?
-            .and_then(|pem| pki_ops::CertInfo::from_pem(&pem, "agent.crt").ok());
+            .and_then(|pem| {
+                pki_ops::CertInfo::from_pem_labeled(&String::from_utf8_lossy(&pem), "agent.crt")
+                    .ok()
+            });
         changes.push(
             Change::new(
                 ChangeKind::Create,

@@ -7,8 +7,7 @@
 //! (check-and-set 0, never an overwrite), mapping, agent config + post-hook staged and
 //! replaced as one set, restart of `vault-agent-<app>.service` (which also makes step 3
 //! live). Gate: the agent renders a *new* leaf (CN, SAN, issuer, validity window, key
-//! match, chain, key `0600` owned by the app), the post-hook's status file reports
-//! success for exactly that fullchain, the unit is still active, a cert login with the
+//! match, chain, key `0600` owned by the app), the unit is still active, a cert login with the
 //! agent's files gives exactly the expected policies, and the agent's own token was
 //! issued for the step-3 certificate and may issue the leaf.
 
@@ -18,7 +17,7 @@ use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use cert_auth::{LoginProof, login_gate, upsert_mapping};
-use hooks::{AgentConfigSpec, PostHookSpec, PostHookStatus, Reloader};
+use hooks::{AgentConfigSpec, PostHookSpec, Reloader};
 use pki_ops::{CertInfo, CreatePolicy, FileSpec, MaterialSet, Owner, RoleSpec, Tree, upsert_role};
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value, json};
@@ -115,8 +114,6 @@ pub struct LeafApplied {
 pub struct LeafProof {
     /// The new leaf.
     pub leaf: CertInfo,
-    /// The post-hook's report for it.
-    pub post_hook: String,
     /// Cert login with the agent's files.
     pub login: LoginProof,
     /// The restarted agent's own token was issued for this serial: step 3 is live.
@@ -177,20 +174,9 @@ fn agent_spec(cfg: &Config, app: &AppConfig, n: &Names) -> AgentConfigSpec {
     s.fullchain_path = app.fullchain();
     s.key_path = app.leaf_key();
     s.post_hook_path = home.join(rel::post_hook(app));
-    s.bundle_path = bundle_path(app);
     s.pid_file = home.join(rel::agent_dir(app)).join("agent.pid");
     s.token_sink = sink_path(app);
     s
-}
-
-fn bundle_path(app: &AppConfig) -> std::path::PathBuf {
-    app.home
-        .join(rel::agent_dir(app))
-        .join("render/leaf.bundle.pem")
-}
-
-fn status_path(app: &AppConfig) -> std::path::PathBuf {
-    app.home.join(rel::agent_dir(app)).join("post-hook.status")
 }
 
 fn sink_path(app: &AppConfig) -> std::path::PathBuf {
@@ -201,8 +187,6 @@ fn post_hook_spec(cfg: &Config, app: &AppConfig) -> PostHookSpec {
     let mut s = PostHookSpec::new(&app.name);
     s.fullchain_path = app.fullchain();
     s.key_path = app.leaf_key();
-    s.bundle_path = bundle_path(app);
-    s.status_path = status_path(app);
     if !cfg.leaf.reload_tls_label.is_empty() {
         s = s.reload_tls_label(&cfg.leaf.reload_tls_label);
     }
@@ -306,7 +290,7 @@ impl Step for LeafStep<'_> {
                 d.iter()
                     .map(|c| FieldDiff {
                         field: c.field.clone(),
-                        from: c.actual.to_string(),
+                        from: c.actual.as_ref().map_or("-".into(), |v| v.to_string()),
                         to: c.desired.to_string(),
                     })
                     .collect(),
@@ -584,12 +568,11 @@ impl Step for LeafStep<'_> {
         };
         let fullchain_rel = under_home(app, &app.fullchain()).to_owned();
         let key_rel = under_home(app, &app.leaf_key()).to_owned();
-        let status_rel = under_home(app, &status_path(app)).to_owned();
         let ca = read_text(&tree, &rel::ca_file())?.unwrap_or_default();
 
         // A new leaf whose post-hook reported success for exactly these bytes.
-        let mut last = String::from("nothing rendered yet");
-        let (leaf, status) = loop {
+        let mut last;
+        let leaf = loop {
             let attempt = async {
                 let fc = tree.read(&fullchain_rel)?.ok_or("no fullchain yet")?;
                 let fc_text = String::from_utf8_lossy(&fc).into_owned();
@@ -599,19 +582,7 @@ impl Step for LeafStep<'_> {
                 if a.previous_serial.as_deref() == Some(info.serial_hex.as_str()) {
                     return Err::<_, GateWait>("the leaf is still the previous one".into());
                 }
-                let st = read_text(&tree, &status_rel)?.ok_or("no post-hook status yet")?;
-                let st = PostHookStatus::parse(&st).map_err(|e| e.to_string())?;
-                if st.sha256 != hooks::fullchain_sha256(&fc) {
-                    return Err("the post-hook status is for another fullchain".into());
-                }
-                if !st.outcome_ok {
-                    return Err(GateWait::Fatal(format!(
-                        "the post-hook failed at step {:?} (see {})",
-                        st.step,
-                        status_path(app).display()
-                    )));
-                }
-                Ok((info, st))
+                Ok(info)
             }
             .await;
             match attempt {
@@ -623,7 +594,7 @@ impl Step for LeafStep<'_> {
                 return Err(gate_err(
                     app,
                     format!(
-                        "no new, valid leaf with a successful post-hook at {} within {} of restarting {}: {last}; check the agent's log",
+                        "no new, valid leaf at {} within {} of restarting {}: {last}; check the agent's log",
                         app.fullchain().display(),
                         cfg.leaf.render_timeout,
                         app.unit()
@@ -711,8 +682,7 @@ impl Step for LeafStep<'_> {
                                 .map_err(|e| gate_err(app, format!("the agent's token: {e}")))?;
                                 return Ok(LeafProof {
                                     leaf,
-                                    post_hook: format!("ok at {}, sha256 {}", status.time, status.sha256),
-                                    login,
+                                                    login,
                                     agent_login_serial: serial,
                                 });
                             }

@@ -71,10 +71,6 @@ pub(crate) mod rel {
     pub(crate) fn post_hook(app: &AppConfig) -> PathBuf {
         agent_dir(app).join("bin/vault-agent-post-leaf.sh")
     }
-    /// `tls`.
-    pub(crate) fn tls_dir() -> PathBuf {
-        PathBuf::from("tls")
-    }
     /// A relative path's parent (`""` for a bare name).
     pub(crate) fn parent(p: &Path) -> PathBuf {
         p.parent().map(Path::to_path_buf).unwrap_or_default()
