@@ -195,7 +195,10 @@ mod tests {
         )
         .await
         .unwrap_err();
-        assert!(err.to_string().contains("update on pki-prod/issue/nginx-a"), "{err}");
+        assert!(
+            err.to_string().contains("update on pki-prod/issue/nginx-a"),
+            "{err}"
+        );
     }
 
     #[tokio::test]

@@ -44,7 +44,10 @@ pub enum Unmanaged {
 
 /// Constraint fields of a cert auth mapping that rotate does not manage, with the value
 /// that means "no constraint".
-const UNMANAGED: &[(&str, fn() -> serde_json::Value)] = &[
+/// A field and a maker of its "no constraint" value.
+type FieldDefault = (&'static str, fn() -> serde_json::Value);
+
+const UNMANAGED: &[FieldDefault] = &[
     ("allowed_names", || serde_json::json!([])),
     ("allowed_dns_sans", || serde_json::json!([])),
     ("allowed_email_sans", || serde_json::json!([])),
@@ -348,14 +351,18 @@ mod tests {
     async fn an_unmanaged_ou_constraint_is_refused_or_converged_and_max_ttl_kept() {
         let mut a = actual();
         a.token_max_ttl = 7200;
-        a.other
-            .insert("allowed_organizational_units".into(), serde_json::json!(["SRE"]));
+        a.other.insert(
+            "allowed_organizational_units".into(),
+            serde_json::json!(["SRE"]),
+        );
         let stored = a.clone();
         let mut api = MockCertAuthApi::new();
         api.expect_read_cert_role()
             .returning(move |_, _| Ok(Some(stored.clone())));
         api.expect_write_cert_role().never();
-        let err = upsert_mapping(&api, "cert", &spec(), true).await.unwrap_err();
+        let err = upsert_mapping(&api, "cert", &spec(), true)
+            .await
+            .unwrap_err();
         let msg = err.to_string();
         assert!(
             msg.contains("allowed_organizational_units") && msg.contains("SRE"),

@@ -470,7 +470,9 @@ mod safe_path_tests {
             ("/home/../etc", "`..`"),
             ("home/a", "absolute"),
         ] {
-            let err = check_safe_path("home", Path::new(bad)).unwrap_err().to_string();
+            let err = check_safe_path("home", Path::new(bad))
+                .unwrap_err()
+                .to_string();
             assert!(err.contains(what), "{bad}: {err}");
         }
     }

@@ -295,6 +295,9 @@ mod tests {
     #[test]
     fn resume_takes_no_selection() {
         let r = Cli::try_parse_from(["rotate", "run", "--resume", "--app", "x"]);
-        assert!(r.is_err(), "--resume continues the interrupted run as it was asked");
+        assert!(
+            r.is_err(),
+            "--resume continues the interrupted run as it was asked"
+        );
     }
 }

@@ -469,7 +469,10 @@ impl Config {
             if let Some(u) = &app.user
                 && !name_ok(u)
             {
-                return Err(self.invalid(format!("apps[{i}].user"), format!("{u:?} is not a user name")));
+                return Err(self.invalid(
+                    format!("apps[{i}].user"),
+                    format!("{u:?} is not a user name"),
+                ));
             }
             if !name_ok(&app.name) {
                 return Err(self.invalid(

@@ -76,7 +76,11 @@ impl Exit {
                 Exit::RollbackIncomplete => 9,
             }
         }
-        if rank(other) > rank(self) { other } else { self }
+        if rank(other) > rank(self) {
+            other
+        } else {
+            self
+        }
     }
 }
 

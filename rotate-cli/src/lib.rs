@@ -49,8 +49,8 @@ mod steps;
 #[cfg(feature = "cli")]
 pub use cli::{Cli, Command, KvFlags, Output, Selection, Step as CliStep, run};
 pub use config::{
-    AgentsSection, AppConfig, Config, ConfigError, KeyMode, LeafSection, PkiSection,
-    ProxySection, RunSection, VaultSection,
+    AgentsSection, AppConfig, Config, ConfigError, KeyMode, LeafSection, PkiSection, ProxySection,
+    RunSection, VaultSection,
 };
 pub use deps::{FreshClients, GateConnector, Vault};
 pub use engine::change::{Change, ChangeKind, FieldDiff};

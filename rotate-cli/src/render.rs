@@ -70,7 +70,12 @@ impl fmt::Display for TargetReport {
             writeln!(f, "    {c}")?;
         }
         if let Some(a) = &self.applied {
-            for key in ["serial_hex", "not_after", "previous_serial", "removed_policies"] {
+            for key in [
+                "serial_hex",
+                "not_after",
+                "previous_serial",
+                "removed_policies",
+            ] {
                 if let Some(v) = a.get(key).filter(|v| !v.is_null()) {
                     writeln!(f, "    {key}: {}", plain(v))?;
                 }
@@ -94,7 +99,11 @@ impl fmt::Display for TargetReport {
                 )?;
             }
             if let Some(l) = p.get("login") {
-                writeln!(f, "    gate: cert login OK, policies {}", plain(&l["token_policies"]))?;
+                writeln!(
+                    f,
+                    "    gate: cert login OK, policies {}",
+                    plain(&l["token_policies"])
+                )?;
             }
         }
         if let Some(p) = &self.pending {

@@ -14,9 +14,7 @@ use crate::engine::journal::{
 };
 use crate::engine::lock::{LockError, StateLock};
 use crate::engine::undo::{UndoAction, UndoDeps, unwind};
-use crate::engine::{
-    Cancel, Outcome, StepReport, TargetReport, recover_target, run_step,
-};
+use crate::engine::{Cancel, Outcome, StepReport, TargetReport, recover_target, run_step};
 use crate::exit::Exit;
 use crate::steps::StepError;
 use crate::steps::agents::AgentsStep;
@@ -215,9 +213,9 @@ pub async fn execute(
 
     if mode == Mode::Plan {
         for id in &request.steps {
-            report
-                .steps
-                .push(step_dispatch(&steps, *id, apps, None, undo, concurrency, deps.cancel).await?);
+            report.steps.push(
+                step_dispatch(&steps, *id, apps, None, undo, concurrency, deps.cancel).await?,
+            );
         }
         let changes = report
             .steps
@@ -226,7 +224,11 @@ pub async fn execute(
             .flat_map(|t| &t.changes)
             .filter(|c| c.is_change())
             .count();
-        let failed = report.steps.iter().flat_map(|s| &s.targets).find_map(|t| t.error_class);
+        let failed = report
+            .steps
+            .iter()
+            .flat_map(|s| &s.targets)
+            .find_map(|t| t.error_class);
         report.exit_code = match failed {
             Some(c) => c,
             None if changes > 0 => Exit::Changes.code(),
@@ -240,9 +242,8 @@ pub async fn execute(
     }
 
     let journal = match mode {
-        Mode::Resume => Journal::reopen(&state_dir)?.ok_or_else(|| {
-            RotationError::NothingToDo("nothing to resume: no journal".into())
-        })?,
+        Mode::Resume => Journal::reopen(&state_dir)?
+            .ok_or_else(|| RotationError::NothingToDo("nothing to resume: no journal".into()))?,
         _ => {
             prune_last_run(&state_dir, last.as_ref())?;
             let run_id = format!("{}-{}", now, std::process::id());
@@ -256,7 +257,10 @@ pub async fn execute(
         for id in &request.steps {
             let mut targets = Vec::new();
             for app in apps {
-                if rec.target(*id, &app.name).is_some_and(|t| t.state.is_unfinished()) {
+                if rec
+                    .target(*id, &app.name)
+                    .is_some_and(|t| t.state.is_unfinished())
+                {
                     targets.push(recover_dispatch(&steps, *id, app, &journal, undo).await?);
                 }
             }
@@ -286,9 +290,16 @@ pub async fn execute(
                     .is_some_and(|t| t.state == TargetState::Committed)
             })
             .collect();
-        let mut sr =
-            step_dispatch(&steps, *id, &todo, Some(&journal), undo, concurrency, deps.cancel)
-                .await?;
+        let mut sr = step_dispatch(
+            &steps,
+            *id,
+            &todo,
+            Some(&journal),
+            undo,
+            concurrency,
+            deps.cancel,
+        )
+        .await?;
         for a in apps.iter().filter(|a| failed_apps.contains(&a.name)) {
             sr.targets.push(skipped(a, *id));
         }
@@ -597,17 +608,31 @@ mod tests {
         use Outcome::*;
         let cases = [
             (vec![target(Committed, None)], false, Exit::Ok),
-            (vec![target(FailedNothingWritten, Some(3))], false, Exit::Config),
-            (vec![target(FailedNothingWritten, Some(4))], false, Exit::Vault),
+            (
+                vec![target(FailedNothingWritten, Some(3))],
+                false,
+                Exit::Config,
+            ),
+            (
+                vec![target(FailedNothingWritten, Some(4))],
+                false,
+                Exit::Vault,
+            ),
             // Something was committed: "nothing changed" would be a lie.
             (
-                vec![target(Committed, None), target(FailedNothingWritten, Some(3))],
+                vec![
+                    target(Committed, None),
+                    target(FailedNothingWritten, Some(3)),
+                ],
                 false,
                 Exit::GateFailed,
             ),
             (vec![target(RolledBack, Some(5))], false, Exit::GateFailed),
             (
-                vec![target(RolledBack, Some(5)), target(RollbackIncomplete, Some(5))],
+                vec![
+                    target(RolledBack, Some(5)),
+                    target(RollbackIncomplete, Some(5)),
+                ],
                 false,
                 Exit::RollbackIncomplete,
             ),

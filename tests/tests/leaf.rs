@@ -384,8 +384,8 @@ async fn post_hook_dir_not_owned_by_the_app_is_refused() {
     let dir = tempdir("leaf-owner");
     let cfg = config_in(lab, &dir, &["ownapp"], "");
     let text = std::fs::read_to_string(&cfg).unwrap().replace(
-        "name = \"ownapp\"\n",
-        "name = \"ownapp\"\nuser = \"nobody\"\ngroup = \"nogroup\"\n",
+        "user = \"root\"\n",
+        "user = \"nobody\"\ngroup = \"nogroup\"\n",
     );
     std::fs::write(&cfg, text).unwrap();
     let (exit, v) = rotate(&cfg, &["run", "--step", "agents"]).await;
@@ -476,6 +476,7 @@ fn leaf_gate_rejects_a_wrong_cn_and_a_foreign_key() {
         .unwrap()
         .as_secs() as i64;
     let hour = Duration::from_secs(3600);
+    let read = |p: &std::path::Path| std::fs::read_to_string(p).unwrap();
     let want = |cn: &'static str| rotate_cli::LeafExpectation {
         cn,
         issuer: "PrivSec Intermediate CA (prod)",
@@ -483,17 +484,17 @@ fn leaf_gate_rejects_a_wrong_cn_and_a_foreign_key() {
         max_lifetime: hour * 3,
     };
     let ok = rotate_cli::verify_leaf(
-        &fullchain,
-        &key,
-        &lab.paths.ca_bundle,
+        &read(&fullchain),
+        &read(&key),
+        &read(&lab.paths.ca_bundle),
         &want("gateapp.int.privsec.ch"),
         now,
     );
     assert!(ok.is_ok(), "{ok:?}");
     let err = rotate_cli::verify_leaf(
-        &fullchain,
-        &key,
-        &lab.paths.ca_bundle,
+        &read(&fullchain),
+        &read(&key),
+        &read(&lab.paths.ca_bundle),
         &want("other.int.privsec.ch"),
         now,
     )
@@ -503,10 +504,7 @@ fn leaf_gate_rejects_a_wrong_cn_and_a_foreign_key() {
         err.contains("other.int.privsec.ch") && err.contains("gateapp.int.privsec.ch"),
         "{err}"
     );
-    assert!(
-        err.contains(&fullchain.display().to_string()),
-        "names the file: {err}"
-    );
+    assert!(err.contains("fullchain"), "names what it checked: {err}");
 
     let other = lab
         .ca
@@ -514,9 +512,9 @@ fn leaf_gate_rejects_a_wrong_cn_and_a_foreign_key() {
         .unwrap();
     std::fs::write(&key, other.key_pem.as_bytes()).unwrap();
     let err = rotate_cli::verify_leaf(
-        &fullchain,
-        &key,
-        &lab.paths.ca_bundle,
+        &read(&fullchain),
+        &read(&key),
+        &read(&lab.paths.ca_bundle),
         &want("gateapp.int.privsec.ch"),
         now,
     )

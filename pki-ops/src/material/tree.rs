@@ -116,7 +116,7 @@ impl Tree {
             }
         }
         let st = rustix::fs::fstat(&fd).map_err(|e| io_err("stat", root, e))?;
-        let allowed = owner.map_or(true, |o| st.st_uid == o.uid) || st.st_uid == 0;
+        let allowed = owner.is_none_or(|o| st.st_uid == o.uid) || st.st_uid == 0;
         if !allowed {
             return Err(unsafe_path(
                 root,
@@ -205,7 +205,9 @@ impl Tree {
 
     /// Read regular file `rel` without following symlinks; `None` if absent.
     pub fn read(&self, rel: &Path) -> Result<Option<Zeroizing<Vec<u8>>>> {
-        let (dir, name) = self.split(rel)?;
+        let Some((dir, name)) = self.split_existing(rel)? else {
+            return Ok(None);
+        };
         let shown = self.root.join(rel);
         let Some(fd) = self.open_file(&dir, name, &shown)? else {
             return Ok(None);
@@ -219,7 +221,9 @@ impl Tree {
 
     /// The mode, owner and size of regular file `rel` (no symlink followed).
     pub fn stat(&self, rel: &Path) -> Result<Option<(u32, Owner, u64)>> {
-        let (dir, name) = self.split(rel)?;
+        let Some((dir, name)) = self.split_existing(rel)? else {
+            return Ok(None);
+        };
         let shown = self.root.join(rel);
         match rustix::fs::statat(&dir, name, AtFlags::SYMLINK_NOFOLLOW) {
             Ok(st) => Ok(Some((
@@ -250,6 +254,17 @@ impl Tree {
         Ok(Some(fd))
     }
 
+    /// Like [`Tree::split`], but a missing parent directory is `None`.
+    fn split_existing<'r>(&self, rel: &'r Path) -> Result<Option<(OwnedFd, &'r OsStr)>> {
+        match self.split(rel) {
+            Ok(x) => Ok(Some(x)),
+            Err(Error::Io { source, .. }) if source.kind() == std::io::ErrorKind::NotFound => {
+                Ok(None)
+            }
+            Err(e) => Err(e),
+        }
+    }
+
     /// The directory fd and file name of relative `rel`.
     fn split<'r>(&self, rel: &'r Path) -> Result<(OwnedFd, &'r OsStr)> {
         let comps = rel_components(rel)?;
@@ -276,8 +291,8 @@ impl Tree {
             Err(e) => return Err(e),
         };
         let mut names = Vec::new();
-        let mut it = rustix::fs::Dir::read_from(&dir).map_err(|e| io_err("list", &shown, e))?;
-        while let Some(entry) = it.next() {
+        let it = rustix::fs::Dir::read_from(&dir).map_err(|e| io_err("list", &shown, e))?;
+        for entry in it {
             let entry = entry.map_err(|e| io_err("list", &shown, e))?;
             let n = entry.file_name().to_bytes();
             if n.starts_with(TEMP_PREFIX.as_bytes()) {
@@ -404,7 +419,10 @@ impl std::fmt::Debug for Staged {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Staged")
             .field("root", &self.root)
-            .field("files", &self.files.iter().map(|s| &s.outcome).collect::<Vec<_>>())
+            .field(
+                "files",
+                &self.files.iter().map(|s| &s.outcome).collect::<Vec<_>>(),
+            )
             .finish()
     }
 }
@@ -508,17 +526,24 @@ impl MaterialSet {
                 }
                 rustix::fs::fchmod(&fd, Mode::from_raw_mode(f.spec.mode))
                     .map_err(|e| io_err("chmod", &shown, e))?;
-                let mut file = std::fs::File::from(fd.try_clone().map_err(|e| Error::io("dup", &shown, e))?);
-                file.write_all(f.contents()).map_err(|e| match e.raw_os_error() {
-                    Some(code) if code == Errno::NOSPC.raw_os_error() || code == Errno::DQUOT.raw_os_error() => {
-                        Error::NoSpace { path: shown.clone() }
-                    }
-                    _ => Error::io("write", &shown, e),
-                })?;
+                let mut file =
+                    std::fs::File::from(fd.try_clone().map_err(|e| Error::io("dup", &shown, e))?);
+                file.write_all(f.contents())
+                    .map_err(|e| match e.raw_os_error() {
+                        Some(code)
+                            if code == Errno::NOSPC.raw_os_error()
+                                || code == Errno::DQUOT.raw_os_error() =>
+                        {
+                            Error::NoSpace {
+                                path: shown.clone(),
+                            }
+                        }
+                        _ => Error::io("write", &shown, e),
+                    })?;
                 file.sync_all().map_err(|e| match e.raw_os_error() {
-                    Some(code) if code == Errno::NOSPC.raw_os_error() => {
-                        Error::NoSpace { path: shown.clone() }
-                    }
+                    Some(code) if code == Errno::NOSPC.raw_os_error() => Error::NoSpace {
+                        path: shown.clone(),
+                    },
                     _ => Error::io("fsync", &shown, e),
                 })
             };
@@ -530,7 +555,10 @@ impl MaterialSet {
 
 /// `.<name>.rotate-<run_id>.prev` next to `rel`.
 fn prev_rel(rel: &Path, run_id: &str) -> PathBuf {
-    let name = rel.file_name().map(|n| n.to_string_lossy()).unwrap_or_default();
+    let name = rel
+        .file_name()
+        .map(|n| n.to_string_lossy())
+        .unwrap_or_default();
     let p = format!(".{name}.rotate-{run_id}.prev");
     match rel.parent() {
         Some(parent) => parent.join(p),
@@ -676,7 +704,10 @@ mod tests {
 
     fn pair(key: &str, cert: &str) -> MaterialSet {
         MaterialSet::new()
-            .with(FileSpec::private_key("vault/mtls/agent.key"), key.as_bytes())
+            .with(
+                FileSpec::private_key("vault/mtls/agent.key"),
+                key.as_bytes(),
+            )
             .with(FileSpec::public("vault/mtls/agent.crt"), cert.as_bytes())
     }
 
@@ -687,7 +718,9 @@ mod tests {
         std::fs::create_dir(&target).unwrap();
         std::os::unix::fs::symlink(&target, h.join(".vault-agent-x")).unwrap();
         let tree = Tree::open(&h, Some(OWNER)).unwrap();
-        let err = tree.ensure_dir(Path::new(".vault-agent-x/bin"), 0o755).unwrap_err();
+        let err = tree
+            .ensure_dir(Path::new(".vault-agent-x/bin"), 0o755)
+            .unwrap_err();
         assert!(matches!(err, Error::Unsafe { .. }), "{err}");
         assert_eq!(std::fs::read_dir(&target).unwrap().count(), 0);
         // A symlinked home itself is refused too.
@@ -704,10 +737,16 @@ mod tests {
         let old = rustix::process::umask(Mode::from_raw_mode(0o077));
         let created = tree.ensure_dir(Path::new("vault/mtls"), 0o755).unwrap();
         rustix::process::umask(old);
-        assert_eq!(created, [PathBuf::from("vault"), PathBuf::from("vault/mtls")]);
+        assert_eq!(
+            created,
+            [PathBuf::from("vault"), PathBuf::from("vault/mtls")]
+        );
         for d in ["vault", "vault/mtls"] {
             let m = std::fs::metadata(h.join(d)).unwrap();
-            assert_eq!((m.uid(), m.gid(), m.mode() & 0o777), (OWNER.uid, OWNER.gid, 0o755));
+            assert_eq!(
+                (m.uid(), m.gid(), m.mode() & 0o777),
+                (OWNER.uid, OWNER.gid, 0o755)
+            );
         }
         let staged = pair("KEY", "CERT").stage(&tree, "r1").unwrap();
         staged.commit().unwrap();
@@ -736,7 +775,11 @@ mod tests {
         assert!(meta.file_type().is_symlink(), "the link itself was kept");
         for entry in std::fs::read_dir(h.join("vault/mtls")).unwrap() {
             let p = entry.unwrap().path();
-            if !std::fs::symlink_metadata(&p).unwrap().file_type().is_symlink() {
+            if !std::fs::symlink_metadata(&p)
+                .unwrap()
+                .file_type()
+                .is_symlink()
+            {
                 assert!(!std::fs::read_to_string(&p).unwrap().contains("secret-hash"));
             }
         }
@@ -749,12 +792,19 @@ mod tests {
         let (_t, h) = home();
         let tree = Tree::open(&h, Some(OWNER)).unwrap();
         tree.ensure_dir(Path::new("vault/mtls"), 0o700).unwrap();
-        pair("OLDKEY", "OLDCERT").stage(&tree, "r0").unwrap().commit().unwrap();
+        pair("OLDKEY", "OLDCERT")
+            .stage(&tree, "r0")
+            .unwrap()
+            .commit()
+            .unwrap();
         let staged = pair("NEWKEY", "OLDCERT").stage(&tree, "r1").unwrap();
         let undo = staged.undo_records();
         assert_eq!(undo.len(), 1, "the unchanged cert is not replaced");
         staged.commit().unwrap();
-        assert_eq!(std::fs::read_to_string(h.join("vault/mtls/agent.key")).unwrap(), "NEWKEY");
+        assert_eq!(
+            std::fs::read_to_string(h.join("vault/mtls/agent.key")).unwrap(),
+            "NEWKEY"
+        );
         undo_file(&undo[0], Some(OWNER)).unwrap();
         undo_file(&undo[0], Some(OWNER)).unwrap();
         let k = h.join("vault/mtls/agent.key");
@@ -786,7 +836,11 @@ mod tests {
         let (_t, h) = home();
         let tree = Tree::open(&h, Some(OWNER)).unwrap();
         tree.ensure_dir(Path::new("vault/mtls"), 0o700).unwrap();
-        pair("K0", "C0").stage(&tree, "r0").unwrap().commit().unwrap();
+        pair("K0", "C0")
+            .stage(&tree, "r0")
+            .unwrap()
+            .commit()
+            .unwrap();
         let a = pair("K1", "C1").stage(&tree, "r1").unwrap();
         let ua = a.undo_records();
         a.commit().unwrap();
@@ -794,7 +848,10 @@ mod tests {
         let ub = b.undo_records();
         b.commit().unwrap();
         assert_ne!(ua[0].prev, ub[0].prev);
-        assert_eq!(std::fs::read_to_string(h.join(ua[0].prev.as_ref().unwrap())).unwrap(), "K0");
+        assert_eq!(
+            std::fs::read_to_string(h.join(ua[0].prev.as_ref().unwrap())).unwrap(),
+            "K0"
+        );
     }
 
     #[test]
@@ -812,7 +869,11 @@ mod tests {
             std::os::unix::fs::chown(&mnt, Some(OWNER.uid), Some(OWNER.gid)).unwrap();
             let tree = Tree::open(&mnt, Some(OWNER)).unwrap();
             tree.ensure_dir(Path::new("vault/mtls"), 0o700).unwrap();
-            pair("OLDKEY", "OLDCERT").stage(&tree, "r0").unwrap().commit().unwrap();
+            pair("OLDKEY", "OLDCERT")
+                .stage(&tree, "r0")
+                .unwrap()
+                .commit()
+                .unwrap();
             // Fill the disk.
             let mut filler = std::fs::File::create(mnt.join("filler")).unwrap();
             let chunk = vec![0u8; 4096];
@@ -820,14 +881,40 @@ mod tests {
             let big = "K".repeat(32 * 1024);
             let err = pair(&big, &big).stage(&tree, "r1").unwrap_err();
             assert!(matches!(err, Error::NoSpace { .. }), "{err}");
-            assert_eq!(std::fs::read_to_string(mnt.join("vault/mtls/agent.key")).unwrap(), "OLDKEY");
-            assert_eq!(std::fs::read_to_string(mnt.join("vault/mtls/agent.crt")).unwrap(), "OLDCERT");
-            assert_eq!(tree.sweep_temps(Path::new("vault/mtls")).unwrap(), 0, "no temp left");
+            assert_eq!(
+                std::fs::read_to_string(mnt.join("vault/mtls/agent.key")).unwrap(),
+                "OLDKEY"
+            );
+            assert_eq!(
+                std::fs::read_to_string(mnt.join("vault/mtls/agent.crt")).unwrap(),
+                "OLDCERT"
+            );
+            assert_eq!(
+                tree.sweep_temps(Path::new("vault/mtls")).unwrap(),
+                0,
+                "no temp left"
+            );
         });
         let _ = std::process::Command::new("umount").arg(&mnt).status();
         if let Err(p) = result {
             std::panic::resume_unwind(p);
         }
+    }
+
+    #[test]
+    fn reading_below_a_missing_directory_is_absent_not_an_error() {
+        let (_t, h) = home();
+        let tree = Tree::open(&h, Some(OWNER)).unwrap();
+        assert!(
+            tree.read(Path::new("vault/mtls/agent.crt"))
+                .unwrap()
+                .is_none()
+        );
+        assert!(
+            tree.stat(Path::new("vault/mtls/agent.crt"))
+                .unwrap()
+                .is_none()
+        );
     }
 
     #[test]

@@ -309,13 +309,10 @@ impl RunRecord {
                 step,
                 target,
                 action,
-            } => self
-                .target_mut(step, &target)
-                .undo
-                .push(UndoEntry {
-                    action,
-                    done: false,
-                }),
+            } => self.target_mut(step, &target).undo.push(UndoEntry {
+                action,
+                done: false,
+            }),
             Event::UndoDone {
                 step,
                 target,

@@ -96,8 +96,11 @@ pub trait Step: Send + Sync {
         tx: &Tx<'_>,
     ) -> Result<Self::Applied, StepError>;
     /// Never writes: proves the effect as a client sees it.
-    async fn gate(&self, app: &AppConfig, applied: &Self::Applied)
-    -> Result<Self::Proof, StepError>;
+    async fn gate(
+        &self,
+        app: &AppConfig,
+        applied: &Self::Applied,
+    ) -> Result<Self::Proof, StepError>;
     /// What is still needed before this target is live (e.g. step 3 until step 4 restarts
     /// the agent).
     fn pending(&self, _app: &AppConfig) -> Option<String> {

@@ -132,7 +132,9 @@ impl UndoAction {
                 Some(_) => format!("restore mapping auth/{mount}/certs/{name}"),
                 None => format!("delete mapping auth/{mount}/certs/{name}"),
             },
-            UndoAction::DisableAuth { mount } => format!("disable auth method {mount}/"),
+            UndoAction::DisableAuth { mount } => {
+                format!("disable auth method {mount}/ (if no mapping is left)")
+            }
             UndoAction::DeleteKvSecret { mount, path, .. } => {
                 format!("delete secret {mount}/{path} (created by this run)")
             }
@@ -191,20 +193,33 @@ pub async fn carry_out(deps: UndoDeps<'_>, action: &UndoAction) -> Result<(), St
         }
         .map_err(|e| e.to_string()),
         UndoAction::DisableAuth { mount } => {
-            v.sys.disable_auth(mount).await.map_err(|e| e.to_string())
+            // Other apps' mappings may live there (targets run concurrently): disable only
+            // when none is left, else leave it enabled (harmless without mappings of ours).
+            let left = v
+                .cert
+                .list_cert_roles(mount)
+                .await
+                .map_err(|e| e.to_string())?;
+            if left.is_empty() {
+                v.sys.disable_auth(mount).await.map_err(|e| e.to_string())
+            } else {
+                Ok(())
+            }
         }
         UndoAction::DeleteKvSecret {
             mount,
             path,
             run_id,
         } => {
-            let current = v.kv.kv2_read(mount, path).await.map_err(|e| e.to_string())?;
+            let current =
+                v.kv.kv2_read(mount, path)
+                    .await
+                    .map_err(|e| e.to_string())?;
             let ours = current.as_ref().is_some_and(|s| {
                 s.data.get("rotate_run").and_then(|r| r.as_str()) == Some(run_id.as_str())
             });
             if ours {
-                v.kv
-                    .kv2_delete_metadata(mount, path)
+                v.kv.kv2_delete_metadata(mount, path)
                     .await
                     .map_err(|e| e.to_string())
             } else {

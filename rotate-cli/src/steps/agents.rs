@@ -34,6 +34,8 @@ pub struct AgentsStep<'a> {
     cfg: &'a Config,
     deps: Deps<'a>,
     chain: String,
+    /// Apps run concurrently: one of them enables cert auth, the others see it enabled.
+    enabling: tokio::sync::Mutex<()>,
 }
 
 /// What the plan hands to apply.
@@ -75,7 +77,12 @@ pub struct AgentProof {
 impl<'a> AgentsStep<'a> {
     /// Step 3 with the verified CA chain of the PKI mount.
     pub fn new(cfg: &'a Config, deps: Deps<'a>, chain: String) -> Self {
-        AgentsStep { cfg, deps, chain }
+        AgentsStep {
+            cfg,
+            deps,
+            chain,
+            enabling: tokio::sync::Mutex::new(()),
+        }
     }
 
     fn vault(&self) -> Vault<'a> {
@@ -173,7 +180,10 @@ impl Step for AgentsStep<'_> {
                 });
             }
             None => {
-                changes.push(Change::new(ChangeKind::Create, format!("auth/{mount} (cert)")));
+                changes.push(Change::new(
+                    ChangeKind::Create,
+                    format!("auth/{mount} (cert)"),
+                ));
                 true
             }
         };
@@ -202,15 +212,17 @@ impl Step for AgentsStep<'_> {
                     changes.push(Change::new(ChangeKind::Unchanged, &path));
                     None
                 } else {
-                    changes.push(Change::new(ChangeKind::Update, &path).fields(
-                        diff.iter()
-                            .map(|d| FieldDiff {
-                                field: d.field.clone(),
-                                from: d.actual.as_ref().map_or("-".into(), |v| v.to_string()),
-                                to: d.desired.to_string(),
-                            })
-                            .collect(),
-                    ));
+                    changes.push(
+                        Change::new(ChangeKind::Update, &path).fields(
+                            diff.iter()
+                                .map(|d| FieldDiff {
+                                    field: d.field.clone(),
+                                    from: d.actual.as_ref().map_or("-".into(), |v| v.to_string()),
+                                    to: d.desired.to_string(),
+                                })
+                                .collect(),
+                        ),
+                    );
                     Some(current.clone())
                 }
             }
@@ -218,7 +230,11 @@ impl Step for AgentsStep<'_> {
 
         let mut policies = Vec::new();
         for (name, text, create_only) in [
-            (n.issue_policy.clone(), names::issue_policy_text(cfg, app), false),
+            (
+                n.issue_policy.clone(),
+                names::issue_policy_text(cfg, app),
+                false,
+            ),
             (
                 cfg.agents.marker_policy.clone(),
                 names::marker_policy_text(),
@@ -269,12 +285,9 @@ impl Step for AgentsStep<'_> {
             ),
         );
 
-        let current_cert = tree
-            .read(&rel::agent_cert())?
-            .and_then(|pem| {
-                pki_ops::CertInfo::from_pem_labeled(&String::from_utf8_lossy(&pem), "agent.crt")
-                    .ok()
-            });
+        let current_cert = tree.read(&rel::agent_cert())?.and_then(|pem| {
+            pki_ops::CertInfo::from_pem_labeled(&String::from_utf8_lossy(&pem), "agent.crt").ok()
+        });
         changes.push(
             Change::new(
                 ChangeKind::Create,
@@ -328,10 +341,18 @@ impl Step for AgentsStep<'_> {
             ..Default::default()
         };
         if p.enable_auth {
-            tx.record(UndoAction::DisableAuth {
-                mount: mount.clone(),
-            })?;
-            cert_auth::ensure_enabled(v.sys, mount, false).await?;
+            let _one_at_a_time = self.enabling.lock().await;
+            let auths = v
+                .sys
+                .list_auth()
+                .await
+                .map_err(|e| StepError::vault("list auth methods (sys/auth)", e))?;
+            if !auths.contains_key(&format!("{mount}/")) {
+                tx.record(UndoAction::DisableAuth {
+                    mount: mount.clone(),
+                })?;
+                cert_auth::ensure_enabled(v.sys, mount, false).await?;
+            }
         }
         if let Some(previous) = p.role {
             tx.record(UndoAction::Role {
@@ -402,7 +423,10 @@ impl Step for AgentsStep<'_> {
                 FileSpec::public(rel::agent_cert()),
                 issued.fullchain_pem().into_bytes(),
             )
-            .with(FileSpec::public(rel::ca_file()), self.chain.as_bytes().to_vec());
+            .with(
+                FileSpec::public(rel::ca_file()),
+                self.chain.as_bytes().to_vec(),
+            );
         let staged = set.stage(&tree, &tx.run_id())?;
         for u in staged.undo_records() {
             tx.record(UndoAction::File {

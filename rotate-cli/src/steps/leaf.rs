@@ -334,8 +334,12 @@ impl Step for LeafStep<'_> {
                 .is_some();
             let object = format!("{}/{}", self.kv_mount(), app.name);
             changes.push(match (exists, self.kv_seed) {
-                (true, _) => Change::new(ChangeKind::Unchanged, object).note("exists, never overwritten"),
-                (false, true) => Change::new(ChangeKind::Create, object).note("seed (check-and-set 0)"),
+                (true, _) => {
+                    Change::new(ChangeKind::Unchanged, object).note("exists, never overwritten")
+                }
+                (false, true) => {
+                    Change::new(ChangeKind::Create, object).note("seed (check-and-set 0)")
+                }
                 (false, false) => Change::new(ChangeKind::Unchanged, object)
                     .note("missing; no seed (--with-kv-seed not set)"),
             });
@@ -361,7 +365,11 @@ impl Step for LeafStep<'_> {
                 what: format!("mapping auth/{mount}/certs/{}", n.mapping),
                 reason: format!(
                     "carries policies rotate does not manage: {}; add them to [leaf] remove_policies to have them removed, or remove them by hand",
-                    unknown.iter().map(|s| s.as_str()).collect::<Vec<_>>().join(", ")
+                    unknown
+                        .iter()
+                        .map(|s| s.as_str())
+                        .collect::<Vec<_>>()
+                        .join(", ")
                 ),
             });
         }
@@ -397,8 +405,9 @@ impl Step for LeafStep<'_> {
         }
         changes.push(mc);
         changes.push(
-            Change::new(ChangeKind::Update, format!("unit {}", app.unit()))
-                .note("restart: the agent renders a new leaf and logs in with the step-3 certificate"),
+            Change::new(ChangeKind::Update, format!("unit {}", app.unit())).note(
+                "restart: the agent renders a new leaf and logs in with the step-3 certificate",
+            ),
         );
 
         Ok(TargetPlan {
@@ -452,7 +461,10 @@ impl Step for LeafStep<'_> {
                 previous,
             })?;
             v.sys
-                .write_policy(&n.kv_policy, &names::kv_policy_text(self.kv_mount(), &app.name))
+                .write_policy(
+                    &n.kv_policy,
+                    &names::kv_policy_text(self.kv_mount(), &app.name),
+                )
                 .await
                 .map_err(|e| StepError::vault(format!("write policy {}", n.kv_policy), e))?;
         }
@@ -466,12 +478,19 @@ impl Step for LeafStep<'_> {
             })?;
             let data = json!({"app": app.name, "seeded_by": "rotate", "rotate_run": run_id});
             let data = data.as_object().cloned().unwrap_or_default();
-            match v.kv.kv2_write(self.kv_mount(), &app.name, data, Some(0)).await {
+            match v
+                .kv
+                .kv2_write(self.kv_mount(), &app.name, data, Some(0))
+                .await
+            {
                 Ok(_) => seeded = true,
                 // Someone created it meanwhile: never an overwrite (the undo leaves it,
                 // as it is not ours).
-                Err(vault_client::Error::Api { status: 400, errors, .. })
-                    if errors.iter().any(|m| m.contains("check-and-set")) => {}
+                Err(vault_client::Error::Api {
+                    status: 400,
+                    errors,
+                    ..
+                }) if errors.iter().any(|m| m.contains("check-and-set")) => {}
                 Err(e) => {
                     return Err(StepError::vault(
                         format!("seed {}/data/{}", self.kv_mount(), app.name),
@@ -504,8 +523,14 @@ impl Step for LeafStep<'_> {
         }
         tree.sweep_temps(&rel::parent(&rel::post_hook(app)))?;
         let set = MaterialSet::new()
-            .with(FileSpec::new(rel::post_hook(app), 0o755), p.hook.into_bytes())
-            .with(FileSpec::public(rel::agent_config(app)), p.agent.into_bytes());
+            .with(
+                FileSpec::new(rel::post_hook(app), 0o755),
+                p.hook.into_bytes(),
+            )
+            .with(
+                FileSpec::public(rel::agent_config(app)),
+                p.agent.into_bytes(),
+            );
         let staged = set.stage(&tree, &tx.run_id())?;
         for u in staged.undo_records() {
             tx.record(UndoAction::File {
@@ -517,7 +542,9 @@ impl Step for LeafStep<'_> {
 
         let previous_serial = tree
             .read(under_home(app, &app.fullchain()))?
-            .and_then(|b| CertInfo::from_pem_labeled(&String::from_utf8_lossy(&b), "fullchain").ok())
+            .and_then(|b| {
+                CertInfo::from_pem_labeled(&String::from_utf8_lossy(&b), "fullchain").ok()
+            })
             .map(|c| c.serial_hex);
         let agent_serial = tree
             .read(&rel::agent_cert())?
@@ -577,8 +604,14 @@ impl Step for LeafStep<'_> {
                 let fc = tree.read(&fullchain_rel)?.ok_or("no fullchain yet")?;
                 let fc_text = String::from_utf8_lossy(&fc).into_owned();
                 let key = tree.read(&key_rel)?.ok_or("no key yet")?;
-                let info = verify_leaf(&fc_text, &String::from_utf8_lossy(&key), &ca, &want, (self.deps.clock)())
-                    .map_err(|e| e.to_string())?;
+                let info = verify_leaf(
+                    &fc_text,
+                    &String::from_utf8_lossy(&key),
+                    &ca,
+                    &want,
+                    (self.deps.clock)(),
+                )
+                .map_err(|e| e.to_string())?;
                 if a.previous_serial.as_deref() == Some(info.serial_hex.as_str()) {
                     return Err::<_, GateWait>("the leaf is still the previous one".into());
                 }
@@ -632,7 +665,10 @@ impl Step for LeafStep<'_> {
         {
             Ok(state) if state == "active" => {}
             Ok(state) => {
-                return Err(gate_err(app, format!("{} is {state} after rendering", app.unit())));
+                return Err(gate_err(
+                    app,
+                    format!("{} is {state} after rendering", app.unit()),
+                ));
             }
             Err(e) => return Err(gate_err(app, format!("{} state unknown: {e}", app.unit()))),
         }
@@ -664,7 +700,8 @@ impl Step for LeafStep<'_> {
         let mut last = String::from("no token in the sink yet");
         loop {
             if let Some(token) = tree.read(&sink_rel)? {
-                let token = zeroize::Zeroizing::new(String::from_utf8_lossy(&token).trim().to_owned());
+                let token =
+                    zeroize::Zeroizing::new(String::from_utf8_lossy(&token).trim().to_owned());
                 match v.gate.token_client(&token) {
                     Ok(c) => match c.lookup_self().await {
                         Ok(info) => {
@@ -682,7 +719,7 @@ impl Step for LeafStep<'_> {
                                 .map_err(|e| gate_err(app, format!("the agent's token: {e}")))?;
                                 return Ok(LeafProof {
                                     leaf,
-                                                    login,
+                                    login,
                                     agent_login_serial: serial,
                                 });
                             }
@@ -697,7 +734,10 @@ impl Step for LeafStep<'_> {
                 }
             }
             if Instant::now() > deadline {
-                return Err(gate_err(app, format!("{last} (sink {})", sink_path(app).display())));
+                return Err(gate_err(
+                    app,
+                    format!("{last} (sink {})", sink_path(app).display()),
+                ));
             }
             tokio::time::sleep(Duration::from_millis(100)).await;
         }

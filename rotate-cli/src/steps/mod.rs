@@ -160,11 +160,15 @@ pub(crate) fn policy_change(
                     to: "-".into(),
                 })
                 .collect();
-            fields.extend(ours.iter().filter(|l| !theirs.contains(l)).map(|l| FieldDiff {
-                field: "only in rotate's text".into(),
-                from: "-".into(),
-                to: (*l).to_owned(),
-            }));
+            fields.extend(
+                ours.iter()
+                    .filter(|l| !theirs.contains(l))
+                    .map(|l| FieldDiff {
+                        field: "only in rotate's text".into(),
+                        from: "-".into(),
+                        to: (*l).to_owned(),
+                    }),
+            );
             Change::new(ChangeKind::Kept, object)
                 .fields(fields)
                 .note("differs from rotate's text; kept as the operator has it (never narrowed)")
@@ -185,7 +189,10 @@ mod tests {
         assert!(!c.is_change());
         assert_eq!(c.fields.len(), 1);
         assert_eq!(c.fields[0].from, "path \"extra\" {}");
-        assert_eq!(policy_change("p", None, ours, false).kind, ChangeKind::Create);
+        assert_eq!(
+            policy_change("p", None, ours, false).kind,
+            ChangeKind::Create
+        );
         assert_eq!(
             policy_change("p", Some(ours), ours, false).kind,
             ChangeKind::Unchanged

@@ -93,9 +93,7 @@ pub async fn preflight(
                     Exit::Sealed,
                     "sealed: unseal it (`bao operator unseal`), then run again".into(),
                 )),
-                HealthState::NotInitialized => {
-                    Err((Exit::Sealed, "not initialised".into()))
-                }
+                HealthState::NotInitialized => Err((Exit::Sealed, "not initialised".into())),
                 other => Err((
                     Exit::Vault,
                     format!("{other:?}: point [vault] addr at the active node"),
@@ -134,11 +132,17 @@ pub async fn preflight(
     let mount = &cfg.agents.cert_auth_mount;
     need.push((format!("sys/auth/{mount}"), "update"));
     need.push((format!("{}/revoke", cfg.pki.mount), "update"));
-    need.push((format!("sys/policies/acl/{}", cfg.agents.marker_policy), "update"));
+    need.push((
+        format!("sys/policies/acl/{}", cfg.agents.marker_policy),
+        "update",
+    ));
     for app in apps {
         let n = Names::new(cfg, app);
         if request.steps.contains(&StepId::Agents) {
-            need.push((format!("{}/roles/{}", cfg.pki.mount, n.agent_role), "update"));
+            need.push((
+                format!("{}/roles/{}", cfg.pki.mount, n.agent_role),
+                "update",
+            ));
             need.push((format!("{}/sign/{}", cfg.pki.mount, n.agent_role), "update"));
             need.push((format!("sys/policies/acl/{}", n.issue_policy), "update"));
         }
@@ -196,7 +200,10 @@ pub async fn preflight(
                 o
             }
             Err(e) => {
-                r.push(format!("user of {}", app.name), Err((Exit::Config, e.to_string())));
+                r.push(
+                    format!("user of {}", app.name),
+                    Err((Exit::Config, e.to_string())),
+                );
                 continue;
             }
         };

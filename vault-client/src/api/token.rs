@@ -95,7 +95,11 @@ impl TokenApi for VaultClient {
                 let caps = data
                     .get(p)
                     .and_then(|c| c.as_array())
-                    .map(|a| a.iter().filter_map(|c| c.as_str().map(str::to_owned)).collect())
+                    .map(|a| {
+                        a.iter()
+                            .filter_map(|c| c.as_str().map(str::to_owned))
+                            .collect()
+                    })
                     .unwrap_or_default();
                 (p.clone(), caps)
             })
