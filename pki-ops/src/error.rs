@@ -10,10 +10,12 @@ pub type Result<T, E = Error> = std::result::Result<T, E>;
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum Error {
-    /// A file could not be read, created, renamed or synced.
+    /// A file or directory could not be opened, read, created, linked, renamed, removed or
+    /// synced.
     #[error("{op} {}: {source}", path.display())]
     Io {
-        /// What we were doing (`read`, `create`, `rename`, ...).
+        /// What we were doing (`read`, `create temp for`, `keep previous version of`,
+        /// `replace`, ...).
         op: &'static str,
         /// The file or directory.
         path: PathBuf,
@@ -209,39 +211,9 @@ pub enum Error {
         role: String,
     },
 
-    /// A target directory does not exist or is not writable; nothing was written.
-    #[error("{} is not writable: {reason}", path.display())]
-    NotWritable {
-        /// The directory.
-        path: PathBuf,
-        /// Why.
-        reason: String,
-    },
-
-    /// A user or group name does not resolve.
-    #[error("unknown {kind} {name:?} (for {})", path.display())]
-    UnknownOwner {
-        /// `user` or `group`.
-        kind: &'static str,
-        /// The name.
-        name: String,
-        /// The file it was meant to own.
-        path: PathBuf,
-    },
-
-    /// Ownership cannot be set (changing owner needs root).
-    #[error("cannot set owner of {} to {owner}: {reason}", path.display())]
-    Chown {
-        /// The file.
-        path: PathBuf,
-        /// `user:group` as requested.
-        owner: String,
-        /// Why.
-        reason: String,
-    },
-
-    /// A path is not safe to use as root in a tree another user controls: a symlink, a
-    /// non-directory or non-regular file, or a foreign owner. Nothing was done there.
+    /// A path in a tree another user controls is not safe to use as root: a symlink, a
+    /// directory that is not one, a file that is not regular (or implausibly large), or an
+    /// owner other than the app user or root. Nothing was done through it.
     #[error("refusing {}: {reason}", path.display())]
     Unsafe {
         /// The path.
@@ -250,7 +222,8 @@ pub enum Error {
         reason: String,
     },
 
-    /// The disk (or quota) is full. Raised while staging, so nothing was replaced.
+    /// The disk or the quota is full (`ENOSPC`, `EDQUOT`). Only raised while staging, before
+    /// the first rename, so nothing was replaced and no temp file is left.
     #[error("no space left writing {}: nothing was replaced", path.display())]
     NoSpace {
         /// The file being staged.

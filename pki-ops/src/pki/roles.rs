@@ -468,6 +468,49 @@ mod tests {
         );
     }
 
+    #[test]
+    fn leaf_roles_allow_exact_names_only_unless_subdomains_are_chosen() {
+        let names = vec!["ncprd1.int.privsec.ch".to_owned(), "ncprd1".to_owned()];
+        let s = RoleSpec::server_leaf(names.clone(), "720h", "8760h");
+        let p = s.params();
+        assert_eq!(p["allowed_domains"], json!(names));
+        for (field, want) in [
+            ("allow_bare_domains", true),
+            ("allow_subdomains", false),
+            ("allow_glob_domains", false),
+            ("allow_any_name", false),
+            ("enforce_hostnames", true),
+            ("server_flag", true),
+            ("client_flag", false),
+        ] {
+            assert_eq!(p[field], json!(want), "{field}");
+        }
+        let broad = RoleSpec::server_leaf_subdomains(
+            vec!["int.privsec.ch".into(), "prod.privsec.ch".into()],
+            "720h",
+            "8760h",
+        );
+        assert_eq!(broad.params()["allow_subdomains"], json!(true));
+        assert_eq!(broad.params()["allow_glob_domains"], json!(false));
+    }
+
+    #[test]
+    fn the_rsa_key_mode_gives_rsa_2048_roles() {
+        for spec in [
+            RoleSpec::agent_client("agent-x.prod.privsec.ch", "1h", "2h"),
+            RoleSpec::server_leaf(vec!["x.int.privsec.ch".into()], "1h", "2h"),
+        ] {
+            assert_eq!(
+                (&spec.params()["key_type"], &spec.params()["key_bits"]),
+                (&json!("ec"), &json!(256)),
+                "EC P-256 by default"
+            );
+            let rsa = spec.with_key(KeyAlgorithm::Rsa2048);
+            assert_eq!(rsa.params()["key_type"], json!("rsa"));
+            assert_eq!(rsa.params()["key_bits"], json!(2048));
+        }
+    }
+
     fn vault_form(spec: &RoleSpec) -> Map<String, Value> {
         // What Vault would return after writing `spec`: TTLs in seconds, plus extra fields.
         let mut m = spec.params().clone();

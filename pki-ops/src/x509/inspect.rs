@@ -10,6 +10,7 @@ use x509_parser::extensions::GeneralName;
 use x509_parser::pem::Pem;
 
 use crate::error::{Error, Result};
+use crate::material::tree::Tree;
 
 /// The facts about one certificate that rotation checks and reports need. Contains no
 /// secret, so it can go into JSON reports as is.
@@ -64,10 +65,28 @@ impl CertInfo {
         Self::from_pem_labeled(pem, "<pem>")
     }
 
-    /// Parses the first certificate of a PEM file; errors and checks name the file.
+    /// Parses the first certificate of a PEM file; errors and checks name the file. The
+    /// path is followed like any `open(2)`: for files in a tree another user controls, use
+    /// [`CertInfo::from_tree`].
     pub fn from_pem_file(path: &Path) -> Result<Self> {
         let pem = std::fs::read_to_string(path).map_err(|e| Error::io("read", path, e))?;
         Self::from_pem_labeled(&pem, &path.display().to_string())
+    }
+
+    /// Parses the first certificate of regular file `rel` in `tree`, read without
+    /// following symlinks ([`Tree::read`]); `None` if the file is absent. Errors and checks
+    /// name the file.
+    pub fn from_tree(tree: &Tree, rel: &Path) -> Result<Option<Self>> {
+        let Some(bytes) = tree.read(rel)? else {
+            return Ok(None);
+        };
+        let origin = tree.root().join(rel).display().to_string();
+        let pem = std::str::from_utf8(&bytes).map_err(|e| Error::Parse {
+            origin: origin.clone(),
+            what: "certificate",
+            reason: format!("not UTF-8 PEM: {e}"),
+        })?;
+        Self::from_pem_labeled(pem, &origin).map(Some)
     }
 
     /// Parses the first certificate of `pem`, naming it `origin` in errors.
@@ -320,6 +339,31 @@ mod tests {
     }
 
     #[test]
+    fn from_tree_reads_the_leaf_without_following_symlinks() {
+        let ca = TestCa::new("PrivSec Root CA");
+        let (leaf, _) = ca.server_leaf("ncprd1.int.privsec.ch", &["ncprd1.int.privsec.ch"]);
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(
+            dir.path().join("fullchain.pem"),
+            format!("{leaf}{}", ca.int_pem),
+        )
+        .unwrap();
+        std::os::unix::fs::symlink(
+            dir.path().join("fullchain.pem"),
+            dir.path().join("link.pem"),
+        )
+        .unwrap();
+        let tree = crate::Tree::open(dir.path(), None).unwrap();
+        let info = CertInfo::from_tree(&tree, Path::new("fullchain.pem"))
+            .unwrap()
+            .unwrap();
+        assert_eq!(info.cn(), "ncprd1.int.privsec.ch");
+        assert!(info.origin.ends_with("/fullchain.pem"), "{}", info.origin);
+        let e = CertInfo::from_tree(&tree, Path::new("link.pem")).unwrap_err();
+        assert!(matches!(e, Error::Unsafe { .. }), "{e}");
+    }
+
+    #[test]
     fn bad_input_is_an_error_naming_the_file() {
         let dir = tempfile::tempdir().unwrap();
         let p = dir.path().join("agent.crt");
@@ -334,6 +378,14 @@ mod tests {
         assert!(matches!(e, Error::Parse { .. }), "{e}");
         let e = CertInfo::from_pem_file(&dir.path().join("missing.pem")).unwrap_err();
         assert!(matches!(e, Error::Io { .. }), "{e}");
+        let tree = crate::Tree::open(dir.path(), None).unwrap();
+        let e = CertInfo::from_tree(&tree, Path::new("agent.crt")).unwrap_err();
+        assert!(e.to_string().contains("agent.crt"), "{e}");
+        assert!(
+            CertInfo::from_tree(&tree, Path::new("missing.pem"))
+                .unwrap()
+                .is_none()
+        );
         assert!(parse_bundle("", "x").is_err());
     }
 }

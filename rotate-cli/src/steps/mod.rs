@@ -72,10 +72,8 @@ impl StepError {
             },
             StepError::Pki(pki_ops::Error::Vault { source, .. }) => vault_exit(source),
             StepError::Pki(pki_ops::Error::RoleMissing { .. })
-            | StepError::Pki(pki_ops::Error::NotWritable { .. })
             | StepError::Pki(pki_ops::Error::Io { .. })
-            | StepError::Pki(pki_ops::Error::UnknownOwner { .. })
-            | StepError::Pki(pki_ops::Error::Chown { .. })
+            | StepError::Pki(pki_ops::Error::Unsafe { .. })
             | StepError::Invalid { .. } => Exit::Config,
             StepError::Hook(e) => match **e {
                 hooks::Error::BadOwner { .. }
