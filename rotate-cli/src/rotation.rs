@@ -332,16 +332,8 @@ pub async fn execute(
 
 fn skipped(app: &AppConfig, id: StepId) -> TargetReport {
     TargetReport {
-        app: app.name.clone(),
-        outcome: Outcome::Skipped,
-        changes: Vec::new(),
-        applied: None,
-        proof: None,
-        pending: None,
         error: Some(format!("skipped: an earlier step failed for {}", app.name)),
-        error_class: None,
-        rollback: None,
-        millis: 0,
+        ..TargetReport::new(&app.name, Outcome::Skipped)
     }
     .with_step_note(id)
 }
@@ -506,35 +498,20 @@ async fn rollback(
     for t in targets {
         if t.pruned {
             report.rolled_back.push(TargetReport {
-                app: t.target.clone(),
-                outcome: Outcome::RollbackIncomplete,
-                changes: Vec::new(),
-                applied: None,
-                proof: None,
-                pending: None,
                 error: Some("its previous versions were already discarded".into()),
-                error_class: None,
-                rollback: None,
-                millis: 0,
+                ..TargetReport::new(&t.target, Outcome::RollbackIncomplete)
             });
             continue;
         }
         let out = unwind(&journal, undo, t.step, &t.target).await?;
+        let outcome = if out.complete() {
+            Outcome::RolledBack
+        } else {
+            Outcome::RollbackIncomplete
+        };
         report.rolled_back.push(TargetReport {
-            app: t.target.clone(),
-            outcome: if out.complete() {
-                Outcome::RolledBack
-            } else {
-                Outcome::RollbackIncomplete
-            },
-            changes: Vec::new(),
-            applied: None,
-            proof: None,
-            pending: None,
-            error: None,
-            error_class: None,
             rollback: Some(out),
-            millis: 0,
+            ..TargetReport::new(&t.target, outcome)
         });
     }
     let incomplete = report
@@ -571,16 +548,8 @@ mod tests {
 
     fn target(outcome: Outcome, class: Option<u8>) -> TargetReport {
         TargetReport {
-            app: "a".into(),
-            outcome,
-            changes: Vec::new(),
-            applied: None,
-            proof: None,
-            pending: None,
-            error: None,
             error_class: class,
-            rollback: None,
-            millis: 0,
+            ..TargetReport::new("a", outcome)
         }
     }
 

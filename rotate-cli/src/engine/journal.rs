@@ -527,6 +527,10 @@ impl Journal {
 
     fn append_raw(&self, e: &Event) -> Result<(), JournalError> {
         let mut inner = self.lock();
+        self.write_locked(&mut inner, e)
+    }
+
+    fn write_locked(&self, inner: &mut Inner, e: &Event) -> Result<(), JournalError> {
         let mut line = serde_json::to_vec(e).map_err(|err| JournalError::Corrupt {
             path: self.path.clone(),
             line: 0,
@@ -545,8 +549,9 @@ impl Journal {
 
     /// Append `e` durably, then apply it to the in-memory record.
     pub fn append(&self, e: Event) -> Result<(), JournalError> {
-        self.append_raw(&e)?;
+        // One lock for both: concurrent targets see the file and the record in one order.
         let mut inner = self.lock();
+        self.write_locked(&mut inner, &e)?;
         inner
             .record
             .apply(e)

@@ -216,17 +216,24 @@ where
 }
 
 fn blank(app: &AppConfig, outcome: Outcome) -> TargetReport {
-    TargetReport {
-        app: app.name.clone(),
-        outcome,
-        changes: Vec::new(),
-        applied: None,
-        proof: None,
-        pending: None,
-        error: None,
-        error_class: None,
-        rollback: None,
-        millis: 0,
+    TargetReport::new(&app.name, outcome)
+}
+
+impl TargetReport {
+    /// An empty report of `app` with `outcome`.
+    pub fn new(app: &str, outcome: Outcome) -> TargetReport {
+        TargetReport {
+            app: app.to_owned(),
+            outcome,
+            changes: Vec::new(),
+            applied: None,
+            proof: None,
+            pending: None,
+            error: None,
+            error_class: None,
+            rollback: None,
+            millis: 0,
+        }
     }
 }
 

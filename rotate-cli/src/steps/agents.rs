@@ -21,7 +21,7 @@ use vault_client::IssueRequest;
 
 use crate::config::{AppConfig, Config, KeyMode};
 use crate::deps::Vault;
-use crate::engine::change::{Change, ChangeKind, FieldDiff};
+use crate::engine::change::{Change, ChangeKind};
 use crate::engine::journal::StepId;
 use crate::engine::undo::UndoAction;
 use crate::engine::{Step, TargetPlan, Tx};
@@ -213,15 +213,8 @@ impl Step for AgentsStep<'_> {
                     None
                 } else {
                     changes.push(
-                        Change::new(ChangeKind::Update, &path).fields(
-                            diff.iter()
-                                .map(|d| FieldDiff {
-                                    field: d.field.clone(),
-                                    from: d.actual.as_ref().map_or("-".into(), |v| v.to_string()),
-                                    to: d.desired.to_string(),
-                                })
-                                .collect(),
-                        ),
+                        Change::new(ChangeKind::Update, &path)
+                            .fields(crate::steps::role_fields(&diff)),
                     );
                     Some(current.clone())
                 }
@@ -272,17 +265,7 @@ impl Step for AgentsStep<'_> {
                 },
                 &outcome.path,
             )
-            .fields(
-                outcome
-                    .drift
-                    .iter()
-                    .map(|d| FieldDiff {
-                        field: d.field.clone(),
-                        from: d.actual.clone(),
-                        to: d.desired.clone(),
-                    })
-                    .collect(),
-            ),
+            .fields(crate::steps::drift_fields(&outcome.drift)),
         );
 
         let current_cert = tree.read(&rel::agent_cert())?.and_then(|pem| {

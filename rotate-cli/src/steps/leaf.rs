@@ -11,7 +11,6 @@
 //! agent's files gives exactly the expected policies, and the agent's own token was
 //! issued for the step-3 certificate and may issue the leaf.
 
-use std::os::unix::fs::MetadataExt as _;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
@@ -24,7 +23,7 @@ use serde_json::{Map, Value, json};
 
 use crate::config::{AppConfig, Config};
 use crate::deps::Vault;
-use crate::engine::change::{Change, ChangeKind, FieldDiff};
+use crate::engine::change::{Change, ChangeKind};
 use crate::engine::journal::StepId;
 use crate::engine::undo::UndoAction;
 use crate::engine::{Step, TargetPlan, Tx};
@@ -286,15 +285,7 @@ impl Step for LeafStep<'_> {
         let mut role_change = match &diff {
             None => Change::new(ChangeKind::Create, &path),
             Some(d) if d.is_empty() => Change::new(ChangeKind::Unchanged, &path),
-            Some(d) => Change::new(ChangeKind::Update, &path).fields(
-                d.iter()
-                    .map(|c| FieldDiff {
-                        field: c.field.clone(),
-                        from: c.actual.as_ref().map_or("-".into(), |v| v.to_string()),
-                        to: c.desired.to_string(),
-                    })
-                    .collect(),
-            ),
+            Some(d) => Change::new(ChangeKind::Update, &path).fields(crate::steps::role_fields(d)),
         };
         if cfg.leaf.allow_subdomains {
             role_change = role_change.note(format!(
@@ -389,17 +380,7 @@ impl Step for LeafStep<'_> {
             },
             &outcome.path,
         )
-        .fields(
-            outcome
-                .drift
-                .iter()
-                .map(|d| FieldDiff {
-                    field: d.field.clone(),
-                    from: d.actual.clone(),
-                    to: d.desired.clone(),
-                })
-                .collect(),
-        );
+        .fields(crate::steps::drift_fields(&outcome.drift));
         if !removed.is_empty() {
             mc = mc.note(format!("removes {}", removed.join(", ")));
         }
@@ -638,18 +619,20 @@ impl Step for LeafStep<'_> {
         };
 
         // The leaf key: 0600, owned by the app (lstat: never through a link).
-        let meta = std::fs::symlink_metadata(app.leaf_key())
-            .map_err(|e| gate_err(app, format!("stat {}: {e}", app.leaf_key().display())))?;
-        if !meta.file_type().is_file() || meta.mode() & 0o777 != 0o600 || meta.uid() != owner.uid {
+        let meta = tree
+            .stat(&key_rel)
+            .map_err(|e| gate_err(app, format!("stat {}: {e}", app.leaf_key().display())))?
+            .ok_or_else(|| gate_err(app, format!("{} is missing", app.leaf_key().display())))?;
+        if meta.mode != 0o600 || meta.owner.uid != owner.uid {
             return Err(gate_err(
                 app,
                 format!(
-                    "{} must be a regular file, mode 0600, owned by {} (uid {}); it is mode {:04o}, uid {}",
+                    "{} must be mode 0600, owned by {} (uid {}); it is mode {:04o}, uid {}",
                     app.leaf_key().display(),
                     app.user(),
                     owner.uid,
-                    meta.mode() & 0o7777,
-                    meta.uid()
+                    meta.mode,
+                    meta.owner.uid
                 ),
             ));
         }

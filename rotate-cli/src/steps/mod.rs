@@ -131,6 +131,29 @@ pub(crate) fn owner_of(app: &AppConfig) -> Result<pki_ops::Owner, StepError> {
     })
 }
 
+/// Role field differences in the change vocabulary.
+pub(crate) fn role_fields(diff: &[pki_ops::FieldChange]) -> Vec<FieldDiff> {
+    diff.iter()
+        .map(|d| FieldDiff {
+            field: d.field.clone(),
+            from: d.actual.as_ref().map_or("-".into(), |v| v.to_string()),
+            to: d.desired.to_string(),
+        })
+        .collect()
+}
+
+/// Mapping drift in the change vocabulary.
+pub(crate) fn drift_fields(drift: &[cert_auth::Drift]) -> Vec<FieldDiff> {
+    drift
+        .iter()
+        .map(|d| FieldDiff {
+            field: d.field.clone(),
+            from: d.actual.clone(),
+            to: d.desired.clone(),
+        })
+        .collect()
+}
+
 /// The change to policy `name` from `current` to `desired`. An existing policy that
 /// differs is never narrowed: it is kept, with the text diff shown (the gate then proves
 /// the token can still do what it must). `create_only` policies are never compared.
