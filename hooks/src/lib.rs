@@ -52,7 +52,7 @@ pub use crate::{
         install_post_hook, render_post_hook,
     },
     programs::ProgramOverrides,
-    reload::{ReloadReport, Reloader, read_pid_file, reload, unit_state},
+    reload::{ReloadReport, Reloader, read_pid_file, reload, stop_unit, unit_state},
     runner::{
         CommandOutput, CommandSpec, DEFAULT_TIMEOUT, DryRunRunner, OUTPUT_LIMIT, ProcessRunner,
     },

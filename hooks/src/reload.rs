@@ -518,6 +518,19 @@ pub async fn unit_state(
     }
 }
 
+/// Stop a user unit (`systemctl --user stop <unit>`, through `runuser -u <user>` when
+/// `user` is given).
+pub async fn stop_unit(
+    runner: &dyn CommandRunner,
+    unit: &str,
+    user: Option<&str>,
+    timeout: std::time::Duration,
+) -> Result<()> {
+    let mut cmd = systemctl_base(user, None)?.args(["stop", unit]);
+    cmd.timeout = timeout;
+    runner.run(&cmd).await.map(drop)
+}
+
 /// Reads and validates a pid file: one decimal pid, greater than 1.
 ///
 /// Refuses 0 and negative numbers (they address process groups) and 1 (init).

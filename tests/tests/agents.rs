@@ -8,7 +8,7 @@ use std::process::Command;
 use rotate_cli::Exit;
 use rotate_tests::{Lab, shared};
 
-use crate::support::{config_in, rotate, tempdir};
+use crate::support::{change_kind, config_in, rotate, target, tempdir};
 
 /// Count audit log requests (writes) to `path`.
 fn audit_writes(lab: &Lab, path: &str) -> usize {
@@ -73,21 +73,25 @@ async fn agents_rotate_end_to_end_and_real_clients_agree() {
     assert!(!text.contains("PRIVATE KEY"), "no key material in JSON");
     assert!(!text.contains(lab.token()), "no token in JSON");
 
-    for (i, app) in ["e2eapp1", "e2eapp2"].iter().enumerate() {
-        let r = &report["apps"][i];
-        assert_eq!(r["status"], "rotated", "{r:#}");
-        assert_eq!(r["cn"], format!("agent-{app}.prod.privsec.ch"));
-        assert_eq!(r["role"]["role"], format!("agent-mtls-{app}"));
-        assert_eq!(r["mapping"]["path"], format!("auth/cert/certs/agent-{app}"));
+    for app in ["e2eapp1", "e2eapp2"] {
+        let r = target(&report, "agents", app);
+        assert_eq!(r["outcome"], "committed", "{r:#}");
+        assert_eq!(r["applied"]["cn"], format!("agent-{app}.prod.privsec.ch"));
         assert_eq!(
-            r["certificate"]["issuer_cn"],
-            "PrivSec Intermediate CA (prod)"
+            change_kind(r, &format!("pki-prod/roles/agent-mtls-{app}")),
+            "create"
         );
+        assert_eq!(
+            change_kind(r, &format!("auth/cert/certs/agent-{app}")),
+            "create"
+        );
+        assert_eq!(r["proof"]["login"]["mapping"], format!("agent-{app}"));
         assert!(
             r["pending"]
                 .as_str()
                 .unwrap()
-                .contains(&format!("vault-agent-{app}.service"))
+                .contains(&format!("vault-agent-{app}.service")),
+            "{r:#}"
         );
 
         let home = dir.join("home").join(app);
@@ -131,7 +135,7 @@ async fn agents_rotate_end_to_end_and_real_clients_agree() {
         );
         assert_eq!(
             login["auth"]["metadata"]["serial_number"],
-            r["certificate"]["serial_decimal"]
+            r["applied"]["serial_decimal"]
         );
     }
 
@@ -143,17 +147,32 @@ async fn agents_rotate_end_to_end_and_real_clients_agree() {
         (1, 1),
         "first run wrote each once"
     );
-    let first_serial = report["apps"][0]["certificate"]["serial_hex"].clone();
+    let first_serial = target(&report, "agents", "e2eapp1")["applied"]["serial_hex"].clone();
     let (exit, again) = rotate(&cfg, &["run", "--step", "agents", "--app", "e2eapp1"]).await;
     assert_eq!(exit, Exit::Ok, "{again:#}");
-    assert_eq!(again["apps"].as_array().unwrap().len(), 1);
-    assert_eq!(again["apps"][0]["role"]["action"], "unchanged");
-    assert_eq!(again["apps"][0]["mapping"]["action"], "unchanged");
-    assert_ne!(again["apps"][0]["certificate"]["serial_hex"], first_serial);
+    assert_eq!(again["steps"][0]["targets"].as_array().unwrap().len(), 1);
+    let r = target(&again, "agents", "e2eapp1");
+    assert_eq!(
+        change_kind(r, "pki-prod/roles/agent-mtls-e2eapp1"),
+        "unchanged"
+    );
+    assert_eq!(change_kind(r, "auth/cert/certs/agent-e2eapp1"), "unchanged");
+    assert_ne!(r["applied"]["serial_hex"], first_serial);
     assert_eq!(audit_writes(lab, "pki-prod/roles/agent-mtls-e2eapp1"), 1);
     assert_eq!(audit_writes(lab, "auth/cert/certs/agent-e2eapp1"), 1);
-    let prev = dir.join("home/e2eapp1/vault/mtls/agent.key.prev");
-    assert_eq!(mode(&prev), 0o600, "the kept previous key is private too");
+    // The last run's previous pair is kept (private, for `rotate rollback`); the run
+    // before it was pruned when this one committed.
+    let mtls = dir.join("home/e2eapp1/vault/mtls");
+    let prev: Vec<String> = std::fs::read_dir(&mtls)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|n| n.ends_with(".prev"))
+        .collect();
+    let run_id = again["run_id"].as_str().unwrap();
+    assert_eq!(prev.len(), 2, "{prev:?}");
+    assert!(prev.iter().all(|n| n.contains(run_id)), "{prev:?}");
+    let key_prev = prev.iter().find(|n| n.contains("agent.key")).unwrap();
+    assert_eq!(mode(&mtls.join(key_prev)), 0o600, "the kept key is private");
 }
 
 #[tokio::test]
@@ -163,11 +182,14 @@ async fn plan_writes_nothing_and_reports_what_would_change() {
     let cfg = config_in(lab, &dir, &["planapp"], "");
     let (exit, plan) = rotate(&cfg, &["plan", "--step", "agents"]).await;
     assert_eq!(exit, Exit::Changes, "{plan:#}");
-    let app = &plan["apps"][0];
-    assert_eq!(app["status"], "planned");
-    assert_eq!(app["role"]["action"], "created");
-    assert_eq!(app["role"]["dry_run"], true);
-    assert_eq!(app["mapping"]["action"], "would_create");
+    let app = target(&plan, "agents", "planapp");
+    assert_eq!(app["outcome"], "planned");
+    assert_eq!(
+        change_kind(app, "pki-prod/roles/agent-mtls-planapp"),
+        "create"
+    );
+    assert_eq!(change_kind(app, "auth/cert/certs/agent-planapp"), "create");
+    assert_eq!(change_kind(app, "vault/mtls/agent.key"), "create");
     assert!(
         !dir.join("home/planapp/vault").exists(),
         "plan wrote no files"
@@ -214,7 +236,9 @@ async fn missing_role_with_create_roles_off_fails_without_writing() {
     let cfg = config_in(lab, &dir, &["noroleapp"], "create_roles = false\n");
     let (exit, v) = rotate(&cfg, &["run", "--step", "agents"]).await;
     assert_eq!(exit, Exit::Config, "{v:#}");
-    let err = v["apps"][0]["error"].as_str().unwrap();
+    let t = target(&v, "agents", "noroleapp");
+    assert_eq!(t["outcome"], "failed_nothing_written");
+    let err = t["error"].as_str().unwrap();
     assert!(
         err.contains("pki-prod") && err.contains("agent-mtls-noroleapp"),
         "{err}"
@@ -230,8 +254,10 @@ async fn unwritable_target_fails_clearly_and_changes_nothing() {
     // `vault` is a file where the directory should be: nothing can be written below it.
     std::fs::write(dir.join("home/blockedapp/vault"), "not a dir").unwrap();
     let (exit, v) = rotate(&cfg, &["run", "--step", "agents"]).await;
-    assert_ne!(exit, Exit::Ok, "{v:#}");
-    let err = v["apps"][0]["error"].as_str().unwrap();
+    assert_eq!(exit, Exit::Config, "{v:#}");
+    let t = target(&v, "agents", "blockedapp");
+    assert_eq!(t["outcome"], "failed_nothing_written", "{t:#}");
+    let err = t["error"].as_str().unwrap();
     assert!(err.contains("blockedapp/vault"), "{err}");
     let admin = lab.admin_client().unwrap();
     use vault_client::CertAuthApi;
@@ -246,7 +272,7 @@ async fn unwritable_target_fails_clearly_and_changes_nothing() {
 }
 
 #[tokio::test]
-async fn forbidden_mapping_write_is_reported_and_files_are_rolled_back() {
+async fn forbidden_mapping_write_is_refused_by_preflight_before_any_write() {
     let lab = shared();
     let admin = lab.admin_client().unwrap();
     use vault_client::SysApi;
@@ -280,14 +306,35 @@ async fn forbidden_mapping_write_is_reported_and_files_are_rolled_back() {
     std::fs::write(&cfg, text).unwrap();
 
     let (exit, v) = rotate(&cfg, &["run", "--step", "agents"]).await;
+    // The admin token cannot write the mapping: preflight's capability check says so
+    // before anything is written.
     assert_eq!(exit, Exit::Vault, "{v:#}");
-    let err = v["apps"][0]["error"].as_str().unwrap();
+    assert_eq!(v["summary"], "preflight failed: nothing was written");
+    let failed: Vec<&serde_json::Value> = v["preflight"]["checks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|c| c["ok"] == false)
+        .collect();
+    assert_eq!(failed.len(), 1, "{v:#}");
     assert!(
-        err.contains("auth/cert/certs/agent-forbidapp") && err.contains("403"),
-        "{err}"
+        failed[0]["detail"]
+            .as_str()
+            .unwrap()
+            .contains("update on auth/cert/certs/agent-forbidapp"),
+        "{v:#}"
     );
     let key = dir.join("home/forbidapp/vault/mtls/agent.key");
-    assert!(!key.exists(), "the new files were rolled back");
+    assert!(!key.exists(), "no file written");
+    use vault_client::PkiApi;
+    assert!(
+        admin
+            .read_role("pki-prod", "agent-mtls-forbidapp")
+            .await
+            .unwrap()
+            .is_none(),
+        "no role written"
+    );
 }
 
 #[tokio::test]

@@ -11,7 +11,9 @@ use rotate_cli::Exit;
 use rotate_tests::{Lab, SERVER_NAME, shared, spawn_tied_with};
 use vault_client::{CertAuthApi, KvApi, SysApi};
 
-use crate::support::{add_to_section, config_in, free_port, rotate, tempdir};
+use crate::support::{
+    add_to_section, change_kind, config_in, errors, free_port, rotate, target, tempdir,
+};
 
 struct Nginx {
     child: Child,
@@ -161,7 +163,7 @@ async fn leaf_rotation_with_a_real_agent_post_hook_and_nginx() {
 
     let (exit, v) = rotate(&cfg, &["run", "--step", "agents"]).await;
     assert_eq!(exit, Exit::Ok, "{v:#}");
-    let agent_serial = v["apps"][0]["certificate"]["serial_decimal"].clone();
+    let agent_serial = target(&v, "agents", app)["applied"]["serial_decimal"].clone();
 
     // A leftover debug-policy on the mapping, as in the write-up.
     let admin = lab.admin_client().unwrap();
@@ -203,28 +205,35 @@ async fn leaf_rotation_with_a_real_agent_post_hook_and_nginx() {
     let agent_log =
         std::fs::read_to_string(home.join(format!("agent-{app}.log"))).unwrap_or_default();
     assert_eq!(exit, Exit::Ok, "{r:#}\nagent log:\n{agent_log}");
-    let a = &r["apps"][0];
-    assert_eq!(a["status"], "rotated");
-    assert_eq!(a["removed_policies"], serde_json::json!(["debug-policy"]));
-    assert_eq!(a["kv"]["version"], 2);
-    assert_eq!(a["kv"]["seed"], "created");
+    let a = target(&r, "leaf", app);
+    assert_eq!(a["outcome"], "committed", "{a:#}");
     assert_eq!(
-        a["kv"]["policy"]["name"],
-        format!("secret-agent-{app}-policy")
+        a["applied"]["removed_policies"],
+        serde_json::json!(["debug-policy"])
     );
-    assert_eq!(a["auth"], "cert (mTLS) only");
+    assert_eq!(a["applied"]["seeded"], true);
+    assert_eq!(change_kind(a, &format!("kv/{app}")), "create");
     assert_eq!(
-        a["agent_login_serial"], agent_serial,
+        change_kind(a, &format!("sys/policies/acl/secret-agent-{app}-policy")),
+        "create"
+    );
+    assert_eq!(
+        a["proof"]["agent_login_serial"], agent_serial,
         "the restarted agent's own token was issued for the step-3 certificate"
     );
-    assert_eq!(a["role"]["role"], format!("nginx-{app}"));
-    assert_eq!(a["leaf"]["subject_cn"], cn);
-    assert_eq!(a["leaf"]["issuer_cn"], "PrivSec Intermediate CA (prod)");
-    assert_eq!(a["previous_serial"], placeholder.as_str());
-    let new_serial = a["leaf"]["serial_hex"].as_str().unwrap().to_owned();
+    assert_eq!(
+        change_kind(a, &format!("pki-prod/roles/nginx-{app}")),
+        "create"
+    );
+    let leaf = &a["proof"]["leaf"];
+    assert_eq!(leaf["subject_cn"], cn);
+    assert_eq!(leaf["dns_sans"], serde_json::json!([cn]));
+    assert_eq!(leaf["issuer_cn"], "PrivSec Intermediate CA (prod)");
+    assert_eq!(a["applied"]["previous_serial"], placeholder.as_str());
+    let new_serial = leaf["serial_hex"].as_str().unwrap().to_owned();
     assert_ne!(new_serial, placeholder);
     let mut policies: Vec<String> =
-        serde_json::from_value(a["login"]["token_policies"].clone()).unwrap();
+        serde_json::from_value(a["proof"]["login"]["token_policies"].clone()).unwrap();
     policies.sort();
     assert_eq!(
         policies,
@@ -234,10 +243,6 @@ async fn leaf_rotation_with_a_real_agent_post_hook_and_nginx() {
             &format!("pki-issue-{app}"),
             &format!("secret-agent-{app}-policy")
         ]
-    );
-    assert!(
-        r["versions"]["agent"]["major"].is_number(),
-        "agent/server versions compared: {r:#}"
     );
 
     // The post-hook is installed 0755, and it reloaded the real nginx.
@@ -287,11 +292,16 @@ async fn leaf_rotation_with_a_real_agent_post_hook_and_nginx() {
     )
     .await;
     assert_eq!(exit, Exit::Ok, "{r2:#}");
-    let a2 = &r2["apps"][0];
-    assert_eq!(a2["kv"]["seed"], "exists, not overwritten");
-    assert_eq!(a2["removed_policies"], serde_json::json!([]));
-    assert_eq!(a2["mapping"]["action"], "unchanged");
-    assert_eq!(a2["post_hook"]["changed"], false);
+    let a2 = target(&r2, "leaf", app);
+    assert_eq!(a2["outcome"], "committed", "{a2:#}");
+    assert_eq!(a2["applied"]["seeded"], false);
+    assert_eq!(change_kind(a2, &format!("kv/{app}")), "unchanged");
+    assert_eq!(a2["applied"]["removed_policies"], serde_json::json!([]));
+    assert_eq!(
+        change_kind(a2, &format!("auth/cert/certs/agent-{app}")),
+        "unchanged"
+    );
+    assert_eq!(change_kind(a2, "vault-agent-post-leaf.sh"), "unchanged");
     assert_eq!(
         admin
             .kv2_read_metadata("kv", app)
@@ -301,16 +311,21 @@ async fn leaf_rotation_with_a_real_agent_post_hook_and_nginx() {
             .current_version,
         before
     );
-    let newer = a2["leaf"]["serial_hex"].as_str().unwrap();
+    let newer = a2["proof"]["leaf"]["serial_hex"].as_str().unwrap();
     assert_ne!(newer, new_serial);
     wait_for_serial(nginx.port, &cn, newer);
 
     // Step 3 again: the KV access step 4 granted is kept, not treated as drift.
     let (exit, r3) = rotate(&cfg, &["run", "--step", "agents"]).await;
     assert_eq!(exit, Exit::Ok, "{r3:#}");
-    assert_eq!(r3["apps"][0]["mapping"]["action"], "unchanged", "{r3:#}");
+    let a3 = target(&r3, "agents", app);
+    assert_eq!(
+        change_kind(a3, &format!("auth/cert/certs/agent-{app}")),
+        "unchanged",
+        "{r3:#}"
+    );
     let kept: Vec<String> =
-        serde_json::from_value(r3["apps"][0]["login"]["token_policies"].clone()).unwrap();
+        serde_json::from_value(a3["proof"]["login"]["token_policies"].clone()).unwrap();
     assert!(
         kept.contains(&format!("secret-agent-{app}-policy")),
         "{kept:?}"
@@ -336,7 +351,7 @@ async fn unknown_or_v1_kv_mount_is_refused_before_anything_is_written() {
     std::fs::write(&cfg, text).unwrap();
     let (exit, v) = rotate(&cfg, &["run", "--step", "leaf", "--with-kv-access"]).await;
     assert_eq!(exit, Exit::Config, "{v:#}");
-    let err = v["apps"][0]["error"].as_str().unwrap();
+    let err = errors(&v);
     assert!(
         err.contains("KV mount nokv") && err.contains("no such"),
         "{err}"
@@ -357,7 +372,7 @@ async fn unknown_or_v1_kv_mount_is_refused_before_anything_is_written() {
     std::fs::write(&cfg, text).unwrap();
     let (exit, v) = rotate(&cfg, &["run", "--step", "leaf", "--with-kv-access"]).await;
     assert_eq!(exit, Exit::Config, "{v:#}");
-    let err = v["apps"][0]["error"].as_str().unwrap();
+    let err = errors(&v);
     assert!(
         err.contains("KV v1") && err.contains("v2 is required"),
         "{err}"
@@ -379,7 +394,7 @@ async fn unknown_or_v1_kv_mount_is_refused_before_anything_is_written() {
 }
 
 #[tokio::test]
-async fn post_hook_dir_not_owned_by_the_app_is_refused() {
+async fn post_hook_dir_owned_by_a_third_user_is_refused_before_any_write() {
     let lab = shared();
     let dir = tempdir("leaf-owner");
     let cfg = config_in(lab, &dir, &["ownapp"], "");
@@ -402,17 +417,32 @@ async fn post_hook_dir_not_owned_by_the_app_is_refused() {
         "agent files owned by the app user"
     );
 
-    // The hook's directory exists but belongs to root, not to the app.
+    // The hook's directory exists but belongs to a third user: refused at plan time,
+    // before anything is written (root-owned levels are accepted: the app cannot change
+    // them).
     let bin = dir.join("home/ownapp/.vault-agent-ownapp/bin");
     std::fs::create_dir_all(&bin).unwrap();
+    std::os::unix::fs::chown(&bin, Some(4242), Some(4242)).unwrap();
     let (exit, v) = rotate(&cfg, &["run", "--step", "leaf"]).await;
     assert_eq!(exit, Exit::Config, "{v:#}");
-    let err = v["apps"][0]["error"].as_str().unwrap();
+    let t = target(&v, "leaf", "ownapp");
+    assert_eq!(t["outcome"], "failed_nothing_written", "{t:#}");
+    let err = errors(&v);
     assert!(
-        err.contains(&bin.display().to_string()) && err.contains("nobody"),
+        err.contains(&bin.display().to_string()) && err.contains("owned by uid 4242"),
         "{err}"
     );
     assert!(!bin.join("vault-agent-post-leaf.sh").exists());
+    use vault_client::PkiApi;
+    let admin = lab.admin_client().unwrap();
+    assert!(
+        admin
+            .read_role("pki-prod", "nginx-ownapp")
+            .await
+            .unwrap()
+            .is_none(),
+        "no role written"
+    );
 }
 
 #[tokio::test]
@@ -430,7 +460,7 @@ async fn failing_or_hanging_restart_fails_the_step_and_keeps_the_leaf() {
     // The unit is not defined: the (fake) systemctl restart fails with its message.
     let (exit, v) = rotate(&cfg, &["run", "--step", "leaf"]).await;
     assert_eq!(exit, Exit::GateFailed, "{v:#}");
-    let err = v["apps"][0]["error"].as_str().unwrap();
+    let err = errors(&v);
     assert!(
         err.contains(&format!("vault-agent-{app}.service")) && err.contains("not found"),
         "{err}"
@@ -441,9 +471,14 @@ async fn failing_or_hanging_restart_fails_the_step_and_keeps_the_leaf() {
         "the leaf stays as it was"
     );
 
-    // A restart that hangs past its timeout.
+    // A restart that hangs past its timeout (the unit answers `is-active`: inactive).
     let hang = dir.join("systemctl-hang");
-    rotate_tests::write_file(&hang, b"#!/bin/sh\nsleep 30\n", 0o755).unwrap();
+    rotate_tests::write_file(
+        &hang,
+        b"#!/bin/sh\ncase \"$*\" in *is-active*) echo inactive; exit 3;; esac\nsleep 30\n",
+        0o755,
+    )
+    .unwrap();
     let text = std::fs::read_to_string(&cfg).unwrap().replace(
         &lab.paths.dir.join("bin/systemctl").display().to_string(),
         &hang.display().to_string(),
@@ -457,7 +492,7 @@ async fn failing_or_hanging_restart_fails_the_step_and_keeps_the_leaf() {
         start.elapsed() < Duration::from_secs(15),
         "the timeout was enforced"
     );
-    let err = v["apps"][0]["error"].as_str().unwrap();
+    let err = errors(&v);
     assert!(
         err.contains("timed out") || err.contains("timeout"),
         "{err}"
@@ -551,12 +586,18 @@ async fn leaf_plan_reports_changes_and_writes_nothing() {
     )
     .await;
     assert_eq!(exit, Exit::Changes, "{p:#}");
-    let a = &p["apps"][0];
-    assert_eq!(a["status"], "planned");
-    assert_eq!(a["kv"]["seed"], "missing, would create");
-    assert_eq!(a["kv"]["policy"]["action"], "would_create");
-    assert_eq!(a["mapping"]["action"], "would_update");
-    assert_eq!(a["post_hook"]["changed"], true);
+    let a = target(&p, "leaf", app);
+    assert_eq!(a["outcome"], "planned");
+    assert_eq!(change_kind(a, &format!("kv/{app}")), "create");
+    assert_eq!(
+        change_kind(a, &format!("sys/policies/acl/secret-agent-{app}-policy")),
+        "create"
+    );
+    assert_eq!(
+        change_kind(a, &format!("auth/cert/certs/agent-{app}")),
+        "update"
+    );
+    assert_eq!(change_kind(a, "vault-agent-post-leaf.sh"), "create");
     assert!(
         !dir.join(format!("home/{app}/.vault-agent-{app}")).exists(),
         "no file written"

@@ -75,3 +75,60 @@ pub(crate) fn free_port() -> u16 {
         .unwrap()
         .port()
 }
+
+/// The report of `app` in `step` (`agents`, `leaf`) of a run or plan report.
+pub(crate) fn target<'v>(
+    report: &'v serde_json::Value,
+    step: &str,
+    app: &str,
+) -> &'v serde_json::Value {
+    report["steps"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|s| s["step"] == step)
+        .flat_map(|s| s["targets"].as_array().into_iter().flatten())
+        .find(|t| t["app"] == app)
+        .unwrap_or_else(|| panic!("no target {app} in step {step}: {report:#}"))
+}
+
+/// The change kind (`create`, `update`, `unchanged`, `delete`, `kept`) reported for the
+/// object ending in `object`.
+pub(crate) fn change_kind(target: &serde_json::Value, object: &str) -> String {
+    target["changes"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .find(|c| c["object"].as_str().is_some_and(|o| o.ends_with(object)))
+        .and_then(|c| c["kind"].as_str())
+        .unwrap_or_else(|| panic!("no change for {object}: {target:#}"))
+        .to_owned()
+}
+
+/// Every error a report carries, joined: the top-level error, failed preflight checks and
+/// failed targets.
+pub(crate) fn errors(report: &serde_json::Value) -> String {
+    let mut out: Vec<String> = report["error"]
+        .as_str()
+        .map(str::to_owned)
+        .into_iter()
+        .collect();
+    for c in report["preflight"]["checks"]
+        .as_array()
+        .into_iter()
+        .flatten()
+    {
+        if c["ok"] == false {
+            out.push(format!("{}: {}", c["name"], c["detail"]));
+        }
+    }
+    for s in report["steps"].as_array().into_iter().flatten() {
+        for t in s["targets"].as_array().into_iter().flatten() {
+            if let Some(e) = t["error"].as_str() {
+                out.push(e.to_owned());
+            }
+        }
+    }
+    assert!(!out.is_empty(), "the report carries no error: {report:#}");
+    out.join("\n")
+}

@@ -240,6 +240,25 @@ impl Tree {
             .ok_or_else(|| io_err("open directory", &parent, Errno::NOENT))
     }
 
+    /// Check, without writing, that [`Tree::ensure_dir`] of `rel` would succeed: every
+    /// existing level is a real directory (no symlink) owned by the owner or root. Levels
+    /// past the first missing one would be created. For plans and preflights.
+    pub fn check_dir(&self, rel: &Path) -> Result<()> {
+        let mut fd = rustix::io::dup(&self.fd).map_err(|e| io_err("dup", &self.root, e))?;
+        let mut shown = self.root.clone();
+        for n in rel_components(rel)? {
+            shown.push(n);
+            match open_dir_at(&fd, n, &shown)? {
+                Some(next) => {
+                    self.check_owner(&next, &shown)?;
+                    fd = next;
+                }
+                None => return Ok(()),
+            }
+        }
+        Ok(())
+    }
+
     /// Make sure relative directory `rel` exists. Each missing level is created with
     /// `mkdirat(mode)`, opened without following symlinks, chowned on its fd to the owner
     /// and given exactly `mode` (whatever the umask); an existing level must be a real

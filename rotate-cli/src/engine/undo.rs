@@ -91,6 +91,10 @@ pub enum UndoAction {
         unit: String,
         /// Whose user manager.
         user: Option<String>,
+        /// Whether it ran before the run touched it: undo restarts it on its previous
+        /// config if so, and otherwise stops it again (when it is running).
+        #[serde(default = "yes")]
+        was_active: bool,
     },
 }
 
@@ -141,8 +145,13 @@ impl UndoAction {
             UndoAction::Revoke { mount, serial, cn } => {
                 format!("revoke certificate {serial} ({cn}) on {mount}")
             }
+            UndoAction::RestartUnit {
+                unit,
+                was_active: true,
+                ..
+            } => format!("restart {unit} on its previous config"),
             UndoAction::RestartUnit { unit, .. } => {
-                format!("restart {unit} on its previous config")
+                format!("stop {unit} again (it was not running before)")
             }
         }
     }
@@ -230,7 +239,22 @@ pub async fn carry_out(deps: UndoDeps<'_>, action: &UndoAction) -> Result<(), St
         UndoAction::Revoke { mount, serial, .. } => {
             v.pki.revoke(mount, serial).await.map_err(|e| e.to_string())
         }
-        UndoAction::RestartUnit { unit, user } => {
+        UndoAction::RestartUnit {
+            unit,
+            user,
+            was_active: false,
+        } => {
+            let state = hooks::unit_state(deps.runner, unit, user.as_deref(), deps.timeout)
+                .await
+                .map_err(|e| e.to_string())?;
+            if state == "active" {
+                hooks::stop_unit(deps.runner, unit, user.as_deref(), deps.timeout)
+                    .await
+                    .map_err(|e| e.to_string())?;
+            }
+            Ok(())
+        }
+        UndoAction::RestartUnit { unit, user, .. } => {
             let r = hooks::Reloader::SystemdUser {
                 unit: unit.clone(),
                 user: user.clone(),
@@ -242,6 +266,10 @@ pub async fn carry_out(deps: UndoDeps<'_>, action: &UndoAction) -> Result<(), St
                 .map_err(|e| e.to_string())
         }
     }
+}
+
+fn yes() -> bool {
+    true
 }
 
 /// The outcome of unwinding one target.

@@ -285,10 +285,12 @@ impl Step for AgentsStep<'_> {
             }),
         );
         for f in [rel::agent_key(), rel::agent_cert(), rel::ca_file()] {
-            changes.push(Change::new(
-                ChangeKind::Update,
-                app.home.join(f).display().to_string(),
-            ));
+            tree.check_dir(&rel::parent(&f))?;
+            let kind = match tree.stat(&f)? {
+                Some(_) => ChangeKind::Update,
+                None => ChangeKind::Create,
+            };
+            changes.push(Change::new(kind, app.home.join(f).display().to_string()));
         }
         Ok(TargetPlan {
             changes,

@@ -216,6 +216,21 @@ fn under_home<'p>(app: &AppConfig, abs: &'p Path) -> &'p Path {
     abs.strip_prefix(&app.home).unwrap_or(abs)
 }
 
+/// The directories the leaf step needs (relative to the home) and their modes: the
+/// agent's directory, the hook's `bin/`, the render directory and the TLS directory.
+fn leaf_dirs(app: &AppConfig) -> [(std::path::PathBuf, u32); 4] {
+    let agent_dir = rel::agent_dir(app);
+    [
+        (agent_dir.clone(), 0o700),
+        (rel::parent(&rel::post_hook(app)), 0o755),
+        (agent_dir.join("render"), 0o700),
+        (
+            under_home(app, &rel::parent(&app.fullchain())).to_owned(),
+            0o750,
+        ),
+    ]
+}
+
 fn read_text(tree: &Tree, rel: &Path) -> Result<Option<String>, StepError> {
     Ok(tree
         .read(rel)?
@@ -259,6 +274,9 @@ impl Step for LeafStep<'_> {
                 reason: "missing: run step 3 (`rotate run --step agents`) first".into(),
             })?;
 
+        for (dir, _) in leaf_dirs(app) {
+            tree.check_dir(&dir)?;
+        }
         // Render first: a spec the renderers refuse stops us before any write.
         let hook = hooks::render_post_hook(&post_hook_spec(cfg, app))?;
         let agent = hooks::render_agent_config(&agent_spec(cfg, app, &n))?;
@@ -490,11 +508,10 @@ impl Step for LeafStep<'_> {
         let outcome = upsert_mapping(v.cert, mount, &p.mapping, false).await?;
 
         // Agent files: directories, then hook + config staged together, then replaced.
-        let agent_dir = rel::agent_dir(app);
-        let mut created = tree.ensure_dir(&agent_dir, 0o700)?;
-        created.extend(tree.ensure_dir(&rel::parent(&rel::post_hook(app)), 0o755)?);
-        created.extend(tree.ensure_dir(&agent_dir.join("render"), 0o700)?);
-        created.extend(tree.ensure_dir(under_home(app, &rel::parent(&app.fullchain())), 0o750)?);
+        let mut created = Vec::new();
+        for (dir, mode) in leaf_dirs(app) {
+            created.extend(tree.ensure_dir(&dir, mode)?);
+        }
         if !created.is_empty() {
             tx.record(UndoAction::Dirs {
                 root: app.home.clone(),
@@ -536,9 +553,19 @@ impl Step for LeafStep<'_> {
                 what: format!("{}", app.home.join(rel::agent_cert()).display()),
                 reason: "missing: run step 3 first".into(),
             })?;
+        let unit = app.unit();
+        let was_active = hooks::unit_state(
+            self.deps.runner,
+            &unit,
+            Some(app.user()),
+            cfg.duration(&cfg.leaf.command_timeout),
+        )
+        .await
+        .is_ok_and(|s| s == "active");
         tx.record(UndoAction::RestartUnit {
-            unit: app.unit(),
+            unit,
             user: Some(app.user().to_owned()),
+            was_active,
         })?;
         hooks::reload(
             self.deps.runner,
