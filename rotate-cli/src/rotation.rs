@@ -252,6 +252,9 @@ pub async fn execute(
     };
     report.run_id = Some(journal.record().run_id);
 
+    // An app that failed a step is skipped by the later ones; an app whose recovery left
+    // something behind is not run again.
+    let mut failed_apps: Vec<String> = Vec::new();
     if mode == Mode::Resume {
         let rec = journal.record();
         for id in &request.steps {
@@ -261,7 +264,11 @@ pub async fn execute(
                     .target(*id, &app.name)
                     .is_some_and(|t| t.state.is_unfinished())
                 {
-                    targets.push(recover_dispatch(&steps, *id, app, &journal, undo).await?);
+                    let t = recover_dispatch(&steps, *id, app, &journal, undo).await?;
+                    if t.outcome == Outcome::RollbackIncomplete {
+                        failed_apps.push(app.name.clone());
+                    }
+                    targets.push(t);
                 }
             }
             if !targets.is_empty() {
@@ -274,8 +281,7 @@ pub async fn execute(
         }
     }
 
-    // The steps, in order. An app that failed a step is skipped by the later ones.
-    let mut failed_apps: Vec<String> = Vec::new();
+    // The steps, in order.
     for id in &request.steps {
         if deps.cancel.is_cancelled() {
             break;
@@ -349,11 +355,24 @@ impl TargetReport {
 
 /// The exit code and summary of a run from its targets' outcomes.
 fn judge(report: &RunReport, interrupted: bool) -> (Exit, String) {
+    // A recovered target that its step then ran again is judged by that later outcome.
+    let rerun = |step: StepId, app: &str| {
+        report
+            .steps
+            .iter()
+            .filter(|s| s.step == step)
+            .flat_map(|s| &s.targets)
+            .any(|t| t.app == app && t.outcome != Outcome::Skipped)
+    };
     let all: Vec<&TargetReport> = report
         .recovered
         .iter()
-        .chain(&report.steps)
-        .flat_map(|s| &s.targets)
+        .flat_map(|s| {
+            s.targets
+                .iter()
+                .filter(|t| t.outcome != Outcome::RolledBack || !rerun(s.step, &t.app))
+        })
+        .chain(report.steps.iter().flat_map(|s| &s.targets))
         .collect();
     let count = |o: Outcome| all.iter().filter(|t| t.outcome == o).count();
     let committed = count(Outcome::Committed);

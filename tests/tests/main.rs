@@ -6,6 +6,7 @@
 mod agents;
 mod cli;
 mod client;
+mod crash;
 mod leaf;
 mod podman;
 mod support;
