@@ -17,9 +17,15 @@ pub enum EnableAction {
     WouldEnable,
 }
 
-/// Enable `cert` at `auth/<mount>` unless it is already there; a mount of another type is
-/// an error (nothing is changed).
-pub async fn ensure_enabled(sys: &dyn SysApi, mount: &str, dry_run: bool) -> Result<EnableAction> {
+/// Enable `cert` at `auth/<mount>` (with `description`, e.g. which run enabled it) unless
+/// it is already there; a mount of another type is an error (nothing is changed). Losing
+/// a race to another client that enabled `cert` there meanwhile is `AlreadyEnabled`.
+pub async fn ensure_enabled(
+    sys: &dyn SysApi,
+    mount: &str,
+    description: &str,
+    dry_run: bool,
+) -> Result<EnableAction> {
     let mount = mount.trim_matches('/');
     let methods = sys
         .list_auth()
@@ -32,11 +38,16 @@ pub async fn ensure_enabled(sys: &dyn SysApi, mount: &str, dry_run: bool) -> Res
             found: m.mount_type.clone(),
         }),
         None if dry_run => Ok(EnableAction::WouldEnable),
-        None => {
-            sys.enable_auth(mount, "cert")
-                .await
-                .map_err(vault(format!("enable cert auth at auth/{mount}")))?;
-            Ok(EnableAction::Enabled)
-        }
+        None => match sys.enable_auth(mount, "cert", description).await {
+            Ok(()) => Ok(EnableAction::Enabled),
+            Err(e) => {
+                // Someone else may have enabled it between the list and the write.
+                let now = sys.list_auth().await.ok();
+                match now.as_ref().and_then(|m| m.get(&format!("{mount}/"))) {
+                    Some(m) if m.mount_type == "cert" => Ok(EnableAction::AlreadyEnabled),
+                    _ => Err(vault(format!("enable cert auth at auth/{mount}"))(e)),
+                }
+            }
+        },
     }
 }

@@ -9,7 +9,7 @@
 //! ```no_run
 //! # async fn demo(admin: &vault_client::VaultClient, agent: &vault_client::VaultClient) -> Result<(), cert_auth::Error> {
 //! use cert_auth::{MappingSpec, ensure_enabled, login_gate, upsert_mapping};
-//! ensure_enabled(admin, "cert", false).await?;
+//! ensure_enabled(admin, "cert", "enabled by rotate", false).await?;
 //! let spec = MappingSpec {
 //!     name: "agent-ncprd1".into(),
 //!     ca_pem: std::fs::read_to_string("/home/ncprd1/vault/ca/ca.pem").unwrap_or_default(),

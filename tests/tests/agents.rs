@@ -8,7 +8,7 @@ use std::process::Command;
 use rotate_cli::Exit;
 use rotate_tests::{Lab, shared};
 
-use crate::support::{change_kind, config_in, rotate, target, tempdir};
+use crate::support::{bao_login, change_kind, config_in, rotate, target, tempdir};
 
 /// Count audit log requests (writes) to `path`.
 fn audit_writes(lab: &Lab, path: &str) -> usize {
@@ -24,37 +24,6 @@ fn audit_writes(lab: &Lab, path: &str) -> usize {
                 )
         })
         .count()
-}
-
-fn bao_login(lab: &Lab, home: &Path) -> serde_json::Value {
-    let out = Command::new(&lab.bao)
-        .env_clear()
-        .env("VAULT_ADDR", &lab.addr)
-        .env("VAULT_CACERT", home.join("vault/ca/ca.pem"))
-        .env("VAULT_TLS_SERVER_NAME", rotate_tests::SERVER_NAME)
-        .env("HOME", home)
-        .args([
-            "login",
-            "-method=cert",
-            "-format=json",
-            "-no-store",
-            &format!(
-                "-client-cert={}",
-                home.join("vault/mtls/agent.crt").display()
-            ),
-            &format!(
-                "-client-key={}",
-                home.join("vault/mtls/agent.key").display()
-            ),
-        ])
-        .output()
-        .expect("run bao");
-    assert!(
-        out.status.success(),
-        "bao login -method=cert failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    serde_json::from_slice(&out.stdout).unwrap()
 }
 
 fn mode(p: &Path) -> u32 {

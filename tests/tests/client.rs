@@ -245,11 +245,11 @@ async fn kv2_write_read_metadata_and_cas_create_only() {
 #[tokio::test]
 async fn auth_methods_list_and_enable() {
     let v = admin();
-    v.enable_auth("cert-rt", "cert").await.unwrap();
+    v.enable_auth("cert-rt", "cert", "test").await.unwrap();
     let auth = v.list_auth().await.unwrap();
     assert_eq!(auth["cert-rt/"].mount_type, "cert");
     assert_eq!(auth["token/"].mount_type, "token");
-    let err = v.enable_auth("cert-rt", "cert").await.unwrap_err();
+    let err = v.enable_auth("cert-rt", "cert", "test").await.unwrap_err();
     assert_eq!(err.status(), Some(400), "enabling twice is refused: {err}");
 }
 
@@ -340,7 +340,7 @@ async fn pki_roles_issue_sign_and_issuers() {
 async fn cert_auth_mappings_round_trip_and_login() {
     let lab = shared();
     let v = admin();
-    v.enable_auth("cert-login", "cert").await.unwrap();
+    v.enable_auth("cert-login", "cert", "test").await.unwrap();
     v.write_policy(
         "rt-login-policy",
         "path \"sys/health\" { capabilities = [\"read\"] }",

@@ -7,6 +7,7 @@ mod agents;
 mod cli;
 mod client;
 mod crash;
+mod faults;
 mod leaf;
 mod podman;
 mod support;

@@ -132,3 +132,35 @@ pub(crate) fn errors(report: &serde_json::Value) -> String {
     assert!(!out.is_empty(), "the report carries no error: {report:#}");
     out.join("\n")
 }
+
+/// `bao login -method=cert` with the agent files under `home`, as the agent would.
+pub(crate) fn bao_login(lab: &Lab, home: &Path) -> serde_json::Value {
+    let out = std::process::Command::new(&lab.bao)
+        .env_clear()
+        .env("VAULT_ADDR", &lab.addr)
+        .env("VAULT_CACERT", home.join("vault/ca/ca.pem"))
+        .env("VAULT_TLS_SERVER_NAME", rotate_tests::SERVER_NAME)
+        .env("HOME", home)
+        .args([
+            "login",
+            "-method=cert",
+            "-format=json",
+            "-no-store",
+            &format!(
+                "-client-cert={}",
+                home.join("vault/mtls/agent.crt").display()
+            ),
+            &format!(
+                "-client-key={}",
+                home.join("vault/mtls/agent.key").display()
+            ),
+        ])
+        .output()
+        .expect("run bao");
+    assert!(
+        out.status.success(),
+        "bao login -method=cert failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).unwrap()
+}

@@ -620,6 +620,7 @@ mod tests {
     fn undo(n: &str) -> UndoAction {
         UndoAction::DisableAuth {
             mount: n.to_owned(),
+            description: "enabled by rotate run test".to_owned(),
         }
     }
 

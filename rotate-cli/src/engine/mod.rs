@@ -275,25 +275,25 @@ async fn run_target<S: Step>(
         step: id,
         target: &app.name,
     };
+    // What apply produced is reported even when the gate then fails (e.g. the serial
+    // that was issued, and is revoked by the unwind).
     let result = async {
         let applied = step.apply(app, plan, &tx).await?;
-        let data = serde_json::to_value(&applied).ok();
+        r.applied = serde_json::to_value(&applied).ok();
         journal.append(journal::Event::Target {
             step: id,
             target: app.name.clone(),
             state: TargetState::Applied,
             note: None,
-            data: data.clone(),
+            data: r.applied.clone(),
         })?;
-        let proof = step.gate(app, &applied).await?;
-        Ok::<_, StepError>((data, proof))
+        step.gate(app, &applied).await
     }
     .await;
     match result {
-        Ok((data, proof)) => {
+        Ok(proof) => {
             journal.set_state(id, &app.name, TargetState::Committed, None)?;
             r.outcome = Outcome::Committed;
-            r.applied = data;
             r.proof = serde_json::to_value(&proof).ok();
             r.pending = step.pending(app);
         }

@@ -64,6 +64,10 @@ pub enum UndoAction {
     DisableAuth {
         /// Its mount path.
         mount: String,
+        /// The description this run enabled it with: a mount enabled by someone else
+        /// (e.g. a concurrent client that won the race) never matches, and is left alone.
+        #[serde(default)]
+        description: String,
     },
     /// Delete a KV v2 secret (all versions and metadata) this run created: only if its
     /// data still carries this run's marker (`rotate_run`), so a secret someone else
@@ -136,8 +140,10 @@ impl UndoAction {
                 Some(_) => format!("restore mapping auth/{mount}/certs/{name}"),
                 None => format!("delete mapping auth/{mount}/certs/{name}"),
             },
-            UndoAction::DisableAuth { mount } => {
-                format!("disable auth method {mount}/ (if no mapping is left)")
+            UndoAction::DisableAuth { mount, .. } => {
+                format!(
+                    "disable auth method {mount}/ (if this run enabled it and no mapping is left)"
+                )
             }
             UndoAction::DeleteKvSecret { mount, path, .. } => {
                 format!("delete secret {mount}/{path} (created by this run)")
@@ -201,9 +207,20 @@ pub async fn carry_out(deps: UndoDeps<'_>, action: &UndoAction) -> Result<(), St
             None => v.cert.delete_cert_role(mount, name).await,
         }
         .map_err(|e| e.to_string()),
-        UndoAction::DisableAuth { mount } => {
-            // Other apps' mappings may live there (targets run concurrently): disable only
-            // when none is left, else leave it enabled (harmless without mappings of ours).
+        UndoAction::DisableAuth { mount, description } => {
+            // Only the mount this run enabled (someone else may have won the race to
+            // enable it), and only when no mapping is left there (targets run
+            // concurrently); else it stays, harmless without mappings of ours.
+            let ours = v
+                .sys
+                .list_auth()
+                .await
+                .map_err(|e| e.to_string())?
+                .get(&format!("{}/", mount.trim_matches('/')))
+                .is_some_and(|m| !description.is_empty() && m.description == *description);
+            if !ours {
+                return Ok(());
+            }
             let left = v
                 .cert
                 .list_cert_roles(mount)

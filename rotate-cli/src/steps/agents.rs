@@ -333,10 +333,15 @@ impl Step for AgentsStep<'_> {
                 .await
                 .map_err(|e| StepError::vault("list auth methods (sys/auth)", e))?;
             if !auths.contains_key(&format!("{mount}/")) {
+                let description = format!(
+                    "cert auth for Vault Agents, enabled by rotate run {}",
+                    tx.run_id()
+                );
                 tx.record(UndoAction::DisableAuth {
                     mount: mount.clone(),
+                    description: description.clone(),
                 })?;
-                cert_auth::ensure_enabled(v.sys, mount, false).await?;
+                cert_auth::ensure_enabled(v.sys, mount, &description, false).await?;
             }
         }
         if let Some(previous) = p.role {

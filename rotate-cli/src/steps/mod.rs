@@ -68,6 +68,10 @@ impl StepError {
             StepError::Vault { source, .. } => vault_exit(source),
             StepError::CertAuth(e) => match &**e {
                 cert_auth::Error::Vault { source, .. } => vault_exit(source),
+                // Found while planning: the operator must decide, nothing was written.
+                cert_auth::Error::WrongAuthType { .. }
+                | cert_auth::Error::EmptyCa { .. }
+                | cert_auth::Error::UnmanagedConstraint { .. } => Exit::Config,
                 _ => Exit::GateFailed,
             },
             StepError::Pki(pki_ops::Error::Vault { source, .. }) => vault_exit(source),

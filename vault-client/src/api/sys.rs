@@ -198,9 +198,10 @@ pub trait SysApi: Send + Sync {
     /// <https://openbao.org/api-docs/system/auth/#list-auth-methods>
     async fn list_auth(&self) -> Result<BTreeMap<String, MountInfo>>;
 
-    /// `POST /sys/auth/:path`: enable an auth method of `method` type at `path`.
+    /// `POST /sys/auth/:path`: enable an auth method of `method` type at `path`, with
+    /// `description` (shown by `sys/auth`; e.g. who enabled it).
     /// <https://openbao.org/api-docs/system/auth/#enable-auth-method>
-    async fn enable_auth(&self, path: &str, method: &str) -> Result<()>;
+    async fn enable_auth(&self, path: &str, method: &str, description: &str) -> Result<()>;
 
     /// `GET /sys/policies/acl/:name`: the policy text, `None` if absent.
     /// <https://openbao.org/api-docs/system/policies/#read-acl-policy>
@@ -300,11 +301,11 @@ impl SysApi for VaultClient {
         Ok(d.data)
     }
 
-    async fn enable_auth(&self, path: &str, method: &str) -> Result<()> {
+    async fn enable_auth(&self, path: &str, method: &str, description: &str) -> Result<()> {
         self.request::<serde_json::Value>(
             Method::Post,
             &format!("sys/auth/{}", trim(path)),
-            Some(json!({ "type": method })),
+            Some(json!({ "type": method, "description": description })),
             NonIdempotent,
         )
         .await?;

@@ -1,0 +1,382 @@
+//! Regressions from the engine review, against the lab: gates that must fail, undo that
+//! must be complete, operator state that must survive, hostile app trees.
+
+use std::path::Path;
+
+use rotate_cli::Exit;
+use rotate_tests::shared;
+use vault_client::{CertAuthApi, Idempotency, KvApi, Method, PkiApi, SysApi, VaultClient};
+
+use crate::support::{
+    add_to_section, bao_login, change_kind, config_in, errors, rotate, target, tempdir,
+};
+
+async fn post(admin: &VaultClient, path: &str, body: serde_json::Value) -> serde_json::Value {
+    admin
+        .request::<serde_json::Value>(Method::Post, path, Some(body), Idempotency::NonIdempotent)
+        .await
+        .unwrap_or_else(|e| panic!("POST {path}: {e}"))
+        .unwrap_or_default()
+}
+
+fn serial_of(home: &Path) -> String {
+    let pem = std::fs::read_to_string(home.join("vault/mtls/agent.crt")).unwrap();
+    pki_ops::CertInfo::from_pem(&pem).unwrap().serial_hex
+}
+
+#[tokio::test]
+async fn identity_policy_fails_the_gate_and_the_new_cert_is_revoked_and_the_pair_restored() {
+    let lab = shared();
+    let admin = lab.admin_client().unwrap();
+    let app = "identapp";
+    let dir = tempdir("ident");
+    let home = dir.join("home").join(app);
+    let cfg = config_in(lab, &dir, &[app], "");
+    let (exit, v) = rotate(&cfg, &["run", "--step", "agents"]).await;
+    assert_eq!(exit, Exit::Ok, "{v:#}");
+    let before = serial_of(&home);
+    let key_before = std::fs::read(home.join("vault/mtls/agent.key")).unwrap();
+
+    // The agent's entity joins a group that carries an extra policy.
+    let login = bao_login(lab, &home);
+    let entity = login["auth"]["entity_id"].as_str().unwrap().to_owned();
+    admin
+        .write_policy(
+            "ident-extra",
+            "path \"sys/mounts\" { capabilities = [\"read\"] }",
+        )
+        .await
+        .unwrap();
+    post(
+        &admin,
+        "identity/group",
+        serde_json::json!({
+            "name": "identapp-group",
+            "policies": ["ident-extra"],
+            "member_entity_ids": [entity],
+        }),
+    )
+    .await;
+
+    let (exit, v) = rotate(&cfg, &["run", "--step", "agents"]).await;
+    assert_eq!(exit, Exit::GateFailed, "{v:#}");
+    let t = target(&v, "agents", app);
+    assert_eq!(t["outcome"], "rolled_back", "{t:#}");
+    let err = errors(&v);
+    assert!(
+        err.contains("ident-extra") && err.contains("identity"),
+        "{err}"
+    );
+
+    // The pair on disk is the previous one, byte for byte.
+    assert_eq!(serial_of(&home), before);
+    assert_eq!(
+        std::fs::read(home.join("vault/mtls/agent.key")).unwrap(),
+        key_before
+    );
+    // The certificate the failed run issued is revoked.
+    let issued = t["applied"]["serial_hex"]
+        .as_str()
+        .unwrap_or_else(|| panic!("the report names the issued serial: {t:#}"));
+    assert_ne!(issued, before);
+    let rec = admin
+        .read_cert("pki-prod", issued)
+        .await
+        .unwrap()
+        .expect("the issued certificate is known to the PKI");
+    assert_ne!(rec.revocation_time, 0, "serial {issued} was revoked");
+    let old = admin.read_cert("pki-prod", &before).await.unwrap().unwrap();
+    assert_eq!(
+        old.revocation_time, 0,
+        "the previous certificate still works"
+    );
+}
+
+#[tokio::test]
+async fn an_operator_extended_policy_is_kept_with_its_diff_and_the_run_commits() {
+    let lab = shared();
+    let admin = lab.admin_client().unwrap();
+    let app = "extendapp";
+    let dir = tempdir("extend");
+    let cfg = config_in(lab, &dir, &[app], "");
+    let (exit, v) = rotate(&cfg, &["run", "--step", "agents"]).await;
+    assert_eq!(exit, Exit::Ok, "{v:#}");
+    let name = format!("pki-issue-{app}");
+    let ours = admin.read_policy(&name).await.unwrap().unwrap();
+    let extended = format!("{ours}\npath \"kv/data/shared\" {{ capabilities = [\"read\"] }}\n");
+    admin.write_policy(&name, &extended).await.unwrap();
+
+    let (exit, p) = rotate(&cfg, &["plan", "--step", "agents"]).await;
+    assert_eq!(exit, Exit::Changes, "{p:#}");
+    let t = target(&p, "agents", app);
+    assert_eq!(
+        change_kind(t, &format!("sys/policies/acl/{name}")),
+        "kept",
+        "{t:#}"
+    );
+    assert!(
+        t.to_string().contains("kv/data/shared"),
+        "plan shows the text diff: {t:#}"
+    );
+
+    let (exit, v) = rotate(&cfg, &["run", "--step", "agents"]).await;
+    assert_eq!(exit, Exit::Ok, "{v:#}");
+    assert_eq!(
+        admin.read_policy(&name).await.unwrap().unwrap(),
+        extended,
+        "the operator's grant survived"
+    );
+}
+
+#[tokio::test]
+async fn a_mapping_constraint_rotate_does_not_manage_is_refused_or_converged() {
+    let lab = shared();
+    let admin = lab.admin_client().unwrap();
+    let app = "ouapp";
+    let dir = tempdir("ou");
+    let cfg = config_in(lab, &dir, &[app], "");
+    let (exit, v) = rotate(&cfg, &["run", "--step", "agents"]).await;
+    assert_eq!(exit, Exit::Ok, "{v:#}");
+    let mapping = format!("agent-{app}");
+    let mut role = admin
+        .read_cert_role("cert", &mapping)
+        .await
+        .unwrap()
+        .unwrap();
+    role.other.insert(
+        "allowed_organizational_units".into(),
+        serde_json::json!(["Finance"]),
+    );
+    admin
+        .write_cert_role("cert", &mapping, &role)
+        .await
+        .unwrap();
+
+    let (exit, v) = rotate(&cfg, &["run", "--step", "agents"]).await;
+    assert_eq!(exit, Exit::Config, "{v:#}");
+    let t = target(&v, "agents", app);
+    assert_eq!(t["outcome"], "failed_nothing_written", "{t:#}");
+    let err = errors(&v);
+    assert!(
+        err.contains("allowed_organizational_units") && err.contains("converge_unmanaged"),
+        "{err}"
+    );
+
+    add_to_section(&cfg, "agents", "converge_unmanaged = true");
+    let (exit, v) = rotate(&cfg, &["run", "--step", "agents"]).await;
+    assert_eq!(exit, Exit::Ok, "{v:#}");
+    let after = admin
+        .read_cert_role("cert", &mapping)
+        .await
+        .unwrap()
+        .unwrap();
+    let ous = after.other.get("allowed_organizational_units");
+    assert!(
+        ous.is_none_or(|v| v.as_array().is_some_and(Vec::is_empty)),
+        "converged: {ous:?}"
+    );
+}
+
+#[tokio::test]
+async fn rsa_key_mode_issues_an_rsa_agent_cert_that_logs_in() {
+    let lab = shared();
+    let app = "rsaapp";
+    let dir = tempdir("rsa");
+    let cfg = config_in(lab, &dir, &[app], "key_mode = \"csr-rsa2048\"\n");
+    let (exit, v) = rotate(&cfg, &["run", "--step", "agents"]).await;
+    assert_eq!(exit, Exit::Ok, "{v:#}");
+    let home = dir.join("home").join(app);
+    let key = std::fs::read_to_string(home.join("vault/mtls/agent.key")).unwrap();
+    let out = std::process::Command::new("openssl")
+        .args(["pkey", "-noout", "-text", "-in"])
+        .arg(home.join("vault/mtls/agent.key"))
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("2048 bit"), "an RSA 2048 key: {text}");
+    assert!(key.contains("PRIVATE KEY"));
+    let login = bao_login(lab, &home);
+    assert_eq!(
+        login["auth"]["metadata"]["cert_name"],
+        format!("agent-{app}")
+    );
+}
+
+#[tokio::test]
+async fn a_step_4_failure_after_the_mapping_write_restores_mapping_role_policy_seed_and_hook() {
+    let lab = shared();
+    let admin = lab.admin_client().unwrap();
+    let app = "undoapp";
+    let dir = tempdir("undo4");
+    let home = dir.join("home").join(app);
+    let cfg = config_in(lab, &dir, &[app], "");
+    let (exit, v) = rotate(&cfg, &["run", "--step", "agents"]).await;
+    assert_eq!(exit, Exit::Ok, "{v:#}");
+    // The seed's leftover debug-policy, which step 4 removes from the mapping.
+    admin
+        .write_policy(
+            "debug-policy",
+            "path \"sys/health\" { capabilities = [\"read\"] }",
+        )
+        .await
+        .unwrap();
+    let mapping = format!("agent-{app}");
+    let mut role = admin
+        .read_cert_role("cert", &mapping)
+        .await
+        .unwrap()
+        .unwrap();
+    role.token_policies.push("debug-policy".into());
+    admin
+        .write_cert_role("cert", &mapping, &role)
+        .await
+        .unwrap();
+    let before = admin
+        .read_cert_role("cert", &mapping)
+        .await
+        .unwrap()
+        .unwrap();
+
+    // No unit is defined for the app: the restart fails after every Vault write.
+    let (exit, v) = rotate(
+        &cfg,
+        &[
+            "run",
+            "--step",
+            "leaf",
+            "--with-kv-access",
+            "--with-kv-seed",
+        ],
+    )
+    .await;
+    assert_eq!(exit, Exit::GateFailed, "{v:#}");
+    let t = target(&v, "leaf", app);
+    assert_eq!(t["outcome"], "rolled_back", "{t:#}");
+    assert_eq!(
+        change_kind(t, &format!("auth/cert/certs/{mapping}")),
+        "update"
+    );
+
+    let after = admin
+        .read_cert_role("cert", &mapping)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        after.token_policies, before.token_policies,
+        "mapping restored"
+    );
+    assert_eq!(after.token_max_ttl, before.token_max_ttl);
+    assert!(
+        admin
+            .read_role("pki-prod", &format!("nginx-{app}"))
+            .await
+            .unwrap()
+            .is_none(),
+        "role removed"
+    );
+    assert!(
+        admin
+            .read_policy(&format!("secret-agent-{app}-policy"))
+            .await
+            .unwrap()
+            .is_none(),
+        "KV policy removed"
+    );
+    assert!(
+        admin.kv2_read_metadata("kv", app).await.unwrap().is_none(),
+        "the seed this run created is gone"
+    );
+    assert!(
+        !home.join(format!(".vault-agent-{app}")).exists(),
+        "hook, agent config and the directories created for them are gone"
+    );
+}
+
+#[tokio::test]
+async fn a_symlinked_agent_dir_is_refused_and_its_target_untouched() {
+    let lab = shared();
+    let app = "linkapp";
+    let dir = tempdir("linkdir");
+    let home = dir.join("home").join(app);
+    let cfg = config_in(lab, &dir, &[app], "");
+    let (exit, v) = rotate(&cfg, &["run", "--step", "agents"]).await;
+    assert_eq!(exit, Exit::Ok, "{v:#}");
+    // The app points its agent directory at a root-owned directory.
+    let victim = dir.join("root-owned");
+    std::fs::create_dir(&victim).unwrap();
+    std::os::unix::fs::symlink(&victim, home.join(format!(".vault-agent-{app}"))).unwrap();
+
+    let (exit, v) = rotate(&cfg, &["run", "--step", "leaf"]).await;
+    assert_eq!(exit, Exit::Config, "{v:#}");
+    let err = errors(&v);
+    assert!(
+        err.contains(&format!(".vault-agent-{app}")) && err.contains("symlink"),
+        "{err}"
+    );
+    assert_eq!(
+        std::fs::read_dir(&victim).unwrap().count(),
+        0,
+        "nothing created in the target"
+    );
+    let admin = lab.admin_client().unwrap();
+    assert!(
+        admin
+            .read_role("pki-prod", &format!("nginx-{app}"))
+            .await
+            .unwrap()
+            .is_none()
+    );
+}
+
+#[tokio::test]
+async fn a_key_swapped_for_a_symlink_is_refused_and_never_read_or_copied() {
+    let lab = shared();
+    let app = "swapapp";
+    let dir = tempdir("swap");
+    let home = dir.join("home").join(app);
+    let cfg = config_in(lab, &dir, &[app], "");
+    let (exit, v) = rotate(&cfg, &["run", "--step", "agents"]).await;
+    assert_eq!(exit, Exit::Ok, "{v:#}");
+    let secret = dir.join("shadow");
+    std::fs::write(&secret, "root:SECRET-HASH:19000:0:99999:7:::\n").unwrap();
+    let key = home.join("vault/mtls/agent.key");
+    std::fs::remove_file(&key).unwrap();
+    std::os::unix::fs::symlink(&secret, &key).unwrap();
+
+    let (exit, v) = rotate(&cfg, &["run", "--step", "agents"]).await;
+    assert_eq!(exit, Exit::Config, "{v:#}");
+    assert_eq!(
+        target(&v, "agents", app)["outcome"],
+        "failed_nothing_written"
+    );
+    let err = errors(&v);
+    assert!(
+        err.contains("agent.key") && err.contains("symlink"),
+        "{err}"
+    );
+    // No file anywhere in the home carries the secret.
+    let mut stack = vec![home.clone()];
+    while let Some(d) = stack.pop() {
+        for e in std::fs::read_dir(&d).unwrap() {
+            let e = e.unwrap();
+            let ft = e.file_type().unwrap();
+            if ft.is_dir() {
+                stack.push(e.path());
+            } else if ft.is_file() {
+                let bytes = std::fs::read(e.path()).unwrap();
+                assert!(
+                    !String::from_utf8_lossy(&bytes).contains("SECRET-HASH"),
+                    "{} holds the secret",
+                    e.path().display()
+                );
+            }
+        }
+    }
+    assert!(
+        std::fs::symlink_metadata(&key)
+            .unwrap()
+            .file_type()
+            .is_symlink()
+    );
+}
