@@ -114,4 +114,24 @@ mod tests {
             assert_eq!(e.code(), n, "{e:?}");
         }
     }
+
+    /// README's exit-code table lists exactly the codes of the enum, in order.
+    #[test]
+    fn readme_table_lists_every_code() {
+        let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../README.md");
+        let readme = std::fs::read_to_string(path).expect("README.md at the workspace root");
+        let table = readme
+            .split("### Exit codes")
+            .nth(1)
+            .expect("README has an `### Exit codes` section");
+        let listed: Vec<u8> = table
+            .lines()
+            .skip_while(|l| !l.starts_with('|'))
+            .take_while(|l| l.starts_with('|'))
+            .filter_map(|l| l.trim_start_matches('|').split('|').next())
+            .filter_map(|c| c.trim().parse().ok())
+            .collect();
+        let codes: Vec<u8> = Exit::ALL.iter().map(|e| e.code()).collect();
+        assert_eq!(listed, codes, "README's exit-code table vs `Exit::ALL`");
+    }
 }
