@@ -380,3 +380,102 @@ async fn a_key_swapped_for_a_symlink_is_refused_and_never_read_or_copied() {
             .is_symlink()
     );
 }
+
+/// A small tmpfs mounted at a directory, unmounted on drop.
+struct Tmpfs(std::path::PathBuf);
+
+impl Tmpfs {
+    fn mount(at: &Path, size: &str) -> Tmpfs {
+        std::fs::create_dir_all(at).unwrap();
+        let out = std::process::Command::new("mount")
+            .args([
+                "-t",
+                "tmpfs",
+                "-o",
+                &format!("size={size},mode=0700"),
+                "tmpfs",
+            ])
+            .arg(at)
+            .output()
+            .expect("run mount(8)");
+        assert!(
+            out.status.success(),
+            "mounting a tmpfs at {} failed ({}): this test needs root with CAP_SYS_ADMIN, as CI has",
+            at.display(),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        Tmpfs(at.to_owned())
+    }
+
+    /// Fill what is left with a file, so the next write gets ENOSPC.
+    fn fill(&self) {
+        use std::io::Write as _;
+        let mut f = std::fs::File::create(self.0.join("filler")).unwrap();
+        let chunk = [0u8; 4096];
+        while f.write_all(&chunk).is_ok() {}
+        let _ = f.write_all(&[0u8; 1]);
+        let _ = f.sync_all();
+    }
+}
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount").arg(&self.0).status();
+    }
+}
+
+#[tokio::test]
+async fn a_full_disk_under_vault_mtls_fails_before_any_rename_and_everything_is_undone() {
+    let lab = shared();
+    let admin = lab.admin_client().unwrap();
+    let app = "fullapp";
+    let dir = tempdir("full");
+    let home = dir.join("home").join(app);
+    let cfg = config_in(lab, &dir, &[app], "");
+    let (exit, v) = rotate(&cfg, &["run", "--step", "agents"]).await;
+    assert_eq!(exit, Exit::Ok, "{v:#}");
+    let mtls = home.join("vault/mtls");
+    let key = std::fs::read(mtls.join("agent.key")).unwrap();
+    let crt = std::fs::read(mtls.join("agent.crt")).unwrap();
+    let serial = serial_of(&home);
+
+    // The same pair, on a tmpfs with no room left.
+    let fs = Tmpfs::mount(&mtls, "64k");
+    rotate_tests::write_file(&mtls.join("agent.key"), &key, 0o600).unwrap();
+    rotate_tests::write_file(&mtls.join("agent.crt"), &crt, 0o644).unwrap();
+    fs.fill();
+
+    let (exit, v) = rotate(&cfg, &["run", "--step", "agents"]).await;
+    assert_eq!(exit, Exit::GateFailed, "{v:#}");
+    let t = target(&v, "agents", app);
+    assert_eq!(t["outcome"], "rolled_back", "{t:#}");
+    let err = errors(&v);
+    assert!(
+        err.contains(&mtls.display().to_string()) && err.to_lowercase().contains("space"),
+        "{err}"
+    );
+    assert_eq!(std::fs::read(mtls.join("agent.key")).unwrap(), key);
+    assert_eq!(std::fs::read(mtls.join("agent.crt")).unwrap(), crt);
+    let mut names: Vec<String> = std::fs::read_dir(&mtls)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    names.sort();
+    assert_eq!(
+        names,
+        ["agent.crt", "agent.key", "filler"],
+        "no temp file left"
+    );
+    // The certificate issued before the disk ran out is revoked by the unwind.
+    let undone = t["rollback"]["undone"].to_string();
+    assert!(undone.contains("revoke certificate"), "{t:#}");
+    let issued = undone
+        .split("revoke certificate ")
+        .nth(1)
+        .and_then(|r| r.split_whitespace().next())
+        .unwrap();
+    let rec = admin.read_cert("pki-prod", issued).await.unwrap().unwrap();
+    assert_ne!(rec.revocation_time, 0, "{issued} revoked");
+    assert_eq!(serial_of(&home), serial);
+    drop(fs);
+}
