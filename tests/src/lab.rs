@@ -500,17 +500,28 @@ name = "proxyprod"
 
     /// Define `vault-agent-<app>.service` as a real `bao agent` with the config the leaf
     /// step writes (`<home>/.vault-agent-<app>/agent.hcl`), with a clean environment (no
-    /// admin client-cert variables) and its log at `<home>/.vault-agent-<app>/agent.log`.
+    /// admin client-cert variables) and its log at `<home>/agent-<app>.log`.
     pub fn define_agent_unit(&self, app: &str, home: &Path) {
+        self.define_agent_unit_as(app, home, None);
+    }
+
+    /// Like [`Lab::define_agent_unit`], the agent running as `user` (through `runuser`),
+    /// as a systemd user unit of that user would.
+    pub fn define_agent_unit_as(&self, app: &str, home: &Path, user: Option<&str>) {
         let agent_dir = home.join(format!(".vault-agent-{app}"));
+        let mut argv: Vec<String> = match user {
+            Some(u) => vec!["runuser".into(), "-u".into(), u.into(), "--".into()],
+            None => Vec::new(),
+        };
+        argv.extend([
+            self.bao.display().to_string(),
+            "agent".into(),
+            format!("-config={}", agent_dir.join("agent.hcl").display()),
+        ]);
         self.units.define(
             &format!("vault-agent-{app}.service"),
             crate::units::UnitDef {
-                argv: vec![
-                    self.bao.display().to_string(),
-                    "agent".into(),
-                    format!("-config={}", agent_dir.join("agent.hcl").display()),
-                ],
+                argv,
                 env: vec![
                     ("PATH".into(), std::env::var("PATH").unwrap_or_default()),
                     ("HOME".into(), home.display().to_string()),

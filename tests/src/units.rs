@@ -2,10 +2,13 @@
 //! a fake `systemctl` script that records its arguments and asks a supervisor thread to
 //! (re)start real processes, e.g. a real `bao agent` for `vault-agent-<app>.service`.
 //!
-//! The protocol is files in `<lab>/systemd/`: `systemctl --user restart U` writes `U.req`
-//! and waits for `U.ack` (`ok` or an error); the supervisor keeps `U.active` while U runs.
+//! The protocol is files in `<lab>/systemd/` (world-writable and sticky, so app users can
+//! call it through `runuser`): `systemctl --user restart U` writes `U.<pid>.req` and waits
+//! for `U.<pid>.ack` (`ok` or an error); the supervisor keeps `U.active` while U runs.
+//! Every call is logged in `calls.log` (arguments) and `callers.log` (user, arguments).
 
 use std::collections::HashMap;
+use std::os::unix::fs::MetadataExt as _;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -43,15 +46,17 @@ fn script(dir: &Path) -> String {
 set -u
 D='{dir}'
 printf '%s\n' "$*" >> "$D/calls.log"
+printf '%s %s\n' "$(id -un)" "$*" >> "$D/callers.log"
 [ "${{1:-}}" = "--user" ] && shift
 cmd=${{1:-}}
 unit=${{2:-}}
 case $cmd in
 restart|start|stop)
-	rm -f "$D/$unit.ack"
-	printf '%s\n' "$cmd" > "$D/$unit.req.tmp" && mv "$D/$unit.req.tmp" "$D/$unit.req"
+	req="$D/$unit.$$"
+	rm -f "$req.ack"
+	printf '%s\n' "$cmd" > "$req.tmp" && mv "$req.tmp" "$req.req"
 	i=0
-	while [ ! -e "$D/$unit.ack" ]; do
+	while [ ! -e "$req.ack" ]; do
 		i=$((i + 1))
 		if [ "$i" -gt 400 ]; then
 			echo "fake systemctl: $unit: no answer from the lab supervisor" >&2
@@ -59,7 +64,8 @@ restart|start|stop)
 		fi
 		sleep 0.05
 	done
-	ack=$(cat "$D/$unit.ack")
+	ack=$(cat "$req.ack")
+	rm -f "$req.ack"
 	if [ "$ack" != ok ]; then
 		echo "fake systemctl: $cmd $unit: $ack" >&2
 		exit 1
@@ -83,6 +89,16 @@ impl Units {
     pub fn start(lab_dir: &Path) -> Result<Units> {
         let dir = lab_dir.join("systemd");
         std::fs::create_dir_all(&dir)?;
+        // App users call the fake through `runuser`: they must be able to leave requests.
+        std::fs::set_permissions(&dir, std::os::unix::fs::PermissionsExt::from_mode(0o1777))?;
+        for log in ["calls.log", "callers.log"] {
+            write_file(&dir.join(log), b"", 0o666)?;
+            // Exactly 0666, whatever the umask.
+            std::fs::set_permissions(
+                dir.join(log),
+                std::os::unix::fs::PermissionsExt::from_mode(0o666),
+            )?;
+        }
         std::fs::create_dir_all(lab_dir.join("bin"))?;
         write_file(
             &lab_dir.join("bin/systemctl"),
@@ -114,6 +130,15 @@ impl Units {
     /// Every `systemctl` call so far, one line each (arguments joined by spaces).
     pub fn calls(&self) -> Vec<String> {
         std::fs::read_to_string(self.dir.join("calls.log"))
+            .unwrap_or_default()
+            .lines()
+            .map(str::to_owned)
+            .collect()
+    }
+
+    /// Every `systemctl` call so far as `<user> <arguments>`: who called it.
+    pub fn callers(&self) -> Vec<String> {
+        std::fs::read_to_string(self.dir.join("callers.log"))
             .unwrap_or_default()
             .lines()
             .map(str::to_owned)
@@ -169,10 +194,16 @@ fn supervise(dir: &Path, defs: &Mutex<HashMap<String, UnitDef>>, stop: &AtomicBo
         if let Ok(entries) = std::fs::read_dir(dir) {
             for e in entries.flatten() {
                 let name = e.file_name().to_string_lossy().into_owned();
-                let Some(unit) = name.strip_suffix(".req") else {
+                // `<unit>.<caller pid>.req`, answered by `<unit>.<caller pid>.ack`.
+                let Some((unit, caller)) = name
+                    .strip_suffix(".req")
+                    .and_then(|stem| stem.rsplit_once('.'))
+                else {
                     continue;
                 };
-                let unit = unit.to_owned();
+                let (unit, caller) = (unit.to_owned(), caller.to_owned());
+                // The caller may remove its answer (the directory is sticky).
+                let requester = std::fs::metadata(e.path()).map_or(0, |m| m.uid());
                 let req = std::fs::read_to_string(e.path()).unwrap_or_default();
                 let _ = std::fs::remove_file(e.path());
                 let def = defs
@@ -201,9 +232,10 @@ fn supervise(dir: &Path, defs: &Mutex<HashMap<String, UnitDef>>, stop: &AtomicBo
                         }
                     }
                 };
-                let tmp = dir.join(format!("{unit}.ack.tmp"));
+                let tmp = dir.join(format!("{unit}.{caller}.ack.tmp"));
                 let _ = std::fs::write(&tmp, ack);
-                let _ = std::fs::rename(&tmp, dir.join(format!("{unit}.ack")));
+                let _ = std::os::unix::fs::chown(&tmp, Some(requester), None);
+                let _ = std::fs::rename(&tmp, dir.join(format!("{unit}.{caller}.ack")));
             }
         }
         running.retain(|unit, child| match child.try_wait() {

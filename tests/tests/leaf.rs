@@ -627,3 +627,78 @@ async fn leaf_plan_reports_changes_and_writes_nothing() {
             .is_none()
     );
 }
+
+/// Make sure system user `name` exists (no home, no login shell); its uid.
+fn system_user(name: &str) -> u32 {
+    if let Some(u) = nix::unistd::User::from_name(name).unwrap() {
+        return u.uid.as_raw();
+    }
+    let out = Command::new("useradd")
+        .args([
+            "--system",
+            "--no-create-home",
+            "--shell",
+            "/usr/sbin/nologin",
+            name,
+        ])
+        .output()
+        .expect("useradd (Debian package passwd) is needed: apt-get install passwd");
+    assert!(
+        out.status.success(),
+        "useradd {name}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    nix::unistd::User::from_name(name)
+        .unwrap()
+        .unwrap()
+        .uid
+        .as_raw()
+}
+
+#[tokio::test]
+async fn steps_3_and_4_with_a_real_unprivileged_app_user() {
+    let lab = shared();
+    // `user` is not set: it defaults to the app's name.
+    let app = "rotuser1";
+    let uid = system_user(app);
+    let dir = tempdir("unpriv");
+    let cfg = config_in(lab, &dir, &[app], "");
+    let text = std::fs::read_to_string(&cfg)
+        .unwrap()
+        .replace("user = \"root\"\n", "");
+    std::fs::write(&cfg, text).unwrap();
+    let home = dir.join("home").join(app);
+    std::os::unix::fs::chown(&home, Some(uid), Some(uid)).unwrap();
+
+    let (exit, v) = rotate(&cfg, &["run", "--step", "agents"]).await;
+    assert_eq!(exit, Exit::Ok, "{v:#}");
+    for (f, mode) in [
+        ("vault/mtls/agent.key", 0o600),
+        ("vault/mtls/agent.crt", 0o644),
+    ] {
+        let m = std::fs::metadata(home.join(f)).unwrap();
+        assert_eq!((m.uid(), m.mode() & 0o7777), (uid, mode), "{f}");
+    }
+
+    lab.define_agent_unit_as(app, &home, Some(app));
+    let (exit, v) = rotate(&cfg, &["run", "--step", "leaf"]).await;
+    let log = std::fs::read_to_string(home.join(format!("agent-{app}.log"))).unwrap_or_default();
+    assert_eq!(exit, Exit::Ok, "{v:#}\nagent log:\n{log}");
+    // The agent, running as the app user, rendered the leaf: the files are the user's.
+    for (f, mode) in [
+        (format!("tls/{app}.key"), 0o600),
+        (format!("tls/{app}.fullchain.pem"), 0o644),
+    ] {
+        let m = std::fs::metadata(home.join(&f)).unwrap();
+        assert_eq!((m.uid(), m.mode() & 0o7777), (uid, mode), "{f}");
+    }
+    let unit = format!("vault-agent-{app}.service");
+    let callers = lab.units.callers();
+    assert!(
+        callers.contains(&format!("{app} --user restart {unit}")),
+        "systemctl --user ran as the app user: {callers:?}"
+    );
+    let _ = Command::new(lab.paths.dir.join("bin/systemctl"))
+        .args(["--user", "stop", &unit])
+        .status();
+}
