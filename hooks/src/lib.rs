@@ -48,8 +48,8 @@ pub use crate::{
     agent::{AgentConfigSpec, hcl_string, render_agent_config, render_leaf_template},
     error::{Error, Result},
     posthook::{
-        InstallReport, POST_HOOK_MODE, PostHookSpec, check_safe_path, default_post_hook_path,
-        install_post_hook, render_post_hook,
+        HookStatus, InstallReport, POST_HOOK_MODE, PostHookSpec, check_safe_path,
+        default_post_hook_path, install_post_hook, parse_status, render_post_hook,
     },
     programs::ProgramOverrides,
     reload::{ReloadReport, Reloader, read_pid_file, reload, stop_unit, unit_state},

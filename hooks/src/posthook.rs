@@ -38,6 +38,11 @@ pub struct PostHookSpec {
     /// More reloads, run after the proxy's, in order (same scheme).
     #[serde(default)]
     pub extra_reload_cmds: Vec<String>,
+    /// Where the hook reports its outcome, one line replaced atomically:
+    /// `ok <sha256 of the fullchain> <message>` or `failed <sha256 or -> <reason>`. A gate
+    /// waits for `ok` with the hash of the bytes it verified ([`parse_status`]).
+    #[serde(default)]
+    pub status_path: Option<PathBuf>,
 }
 
 impl PostHookSpec {
@@ -52,7 +57,15 @@ impl PostHookSpec {
             reload_tls_label: None,
             proxy_reload: None,
             extra_reload_cmds: Vec::new(),
+            status_path: None,
         }
+    }
+
+    /// Sets where the hook reports its outcome.
+    #[must_use]
+    pub fn status_path(mut self, path: impl Into<PathBuf>) -> Self {
+        self.status_path = Some(path.into());
+        self
     }
 
     /// Sets `RELOAD_TLS_LABEL`.
@@ -74,6 +87,41 @@ impl PostHookSpec {
     pub fn extra_reload(mut self, spec: impl Into<String>) -> Self {
         self.extra_reload_cmds.push(spec.into());
         self
+    }
+}
+
+/// A post-hook's report, as read back from its status file.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum HookStatus {
+    /// It checked the files and ran every reload.
+    Ok {
+        /// sha256 (hex) of the fullchain it checked.
+        fullchain_sha256: String,
+    },
+    /// It stopped.
+    Failed {
+        /// sha256 (hex) of the fullchain it saw, if it could read one.
+        fullchain_sha256: Option<String>,
+        /// Its message.
+        reason: String,
+    },
+}
+
+/// Parse a status line written by the hook; `None` for anything else.
+pub fn parse_status(line: &str) -> Option<HookStatus> {
+    let mut parts = line.trim_end().splitn(3, ' ');
+    let (state, sum) = (parts.next()?, parts.next()?);
+    let rest = parts.next().unwrap_or("").to_owned();
+    let hex = |s: &str| s.len() == 64 && s.bytes().all(|b| b.is_ascii_hexdigit());
+    match state {
+        "ok" if hex(sum) => Some(HookStatus::Ok {
+            fullchain_sha256: sum.to_owned(),
+        }),
+        "failed" => Some(HookStatus::Failed {
+            fullchain_sha256: hex(sum).then(|| sum.to_owned()),
+            reason: rest,
+        }),
+        _ => None,
     }
 }
 
@@ -102,6 +150,13 @@ pub fn render_post_hook(spec: &PostHookSpec) -> Result<String> {
     check_app(&spec.app)?;
     check_path("fullchain_path", &spec.fullchain_path)?;
     check_path("key_path", &spec.key_path)?;
+    let status = match &spec.status_path {
+        Some(p) => {
+            check_path("status_path", p)?;
+            path_str(p)
+        }
+        None => String::new(),
+    };
     let label = match &spec.reload_tls_label {
         Some(label) => {
             // Same rules as a label reloader.
@@ -135,6 +190,7 @@ pub fn render_post_hook(spec: &PostHookSpec) -> Result<String> {
         .replace("@KEY@", &sh_quote(&path_str(&spec.key_path)))
         .replace("@LABEL@", &sh_quote(label))
         .replace("@PROXY@", &sh_quote(proxy))
+        .replace("@STATUS@", &sh_quote(&status))
         .replace("@EXTRA@\n", &extra);
     Ok(script)
 }
@@ -234,6 +290,7 @@ FULLCHAIN=@FULLCHAIN@
 KEY=@KEY@
 RELOAD_TLS_LABEL=@LABEL@
 PROXY_RELOAD=@PROXY@
+STATUS=@STATUS@
 
 PODMAN=${PODMAN:-podman}
 SYSTEMCTL=${SYSTEMCTL:-systemctl}
@@ -243,8 +300,20 @@ log() {
 	printf '%s: %s\n' "$TAG" "$*"
 }
 
+# report <ok|failed> <message>: one line, replaced atomically, naming the exact fullchain
+# bytes it is about (sha256); `rotate`'s leaf gate waits for "ok" with the hash it verified.
+report() {
+	[ -n "$STATUS" ] || return 0
+	sum=-
+	if [ -r "$FULLCHAIN" ]; then
+		sum=$(sha256sum <"$FULLCHAIN" | cut -d ' ' -f 1) || sum=-
+	fi
+	printf '%s %s %s\n' "$1" "$sum" "$2" >"$STATUS.tmp" && mv -f "$STATUS.tmp" "$STATUS"
+}
+
 die() {
 	printf '%s: FAILED: %s\n' "$TAG" "$*" >&2
+	report failed "$*" || true
 	exit 1
 }
 
@@ -334,6 +403,13 @@ check_file key "$KEY" 'PRIVATE KEY'
 if [ -n "$(find "$KEY" -perm -004)" ]; then
 	die "key $KEY is world-readable"
 fi
+if command -v openssl >/dev/null 2>&1; then
+	cert_pub=$(openssl x509 -noout -pubkey -in "$FULLCHAIN") || die "no certificate readable in $FULLCHAIN"
+	key_pub=$(openssl pkey -pubout -in "$KEY") || die "no key readable in $KEY"
+	[ "$cert_pub" = "$key_pub" ] || die "key $KEY does not match the certificate in $FULLCHAIN"
+else
+	log "openssl not found: key/certificate match not checked here"
+fi
 log "fullchain $FULLCHAIN and key $KEY are in place"
 
 if [ -n "$RELOAD_TLS_LABEL" ]; then
@@ -343,6 +419,7 @@ if [ -n "$PROXY_RELOAD" ]; then
 	reload_spec "$PROXY_RELOAD"
 fi
 @EXTRA@
+report ok reloaded
 log "done"
 "#;
 
@@ -483,8 +560,34 @@ mod tests {
     use super::*;
     use std::process::Command;
 
-    const CERT: &str = "-----BEGIN CERTIFICATE-----\nMIIB\n-----END CERTIFICATE-----\n";
-    const KEY: &str = "-----BEGIN PRIVATE KEY-----\nMIIE\n-----END PRIVATE KEY-----\n";
+    /// A real self-signed P-256 pair from the `openssl` CLI (the hook checks the match).
+    fn openssl_pair(dir: &Path, name: &str) -> (PathBuf, PathBuf) {
+        let (key, cert) = (
+            dir.join(format!("{name}.key")),
+            dir.join(format!("{name}.crt")),
+        );
+        let out = Command::new("openssl")
+            .args(["req", "-x509", "-nodes", "-newkey", "ec", "-pkeyopt"])
+            .args([
+                "ec_paramgen_curve:P-256",
+                "-subj",
+                "/CN=ncprd1",
+                "-days",
+                "1",
+            ])
+            .arg("-keyout")
+            .arg(&key)
+            .arg("-out")
+            .arg(&cert)
+            .output()
+            .expect("the openssl CLI is needed for this test (apt-get install openssl)");
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        (key, cert)
+    }
 
     /// A lab: leaf files, a fake `podman` that logs its arguments and lists
     /// two labelled containers, and a rendered hook.
@@ -504,9 +607,11 @@ mod tests {
                 ..PostHookSpec::new("ncprd1")
             }
             .reload_tls_label("tls=true")
-            .proxy_reload("podman:proxyprod");
-            std::fs::write(&spec.fullchain_path, CERT).expect("write");
-            std::fs::write(&spec.key_path, KEY).expect("write");
+            .proxy_reload("podman:proxyprod")
+            .status_path(dir.path().join("post-hook.status"));
+            let (key, cert) = openssl_pair(dir.path(), "pair");
+            std::fs::copy(cert, &spec.fullchain_path).expect("copy");
+            std::fs::copy(key, &spec.key_path).expect("copy");
             std::fs::set_permissions(&spec.key_path, Permissions::from_mode(0o600)).expect("chmod");
             let podman = dir.path().join("fake-podman");
             let log = dir.path().join("podman.log");
@@ -708,11 +813,87 @@ mod tests {
         assert_eq!(out.status.code(), Some(1));
         assert!(String::from_utf8_lossy(&out.stderr).contains("is empty"));
 
-        std::fs::write(&lab.spec.key_path, KEY).expect("write");
+        let (key, _) = openssl_pair(lab.dir.path(), "again");
+        std::fs::copy(key, &lab.spec.key_path).expect("copy");
         std::fs::set_permissions(&lab.spec.key_path, Permissions::from_mode(0o644)).expect("chmod");
         let out = lab.run();
         assert_eq!(out.status.code(), Some(1));
         assert!(String::from_utf8_lossy(&out.stderr).contains("world-readable"));
+    }
+
+    fn status(lab: &Lab) -> Option<HookStatus> {
+        let path = lab.spec.status_path.as_ref().expect("status path");
+        parse_status(&std::fs::read_to_string(path).expect("the hook wrote its status"))
+    }
+
+    fn sha256_of(path: &Path) -> String {
+        let out = Command::new("sha256sum")
+            .arg(path)
+            .output()
+            .expect("sha256sum");
+        String::from_utf8_lossy(&out.stdout)
+            .split(' ')
+            .next()
+            .unwrap_or_default()
+            .to_owned()
+    }
+
+    #[test]
+    fn hook_reports_ok_for_the_exact_fullchain_it_checked() {
+        let lab = Lab::new();
+        let out = lab.run();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert_eq!(
+            status(&lab),
+            Some(HookStatus::Ok {
+                fullchain_sha256: sha256_of(&lab.spec.fullchain_path)
+            })
+        );
+    }
+
+    #[test]
+    fn hook_refuses_a_key_of_another_pair_reports_it_and_reloads_nothing() {
+        let lab = Lab::new();
+        let (other, _) = openssl_pair(lab.dir.path(), "other");
+        std::fs::copy(other, &lab.spec.key_path).expect("copy");
+        let out = lab.run();
+        assert_eq!(out.status.code(), Some(1));
+        assert!(lab.podman_calls().is_empty(), "reloaded a mismatched pair");
+        match status(&lab) {
+            Some(HookStatus::Failed {
+                fullchain_sha256: Some(sum),
+                reason,
+            }) => {
+                assert_eq!(sum, sha256_of(&lab.spec.fullchain_path));
+                assert!(reason.contains("does not match"), "{reason}");
+            }
+            other => panic!("expected a failed status, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn status_lines_parse_strictly() {
+        let sum = "ab".repeat(32);
+        assert_eq!(
+            parse_status(&format!("ok {sum} reloaded\n")),
+            Some(HookStatus::Ok {
+                fullchain_sha256: sum.clone()
+            })
+        );
+        assert_eq!(
+            parse_status("failed - pid file /x is missing"),
+            Some(HookStatus::Failed {
+                fullchain_sha256: None,
+                reason: "pid file /x is missing".into()
+            })
+        );
+        assert_eq!(parse_status("ok - reloaded"), None, "ok needs a hash");
+        assert_eq!(parse_status("garbage"), None);
+        assert_eq!(parse_status(""), None);
     }
 
     #[test]

@@ -75,7 +75,7 @@ pub use pki::roles::{
     upsert_role,
 };
 pub use x509::check::{key_matches_cert, key_matches_cert_files, verify_chain, verify_chain_files};
-pub use x509::inspect::{CertInfo, parse_bundle, parse_bundle_file};
+pub use x509::inspect::{CertInfo, parse_bundle, parse_bundle_file, sha256_hex};
 
 #[cfg(test)]
 mod testca;

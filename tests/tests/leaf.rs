@@ -702,3 +702,40 @@ async fn steps_3_and_4_with_a_real_unprivileged_app_user() {
         .args(["--user", "stop", &unit])
         .status();
 }
+
+#[tokio::test]
+async fn a_failing_post_hook_fails_the_gate_with_its_reason_and_is_rolled_back() {
+    let lab = shared();
+    let app = "hookfail";
+    let dir = tempdir("hookfail");
+    let home = dir.join("home").join(app);
+    let cfg = config_in(lab, &dir, &[app], "");
+    // The proxy's pid file does not exist: the hook stops before reloading anything.
+    let pid_file = dir.join("no-such-proxy.pid");
+    add_to_section(
+        &cfg,
+        "leaf",
+        &format!("proxy_reload = \"signal:{}:HUP\"", pid_file.display()),
+    );
+    let (exit, v) = rotate(&cfg, &["run", "--step", "agents"]).await;
+    assert_eq!(exit, Exit::Ok, "{v:#}");
+    lab.define_agent_unit(app, &home);
+
+    let (exit, v) = rotate(&cfg, &["run", "--step", "leaf"]).await;
+    assert_eq!(exit, Exit::GateFailed, "{v:#}");
+    let t = target(&v, "leaf", app);
+    assert_eq!(t["outcome"], "rolled_back", "{t:#}");
+    let err = errors(&v);
+    assert!(
+        err.contains("post-hook failed")
+            && err.contains(&format!("pid file {} is missing", pid_file.display())),
+        "{err}"
+    );
+    // The unit was not running before the run: the unwind stopped it again.
+    let unit = format!("vault-agent-{app}.service");
+    assert!(!lab.units.is_active(&unit), "{t:#}");
+    assert!(
+        !home.join(format!(".vault-agent-{app}/agent.hcl")).exists(),
+        "the agent config this run created is gone"
+    );
+}

@@ -271,6 +271,15 @@ pub(crate) fn hex_join(bytes: &[u8], upper: bool) -> String {
     s
 }
 
+/// sha256 of `data`, lowercase hex (as `sha256sum` prints it): e.g. to match a file's
+/// exact bytes against a post-hook's report.
+pub fn sha256_hex(data: &[u8]) -> String {
+    openssl::sha::sha256(data)
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     #![allow(clippy::unwrap_used)]

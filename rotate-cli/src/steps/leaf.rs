@@ -192,7 +192,7 @@ fn post_hook_spec(cfg: &Config, app: &AppConfig) -> PostHookSpec {
     if !cfg.leaf.proxy_reload.is_empty() {
         s = s.proxy_reload(&cfg.leaf.proxy_reload);
     }
-    s
+    s.status_path(app.home.join(rel::post_hook_status(app)))
 }
 
 fn restart_reloader(app: &AppConfig) -> Reloader {
@@ -623,7 +623,28 @@ impl Step for LeafStep<'_> {
                 if a.previous_serial.as_deref() == Some(info.serial_hex.as_str()) {
                     return Err::<_, GateWait>("the leaf is still the previous one".into());
                 }
-                Ok(info)
+                // The post-hook checked these exact bytes and reloaded.
+                let sum = pki_ops::sha256_hex(&fc);
+                let status = tree
+                    .read(&rel::post_hook_status(app))?
+                    .map(|b| String::from_utf8_lossy(&b).into_owned());
+                match status.as_deref().and_then(hooks::parse_status) {
+                    Some(hooks::HookStatus::Ok { fullchain_sha256 }) if fullchain_sha256 == sum => {
+                        Ok(info)
+                    }
+                    Some(hooks::HookStatus::Failed {
+                        fullchain_sha256: Some(s),
+                        reason,
+                    }) if s == sum => Err(GateWait::Fatal(format!(
+                        "the post-hook failed for the new leaf (serial {}): {reason}",
+                        info.serial_hex
+                    ))),
+                    _ => Err(format!(
+                        "the post-hook has not reported success for the new leaf (serial {}) yet",
+                        info.serial_hex
+                    )
+                    .into()),
+                }
             }
             .await;
             match attempt {

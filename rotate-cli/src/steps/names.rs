@@ -71,6 +71,10 @@ pub(crate) mod rel {
     pub(crate) fn post_hook(app: &AppConfig) -> PathBuf {
         agent_dir(app).join("bin/vault-agent-post-leaf.sh")
     }
+    /// Where the post-hook reports its outcome (see `hooks::parse_status`).
+    pub(crate) fn post_hook_status(app: &AppConfig) -> PathBuf {
+        agent_dir(app).join("post-hook.status")
+    }
     /// A relative path's parent (`""` for a bare name).
     pub(crate) fn parent(p: &Path) -> PathBuf {
         p.parent().map(Path::to_path_buf).unwrap_or_default()
