@@ -8,7 +8,8 @@ use rotate_tests::shared;
 use vault_client::{CertAuthApi, Idempotency, KvApi, Method, PkiApi, SysApi, VaultClient};
 
 use crate::support::{
-    add_to_section, bao_login, change_kind, config_in, errors, rotate, target, tempdir,
+    add_to_section, after_step_3, bao_login, change_kind, config_in, errors, rotate, target,
+    tempdir,
 };
 
 async fn post(admin: &VaultClient, path: &str, body: serde_json::Value) -> serde_json::Value {
@@ -29,11 +30,8 @@ async fn identity_policy_fails_the_gate_and_the_new_cert_is_revoked_and_the_pair
     let lab = shared();
     let admin = lab.admin_client().unwrap();
     let app = "identapp";
-    let dir = tempdir("ident");
+    let (dir, cfg) = after_step_3(lab, "ident", &[app], "").await;
     let home = dir.join("home").join(app);
-    let cfg = config_in(lab, &dir, &[app], "");
-    let (exit, v) = rotate(&cfg, &["run", "--step", "agents"]).await;
-    assert_eq!(exit, Exit::Ok, "{v:#}");
     let before = serial_of(&home);
     let key_before = std::fs::read(home.join("vault/mtls/agent.key")).unwrap();
 
@@ -97,10 +95,7 @@ async fn an_operator_extended_policy_is_kept_with_its_diff_and_the_run_commits()
     let lab = shared();
     let admin = lab.admin_client().unwrap();
     let app = "extendapp";
-    let dir = tempdir("extend");
-    let cfg = config_in(lab, &dir, &[app], "");
-    let (exit, v) = rotate(&cfg, &["run", "--step", "agents"]).await;
-    assert_eq!(exit, Exit::Ok, "{v:#}");
+    let (_, cfg) = after_step_3(lab, "extend", &[app], "").await;
     let name = format!("pki-issue-{app}");
     let ours = admin.read_policy(&name).await.unwrap().unwrap();
     let extended = format!("{ours}\npath \"kv/data/shared\" {{ capabilities = [\"read\"] }}\n");
@@ -133,10 +128,7 @@ async fn a_mapping_constraint_rotate_does_not_manage_is_refused_or_converged() {
     let lab = shared();
     let admin = lab.admin_client().unwrap();
     let app = "ouapp";
-    let dir = tempdir("ou");
-    let cfg = config_in(lab, &dir, &[app], "");
-    let (exit, v) = rotate(&cfg, &["run", "--step", "agents"]).await;
-    assert_eq!(exit, Exit::Ok, "{v:#}");
+    let (_, cfg) = after_step_3(lab, "ou", &[app], "").await;
     let mapping = format!("agent-{app}");
     let mut role = admin
         .read_cert_role("cert", &mapping)
@@ -207,11 +199,8 @@ async fn a_step_4_failure_after_the_mapping_write_restores_mapping_role_policy_s
     let lab = shared();
     let admin = lab.admin_client().unwrap();
     let app = "undoapp";
-    let dir = tempdir("undo4");
+    let (dir, cfg) = after_step_3(lab, "undo4", &[app], "").await;
     let home = dir.join("home").join(app);
-    let cfg = config_in(lab, &dir, &[app], "");
-    let (exit, v) = rotate(&cfg, &["run", "--step", "agents"]).await;
-    assert_eq!(exit, Exit::Ok, "{v:#}");
     // The seed's leftover debug-policy, which step 4 removes from the mapping.
     admin
         .write_policy(
@@ -297,11 +286,8 @@ async fn a_step_4_failure_after_the_mapping_write_restores_mapping_role_policy_s
 async fn a_symlinked_agent_dir_is_refused_and_its_target_untouched() {
     let lab = shared();
     let app = "linkapp";
-    let dir = tempdir("linkdir");
+    let (dir, cfg) = after_step_3(lab, "linkdir", &[app], "").await;
     let home = dir.join("home").join(app);
-    let cfg = config_in(lab, &dir, &[app], "");
-    let (exit, v) = rotate(&cfg, &["run", "--step", "agents"]).await;
-    assert_eq!(exit, Exit::Ok, "{v:#}");
     // The app points its agent directory at a root-owned directory.
     let victim = dir.join("root-owned");
     std::fs::create_dir(&victim).unwrap();
@@ -333,11 +319,8 @@ async fn a_symlinked_agent_dir_is_refused_and_its_target_untouched() {
 async fn a_key_swapped_for_a_symlink_is_refused_and_never_read_or_copied() {
     let lab = shared();
     let app = "swapapp";
-    let dir = tempdir("swap");
+    let (dir, cfg) = after_step_3(lab, "swap", &[app], "").await;
     let home = dir.join("home").join(app);
-    let cfg = config_in(lab, &dir, &[app], "");
-    let (exit, v) = rotate(&cfg, &["run", "--step", "agents"]).await;
-    assert_eq!(exit, Exit::Ok, "{v:#}");
     let secret = dir.join("shadow");
     std::fs::write(&secret, "root:SECRET-HASH:19000:0:99999:7:::\n").unwrap();
     let key = home.join("vault/mtls/agent.key");
@@ -429,11 +412,8 @@ async fn a_full_disk_under_vault_mtls_fails_before_any_rename_and_everything_is_
     let lab = shared();
     let admin = lab.admin_client().unwrap();
     let app = "fullapp";
-    let dir = tempdir("full");
+    let (dir, cfg) = after_step_3(lab, "full", &[app], "").await;
     let home = dir.join("home").join(app);
-    let cfg = config_in(lab, &dir, &[app], "");
-    let (exit, v) = rotate(&cfg, &["run", "--step", "agents"]).await;
-    assert_eq!(exit, Exit::Ok, "{v:#}");
     let mtls = home.join("vault/mtls");
     let key = std::fs::read(mtls.join("agent.key")).unwrap();
     let crt = std::fs::read(mtls.join("agent.crt")).unwrap();

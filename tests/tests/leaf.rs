@@ -12,7 +12,8 @@ use rotate_tests::{Lab, SERVER_NAME, shared, spawn_tied_with};
 use vault_client::{CertAuthApi, KvApi, SysApi};
 
 use crate::support::{
-    add_to_section, change_kind, config_in, errors, free_port, rotate, target, tempdir,
+    add_to_section, after_step_3, change_kind, config_in, errors, free_port, rotate, target,
+    tempdir,
 };
 
 struct Nginx {
@@ -340,10 +341,7 @@ async fn leaf_rotation_with_a_real_agent_post_hook_and_nginx() {
 #[tokio::test]
 async fn unknown_or_v1_kv_mount_is_refused_before_anything_is_written() {
     let lab = shared();
-    let dir = tempdir("leaf-kv");
-    let cfg = config_in(lab, &dir, &["kvapp"], "");
-    let (exit, v) = rotate(&cfg, &["run", "--step", "agents"]).await;
-    assert_eq!(exit, Exit::Ok, "{v:#}");
+    let (dir, cfg) = after_step_3(lab, "leaf-kv", &["kvapp"], "").await;
 
     let text = std::fs::read_to_string(&cfg)
         .unwrap()
@@ -449,10 +447,7 @@ async fn post_hook_dir_owned_by_a_third_user_is_refused_before_any_write() {
 async fn failing_or_hanging_restart_fails_the_step_and_keeps_the_leaf() {
     let lab = shared();
     let app = "hangapp";
-    let dir = tempdir("leaf-hang");
-    let cfg = config_in(lab, &dir, &[app], "");
-    let (exit, v) = rotate(&cfg, &["run", "--step", "agents"]).await;
-    assert_eq!(exit, Exit::Ok, "{v:#}");
+    let (dir, cfg) = after_step_3(lab, "leaf-hang", &[app], "").await;
     let home = dir.join("home").join(app);
     let (fullchain, _) = placeholder_leaf(lab, &home, app);
     let before = std::fs::read(&fullchain).unwrap();
@@ -563,10 +558,7 @@ async fn leaf_plan_reports_changes_and_writes_nothing() {
     use vault_client::PkiApi;
     let lab = shared();
     let app = "planleaf";
-    let dir = tempdir("leaf-plan");
-    let cfg = config_in(lab, &dir, &[app], "");
-    let (exit, v) = rotate(&cfg, &["run", "--step", "agents"]).await;
-    assert_eq!(exit, Exit::Ok, "{v:#}");
+    let (dir, cfg) = after_step_3(lab, "leaf-plan", &[app], "").await;
     let admin = lab.admin_client().unwrap();
     let before = admin
         .read_cert_role("cert", &format!("agent-{app}"))

@@ -164,3 +164,18 @@ pub(crate) fn bao_login(lab: &Lab, home: &Path) -> serde_json::Value {
     );
     serde_json::from_slice(&out.stdout).unwrap()
 }
+
+/// A fresh test directory `tag` with a config for `apps` (see [`config_in`]) on which
+/// step 3 has run successfully: the common start of the step-4 and fault tests.
+pub(crate) async fn after_step_3(
+    lab: &Lab,
+    tag: &str,
+    apps: &[&str],
+    extra: &str,
+) -> (PathBuf, PathBuf) {
+    let dir = tempdir(tag);
+    let cfg = config_in(lab, &dir, apps, extra);
+    let (exit, v) = rotate(&cfg, &["run", "--step", "agents"]).await;
+    assert_eq!(exit, Exit::Ok, "step 3 for {apps:?}: {v:#}");
+    (dir, cfg)
+}
