@@ -435,12 +435,22 @@ impl Lab {
 
     /// The `rotate` config for this lab: the seed's topology, with homes under the lab dir.
     pub fn rotate_config(&self) -> String {
+        let apps: Vec<(String, PathBuf)> = ["ncprd1", "resume2me"]
+            .iter()
+            .map(|a| (a.to_string(), self.paths.dir.join("home").join(a)))
+            .collect();
+        self.rotate_config_for(&apps)
+    }
+
+    /// The lab's `rotate` config for `apps` (name, home; run as root), journal in
+    /// `<lab>/state`.
+    pub fn rotate_config_for(&self, app_homes: &[(String, PathBuf)]) -> String {
         let d = |p: &Path| p.display().to_string();
         let mut apps = String::new();
-        for app in ["ncprd1", "resume2me"] {
+        for (app, home) in app_homes {
             apps.push_str(&format!(
                 "\n[[apps]]\nname = \"{app}\"\nhome = \"{}\"\nuser = \"root\"\nunit = \"vault-agent-{app}.service\"\n",
-                d(&self.paths.dir.join("home").join(app))
+                d(home)
             ));
         }
         format!(

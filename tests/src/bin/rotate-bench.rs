@@ -4,6 +4,7 @@
 //! one pooled mTLS connection vs a fresh client (handshake) per request, issuance with a
 //! Vault-made key vs a local CSR (P-256, RSA 2048), and whole `run --step agents` runs.
 
+use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use anyhow::Result;
@@ -178,9 +179,57 @@ async fn main() -> Result<()> {
         )
         .await?,
     );
+    // Step 3 at fleet sizes, each in its own state directory; peak RSS per size (the
+    // kernel's high-water mark, reset before each size through /proc/self/clear_refs).
+    let base = std::path::absolute(&args.dir)?;
+    for apps in [10usize, 50, 200] {
+        let homes: Vec<(String, PathBuf)> = (0..apps)
+            .map(|i| {
+                let name = format!("fleet{apps}x{i}");
+                (name.clone(), base.join("fleet").join(&name))
+            })
+            .collect();
+        for (_, home) in &homes {
+            std::fs::create_dir_all(home)?;
+        }
+        let state = base.join(format!("fleet-state-{apps}"));
+        let text = lab.rotate_config_for(&homes).replace(
+            &lab.paths.dir.join("state").display().to_string(),
+            &state.display().to_string(),
+        );
+        let path = base.join(format!("fleet-{apps}.toml"));
+        std::fs::write(&path, text)?;
+        let config = path.display().to_string();
+        std::fs::write("/proc/self/clear_refs", "5")?;
+        let mut row = measure(
+            &format!("`rotate run --step agents`, {apps} apps, gates included"),
+            3,
+            || async {
+                let cli = <rotate_cli::Cli as Parser>::parse_from([
+                    "rotate", "--config", &config, "-o", "json", "run", "--step", "agents",
+                ]);
+                let exit = rotate_cli::run(cli, &mut std::io::sink()).await;
+                anyhow::ensure!(exit == rotate_cli::Exit::Ok, "rotate exited {exit:?}");
+                Ok(())
+            },
+        )
+        .await?;
+        row.name = format!("{} (peak RSS {} MiB)", row.name, peak_rss_kib()? / 1024);
+        rows.push(row);
+    }
     println!("| operation | n | mean ms | p50 ms | p95 ms |\n| --- | --- | --- | --- | --- |");
     for r in &mut rows {
         println!("{}", r.row());
     }
     Ok(())
+}
+
+/// This process's peak resident set size (VmHWM), KiB.
+fn peak_rss_kib() -> Result<u64> {
+    let status = std::fs::read_to_string("/proc/self/status")?;
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .ok_or_else(|| anyhow::anyhow!("no VmHWM in /proc/self/status"))
 }
