@@ -7,9 +7,11 @@
 //! - [`Reloader`] and [`reload`]: podman containers by label or name,
 //!   systemd user units, signals from pid files, commands; parsed from the
 //!   write-up's strings (`PROXY_RELOAD='podman:proxyprod'`) or from config.
-//! - [`render_post_hook`] / [`install_post_hook`]: the agent's
-//!   `vault-agent-post-leaf.sh` (POSIX sh, checks the leaf files, then
-//!   reloads), installed atomically into the app user's own directory.
+//! - [`render_post_hook`]: the agent's `vault-agent-post-leaf.sh` (POSIX sh:
+//!   checks the leaf files and that key and certificate match, reloads, and
+//!   reports its outcome for the exact bytes it checked, [`parse_status`]).
+//!   Rendering only: the caller writes it (rotate-cli through pki-ops' safe
+//!   writer, inside the app's tree without following symlinks).
 //! - [`render_agent_config`]: the OpenBao/Vault Agent HCL of one app (cert
 //!   auto-auth over mTLS, one leaf template running the post-hook).
 //! - [`Version`] and [`compare_versions`]: agent/server version skew.
@@ -48,8 +50,8 @@ pub use crate::{
     agent::{AgentConfigSpec, hcl_string, render_agent_config, render_leaf_template},
     error::{Error, Result},
     posthook::{
-        HookStatus, InstallReport, POST_HOOK_MODE, PostHookSpec, check_safe_path,
-        default_post_hook_path, install_post_hook, parse_status, render_post_hook,
+        HookStatus, POST_HOOK_MODE, PostHookSpec, check_safe_path, default_post_hook_path,
+        parse_status, render_post_hook,
     },
     programs::ProgramOverrides,
     reload::{ReloadReport, Reloader, read_pid_file, reload, stop_unit, unit_state},

@@ -1,16 +1,12 @@
 //! The agent's post-hook script: render it (POSIX sh) and install it
 //! atomically into the app user's directory.
 
-use std::fs::{File, Permissions};
-use std::io::Write;
-use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
 use crate::reload::Reloader;
-use crate::users::lookup_user;
 
 /// Mode of the installed script.
 pub const POST_HOOK_MODE: u32 = 0o755;
@@ -423,109 +419,6 @@ report ok reloaded
 log "done"
 "#;
 
-/// What [`install_post_hook`] did.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-pub struct InstallReport {
-    /// The installed script.
-    pub path: PathBuf,
-    /// `false` when the script was already there, identical, with mode 0755.
-    pub changed: bool,
-}
-
-/// Renders and installs the post-hook at `path`.
-///
-/// * `owner`: the app user; the script is chowned to it (uid and primary
-///   gid from `/etc/passwd`, or a numeric uid), and its directory must
-///   belong to it.
-/// * `expected_dir_owner_uid`: the uid the directory must belong to,
-///   overriding `owner`'s. With neither, ownership is not checked.
-///
-/// Refuses with [`Error::BadOwner`] (naming the directory, the expected and
-/// the found uid) when the directory belongs to someone else. Writes a
-/// temporary file in the same directory with mode 0755 from creation,
-/// fsyncs it, renames it over `path` and fsyncs the directory; leaves an
-/// identical script alone (`changed: false`).
-pub fn install_post_hook(
-    spec: &PostHookSpec,
-    path: &Path,
-    owner: Option<&str>,
-    expected_dir_owner_uid: Option<u32>,
-) -> Result<InstallReport> {
-    let script = render_post_hook(spec)?;
-    let dir = path
-        .parent()
-        .filter(|d| !d.as_os_str().is_empty())
-        .ok_or_else(|| Error::InvalidSpec {
-            field: "post-hook path",
-            value: path.display().to_string(),
-            reason: "has no directory".to_owned(),
-        })?;
-    let io = |p: &Path| {
-        let p = p.to_path_buf();
-        move |source| Error::Io { path: p, source }
-    };
-    let dir_meta = std::fs::metadata(dir).map_err(io(dir))?;
-    if !dir_meta.is_dir() {
-        return Err(Error::Io {
-            path: dir.to_path_buf(),
-            source: std::io::Error::new(std::io::ErrorKind::NotADirectory, "not a directory"),
-        });
-    }
-    let owner_ids = owner.map(lookup_user).transpose()?;
-    let expected = expected_dir_owner_uid.or(owner_ids.map(|ids| ids.uid));
-    if let Some(expected) = expected.filter(|uid| *uid != dir_meta.uid()) {
-        return Err(Error::BadOwner {
-            path: dir.to_path_buf(),
-            expected,
-            found: dir_meta.uid(),
-        });
-    }
-
-    if let Ok(meta) = std::fs::symlink_metadata(path) {
-        let same_owner = owner_ids.is_none_or(|ids| meta.uid() == ids.uid && meta.gid() == ids.gid);
-        if meta.is_file()
-            && meta.mode() & 0o7777 == POST_HOOK_MODE
-            && same_owner
-            && std::fs::read(path).is_ok_and(|old| old == script.as_bytes())
-        {
-            tracing::debug!(path = %path.display(), "post-hook unchanged");
-            return Ok(InstallReport {
-                path: path.to_path_buf(),
-                changed: false,
-            });
-        }
-    }
-
-    let mut tmp = tempfile::Builder::new()
-        .prefix(".vault-agent-post-leaf.")
-        .suffix(".tmp")
-        .permissions(Permissions::from_mode(POST_HOOK_MODE))
-        .tempfile_in(dir)
-        .map_err(io(dir))?;
-    let tmp_path = tmp.path().to_path_buf();
-    let file: &mut File = tmp.as_file_mut();
-    file.write_all(script.as_bytes()).map_err(io(&tmp_path))?;
-    // The umask may have narrowed the creation mode.
-    file.set_permissions(Permissions::from_mode(POST_HOOK_MODE))
-        .map_err(io(&tmp_path))?;
-    if let Some(ids) = owner_ids {
-        std::os::unix::fs::fchown(&*file, Some(ids.uid), Some(ids.gid)).map_err(io(&tmp_path))?;
-    }
-    file.sync_all().map_err(io(&tmp_path))?;
-    tmp.persist(path).map_err(|err| Error::Io {
-        path: path.to_path_buf(),
-        source: err.error,
-    })?;
-    File::open(dir)
-        .and_then(|d| d.sync_all())
-        .map_err(io(dir))?;
-    tracing::info!(path = %path.display(), "installed post-hook");
-    Ok(InstallReport {
-        path: path.to_path_buf(),
-        changed: true,
-    })
-}
-
 #[cfg(test)]
 mod safe_path_tests {
     use super::*;
@@ -558,6 +451,8 @@ mod safe_path_tests {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::fs::Permissions;
+    use std::os::unix::fs::PermissionsExt;
     use std::process::Command;
 
     /// A real self-signed P-256 pair from the `openssl` CLI (the hook checks the match).
@@ -907,120 +802,6 @@ mod tests {
         assert!(
             stderr.contains("FAILED:") && stderr.contains("kill --signal HUP broken failed"),
             "{stderr}"
-        );
-    }
-
-    #[test]
-    fn install_is_atomic_and_idempotent() {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let path = dir.path().join("vault-agent-post-leaf.sh");
-        let spec = PostHookSpec::new("ncprd1").proxy_reload("podman:proxyprod");
-        let my_uid = std::fs::metadata(dir.path()).expect("meta").uid();
-
-        let first = install_post_hook(&spec, &path, None, Some(my_uid)).expect("installs");
-        assert!(first.changed);
-        let meta = std::fs::metadata(&path).expect("meta");
-        assert_eq!(meta.mode() & 0o7777, 0o755);
-        assert_eq!(
-            std::fs::read_to_string(&path).expect("read"),
-            render_post_hook(&spec).expect("r")
-        );
-        let mtime = meta.modified().expect("mtime");
-
-        let second = install_post_hook(&spec, &path, None, Some(my_uid)).expect("installs");
-        assert!(!second.changed);
-        assert_eq!(
-            std::fs::metadata(&path)
-                .expect("meta")
-                .modified()
-                .expect("mtime"),
-            mtime
-        );
-
-        // A changed spec or a changed mode is rewritten.
-        let third = install_post_hook(
-            &spec.clone().reload_tls_label("tls=true"),
-            &path,
-            None,
-            None,
-        )
-        .expect("installs");
-        assert!(third.changed);
-        std::fs::set_permissions(&path, Permissions::from_mode(0o700)).expect("chmod");
-        assert!(
-            install_post_hook(&spec, &path, None, None)
-                .expect("installs")
-                .changed
-        );
-        assert_eq!(
-            std::fs::metadata(&path).expect("meta").mode() & 0o7777,
-            0o755
-        );
-
-        // No temporary files left behind.
-        let names: Vec<_> = std::fs::read_dir(dir.path())
-            .expect("ls")
-            .map(|e| e.expect("entry").file_name())
-            .collect();
-        assert_eq!(
-            names,
-            [std::ffi::OsString::from("vault-agent-post-leaf.sh")]
-        );
-    }
-
-    #[test]
-    fn install_refuses_a_directory_of_another_user() {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let path = dir.path().join("vault-agent-post-leaf.sh");
-        let found = std::fs::metadata(dir.path()).expect("meta").uid();
-        let expected = found.wrapping_add(4242);
-        let err = install_post_hook(&PostHookSpec::new("ncprd1"), &path, None, Some(expected))
-            .expect_err("refused");
-        match &err {
-            Error::BadOwner {
-                path: p,
-                expected: e,
-                found: f,
-            } => {
-                assert_eq!(p, dir.path());
-                assert_eq!((*e, *f), (expected, found));
-            }
-            other => panic!("expected BadOwner, got {other:?}"),
-        }
-        let msg = err.to_string();
-        assert!(
-            msg.contains(&format!("uid {found}")) && msg.contains(&format!("uid {expected}")),
-            "{msg}"
-        );
-        assert!(!path.exists());
-    }
-
-    #[test]
-    fn install_chowns_to_the_owner() {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let path = dir.path().join("vault-agent-post-leaf.sh");
-        let uid = std::fs::metadata(dir.path()).expect("meta").uid();
-        let owner = uid.to_string();
-        let report = install_post_hook(&PostHookSpec::new("ncprd1"), &path, Some(&owner), None)
-            .expect("installs");
-        assert!(report.changed);
-        assert_eq!(std::fs::metadata(&path).expect("meta").uid(), uid);
-        // The directory check uses the owner's uid when no uid is given.
-        let other = uid.wrapping_add(4242).to_string();
-        let err = install_post_hook(&PostHookSpec::new("ncprd1"), &path, Some(&other), None)
-            .expect_err("refused");
-        assert!(matches!(err, Error::BadOwner { .. }), "{err:?}");
-    }
-
-    #[test]
-    fn install_reports_a_missing_directory() {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let path = dir.path().join("missing/bin/hook.sh");
-        let err =
-            install_post_hook(&PostHookSpec::new("ncprd1"), &path, None, None).expect_err("no dir");
-        assert!(
-            matches!(err, Error::Io { ref path, .. } if path.ends_with("missing/bin")),
-            "{err:?}"
         );
     }
 }
