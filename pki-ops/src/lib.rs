@@ -74,7 +74,10 @@ pub use pki::roles::{
     CreatePolicy, FieldChange, RoleAction, RoleOutcome, RoleSpec, diff_role, parse_duration_secs,
     upsert_role,
 };
-pub use x509::check::{key_matches_cert, key_matches_cert_files, verify_chain, verify_chain_files};
+pub use x509::check::{
+    der_to_pem, key_matches_cert, key_matches_cert_files, verify_chain, verify_chain_files,
+    verify_chain_labeled,
+};
 pub use x509::inspect::{CertInfo, parse_bundle, parse_bundle_file, sha256_hex};
 
 #[cfg(test)]

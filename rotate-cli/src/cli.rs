@@ -96,6 +96,10 @@ pub struct KvFlags {
 /// The steps that exist today, in the order they run.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum Step {
+    /// Step 1: the admin's client certificate (needs `[admin]`).
+    Admin,
+    /// Step 2: the Vault listener's certificate (needs `[listener]`).
+    Listener,
     /// Step 3: agent login mTLS certs + cert auth mappings.
     Agents,
     /// Step 4: app leaf certs via the agent, post-hook reloads, agent restart.
@@ -105,6 +109,8 @@ pub enum Step {
 impl Step {
     fn id(self) -> StepId {
         match self {
+            Step::Admin => StepId::Admin,
+            Step::Listener => StepId::Listener,
             Step::Agents => StepId::Agents,
             Step::Leaf => StepId::Leaf,
         }
@@ -184,7 +190,7 @@ async fn dispatch(cli: &Cli, out: &mut dyn Write, cancel: &Cancel) -> Result<Exi
                 v.dedup();
                 v
             }
-            _ => vec![StepId::Agents, StepId::Leaf],
+            _ => config.default_steps(),
         },
         apps: names.clone(),
         kv_access: selection.is_some_and(|s| s.kv.with_kv_access),

@@ -63,6 +63,12 @@ pub struct Config {
     pub vault: VaultSection,
     /// The PKI mount and its issuer.
     pub pki: PkiSection,
+    /// The admin's client certificate (step 1); absent: step 1 is not run.
+    #[serde(default)]
+    pub admin: Option<AdminSection>,
+    /// The Vault listener's certificate (step 2); absent: step 2 is not run.
+    #[serde(default)]
+    pub listener: Option<ListenerSection>,
     /// Agent login certificates and cert auth mappings (step 3).
     #[serde(default)]
     pub agents: AgentsSection,
@@ -102,6 +108,118 @@ pub struct VaultSection {
     pub client_key: Option<PathBuf>,
     /// File holding the admin token (else `VAULT_TOKEN`).
     pub token_file: Option<PathBuf>,
+}
+
+/// `[admin]`: step 1, the admin's client certificate. Its files are `[vault]
+/// client_cert` and `client_key` (one directory, owned by root, no symlinks) and, with
+/// `write_ca`, `[vault] ca_cert`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AdminSection {
+    /// PKI mount issuing it (default: `[pki] mount`). A mount whose CA the listener's
+    /// `tls_client_ca_file` does not trust is refused by the gate, files untouched.
+    pub mount: Option<String>,
+    /// PKI role, e.g. `admin-mtls` (client certificates for exactly `common_name`).
+    pub role: String,
+    /// CN of the admin certificate.
+    pub common_name: String,
+    /// Certificate TTL.
+    pub ttl: String,
+    /// Role max TTL.
+    pub max_ttl: String,
+    /// How the key is made (a CSR by default: the key never leaves the host).
+    pub key_mode: KeyMode,
+    /// Create the role when missing.
+    pub create_role: bool,
+    /// Also write `[vault] ca_cert` with the PKI mount's CA chain.
+    pub write_ca: bool,
+    /// An env file to write: `export VAULT_CLIENT_CERT=... VAULT_CLIENT_KEY=...
+    /// VAULT_CACERT=...` (+ `VAULT_ADDR`, `VAULT_TLS_SERVER_NAME` and the `BAO_*` twins).
+    pub env_file: Option<PathBuf>,
+}
+
+impl Default for AdminSection {
+    fn default() -> Self {
+        AdminSection {
+            mount: None,
+            role: "admin-mtls".into(),
+            common_name: "admin.prod.privsec.ch".into(),
+            ttl: "72h".into(),
+            max_ttl: "720h".into(),
+            key_mode: KeyMode::default(),
+            create_role: true,
+            write_ca: true,
+            env_file: None,
+        }
+    }
+}
+
+/// `[listener]`: step 2, the Vault server's TLS certificate.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ListenerSection {
+    /// PKI role, e.g. `vault-server` (server certificates for exactly these names).
+    #[serde(default = "default_listener_role")]
+    pub role: String,
+    /// CN; default `[vault] tls_server_name` (the SNI name clients verify).
+    #[serde(default)]
+    pub common_name: Option<String>,
+    /// More DNS SANs.
+    #[serde(default)]
+    pub alt_names: Vec<String>,
+    /// IP SANs, e.g. `["127.0.0.1"]`.
+    #[serde(default)]
+    pub ip_sans: Vec<String>,
+    /// The server's `tls_cert_file` (certificate + chain).
+    pub cert_file: PathBuf,
+    /// The server's `tls_key_file` (0600; same directory as `cert_file`).
+    pub key_file: PathBuf,
+    /// Owner of both files: the Vault server's user.
+    #[serde(default = "default_listener_owner")]
+    pub owner: String,
+    /// Their group (default: the owner's primary group).
+    #[serde(default)]
+    pub group: Option<String>,
+    /// Certificate TTL.
+    #[serde(default = "default_listener_ttl")]
+    pub ttl: String,
+    /// Role max TTL.
+    #[serde(default = "default_listener_ttl")]
+    pub max_ttl: String,
+    /// How the key is made.
+    #[serde(default)]
+    pub key_mode: KeyMode,
+    /// Create the role when missing.
+    #[serde(default = "yes")]
+    pub create_role: bool,
+    /// How the server loads the new files: `signal:<pid file>:HUP` (OpenBao reloads the
+    /// listener certificate and key on SIGHUP), `podman-restart:<container>`, or
+    /// `cmd:systemctl restart openbao`.
+    pub reload: String,
+    /// How long the gate waits for the new serial to be served.
+    #[serde(default = "default_reload_timeout")]
+    pub reload_timeout: String,
+    /// CA bundles clients use that must verify the new chain before it is installed
+    /// (besides `[vault] ca_cert` and each app's `vault/ca/ca.pem`, always checked when
+    /// present), e.g. the proxy's chain.
+    #[serde(default)]
+    pub client_bundles: Vec<PathBuf>,
+}
+
+fn default_listener_role() -> String {
+    "vault-server".into()
+}
+fn default_listener_owner() -> String {
+    "root".into()
+}
+fn default_listener_ttl() -> String {
+    "2160h".into()
+}
+fn default_reload_timeout() -> String {
+    "15s".into()
+}
+fn yes() -> bool {
+    true
 }
 
 /// `[run]`.
@@ -388,6 +506,18 @@ impl Config {
         {
             abs(p);
         }
+        if let Some(a) = &mut cfg.admin
+            && let Some(p) = &mut a.env_file
+        {
+            abs(p);
+        }
+        if let Some(l) = &mut cfg.listener {
+            abs(&mut l.cert_file);
+            abs(&mut l.key_file);
+            for b in &mut l.client_bundles {
+                abs(b);
+            }
+        }
         for app in &mut cfg.apps {
             abs(&mut app.home);
         }
@@ -432,6 +562,7 @@ impl Config {
                 ));
             }
         }
+        self.validate_tls_steps()?;
         for name in self.commands.overrides.keys() {
             if !OVERRIDABLE.contains(&name.as_str()) {
                 return Err(self.invalid(
@@ -488,6 +619,96 @@ impl Config {
             }
         }
         Ok(())
+    }
+
+    /// `[admin]` and `[listener]`: durations, one directory per pair, a reloader.
+    fn validate_tls_steps(&self) -> Result<(), ConfigError> {
+        let dur = |setting: &str, v: &str| match pki_ops::parse_duration_secs(v) {
+            Some(_) => Ok(()),
+            None => Err(self.invalid(setting, format!("{v:?} is not a duration (e.g. 72h)"))),
+        };
+        if let Some(a) = &self.admin {
+            dur("admin.ttl", &a.ttl)?;
+            dur("admin.max_ttl", &a.max_ttl)?;
+            let (Some(cert), Some(key)) = (&self.vault.client_cert, &self.vault.client_key) else {
+                return Err(self.invalid(
+                    "vault.client_cert",
+                    "[admin] rotates the admin's client certificate: set [vault] client_cert and client_key",
+                ));
+            };
+            if cert.parent() != key.parent() {
+                return Err(self.invalid(
+                    "vault.client_key",
+                    "must be in the same directory as client_cert (the pair is replaced together)",
+                ));
+            }
+            if a.write_ca && self.vault.ca_cert.is_none() {
+                return Err(self.invalid(
+                    "admin.write_ca",
+                    "needs [vault] ca_cert (the bundle to write)",
+                ));
+            }
+        }
+        if let Some(l) = &self.listener {
+            dur("listener.ttl", &l.ttl)?;
+            dur("listener.max_ttl", &l.max_ttl)?;
+            dur("listener.reload_timeout", &l.reload_timeout)?;
+            if l.cert_file.parent() != l.key_file.parent() {
+                return Err(self.invalid(
+                    "listener.key_file",
+                    "must be in the same directory as cert_file (the pair is replaced together)",
+                ));
+            }
+            if l.cert_file == l.key_file {
+                return Err(self.invalid("listener.key_file", "is the same file as cert_file"));
+            }
+            l.reload
+                .parse::<hooks::Reloader>()
+                .map_err(|e| self.invalid("listener.reload", e.to_string()))?;
+            if l.common_name.is_none() && self.vault.tls_server_name.is_none() {
+                return Err(self.invalid(
+                    "listener.common_name",
+                    "set it, or [vault] tls_server_name (the SNI name clients verify)",
+                ));
+            }
+            for ip in &l.ip_sans {
+                ip.parse::<std::net::IpAddr>().map_err(|_| {
+                    self.invalid("listener.ip_sans", format!("{ip:?} is not an IP address"))
+                })?;
+            }
+        }
+        Ok(())
+    }
+
+    /// The steps a plain `run` performs, in order: 1 and 2 when `[admin]` / `[listener]`
+    /// are configured, then 3 and 4.
+    pub fn default_steps(&self) -> Vec<crate::StepId> {
+        use crate::StepId;
+        let mut v = Vec::new();
+        if self.admin.is_some() {
+            v.push(StepId::Admin);
+        }
+        if self.listener.is_some() {
+            v.push(StepId::Listener);
+        }
+        v.extend([StepId::Agents, StepId::Leaf]);
+        v
+    }
+
+    /// The PKI mount issuing the admin certificate.
+    pub fn admin_mount(&self) -> &str {
+        self.admin
+            .as_ref()
+            .and_then(|a| a.mount.as_deref())
+            .unwrap_or(&self.pki.mount)
+    }
+
+    /// The listener certificate's CN (the SNI name clients verify).
+    pub fn listener_cn(&self) -> Option<&str> {
+        let l = self.listener.as_ref()?;
+        l.common_name
+            .as_deref()
+            .or(self.vault.tls_server_name.as_deref())
     }
 
     /// The apps selected by `names` (all when empty), in config order; an unknown name is

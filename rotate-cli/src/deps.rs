@@ -1,13 +1,22 @@
 //! What the steps need from the outside world, as narrow traits: the admin's Vault
 //! capabilities, and a way to build a *fresh* client from new certificate files (the gates).
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
 
-use vault_client::{CertAuthApi, ClientConfig, KvApi, PkiApi, SysApi, TokenApi, VaultClient};
+use async_trait::async_trait;
+use vault_client::{
+    CertAuthApi, ClientConfig, Handshake, KvApi, PkiApi, Reconnect, SysApi, TokenApi, VaultClient,
+};
 
-/// Builds a brand-new client (own connection pool, no token) presenting `cert`/`key` and
-/// trusting only `ca`: what an agent with those files would be.
+/// `sys/*` and token endpoints of one client: what the admin identity gate asks.
+pub trait AdminApi: SysApi + TokenApi {}
+impl<T: SysApi + TokenApi> AdminApi for T {}
+
+/// Builds brand-new clients (own connection, no shared pool) from given files: what an
+/// agent, or the admin with new files, would be. The gates prove effects through these.
 #[cfg_attr(test, mockall::automock)]
+#[async_trait]
 pub trait GateConnector: Send + Sync {
     /// A fresh client for the cert login gate.
     fn connect(
@@ -20,23 +29,52 @@ pub trait GateConnector: Send + Sync {
     /// A client reaching Vault like the admin (same TLS identity) but sending `token`, to
     /// look up a token someone else obtained (e.g. the agent's sink).
     fn token_client(&self, token: &str) -> vault_client::Result<Box<dyn TokenApi>>;
+
+    /// A fresh client presenting `cert`/`key`, trusting only `ca`, sending the admin's
+    /// token: the admin identity those files would give.
+    fn admin_client(
+        &self,
+        cert: &Path,
+        key: &Path,
+        ca: &Path,
+    ) -> vault_client::Result<Box<dyn AdminApi>>;
+
+    /// A raw TLS handshake on a new connection (what `openssl s_client -servername`
+    /// sees), presenting `identity` (cert, key) and trusting only `ca`, then
+    /// `sys/seal-status` on it.
+    async fn handshake(
+        &self,
+        identity: Option<(PathBuf, PathBuf)>,
+        ca: &Path,
+        timeout: Duration,
+    ) -> vault_client::Result<Handshake>;
 }
 
 /// The real [`GateConnector`]: the admin's address and TLS server name, new files.
 #[derive(Debug, Clone)]
 pub struct FreshClients {
     base: ClientConfig,
+    admin: ClientConfig,
 }
 
 impl FreshClients {
     /// Fresh clients that reach Vault like `base` does (address, SNI name, timeouts).
     pub fn new(base: &ClientConfig) -> Self {
+        let admin = base.clone();
         let mut base = base.clone();
         base.token = None;
-        FreshClients { base }
+        FreshClients { base, admin }
+    }
+
+    fn with_files(mut cfg: ClientConfig, cert: &Path, key: &Path, ca: &Path) -> ClientConfig {
+        cfg = cfg.ca_cert(ca).client_identity(cert, key);
+        // Only the given CA bundle: the gate proves *it* verifies the listener.
+        cfg.ca_path = None;
+        cfg
     }
 }
 
+#[async_trait]
 impl GateConnector for FreshClients {
     fn connect(
         &self,
@@ -44,15 +82,39 @@ impl GateConnector for FreshClients {
         key: &Path,
         ca: &Path,
     ) -> vault_client::Result<Box<dyn CertAuthApi>> {
-        let mut cfg = self.base.clone().ca_cert(ca).client_identity(cert, key);
-        // Only the app's CA bundle: the gate proves *it* verifies the listener.
-        cfg.ca_path = None;
+        let cfg = Self::with_files(self.base.clone(), cert, key, ca);
         Ok(Box::new(VaultClient::new(&cfg)?))
     }
 
     fn token_client(&self, token: &str) -> vault_client::Result<Box<dyn TokenApi>> {
         let cfg = self.base.clone().token(token)?;
         Ok(Box::new(VaultClient::new(&cfg)?))
+    }
+
+    fn admin_client(
+        &self,
+        cert: &Path,
+        key: &Path,
+        ca: &Path,
+    ) -> vault_client::Result<Box<dyn AdminApi>> {
+        let cfg = Self::with_files(self.admin.clone(), cert, key, ca);
+        Ok(Box::new(VaultClient::new(&cfg)?))
+    }
+
+    async fn handshake(
+        &self,
+        identity: Option<(PathBuf, PathBuf)>,
+        ca: &Path,
+        timeout: Duration,
+    ) -> vault_client::Result<Handshake> {
+        let mut cfg = self.base.clone().ca_cert(ca);
+        cfg.ca_path = None;
+        cfg.client_cert = None;
+        cfg.client_key = None;
+        if let Some((cert, key)) = identity {
+            cfg = cfg.client_identity(cert, key);
+        }
+        vault_client::tls_handshake(&cfg, timeout).await
     }
 }
 
@@ -70,6 +132,9 @@ pub struct Vault<'a> {
     pub token: &'a dyn TokenApi,
     /// KV v2.
     pub kv: &'a dyn KvApi,
+    /// Switches the admin client to the identity files on disk (after step 1 replaced
+    /// them, or its undo restored them).
+    pub identity: &'a dyn Reconnect,
     /// Fresh clients for gates.
     pub gate: &'a dyn GateConnector,
 }
@@ -83,6 +148,7 @@ impl<'a> Vault<'a> {
             cert: client,
             token: client,
             kv: client,
+            identity: client,
             gate,
         }
     }

@@ -8,8 +8,14 @@
 //!   durable undo record in the journal) → `gate` (proves the effect as a client sees
 //!   it) → commit, or unwind everything the app wrote (certificates it issued revoked).
 //!   [`Mode::Resume`] finishes an interrupted run; [`Mode::Rollback`] unwinds the last one.
-//! - Steps: [`AgentsStep`] (step 3, agent login certs + cert auth mappings) and
-//!   [`LeafStep`] (step 4, app leaf certs through the agent, post-hook, restart).
+//! - Steps: [`AdminStep`] (step 1, the admin's client certificate, proven by a brand-new
+//!   client *before* it replaces the current identity), [`ListenerStep`] (step 2, the
+//!   listener certificate, proven by the served serial on new handshakes; restored and
+//!   re-proven on failure), [`AgentsStep`] (step 3, agent login certs + cert auth
+//!   mappings) and [`LeafStep`] (step 4, app leaf certs through the agent, post-hook,
+//!   restart). Global steps have one [`Singleton`] target; per-app steps run per app.
+//! - [`look`] / [`wait_for_serial`] / [`prove_admin`]: what the listener serves and
+//!   whether an identity works, as a new client sees it.
 //! - [`RunReport`]: one report for human and JSON output; [`Exit`]: documented exit codes.
 //! - Vault is reached through [`Vault`], a bundle of narrow traits, so steps run against
 //!   mocks in unit tests.
@@ -43,16 +49,17 @@ mod engine;
 mod exit;
 mod render;
 mod rotation;
+mod served;
 mod status;
 mod steps;
 
 #[cfg(feature = "cli")]
 pub use cli::{Cli, Command, KvFlags, Output, Selection, Step as CliStep, run};
 pub use config::{
-    AgentsSection, AppConfig, Config, ConfigError, KeyMode, LeafSection, PkiSection, ProxySection,
-    RunSection, VaultSection,
+    AdminSection, AgentsSection, AppConfig, Config, ConfigError, KeyMode, LeafSection,
+    ListenerSection, PkiSection, ProxySection, RunSection, VaultSection,
 };
-pub use deps::{FreshClients, GateConnector, Vault};
+pub use deps::{AdminApi, FreshClients, GateConnector, Vault};
 pub use engine::change::{Change, ChangeKind, FieldDiff};
 pub use engine::journal::{
     Event, Journal, JournalError, RunRecord, RunRequest, RunState, StepId, TargetRecord,
@@ -60,12 +67,17 @@ pub use engine::journal::{
 };
 pub use engine::lock::{LockError, StateLock};
 pub use engine::undo::{UndoAction, UndoDeps, UnwindOutcome, carry_out, unwind};
-pub use engine::{Cancel, Outcome, Step, StepReport, TargetPlan, TargetReport, Tx};
+pub use engine::{
+    Cancel, Outcome, Singleton, Step, StepReport, Target, TargetPlan, TargetReport, Tx,
+};
 pub use exit::Exit;
 pub use rotation::{Deps, Mode, RotationError, RunReport, execute};
+pub use served::{AdminIdentity, Served, WaitError, look, prove_admin, wait_for_serial};
 pub use status::{Identity, StatusReport, status};
 pub use steps::StepError;
+pub use steps::admin::{AdminApplied, AdminPlan, AdminProof, AdminStep};
 pub use steps::agents::{AgentApplied, AgentProof, AgentsStep};
 pub use steps::leaf::{LeafApplied, LeafExpectation, LeafProof, LeafStep, verify_leaf};
+pub use steps::listener::{ListenerApplied, ListenerPlan, ListenerProof, ListenerStep};
 pub use steps::names::kv_policy_name;
 pub use steps::preflight::{Check, PreflightReport, preflight};

@@ -14,11 +14,15 @@ use crate::engine::journal::{
 };
 use crate::engine::lock::{LockError, StateLock};
 use crate::engine::undo::{UndoAction, UndoDeps, unwind};
-use crate::engine::{Cancel, Outcome, StepReport, TargetReport, recover_target, run_step};
+use crate::engine::{
+    Cancel, Outcome, Singleton, StepReport, TargetReport, recover_target, run_step,
+};
 use crate::exit::Exit;
 use crate::steps::StepError;
+use crate::steps::admin::AdminStep;
 use crate::steps::agents::AgentsStep;
 use crate::steps::leaf::LeafStep;
+use crate::steps::listener::ListenerStep;
 use crate::steps::preflight::{PreflightReport, preflight};
 
 /// What to do.
@@ -67,6 +71,9 @@ pub struct RunReport {
     pub steps: Vec<StepReport>,
     /// `rollback`: what was unwound.
     pub rolled_back: Vec<TargetReport>,
+    /// Steps not attempted because a global step (admin, listener) before them failed.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub not_run: Vec<StepId>,
     /// The exit code (documented in README and [`Exit`]).
     pub exit_code: u8,
     /// One sentence: what changed, what was undone, what is left.
@@ -123,6 +130,8 @@ impl RotationError {
 
 /// The steps as objects, built once per invocation.
 struct Steps<'a> {
+    admin: Option<AdminStep<'a>>,
+    listener: Option<ListenerStep<'a>>,
     agents: AgentsStep<'a>,
     leaf: LeafStep<'a>,
 }
@@ -153,6 +162,7 @@ pub async fn execute(
         recovered: Vec::new(),
         steps: Vec::new(),
         rolled_back: Vec::new(),
+        not_run: Vec::new(),
         exit_code: 0,
         summary: String::new(),
     };
@@ -205,6 +215,8 @@ pub async fn execute(
         return Ok(report);
     };
     let steps = Steps {
+        admin: AdminStep::new(cfg, deps, chain.clone()),
+        listener: ListenerStep::new(cfg, deps, chain.clone()),
         agents: AgentsStep::new(cfg, deps, chain.clone()),
         leaf: LeafStep::new(cfg, deps, chain, request.kv_access, request.kv_seed),
     };
@@ -259,7 +271,18 @@ pub async fn execute(
         let rec = journal.record();
         for id in &request.steps {
             let mut targets = Vec::new();
-            for app in apps {
+            if let Some(name) = global_target(*id)
+                && rec
+                    .target(*id, name.0)
+                    .is_some_and(|t| t.state.is_unfinished())
+            {
+                let t = recover_global(&steps, *id, &journal, undo).await?;
+                if t.outcome == Outcome::RollbackIncomplete {
+                    failed_apps.push(GLOBAL.into());
+                }
+                targets.push(t);
+            }
+            for app in apps.iter().filter(|_| global_target(*id).is_none()) {
                 if rec
                     .target(*id, &app.name)
                     .is_some_and(|t| t.state.is_unfinished())
@@ -281,12 +304,43 @@ pub async fn execute(
         }
     }
 
-    // The steps, in order.
+    // The steps, in order. A global step (admin, listener) that fails stops the run:
+    // every later step depends on it.
     for id in &request.steps {
         if deps.cancel.is_cancelled() {
             break;
         }
+        if failed_apps.iter().any(|a| a == GLOBAL) {
+            report.not_run.push(*id);
+            continue;
+        }
         let rec = journal.record();
+        if let Some(single) = global_target(*id) {
+            let sr = if rec
+                .target(*id, single.0)
+                .is_some_and(|t| t.state == TargetState::Committed)
+            {
+                StepReport {
+                    step: *id,
+                    targets: vec![TargetReport {
+                        error: None,
+                        ..TargetReport::new(single.0, Outcome::Committed)
+                    }],
+                    millis: 0,
+                }
+            } else {
+                global_dispatch(&steps, *id, &journal, undo, deps.cancel).await?
+            };
+            if sr
+                .targets
+                .iter()
+                .any(|t| !matches!(t.outcome, Outcome::Committed | Outcome::Unchanged))
+            {
+                failed_apps.push(GLOBAL.into());
+            }
+            report.steps.push(sr);
+            continue;
+        }
         let todo: Vec<&AppConfig> = apps
             .iter()
             .copied()
@@ -430,11 +484,92 @@ async fn step_dispatch(
     match id {
         StepId::Agents => run_step(&steps.agents, apps, journal, undo, concurrency, cancel).await,
         StepId::Leaf => run_step(&steps.leaf, apps, journal, undo, concurrency, cancel).await,
+        StepId::Admin | StepId::Listener => {
+            let Some(single) = global_target(id) else {
+                return Ok(absent(id));
+            };
+            let one = [&single];
+            match (id, &steps.admin, &steps.listener) {
+                (StepId::Admin, Some(s), _) => run_step(s, &one, journal, undo, 1, cancel).await,
+                (StepId::Listener, _, Some(s)) => run_step(s, &one, journal, undo, 1, cancel).await,
+                _ => Ok(absent(id)),
+            }
+        }
         StepId::Preflight => Ok(StepReport {
             step: id,
             targets: Vec::new(),
             millis: 0,
         }),
+    }
+}
+
+/// The name of a global step's single target; `None` for per-app steps.
+fn global_target(id: StepId) -> Option<Singleton> {
+    match id {
+        StepId::Admin => Some(Singleton("admin")),
+        StepId::Listener => Some(Singleton("listener")),
+        _ => None,
+    }
+}
+
+/// Marks a failed global step in the list of failed targets.
+const GLOBAL: &str = "\u{0}global";
+
+async fn global_dispatch(
+    steps: &Steps<'_>,
+    id: StepId,
+    journal: &Journal,
+    undo: UndoDeps<'_>,
+    cancel: &Cancel,
+) -> Result<StepReport, JournalError> {
+    let Some(single) = global_target(id) else {
+        return Ok(StepReport {
+            step: id,
+            targets: Vec::new(),
+            millis: 0,
+        });
+    };
+    let one = [&single];
+    match id {
+        StepId::Admin => match &steps.admin {
+            Some(s) => run_step(s, &one, Some(journal), undo, 1, cancel).await,
+            None => Ok(absent(id)),
+        },
+        StepId::Listener => match &steps.listener {
+            Some(s) => run_step(s, &one, Some(journal), undo, 1, cancel).await,
+            None => Ok(absent(id)),
+        },
+        _ => Ok(absent(id)),
+    }
+}
+
+async fn recover_global(
+    steps: &Steps<'_>,
+    id: StepId,
+    journal: &Journal,
+    undo: UndoDeps<'_>,
+) -> Result<TargetReport, JournalError> {
+    let single = global_target(id).unwrap_or(Singleton("?"));
+    match (id, &steps.admin, &steps.listener) {
+        (StepId::Admin, Some(s), _) => recover_target(s, &single, journal, undo).await,
+        (StepId::Listener, _, Some(s)) => recover_target(s, &single, journal, undo).await,
+        _ => Ok(TargetReport {
+            error: Some(format!("{id} is no longer configured; unwinding it")),
+            rollback: Some(unwind(journal, undo, id, single.0).await?),
+            ..TargetReport::new(single.0, Outcome::RolledBack)
+        }),
+    }
+}
+
+fn absent(id: StepId) -> StepReport {
+    StepReport {
+        step: id,
+        targets: vec![TargetReport {
+            error: Some(format!("{id} is not configured")),
+            error_class: Some(Exit::Config.code()),
+            ..TargetReport::new(id.name(), Outcome::FailedNothingWritten)
+        }],
+        millis: 0,
     }
 }
 
@@ -448,7 +583,7 @@ async fn recover_dispatch(
     match id {
         StepId::Agents => recover_target(&steps.agents, app, journal, undo).await,
         StepId::Leaf => recover_target(&steps.leaf, app, journal, undo).await,
-        StepId::Preflight => Ok(skipped(app, id)),
+        StepId::Preflight | StepId::Admin | StepId::Listener => Ok(skipped(app, id)),
     }
 }
 
@@ -586,6 +721,7 @@ mod tests {
                 millis: 0,
             }],
             rolled_back: Vec::new(),
+            not_run: Vec::new(),
             exit_code: 0,
             summary: String::new(),
         }

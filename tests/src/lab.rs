@@ -47,6 +47,8 @@ pub struct LabPaths {
     pub config: PathBuf,
     /// Server log.
     pub log: PathBuf,
+    /// The server's pid file (`pid_file`), what `[listener] reload = "signal:..."` reads.
+    pub pid_file: PathBuf,
     /// Shell exports for `bao`/`vault` and `openssl`.
     pub env_sh: PathBuf,
     /// Machine-readable lab description.
@@ -70,6 +72,7 @@ impl LabPaths {
             unseal_key_file: p("server/unseal.key"),
             config: p("server/bao.hcl"),
             log: p("server/bao.log"),
+            pid_file: p("server/bao.pid"),
             env_sh: p("env.sh"),
             lab_json: p("lab.json"),
             rotate_toml: p("rotate.toml"),
@@ -150,6 +153,7 @@ fn server_config(paths: &LabPaths, port: u16, cluster_port: u16) -> String {
     format!(
         r#"# OpenBao lab server: mTLS listener like production.
 ui = false
+pid_file = "{pid}"
 api_addr = "https://127.0.0.1:{port}"
 cluster_addr = "https://127.0.0.1:{cluster_port}"
 
@@ -179,6 +183,7 @@ audit "file" "lab" {{
         key = d(&paths.server_key),
         ca = d(&paths.ca_bundle),
         audit = d(&paths.dir.join("server/audit.log")),
+        pid = d(&paths.pid_file),
     )
 }
 
@@ -506,6 +511,46 @@ name = "proxyprod"
             token = d(&self.paths.token_file),
             issuer = crate::pki::INTERMEDIATE_CN,
         )
+    }
+
+    /// The `[admin]` and `[listener]` sections for this lab (steps 1 and 2): the admin's
+    /// files are the lab's, the listener's files the server's own, reloaded by SIGHUP
+    /// through its pid file. Not part of [`Lab::rotate_config`]: the shared test lab's
+    /// identity and listener must stay put while tests run in parallel.
+    pub fn tls_sections(&self) -> String {
+        let d = |p: &Path| p.display().to_string();
+        format!(
+            r#"
+[admin]
+role = "admin-mtls"
+common_name = "admin.prod.privsec.ch"
+ttl = "72h"
+env_file = "{env}"
+
+[listener]
+role = "vault-server"
+ip_sans = ["127.0.0.1"]
+cert_file = "{cert}"
+key_file = "{key}"
+owner = "root"
+reload = "signal:{pid}:HUP"
+reload_timeout = "10s"
+"#,
+            env = d(&self.paths.dir.join("admin/env.sh")),
+            cert = d(&self.paths.server_cert),
+            key = d(&self.paths.server_key),
+            pid = d(&self.paths.pid_file),
+        )
+    }
+
+    /// [`Lab::rotate_config`] with [`Lab::tls_sections`]: the whole order.
+    pub fn rotate_config_full(&self) -> String {
+        let base = self.rotate_config();
+        // Sections must come before the [[apps]] array of tables.
+        match base.find("\n[[apps]]") {
+            Some(i) => format!("{}{}{}", &base[..i], self.tls_sections(), &base[i..]),
+            None => base + &self.tls_sections(),
+        }
     }
 
     /// Define `vault-agent-<app>.service` as a real `bao agent` with the config the leaf

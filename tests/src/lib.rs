@@ -28,37 +28,53 @@ use std::sync::OnceLock;
 /// lives as long as the process (the server is tied to it and dies with the binary).
 pub fn shared() -> &'static Lab {
     static LAB: OnceLock<&'static Lab> = OnceLock::new();
-    LAB.get_or_init(|| {
-        let (tx, rx) = std::sync::mpsc::channel();
-        std::thread::Builder::new()
-            .name("openbao-lab".into())
-            .spawn(move || {
-                let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
-                    .join("../target/lab-tests")
-                    .join(std::process::id().to_string());
-                let rt = tokio::runtime::Builder::new_current_thread()
-                    .enable_all()
-                    .build()
-                    .map_err(anyhow::Error::from);
-                let lab = rt.and_then(|rt| rt.block_on(Lab::start(&dir)));
-                match lab {
-                    Ok(lab) => {
-                        let _ = tx.send(Ok(&*Box::leak(Box::new(lab))));
-                        // Keep this thread (the server's parent) alive until the process exits.
-                        loop {
-                            std::thread::park();
-                        }
-                    }
-                    Err(e) => {
-                        let _ = tx.send(Err(format!("{e:#}")));
+    LAB.get_or_init(|| start_for_process(""))
+}
+
+/// A second lab for the tests of steps 1 and 2, which replace the admin identity and
+/// the listener certificate of their server: the shared lab's must stay put while the
+/// other tests run. Its tests take [`tls_lab_turn`] so they do not overlap either.
+pub fn tls_lab() -> &'static Lab {
+    static LAB: OnceLock<&'static Lab> = OnceLock::new();
+    LAB.get_or_init(|| start_for_process("-tls"))
+}
+
+/// One test at a time on [`tls_lab`].
+pub async fn tls_lab_turn() -> tokio::sync::MutexGuard<'static, ()> {
+    static TURN: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+    TURN.lock().await
+}
+
+fn start_for_process(tag: &str) -> &'static Lab {
+    let (tx, rx) = std::sync::mpsc::channel();
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../target/lab-tests")
+        .join(format!("{}{tag}", std::process::id()));
+    std::thread::Builder::new()
+        .name(format!("openbao-lab{tag}"))
+        .spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .map_err(anyhow::Error::from);
+            let lab = rt.and_then(|rt| rt.block_on(Lab::start(&dir)));
+            match lab {
+                Ok(lab) => {
+                    let _ = tx.send(Ok(&*Box::leak(Box::new(lab))));
+                    // Keep this thread (the server's parent) alive until the process exits.
+                    loop {
+                        std::thread::park();
                     }
                 }
-            })
-            .expect("spawn lab thread");
-        match rx.recv() {
-            Ok(Ok(lab)) => lab,
-            Ok(Err(e)) => panic!("OpenBao lab failed to start: {e}"),
-            Err(_) => panic!("OpenBao lab thread died"),
-        }
-    })
+                Err(e) => {
+                    let _ = tx.send(Err(format!("{e:#}")));
+                }
+            }
+        })
+        .expect("spawn lab thread");
+    match rx.recv() {
+        Ok(Ok(lab)) => lab,
+        Ok(Err(e)) => panic!("OpenBao lab failed to start: {e}"),
+        Err(_) => panic!("OpenBao lab thread died"),
+    }
 }

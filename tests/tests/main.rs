@@ -11,3 +11,4 @@ mod faults;
 mod leaf;
 mod podman;
 mod support;
+mod tls;

@@ -10,13 +10,29 @@ use crate::error::{Error, Result};
 use crate::retry::{Idempotency, Outcome, RetryPolicy, is_retryable};
 use crate::transport::{HttpRequest, HttpResponse, Method, ReqwestTransport, Transport};
 
+/// Switch a client to the identity files now on disk (see [`VaultClient::reconnect`]).
+#[cfg_attr(any(test, feature = "mocks"), mockall::automock)]
+pub trait Reconnect: Send + Sync {
+    /// Re-read the configured CA bundle and client identity and use them from now on.
+    fn reconnect(&self) -> Result<()>;
+}
+
+impl Reconnect for VaultClient {
+    fn reconnect(&self) -> Result<()> {
+        VaultClient::reconnect(self)
+    }
+}
+
 /// An async Vault/OpenBao client. Cheap to clone: clones share one connection pool.
 ///
 /// The endpoint functions live on the capability traits ([`crate::SysApi`],
 /// [`crate::PkiApi`], [`crate::CertAuthApi`], [`crate::KvApi`], [`crate::TokenApi`]).
 #[derive(Clone)]
 pub struct VaultClient {
-    transport: Arc<dyn Transport>,
+    /// Swapped by [`VaultClient::reconnect`]; shared by every clone.
+    transport: Arc<std::sync::RwLock<Arc<dyn Transport>>>,
+    /// What [`VaultClient::reconnect`] rebuilds from (`None` for test transports).
+    cfg: Option<Arc<ClientConfig>>,
     retry: RetryPolicy,
     token: Option<Arc<Zeroizing<String>>>,
     addr: String,
@@ -38,8 +54,11 @@ impl VaultClient {
     /// configured file is unreadable or unusable.
     pub fn new(cfg: &ClientConfig) -> Result<Self> {
         let transport = ReqwestTransport::new(cfg)?;
+        let mut kept = cfg.clone();
+        kept.token = None;
         Ok(VaultClient {
-            transport: Arc::new(transport),
+            transport: Arc::new(std::sync::RwLock::new(Arc::new(transport))),
+            cfg: Some(Arc::new(kept)),
             retry: cfg.retry.clone(),
             token: cfg.token.clone().map(Arc::new),
             addr: cfg.addr.to_string(),
@@ -55,7 +74,8 @@ impl VaultClient {
     #[cfg(test)]
     pub(crate) fn with_transport(transport: Arc<dyn Transport>, retry: RetryPolicy) -> Self {
         VaultClient {
-            transport,
+            transport: Arc::new(std::sync::RwLock::new(transport)),
+            cfg: None,
             retry,
             token: None,
             addr: "https://mock".into(),
@@ -68,6 +88,20 @@ impl VaultClient {
         let mut c = self.clone();
         c.token = Some(Arc::new(clean_token("token", token)?));
         Ok(c)
+    }
+
+    /// Re-read the CA bundle and client identity files of the configuration this client
+    /// was built from and use them for every later request (of this client and all its
+    /// clones): after the admin's certificate files were replaced, the run goes on with
+    /// the new identity. Open pooled connections of the old identity are dropped. On error
+    /// (a file unreadable, key and certificate mismatched) the client keeps the old one.
+    pub fn reconnect(&self) -> Result<()> {
+        let Some(cfg) = &self.cfg else {
+            return Ok(());
+        };
+        let fresh: Arc<dyn Transport> = Arc::new(ReqwestTransport::new(cfg)?);
+        *self.transport.write().unwrap_or_else(|e| e.into_inner()) = fresh;
+        Ok(())
     }
 
     /// True when a token is set.
@@ -116,7 +150,8 @@ impl VaultClient {
         let mut attempt = 0u32;
         loop {
             attempt += 1;
-            let result = self.transport.send(&req).await;
+            let transport = Arc::clone(&self.transport.read().unwrap_or_else(|e| e.into_inner()));
+            let result = transport.send(&req).await;
             let outcome = match &result {
                 Ok(resp) if answers.contains(&resp.status) => None,
                 Ok(resp) if resp.status == 400 && is_kv_upgrading(&resp.body) => {

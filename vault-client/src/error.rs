@@ -118,6 +118,30 @@ impl Error {
     }
 }
 
+impl Error {
+    /// What to do next, for an operator reading the failure at 3 a.m.: the likely causes
+    /// of this failure class and the check or fix for each. Shared by the listener gate
+    /// and the healthcheck.
+    pub fn next_action(&self) -> String {
+        match self {
+            Error::Transport { kind, .. } => kind.next_action().to_owned(),
+            Error::Api { status: 503, .. } => {
+                "Vault is sealed (or standby without forwarding): unseal it (`bao operator unseal`), then run again".into()
+            }
+            Error::Api { status: 403, .. } => {
+                "forbidden: the token is invalid or its policy lacks this path; check `bao token lookup` and the admin policy".into()
+            }
+            Error::Api { status: 429 | 472 | 473, .. } => {
+                "a standby or performance-standby node answered: point the address at the active node".into()
+            }
+            Error::ReadFile { .. } | Error::BadPem { .. } | Error::Config { .. } => {
+                "fix the named file or setting, then run again".into()
+            }
+            _ => "see the message above".into(),
+        }
+    }
+}
+
 /// Why a request got no HTTP answer. Each names the likely operational cause.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[non_exhaustive]
@@ -154,6 +178,36 @@ impl TransportKind {
                 | TransportKind::ConnectionReset
                 | TransportKind::Timeout
         )
+    }
+}
+
+impl TransportKind {
+    /// The likely causes and the next action for this failure class.
+    pub fn next_action(self) -> &'static str {
+        match self {
+            TransportKind::ConnectionRefused => {
+                "nothing is listening: the server is down or restarting; check the unit/container and the address and port"
+            }
+            TransportKind::ConnectionReset => {
+                "the listener reset the connection (errno 104): it is restarting, or it rejected the client certificate (its tls_client_ca_file does not trust the issuer; SIGHUP never reloads that file), or SNI/chain do not match; check the server log"
+            }
+            TransportKind::ClientCertRejected => {
+                "the listener refused the client certificate: it is expired, not yet valid, or not issued by a CA in the listener's tls_client_ca_file (SIGHUP never reloads it: restart the server after changing it)"
+            }
+            TransportKind::ServerCertUntrusted => {
+                "the CA bundle does not verify the listener's chain: add the issuing CA chain to the bundle (VAULT_CACERT) or fix the listener's tls_cert_file chain"
+            }
+            TransportKind::ServerNameMismatch => {
+                "the listener's certificate does not carry the TLS server name: set VAULT_TLS_SERVER_NAME to a name in its SANs, or reissue it with that name"
+            }
+            TransportKind::Tls => {
+                "TLS failed: check certificate validity dates (expired / not yet valid), protocol versions and the server log"
+            }
+            TransportKind::Timeout => {
+                "no answer in time: the server is overloaded, blocked, or a firewall drops packets"
+            }
+            TransportKind::Other => "see the message above",
+        }
     }
 }
 

@@ -12,6 +12,10 @@
 //!   untrusted chain, wrong name, timeout).
 //! - **Retries** ([`RetryPolicy`]): bounded, jittered, only for idempotent requests, except
 //!   "connection refused", which proves nothing was sent.
+//! - **Listener probe** ([`tls_handshake`]): a raw TLS handshake on a new connection, as
+//!   `openssl s_client -servername` makes it, returning the chain the listener serves now
+//!   and whether it accepts our client certificate; [`Error::next_action`] says what to do
+//!   about each failure class.
 //! - **Capability traits** ([`SysApi`], [`PkiApi`], [`CertAuthApi`], [`KvApi`],
 //!   [`TokenApi`]) implemented by [`VaultClient`]; with the `mocks` feature, mockall
 //!   mocks (`MockSysApi`, ...) for unit tests of code built on them.
@@ -37,6 +41,7 @@ mod api;
 mod client;
 mod config;
 mod error;
+mod probe;
 mod retry;
 mod tls;
 mod transport;
@@ -46,9 +51,10 @@ pub use api::kv::{KvApi, KvMetadata, KvSecret, KvVersion};
 pub use api::pki::{CertRecord, IssueRequest, IssuedCert, IssuerInfo, PkiApi};
 pub use api::sys::{Health, HealthBody, HealthState, InitResponse, MountInfo, SealStatus, SysApi};
 pub use api::token::{TokenApi, TokenInfo};
-pub use client::VaultClient;
+pub use client::{Reconnect, VaultClient};
 pub use config::{ClientConfig, DEFAULT_ADDR};
 pub use error::{Error, Result, TransportKind};
+pub use probe::{Handshake, tls_handshake};
 pub use retry::{Idempotency, RetryPolicy};
 pub use tls::{load_certs, load_key};
 pub use transport::Method;
@@ -58,3 +64,5 @@ pub use api::{
     cert_auth::MockCertAuthApi, kv::MockKvApi, pki::MockPkiApi, sys::MockSysApi,
     token::MockTokenApi,
 };
+#[cfg(any(test, feature = "mocks"))]
+pub use client::MockReconnect;

@@ -278,7 +278,7 @@ fn classify(err: reqwest::Error) -> TransportFailure {
     }
 }
 
-fn classify_tls(err: &rustls::Error) -> TransportKind {
+pub(crate) fn classify_tls(err: &rustls::Error) -> TransportKind {
     use rustls::Error as E;
     match err {
         E::InvalidCertificate(

@@ -231,7 +231,18 @@ pub fn verify_chain_files(
     )
 }
 
-pub(crate) fn verify_chain_labeled(
+/// A DER certificate (e.g. one a listener served) as PEM.
+pub fn der_to_pem(der: &[u8], label: &str) -> Result<String> {
+    let cert = openssl::x509::X509::from_der(der)
+        .map_err(|e| Error::crypto(format!("{label}: parse DER"), e))?;
+    let pem = cert
+        .to_pem()
+        .map_err(|e| Error::crypto(format!("{label}: encode PEM"), e))?;
+    Ok(String::from_utf8_lossy(&pem).into_owned())
+}
+
+/// [`verify_chain`] with the leaf and the bundle named in errors (e.g. by their files).
+pub fn verify_chain_labeled(
     leaf_pem: &str,
     leaf_label: &str,
     intermediates_pem: &str,

@@ -53,6 +53,10 @@ pub enum JournalError {
 pub enum StepId {
     /// Step 0: checks before the first write.
     Preflight,
+    /// Step 1: the admin's client certificate.
+    Admin,
+    /// Step 2: the Vault listener's certificate.
+    Listener,
     /// Step 3: agent login mTLS certs + cert auth mappings.
     Agents,
     /// Step 4: app leaf certs via the agent, post-hook, agent restart.
@@ -64,6 +68,8 @@ impl StepId {
     pub fn number(self) -> u8 {
         match self {
             StepId::Preflight => 0,
+            StepId::Admin => 1,
+            StepId::Listener => 2,
             StepId::Agents => 3,
             StepId::Leaf => 4,
         }
@@ -73,6 +79,8 @@ impl StepId {
     pub fn name(self) -> &'static str {
         match self {
             StepId::Preflight => "preflight",
+            StepId::Admin => "admin",
+            StepId::Listener => "listener",
             StepId::Agents => "agents",
             StepId::Leaf => "leaf",
         }

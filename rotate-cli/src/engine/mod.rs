@@ -74,9 +74,34 @@ pub struct TargetPlan<P> {
     pub data: P,
 }
 
+/// What a step works on: an app ([`AppConfig`]), or the one thing a global step rotates
+/// ([`Singleton`]: the admin identity, the listener). Its name keys the journal.
+pub trait Target: Send + Sync {
+    /// The name in reports and the journal.
+    fn name(&self) -> &str;
+}
+
+impl Target for AppConfig {
+    fn name(&self) -> &str {
+        &self.name
+    }
+}
+
+/// The single target of a step that is not per app: `admin` (step 1), `listener` (step 2).
+#[derive(Debug, Clone, Copy)]
+pub struct Singleton(pub &'static str);
+
+impl Target for Singleton {
+    fn name(&self) -> &str {
+        self.0
+    }
+}
+
 /// A step of the order.
 #[async_trait]
 pub trait Step: Send + Sync {
+    /// What it works on, one at a time.
+    type Target: Target + ?Sized;
     /// What `plan` hands to `apply`.
     type Plan: Send + Sync;
     /// What `apply` hands to `gate` (journaled, so a resume can re-gate).
@@ -87,23 +112,23 @@ pub trait Step: Send + Sync {
     /// Which step.
     fn id(&self) -> StepId;
     /// Reads only: what would change for `app`.
-    async fn plan(&self, app: &AppConfig) -> Result<TargetPlan<Self::Plan>, StepError>;
+    async fn plan(&self, app: &Self::Target) -> Result<TargetPlan<Self::Plan>, StepError>;
     /// Writes, recording each undo through `tx` before the write.
     async fn apply(
         &self,
-        app: &AppConfig,
+        app: &Self::Target,
         plan: TargetPlan<Self::Plan>,
         tx: &Tx<'_>,
     ) -> Result<Self::Applied, StepError>;
     /// Never writes: proves the effect as a client sees it.
     async fn gate(
         &self,
-        app: &AppConfig,
+        app: &Self::Target,
         applied: &Self::Applied,
     ) -> Result<Self::Proof, StepError>;
     /// What is still needed before this target is live (e.g. step 3 until step 4 restarts
     /// the agent).
-    fn pending(&self, _app: &AppConfig) -> Option<String> {
+    fn pending(&self, _app: &Self::Target) -> Option<String> {
         None
     }
 }
@@ -177,7 +202,7 @@ pub struct StepReport {
 /// set.
 pub(crate) async fn run_step<S: Step>(
     step: &S,
-    apps: &[&AppConfig],
+    apps: &[&S::Target],
     journal: Option<&Journal>,
     undo: UndoDeps<'_>,
     concurrency: usize,
@@ -215,8 +240,8 @@ where
         .await
 }
 
-fn blank(app: &AppConfig, outcome: Outcome) -> TargetReport {
-    TargetReport::new(&app.name, outcome)
+fn blank<T: Target + ?Sized>(app: &T, outcome: Outcome) -> TargetReport {
+    TargetReport::new(app.name(), outcome)
 }
 
 impl TargetReport {
@@ -239,7 +264,7 @@ impl TargetReport {
 
 async fn run_target<S: Step>(
     step: &S,
-    app: &AppConfig,
+    app: &S::Target,
     journal: Option<&Journal>,
     undo_deps: UndoDeps<'_>,
     cancel: &Cancel,
@@ -269,11 +294,11 @@ async fn run_target<S: Step>(
         return Ok(r);
     }
     let id = step.id();
-    journal.set_state(id, &app.name, TargetState::Applying, None)?;
+    journal.set_state(id, app.name(), TargetState::Applying, None)?;
     let tx = Tx {
         journal,
         step: id,
-        target: &app.name,
+        target: app.name(),
     };
     // What apply produced is reported even when the gate then fails (e.g. the serial
     // that was issued, and is revoked by the unwind).
@@ -282,7 +307,7 @@ async fn run_target<S: Step>(
         r.applied = serde_json::to_value(&applied).ok();
         journal.append(journal::Event::Target {
             step: id,
-            target: app.name.clone(),
+            target: app.name().to_owned(),
             state: TargetState::Applied,
             note: None,
             data: r.applied.clone(),
@@ -292,7 +317,7 @@ async fn run_target<S: Step>(
     .await;
     match result {
         Ok(proof) => {
-            journal.set_state(id, &app.name, TargetState::Committed, None)?;
+            journal.set_state(id, app.name(), TargetState::Committed, None)?;
             r.outcome = Outcome::Committed;
             r.proof = serde_json::to_value(&proof).ok();
             r.pending = step.pending(app);
@@ -301,9 +326,9 @@ async fn run_target<S: Step>(
             fail(&mut r, &e);
             let wrote = journal
                 .record()
-                .target(id, &app.name)
+                .target(id, app.name())
                 .is_some_and(|t| !t.undo.is_empty());
-            let out = unwind(journal, undo_deps, id, &app.name).await?;
+            let out = unwind(journal, undo_deps, id, app.name()).await?;
             r.outcome = if !wrote {
                 Outcome::FailedNothingWritten
             } else if out.complete() {
@@ -325,14 +350,14 @@ async fn run_target<S: Step>(
 /// possibly half made) is unwound.
 pub(crate) async fn recover_target<S: Step>(
     step: &S,
-    app: &AppConfig,
+    app: &S::Target,
     journal: &Journal,
     undo_deps: UndoDeps<'_>,
 ) -> Result<TargetReport, JournalError> {
     let started = std::time::Instant::now();
     let id = step.id();
     let rec = journal.record();
-    let Some(t) = rec.target(id, &app.name) else {
+    let Some(t) = rec.target(id, app.name()) else {
         return Ok(blank(app, Outcome::NotStarted));
     };
     let mut r = blank(app, Outcome::Committed);
@@ -341,7 +366,7 @@ pub(crate) async fn recover_target<S: Step>(
             match serde_json::from_value::<S::Applied>(data.clone()) {
                 Ok(applied) => Some(step.gate(app, &applied).await.map(|p| (data.clone(), p))),
                 Err(e) => Some(Err(StepError::Invalid {
-                    what: format!("journal data of {id} for {}", app.name),
+                    what: format!("journal data of {id} for {}", app.name()),
                     reason: e.to_string(),
                 })),
             }
@@ -350,7 +375,7 @@ pub(crate) async fn recover_target<S: Step>(
     };
     match regate {
         Some(Ok((data, proof))) => {
-            journal.set_state(id, &app.name, TargetState::Committed, None)?;
+            journal.set_state(id, app.name(), TargetState::Committed, None)?;
             r.applied = Some(data);
             r.proof = serde_json::to_value(&proof).ok();
             r.pending = step.pending(app);
@@ -362,7 +387,7 @@ pub(crate) async fn recover_target<S: Step>(
             } else {
                 r.error = Some("interrupted while writing; unwound".to_owned());
             }
-            let out = unwind(journal, undo_deps, id, &app.name).await?;
+            let out = unwind(journal, undo_deps, id, app.name()).await?;
             r.outcome = if out.complete() {
                 Outcome::RolledBack
             } else {

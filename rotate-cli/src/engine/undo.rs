@@ -2,8 +2,8 @@
 //!
 //! Every action is idempotent (carrying it out twice, or after a crash half-way, ends in
 //! the same state), because a resume may find it done, half done or not done.
-//! [`unwind`] carries out a target's log in reverse order, except that unit restarts run
-//! last (a unit is restarted once its previous config is back in place).
+//! [`unwind`] carries out a target's log in reverse order, except that what must see the
+//! restored state runs last: the listener reload, the admin reconnect, unit restarts.
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -89,6 +89,25 @@ pub enum UndoAction {
         /// Its CN (for the report).
         cn: String,
     },
+    /// Make the listener load its restored files and prove it serves the previous
+    /// certificate again (runs after the files are back).
+    ReloadListener {
+        /// The reloader (`signal:<pid file>:HUP`, ...).
+        reload: String,
+        /// The serial served before the run, `aa:bb` hex.
+        previous_serial: String,
+        /// CA bundle to verify the listener with.
+        ca: PathBuf,
+        /// Admin client certificate and key to present.
+        cert: PathBuf,
+        /// See `cert`.
+        key: PathBuf,
+        /// How long to wait for the previous serial, seconds.
+        timeout_secs: u64,
+    },
+    /// Switch the admin client back to the identity files on disk (after they were
+    /// restored): the rest of the unwind runs as the previous identity.
+    ReconnectAdmin,
     /// Restart a user unit so it runs on its restored config.
     RestartUnit {
         /// The unit.
@@ -151,6 +170,14 @@ impl UndoAction {
             UndoAction::Revoke { mount, serial, cn } => {
                 format!("revoke certificate {serial} ({cn}) on {mount}")
             }
+            UndoAction::ReloadListener {
+                reload,
+                previous_serial,
+                ..
+            } => format!(
+                "reload the listener ({reload}) and prove it serves serial {previous_serial} again"
+            ),
+            UndoAction::ReconnectAdmin => "use the restored admin identity files".into(),
             UndoAction::RestartUnit {
                 unit,
                 was_active: true,
@@ -256,6 +283,30 @@ pub async fn carry_out(deps: UndoDeps<'_>, action: &UndoAction) -> Result<(), St
         UndoAction::Revoke { mount, serial, .. } => {
             v.pki.revoke(mount, serial).await.map_err(|e| e.to_string())
         }
+        UndoAction::ReloadListener {
+            reload,
+            previous_serial,
+            ca,
+            cert,
+            key,
+            timeout_secs,
+        } => {
+            let r: hooks::Reloader = reload.parse().map_err(|e: hooks::Error| e.to_string())?;
+            hooks::reload(deps.runner, &r, deps.timeout)
+                .await
+                .map_err(|e| e.to_string())?;
+            crate::served::wait_for_serial(
+                v.gate,
+                Some((cert, key)),
+                ca,
+                previous_serial,
+                Duration::from_secs(*timeout_secs),
+            )
+            .await
+            .map(drop)
+            .map_err(|e| format!("after restoring the files: {e}"))
+        }
+        UndoAction::ReconnectAdmin => v.identity.reconnect().map_err(|e| e.to_string()),
         UndoAction::RestartUnit {
             unit,
             user,
@@ -328,7 +379,13 @@ pub async fn unwind(
         return Ok(UnwindOutcome::default());
     };
     let mut order: Vec<usize> = (0..t.undo.len()).rev().collect();
-    order.sort_by_key(|&i| matches!(t.undo[i].action, UndoAction::RestartUnit { .. }));
+    // Files and Vault objects first, newest first; then what must see them restored.
+    order.sort_by_key(|&i| match t.undo[i].action {
+        UndoAction::ReloadListener { .. } => 1,
+        UndoAction::ReconnectAdmin => 2,
+        UndoAction::RestartUnit { .. } => 3,
+        _ => 0,
+    });
     let mut out = UnwindOutcome::default();
     for i in order {
         let entry = &t.undo[i];

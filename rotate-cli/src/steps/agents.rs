@@ -12,14 +12,13 @@
 use async_trait::async_trait;
 use cert_auth::{LoginProof, MappingSpec, Unmanaged, login_gate, upsert_mapping};
 use pki_ops::{
-    CreatePolicy, FileSpec, IssueMode, KeyAlgorithm, MaterialSet, Owner, RoleSpec, Tree,
-    issue_cert, upsert_role,
+    CreatePolicy, FileSpec, MaterialSet, Owner, RoleSpec, Tree, issue_cert, upsert_role,
 };
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 use vault_client::IssueRequest;
 
-use crate::config::{AppConfig, Config, KeyMode};
+use crate::config::{AppConfig, Config};
 use crate::deps::Vault;
 use crate::engine::change::{Change, ChangeKind};
 use crate::engine::journal::StepId;
@@ -27,7 +26,7 @@ use crate::engine::undo::UndoAction;
 use crate::engine::{Step, TargetPlan, Tx};
 use crate::rotation::Deps;
 use crate::steps::names::{self, Names, rel};
-use crate::steps::{StepError, owner_of, policy_change};
+use crate::steps::{StepError, issue_mode, key_algorithm, owner_of, policy_change};
 
 /// Step 3 over the apps of one invocation.
 pub struct AgentsStep<'a> {
@@ -115,34 +114,6 @@ pub(crate) fn mapping_spec(cfg: &Config, app: &AppConfig, chain: &str) -> Mappin
     }
 }
 
-pub(crate) fn key_algorithm(mode: KeyMode) -> KeyAlgorithm {
-    match mode {
-        KeyMode::CsrRsa2048 => KeyAlgorithm::Rsa2048,
-        KeyMode::CsrEcdsaP256 | KeyMode::Vault => KeyAlgorithm::EcdsaP256,
-    }
-}
-
-fn issue_mode(mode: KeyMode) -> IssueMode {
-    match mode {
-        KeyMode::Vault => IssueMode::VaultKey,
-        other => IssueMode::Csr(key_algorithm(other)),
-    }
-}
-
-/// The PKI mount's CA chain, checked to start with the configured issuer.
-pub(crate) async fn ca_chain(cfg: &Config, vault: Vault<'_>) -> Result<String, StepError> {
-    let chain = vault.pki.read_ca_chain(&cfg.pki.mount).await.map_err(|e| {
-        StepError::vault(format!("read CA chain {}/cert/ca_chain", cfg.pki.mount), e)
-    })?;
-    let certs = pki_ops::parse_bundle(&chain, &format!("{}/cert/ca_chain", cfg.pki.mount))?;
-    let first = certs.first().ok_or_else(|| StepError::Invalid {
-        what: format!("{}/cert/ca_chain", cfg.pki.mount),
-        reason: "empty CA chain".into(),
-    })?;
-    first.expect_cn(&cfg.pki.issuer_name)?;
-    Ok(chain)
-}
-
 fn role_spec(cfg: &Config, n: &Names) -> RoleSpec {
     RoleSpec::agent_client(&n.agent_cn, &cfg.agents.ttl, &cfg.agents.max_ttl)
         .with_key(key_algorithm(cfg.agents.key_mode))
@@ -150,6 +121,7 @@ fn role_spec(cfg: &Config, n: &Names) -> RoleSpec {
 
 #[async_trait]
 impl Step for AgentsStep<'_> {
+    type Target = AppConfig;
     type Plan = AgentPlan;
     type Applied = AgentApplied;
     type Proof = AgentProof;

@@ -28,7 +28,8 @@ use crate::engine::journal::StepId;
 use crate::engine::undo::UndoAction;
 use crate::engine::{Step, TargetPlan, Tx};
 use crate::rotation::Deps;
-use crate::steps::agents::{key_algorithm, mapping_spec};
+use crate::steps::agents::mapping_spec;
+use crate::steps::key_algorithm;
 use crate::steps::names::{self, Names, rel};
 use crate::steps::{StepError, owner_of, policy_change};
 
@@ -248,6 +249,7 @@ fn text_change(object: &Path, current: Option<&str>, desired: &str) -> Change {
 
 #[async_trait]
 impl Step for LeafStep<'_> {
+    type Target = AppConfig;
     type Plan = LeafPlan;
     type Applied = LeafApplied;
     type Proof = LeafProof;

@@ -1,12 +1,16 @@
 //! The steps of the order, each an [`crate::engine::Step`]: step 0 (preflight, reads
 //! only), step 3 (agents), step 4 (leaf); names and policy texts in [`names`].
 
-use crate::config::AppConfig;
+use crate::config::{AppConfig, Config, KeyMode};
+use crate::deps::Vault;
 use crate::engine::change::{Change, ChangeKind, FieldDiff};
 use crate::exit::Exit;
+use pki_ops::{IssueMode, KeyAlgorithm};
 
+pub(crate) mod admin;
 pub(crate) mod agents;
 pub(crate) mod leaf;
+pub(crate) mod listener;
 pub(crate) mod names;
 pub(crate) mod preflight;
 
@@ -133,6 +137,48 @@ pub(crate) fn owner_of(app: &AppConfig) -> Result<pki_ops::Owner, StepError> {
         uid: u.uid.as_raw(),
         gid,
     })
+}
+
+pub(crate) fn key_algorithm(mode: KeyMode) -> KeyAlgorithm {
+    match mode {
+        KeyMode::CsrRsa2048 => KeyAlgorithm::Rsa2048,
+        KeyMode::CsrEcdsaP256 | KeyMode::Vault => KeyAlgorithm::EcdsaP256,
+    }
+}
+
+pub(crate) fn issue_mode(mode: KeyMode) -> IssueMode {
+    match mode {
+        KeyMode::Vault => IssueMode::VaultKey,
+        other => IssueMode::Csr(key_algorithm(other)),
+    }
+}
+
+/// The PKI mount's CA chain, checked to start with the configured issuer.
+pub(crate) async fn ca_chain(cfg: &Config, vault: Vault<'_>) -> Result<String, StepError> {
+    mount_chain(vault, &cfg.pki.mount, Some(&cfg.pki.issuer_name)).await
+}
+
+/// `mount`'s CA chain (`<mount>/cert/ca_chain`), checked to start with `issuer` when given.
+pub(crate) async fn mount_chain(
+    vault: Vault<'_>,
+    mount: &str,
+    issuer: Option<&str>,
+) -> Result<String, StepError> {
+    let what = format!("{mount}/cert/ca_chain");
+    let chain = vault
+        .pki
+        .read_ca_chain(mount)
+        .await
+        .map_err(|e| StepError::vault(format!("read CA chain {what}"), e))?;
+    let certs = pki_ops::parse_bundle(&chain, &what)?;
+    let first = certs.first().ok_or_else(|| StepError::Invalid {
+        what: what.clone(),
+        reason: "empty CA chain".into(),
+    })?;
+    if let Some(issuer) = issuer {
+        first.expect_cn(issuer)?;
+    }
+    Ok(chain)
 }
 
 /// Role field differences in the change vocabulary.

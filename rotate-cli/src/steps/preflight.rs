@@ -82,6 +82,40 @@ pub async fn preflight(
     let v = deps.vault;
     let leaf = request.steps.contains(&StepId::Leaf);
 
+    // The admin certificate, read locally: an expired one would only show up as a TLS
+    // failure of the first request.
+    if let Some(cert) = &cfg.vault.client_cert {
+        let now = (deps.clock)();
+        let res = match pki_ops::CertInfo::from_pem_file(cert) {
+            Ok(c) if c.not_after < now => Err((
+                Exit::Config,
+                format!(
+                    "admin cert {} (serial {}) expired on {}: the listener refuses it; issue a new one out of band (e.g. `bao write {}/issue/<role>` from a working identity)",
+                    cert.display(),
+                    c.serial_hex,
+                    c.not_after_human,
+                    cfg.admin_mount()
+                ),
+            )),
+            Ok(c) if c.not_before > now => Err((
+                Exit::Config,
+                format!(
+                    "admin cert {} is not valid before {} (check the clock)",
+                    cert.display(),
+                    c.not_before_human
+                ),
+            )),
+            Ok(c) => Ok(format!(
+                "serial {}, not after {}",
+                c.serial_hex, c.not_after_human
+            )),
+            Err(e) => Err((Exit::Config, e.to_string())),
+        };
+        if !r.push("admin certificate valid", res) {
+            return r;
+        }
+    }
+
     // Vault reachable, initialised, unsealed, active.
     let health = v.sys.health().await;
     let up = r.push(
@@ -107,7 +141,7 @@ pub async fn preflight(
     }
 
     // PKI mount and issuer.
-    match crate::steps::agents::ca_chain(cfg, v).await {
+    match crate::steps::ca_chain(cfg, v).await {
         Ok(chain) => {
             r.push(
                 format!("PKI mount {} and issuer", cfg.pki.mount),
@@ -158,6 +192,7 @@ pub async fn preflight(
             }
         }
     }
+    let tls_steps = tls_step_checks(cfg, request, &mut need, &mut r);
     let paths: Vec<String> = need.iter().map(|(p, _)| p.clone()).collect();
     let caps = v.token.capabilities_self(&paths).await;
     r.push(
@@ -188,6 +223,10 @@ pub async fn preflight(
             Err(e) => Err((Exit::Vault, format!("sys/capabilities-self: {e}"))),
         },
     );
+
+    if tls_steps {
+        check_tls_files(cfg, request, deps, &mut r).await;
+    }
 
     // Apps: user, home (no symlink, owned by the app or root).
     for app in apps {
@@ -253,6 +292,138 @@ pub async fn preflight(
         }
     }
     r
+}
+
+/// Steps 1 and 2: configured when asked for; the paths their writes need. Returns
+/// whether either is requested.
+fn tls_step_checks(
+    cfg: &Config,
+    request: &RunRequest,
+    need: &mut Vec<(String, &'static str)>,
+    r: &mut PreflightReport,
+) -> bool {
+    let issue = |mode: crate::config::KeyMode| match mode {
+        crate::config::KeyMode::Vault => "issue",
+        _ => "sign",
+    };
+    let mut any = false;
+    if request.steps.contains(&StepId::Admin) {
+        any = true;
+        match &cfg.admin {
+            Some(a) => {
+                let m = cfg.admin_mount();
+                need.push((format!("{m}/roles/{}", a.role), "update"));
+                need.push((format!("{m}/{}/{}", issue(a.key_mode), a.role), "update"));
+                need.push((format!("{m}/revoke"), "update"));
+            }
+            None => {
+                r.push(
+                    "step 1 (admin) configured",
+                    Err((Exit::Config, "add an [admin] section to the config".into())),
+                );
+            }
+        }
+    }
+    if request.steps.contains(&StepId::Listener) {
+        any = true;
+        match &cfg.listener {
+            Some(l) => {
+                let m = &cfg.pki.mount;
+                need.push((format!("{m}/roles/{}", l.role), "update"));
+                need.push((format!("{m}/{}/{}", issue(l.key_mode), l.role), "update"));
+            }
+            None => {
+                r.push(
+                    "step 2 (listener) configured",
+                    Err((
+                        Exit::Config,
+                        "add a [listener] section to the config".into(),
+                    )),
+                );
+            }
+        }
+    }
+    any
+}
+
+/// Steps 1 and 2: their directories (no symlinks, right owners), the listener's owner,
+/// its reloader, the admin mount's chain.
+async fn check_tls_files(
+    cfg: &Config,
+    request: &RunRequest,
+    deps: Deps<'_>,
+    r: &mut PreflightReport,
+) {
+    let dir_of = |p: &Path| p.parent().map(Path::to_path_buf).unwrap_or_default();
+    if let (true, Some(_)) = (request.steps.contains(&StepId::Admin), &cfg.admin) {
+        let m = cfg.admin_mount();
+        let chain = crate::steps::mount_chain(deps.vault, m, None).await;
+        r.push(
+            format!("admin PKI mount {m}"),
+            chain
+                .map(|_| "CA chain readable".to_owned())
+                .map_err(|e| (Exit::Config, format!("{e:#}"))),
+        );
+        let mut dirs: Vec<std::path::PathBuf> = [&cfg.vault.client_cert, &cfg.vault.ca_cert]
+            .into_iter()
+            .flatten()
+            .map(|p| dir_of(p))
+            .collect();
+        dirs.extend(
+            cfg.admin
+                .iter()
+                .filter_map(|a| a.env_file.as_deref())
+                .map(dir_of),
+        );
+        dirs.dedup();
+        for d in dirs {
+            r.push(
+                format!("admin directory {}", d.display()),
+                pki_ops::Tree::open(&d, Some(pki_ops::Owner::current()))
+                    .map(|_| "no symlinks, owned by root".to_owned())
+                    .map_err(|e| (Exit::Config, e.to_string())),
+            );
+        }
+    }
+    if let (true, Some(l)) = (request.steps.contains(&StepId::Listener), &cfg.listener) {
+        let owner = nix::unistd::User::from_name(&l.owner).ok().flatten();
+        let Some(u) = owner else {
+            r.push(
+                format!("listener owner {}", l.owner),
+                Err((Exit::Config, "no such user ([listener] owner)".into())),
+            );
+            return;
+        };
+        let o = pki_ops::Owner {
+            uid: u.uid.as_raw(),
+            gid: u.gid.as_raw(),
+        };
+        let d = dir_of(&l.cert_file);
+        r.push(
+            format!("listener directory {}", d.display()),
+            pki_ops::Tree::open(&d, Some(o))
+                .map(|_| format!("no symlinks, owner {} or root", l.owner))
+                .map_err(|e| (Exit::Config, e.to_string())),
+        );
+        let res = match l.reload.parse::<hooks::Reloader>() {
+            Ok(hooks::Reloader::Signal { pid_file, .. }) => hooks::read_pid_file(&pid_file)
+                .map(|pid| format!("{} holds pid {pid}", pid_file.display()))
+                .map_err(|e| (Exit::Config, e.to_string())),
+            Ok(other) => Ok(format!("{other:?}")),
+            Err(e) => Err((Exit::Config, e.to_string())),
+        };
+        r.push("listener reload", res);
+        if cfg.vault.client_cert.is_none() || cfg.vault.ca_cert.is_none() {
+            r.push(
+                "listener gate identity",
+                Err((
+                    Exit::Config,
+                    "[vault] client_cert, client_key and ca_cert are needed to prove the listener"
+                        .into(),
+                )),
+            );
+        }
+    }
 }
 
 /// `prog` as a path, or found on `PATH`.

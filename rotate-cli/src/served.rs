@@ -1,0 +1,187 @@
+//! What the listener serves, as a real client sees it on a new connection: the served
+//! certificate's serial (polled until a wanted one shows up, since a reload is
+//! asynchronous) and the diagnosis of a failure. Used by step 2's gate, its undo, and
+//! the admin identity gates.
+
+use std::path::Path;
+use std::time::Duration;
+
+use serde::Serialize;
+
+use crate::deps::GateConnector;
+
+/// One look at the listener.
+#[derive(Debug, Clone, Serialize)]
+pub struct Served {
+    /// Serial of the served leaf, `aa:bb` hex.
+    pub serial_hex: String,
+    /// Its CN.
+    pub cn: String,
+    /// Its not-after.
+    pub not_after: String,
+    /// The whole served chain, PEM (to verify against client bundles).
+    #[serde(skip)]
+    pub chain_pem: String,
+    /// HTTP status of `sys/seal-status` on that connection, when there was one.
+    pub seal_status: Option<u16>,
+    /// Why there was none (e.g. client certificate rejected after a TLS 1.3 handshake).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub seal_status_error: Option<String>,
+    /// Sealed, per `sys/seal-status`.
+    pub sealed: bool,
+}
+
+/// One handshake with `identity` trusting only `ca`: what the listener serves now.
+pub async fn look(
+    gate: &dyn GateConnector,
+    identity: Option<(&Path, &Path)>,
+    ca: &Path,
+    timeout: Duration,
+) -> Result<Served, String> {
+    let h = gate
+        .handshake(
+            identity.map(|(c, k)| (c.to_owned(), k.to_owned())),
+            ca,
+            timeout,
+        )
+        .await
+        .map_err(|e| format!("{e}; {}", e.next_action()))?;
+    let leaf = h
+        .peer_chain
+        .first()
+        .ok_or("the listener presented no certificate")?;
+    let info = pki_ops::CertInfo::from_der(leaf, "served listener certificate")
+        .map_err(|e| e.to_string())?;
+    let mut chain_pem = String::new();
+    for d in &h.peer_chain {
+        chain_pem
+            .push_str(&pki_ops::der_to_pem(d, "served listener chain").map_err(|e| e.to_string())?);
+    }
+    let (seal_status, seal_status_error) = match &h.seal_status {
+        Ok(code) => (Some(*code), None),
+        Err((kind, msg)) => (None, Some(format!("{kind}: {msg}; {}", kind.next_action()))),
+    };
+    Ok(Served {
+        serial_hex: info.serial_hex.clone(),
+        cn: info.cn().to_owned(),
+        not_after: info.not_after_human.clone(),
+        chain_pem,
+        seal_status,
+        seal_status_error,
+        sealed: h.sealed,
+    })
+}
+
+/// Why waiting for a serial failed.
+#[derive(Debug, Clone)]
+pub enum WaitError {
+    /// The listener answered every time, but kept serving another certificate: the reload
+    /// did not take effect (OpenBao keeps the old certificate when the new pair is
+    /// unusable and only logs it).
+    StillServing {
+        /// What it serves.
+        serial_hex: String,
+        /// Handshakes made.
+        tries: u32,
+    },
+    /// The listener could not be reached or refused the handshake until the deadline.
+    Unreachable {
+        /// The last failure, with its diagnosis.
+        last: String,
+    },
+}
+
+impl std::fmt::Display for WaitError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            WaitError::StillServing { serial_hex, tries } => write!(
+                f,
+                "the reload did not take effect: the listener still serves serial {serial_hex} after {tries} handshakes (OpenBao keeps its old certificate when the new key does not match it or a file is unreadable, and only logs it: see the server log)"
+            ),
+            WaitError::Unreachable { last } => write!(f, "the listener did not answer: {last}"),
+        }
+    }
+}
+
+/// Handshake until the listener serves `want` (hex serial), or `deadline` passes.
+pub async fn wait_for_serial(
+    gate: &dyn GateConnector,
+    identity: Option<(&Path, &Path)>,
+    ca: &Path,
+    want: &str,
+    deadline: Duration,
+) -> Result<Served, WaitError> {
+    let until = tokio::time::Instant::now() + deadline;
+    let mut tries = 0u32;
+    let per_try = Duration::from_secs(5).min(deadline.max(Duration::from_millis(500)));
+    let last = loop {
+        tries += 1;
+        let seen = match look(gate, identity, ca, per_try).await {
+            Ok(s) if s.serial_hex.eq_ignore_ascii_case(want) => return Ok(s),
+            other => other,
+        };
+        if tokio::time::Instant::now() >= until {
+            break seen;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    Err(match last {
+        Ok(s) => WaitError::StillServing {
+            serial_hex: s.serial_hex,
+            tries,
+        },
+        Err(last) => WaitError::Unreachable { last },
+    })
+}
+
+/// What proving an admin identity showed.
+#[derive(Debug, Clone, Serialize)]
+pub struct AdminIdentity {
+    /// The listener as this identity sees it.
+    pub listener: Served,
+    /// The token's policies, looked up over that identity.
+    pub policies: Vec<String>,
+}
+
+/// Prove the admin identity in `cert`/`key`, trusting only `ca`, as a brand-new client:
+/// the listener accepts it (`sys/seal-status` answered over a raw handshake) and the
+/// admin token still works over it (`auth/token/lookup-self`). The error says what
+/// failed and what to do.
+pub async fn prove_admin(
+    gate: &dyn GateConnector,
+    cert: &Path,
+    key: &Path,
+    ca: &Path,
+    timeout: Duration,
+) -> Result<AdminIdentity, String> {
+    let listener = look(gate, Some((cert, key)), ca, timeout).await?;
+    match (listener.seal_status, &listener.seal_status_error) {
+        (Some(200), _) => {}
+        (Some(code), _) => {
+            return Err(format!(
+                "sys/seal-status answered HTTP {code}{}",
+                if listener.sealed {
+                    ": Vault is sealed; unseal it, then run again"
+                } else {
+                    ""
+                }
+            ));
+        }
+        (None, err) => {
+            return Err(err
+                .clone()
+                .unwrap_or_else(|| "no answer to sys/seal-status".into()));
+        }
+    }
+    let client = gate
+        .admin_client(cert, key, ca)
+        .map_err(|e| format!("{e}; {}", e.next_action()))?;
+    let token = client
+        .lookup_self()
+        .await
+        .map_err(|e| format!("{e}; {}", e.next_action()))?;
+    Ok(AdminIdentity {
+        listener,
+        policies: token.policies,
+    })
+}

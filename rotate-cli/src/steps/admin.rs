@@ -1,0 +1,488 @@
+//! Step 1: the admin's client certificate, rotated first "so `vault status` stays
+//! possible".
+//!
+//! Plan (reads only): role, the current certificate, the files. Apply: role, issue
+//! (revoked on undo), stage key (0600 from creation) + certificate (+ CA bundle, + env
+//! file) completely, then — **before anything replaces the current identity** — a
+//! brand-new client built only from the staged files must get `sys/seal-status` through
+//! the mTLS listener and the admin token must still work over it (the lockout guard: a
+//! certificate the running listener will not accept, e.g. from a CA missing in its
+//! `tls_client_ca_file`, which SIGHUP never reloads, is refused and nothing is
+//! replaced). Only then are the files swapped in (previous versions kept for undo) and
+//! the run's admin client switched to them. Gate: the same proof from the installed
+//! files. The previous certificate is not revoked: the operator's other shells may still
+//! use it mid-run; it expires on its own (its not-after is reported).
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use pki_ops::{CreatePolicy, FileSpec, MaterialSet, Owner, RoleSpec, Staged, Tree, upsert_role};
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value};
+use vault_client::IssueRequest;
+
+use crate::config::{AdminSection, Config};
+use crate::engine::change::{Change, ChangeKind};
+use crate::engine::journal::StepId;
+use crate::engine::undo::UndoAction;
+use crate::engine::{Singleton, Step, TargetPlan, Tx};
+use crate::rotation::Deps;
+use crate::served::{AdminIdentity, prove_admin};
+use crate::steps::{StepError, issue_mode, key_algorithm, mount_chain, role_fields};
+
+/// How long one identity proof may take.
+const PROOF_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Step 1.
+pub struct AdminStep<'a> {
+    cfg: &'a Config,
+    admin: &'a AdminSection,
+    deps: Deps<'a>,
+    /// The chain of `[pki] mount` (what signs the listener): the CA bundle's content.
+    listener_chain: String,
+}
+
+/// What the plan hands to apply.
+pub struct AdminPlan {
+    role: Option<Option<Map<String, Value>>>,
+    previous: Option<pki_ops::CertInfo>,
+}
+
+/// What apply produced (journaled for re-gating).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct AdminApplied {
+    /// CN.
+    pub cn: String,
+    /// The new serial, `aa:bb` hex.
+    pub serial_hex: String,
+    /// Its not-after.
+    pub not_after: String,
+    /// Its issuer.
+    pub issuer: String,
+    /// The replaced certificate's serial (still valid: not revoked) and not-after.
+    pub previous: Option<(String, String)>,
+    /// The files written.
+    pub files: Vec<PathBuf>,
+}
+
+/// What the gate proved.
+#[derive(Debug, Serialize)]
+pub struct AdminProof {
+    /// The identity from the installed files.
+    pub identity: AdminIdentity,
+    /// Said plainly for the report.
+    pub note: String,
+}
+
+/// The admin's files: certificate, key, CA bundle (when written).
+struct Files {
+    cert: PathBuf,
+    key: PathBuf,
+    ca: PathBuf,
+    write_ca: bool,
+}
+
+impl<'a> AdminStep<'a> {
+    /// Step 1, when `[admin]` is configured. `listener_chain` is `[pki] mount`'s CA chain.
+    pub fn new(cfg: &'a Config, deps: Deps<'a>, listener_chain: String) -> Option<Self> {
+        let admin = cfg.admin.as_ref()?;
+        Some(AdminStep {
+            cfg,
+            admin,
+            deps,
+            listener_chain,
+        })
+    }
+
+    fn files(&self) -> Result<Files, StepError> {
+        let v = &self.cfg.vault;
+        let missing = |s: &str| StepError::Invalid {
+            what: format!("[vault] {s}"),
+            reason: "step 1 needs it".into(),
+        };
+        Ok(Files {
+            cert: v
+                .client_cert
+                .clone()
+                .ok_or_else(|| missing("client_cert"))?,
+            key: v.client_key.clone().ok_or_else(|| missing("client_key"))?,
+            ca: v.ca_cert.clone().ok_or_else(|| missing("ca_cert"))?,
+            write_ca: self.admin.write_ca,
+        })
+    }
+
+    fn role_spec(&self) -> RoleSpec {
+        let a = self.admin;
+        RoleSpec::agent_client(&a.common_name, &a.ttl, &a.max_ttl)
+            .with_key(key_algorithm(a.key_mode))
+    }
+
+    fn mount(&self) -> &str {
+        self.cfg.admin_mount()
+    }
+}
+
+/// `path`'s directory and name.
+fn split(path: &Path) -> Result<(PathBuf, PathBuf), StepError> {
+    match (path.parent(), path.file_name()) {
+        (Some(d), Some(n)) if d.is_absolute() => Ok((d.to_owned(), PathBuf::from(n))),
+        _ => Err(StepError::Invalid {
+            what: path.display().to_string(),
+            reason: "must be an absolute file path".into(),
+        }),
+    }
+}
+
+/// Root's own tree holding `path` (no symlinks, owned by root).
+fn root_tree(path: &Path) -> Result<(Tree, PathBuf), StepError> {
+    let (dir, name) = split(path)?;
+    Ok((Tree::open(&dir, Some(Owner::current()))?, name))
+}
+
+/// The listener chain first, then every certificate of the current bundle it lacks: the
+/// new bundle never drops a CA the admin trusted.
+fn merged_bundle(chain: &str, current: Option<&[u8]>) -> Result<String, StepError> {
+    let mut out = chain.trim_end().to_owned();
+    out.push('\n');
+    let have: Vec<String> = pki_ops::parse_bundle(chain, "PKI chain")?
+        .into_iter()
+        .map(|c| c.sha256_fingerprint)
+        .collect();
+    if let Some(cur) = current {
+        let text = String::from_utf8_lossy(cur);
+        for block in text.split_inclusive("-----END CERTIFICATE-----") {
+            let Some(start) = block.find("-----BEGIN CERTIFICATE-----") else {
+                continue;
+            };
+            let pem = &block[start..];
+            if let Ok(info) = pki_ops::CertInfo::from_pem_labeled(pem, "current CA bundle")
+                && !have.contains(&info.sha256_fingerprint)
+            {
+                out.push_str(pem);
+                out.push('\n');
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// The env file: where the admin's files are, for `source`.
+fn env_text(cfg: &Config, f: &Files) -> String {
+    let mut lines = vec![format!(
+        "# Written by rotate (step 1) for env {}: source me to use the admin identity.",
+        cfg.env
+    )];
+    let mut vars: Vec<(&str, String)> = vec![
+        ("CLIENT_CERT", f.cert.display().to_string()),
+        ("CLIENT_KEY", f.key.display().to_string()),
+        ("CACERT", f.ca.display().to_string()),
+    ];
+    if let Some(a) = &cfg.vault.addr {
+        vars.push(("ADDR", a.clone()));
+    }
+    if let Some(n) = &cfg.vault.tls_server_name {
+        vars.push(("TLS_SERVER_NAME", n.clone()));
+    }
+    for prefix in ["VAULT", "BAO"] {
+        for (k, v) in &vars {
+            lines.push(format!(
+                "export {prefix}_{k}='{}'",
+                v.replace('\'', r"'\''")
+            ));
+        }
+    }
+    lines.join("\n") + "\n"
+}
+
+/// Where the bytes a client would read for `rel` are right now: the staged temp if the
+/// file changes, else the target.
+fn staged_path(staged: &Staged, tree: &Tree, rel: &Path) -> PathBuf {
+    staged
+        .undo_records()
+        .into_iter()
+        .find(|u| u.rel == rel)
+        .and_then(|u| u.temp)
+        .map_or_else(|| tree.root().join(rel), |t| tree.root().join(t))
+}
+
+#[async_trait]
+impl Step for AdminStep<'_> {
+    type Target = Singleton;
+    type Plan = AdminPlan;
+    type Applied = AdminApplied;
+    type Proof = AdminProof;
+
+    fn id(&self) -> StepId {
+        StepId::Admin
+    }
+
+    async fn plan(&self, _t: &Singleton) -> Result<TargetPlan<AdminPlan>, StepError> {
+        let v = self.deps.vault;
+        let f = self.files()?;
+        let mount = self.mount();
+        let mut changes = Vec::new();
+        let path = format!("{mount}/roles/{}", self.admin.role);
+        let current = v
+            .pki
+            .read_role(mount, &self.admin.role)
+            .await
+            .map_err(|e| StepError::vault(format!("read {path}"), e))?;
+        let role = match &current {
+            None if !self.admin.create_role => {
+                return Err(StepError::Invalid {
+                    what: path,
+                    reason: "missing, and [admin] create_role = false".into(),
+                });
+            }
+            None => {
+                changes.push(Change::new(ChangeKind::Create, &path));
+                Some(None)
+            }
+            Some(actual) => {
+                let diff = pki_ops::diff_role(&self.role_spec(), actual);
+                if diff.is_empty() {
+                    changes.push(Change::new(ChangeKind::Unchanged, &path));
+                    None
+                } else {
+                    changes.push(Change::new(ChangeKind::Update, &path).fields(role_fields(&diff)));
+                    Some(current.clone())
+                }
+            }
+        };
+        let (tree, cert_name) = root_tree(&f.cert)?;
+        let previous = tree.read(&cert_name)?.and_then(|pem| {
+            pki_ops::CertInfo::from_pem_labeled(
+                &String::from_utf8_lossy(&pem),
+                &f.cert.display().to_string(),
+            )
+            .ok()
+        });
+        changes.push(
+            Change::new(
+                ChangeKind::Create,
+                format!(
+                    "admin certificate {} ({})",
+                    self.admin.common_name, self.admin.ttl
+                ),
+            )
+            .note(match &previous {
+                Some(c) => format!(
+                    "replaces serial {} (not after {}; kept valid, not revoked)",
+                    c.serial_hex, c.not_after_human
+                ),
+                None => "no current certificate".into(),
+            }),
+        );
+        let mut files = vec![f.cert.clone(), f.key.clone()];
+        if f.write_ca {
+            files.push(f.ca.clone());
+        }
+        files.extend(self.admin.env_file.clone());
+        for p in files {
+            let (tree, name) = root_tree(&p)?;
+            let kind = match tree.stat(&name)? {
+                Some(_) => ChangeKind::Update,
+                None => ChangeKind::Create,
+            };
+            changes.push(Change::new(kind, p.display().to_string()));
+        }
+        Ok(TargetPlan {
+            changes,
+            data: AdminPlan { role, previous },
+        })
+    }
+
+    async fn apply(
+        &self,
+        _t: &Singleton,
+        plan: TargetPlan<AdminPlan>,
+        tx: &Tx<'_>,
+    ) -> Result<AdminApplied, StepError> {
+        let (cfg, v) = (self.cfg, self.deps.vault);
+        let a = self.admin;
+        let f = self.files()?;
+        let mount = self.mount();
+        if let Some(previous) = plan.data.role {
+            tx.record(UndoAction::Role {
+                mount: mount.to_owned(),
+                name: a.role.clone(),
+                previous,
+            })?;
+            upsert_role(
+                v.pki,
+                mount,
+                &a.role,
+                &self.role_spec(),
+                CreatePolicy::CreateIfMissing,
+                false,
+            )
+            .await?;
+        }
+        let req = IssueRequest {
+            common_name: a.common_name.clone(),
+            ttl: Some(a.ttl.clone()),
+            exclude_cn_from_sans: false,
+            ..Default::default()
+        };
+        let issued =
+            pki_ops::issue_cert(v.pki, mount, &a.role, &req, issue_mode(a.key_mode)).await?;
+        tx.record(UndoAction::Revoke {
+            mount: mount.to_owned(),
+            serial: issued.info.serial_hex.clone(),
+            cn: a.common_name.clone(),
+        })?;
+        let now = (self.deps.clock)();
+        issued.info.expect_cn(&a.common_name)?;
+        issued.info.expect_client_auth()?;
+        issued
+            .info
+            .expect_validity(now, Duration::from_secs(600), None)?;
+        let own_chain = mount_chain(v, mount, None).await?;
+        pki_ops::verify_chain(&issued.cert_pem, &issued.chain_pem, &own_chain, now)?;
+
+        // Stage everything (key 0600 from creation), replace nothing yet.
+        let (tree, cert_rel) = root_tree(&f.cert)?;
+        let (_, key_rel) = split(&f.key)?;
+        let mut set = MaterialSet::new()
+            .with(
+                FileSpec::private_key(&key_rel),
+                issued.key_pem.as_bytes().to_vec(),
+            )
+            .with(
+                FileSpec::public(&cert_rel),
+                issued.fullchain_pem().into_bytes(),
+            );
+        let (ca_tree, ca_rel) = root_tree(&f.ca)?;
+        let ca_bytes = if f.write_ca {
+            let current = ca_tree.read(&ca_rel)?;
+            Some(
+                merged_bundle(&self.listener_chain, current.as_ref().map(|b| b.as_slice()))?
+                    .into_bytes(),
+            )
+        } else {
+            None
+        };
+        let same_dir = ca_tree.root() == tree.root();
+        let mut ca_set = None;
+        if let Some(bytes) = ca_bytes {
+            if same_dir {
+                set = set.with(FileSpec::public(&ca_rel), bytes);
+            } else {
+                ca_set = Some(MaterialSet::new().with(FileSpec::public(&ca_rel), bytes));
+            }
+        }
+        let run_id = tx.run_id();
+        let staged = set.stage(&tree, &run_id)?;
+        let staged_ca = ca_set.map(|s| s.stage(&ca_tree, &run_id)).transpose()?;
+        let env = match &a.env_file {
+            Some(p) => {
+                let (t, rel) = root_tree(p)?;
+                let s = MaterialSet::new()
+                    .with(FileSpec::new(&rel, 0o600), env_text(cfg, &f).into_bytes())
+                    .stage(&t, &run_id)?;
+                Some(s)
+            }
+            None => None,
+        };
+
+        // The lockout guard: the staged files must work, as a new client, before they
+        // replace the identity this run (and the operator) depends on.
+        let ca_now = match &staged_ca {
+            Some(s) => staged_path(s, &ca_tree, &ca_rel),
+            None if same_dir && f.write_ca => staged_path(&staged, &tree, &ca_rel),
+            None => f.ca.clone(),
+        };
+        let proof = prove_admin(
+            v.gate,
+            &staged_path(&staged, &tree, &cert_rel),
+            &staged_path(&staged, &tree, &key_rel),
+            &ca_now,
+            PROOF_TIMEOUT,
+        )
+        .await;
+        if let Err(why) = proof {
+            return Err(StepError::Gate {
+                step: "admin",
+                app: "admin".into(),
+                reason: format!(
+                    "lockout guard: a brand-new client with the new certificate (serial {}, issued by {:?} on mount {mount}) cannot use Vault: {why}. Nothing was replaced: the current admin identity is untouched. If the listener rejected the certificate, its tls_client_ca_file does not trust that issuer: add the chain of {mount} to it and restart the server (SIGHUP never reloads that file), or issue from a mount it trusts ([admin] mount)",
+                    issued.info.serial_hex,
+                    issued.info.issuer_cn.clone().unwrap_or_default(),
+                ),
+            });
+        }
+
+        // Proven: journal every undo, then replace.
+        let owner = Some(Owner::current());
+        let mut records = staged.undo_records();
+        records.extend(staged_ca.iter().flat_map(Staged::undo_records));
+        records.extend(env.iter().flat_map(Staged::undo_records));
+        for u in records {
+            tx.record(UndoAction::File { undo: u, owner })?;
+        }
+        tx.record(UndoAction::ReconnectAdmin)?;
+        let mut files: Vec<PathBuf> = staged
+            .commit()?
+            .files
+            .into_iter()
+            .map(|o| tree.root().join(o.path))
+            .collect();
+        for (s, t) in [(staged_ca, &ca_tree)] {
+            if let Some(s) = s {
+                files.extend(s.commit()?.files.into_iter().map(|o| t.root().join(o.path)));
+            }
+        }
+        if let (Some(s), Some(p)) = (env, &a.env_file) {
+            s.commit()?;
+            files.push(p.clone());
+        }
+        // From here on the run uses the new identity.
+        v.identity
+            .reconnect()
+            .map_err(|e| StepError::vault("switch the run to the new admin identity", e))?;
+        Ok(AdminApplied {
+            cn: a.common_name.clone(),
+            serial_hex: issued.info.serial_hex.clone(),
+            not_after: issued.info.not_after_human.clone(),
+            issuer: issued.info.issuer_cn.clone().unwrap_or_default(),
+            previous: plan
+                .data
+                .previous
+                .map(|p| (p.serial_hex, p.not_after_human)),
+            files,
+        })
+    }
+
+    async fn gate(&self, _t: &Singleton, a: &AdminApplied) -> Result<AdminProof, StepError> {
+        let f = self.files()?;
+        let gate_err = |reason: String| StepError::Gate {
+            step: "admin",
+            app: "admin".into(),
+            reason,
+        };
+        let identity = prove_admin(self.deps.vault.gate, &f.cert, &f.key, &f.ca, PROOF_TIMEOUT)
+            .await
+            .map_err(|why| gate_err(format!("the installed admin files do not work: {why}")))?;
+        let on_disk = pki_ops::CertInfo::from_pem_file(&f.cert)?;
+        if !on_disk.serial_hex.eq_ignore_ascii_case(&a.serial_hex) {
+            return Err(gate_err(format!(
+                "{} holds serial {}, not the new {}",
+                f.cert.display(),
+                on_disk.serial_hex,
+                a.serial_hex
+            )));
+        }
+        pki_ops::key_matches_cert_files(&f.key, &f.cert)?;
+        Ok(AdminProof {
+            identity,
+            note: match &a.previous {
+                Some((serial, until)) => format!(
+                    "new admin identity {} works; the previous certificate {serial} was not revoked (shells still using it keep working until {until})",
+                    a.serial_hex
+                ),
+                None => format!("new admin identity {} works", a.serial_hex),
+            },
+        })
+    }
+}

@@ -1,0 +1,493 @@
+//! Step 2: the Vault listener's certificate, "the center of gravity".
+//!
+//! Plan (reads only): a proven admin identity first (the current files, as a brand-new
+//! client: the run must never rotate the listener without one), what the listener serves
+//! now, the role, the files, and — before anything is written — that every CA bundle
+//! clients use verifies the chain that will sign the new certificate (the bundle that
+//! does not is named). Apply: role, issue (revoked on undo), check the pair and the SANs,
+//! stage chain + key (owner the Vault user, key 0600) completely, journal the undo
+//! (restore the files, reload, prove the *old* serial is served again), replace, reload.
+//! Gate: new handshakes with the SNI name until the **new serial** is served (a reload
+//! is asynchronous; OpenBao accepts a SIGHUP even when the reload fails and keeps the old
+//! certificate, so only the handshake proves it), the served chain verifies with every
+//! client bundle, and `sys/seal-status` answers the admin identity over it.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use pki_ops::{CreatePolicy, FileSpec, MaterialSet, Owner, RoleSpec, Tree, upsert_role};
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value};
+use vault_client::IssueRequest;
+
+use crate::config::{Config, ListenerSection};
+use crate::engine::change::{Change, ChangeKind};
+use crate::engine::journal::StepId;
+use crate::engine::undo::UndoAction;
+use crate::engine::{Singleton, Step, TargetPlan, Tx};
+use crate::rotation::Deps;
+use crate::served::{Served, prove_admin, wait_for_serial};
+use crate::steps::names::rel;
+use crate::steps::{StepError, issue_mode, key_algorithm, role_fields};
+
+const PROOF_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Step 2.
+pub struct ListenerStep<'a> {
+    cfg: &'a Config,
+    l: &'a ListenerSection,
+    deps: Deps<'a>,
+    chain: String,
+}
+
+/// What the plan hands to apply.
+pub struct ListenerPlan {
+    role: Option<Option<Map<String, Value>>>,
+    owner: Owner,
+    served_before: Served,
+    bundles: Vec<(String, String)>,
+}
+
+/// What apply produced (journaled for re-gating).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ListenerApplied {
+    /// The new serial, `aa:bb` hex.
+    pub serial_hex: String,
+    /// Its not-after.
+    pub not_after: String,
+    /// DNS and IP SANs.
+    pub sans: Vec<String>,
+    /// The serial served before the run.
+    pub previous_serial: String,
+    /// The files written.
+    pub files: Vec<PathBuf>,
+    /// What the reload did.
+    pub reload: String,
+}
+
+/// What the gate proved.
+#[derive(Debug, Serialize)]
+pub struct ListenerProof {
+    /// What the listener serves now (the new serial).
+    pub served: Served,
+    /// The client bundles that verify the served chain.
+    pub verified_with: Vec<String>,
+}
+
+impl<'a> ListenerStep<'a> {
+    /// Step 2, when `[listener]` is configured; `chain` is `[pki] mount`'s CA chain.
+    pub fn new(cfg: &'a Config, deps: Deps<'a>, chain: String) -> Option<Self> {
+        let l = cfg.listener.as_ref()?;
+        Some(ListenerStep {
+            cfg,
+            l,
+            deps,
+            chain,
+        })
+    }
+
+    fn cn(&self) -> String {
+        self.cfg.listener_cn().unwrap_or_default().to_owned()
+    }
+
+    fn dns_names(&self) -> Vec<String> {
+        let mut names = vec![self.cn()];
+        names.extend(self.l.alt_names.iter().cloned());
+        names.dedup();
+        names
+    }
+
+    fn role_spec(&self) -> RoleSpec {
+        RoleSpec::server_leaf(self.dns_names(), &self.l.ttl, &self.l.max_ttl)
+            .set("allow_ip_sans", !self.l.ip_sans.is_empty())
+            .with_key(key_algorithm(self.l.key_mode))
+    }
+
+    /// The admin's files: how every gate reaches the listener.
+    fn admin_files(&self) -> Result<(PathBuf, PathBuf, PathBuf), StepError> {
+        let v = &self.cfg.vault;
+        match (&v.client_cert, &v.client_key, &v.ca_cert) {
+            (Some(c), Some(k), Some(ca)) => Ok((c.clone(), k.clone(), ca.clone())),
+            _ => Err(StepError::Invalid {
+                what: "[vault] client_cert, client_key, ca_cert".into(),
+                reason: "step 2 proves the listener through the admin's identity: set all three"
+                    .into(),
+            }),
+        }
+    }
+
+    fn tree(&self, owner: Owner) -> Result<(Tree, PathBuf, PathBuf), StepError> {
+        let dir = self.l.cert_file.parent().unwrap_or(Path::new("/"));
+        let name = |p: &Path| PathBuf::from(p.file_name().unwrap_or_default());
+        Ok((
+            Tree::open(dir, Some(owner))?,
+            name(&self.l.cert_file),
+            name(&self.l.key_file),
+        ))
+    }
+
+    fn owner(&self) -> Result<Owner, StepError> {
+        let invalid = |reason: String| StepError::Invalid {
+            what: format!("[listener] owner {:?}", self.l.owner),
+            reason,
+        };
+        let u = nix::unistd::User::from_name(&self.l.owner)
+            .map_err(|e| invalid(format!("look up: {e}")))?
+            .ok_or_else(|| invalid("no such user".into()))?;
+        let gid = match &self.l.group {
+            Some(g) => nix::unistd::Group::from_name(g)
+                .map_err(|e| invalid(format!("look up group {g}: {e}")))?
+                .ok_or_else(|| invalid(format!("no such group {g}")))?
+                .gid
+                .as_raw(),
+            None => u.gid.as_raw(),
+        };
+        Ok(Owner {
+            uid: u.uid.as_raw(),
+            gid,
+        })
+    }
+
+    /// Every CA bundle clients use, by name, with its text: the admin's, each app's
+    /// `vault/ca/ca.pem` (read inside the app's tree, no symlink followed), the extras.
+    fn client_bundles(&self) -> Result<Vec<(String, String)>, StepError> {
+        let mut out = Vec::new();
+        let read = |p: &Path| {
+            std::fs::read_to_string(p).map_err(|e| StepError::Invalid {
+                what: format!("client CA bundle {}", p.display()),
+                reason: e.to_string(),
+            })
+        };
+        let (_, _, ca) = self.admin_files()?;
+        out.push((ca.display().to_string(), read(&ca)?));
+        for app in &self.cfg.apps {
+            let Ok(owner) = crate::steps::owner_of(app) else {
+                continue;
+            };
+            let Ok(tree) = Tree::open(&app.home, Some(owner)) else {
+                continue;
+            };
+            if let Some(b) = tree.read(&rel::ca_file())? {
+                out.push((
+                    app.home.join(rel::ca_file()).display().to_string(),
+                    String::from_utf8_lossy(&b).into_owned(),
+                ));
+            }
+        }
+        for p in &self.l.client_bundles {
+            out.push((p.display().to_string(), read(p)?));
+        }
+        Ok(out)
+    }
+
+    fn timeout(&self) -> Duration {
+        self.cfg.duration(&self.l.reload_timeout)
+    }
+}
+
+/// `leaf_pem` (plus `chain`) verifies with every bundle; the error names the first that
+/// does not.
+fn verify_with_all(
+    leaf_pem: &str,
+    leaf_label: &str,
+    chain: &str,
+    bundles: &[(String, String)],
+    now: i64,
+) -> Result<Vec<String>, StepError> {
+    let mut ok = Vec::new();
+    for (name, text) in bundles {
+        pki_ops::verify_chain_labeled(leaf_pem, leaf_label, chain, text, name, now).map_err(
+            |e| StepError::Invalid {
+                what: format!("client CA bundle {name}"),
+                reason: format!(
+                    "does not verify {leaf_label}: {e}. Clients using it would fail with \"certificate signed by unknown authority\" after the swap: add the chain of the PKI mount to it first"
+                ),
+            },
+        )?;
+        ok.push(name.clone());
+    }
+    Ok(ok)
+}
+
+#[async_trait]
+impl Step for ListenerStep<'_> {
+    type Target = Singleton;
+    type Plan = ListenerPlan;
+    type Applied = ListenerApplied;
+    type Proof = ListenerProof;
+
+    fn id(&self) -> StepId {
+        StepId::Listener
+    }
+
+    async fn plan(&self, _t: &Singleton) -> Result<TargetPlan<ListenerPlan>, StepError> {
+        let v = self.deps.vault;
+        let mount = &self.cfg.pki.mount;
+        let (cert, key, ca) = self.admin_files()?;
+        // Never touch the listener without a working admin identity.
+        let identity = prove_admin(v.gate, &cert, &key, &ca, PROOF_TIMEOUT)
+            .await
+            .map_err(|why| StepError::Gate {
+                step: "listener",
+                app: "listener".into(),
+                reason: format!(
+                    "precondition: no proven admin identity ({why}); step 2 is not attempted without one"
+                ),
+            })?;
+        let served_before = identity.listener;
+        let mut changes = Vec::new();
+        let path = format!("{mount}/roles/{}", self.l.role);
+        let current = v
+            .pki
+            .read_role(mount, &self.l.role)
+            .await
+            .map_err(|e| StepError::vault(format!("read {path}"), e))?;
+        let role = match &current {
+            None if !self.l.create_role => {
+                return Err(StepError::Invalid {
+                    what: path,
+                    reason: "missing, and [listener] create_role = false".into(),
+                });
+            }
+            None => {
+                changes.push(Change::new(ChangeKind::Create, &path));
+                Some(None)
+            }
+            Some(actual) => {
+                let diff = pki_ops::diff_role(&self.role_spec(), actual);
+                if diff.is_empty() {
+                    changes.push(Change::new(ChangeKind::Unchanged, &path));
+                    None
+                } else {
+                    changes.push(Change::new(ChangeKind::Update, &path).fields(role_fields(&diff)));
+                    Some(current.clone())
+                }
+            }
+        };
+        // Every client bundle must verify the chain that will sign the new certificate,
+        // before anything is written.
+        let now = (self.deps.clock)();
+        let bundles = self.client_bundles()?;
+        let certs = pki_ops::parse_bundle(&self.chain, &format!("{mount}/cert/ca_chain"))?;
+        let issuer_pem = self
+            .chain
+            .split_inclusive("-----END CERTIFICATE-----")
+            .next()
+            .unwrap_or_default()
+            .to_owned();
+        let issuer_label = format!(
+            "the issuer {:?} of {mount}",
+            certs.first().map(|c| c.cn().to_owned()).unwrap_or_default()
+        );
+        verify_with_all(&issuer_pem, &issuer_label, &self.chain, &bundles, now)?;
+
+        let owner = self.owner()?;
+        let (tree, cert_rel, key_rel) = self.tree(owner)?;
+        changes.push(
+            Change::new(
+                ChangeKind::Create,
+                format!(
+                    "listener certificate {} ({})",
+                    self.dns_names().join(", "),
+                    self.l.ttl
+                ),
+            )
+            .note(format!(
+                "replaces served serial {} (not after {})",
+                served_before.serial_hex, served_before.not_after
+            )),
+        );
+        for r in [&cert_rel, &key_rel] {
+            let kind = match tree.stat(r)? {
+                Some(_) => ChangeKind::Update,
+                None => ChangeKind::Create,
+            };
+            changes.push(Change::new(kind, tree.root().join(r).display().to_string()));
+        }
+        changes.push(
+            Change::new(ChangeKind::Update, format!("reload ({})", self.l.reload)).note(format!(
+                "then wait up to {} for the new serial; {} client bundle(s) verified",
+                self.l.reload_timeout,
+                bundles.len()
+            )),
+        );
+        Ok(TargetPlan {
+            changes,
+            data: ListenerPlan {
+                role,
+                owner,
+                served_before,
+                bundles,
+            },
+        })
+    }
+
+    async fn apply(
+        &self,
+        _t: &Singleton,
+        plan: TargetPlan<ListenerPlan>,
+        tx: &Tx<'_>,
+    ) -> Result<ListenerApplied, StepError> {
+        let v = self.deps.vault;
+        let (l, mount) = (self.l, &self.cfg.pki.mount);
+        let p = plan.data;
+        if let Some(previous) = p.role {
+            tx.record(UndoAction::Role {
+                mount: mount.clone(),
+                name: l.role.clone(),
+                previous,
+            })?;
+            upsert_role(
+                v.pki,
+                mount,
+                &l.role,
+                &self.role_spec(),
+                CreatePolicy::CreateIfMissing,
+                false,
+            )
+            .await?;
+        }
+        let names = self.dns_names();
+        let req = IssueRequest {
+            common_name: self.cn(),
+            alt_names: names[1..].to_vec(),
+            ip_sans: l.ip_sans.clone(),
+            ttl: Some(l.ttl.clone()),
+            exclude_cn_from_sans: false,
+            ..Default::default()
+        };
+        let issued =
+            pki_ops::issue_cert(v.pki, mount, &l.role, &req, issue_mode(l.key_mode)).await?;
+        tx.record(UndoAction::Revoke {
+            mount: mount.clone(),
+            serial: issued.info.serial_hex.clone(),
+            cn: self.cn(),
+        })?;
+        let now = (self.deps.clock)();
+        let info = &issued.info;
+        info.expect_cn(&self.cn())?;
+        info.expect_issuer_cn(&self.cfg.pki.issuer_name)?;
+        info.expect_server_auth()?;
+        info.expect_validity(now, Duration::from_secs(3600), None)?;
+        let mut sans: Vec<String> = info.dns_sans.clone();
+        sans.extend(info.ip_sans.iter().map(|ip| ip.to_string()));
+        for want in names.iter().chain(&l.ip_sans) {
+            if !sans.iter().any(|s| s == want) {
+                return Err(StepError::Gate {
+                    step: "listener",
+                    app: "listener".into(),
+                    reason: format!("the issued certificate lacks SAN {want} (has {sans:?})"),
+                });
+            }
+        }
+        pki_ops::key_matches_cert(&issued.key_pem, &issued.cert_pem)?;
+        verify_with_all(
+            &issued.cert_pem,
+            "the new listener certificate",
+            &issued.chain_pem,
+            &p.bundles,
+            now,
+        )?;
+
+        let (tree, cert_rel, key_rel) = self.tree(p.owner)?;
+        let staged = MaterialSet::new()
+            .with(
+                FileSpec::public(&cert_rel),
+                issued.fullchain_pem().into_bytes(),
+            )
+            .with(
+                FileSpec::private_key(&key_rel),
+                issued.key_pem.as_bytes().to_vec(),
+            )
+            .stage(&tree, &tx.run_id())?;
+        for u in staged.undo_records() {
+            tx.record(UndoAction::File {
+                undo: u,
+                owner: Some(p.owner),
+            })?;
+        }
+        let (cert, key, ca) = self.admin_files()?;
+        tx.record(UndoAction::ReloadListener {
+            reload: l.reload.clone(),
+            previous_serial: p.served_before.serial_hex.clone(),
+            ca,
+            cert,
+            key,
+            timeout_secs: self.timeout().as_secs().max(1),
+        })?;
+        let written = staged.commit()?;
+        let reloader: hooks::Reloader = l.reload.parse()?;
+        let report = hooks::reload(
+            self.deps.runner,
+            &reloader,
+            self.cfg.duration(&self.cfg.leaf.command_timeout),
+        )
+        .await?;
+        Ok(ListenerApplied {
+            serial_hex: info.serial_hex.clone(),
+            not_after: info.not_after_human.clone(),
+            sans,
+            previous_serial: p.served_before.serial_hex,
+            files: written
+                .files
+                .into_iter()
+                .map(|o| tree.root().join(o.path))
+                .collect(),
+            reload: format!("{report:?}"),
+        })
+    }
+
+    async fn gate(&self, _t: &Singleton, a: &ListenerApplied) -> Result<ListenerProof, StepError> {
+        let (cert, key, ca) = self.admin_files()?;
+        let gate_err = |reason: String| StepError::Gate {
+            step: "listener",
+            app: "listener".into(),
+            reason,
+        };
+        let served = wait_for_serial(
+            self.deps.vault.gate,
+            Some((&cert, &key)),
+            &ca,
+            &a.serial_hex,
+            self.timeout(),
+        )
+        .await
+        .map_err(|e| {
+            gate_err(format!(
+                "new serial {} not served within {}: {e}",
+                a.serial_hex, self.l.reload_timeout
+            ))
+        })?;
+        if served.seal_status != Some(200) {
+            return Err(gate_err(format!(
+                "the listener serves the new certificate but sys/seal-status failed for the admin: {}",
+                served
+                    .seal_status_error
+                    .clone()
+                    .unwrap_or_else(|| format!("HTTP {:?}", served.seal_status))
+            )));
+        }
+        let now = (self.deps.clock)();
+        let bundles = self.client_bundles()?;
+        let verified_with = verify_with_all(
+            &served.chain_pem,
+            "the served listener chain",
+            "",
+            &bundles,
+            now,
+        )?;
+        // And the served certificate is the one in the files (a matching pair on disk).
+        let (tree, cert_rel, key_rel) = self.tree(self.owner()?)?;
+        let on_disk = tree.read(&cert_rel)?.unwrap_or_default();
+        let key_pem = tree.read(&key_rel)?.unwrap_or_default();
+        pki_ops::key_matches_cert(
+            &String::from_utf8_lossy(&key_pem),
+            &String::from_utf8_lossy(&on_disk),
+        )?;
+        Ok(ListenerProof {
+            served,
+            verified_with,
+        })
+    }
+}

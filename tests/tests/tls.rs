@@ -1,0 +1,372 @@
+//! Steps 1 and 2 (admin client certificate, listener certificate) against their own lab
+//! (`tls_lab`: these tests replace its admin identity and listener certificate), judged
+//! by real clients: `bao status`, `openssl s_client`, `openssl verify`.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+
+use rotate_cli::Exit;
+use rotate_tests::{Lab, SERVER_NAME, tls_lab, tls_lab_turn};
+use vault_client::PkiApi;
+
+use crate::support::{errors, rotate, target, tempdir};
+
+/// The whole-order config of the TLS lab, journal in `dir`, plus `extra` lines appended
+/// to `[section]` pairs given as `(section, lines)`.
+fn tls_config(lab: &Lab, dir: &Path, extra: &[(&str, &str)]) -> PathBuf {
+    let mut text = lab.rotate_config_full().replace(
+        &lab.paths.dir.join("state").display().to_string(),
+        &dir.join("state").display().to_string(),
+    );
+    for (section, lines) in extra {
+        let header = format!("[{section}]\n");
+        assert!(text.contains(&header), "no [{section}]");
+        text = text.replacen(&header, &format!("{header}{lines}\n"), 1);
+    }
+    let path = dir.join("rotate.toml");
+    std::fs::write(&path, text).unwrap();
+    path
+}
+
+/// `bao status` as a real client with these admin files: its exit code and output.
+fn bao_status(lab: &Lab, cert: &Path, key: &Path, ca: &Path) -> (i32, String) {
+    let out = Command::new(&lab.bao)
+        .env_clear()
+        .env("VAULT_ADDR", &lab.addr)
+        .env("VAULT_CACERT", ca)
+        .env("VAULT_CLIENT_CERT", cert)
+        .env("VAULT_CLIENT_KEY", key)
+        .env("VAULT_TLS_SERVER_NAME", SERVER_NAME)
+        .env("HOME", &lab.paths.dir)
+        .args(["status", "-format=json"])
+        .output()
+        .expect("run bao status");
+    (
+        out.status.code().unwrap_or(-1),
+        format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        ),
+    )
+}
+
+/// The serial `openssl s_client -servername vault.prod.privsec.ch` is served, as
+/// upper-case hex without colons (how `openssl x509 -serial` prints it).
+fn served_serial_openssl(lab: &Lab) -> String {
+    let p = &lab.paths;
+    let s_client = Command::new("openssl")
+        .args(["s_client", "-connect", &format!("127.0.0.1:{}", lab.port)])
+        .args(["-servername", SERVER_NAME, "-verify_return_error"])
+        .arg("-CAfile")
+        .arg(&p.ca_bundle)
+        .arg("-cert")
+        .arg(&p.admin_cert)
+        .arg("-key")
+        .arg(&p.admin_key)
+        .stdin(Stdio::null())
+        .output()
+        .expect("run openssl s_client");
+    let mut x509 = Command::new("openssl")
+        .args(["x509", "-noout", "-serial"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    use std::io::Write;
+    x509.stdin
+        .take()
+        .unwrap()
+        .write_all(&s_client.stdout)
+        .unwrap();
+    let out = x509.wait_with_output().unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    text.trim()
+        .strip_prefix("serial=")
+        .unwrap_or_else(|| {
+            panic!(
+                "openssl s_client showed no certificate: {}",
+                String::from_utf8_lossy(&s_client.stderr)
+            )
+        })
+        .to_owned()
+}
+
+fn openssl_hex(serial_hex: &str) -> String {
+    serial_hex.replace(':', "").to_uppercase()
+}
+
+/// `openssl verify -CAfile bundle -untrusted chain leaf` on the listener's cert file.
+fn openssl_verify(bundle: &Path, fullchain: &Path, dir: &Path) -> (bool, String) {
+    let text = std::fs::read_to_string(fullchain).unwrap();
+    let end = "-----END CERTIFICATE-----";
+    let i = text.find(end).unwrap() + end.len();
+    let leaf = dir.join("verify-leaf.pem");
+    let chain = dir.join("verify-chain.pem");
+    std::fs::write(&leaf, &text[..i]).unwrap();
+    std::fs::write(&chain, text[i..].trim_start()).unwrap();
+    let out = Command::new("openssl")
+        .arg("verify")
+        .arg("-CAfile")
+        .arg(bundle)
+        .arg("-untrusted")
+        .arg(&chain)
+        .arg(&leaf)
+        .output()
+        .unwrap();
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr),
+    )
+}
+
+/// Every serial `mount` has issued (`LIST <mount>/certs`).
+async fn list_certs(admin: &vault_client::VaultClient, mount: &str) -> Vec<String> {
+    let v: Option<serde_json::Value> = admin
+        .request(
+            vault_client::Method::List,
+            &format!("{mount}/certs"),
+            None,
+            vault_client::Idempotency::Idempotent,
+        )
+        .await
+        .unwrap_or(None);
+    v.and_then(|v| v["data"]["keys"].as_array().cloned())
+        .unwrap_or_default()
+        .into_iter()
+        .filter_map(|k| k.as_str().map(str::to_owned))
+        .collect()
+}
+
+fn copy_to(src: &Path, dir: &Path, name: &str) -> PathBuf {
+    let dst = dir.join(name);
+    std::fs::copy(src, &dst).unwrap();
+    dst
+}
+
+fn bytes(p: &Path) -> Vec<u8> {
+    std::fs::read(p).unwrap_or_else(|e| panic!("{}: {e}", p.display()))
+}
+
+#[tokio::test]
+async fn admin_then_listener_rotate_and_real_clients_agree() {
+    let _turn = tls_lab_turn().await;
+    let lab = tls_lab();
+    let p = &lab.paths;
+    let dir = tempdir("tls-happy");
+    let cfg = tls_config(lab, &dir, &[]);
+    let old_cert = copy_to(&p.admin_cert, &dir, "old-admin.crt");
+    let old_key = copy_to(&p.admin_key, &dir, "old-admin.key");
+    let before = served_serial_openssl(lab);
+
+    let (exit, v) = rotate(&cfg, &["run", "--step", "admin", "--step", "listener"]).await;
+    assert_eq!(exit, Exit::Ok, "{v:#}");
+    let admin = &target(&v, "admin", "admin")["applied"];
+    let listener = &target(&v, "listener", "listener")["applied"];
+    assert_eq!(target(&v, "admin", "admin")["outcome"], "committed");
+    assert_eq!(target(&v, "listener", "listener")["outcome"], "committed");
+
+    // Step 1: the files hold the new identity, and `bao status` works with it.
+    let on_disk = pki_ops::CertInfo::from_pem_file(&p.admin_cert).unwrap();
+    assert_eq!(on_disk.serial_hex, admin["serial_hex"].as_str().unwrap());
+    assert_eq!(
+        std::fs::metadata(&p.admin_key)
+            .unwrap()
+            .permissions()
+            .mode()
+            & 0o777,
+        0o600
+    );
+    pki_ops::key_matches_cert_files(&p.admin_key, &p.admin_cert).unwrap();
+    let (code, out) = bao_status(lab, &p.admin_cert, &p.admin_key, &p.ca_bundle);
+    assert_eq!(code, 0, "bao status with the new admin files: {out}");
+    // The old identity was not revoked: it keeps working until it expires.
+    let (code, out) = bao_status(lab, &old_cert, &old_key, &p.ca_bundle);
+    assert_eq!(code, 0, "bao status with the previous admin files: {out}");
+    // The env file points at the files.
+    let env = std::fs::read_to_string(p.dir.join("admin/env.sh")).unwrap();
+    assert!(
+        env.contains(&format!(
+            "export VAULT_CLIENT_CERT='{}'",
+            p.admin_cert.display()
+        )) && env.contains("export BAO_CLIENT_KEY="),
+        "{env}"
+    );
+
+    // Step 2: a real client sees the new serial, and every client bundle verifies it.
+    let after = served_serial_openssl(lab);
+    assert_ne!(
+        after, before,
+        "the listener still serves the old certificate"
+    );
+    assert_eq!(after, openssl_hex(listener["serial_hex"].as_str().unwrap()));
+    assert_eq!(
+        openssl_hex(listener["previous_serial"].as_str().unwrap()),
+        before
+    );
+    for bundle in [&p.ca_bundle, &p.root_ca] {
+        let (ok, out) = openssl_verify(bundle, &p.server_cert, &dir);
+        assert!(ok, "openssl verify with {}: {out}", bundle.display());
+    }
+    let (code, out) = bao_status(lab, &p.admin_cert, &p.admin_key, &p.ca_bundle);
+    assert_eq!(code, 0, "bao status after the listener swap: {out}");
+    assert_eq!(
+        std::fs::metadata(&p.server_key)
+            .unwrap()
+            .permissions()
+            .mode()
+            & 0o777,
+        0o600
+    );
+}
+
+use std::os::unix::fs::PermissionsExt;
+
+#[tokio::test]
+async fn an_admin_cert_from_a_ca_the_listener_does_not_trust_is_refused_before_any_file_changes() {
+    let _turn = tls_lab_turn().await;
+    let lab = tls_lab();
+    let p = &lab.paths;
+    let admin = lab.admin_client().unwrap();
+    // A second PKI mount with its own root: not in the listener's tls_client_ca_file.
+    if admin
+        .read_ca_chain("pki-other")
+        .await
+        .map(|c| c.is_empty())
+        .unwrap_or(true)
+    {
+        use vault_client::SysApi;
+        let _ = admin
+            .enable_mount("pki-other", "pki", Default::default())
+            .await;
+        admin
+            .request::<serde_json::Value>(
+                vault_client::Method::Post,
+                "pki-other/root/generate/internal",
+                Some(serde_json::json!({"common_name": "Rogue Root CA", "ttl": "8760h"})),
+                vault_client::Idempotency::NonIdempotent,
+            )
+            .await
+            .unwrap();
+    }
+    let dir = tempdir("tls-untrusted");
+    let cfg = tls_config(lab, &dir, &[("admin", "mount = \"pki-other\"")]);
+    let files = [&p.admin_cert, &p.admin_key, &p.ca_bundle];
+    let before: Vec<Vec<u8>> = files.iter().map(|f| bytes(f)).collect();
+    let certs_before = list_certs(&admin, "pki-other").await;
+
+    let (exit, v) = rotate(&cfg, &["run", "--step", "admin"]).await;
+    assert_eq!(exit, Exit::GateFailed, "{v:#}");
+    let err = errors(&v);
+    assert!(err.contains("lockout guard"), "{err}");
+    assert!(err.contains("tls_client_ca_file"), "{err}");
+    let t = target(&v, "admin", "admin");
+    assert_eq!(t["outcome"], "rolled_back", "{t:#}");
+    for (f, b) in files.iter().zip(&before) {
+        assert_eq!(&bytes(f), b, "{} changed", f.display());
+    }
+    // The certificate it issued is revoked.
+    let certs_after = list_certs(&admin, "pki-other").await;
+    let new: Vec<&String> = certs_after
+        .iter()
+        .filter(|s| !certs_before.contains(s))
+        .collect();
+    assert_eq!(new.len(), 1, "{certs_after:?}");
+    let rec = admin.read_cert("pki-other", new[0]).await.unwrap().unwrap();
+    assert_ne!(rec.revocation_time, 0, "issued certificate not revoked");
+    // And the operator still has `bao status`.
+    let (code, out) = bao_status(lab, &p.admin_cert, &p.admin_key, &p.ca_bundle);
+    assert_eq!(code, 0, "{out}");
+}
+
+#[tokio::test]
+async fn a_client_bundle_that_would_not_verify_the_new_chain_stops_step_2_before_it_writes() {
+    let _turn = tls_lab_turn().await;
+    let lab = tls_lab();
+    let p = &lab.paths;
+    let dir = tempdir("tls-bundle");
+    // A bundle holding only an unrelated CA (what a stale proxy bundle looks like).
+    let other = rotate_tests::LabCa::generate().unwrap();
+    let stale = dir.join("stale-proxy-ca.pem");
+    std::fs::write(&stale, other.root_pem()).unwrap();
+    let cfg = tls_config(
+        lab,
+        &dir,
+        &[(
+            "listener",
+            &format!("client_bundles = [\"{}\"]", stale.display()),
+        )],
+    );
+    let before = (bytes(&p.server_cert), bytes(&p.server_key));
+    let served = served_serial_openssl(lab);
+    let admin = lab.admin_client().unwrap();
+    let certs_before = list_certs(&admin, "pki-prod").await.len();
+
+    let (exit, v) = rotate(&cfg, &["run", "--step", "listener"]).await;
+    assert_eq!(exit, Exit::Config, "{v:#}");
+    let err = errors(&v);
+    assert!(err.contains(&stale.display().to_string()), "{err}");
+    assert_eq!((bytes(&p.server_cert), bytes(&p.server_key)), before);
+    assert_eq!(served_serial_openssl(lab), served);
+    assert_eq!(
+        list_certs(&admin, "pki-prod").await.len(),
+        certs_before,
+        "a certificate was issued although the step stopped before writing"
+    );
+}
+
+#[tokio::test]
+async fn a_listener_reload_that_does_not_take_effect_is_detected_and_the_old_serial_is_served_again()
+ {
+    let _turn = tls_lab_turn().await;
+    let lab = tls_lab();
+    let p = &lab.paths;
+    let dir = tempdir("tls-noreload");
+    // A "server" that ignores SIGHUP: the pid file names a process that is not bao.
+    let mut decoy = Command::new("sleep").arg("60").spawn().unwrap();
+    let pid_file = dir.join("decoy.pid");
+    std::fs::write(&pid_file, decoy.id().to_string()).unwrap();
+    let cfg = tls_config(
+        lab,
+        &dir,
+        &[(
+            "listener",
+            &format!(
+                "reload = \"signal:{}:CONT\"\nreload_timeout = \"2s\"",
+                pid_file.display()
+            ),
+        )],
+    );
+    // Drop the duplicate keys the appended lines override.
+    let text = std::fs::read_to_string(&cfg).unwrap();
+    let text = text
+        .lines()
+        .filter(|l| {
+            !(l.starts_with("reload = \"signal:") && l.contains("bao.pid"))
+                && *l != "reload_timeout = \"10s\""
+        })
+        .collect::<Vec<_>>()
+        .join("\n");
+    std::fs::write(&cfg, text).unwrap();
+    let before = (bytes(&p.server_cert), bytes(&p.server_key));
+    let served = served_serial_openssl(lab);
+
+    let (exit, v) = rotate(&cfg, &["run", "--step", "listener"]).await;
+    let _ = decoy.kill();
+    let _ = decoy.wait();
+    assert_eq!(exit, Exit::GateFailed, "{v:#}");
+    let err = errors(&v);
+    assert!(err.contains("did not take effect"), "{err}");
+    let t = target(&v, "listener", "listener");
+    assert_eq!(t["outcome"], "rolled_back", "{t:#}");
+    let undone = t["rollback"]["undone"].to_string();
+    assert!(undone.contains("serves serial"), "{undone}");
+    // Byte for byte, and the old serial is what a real client sees.
+    assert_eq!((bytes(&p.server_cert), bytes(&p.server_key)), before);
+    assert_eq!(served_serial_openssl(lab), served);
+    // The certificate it issued is revoked.
+    let serial = t["applied"]["serial_hex"].as_str().unwrap();
+    let admin = lab.admin_client().unwrap();
+    let rec = admin.read_cert("pki-prod", serial).await.unwrap().unwrap();
+    assert_ne!(rec.revocation_time, 0);
+}
