@@ -196,6 +196,11 @@ async fn dispatch(cli: &Cli, out: &mut dyn Write, cancel: &Cancel) -> Result<Exi
         kv_access: selection.is_some_and(|s| s.kv.with_kv_access),
         kv_seed: selection.is_some_and(|s| s.kv.with_kv_seed),
     };
+    if matches!(mode, Mode::Resume | Mode::Rollback) {
+        for what in crate::rotation::repair_admin_identity(&config, unix_now())? {
+            eprintln!("rotate: before connecting: {what} (step 1 was interrupted)");
+        }
+    }
     let client_cfg = config.client_config()?;
     let admin = VaultClient::new(&client_cfg)?;
     let gate = FreshClients::new(&client_cfg);

@@ -71,7 +71,7 @@ pub use engine::{
     Cancel, Outcome, Singleton, Step, StepReport, Target, TargetPlan, TargetReport, Tx,
 };
 pub use exit::Exit;
-pub use rotation::{Deps, Mode, RotationError, RunReport, execute};
+pub use rotation::{Deps, Mode, RotationError, RunReport, execute, repair_admin_identity};
 pub use served::{AdminIdentity, Served, WaitError, look, prove_admin, wait_for_serial};
 pub use status::{Identity, StatusReport, status};
 pub use steps::StepError;

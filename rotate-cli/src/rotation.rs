@@ -114,6 +114,9 @@ pub enum RotationError {
     /// `--resume`/`rollback` found nothing to act on.
     #[error("{0}")]
     NothingToDo(String),
+    /// The admin identity files an interrupted step 1 left could not be restored.
+    #[error("{0}")]
+    Repair(String),
 }
 
 impl RotationError {
@@ -124,6 +127,7 @@ impl RotationError {
             RotationError::Locked(_) | RotationError::Journal(_) => Exit::Failure,
             RotationError::ResumeNeeded { .. } => Exit::ResumeNeeded,
             RotationError::NothingToDo(_) => Exit::Ok,
+            RotationError::Repair(_) => Exit::RollbackIncomplete,
         }
     }
 }
@@ -258,7 +262,11 @@ pub async fn execute(
             .ok_or_else(|| RotationError::NothingToDo("nothing to resume: no journal".into()))?,
         _ => {
             prune_last_run(&state_dir, last.as_ref())?;
-            let run_id = format!("{}-{}", now, std::process::id());
+            // Unique even for runs of one process within one second (an embedder, the
+            // demo): the id names kept previous versions and archived journals.
+            static SEQ: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+            let seq = SEQ.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            let run_id = format!("{}-{}-{seq}", now, std::process::id());
             Journal::start(&state_dir, &run_id, &cfg.env, now, request.clone())?
         }
     };
@@ -585,6 +593,49 @@ async fn recover_dispatch(
         StepId::Leaf => recover_target(&steps.leaf, app, journal, undo).await,
         StepId::Preflight | StepId::Admin | StepId::Listener => Ok(skipped(app, id)),
     }
+}
+
+/// Before any Vault client is built for `--resume` or `rollback`: a run killed while
+/// step 1 was replacing the admin's files may have left key and certificate from
+/// different generations, and every client of this run is built from them (a lockout).
+/// Puts the admin's files back from the journal, locally (no Vault needed), and journals
+/// each restore, so the unwind that follows skips them. Returns what it restored.
+pub fn repair_admin_identity(cfg: &Config, now: i64) -> Result<Vec<String>, RotationError> {
+    let state_dir = cfg.state_dir();
+    if !state_dir.join("journal.jsonl").exists() {
+        return Ok(Vec::new());
+    }
+    let _lock = StateLock::acquire(&state_dir, "rotate repair (admin identity)", now)?;
+    let Some(journal) = Journal::reopen(&state_dir)? else {
+        return Ok(Vec::new());
+    };
+    let rec = journal.record();
+    let Some(t) = rec
+        .target(StepId::Admin, "admin")
+        .filter(|t| t.state == TargetState::Applying && rec.needs_resume())
+    else {
+        return Ok(Vec::new());
+    };
+    let mut done = Vec::new();
+    for (index, entry) in t.undo.iter().enumerate().rev() {
+        if let (UndoAction::File { undo, owner }, false) = (&entry.action, entry.done) {
+            pki_ops::undo_file(undo, *owner).map_err(|e| {
+                RotationError::Repair(format!(
+                    "cannot restore the admin identity file {}: {e}; fix it by hand from its kept previous version (.{}.rotate-{}.prev)",
+                    undo.root.join(&undo.rel).display(),
+                    undo.rel.display(),
+                    rec.run_id
+                ))
+            })?;
+            journal.append(Event::UndoDone {
+                step: StepId::Admin,
+                target: "admin".into(),
+                index,
+            })?;
+            done.push(entry.action.describe());
+        }
+    }
+    Ok(done)
 }
 
 /// Before a new run: the last finished run's kept previous versions (old keys) are no

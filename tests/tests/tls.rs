@@ -370,3 +370,82 @@ async fn a_listener_reload_that_does_not_take_effect_is_detected_and_the_old_ser
     let rec = admin.read_cert("pki-prod", serial).await.unwrap().unwrap();
     assert_ne!(rec.revocation_time, 0);
 }
+
+/// The served serial equals the one in the listener's cert file, both pairs on disk match,
+/// and `bao status` works with the admin files: the operator is not locked out.
+fn assert_consistent(lab: &Lab, when: &str) {
+    let p = &lab.paths;
+    pki_ops::key_matches_cert_files(&p.admin_key, &p.admin_cert)
+        .unwrap_or_else(|e| panic!("{when}: admin pair: {e}"));
+    pki_ops::key_matches_cert_files(&p.server_key, &p.server_cert)
+        .unwrap_or_else(|e| panic!("{when}: listener pair: {e}"));
+    let file = pki_ops::CertInfo::from_pem_file(&p.server_cert).unwrap();
+    assert_eq!(
+        served_serial_openssl(lab),
+        openssl_hex(&file.serial_hex),
+        "{when}: the listener serves another certificate than its file holds"
+    );
+    let (code, out) = bao_status(lab, &p.admin_cert, &p.admin_key, &p.ca_bundle);
+    assert_eq!(code, 0, "{when}: bao status: {out}");
+}
+
+#[tokio::test]
+async fn killing_the_run_during_steps_1_and_2_then_resuming_never_locks_the_operator_out() {
+    use nix::sys::signal::{Signal, kill};
+    use nix::unistd::Pid;
+    let _turn = tls_lab_turn().await;
+    let lab = tls_lab();
+    let dir = tempdir("tls-kill");
+    let cfg = tls_config(lab, &dir, &[]);
+    let args = ["run", "--step", "admin", "--step", "listener"];
+    let child = || {
+        Command::new(env!("CARGO_BIN_EXE_rotate-child"))
+            .arg("--config")
+            .arg(&cfg)
+            .args(["--output", "json"])
+            .args(args)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap()
+    };
+    let start = std::time::Instant::now();
+    assert!(
+        child().wait().unwrap().success(),
+        "an undisturbed run fails"
+    );
+    let span = start.elapsed();
+    assert_consistent(lab, "after an undisturbed run");
+
+    let rounds = 10u32;
+    let mut resumed = 0;
+    for i in 0..rounds {
+        let mut c = child();
+        std::thread::sleep(span * (i + 1) / (rounds + 1));
+        kill(
+            Pid::from_raw(i32::try_from(c.id()).unwrap()),
+            Signal::SIGKILL,
+        )
+        .unwrap();
+        let status = c.wait().unwrap();
+        let (exit, v) = rotate(&cfg, &["run", "--resume"]).await;
+        assert_eq!(exit, Exit::Ok, "round {i} ({status}): {v:#}");
+        let recovered = v["recovered"].as_array().map_or(0, Vec::len);
+        if recovered > 0 {
+            resumed += 1;
+        }
+        eprintln!(
+            "round {i}: killed ({status}), recovered {recovered} step(s): {}",
+            v["summary"]
+        );
+        assert_consistent(lab, &format!("round {i}, after --resume"));
+    }
+    assert!(
+        resumed > 0,
+        "no round killed a step mid-way (span {span:?}): the test proved nothing"
+    );
+    // The next run is a normal one.
+    let (exit, v) = rotate(&cfg, &args).await;
+    assert_eq!(exit, Exit::Ok, "{v:#}");
+    assert_consistent(lab, "after the run that followed");
+}

@@ -9,8 +9,10 @@ use vault_client::{CertAuthApi, KvApi, SysApi};
 
 /// Start a real OpenBao server shaped like the seed's production (mTLS listener, SNI
 /// `vault.prod.privsec.ch`, `pki-prod` with "PrivSec Intermediate CA (prod)", KV v2 `kv`)
-/// and run the rotation steps against it: status, plan + run of step 3 (agents), plan +
-/// run of step 4 (leaf, with real `bao agent`s behind a fake `systemctl`), status.
+/// and run the rotation steps against it, in the order: status, plan + run of steps 1
+/// and 2 (admin client cert, listener cert: the served serial is shown before and after),
+/// plan + run of step 3 (agents), plan + run of step 4 (leaf, with real `bao agent`s
+/// behind a fake `systemctl`), status.
 #[derive(Parser)]
 struct Args {
     /// Lab directory (wiped and recreated).
@@ -63,6 +65,16 @@ async fn seed_drift(lab: &rotate_tests::Lab) -> Result<()> {
     Ok(())
 }
 
+/// The serial the listener serves on a new TLS connection with SNI (what
+/// `openssl s_client -servername` shows).
+async fn served_serial(lab: &rotate_tests::Lab) -> Result<String> {
+    let h =
+        vault_client::tls_handshake(&lab.client_config(None)?, std::time::Duration::from_secs(5))
+            .await?;
+    let leaf = h.peer_chain.first().context("no certificate served")?;
+    Ok(pki_ops::CertInfo::from_der(leaf, "served")?.serial_hex)
+}
+
 #[tokio::main]
 async fn main() -> Result<std::process::ExitCode> {
     let args = Args::parse();
@@ -81,9 +93,29 @@ async fn main() -> Result<std::process::ExitCode> {
     for app in ["ncprd1", "resume2me"] {
         lab.define_agent_unit(app, &lab.paths.dir.join("home").join(app));
     }
+    // The demo runs the whole order: steps 1 and 2 included.
+    std::fs::write(&lab.paths.rotate_toml, lab.rotate_config_full())?;
     let config = lab.paths.rotate_toml.display().to_string();
     let ok = |e: Exit| e == Exit::Ok || e == Exit::Changes;
     let mut exit = rotate(&config, &["status"]).await;
+    let before = served_serial(&lab).await?;
+    println!("\n(lab) the listener serves serial {before}");
+    for step in [
+        &["plan", "--step", "admin", "--step", "listener"][..],
+        &["run", "--step", "admin", "--step", "listener"][..],
+    ] {
+        if !ok(exit) {
+            break;
+        }
+        exit = rotate(&config, step).await;
+    }
+    if ok(exit) {
+        let after = served_serial(&lab).await?;
+        println!(
+            "\n(lab) the listener served serial {before} before step 2 and serves {after} now"
+        );
+        anyhow::ensure!(before != after, "the listener serial did not change");
+    }
     for step in [
         &["plan", "--step", "agents"][..],
         &["run", "--step", "agents"][..],
