@@ -15,7 +15,14 @@ echo "== fuzz targets: build and smoke-run 5 s each"
 # Only a stable toolchain exists here; RUSTC_BOOTSTRAP lets cargo-fuzz pass its -Z flags.
 export PATH="$PWD/target/tools/cargo-fuzz/bin:$PATH"
 for t in $(cargo fuzz list --fuzz-dir fuzz); do
-  (cd fuzz && RUSTC_BOOTSTRAP=1 cargo fuzz run "$t" -- -max_total_time=5 -print_final_stats=0 2>&1 | tail -n 1)
+  log="target/fuzz-$t.log"
+  if (cd fuzz && RUSTC_BOOTSTRAP=1 cargo fuzz run "$t" -- -max_total_time=5 -print_final_stats=0) >"$log" 2>&1; then
+    echo "$t: $(tail -n 1 "$log")"
+  else
+    echo "fuzz target $t FAILED; the end of its output ($log):"
+    tail -n 80 "$log"
+    exit 1
+  fi
 done
 echo "== cargo test"
 cargo test --workspace --locked

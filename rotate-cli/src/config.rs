@@ -839,6 +839,72 @@ mod tests {
     }
 
     #[test]
+    fn prod_example_expresses_steps_1_and_2() {
+        let c = Config::parse(PROD, Path::new("/etc/rotate/prod.toml")).unwrap();
+        let a = c.admin.as_ref().unwrap();
+        assert_eq!(a.role, "admin-mtls");
+        assert_eq!(c.admin_mount(), "pki-prod");
+        let l = c.listener.as_ref().unwrap();
+        assert_eq!(c.listener_cn(), Some("vault.prod.privsec.ch"));
+        assert_eq!(l.ip_sans, ["127.0.0.1"]);
+        assert_eq!(l.owner, "openbao");
+        use crate::StepId::*;
+        assert_eq!(c.default_steps(), [Admin, Listener, Agents, Leaf]);
+    }
+
+    #[test]
+    fn steps_1_and_2_settings_are_checked_naming_the_setting() {
+        let p = Path::new("/etc/rotate/prod.toml");
+        let cases = [
+            (
+                PROD.replace(
+                    "reload = \"signal:/run/openbao/openbao.pid:HUP\"",
+                    "reload = \"carrier-pigeon\"",
+                ),
+                "listener.reload",
+            ),
+            (
+                PROD.replace(
+                    "key_file = \"/opt/openbao/tls/tls.key\"",
+                    "key_file = \"/etc/tls.key\"",
+                ),
+                "listener.key_file",
+            ),
+            (
+                PROD.replace("ip_sans = [\"127.0.0.1\"]", "ip_sans = [\"localhost\"]"),
+                "listener.ip_sans",
+            ),
+            (PROD.replace("ttl = \"72h\"", "ttl = \"soon\""), "admin.ttl"),
+            (
+                PROD.replace(
+                    "client_key = \"/root/.vault-sec/prod/admin.key\"",
+                    "client_key = \"/tmp/admin.key\"",
+                ),
+                "vault.client_key",
+            ),
+        ];
+        for (text, setting) in cases {
+            let err = Config::parse(&text, p).unwrap_err().to_string();
+            assert!(
+                err.starts_with(&format!("invalid config /etc/rotate/prod.toml: {setting}:")),
+                "{setting}: {err}"
+            );
+        }
+        // Without the sections, steps 1 and 2 are absent from a plain run.
+        let bare = PROD.split("# Step 1:").next().unwrap().to_owned()
+            + PROD
+                .split("[agents]")
+                .nth(1)
+                .map(|r| format!("[agents]{r}"))
+                .unwrap()
+                .as_str();
+        let c = Config::parse(&bare, p).unwrap();
+        assert!(c.admin.is_none() && c.listener.is_none());
+        use crate::StepId::*;
+        assert_eq!(c.default_steps(), [Agents, Leaf]);
+    }
+
+    #[test]
     fn unknown_app_lists_the_known_ones() {
         let c = Config::parse(PROD, Path::new("/etc/rotate/prod.toml")).unwrap();
         let err = c.select_apps(&["ncprd2".into()]).unwrap_err().to_string();
