@@ -18,7 +18,7 @@ use hooks::{ProcessRunner, ProgramOverrides};
 /// Rotate every piece of TLS/mTLS material around a Vault/OpenBao deployment, in the order
 /// that cannot lock you out, proving each step before the next.
 #[derive(Debug, Parser)]
-#[command(name = "rotate", version, about)]
+#[command(name = "rotate", version)]
 pub struct Cli {
     /// The TOML config (the topology: Vault, PKI mount, apps, proxy). Without it, `status`
     /// uses the VAULT_*/BAO_* environment alone.
@@ -125,15 +125,29 @@ pub async fn run(cli: Cli, out: &mut dyn Write) -> Exit {
         Ok(exit) => exit,
         Err(e) => {
             let exit = e.exit();
+            let text = chain_text(&e.0);
             if cli.output == Output::Json {
-                let doc =
-                    serde_json::json!({"error": format!("{:#}", e.0), "exit_code": exit.code()});
+                let doc = serde_json::json!({"error": text, "exit_code": exit.code()});
                 let _ = writeln!(out, "{doc}");
             }
-            eprintln!("rotate: error: {:#}", e.0);
+            eprintln!("rotate: error: {text}");
             exit
         }
     }
+}
+
+/// An error and its causes on one line, each cause once: error types that already put
+/// their cause into their message (`cannot read X: <io error>`) would otherwise repeat it.
+fn chain_text(e: &anyhow::Error) -> String {
+    let mut text = e.to_string();
+    for cause in e.chain().skip(1) {
+        let c = cause.to_string();
+        if !text.contains(&c) {
+            text.push_str(": ");
+            text.push_str(&c);
+        }
+    }
+    text
 }
 
 /// An error with the exit code it maps to.
