@@ -76,6 +76,11 @@ pub enum Command {
         #[arg(long, conflicts_with_all = ["step", "apps"])]
         resume: bool,
     },
+    /// The final healthcheck alone (step 7): consecutive `sys/seal-status` answers over new
+    /// mTLS connections with the SNI name, retried through a restart window; on failure,
+    /// why (refused, reset / errno 104, client cert rejected, untrusted chain, name
+    /// mismatch, sealed, standby) and what to do. Writes nothing.
+    Health,
     /// Unwind the last run: every target it committed (or left unfinished), the latest
     /// step first; certificates it issued are revoked.
     Rollback,
@@ -104,6 +109,8 @@ pub enum Step {
     Agents,
     /// Step 4: app leaf certs via the agent, post-hook reloads, agent restart.
     Leaf,
+    /// Step 7: the final healthcheck (reads only).
+    Health,
 }
 
 impl Step {
@@ -113,6 +120,7 @@ impl Step {
             Step::Listener => StepId::Listener,
             Step::Agents => StepId::Agents,
             Step::Leaf => StepId::Leaf,
+            Step::Health => StepId::Health,
         }
     }
 }
@@ -184,6 +192,7 @@ async fn dispatch(cli: &Cli, out: &mut dyn Write, cancel: &Cancel) -> Result<Exi
     let config = cli.config.as_deref().map(Config::load).transpose()?;
     let (selection, mode) = match &cli.command {
         Command::Status => return status(cli, config, out).await,
+        Command::Health => return health(cli, config, out).await,
         Command::Plan(s) => (Some(s), Mode::Plan),
         Command::Run {
             selection,
@@ -275,6 +284,28 @@ async fn status(cli: &Cli, config: Option<Config>, out: &mut dyn Write) -> Resul
         HealthState::Sealed | HealthState::NotInitialized => Exit::Sealed,
         _ => Exit::Ok,
     })
+}
+
+async fn health(cli: &Cli, config: Option<Config>, out: &mut dyn Write) -> Result<Exit, Failure> {
+    let config = config.ok_or(ConfigError::Missing)?;
+    let client_cfg = config.client_config()?;
+    let admin = VaultClient::new(&client_cfg)?;
+    let gate = FreshClients::new(&client_cfg);
+    let runner = ProcessRunner::new();
+    let cancel = Cancel::new();
+    let deps = Deps {
+        vault: Vault::from_client(&admin, &gate),
+        runner: &runner,
+        clock: &unix_now,
+        cancel: &cancel,
+    };
+    let started = std::time::Instant::now();
+    let result = crate::steps::health::HealthStep::new(&config, deps)
+        .check()
+        .await;
+    let report = crate::steps::health::HealthReport::new(&config, result, started.elapsed());
+    emit(cli.output, out, &report)?;
+    Ok(report.exit())
 }
 
 fn unix_now() -> i64 {

@@ -69,6 +69,9 @@ pub struct Config {
     /// The Vault listener's certificate (step 2); absent: step 2 is not run.
     #[serde(default)]
     pub listener: Option<ListenerSection>,
+    /// The final healthcheck (step 7, `rotate health`).
+    #[serde(default)]
+    pub health: HealthSection,
     /// Agent login certificates and cert auth mappings (step 3).
     #[serde(default)]
     pub agents: AgentsSection,
@@ -220,6 +223,25 @@ fn default_reload_timeout() -> String {
 }
 fn yes() -> bool {
     true
+}
+
+/// `[health]`: step 7 and `rotate health`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct HealthSection {
+    /// Healthy checks in a row required (each a new TLS connection + `sys/seal-status`).
+    pub consecutive: u32,
+    /// How long to keep retrying through a restart window.
+    pub window: String,
+}
+
+impl Default for HealthSection {
+    fn default() -> Self {
+        HealthSection {
+            consecutive: 3,
+            window: "60s".into(),
+        }
+    }
 }
 
 /// `[run]`.
@@ -649,6 +671,10 @@ impl Config {
                 ));
             }
         }
+        dur("health.window", &self.health.window)?;
+        if self.health.consecutive == 0 {
+            return Err(self.invalid("health.consecutive", "must be at least 1"));
+        }
         if let Some(l) = &self.listener {
             dur("listener.ttl", &l.ttl)?;
             dur("listener.max_ttl", &l.max_ttl)?;
@@ -692,6 +718,9 @@ impl Config {
             v.push(StepId::Listener);
         }
         v.extend([StepId::Agents, StepId::Leaf]);
+        if self.vault.client_cert.is_some() && self.vault.ca_cert.is_some() {
+            v.push(StepId::Health);
+        }
         v
     }
 
@@ -849,7 +878,7 @@ mod tests {
         assert_eq!(l.ip_sans, ["127.0.0.1"]);
         assert_eq!(l.owner, "openbao");
         use crate::StepId::*;
-        assert_eq!(c.default_steps(), [Admin, Listener, Agents, Leaf]);
+        assert_eq!(c.default_steps(), [Admin, Listener, Agents, Leaf, Health]);
     }
 
     #[test]
@@ -901,7 +930,7 @@ mod tests {
         let c = Config::parse(&bare, p).unwrap();
         assert!(c.admin.is_none() && c.listener.is_none());
         use crate::StepId::*;
-        assert_eq!(c.default_steps(), [Agents, Leaf]);
+        assert_eq!(c.default_steps(), [Agents, Leaf, Health]);
     }
 
     #[test]

@@ -56,8 +56,8 @@ mod steps;
 #[cfg(feature = "cli")]
 pub use cli::{Cli, Command, KvFlags, Output, Selection, Step as CliStep, run};
 pub use config::{
-    AdminSection, AgentsSection, AppConfig, Config, ConfigError, KeyMode, LeafSection,
-    ListenerSection, PkiSection, ProxySection, RunSection, VaultSection,
+    AdminSection, AgentsSection, AppConfig, Config, ConfigError, HealthSection, KeyMode,
+    LeafSection, ListenerSection, PkiSection, ProxySection, RunSection, VaultSection,
 };
 pub use deps::{AdminApi, FreshClients, GateConnector, Vault};
 pub use engine::change::{Change, ChangeKind, FieldDiff};
@@ -72,11 +72,15 @@ pub use engine::{
 };
 pub use exit::Exit;
 pub use rotation::{Deps, Mode, RotationError, RunReport, execute, repair_admin_identity};
-pub use served::{AdminIdentity, Served, WaitError, look, prove_admin, wait_for_serial};
+pub use served::{
+    AdminIdentity, HealthFailure, HealthProof, Served, WaitError, healthcheck, look, prove_admin,
+    wait_for_serial,
+};
 pub use status::{Identity, StatusReport, status};
 pub use steps::StepError;
 pub use steps::admin::{AdminApplied, AdminPlan, AdminProof, AdminStep};
 pub use steps::agents::{AgentApplied, AgentProof, AgentsStep};
+pub use steps::health::{HealthApplied, HealthReport, HealthStep};
 pub use steps::leaf::{LeafApplied, LeafExpectation, LeafProof, LeafStep, verify_leaf};
 pub use steps::listener::{ListenerApplied, ListenerPlan, ListenerProof, ListenerStep};
 pub use steps::names::kv_policy_name;

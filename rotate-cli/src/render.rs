@@ -64,6 +64,7 @@ impl fmt::Display for TargetReport {
             Outcome::RollbackIncomplete => "FAILED, ROLLBACK INCOMPLETE",
             Outcome::NotStarted => "not started (interrupted)",
             Outcome::Skipped => "skipped",
+            Outcome::AwaitingResume => "WAITING: Vault sealed; unseal, then run --resume",
         };
         writeln!(f, "  {}  [{outcome}]", self.app)?;
         for c in &self.changes {

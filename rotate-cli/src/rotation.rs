@@ -21,6 +21,7 @@ use crate::exit::Exit;
 use crate::steps::StepError;
 use crate::steps::admin::AdminStep;
 use crate::steps::agents::AgentsStep;
+use crate::steps::health::HealthStep;
 use crate::steps::leaf::LeafStep;
 use crate::steps::listener::ListenerStep;
 use crate::steps::preflight::{PreflightReport, preflight};
@@ -138,6 +139,7 @@ struct Steps<'a> {
     listener: Option<ListenerStep<'a>>,
     agents: AgentsStep<'a>,
     leaf: LeafStep<'a>,
+    health: HealthStep<'a>,
 }
 
 fn undo_deps<'a>(cfg: &Config, deps: Deps<'a>) -> UndoDeps<'a> {
@@ -223,6 +225,7 @@ pub async fn execute(
         listener: ListenerStep::new(cfg, deps, chain.clone()),
         agents: AgentsStep::new(cfg, deps, chain.clone()),
         leaf: LeafStep::new(cfg, deps, chain, request.kv_access, request.kv_seed),
+        health: HealthStep::new(cfg, deps),
     };
     let undo = undo_deps(cfg, deps);
     let concurrency = cfg.run.concurrency;
@@ -337,7 +340,7 @@ pub async fn execute(
                     millis: 0,
                 }
             } else {
-                global_dispatch(&steps, *id, &journal, undo, deps.cancel).await?
+                step_dispatch(&steps, *id, &[], Some(&journal), undo, 1, deps.cancel).await?
             };
             if sr
                 .targets
@@ -384,7 +387,7 @@ pub async fn execute(
             .steps
             .iter()
             .flat_map(|s| &s.targets)
-            .any(|t| t.outcome == Outcome::NotStarted);
+            .any(|t| matches!(t.outcome, Outcome::NotStarted | Outcome::AwaitingResume));
     journal.append(Event::RunEnded {
         state: if interrupted {
             RunState::Interrupted
@@ -473,13 +476,17 @@ fn judge(report: &RunReport, interrupted: bool) -> (Exit, String) {
     if failed_clean > 0 {
         parts.push(format!("{failed_clean} failed before writing anything"));
     }
-    if interrupted {
+    let waiting = count(Outcome::AwaitingResume);
+    if waiting > 0 {
+        parts.push(format!(
+            "{waiting} WAITING: Vault is sealed after the step's writes; unseal it, then `rotate run --resume`"
+        ));
+    } else if interrupted {
         parts.push("interrupted: run `rotate run --resume` to finish".into());
     }
     (exit, parts.join(", "))
 }
 
-#[allow(clippy::too_many_arguments)]
 async fn step_dispatch(
     steps: &Steps<'_>,
     id: StepId,
@@ -489,20 +496,20 @@ async fn step_dispatch(
     concurrency: usize,
     cancel: &Cancel,
 ) -> Result<StepReport, JournalError> {
+    let single = global_target(id).unwrap_or(Singleton("?"));
+    let one = [&single];
     match id {
         StepId::Agents => run_step(&steps.agents, apps, journal, undo, concurrency, cancel).await,
         StepId::Leaf => run_step(&steps.leaf, apps, journal, undo, concurrency, cancel).await,
-        StepId::Admin | StepId::Listener => {
-            let Some(single) = global_target(id) else {
-                return Ok(absent(id));
-            };
-            let one = [&single];
-            match (id, &steps.admin, &steps.listener) {
-                (StepId::Admin, Some(s), _) => run_step(s, &one, journal, undo, 1, cancel).await,
-                (StepId::Listener, _, Some(s)) => run_step(s, &one, journal, undo, 1, cancel).await,
-                _ => Ok(absent(id)),
-            }
-        }
+        StepId::Admin => match &steps.admin {
+            Some(s) => run_step(s, &one, journal, undo, 1, cancel).await,
+            None => Ok(absent(id)),
+        },
+        StepId::Listener => match &steps.listener {
+            Some(s) => run_step(s, &one, journal, undo, 1, cancel).await,
+            None => Ok(absent(id)),
+        },
+        StepId::Health => run_step(&steps.health, &one, journal, undo, 1, cancel).await,
         StepId::Preflight => Ok(StepReport {
             step: id,
             targets: Vec::new(),
@@ -516,40 +523,13 @@ fn global_target(id: StepId) -> Option<Singleton> {
     match id {
         StepId::Admin => Some(Singleton("admin")),
         StepId::Listener => Some(Singleton("listener")),
-        _ => None,
+        StepId::Health => Some(Singleton("vault")),
+        StepId::Preflight | StepId::Agents | StepId::Leaf => None,
     }
 }
 
 /// Marks a failed global step in the list of failed targets.
 const GLOBAL: &str = "\u{0}global";
-
-async fn global_dispatch(
-    steps: &Steps<'_>,
-    id: StepId,
-    journal: &Journal,
-    undo: UndoDeps<'_>,
-    cancel: &Cancel,
-) -> Result<StepReport, JournalError> {
-    let Some(single) = global_target(id) else {
-        return Ok(StepReport {
-            step: id,
-            targets: Vec::new(),
-            millis: 0,
-        });
-    };
-    let one = [&single];
-    match id {
-        StepId::Admin => match &steps.admin {
-            Some(s) => run_step(s, &one, Some(journal), undo, 1, cancel).await,
-            None => Ok(absent(id)),
-        },
-        StepId::Listener => match &steps.listener {
-            Some(s) => run_step(s, &one, Some(journal), undo, 1, cancel).await,
-            None => Ok(absent(id)),
-        },
-        _ => Ok(absent(id)),
-    }
-}
 
 async fn recover_global(
     steps: &Steps<'_>,
@@ -561,6 +541,7 @@ async fn recover_global(
     match (id, &steps.admin, &steps.listener) {
         (StepId::Admin, Some(s), _) => recover_target(s, &single, journal, undo).await,
         (StepId::Listener, _, Some(s)) => recover_target(s, &single, journal, undo).await,
+        (StepId::Health, _, _) => recover_target(&steps.health, &single, journal, undo).await,
         _ => Ok(TargetReport {
             error: Some(format!("{id} is no longer configured; unwinding it")),
             rollback: Some(unwind(journal, undo, id, single.0).await?),
@@ -591,7 +572,9 @@ async fn recover_dispatch(
     match id {
         StepId::Agents => recover_target(&steps.agents, app, journal, undo).await,
         StepId::Leaf => recover_target(&steps.leaf, app, journal, undo).await,
-        StepId::Preflight | StepId::Admin | StepId::Listener => Ok(skipped(app, id)),
+        StepId::Preflight | StepId::Admin | StepId::Listener | StepId::Health => {
+            Ok(skipped(app, id))
+        }
     }
 }
 

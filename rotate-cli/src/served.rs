@@ -185,3 +185,128 @@ pub async fn prove_admin(
         policies: token.policies,
     })
 }
+
+/// What a passed healthcheck saw.
+#[derive(Debug, Clone, Serialize)]
+pub struct HealthProof {
+    /// What the listener serves (the last of the consecutive checks).
+    pub listener: Served,
+    /// How many consecutive checks passed.
+    pub consecutive: u32,
+    /// How many attempts it took (failed ones included).
+    pub attempts: u32,
+    /// Failures seen before the run of successes (each with its diagnosis).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub transient_failures: Vec<String>,
+    /// `sys/health` as the admin identity sees it (`active`, `standby`, ...).
+    pub state: String,
+}
+
+/// Why a healthcheck failed.
+#[derive(Debug, Clone)]
+pub struct HealthFailure {
+    /// Vault answered sealed (the run can be resumed after unsealing).
+    pub sealed: bool,
+    /// The last failure, with its diagnosis and the next action.
+    pub reason: String,
+}
+
+impl std::fmt::Display for HealthFailure {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.reason)
+    }
+}
+
+/// The final healthcheck (step 7, `rotate health`): `consecutive` checks in a row, each
+/// a raw TLS handshake with the SNI name on a new connection presenting the admin
+/// identity plus `sys/seal-status` on it, retried with backoff (100 ms doubling to 2 s)
+/// through a restart window of `window`; then `sys/health` over a fresh admin client
+/// (a standby is a failure: point the address at the active node).
+pub async fn healthcheck(
+    gate: &dyn GateConnector,
+    (cert, key, ca): (&Path, &Path, &Path),
+    consecutive: u32,
+    window: Duration,
+) -> Result<HealthProof, HealthFailure> {
+    let until = tokio::time::Instant::now() + window;
+    let mut backoff = Duration::from_millis(100);
+    let (mut attempts, mut in_a_row) = (0u32, 0u32);
+    let mut failures: Vec<String> = Vec::new();
+    let mut sealed = false;
+    loop {
+        attempts += 1;
+        let r = look(gate, Some((cert, key)), ca, Duration::from_secs(5)).await;
+        let failure = match r {
+            Ok(s) if s.seal_status == Some(200) && !s.sealed => {
+                in_a_row += 1;
+                if in_a_row >= consecutive.max(1) {
+                    let state = match gate.admin_client(cert, key, ca) {
+                        Ok(c) => match c.health().await {
+                            Ok(h) => format!("{:?}", h.state).to_lowercase(),
+                            Err(e) => {
+                                return Err(HealthFailure {
+                                    sealed: false,
+                                    reason: format!("sys/health: {e}; {}", e.next_action()),
+                                });
+                            }
+                        },
+                        Err(e) => {
+                            return Err(HealthFailure {
+                                sealed: false,
+                                reason: format!("{e}; {}", e.next_action()),
+                            });
+                        }
+                    };
+                    if state != "active" {
+                        return Err(HealthFailure {
+                            sealed: state == "sealed",
+                            reason: format!(
+                                "sys/health says {state}: point [vault] addr at the active node (or unseal it)"
+                            ),
+                        });
+                    }
+                    return Ok(HealthProof {
+                        listener: s,
+                        consecutive: in_a_row,
+                        attempts,
+                        transient_failures: failures,
+                        state,
+                    });
+                }
+                None
+            }
+            Ok(s) if s.sealed => {
+                sealed = true;
+                Some("Vault is sealed (it restarted?): unseal it (`bao operator unseal`), then `rotate run --resume`".to_owned())
+            }
+            Ok(s) => Some(match (s.seal_status, s.seal_status_error) {
+                (Some(code), _) => format!("sys/seal-status answered HTTP {code}"),
+                (None, Some(e)) => e,
+                (None, None) => "no answer to sys/seal-status".into(),
+            }),
+            Err(e) => Some(e),
+        };
+        if let Some(f) = failure {
+            in_a_row = 0;
+            if !f.contains("sealed") {
+                sealed = false;
+            }
+            if failures.last() != Some(&f) {
+                failures.push(f);
+            }
+        }
+        if tokio::time::Instant::now() >= until {
+            return Err(HealthFailure {
+                sealed,
+                reason: format!(
+                    "no {consecutive} consecutive healthy checks within {window:?} ({attempts} attempts); last failure: {}",
+                    failures.last().cloned().unwrap_or_default()
+                ),
+            });
+        }
+        if in_a_row == 0 {
+            tokio::time::sleep(backoff).await;
+            backoff = (backoff * 2).min(Duration::from_secs(2));
+        }
+    }
+}

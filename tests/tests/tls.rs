@@ -449,3 +449,64 @@ async fn killing_the_run_during_steps_1_and_2_then_resuming_never_locks_the_oper
     assert_eq!(exit, Exit::Ok, "{v:#}");
     assert_consistent(lab, "after the run that followed");
 }
+
+/// `rotate health` as the CLI runs it, JSON.
+async fn health(cfg: &Path) -> (Exit, serde_json::Value) {
+    rotate(cfg, &["health"]).await
+}
+
+#[tokio::test]
+async fn health_passes_on_a_healthy_listener_and_names_the_cause_when_nothing_listens() {
+    let lab = rotate_tests::shared();
+    let (exit, v) = health(&lab.paths.rotate_toml).await;
+    assert_eq!(exit, Exit::Ok, "{v:#}");
+    assert_eq!(v["healthy"], true);
+    assert_eq!(v["proof"]["consecutive"], 3);
+    assert_eq!(v["proof"]["state"], "active");
+    let served = pki_ops::CertInfo::from_pem_file(&lab.paths.server_cert).unwrap();
+    assert_eq!(
+        v["proof"]["listener"]["serial_hex"],
+        served.serial_hex.as_str()
+    );
+
+    // Nothing listening on the port: refused, said so, with the next action.
+    let dir = tempdir("health-refused");
+    let port = crate::support::free_port();
+    let text = std::fs::read_to_string(&lab.paths.rotate_toml)
+        .unwrap()
+        .replace(&lab.addr, &format!("https://127.0.0.1:{port}"))
+        + "\n";
+    let text = text.replacen("[run]\n", "[health]\nwindow = \"1s\"\n\n[run]\n", 1);
+    let cfg = dir.join("rotate.toml");
+    std::fs::write(&cfg, text).unwrap();
+    let (exit, v) = health(&cfg).await;
+    assert_eq!(exit, Exit::Vault, "{v:#}");
+    let err = v["error"].as_str().unwrap();
+    assert!(
+        err.contains("connection refused") && err.contains("nothing is listening"),
+        "{err}"
+    );
+}
+
+#[tokio::test]
+async fn health_on_a_sealed_vault_says_sealed_and_exits_6() {
+    // A server of its own, left uninitialised: sealed.
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../target/lab-tests")
+        .join(format!("{}-sealed", std::process::id()));
+    let lab = Lab::create(&dir).unwrap();
+    let cfg = dir.join("rotate.toml");
+    // No token yet (uninitialised): the healthcheck needs none.
+    let text = lab
+        .rotate_config()
+        .lines()
+        .filter(|l| !l.starts_with("token_file"))
+        .collect::<Vec<_>>()
+        .join("\n")
+        .replacen("[run]\n", "[health]\nwindow = \"2s\"\n\n[run]\n", 1);
+    std::fs::write(&cfg, text).unwrap();
+    let (exit, v) = health(&cfg).await;
+    assert_eq!(exit, Exit::Sealed, "{v:#}");
+    let err = v["error"].as_str().unwrap();
+    assert!(err.contains("sealed") && err.contains("unseal"), "{err}");
+}

@@ -61,6 +61,8 @@ pub enum StepId {
     Agents,
     /// Step 4: app leaf certs via the agent, post-hook, agent restart.
     Leaf,
+    /// Step 7: the final healthcheck (reads only).
+    Health,
 }
 
 impl StepId {
@@ -72,6 +74,7 @@ impl StepId {
             StepId::Listener => 2,
             StepId::Agents => 3,
             StepId::Leaf => 4,
+            StepId::Health => 7,
         }
     }
 
@@ -83,6 +86,7 @@ impl StepId {
             StepId::Listener => "listener",
             StepId::Agents => "agents",
             StepId::Leaf => "leaf",
+            StepId::Health => "health",
         }
     }
 }

@@ -153,6 +153,9 @@ pub enum Outcome {
     NotStarted,
     /// Skipped: an earlier step failed for this app.
     Skipped,
+    /// Applied, but its gate saw Vault sealed: kept as applied (not undone) until
+    /// `rotate run --resume` after unsealing re-gates it.
+    AwaitingResume,
 }
 
 /// The report of one target.
@@ -302,8 +305,10 @@ async fn run_target<S: Step>(
     };
     // What apply produced is reported even when the gate then fails (e.g. the serial
     // that was issued, and is revoked by the unwind).
+    let mut applied_ok = false;
     let result = async {
         let applied = step.apply(app, plan, &tx).await?;
+        applied_ok = true;
         r.applied = serde_json::to_value(&applied).ok();
         journal.append(journal::Event::Target {
             step: id,
@@ -321,6 +326,11 @@ async fn run_target<S: Step>(
             r.outcome = Outcome::Committed;
             r.proof = serde_json::to_value(&proof).ok();
             r.pending = step.pending(app);
+        }
+        Err(e) if applied_ok && e.awaits_resume() => {
+            fail(&mut r, &e);
+            r.outcome = Outcome::AwaitingResume;
+            r.pending = Some("unseal Vault, then `rotate run --resume` re-gates this step".into());
         }
         Err(e) => {
             fail(&mut r, &e);
@@ -374,6 +384,12 @@ pub(crate) async fn recover_target<S: Step>(
         _ => None,
     };
     match regate {
+        Some(Err(e)) if e.awaits_resume() => {
+            r.outcome = Outcome::AwaitingResume;
+            r.error = Some(format!("re-gate after interruption: {e:#}"));
+            r.error_class = Some(e.exit().code());
+            r.pending = Some("unseal Vault, then `rotate run --resume` again".into());
+        }
         Some(Ok((data, proof))) => {
             journal.set_state(id, app.name(), TargetState::Committed, None)?;
             r.applied = Some(data);

@@ -9,6 +9,7 @@ use pki_ops::{IssueMode, KeyAlgorithm};
 
 pub(crate) mod admin;
 pub(crate) mod agents;
+pub(crate) mod health;
 pub(crate) mod leaf;
 pub(crate) mod listener;
 pub(crate) mod names;
@@ -46,6 +47,13 @@ pub enum StepError {
     /// The journal could not record an undo or a state: the write was not made.
     #[error(transparent)]
     Journal(Box<crate::engine::journal::JournalError>),
+    /// Vault answered sealed after the step's writes (e.g. it restarted): the step is
+    /// kept as applied, not undone; after unsealing, `rotate run --resume` re-gates it.
+    #[error("Vault is sealed: {reason}")]
+    Sealed {
+        /// What was seen, and what to do.
+        reason: String,
+    },
     /// The step's gate failed.
     #[error("gate of step {step} failed for {app}: {reason}")]
     Gate {
@@ -92,7 +100,14 @@ impl StepError {
             },
             StepError::Pki(_) | StepError::Gate { .. } => Exit::GateFailed,
             StepError::Journal(_) => Exit::Failure,
+            StepError::Sealed { .. } => Exit::Sealed,
         }
+    }
+
+    /// A gate failure that keeps the target applied (journaled) for `--resume` instead of
+    /// undoing it: Vault came back sealed.
+    pub fn awaits_resume(&self) -> bool {
+        matches!(self, StepError::Sealed { .. })
     }
 }
 
