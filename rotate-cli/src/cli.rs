@@ -109,6 +109,8 @@ pub enum Step {
     Agents,
     /// Step 4: app leaf certs via the agent, post-hook reloads, agent restart.
     Leaf,
+    /// Step 5: the proxy's CA chain (needs `[proxy] home` and `ca_bundle`).
+    Proxy,
     /// Step 7: the final healthcheck (reads only).
     Health,
 }
@@ -120,6 +122,7 @@ impl Step {
             Step::Listener => StepId::Listener,
             Step::Agents => StepId::Agents,
             Step::Leaf => StepId::Leaf,
+            Step::Proxy => StepId::Proxy,
             Step::Health => StepId::Health,
         }
     }

@@ -490,6 +490,27 @@ impl AppConfig {
 pub struct ProxySection {
     /// Proxy app name, e.g. `proxyprod`.
     pub name: String,
+    /// The proxy's home (the tree its trust material lives in); needed for step 5.
+    #[serde(default)]
+    pub home: Option<PathBuf>,
+    /// Its user (default: `name`): owner of the files written there.
+    #[serde(default)]
+    pub user: Option<String>,
+    /// The CA bundle the proxy uses to verify Vault and the apps, relative to `home`,
+    /// e.g. `tls/vault-ca.pem`. With it, step 5 (proxy CA chain) runs.
+    #[serde(default)]
+    pub ca_bundle: Option<PathBuf>,
+    /// How the proxy picks the bundle up, e.g. `podman:proxyprod` (the write-up's
+    /// `PROXY_RELOAD`); empty: no reload (step 6 may restart it).
+    #[serde(default)]
+    pub reload: String,
+}
+
+impl ProxySection {
+    /// Its user.
+    pub fn user(&self) -> &str {
+        self.user.as_deref().unwrap_or(&self.name)
+    }
 }
 
 impl Config {
@@ -542,6 +563,9 @@ impl Config {
         }
         for app in &mut cfg.apps {
             abs(&mut app.home);
+        }
+        if let Some(h) = cfg.proxy.as_mut().and_then(|p| p.home.as_mut()) {
+            abs(h);
         }
         cfg.validate()?;
         Ok(cfg)
@@ -671,6 +695,37 @@ impl Config {
                 ));
             }
         }
+        if let Some(p) = &self.proxy {
+            if let Some(b) = &p.ca_bundle {
+                if p.home.is_none() {
+                    return Err(self.invalid(
+                        "proxy.home",
+                        "step 5 (proxy.ca_bundle) needs the proxy's home",
+                    ));
+                }
+                if b.is_absolute()
+                    || b.components()
+                        .any(|c| !matches!(c, std::path::Component::Normal(_)))
+                {
+                    return Err(self.invalid(
+                        "proxy.ca_bundle",
+                        format!(
+                            "{} must be a plain path relative to proxy.home",
+                            b.display()
+                        ),
+                    ));
+                }
+            }
+            if let Some(h) = &p.home {
+                hooks::check_safe_path("home", h)
+                    .map_err(|e| self.invalid("proxy.home", e.to_string()))?;
+            }
+            if !p.reload.is_empty() {
+                p.reload
+                    .parse::<hooks::Reloader>()
+                    .map_err(|e| self.invalid("proxy.reload", e.to_string()))?;
+            }
+        }
         dur("health.window", &self.health.window)?;
         if self.health.consecutive == 0 {
             return Err(self.invalid("health.consecutive", "must be at least 1"));
@@ -718,6 +773,9 @@ impl Config {
             v.push(StepId::Listener);
         }
         v.extend([StepId::Agents, StepId::Leaf]);
+        if self.proxy.as_ref().is_some_and(|p| p.ca_bundle.is_some()) {
+            v.push(StepId::Proxy);
+        }
         if self.vault.client_cert.is_some() && self.vault.ca_cert.is_some() {
             v.push(StepId::Health);
         }

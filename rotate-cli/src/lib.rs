@@ -85,3 +85,4 @@ pub use steps::leaf::{LeafApplied, LeafExpectation, LeafProof, LeafStep, verify_
 pub use steps::listener::{ListenerApplied, ListenerPlan, ListenerProof, ListenerStep};
 pub use steps::names::kv_policy_name;
 pub use steps::preflight::{Check, PreflightReport, preflight};
+pub use steps::proxy::{ProxyApplied, ProxyPlan, ProxyProof, ProxyStep};

@@ -25,6 +25,7 @@ use crate::steps::health::HealthStep;
 use crate::steps::leaf::LeafStep;
 use crate::steps::listener::ListenerStep;
 use crate::steps::preflight::{PreflightReport, preflight};
+use crate::steps::proxy::ProxyStep;
 
 /// What to do.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -139,6 +140,7 @@ struct Steps<'a> {
     listener: Option<ListenerStep<'a>>,
     agents: AgentsStep<'a>,
     leaf: LeafStep<'a>,
+    proxy: Option<ProxyStep<'a>>,
     health: HealthStep<'a>,
 }
 
@@ -224,7 +226,8 @@ pub async fn execute(
         admin: AdminStep::new(cfg, deps, chain.clone()),
         listener: ListenerStep::new(cfg, deps, chain.clone()),
         agents: AgentsStep::new(cfg, deps, chain.clone()),
-        leaf: LeafStep::new(cfg, deps, chain, request.kv_access, request.kv_seed),
+        leaf: LeafStep::new(cfg, deps, chain.clone(), request.kv_access, request.kv_seed),
+        proxy: ProxyStep::new(cfg, deps, chain),
         health: HealthStep::new(cfg, deps),
     };
     let undo = undo_deps(cfg, deps);
@@ -509,6 +512,10 @@ async fn step_dispatch(
             Some(s) => run_step(s, &one, journal, undo, 1, cancel).await,
             None => Ok(absent(id)),
         },
+        StepId::Proxy => match &steps.proxy {
+            Some(s) => run_step(s, &one, journal, undo, 1, cancel).await,
+            None => Ok(absent(id)),
+        },
         StepId::Health => run_step(&steps.health, &one, journal, undo, 1, cancel).await,
         StepId::Preflight => Ok(StepReport {
             step: id,
@@ -523,6 +530,7 @@ fn global_target(id: StepId) -> Option<Singleton> {
     match id {
         StepId::Admin => Some(Singleton("admin")),
         StepId::Listener => Some(Singleton("listener")),
+        StepId::Proxy => Some(Singleton("proxy")),
         StepId::Health => Some(Singleton("vault")),
         StepId::Preflight | StepId::Agents | StepId::Leaf => None,
     }
@@ -538,10 +546,11 @@ async fn recover_global(
     undo: UndoDeps<'_>,
 ) -> Result<TargetReport, JournalError> {
     let single = global_target(id).unwrap_or(Singleton("?"));
-    match (id, &steps.admin, &steps.listener) {
-        (StepId::Admin, Some(s), _) => recover_target(s, &single, journal, undo).await,
-        (StepId::Listener, _, Some(s)) => recover_target(s, &single, journal, undo).await,
-        (StepId::Health, _, _) => recover_target(&steps.health, &single, journal, undo).await,
+    match (id, &steps.admin, &steps.listener, &steps.proxy) {
+        (StepId::Admin, Some(s), _, _) => recover_target(s, &single, journal, undo).await,
+        (StepId::Listener, _, Some(s), _) => recover_target(s, &single, journal, undo).await,
+        (StepId::Proxy, _, _, Some(s)) => recover_target(s, &single, journal, undo).await,
+        (StepId::Health, _, _, _) => recover_target(&steps.health, &single, journal, undo).await,
         _ => Ok(TargetReport {
             error: Some(format!("{id} is no longer configured; unwinding it")),
             rollback: Some(unwind(journal, undo, id, single.0).await?),
@@ -572,7 +581,7 @@ async fn recover_dispatch(
     match id {
         StepId::Agents => recover_target(&steps.agents, app, journal, undo).await,
         StepId::Leaf => recover_target(&steps.leaf, app, journal, undo).await,
-        StepId::Preflight | StepId::Admin | StepId::Listener | StepId::Health => {
+        StepId::Preflight | StepId::Admin | StepId::Listener | StepId::Proxy | StepId::Health => {
             Ok(skipped(app, id))
         }
     }

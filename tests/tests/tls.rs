@@ -510,3 +510,71 @@ async fn health_on_a_sealed_vault_says_sealed_and_exits_6() {
     let err = v["error"].as_str().unwrap();
     assert!(err.contains("sealed") && err.contains("unseal"), "{err}");
 }
+
+#[tokio::test]
+async fn step_5_refreshes_the_proxy_bundle_keeping_old_cas_and_real_openssl_verifies_it() {
+    let lab = rotate_tests::shared();
+    let dir = tempdir("proxy");
+    let cfg = crate::support::config_in(lab, &dir, &["proxyapp"], "");
+    let home = dir.join("proxyprod");
+    std::fs::create_dir_all(home.join("tls")).unwrap();
+    // A stale bundle: only an old CA the proxy still needs for something else.
+    let old = rotate_tests::LabCa::generate().unwrap();
+    let bundle = home.join("tls/vault-ca.pem");
+    std::fs::write(&bundle, old.root_pem()).unwrap();
+    let marker = dir.join("reloads");
+    crate::support::add_to_section(
+        &cfg,
+        "proxy",
+        &format!(
+            "home = \"{}\"\nuser = \"root\"\nca_bundle = \"tls/vault-ca.pem\"\nreload = \"cmd:echo reloaded >> {}\"",
+            home.display(),
+            marker.display()
+        ),
+    );
+
+    let (exit, v) = rotate(&cfg, &["run", "--step", "proxy"]).await;
+    assert_eq!(exit, Exit::Ok, "{v:#}");
+    assert_eq!(target(&v, "proxy", "proxy")["outcome"], "committed");
+    let text = std::fs::read_to_string(&bundle).unwrap();
+    assert!(
+        text.contains(old.root_pem().trim()),
+        "the old CA was dropped"
+    );
+    let (ok, out) = openssl_verify(&bundle, &lab.paths.server_cert, &dir);
+    assert!(
+        ok,
+        "openssl verify of the listener with the proxy bundle: {out}"
+    );
+    assert_eq!(std::fs::read_to_string(&marker).unwrap(), "reloaded\n");
+
+    // Again: nothing to change, no reload.
+    let (exit, v) = rotate(&cfg, &["run", "--step", "proxy"]).await;
+    assert_eq!(exit, Exit::Ok, "{v:#}");
+    assert_eq!(
+        crate::support::change_kind(target(&v, "proxy", "proxy"), "tls/vault-ca.pem"),
+        "unchanged"
+    );
+    assert_eq!(std::fs::read_to_string(&marker).unwrap(), "reloaded\n");
+
+    // An app leaf the new bundle would not verify (another CA): refused before writing,
+    // naming the file.
+    let foreign = old
+        .leaf(
+            "proxyapp.int.privsec.ch",
+            &["proxyapp.int.privsec.ch"],
+            &[],
+            true,
+            time::Duration::days(1),
+        )
+        .unwrap();
+    let leaf = dir.join("home/proxyapp/tls/proxyapp.fullchain.pem");
+    std::fs::create_dir_all(leaf.parent().unwrap()).unwrap();
+    std::fs::write(&leaf, &foreign.cert_pem).unwrap();
+    std::fs::write(&bundle, old.root_pem()).unwrap();
+    let (exit, v) = rotate(&cfg, &["run", "--step", "proxy"]).await;
+    assert_eq!(exit, Exit::Config, "{v:#}");
+    let err = errors(&v);
+    assert!(err.contains("proxyapp.fullchain.pem"), "{err}");
+    assert_eq!(std::fs::read_to_string(&bundle).unwrap(), old.root_pem());
+}

@@ -61,6 +61,8 @@ pub enum StepId {
     Agents,
     /// Step 4: app leaf certs via the agent, post-hook, agent restart.
     Leaf,
+    /// Step 5: the proxy's CA chain + trust material.
+    Proxy,
     /// Step 7: the final healthcheck (reads only).
     Health,
 }
@@ -74,6 +76,7 @@ impl StepId {
             StepId::Listener => 2,
             StepId::Agents => 3,
             StepId::Leaf => 4,
+            StepId::Proxy => 5,
             StepId::Health => 7,
         }
     }
@@ -86,6 +89,7 @@ impl StepId {
             StepId::Listener => "listener",
             StepId::Agents => "agents",
             StepId::Leaf => "leaf",
+            StepId::Proxy => "proxy",
             StepId::Health => "health",
         }
     }

@@ -105,6 +105,11 @@ pub enum UndoAction {
         /// How long to wait for the previous serial, seconds.
         timeout_secs: u64,
     },
+    /// Reload a service again, so it runs on its restored files (after they are back).
+    Reload {
+        /// The reloader (`podman:proxyprod`, ...).
+        reload: String,
+    },
     /// Switch the admin client back to the identity files on disk (after they were
     /// restored): the rest of the unwind runs as the previous identity.
     ReconnectAdmin,
@@ -178,6 +183,7 @@ impl UndoAction {
                 "reload the listener ({reload}) and prove it serves serial {previous_serial} again"
             ),
             UndoAction::ReconnectAdmin => "use the restored admin identity files".into(),
+            UndoAction::Reload { reload } => format!("reload ({reload}) on the restored files"),
             UndoAction::RestartUnit {
                 unit,
                 was_active: true,
@@ -307,6 +313,13 @@ pub async fn carry_out(deps: UndoDeps<'_>, action: &UndoAction) -> Result<(), St
             .map_err(|e| format!("after restoring the files: {e}"))
         }
         UndoAction::ReconnectAdmin => v.identity.reconnect().map_err(|e| e.to_string()),
+        UndoAction::Reload { reload } => {
+            let r: hooks::Reloader = reload.parse().map_err(|e: hooks::Error| e.to_string())?;
+            hooks::reload(deps.runner, &r, deps.timeout)
+                .await
+                .map(drop)
+                .map_err(|e| e.to_string())
+        }
         UndoAction::RestartUnit {
             unit,
             user,
@@ -381,7 +394,7 @@ pub async fn unwind(
     let mut order: Vec<usize> = (0..t.undo.len()).rev().collect();
     // Files and Vault objects first, newest first; then what must see them restored.
     order.sort_by_key(|&i| match t.undo[i].action {
-        UndoAction::ReloadListener { .. } => 1,
+        UndoAction::ReloadListener { .. } | UndoAction::Reload { .. } => 1,
         UndoAction::ReconnectAdmin => 2,
         UndoAction::RestartUnit { .. } => 3,
         _ => 0,

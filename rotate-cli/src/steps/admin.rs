@@ -29,7 +29,7 @@ use crate::engine::undo::UndoAction;
 use crate::engine::{Singleton, Step, TargetPlan, Tx};
 use crate::rotation::Deps;
 use crate::served::{AdminIdentity, prove_admin};
-use crate::steps::{StepError, issue_mode, key_algorithm, mount_chain, role_fields};
+use crate::steps::{StepError, issue_mode, key_algorithm, merged_bundle, mount_chain, role_fields};
 
 /// How long one identity proof may take.
 const PROOF_TIMEOUT: Duration = Duration::from_secs(10);
@@ -138,33 +138,6 @@ fn split(path: &Path) -> Result<(PathBuf, PathBuf), StepError> {
 fn root_tree(path: &Path) -> Result<(Tree, PathBuf), StepError> {
     let (dir, name) = split(path)?;
     Ok((Tree::open(&dir, Some(Owner::current()))?, name))
-}
-
-/// The listener chain first, then every certificate of the current bundle it lacks: the
-/// new bundle never drops a CA the admin trusted.
-fn merged_bundle(chain: &str, current: Option<&[u8]>) -> Result<String, StepError> {
-    let mut out = chain.trim_end().to_owned();
-    out.push('\n');
-    let have: Vec<String> = pki_ops::parse_bundle(chain, "PKI chain")?
-        .into_iter()
-        .map(|c| c.sha256_fingerprint)
-        .collect();
-    if let Some(cur) = current {
-        let text = String::from_utf8_lossy(cur);
-        for block in text.split_inclusive("-----END CERTIFICATE-----") {
-            let Some(start) = block.find("-----BEGIN CERTIFICATE-----") else {
-                continue;
-            };
-            let pem = &block[start..];
-            if let Ok(info) = pki_ops::CertInfo::from_pem_labeled(pem, "current CA bundle")
-                && !have.contains(&info.sha256_fingerprint)
-            {
-                out.push_str(pem);
-                out.push('\n');
-            }
-        }
-    }
-    Ok(out)
 }
 
 /// The env file: where the admin's files are, for `source`.

@@ -128,25 +128,7 @@ impl<'a> ListenerStep<'a> {
     }
 
     fn owner(&self) -> Result<Owner, StepError> {
-        let invalid = |reason: String| StepError::Invalid {
-            what: format!("[listener] owner {:?}", self.l.owner),
-            reason,
-        };
-        let u = nix::unistd::User::from_name(&self.l.owner)
-            .map_err(|e| invalid(format!("look up: {e}")))?
-            .ok_or_else(|| invalid("no such user".into()))?;
-        let gid = match &self.l.group {
-            Some(g) => nix::unistd::Group::from_name(g)
-                .map_err(|e| invalid(format!("look up group {g}: {e}")))?
-                .ok_or_else(|| invalid(format!("no such group {g}")))?
-                .gid
-                .as_raw(),
-            None => u.gid.as_raw(),
-        };
-        Ok(Owner {
-            uid: u.uid.as_raw(),
-            gid,
-        })
+        crate::steps::owner_of_user("[listener] owner", &self.l.owner, self.l.group.as_deref())
     }
 
     /// Every CA bundle clients use, by name, with its text: the admin's, each app's

@@ -14,6 +14,7 @@ pub(crate) mod leaf;
 pub(crate) mod listener;
 pub(crate) mod names;
 pub(crate) mod preflight;
+pub(crate) mod proxy;
 
 /// Why a step (or one app within it) failed.
 #[derive(Debug, thiserror::Error)]
@@ -132,15 +133,23 @@ fn vault_exit(e: &vault_client::Error) -> Exit {
 
 /// The app user's uid and gid (NSS, through `nix`: the one lookup of the workspace).
 pub(crate) fn owner_of(app: &AppConfig) -> Result<pki_ops::Owner, StepError> {
-    let user = app.user();
+    owner_of_user(&format!("app {}", app.name), app.user(), app.group())
+}
+
+/// `user`'s uid and `group`'s gid (default: the user's primary group), for `what`.
+pub(crate) fn owner_of_user(
+    what: &str,
+    user: &str,
+    group: Option<&str>,
+) -> Result<pki_ops::Owner, StepError> {
     let invalid = |reason: String| StepError::Invalid {
-        what: format!("app {} user {user:?}", app.name),
+        what: format!("{what} user {user:?}"),
         reason,
     };
     let u = nix::unistd::User::from_name(user)
         .map_err(|e| invalid(format!("look up: {e}")))?
-        .ok_or_else(|| invalid("no such user (set apps[].user, or create it)".into()))?;
-    let gid = match app.group() {
+        .ok_or_else(|| invalid("no such user (create it, or set the user in the config)".into()))?;
+    let gid = match group {
         Some(g) => nix::unistd::Group::from_name(g)
             .map_err(|e| invalid(format!("look up group {g}: {e}")))?
             .ok_or_else(|| invalid(format!("no such group {g}")))?
@@ -194,6 +203,33 @@ pub(crate) async fn mount_chain(
         first.expect_cn(issuer)?;
     }
     Ok(chain)
+}
+
+/// A CA bundle to write: `chain` (the PKI mount's) first, then every certificate of the
+/// `current` bundle it lacks, so a refreshed bundle never drops a CA its user trusted.
+pub(crate) fn merged_bundle(chain: &str, current: Option<&[u8]>) -> Result<String, StepError> {
+    let mut out = chain.trim_end().to_owned();
+    out.push('\n');
+    let have: Vec<String> = pki_ops::parse_bundle(chain, "PKI chain")?
+        .into_iter()
+        .map(|c| c.sha256_fingerprint)
+        .collect();
+    if let Some(cur) = current {
+        let text = String::from_utf8_lossy(cur);
+        for block in text.split_inclusive("-----END CERTIFICATE-----") {
+            let Some(start) = block.find("-----BEGIN CERTIFICATE-----") else {
+                continue;
+            };
+            let pem = &block[start..];
+            if let Ok(info) = pki_ops::CertInfo::from_pem_labeled(pem, "current CA bundle")
+                && !have.contains(&info.sha256_fingerprint)
+            {
+                out.push_str(pem);
+                out.push('\n');
+            }
+        }
+    }
+    Ok(out)
 }
 
 /// Role field differences in the change vocabulary.

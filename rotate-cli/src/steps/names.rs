@@ -75,6 +75,10 @@ pub(crate) mod rel {
     pub(crate) fn post_hook_status(app: &AppConfig) -> PathBuf {
         agent_dir(app).join("post-hook.status")
     }
+    /// `tls/<app>.fullchain.pem`: the leaf the agent renders.
+    pub(crate) fn fullchain(app: &AppConfig) -> PathBuf {
+        PathBuf::from(format!("tls/{}.fullchain.pem", app.name))
+    }
     /// A relative path's parent (`""` for a bare name).
     pub(crate) fn parent(p: &Path) -> PathBuf {
         p.parent().map(Path::to_path_buf).unwrap_or_default()

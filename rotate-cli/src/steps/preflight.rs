@@ -192,7 +192,8 @@ pub async fn preflight(
             }
         }
     }
-    let tls_steps = tls_step_checks(cfg, request, &mut need, &mut r);
+    let tls_steps =
+        tls_step_checks(cfg, request, &mut need, &mut r) || request.steps.contains(&StepId::Proxy);
     let paths: Vec<String> = need.iter().map(|(p, _)| p.clone()).collect();
     let caps = v.token.capabilities_self(&paths).await;
     r.push(
@@ -384,6 +385,28 @@ async fn check_tls_files(
                     .map_err(|e| (Exit::Config, e.to_string())),
             );
         }
+    }
+    if request.steps.contains(&StepId::Proxy) {
+        let res = match cfg.proxy.as_ref().and_then(|p| Some((p, p.home.as_ref()?))) {
+            None => Err((
+                Exit::Config,
+                "step 5 needs [proxy] name, home and ca_bundle".to_owned(),
+            )),
+            Some((p, home)) => crate::steps::owner_of_user("[proxy]", p.user(), None)
+                .map_err(|e| (Exit::Config, e.to_string()))
+                .and_then(|o| {
+                    pki_ops::Tree::open(home, Some(o))
+                        .map(|_| {
+                            format!(
+                                "{} (no symlinks, owner {} or root)",
+                                home.display(),
+                                p.user()
+                            )
+                        })
+                        .map_err(|e| (Exit::Config, e.to_string()))
+                }),
+        };
+        r.push("proxy home", res);
     }
     if let (true, Some(l)) = (request.steps.contains(&StepId::Listener), &cfg.listener) {
         let owner = nix::unistd::User::from_name(&l.owner).ok().flatten();
