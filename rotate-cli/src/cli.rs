@@ -111,6 +111,8 @@ pub enum Step {
     Leaf,
     /// Step 5: the proxy's CA chain (needs `[proxy] home` and `ca_bundle`).
     Proxy,
+    /// Step 6: restarts (needs `[restarts]`).
+    Restarts,
     /// Step 7: the final healthcheck (reads only).
     Health,
 }
@@ -123,6 +125,7 @@ impl Step {
             Step::Agents => StepId::Agents,
             Step::Leaf => StepId::Leaf,
             Step::Proxy => StepId::Proxy,
+            Step::Restarts => StepId::Restarts,
             Step::Health => StepId::Health,
         }
     }

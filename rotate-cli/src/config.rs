@@ -69,6 +69,9 @@ pub struct Config {
     /// The Vault listener's certificate (step 2); absent: step 2 is not run.
     #[serde(default)]
     pub listener: Option<ListenerSection>,
+    /// Restarts after the rotations (step 6).
+    #[serde(default)]
+    pub restarts: Option<RestartsSection>,
     /// The final healthcheck (step 7, `rotate health`).
     #[serde(default)]
     pub health: HealthSection,
@@ -223,6 +226,27 @@ fn default_reload_timeout() -> String {
 }
 fn yes() -> bool {
     true
+}
+
+/// `[restarts]`: step 6, the proxy stack, then the Vault unit or container.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RestartsSection {
+    /// The proxy stack, restarted in this order (`podman-restart:proxyprod`, ...).
+    #[serde(default)]
+    pub proxy: Vec<String>,
+    /// How to restart Vault (`cmd:systemctl restart openbao`, `podman-restart:vault`).
+    /// Needed when something SIGHUP does not reload changed (its `tls_client_ca_file`).
+    #[serde(default)]
+    pub vault: Option<String>,
+    /// Restart Vault on every run (`always`) or never (`never`, the default: a listener
+    /// certificate is reloaded by SIGHUP in step 2).
+    #[serde(default = "default_vault_when")]
+    pub vault_when: String,
+}
+
+fn default_vault_when() -> String {
+    "never".into()
 }
 
 /// `[health]`: step 7 and `rotate health`.
@@ -726,6 +750,30 @@ impl Config {
                     .map_err(|e| self.invalid("proxy.reload", e.to_string()))?;
             }
         }
+        if let Some(r) = &self.restarts {
+            for (i, spec) in r.proxy.iter().enumerate() {
+                spec.parse::<hooks::Reloader>()
+                    .map_err(|e| self.invalid(format!("restarts.proxy[{i}]"), e.to_string()))?;
+            }
+            if let Some(v) = &r.vault {
+                v.parse::<hooks::Reloader>()
+                    .map_err(|e| self.invalid("restarts.vault", e.to_string()))?;
+            }
+            match (r.vault_when.as_str(), &r.vault) {
+                ("never", _) | ("always", Some(_)) => {}
+                ("always", None) => {
+                    return Err(
+                        self.invalid("restarts.vault_when", "\"always\" needs restarts.vault")
+                    );
+                }
+                (other, _) => {
+                    return Err(self.invalid(
+                        "restarts.vault_when",
+                        format!("{other:?}: one of \"never\", \"always\""),
+                    ));
+                }
+            }
+        }
         dur("health.window", &self.health.window)?;
         if self.health.consecutive == 0 {
             return Err(self.invalid("health.consecutive", "must be at least 1"));
@@ -775,6 +823,9 @@ impl Config {
         v.extend([StepId::Agents, StepId::Leaf]);
         if self.proxy.as_ref().is_some_and(|p| p.ca_bundle.is_some()) {
             v.push(StepId::Proxy);
+        }
+        if self.restarts.is_some() {
+            v.push(StepId::Restarts);
         }
         if self.vault.client_cert.is_some() && self.vault.ca_cert.is_some() {
             v.push(StepId::Health);

@@ -86,3 +86,4 @@ pub use steps::listener::{ListenerApplied, ListenerPlan, ListenerProof, Listener
 pub use steps::names::kv_policy_name;
 pub use steps::preflight::{Check, PreflightReport, preflight};
 pub use steps::proxy::{ProxyApplied, ProxyPlan, ProxyProof, ProxyStep};
+pub use steps::restarts::{RestartsApplied, RestartsStep};

@@ -26,6 +26,7 @@ use crate::steps::leaf::LeafStep;
 use crate::steps::listener::ListenerStep;
 use crate::steps::preflight::{PreflightReport, preflight};
 use crate::steps::proxy::ProxyStep;
+use crate::steps::restarts::RestartsStep;
 
 /// What to do.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -141,6 +142,7 @@ struct Steps<'a> {
     agents: AgentsStep<'a>,
     leaf: LeafStep<'a>,
     proxy: Option<ProxyStep<'a>>,
+    restarts: Option<RestartsStep<'a>>,
     health: HealthStep<'a>,
 }
 
@@ -228,6 +230,7 @@ pub async fn execute(
         agents: AgentsStep::new(cfg, deps, chain.clone()),
         leaf: LeafStep::new(cfg, deps, chain.clone(), request.kv_access, request.kv_seed),
         proxy: ProxyStep::new(cfg, deps, chain),
+        restarts: RestartsStep::new(cfg, deps),
         health: HealthStep::new(cfg, deps),
     };
     let undo = undo_deps(cfg, deps);
@@ -504,18 +507,10 @@ async fn step_dispatch(
     match id {
         StepId::Agents => run_step(&steps.agents, apps, journal, undo, concurrency, cancel).await,
         StepId::Leaf => run_step(&steps.leaf, apps, journal, undo, concurrency, cancel).await,
-        StepId::Admin => match &steps.admin {
-            Some(s) => run_step(s, &one, journal, undo, 1, cancel).await,
-            None => Ok(absent(id)),
-        },
-        StepId::Listener => match &steps.listener {
-            Some(s) => run_step(s, &one, journal, undo, 1, cancel).await,
-            None => Ok(absent(id)),
-        },
-        StepId::Proxy => match &steps.proxy {
-            Some(s) => run_step(s, &one, journal, undo, 1, cancel).await,
-            None => Ok(absent(id)),
-        },
+        StepId::Admin => run_opt(steps.admin.as_ref(), id, &one, journal, undo, cancel).await,
+        StepId::Listener => run_opt(steps.listener.as_ref(), id, &one, journal, undo, cancel).await,
+        StepId::Proxy => run_opt(steps.proxy.as_ref(), id, &one, journal, undo, cancel).await,
+        StepId::Restarts => run_opt(steps.restarts.as_ref(), id, &one, journal, undo, cancel).await,
         StepId::Health => run_step(&steps.health, &one, journal, undo, 1, cancel).await,
         StepId::Preflight => Ok(StepReport {
             step: id,
@@ -525,12 +520,28 @@ async fn step_dispatch(
     }
 }
 
+/// Run a global step when configured; report it absent (exit 3, nothing written) if not.
+async fn run_opt<S: crate::engine::Step<Target = Singleton>>(
+    step: Option<&S>,
+    id: StepId,
+    one: &[&Singleton],
+    journal: Option<&Journal>,
+    undo: UndoDeps<'_>,
+    cancel: &Cancel,
+) -> Result<StepReport, JournalError> {
+    match step {
+        Some(s) => run_step(s, one, journal, undo, 1, cancel).await,
+        None => Ok(absent(id)),
+    }
+}
+
 /// The name of a global step's single target; `None` for per-app steps.
 fn global_target(id: StepId) -> Option<Singleton> {
     match id {
         StepId::Admin => Some(Singleton("admin")),
         StepId::Listener => Some(Singleton("listener")),
         StepId::Proxy => Some(Singleton("proxy")),
+        StepId::Restarts => Some(Singleton("restarts")),
         StepId::Health => Some(Singleton("vault")),
         StepId::Preflight | StepId::Agents | StepId::Leaf => None,
     }
@@ -545,13 +556,29 @@ async fn recover_global(
     journal: &Journal,
     undo: UndoDeps<'_>,
 ) -> Result<TargetReport, JournalError> {
+    let args = (journal, undo);
+    match id {
+        StepId::Admin => recover_opt(steps.admin.as_ref(), id, args).await,
+        StepId::Listener => recover_opt(steps.listener.as_ref(), id, args).await,
+        StepId::Proxy => recover_opt(steps.proxy.as_ref(), id, args).await,
+        StepId::Restarts => recover_opt(steps.restarts.as_ref(), id, args).await,
+        StepId::Health => recover_opt(Some(&steps.health), id, args).await,
+        StepId::Preflight | StepId::Agents | StepId::Leaf => {
+            recover_opt::<HealthStep<'_>>(None, id, args).await
+        }
+    }
+}
+
+/// Recover the single target of a global step; a step no longer configured is unwound.
+async fn recover_opt<S: crate::engine::Step<Target = Singleton>>(
+    step: Option<&S>,
+    id: StepId,
+    (journal, undo): (&Journal, UndoDeps<'_>),
+) -> Result<TargetReport, JournalError> {
     let single = global_target(id).unwrap_or(Singleton("?"));
-    match (id, &steps.admin, &steps.listener, &steps.proxy) {
-        (StepId::Admin, Some(s), _, _) => recover_target(s, &single, journal, undo).await,
-        (StepId::Listener, _, Some(s), _) => recover_target(s, &single, journal, undo).await,
-        (StepId::Proxy, _, _, Some(s)) => recover_target(s, &single, journal, undo).await,
-        (StepId::Health, _, _, _) => recover_target(&steps.health, &single, journal, undo).await,
-        _ => Ok(TargetReport {
+    match step {
+        Some(s) => recover_target(s, &single, journal, undo).await,
+        None => Ok(TargetReport {
             error: Some(format!("{id} is no longer configured; unwinding it")),
             rollback: Some(unwind(journal, undo, id, single.0).await?),
             ..TargetReport::new(single.0, Outcome::RolledBack)
@@ -562,12 +589,16 @@ async fn recover_global(
 fn absent(id: StepId) -> StepReport {
     StepReport {
         step: id,
-        targets: vec![TargetReport {
-            error: Some(format!("{id} is not configured")),
-            error_class: Some(Exit::Config.code()),
-            ..TargetReport::new(id.name(), Outcome::FailedNothingWritten)
-        }],
+        targets: vec![absent_target(id)],
         millis: 0,
+    }
+}
+
+fn absent_target(id: StepId) -> TargetReport {
+    TargetReport {
+        error: Some(format!("{id} is not configured")),
+        error_class: Some(Exit::Config.code()),
+        ..TargetReport::new(id.name(), Outcome::FailedNothingWritten)
     }
 }
 
@@ -581,9 +612,7 @@ async fn recover_dispatch(
     match id {
         StepId::Agents => recover_target(&steps.agents, app, journal, undo).await,
         StepId::Leaf => recover_target(&steps.leaf, app, journal, undo).await,
-        StepId::Preflight | StepId::Admin | StepId::Listener | StepId::Proxy | StepId::Health => {
-            Ok(skipped(app, id))
-        }
+        _ => Ok(skipped(app, id)),
     }
 }
 

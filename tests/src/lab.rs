@@ -373,6 +373,44 @@ impl Lab {
         self.spawn_server()
     }
 
+    /// A command that restarts this lab's server the way a unit restart would (it comes
+    /// back sealed): `<lab>/bin/restart-vault`, for `[restarts] vault = "cmd:..."`. The
+    /// restart itself is made by a thread of this process (so the new server stays tied
+    /// to it), woken by the request file the script creates and waits on.
+    pub fn restart_command(&'static self) -> Result<PathBuf> {
+        static SERVING: std::sync::Mutex<Vec<PathBuf>> = std::sync::Mutex::new(Vec::new());
+        let req = self.paths.dir.join("server/restart.request");
+        let script = self.paths.dir.join("bin/restart-vault");
+        let mut serving = SERVING.lock().unwrap_or_else(|e| e.into_inner());
+        if !serving.contains(&self.paths.dir) {
+            std::fs::create_dir_all(self.paths.dir.join("bin"))?;
+            write_file(
+                &script,
+                format!(
+                    "#!/bin/sh\n# Restart the lab's bao server (it comes back sealed).\nreq='{}'\n: > \"$req\"\ni=0\nwhile [ -e \"$req\" ]; do\n  sleep 0.05; i=$((i + 1))\n  [ $i -gt 600 ] && {{ echo 'lab server did not restart' >&2; exit 1; }}\ndone\nexit 0\n",
+                    req.display()
+                )
+                .as_bytes(),
+                0o755,
+            )?;
+            std::thread::Builder::new()
+                .name("lab-restarts".into())
+                .spawn(move || {
+                    loop {
+                        if req.exists() {
+                            if let Err(e) = self.restart() {
+                                eprintln!("lab restart failed: {e:#}");
+                            }
+                            let _ = std::fs::remove_file(&req);
+                        }
+                        std::thread::sleep(Duration::from_millis(50));
+                    }
+                })?;
+            serving.push(self.paths.dir.clone());
+        }
+        Ok(script)
+    }
+
     /// Send SIGHUP (reloads the listener certificate and key).
     pub fn sighup(&self) -> Result<()> {
         let guard = self.child.lock().unwrap_or_else(|e| e.into_inner());

@@ -20,8 +20,13 @@ fn tls_config(lab: &Lab, dir: &Path, extra: &[(&str, &str)]) -> PathBuf {
     );
     for (section, lines) in extra {
         let header = format!("[{section}]\n");
-        assert!(text.contains(&header), "no [{section}]");
-        text = text.replacen(&header, &format!("{header}{lines}\n"), 1);
+        if text.contains(&header) {
+            text = text.replacen(&header, &format!("{header}{lines}\n"), 1);
+        } else {
+            // A new section goes before the array of apps.
+            let at = text.find("\n[[apps]]").unwrap_or(text.len());
+            text.insert_str(at, &format!("\n{header}{lines}\n"));
+        }
     }
     let path = dir.join("rotate.toml");
     std::fs::write(&path, text).unwrap();
@@ -577,4 +582,57 @@ async fn step_5_refreshes_the_proxy_bundle_keeping_old_cas_and_real_openssl_veri
     let err = errors(&v);
     assert!(err.contains("proxyapp.fullchain.pem"), "{err}");
     assert_eq!(std::fs::read_to_string(&bundle).unwrap(), old.root_pem());
+}
+
+#[tokio::test]
+async fn a_vault_that_restarts_sealed_stops_the_run_journaled_and_resume_after_unseal_completes() {
+    let _turn = tls_lab_turn().await;
+    let lab = tls_lab();
+    let script = lab.restart_command().unwrap();
+    let dir = tempdir("tls-sealed");
+    let cfg = tls_config(
+        lab,
+        &dir,
+        &[
+            (
+                "restarts",
+                &format!(
+                    "vault = \"cmd:{}\"\nvault_when = \"always\"",
+                    script.display()
+                ),
+            ),
+            ("health", "window = \"3s\""),
+        ],
+    );
+    let args = ["run", "--step", "restarts", "--step", "health"];
+    let (exit, v) = rotate(&cfg, &args).await;
+    assert_eq!(exit, Exit::ResumeNeeded, "{v:#}");
+    let t = target(&v, "restarts", "restarts");
+    assert_eq!(t["outcome"], "awaiting_resume", "{t:#}");
+    let err = t["error"].as_str().unwrap();
+    assert!(err.contains("sealed") && err.contains("unseal"), "{err}");
+    assert!(v["summary"].as_str().unwrap().contains("WAITING"), "{v:#}");
+    assert_eq!(v["not_run"], serde_json::json!(["health"]), "{v:#}");
+
+    // Still sealed: the resume's preflight refuses (exit 6), nothing is undone or written.
+    let (exit, v) = rotate(&cfg, &["run", "--resume"]).await;
+    assert_eq!(exit, Exit::Sealed, "{v:#}");
+    assert!(errors(&v).contains("unseal"), "{v:#}");
+
+    // The operator unseals; --resume re-gates the restart and finishes the run.
+    lab.unseal().await.unwrap();
+    let (exit, v) = rotate(&cfg, &["run", "--resume"]).await;
+    assert_eq!(exit, Exit::Ok, "{v:#}");
+    assert_eq!(
+        v["recovered"][0]["targets"][0]["outcome"], "committed",
+        "{v:#}"
+    );
+    assert_eq!(
+        target(&v, "health", "vault")["outcome"],
+        "committed",
+        "{v:#}"
+    );
+    let p = &lab.paths;
+    let (code, out) = bao_status(lab, &p.admin_cert, &p.admin_key, &p.ca_bundle);
+    assert_eq!(code, 0, "{out}");
 }

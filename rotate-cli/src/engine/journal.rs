@@ -63,6 +63,8 @@ pub enum StepId {
     Leaf,
     /// Step 5: the proxy's CA chain + trust material.
     Proxy,
+    /// Step 6: restarts (proxy stack, then Vault when configured).
+    Restarts,
     /// Step 7: the final healthcheck (reads only).
     Health,
 }
@@ -77,6 +79,7 @@ impl StepId {
             StepId::Agents => 3,
             StepId::Leaf => 4,
             StepId::Proxy => 5,
+            StepId::Restarts => 6,
             StepId::Health => 7,
         }
     }
@@ -90,6 +93,7 @@ impl StepId {
             StepId::Agents => "agents",
             StepId::Leaf => "leaf",
             StepId::Proxy => "proxy",
+            StepId::Restarts => "restarts",
             StepId::Health => "health",
         }
     }

@@ -15,6 +15,7 @@ pub(crate) mod listener;
 pub(crate) mod names;
 pub(crate) mod preflight;
 pub(crate) mod proxy;
+pub(crate) mod restarts;
 
 /// Why a step (or one app within it) failed.
 #[derive(Debug, thiserror::Error)]
