@@ -225,10 +225,13 @@ async fn dispatch(cli: &Cli, out: &mut dyn Write, cancel: &Cancel) -> Result<Exi
         kv_access: selection.is_some_and(|s| s.kv.with_kv_access),
         kv_seed: selection.is_some_and(|s| s.kv.with_kv_seed),
     };
-    if matches!(mode, Mode::Resume | Mode::Rollback) {
-        for what in crate::rotation::repair_admin_identity(&config, unix_now())? {
-            eprintln!("rotate: before connecting: {what} (step 1 was interrupted)");
-        }
+    let repaired = if matches!(mode, Mode::Resume | Mode::Rollback) {
+        crate::rotation::repair_admin_identity(&config, unix_now())?
+    } else {
+        Vec::new()
+    };
+    for what in &repaired {
+        eprintln!("rotate: before connecting: {what} (step 1 was interrupted)");
     }
     let client_cfg = config.client_config()?;
     let admin = VaultClient::new(&client_cfg)?;
@@ -242,10 +245,18 @@ async fn dispatch(cli: &Cli, out: &mut dyn Write, cancel: &Cancel) -> Result<Exi
         cancel,
     };
     let work = execute(&config, &apps, request, mode, deps);
-    let report = tokio::select! {
+    let mut report = tokio::select! {
         r = work => r?,
         never = stop_signal(cancel) => match never {},
     };
+    if !repaired.is_empty() {
+        report.summary = format!(
+            "{}; before connecting, {} admin identity file(s) an interrupted step 1 left were restored from the journal",
+            report.summary,
+            repaired.len()
+        );
+    }
+    report.repaired = repaired;
     emit(cli.output, out, &report)?;
     if cli.output == Output::Human && report.exit() != Exit::Ok && report.exit() != Exit::Changes {
         eprintln!("rotate: {}", report.summary);

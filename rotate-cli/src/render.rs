@@ -23,6 +23,9 @@ impl fmt::Display for RunReport {
                 .map(|r| format!("  run {r}"))
                 .unwrap_or_default()
         )?;
+        for r in &self.repaired {
+            writeln!(f, "\nRepaired before connecting: {r}")?;
+        }
         if let Some(p) = &self.preflight {
             write!(f, "\n{p}")?;
         }

@@ -74,6 +74,10 @@ pub struct RunReport {
     pub steps: Vec<StepReport>,
     /// `rollback`: what was unwound.
     pub rolled_back: Vec<TargetReport>,
+    /// Files put back before any client was built (an interrupted step 1's admin pair,
+    /// see [`repair_admin_identity`]).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub repaired: Vec<String>,
     /// Steps not attempted because a global step (admin, listener) before them failed.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub not_run: Vec<StepId>,
@@ -172,6 +176,7 @@ pub async fn execute(
         recovered: Vec::new(),
         steps: Vec::new(),
         rolled_back: Vec::new(),
+        repaired: Vec::new(),
         not_run: Vec::new(),
         exit_code: 0,
         summary: String::new(),
@@ -631,12 +636,22 @@ pub fn repair_admin_identity(cfg: &Config, now: i64) -> Result<Vec<String>, Rota
         return Ok(Vec::new());
     };
     let rec = journal.record();
-    let Some(t) = rec
-        .target(StepId::Admin, "admin")
-        .filter(|t| t.state == TargetState::Applying && rec.needs_resume())
-    else {
+    // Killed while replacing the files, or while an unwind was putting them back: the
+    // target is unfinished; the files need repair when the pair on disk does not match.
+    let Some(t) = rec.target(StepId::Admin, "admin").filter(|t| {
+        matches!(
+            t.state,
+            TargetState::Applying | TargetState::Applied | TargetState::RollbackIncomplete
+        )
+    }) else {
         return Ok(Vec::new());
     };
+    let (Some(cert), Some(key)) = (&cfg.vault.client_cert, &cfg.vault.client_key) else {
+        return Ok(Vec::new());
+    };
+    if pki_ops::key_matches_cert_files(key, cert).is_ok() {
+        return Ok(Vec::new());
+    }
     let mut done = Vec::new();
     for (index, entry) in t.undo.iter().enumerate().rev() {
         if let (UndoAction::File { undo, owner }, false) = (&entry.action, entry.done) {
@@ -718,7 +733,7 @@ async fn rollback(
                     | TargetState::RollbackIncomplete
             )
         })
-        .filter(|t| apps.iter().any(|a| a.name == t.target))
+        .filter(|t| global_target(t.step).is_some() || apps.iter().any(|a| a.name == t.target))
         .collect();
     targets.sort_by_key(|t| std::cmp::Reverse(t.step));
     for t in targets {
@@ -793,6 +808,7 @@ mod tests {
                 millis: 0,
             }],
             rolled_back: Vec::new(),
+            repaired: Vec::new(),
             not_run: Vec::new(),
             exit_code: 0,
             summary: String::new(),

@@ -298,19 +298,23 @@ pub async fn carry_out(deps: UndoDeps<'_>, action: &UndoAction) -> Result<(), St
             timeout_secs,
         } => {
             let r: hooks::Reloader = reload.parse().map_err(|e: hooks::Error| e.to_string())?;
-            hooks::reload(deps.runner, &r, deps.timeout)
-                .await
-                .map_err(|e| e.to_string())?;
-            crate::served::wait_for_serial(
+            // Whatever the reload command says, what counts is what is served.
+            let reloaded = hooks::reload(deps.runner, &r, deps.timeout).await;
+            let served = crate::served::wait_for_serial(
                 v.gate,
                 Some((cert, key)),
                 ca,
                 previous_serial,
                 Duration::from_secs(*timeout_secs),
             )
-            .await
-            .map(drop)
-            .map_err(|e| format!("after restoring the files: {e}"))
+            .await;
+            match (served, reloaded) {
+                (Ok(_), _) => Ok(()),
+                (Err(e), Ok(_)) => Err(format!("after restoring the files: {e}")),
+                (Err(e), Err(r)) => Err(format!(
+                    "after restoring the files the reload failed ({r}) and {e}"
+                )),
+            }
         }
         UndoAction::ReconnectAdmin => v.identity.reconnect().map_err(|e| e.to_string()),
         UndoAction::Reload { reload } => {
@@ -393,10 +397,13 @@ pub async fn unwind(
     };
     let mut order: Vec<usize> = (0..t.undo.len()).rev().collect();
     // Files and Vault objects first, newest first; then what must see them restored.
+    // Revocations after the reloads: a listener whose reload back fails must not be left
+    // serving a certificate already revoked.
     order.sort_by_key(|&i| match t.undo[i].action {
         UndoAction::ReloadListener { .. } | UndoAction::Reload { .. } => 1,
         UndoAction::ReconnectAdmin => 2,
-        UndoAction::RestartUnit { .. } => 3,
+        UndoAction::Revoke { .. } => 3,
+        UndoAction::RestartUnit { .. } => 4,
         _ => 0,
     });
     let mut out = UnwindOutcome::default();
@@ -408,11 +415,16 @@ pub async fn unwind(
         let what = entry.action.describe();
         match carry_out(deps, &entry.action).await {
             Ok(()) => {
-                journal.append(Event::UndoDone {
+                // Undo actions are idempotent: when the journal cannot record this one
+                // (a full disk), the rest of the unwind still runs, and a later one
+                // simply does it again.
+                if let Err(e) = journal.append(Event::UndoDone {
                     step,
                     target: target.to_owned(),
                     index: i,
-                })?;
+                }) {
+                    tracing::error!(%step, target, action = %what, error = %e, "undo done but not journaled");
+                }
                 out.undone.push(what);
             }
             Err(e) => {

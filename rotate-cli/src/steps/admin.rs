@@ -359,6 +359,16 @@ impl Step for AdminStep<'_> {
             None => None,
         };
 
+        // Journal how to undo every file now: the staged temps (a key among them) are
+        // named by the records, so a crash from here on leaves nothing unaccounted for.
+        let owner = Some(Owner::current());
+        let mut records = staged.undo_records();
+        records.extend(staged_ca.iter().flat_map(Staged::undo_records));
+        records.extend(env.iter().flat_map(Staged::undo_records));
+        for u in records {
+            tx.record(UndoAction::File { undo: u, owner })?;
+        }
+
         // The lockout guard: the staged files must work, as a new client, before they
         // replace the identity this run (and the operator) depends on.
         let ca_now = match &staged_ca {
@@ -386,14 +396,7 @@ impl Step for AdminStep<'_> {
             });
         }
 
-        // Proven: journal every undo, then replace.
-        let owner = Some(Owner::current());
-        let mut records = staged.undo_records();
-        records.extend(staged_ca.iter().flat_map(Staged::undo_records));
-        records.extend(env.iter().flat_map(Staged::undo_records));
-        for u in records {
-            tx.record(UndoAction::File { undo: u, owner })?;
-        }
+        // Proven: replace.
         tx.record(UndoAction::ReconnectAdmin)?;
         let mut files: Vec<PathBuf> = staged
             .commit()?

@@ -144,12 +144,10 @@ impl<'a> ListenerStep<'a> {
         let (_, _, ca) = self.admin_files()?;
         out.push((ca.display().to_string(), read(&ca)?));
         for app in &self.cfg.apps {
-            let Ok(owner) = crate::steps::owner_of(app) else {
-                continue;
-            };
-            let Ok(tree) = Tree::open(&app.home, Some(owner)) else {
-                continue;
-            };
+            // An app whose home cannot be read safely is not silently left out: its agent
+            // would be the one to fail after the swap.
+            let owner = crate::steps::owner_of(app)?;
+            let tree = Tree::open(&app.home, Some(owner))?;
             if let Some(b) = tree.read(&rel::ca_file())? {
                 out.push((
                     app.home.join(rel::ca_file()).display().to_string(),
@@ -158,7 +156,26 @@ impl<'a> ListenerStep<'a> {
             }
         }
         for p in &self.l.client_bundles {
-            out.push((p.display().to_string(), read(p)?));
+            // Possibly inside a tree someone else owns: no symlink followed, no FIFO.
+            let (dir, name) = match (p.parent(), p.file_name()) {
+                (Some(d), Some(n)) => (d, Path::new(n)),
+                _ => {
+                    return Err(StepError::Invalid {
+                        what: format!("client CA bundle {}", p.display()),
+                        reason: "not a file path".into(),
+                    });
+                }
+            };
+            let bytes = Tree::open(dir, None)?
+                .read(name)?
+                .ok_or_else(|| StepError::Invalid {
+                    what: format!("client CA bundle {}", p.display()),
+                    reason: "missing".into(),
+                })?;
+            out.push((
+                p.display().to_string(),
+                String::from_utf8_lossy(&bytes).into_owned(),
+            ));
         }
         Ok(out)
     }
@@ -266,6 +283,26 @@ impl Step for ListenerStep<'_> {
 
         let owner = self.owner()?;
         let (tree, cert_rel, key_rel) = self.tree(owner)?;
+        // The undo proves the *previous* serial is served again after restoring the files:
+        // that only means something when the files hold what is served now.
+        if let Some(pem) = tree.read(&cert_rel)? {
+            let file = pki_ops::CertInfo::from_pem_labeled(
+                &String::from_utf8_lossy(&pem),
+                &self.l.cert_file.display().to_string(),
+            )?;
+            if !file
+                .serial_hex
+                .eq_ignore_ascii_case(&served_before.serial_hex)
+            {
+                return Err(StepError::Invalid {
+                    what: format!("listener {}", self.l.cert_file.display()),
+                    reason: format!(
+                        "holds serial {} but the listener serves {}: a reload is pending, or this is not the server's tls_cert_file; reload or fix [listener] cert_file first",
+                        file.serial_hex, served_before.serial_hex
+                    ),
+                });
+            }
+        }
         changes.push(
             Change::new(
                 ChangeKind::Create,
@@ -441,6 +478,14 @@ impl Step for ListenerStep<'_> {
                 a.serial_hex, self.l.reload_timeout
             ))
         })?;
+        if served.sealed {
+            return Err(StepError::Sealed {
+                reason: format!(
+                    "the listener serves the new certificate {} but Vault is sealed: unseal it, then `rotate run --resume`",
+                    a.serial_hex
+                ),
+            });
+        }
         if served.seal_status != Some(200) {
             return Err(gate_err(format!(
                 "the listener serves the new certificate but sys/seal-status failed for the admin: {}",
@@ -463,6 +508,18 @@ impl Step for ListenerStep<'_> {
         let (tree, cert_rel, key_rel) = self.tree(self.owner()?)?;
         let on_disk = tree.read(&cert_rel)?.unwrap_or_default();
         let key_pem = tree.read(&key_rel)?.unwrap_or_default();
+        let file = pki_ops::CertInfo::from_pem_labeled(
+            &String::from_utf8_lossy(&on_disk),
+            &self.l.cert_file.display().to_string(),
+        )?;
+        if !file.serial_hex.eq_ignore_ascii_case(&a.serial_hex) {
+            return Err(gate_err(format!(
+                "{} holds serial {}, not the new {} that is served",
+                self.l.cert_file.display(),
+                file.serial_hex,
+                a.serial_hex
+            )));
+        }
         pki_ops::key_matches_cert(
             &String::from_utf8_lossy(&key_pem),
             &String::from_utf8_lossy(&on_disk),
