@@ -55,6 +55,11 @@ pub struct Selection {
     /// Step leaf: KV access and seed switches.
     #[command(flatten)]
     pub kv: KvFlags,
+    /// Renew only what is due: less than `[run] renew_share` (default a third) of its
+    /// lifetime left, or issued by another CA than the one that signs now. Everything else
+    /// is left alone without a single Vault write (for scheduled runs; also `[run] if_due`).
+    #[arg(long)]
+    pub if_due: bool,
 }
 
 /// Subcommands.
@@ -224,6 +229,7 @@ async fn dispatch(cli: &Cli, out: &mut dyn Write, cancel: &Cancel) -> Result<Exi
         apps: names.clone(),
         kv_access: selection.is_some_and(|s| s.kv.with_kv_access),
         kv_seed: selection.is_some_and(|s| s.kv.with_kv_seed),
+        if_due: selection.is_some_and(|s| s.if_due) || config.run.if_due,
     };
     let repaired = if matches!(mode, Mode::Resume | Mode::Rollback) {
         crate::rotation::repair_admin_identity(&config, unix_now())?

@@ -277,6 +277,10 @@ pub struct RunSection {
     pub state_dir: Option<PathBuf>,
     /// How many apps a step works on at once (reports keep config order).
     pub concurrency: usize,
+    /// Every run is `--if-due` (a scheduled renewer's config).
+    pub if_due: bool,
+    /// `--if-due` renews a certificate once less than this share of its lifetime is left.
+    pub renew_share: f64,
 }
 
 impl Default for RunSection {
@@ -284,6 +288,8 @@ impl Default for RunSection {
         RunSection {
             state_dir: None,
             concurrency: 4,
+            if_due: false,
+            renew_share: 1.0 / 3.0,
         }
     }
 }
@@ -649,6 +655,15 @@ impl Config {
         }
         if !name_ok(&self.agents.cert_auth_mount) {
             return Err(self.invalid("agents.cert_auth_mount", "not a mount name"));
+        }
+        if !(self.run.renew_share > 0.0 && self.run.renew_share < 1.0) {
+            return Err(self.invalid(
+                "run.renew_share",
+                format!(
+                    "{} must be between 0 and 1 (e.g. 0.33)",
+                    self.run.renew_share
+                ),
+            ));
         }
         if self.run.concurrency == 0 {
             return Err(self.invalid("run.concurrency", "must be at least 1"));

@@ -32,7 +32,7 @@
 //! let cancel = Cancel::new();
 //! let deps = Deps { vault: Vault::from_client(&admin, &gate), runner: &runner, clock: &clock, cancel: &cancel };
 //! let apps = cfg.select_apps(&[])?;
-//! let request = RunRequest { steps: vec![StepId::Agents], apps: vec![], kv_access: false, kv_seed: false };
+//! let request = RunRequest { steps: vec![StepId::Agents], apps: vec![], kv_access: false, kv_seed: false, if_due: false };
 //! let report = execute(&cfg, &apps, request, Mode::Plan, deps).await?;
 //! println!("{report}");
 //! # Ok(()) }

@@ -15,7 +15,7 @@ use crate::engine::journal::{
 use crate::engine::lock::{LockError, StateLock};
 use crate::engine::undo::{UndoAction, UndoDeps, unwind};
 use crate::engine::{
-    Cancel, Outcome, Singleton, StepReport, TargetReport, recover_target, run_step,
+    Cancel, Outcome, RunCtx, Singleton, StepReport, TargetReport, recover_target, run_step,
 };
 use crate::exit::Exit;
 use crate::steps::StepError;
@@ -239,13 +239,20 @@ pub async fn execute(
         health: HealthStep::new(cfg, deps),
     };
     let undo = undo_deps(cfg, deps);
-    let concurrency = cfg.run.concurrency;
+    let if_due = request.if_due;
+    let ctx = |journal| RunCtx {
+        journal,
+        undo,
+        concurrency: cfg.run.concurrency,
+        cancel: deps.cancel,
+        if_due,
+    };
 
     if mode == Mode::Plan {
         for id in &request.steps {
-            report.steps.push(
-                step_dispatch(&steps, *id, apps, None, undo, concurrency, deps.cancel).await?,
-            );
+            report
+                .steps
+                .push(step_dispatch(&steps, *id, apps, ctx(None)).await?);
         }
         let changes = report
             .steps
@@ -350,8 +357,30 @@ pub async fn execute(
                     }],
                     millis: 0,
                 }
+            } else if if_due
+                && *id == StepId::Restarts
+                && !report
+                    .steps
+                    .iter()
+                    .flat_map(|s| &s.targets)
+                    .any(|t| t.outcome == Outcome::Committed)
+            {
+                // Nothing was renewed: nothing to restart for.
+                let mut t = TargetReport::new(single.0, Outcome::Unchanged);
+                t.changes = vec![
+                    crate::engine::change::Change::new(
+                        crate::engine::change::ChangeKind::Unchanged,
+                        "restarts",
+                    )
+                    .note("--if-due: nothing was renewed, so nothing is restarted"),
+                ];
+                StepReport {
+                    step: *id,
+                    targets: vec![t],
+                    millis: 0,
+                }
             } else {
-                step_dispatch(&steps, *id, &[], Some(&journal), undo, 1, deps.cancel).await?
+                step_dispatch(&steps, *id, &[], ctx(Some(&journal))).await?
             };
             if sr
                 .targets
@@ -372,16 +401,7 @@ pub async fn execute(
                     .is_some_and(|t| t.state == TargetState::Committed)
             })
             .collect();
-        let mut sr = step_dispatch(
-            &steps,
-            *id,
-            &todo,
-            Some(&journal),
-            undo,
-            concurrency,
-            deps.cancel,
-        )
-        .await?;
+        let mut sr = step_dispatch(&steps, *id, &todo, ctx(Some(&journal))).await?;
         for a in apps.iter().filter(|a| failed_apps.contains(&a.name)) {
             sr.targets.push(skipped(a, *id));
         }
@@ -476,6 +496,10 @@ fn judge(report: &RunReport, interrupted: bool) -> (Exit, String) {
         exit = exit.worst(Exit::ResumeNeeded);
     }
     let mut parts = vec![format!("{committed} target(s) committed")];
+    let unchanged = count(Outcome::Unchanged);
+    if unchanged > 0 {
+        parts.push(format!("{unchanged} unchanged"));
+    }
     if rolled_back > 0 {
         parts.push(format!("{rolled_back} failed and fully rolled back"));
     }
@@ -502,21 +526,22 @@ async fn step_dispatch(
     steps: &Steps<'_>,
     id: StepId,
     apps: &[&AppConfig],
-    journal: Option<&Journal>,
-    undo: UndoDeps<'_>,
-    concurrency: usize,
-    cancel: &Cancel,
+    ctx: RunCtx<'_>,
 ) -> Result<StepReport, JournalError> {
     let single = global_target(id).unwrap_or(Singleton("?"));
     let one = [&single];
+    let global = RunCtx {
+        concurrency: 1,
+        ..ctx
+    };
     match id {
-        StepId::Agents => run_step(&steps.agents, apps, journal, undo, concurrency, cancel).await,
-        StepId::Leaf => run_step(&steps.leaf, apps, journal, undo, concurrency, cancel).await,
-        StepId::Admin => run_opt(steps.admin.as_ref(), id, &one, journal, undo, cancel).await,
-        StepId::Listener => run_opt(steps.listener.as_ref(), id, &one, journal, undo, cancel).await,
-        StepId::Proxy => run_opt(steps.proxy.as_ref(), id, &one, journal, undo, cancel).await,
-        StepId::Restarts => run_opt(steps.restarts.as_ref(), id, &one, journal, undo, cancel).await,
-        StepId::Health => run_step(&steps.health, &one, journal, undo, 1, cancel).await,
+        StepId::Agents => run_step(&steps.agents, apps, ctx).await,
+        StepId::Leaf => run_step(&steps.leaf, apps, ctx).await,
+        StepId::Admin => run_opt(steps.admin.as_ref(), id, &one, global).await,
+        StepId::Listener => run_opt(steps.listener.as_ref(), id, &one, global).await,
+        StepId::Proxy => run_opt(steps.proxy.as_ref(), id, &one, global).await,
+        StepId::Restarts => run_opt(steps.restarts.as_ref(), id, &one, global).await,
+        StepId::Health => run_step(&steps.health, &one, global).await,
         StepId::Preflight => Ok(StepReport {
             step: id,
             targets: Vec::new(),
@@ -530,12 +555,10 @@ async fn run_opt<S: crate::engine::Step<Target = Singleton>>(
     step: Option<&S>,
     id: StepId,
     one: &[&Singleton],
-    journal: Option<&Journal>,
-    undo: UndoDeps<'_>,
-    cancel: &Cancel,
+    ctx: RunCtx<'_>,
 ) -> Result<StepReport, JournalError> {
     match step {
-        Some(s) => run_step(s, one, journal, undo, 1, cancel).await,
+        Some(s) => run_step(s, one, ctx).await,
         None => Ok(absent(id)),
     }
 }

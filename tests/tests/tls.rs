@@ -633,7 +633,7 @@ async fn a_vault_that_restarts_sealed_stops_the_run_journaled_and_resume_after_u
     );
     assert_eq!(
         target(&v, "health", "vault")["outcome"],
-        "committed",
+        "unchanged",
         "{v:#}"
     );
     let p = &lab.paths;
@@ -743,4 +743,87 @@ async fn rollback_after_steps_1_and_2_restores_both_identities_and_revokes_the_n
         let rec = admin.read_cert("pki-prod", serial).await.unwrap().unwrap();
         assert_ne!(rec.revocation_time, 0, "{serial} not revoked");
     }
+}
+
+/// Every (operation, path) the server's audit log recorded after byte `from`.
+fn audited_since(lab: &Lab, from: usize) -> Vec<(String, String)> {
+    let log = std::fs::read(lab.paths.dir.join("server/audit.log")).unwrap();
+    String::from_utf8_lossy(&log[from.min(log.len())..])
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .filter(|e| e["type"] == "request")
+        .map(|e| {
+            (
+                e["request"]["operation"].as_str().unwrap_or("").to_owned(),
+                e["request"]["path"].as_str().unwrap_or("").to_owned(),
+            )
+        })
+        .collect()
+}
+
+fn audit_len(lab: &Lab) -> usize {
+    std::fs::metadata(lab.paths.dir.join("server/audit.log"))
+        .map(|m| m.len() as usize)
+        .unwrap_or(0)
+}
+
+#[tokio::test]
+async fn an_if_due_run_with_nothing_due_makes_no_vault_write_and_renews_what_is_due() {
+    let _turn = tls_lab_turn().await;
+    let lab = tls_lab();
+    let p = &lab.paths;
+    let dir = tempdir("tls-ifdue");
+    let cfg = tls_config(lab, &dir, &[]);
+    let (exit, v) = rotate(&cfg, &["run", "--step", "admin", "--step", "listener"]).await;
+    assert_eq!(exit, Exit::Ok, "{v:#}");
+    let files = [&p.admin_cert, &p.admin_key, &p.server_cert, &p.server_key];
+    let before: Vec<Vec<u8>> = files.iter().map(|f| bytes(f)).collect();
+
+    // Fresh certificates: nothing is due, and not one Vault write is made.
+    let mark = audit_len(lab);
+    let args = [
+        "run", "--step", "admin", "--step", "listener", "--step", "health", "--if-due",
+    ];
+    let (exit, v) = rotate(&cfg, &args).await;
+    assert_eq!(exit, Exit::Ok, "{v:#}");
+    for (step, t) in [("admin", "admin"), ("listener", "listener")] {
+        let r = target(&v, step, t);
+        assert_eq!(r["outcome"], "unchanged", "{r:#}");
+        assert!(r["changes"].to_string().contains("not due"), "{r:#}");
+    }
+    let writes: Vec<_> = audited_since(lab, mark)
+        .into_iter()
+        .filter(|(op, _)| matches!(op.as_str(), "create" | "update" | "delete"))
+        // The preflight asks which paths the token may write: a POST that changes nothing.
+        .filter(|(_, path)| path != "sys/capabilities-self")
+        .collect();
+    assert!(
+        writes.is_empty(),
+        "an --if-due run with nothing due wrote: {writes:?}"
+    );
+    for (f, b) in files.iter().zip(&before) {
+        assert_eq!(&bytes(f), b, "{} changed", f.display());
+    }
+
+    // A renewal threshold the 72 h admin certificate is past (Vault backdates not-before by
+    // 30 s) but the 90-day listener certificate is not: only the admin one is renewed.
+    let cfg = tls_config(lab, &dir, &[("run", "renew_share = 0.99995")]);
+    let (exit, v) = rotate(
+        &cfg,
+        &["run", "--step", "admin", "--step", "listener", "--if-due"],
+    )
+    .await;
+    assert_eq!(exit, Exit::Ok, "{v:#}");
+    assert_eq!(
+        target(&v, "admin", "admin")["outcome"],
+        "committed",
+        "{v:#}"
+    );
+    assert_eq!(
+        target(&v, "listener", "listener")["outcome"],
+        "unchanged",
+        "{v:#}"
+    );
+    assert_ne!(bytes(&p.admin_cert), before[0]);
+    assert_eq!(bytes(&p.server_cert), before[2]);
 }

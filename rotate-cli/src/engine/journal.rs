@@ -155,6 +155,11 @@ pub struct RunRequest {
     pub kv_access: bool,
     /// Step 4: seed `kv/<app>` when missing.
     pub kv_seed: bool,
+    /// Renew only what is due (less than `[run] renew_share` of its lifetime left, or
+    /// issued by another CA than the one that signs now); everything else is left alone,
+    /// without a single Vault write.
+    #[serde(default)]
+    pub if_due: bool,
 }
 
 /// One line of the journal.
@@ -630,6 +635,7 @@ mod tests {
 
     fn request() -> RunRequest {
         RunRequest {
+            if_due: false,
             steps: vec![StepId::Agents],
             apps: vec![],
             kv_access: false,

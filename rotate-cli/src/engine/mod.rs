@@ -126,6 +126,12 @@ pub trait Step: Send + Sync {
         app: &Self::Target,
         applied: &Self::Applied,
     ) -> Result<Self::Proof, StepError>;
+    /// For an `--if-due` run: `Some(why)` when this target's certificate is not due, and
+    /// the target is then left alone entirely (no plan, no write, no gate: not one Vault
+    /// write). Only asked when the run is `--if-due`; default: always due.
+    async fn not_due(&self, _app: &Self::Target) -> Result<Option<String>, StepError> {
+        Ok(None)
+    }
     /// What is still needed before this target is live (e.g. step 3 until step 4 restarts
     /// the agent).
     fn pending(&self, _app: &Self::Target) -> Option<String> {
@@ -200,20 +206,35 @@ pub struct StepReport {
     pub millis: u64,
 }
 
+/// How a step is run: where it journals (`None`: plan only), how it undoes, how many
+/// targets at once, the stop request, and whether only what is due is renewed.
+#[derive(Clone, Copy)]
+pub(crate) struct RunCtx<'a> {
+    pub(crate) journal: Option<&'a Journal>,
+    pub(crate) undo: UndoDeps<'a>,
+    pub(crate) concurrency: usize,
+    pub(crate) cancel: &'a Cancel,
+    pub(crate) if_due: bool,
+}
+
 /// Run one step over `apps`: plan each (bounded concurrency), then, unless `dry_run`,
 /// apply, gate and commit or unwind each. Stops starting new targets once `cancel` is
 /// set.
 pub(crate) async fn run_step<S: Step>(
     step: &S,
     apps: &[&S::Target],
-    journal: Option<&Journal>,
-    undo: UndoDeps<'_>,
-    concurrency: usize,
-    cancel: &Cancel,
+    ctx: RunCtx<'_>,
 ) -> Result<StepReport, JournalError> {
     let started = std::time::Instant::now();
+    let RunCtx {
+        journal,
+        undo,
+        concurrency,
+        cancel,
+        if_due,
+    } = ctx;
     let results = bounded(apps, concurrency, |app| async move {
-        run_target(step, app, journal, undo, cancel).await
+        run_target(step, app, journal, undo, cancel, if_due).await
     })
     .await;
     let mut targets = Vec::with_capacity(results.len());
@@ -271,6 +292,7 @@ async fn run_target<S: Step>(
     journal: Option<&Journal>,
     undo_deps: UndoDeps<'_>,
     cancel: &Cancel,
+    if_due: bool,
 ) -> Result<TargetReport, JournalError> {
     let started = std::time::Instant::now();
     let mut r = blank(app, Outcome::Planned);
@@ -278,6 +300,24 @@ async fn run_target<S: Step>(
         r.error = Some(format!("{e:#}"));
         r.error_class = Some(e.exit().code());
     };
+    if if_due {
+        match step.not_due(app).await {
+            Ok(Some(why)) => {
+                r.outcome = Outcome::Unchanged;
+                r.changes = vec![
+                    Change::new(change::ChangeKind::Unchanged, app.name().to_owned()).note(why),
+                ];
+                r.millis = started.elapsed().as_millis() as u64;
+                return Ok(r);
+            }
+            Ok(None) => {}
+            Err(e) => {
+                r.outcome = Outcome::FailedNothingWritten;
+                fail(&mut r, &e);
+                return Ok(r);
+            }
+        }
+    }
     let plan = match step.plan(app).await {
         Ok(p) => p,
         Err(e) => {
@@ -323,7 +363,13 @@ async fn run_target<S: Step>(
     match result {
         Ok(proof) => {
             journal.set_state(id, app.name(), TargetState::Committed, None)?;
-            r.outcome = Outcome::Committed;
+            // Proven; "unchanged" when its plan had nothing to change (e.g. a bundle that
+            // was already right, the healthcheck).
+            r.outcome = if r.changes.iter().any(Change::is_change) {
+                Outcome::Committed
+            } else {
+                Outcome::Unchanged
+            };
             r.proof = serde_json::to_value(&proof).ok();
             r.pending = step.pending(app);
         }

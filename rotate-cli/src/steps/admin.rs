@@ -190,6 +190,20 @@ impl Step for AdminStep<'_> {
         StepId::Admin
     }
 
+    async fn not_due(&self, _t: &Singleton) -> Result<Option<String>, StepError> {
+        let f = self.files()?;
+        let (tree, name) = root_tree(&f.cert)?;
+        let current = pki_ops::CertInfo::from_tree(&tree, &name)?;
+        let chain = mount_chain(self.deps.vault, self.mount(), None).await?;
+        Ok(crate::steps::not_due_reason(crate::steps::renewal(
+            "admin certificate",
+            current.as_ref(),
+            &chain,
+            (self.deps.clock)(),
+            self.cfg.run.renew_share,
+        )))
+    }
+
     async fn plan(&self, _t: &Singleton) -> Result<TargetPlan<AdminPlan>, StepError> {
         let v = self.deps.vault;
         let f = self.files()?;

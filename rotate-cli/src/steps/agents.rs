@@ -444,6 +444,18 @@ impl Step for AgentsStep<'_> {
         Ok(AgentProof { login })
     }
 
+    async fn not_due(&self, app: &AppConfig) -> Result<Option<String>, StepError> {
+        let tree = Tree::open(&app.home, Some(owner_of(app)?))?;
+        let current = pki_ops::CertInfo::from_tree(&tree, &rel::agent_cert())?;
+        Ok(crate::steps::not_due_reason(crate::steps::renewal(
+            &format!("agent certificate of {}", app.name),
+            current.as_ref(),
+            &self.chain,
+            (self.deps.clock)(),
+            self.cfg.run.renew_share,
+        )))
+    }
+
     fn pending(&self, app: &AppConfig) -> Option<String> {
         Some(format!(
             "live once step 4 restarts {} (a running agent keeps the old certificate on open connections)",

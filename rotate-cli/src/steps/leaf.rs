@@ -258,6 +258,18 @@ impl Step for LeafStep<'_> {
         StepId::Leaf
     }
 
+    async fn not_due(&self, app: &AppConfig) -> Result<Option<String>, StepError> {
+        let tree = Tree::open(&app.home, Some(owner_of(app)?))?;
+        let current = CertInfo::from_tree(&tree, &rel::fullchain(app))?;
+        Ok(crate::steps::not_due_reason(crate::steps::renewal(
+            &format!("leaf of {}", app.name),
+            current.as_ref(),
+            &self.chain,
+            (self.deps.clock)(),
+            self.cfg.run.renew_share,
+        )))
+    }
+
     async fn plan(&self, app: &AppConfig) -> Result<TargetPlan<LeafPlan>, StepError> {
         let (cfg, v) = (self.cfg, self.vault());
         let n = Names::new(cfg, app);

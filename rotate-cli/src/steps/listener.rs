@@ -220,6 +220,18 @@ impl Step for ListenerStep<'_> {
         StepId::Listener
     }
 
+    async fn not_due(&self, _t: &Singleton) -> Result<Option<String>, StepError> {
+        let (tree, cert_rel, _) = self.tree(self.owner()?)?;
+        let current = pki_ops::CertInfo::from_tree(&tree, &cert_rel)?;
+        Ok(crate::steps::not_due_reason(crate::steps::renewal(
+            "listener certificate",
+            current.as_ref(),
+            &self.chain,
+            (self.deps.clock)(),
+            self.cfg.run.renew_share,
+        )))
+    }
+
     async fn plan(&self, _t: &Singleton) -> Result<TargetPlan<ListenerPlan>, StepError> {
         let v = self.deps.vault;
         let mount = &self.cfg.pki.mount;

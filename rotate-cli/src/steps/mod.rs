@@ -233,6 +233,73 @@ pub(crate) fn merged_bundle(chain: &str, current: Option<&[u8]>) -> Result<Strin
     Ok(out)
 }
 
+/// Whether a certificate must be renewed by an `--if-due` run.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum Renewal {
+    /// Renew it, because…
+    Due(String),
+    /// Leave it (and everything its step would write) alone, because…
+    NotDue(String),
+}
+
+/// Due when there is no certificate, it expired, it was issued by another CA than the
+/// first of `chain` (what signs now: Vault Agent's `pkiCert` would keep it after a CA
+/// change), or less than `share` of its lifetime is left (one third by default, as
+/// step-ca and cert-manager renew).
+pub(crate) fn renewal(
+    what: &str,
+    current: Option<&pki_ops::CertInfo>,
+    chain: &str,
+    now: i64,
+    share: f64,
+) -> Renewal {
+    let Some(c) = current else {
+        return Renewal::Due(format!("{what}: no current certificate"));
+    };
+    if now >= c.not_after {
+        return Renewal::Due(format!("{what}: expired on {}", c.not_after_human));
+    }
+    if let Some(issuer) = pki_ops::parse_bundle(chain, "PKI chain")
+        .ok()
+        .and_then(|v| v.into_iter().next())
+        && issuer.subject != c.issuer
+    {
+        return Renewal::Due(format!(
+            "{what}: issued by {:?}, but the PKI mount now signs as {:?}",
+            c.issuer, issuer.subject
+        ));
+    }
+    let life = (c.not_after - c.not_before).max(1) as f64;
+    let left = (c.not_after - now) as f64 / life;
+    let pct = |x: f64| (x * 100.0).round() as i64;
+    if left < share {
+        Renewal::Due(format!(
+            "{what}: {}% of its lifetime left (renews below {}%)",
+            pct(left),
+            pct(share)
+        ))
+    } else {
+        Renewal::NotDue(format!(
+            "{what} serial {}: not due, {}% of its lifetime left (not after {}; renews below {}%)",
+            c.serial_hex,
+            pct(left),
+            c.not_after_human,
+            pct(share)
+        ))
+    }
+}
+
+/// [`renewal`] as a step's `not_due` answer: `Some(why)` when not due.
+pub(crate) fn not_due_reason(r: Renewal) -> Option<String> {
+    match r {
+        Renewal::Due(why) => {
+            tracing::info!(%why, "due for renewal");
+            None
+        }
+        Renewal::NotDue(why) => Some(why),
+    }
+}
+
 /// Role field differences in the change vocabulary.
 pub(crate) fn role_fields(diff: &[pki_ops::FieldChange]) -> Vec<FieldDiff> {
     diff.iter()
