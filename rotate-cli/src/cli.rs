@@ -81,6 +81,16 @@ pub enum Command {
         #[arg(long, conflicts_with_all = ["step", "apps"])]
         resume: bool,
     },
+    /// Check everything rotate manages, changing nothing: per app the write-up's checklist
+    /// (fullchain exists, CN, issuer, sane expiry, key matches, agent unit active, cert
+    /// login with the agent's files gives exactly the expected policies), the agent pair,
+    /// mapping and role drift; the admin identity, the served listener certificate; an
+    /// expiry inventory. Exits 11 naming each failed item.
+    Verify {
+        /// Only these apps (repeatable); default: every configured app.
+        #[arg(long = "app", value_name = "NAME")]
+        apps: Vec<String>,
+    },
     /// The final healthcheck alone (step 7): consecutive `sys/seal-status` answers over new
     /// mTLS connections with the SNI name, retried through a restart window; on failure,
     /// why (refused, reset / errno 104, client cert rejected, untrusted chain, name
@@ -204,6 +214,7 @@ async fn dispatch(cli: &Cli, out: &mut dyn Write, cancel: &Cancel) -> Result<Exi
     let (selection, mode) = match &cli.command {
         Command::Status => return status(cli, config, out).await,
         Command::Health => return health(cli, config, out).await,
+        Command::Verify { apps } => return verify(cli, config, apps, out).await,
         Command::Plan(s) => (Some(s), Mode::Plan),
         Command::Run {
             selection,
@@ -307,6 +318,30 @@ async fn status(cli: &Cli, config: Option<Config>, out: &mut dyn Write) -> Resul
         HealthState::Sealed | HealthState::NotInitialized => Exit::Sealed,
         _ => Exit::Ok,
     })
+}
+
+async fn verify(
+    cli: &Cli,
+    config: Option<Config>,
+    names: &[String],
+    out: &mut dyn Write,
+) -> Result<Exit, Failure> {
+    let config = config.ok_or(ConfigError::Missing)?;
+    let apps = config.select_apps(names)?;
+    let client_cfg = config.client_config()?;
+    let admin = VaultClient::new(&client_cfg)?;
+    let gate = FreshClients::new(&client_cfg);
+    let runner = ProgramOverrides::new(ProcessRunner::new(), config.commands.overrides.clone());
+    let cancel = Cancel::new();
+    let deps = Deps {
+        vault: Vault::from_client(&admin, &gate),
+        runner: &runner,
+        clock: &unix_now,
+        cancel: &cancel,
+    };
+    let report = crate::verify::verify(&config, &apps, deps).await;
+    emit(cli.output, out, &report)?;
+    Ok(report.exit())
 }
 
 async fn health(cli: &Cli, config: Option<Config>, out: &mut dyn Write) -> Result<Exit, Failure> {

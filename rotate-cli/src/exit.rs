@@ -31,11 +31,13 @@ pub enum Exit {
     Locked = 9,
     /// `plan` found changes to make (like `terraform plan -detailed-exitcode`).
     Changes = 10,
+    /// `verify` found a problem (each failed check is listed); nothing was changed.
+    VerifyFailed = 11,
 }
 
 impl Exit {
     /// Every code, in numeric order (the README table is tested against this).
-    pub const ALL: [Exit; 11] = [
+    pub const ALL: [Exit; 12] = [
         Exit::Ok,
         Exit::Failure,
         Exit::Usage,
@@ -47,6 +49,7 @@ impl Exit {
         Exit::ResumeNeeded,
         Exit::Locked,
         Exit::Changes,
+        Exit::VerifyFailed,
     ];
 
     /// The numeric code.
@@ -65,6 +68,7 @@ impl Exit {
             match e {
                 Exit::Ok => 0,
                 Exit::Changes => 1,
+                Exit::VerifyFailed => 1,
                 Exit::Config => 2,
                 Exit::Vault => 3,
                 Exit::Sealed => 4,

@@ -16,6 +16,8 @@
 //!   restart). Global steps have one [`Singleton`] target; per-app steps run per app.
 //! - [`look`] / [`wait_for_serial`] / [`prove_admin`]: what the listener serves and
 //!   whether an identity works, as a new client sees it.
+//! - [`verify`]: the write-up's per-app checklist plus the admin identity, the served
+//!   listener certificate, drift and an expiry inventory; reads only.
 //! - [`RunReport`]: one report for human and JSON output; [`Exit`]: documented exit codes.
 //! - Vault is reached through [`Vault`], a bundle of narrow traits, so steps run against
 //!   mocks in unit tests.
@@ -52,6 +54,7 @@ mod rotation;
 mod served;
 mod status;
 mod steps;
+mod verify;
 
 #[cfg(feature = "cli")]
 pub use cli::{Cli, Command, KvFlags, Output, Selection, Step as CliStep, run};
@@ -87,3 +90,4 @@ pub use steps::names::kv_policy_name;
 pub use steps::preflight::{Check, PreflightReport, preflight};
 pub use steps::proxy::{ProxyApplied, ProxyPlan, ProxyProof, ProxyStep};
 pub use steps::restarts::{RestartsApplied, RestartsStep};
+pub use verify::{Material, VerifyReport, verify};

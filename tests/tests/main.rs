@@ -12,3 +12,4 @@ mod leaf;
 mod podman;
 mod support;
 mod tls;
+mod verify;

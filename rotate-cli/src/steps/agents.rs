@@ -114,7 +114,8 @@ pub(crate) fn mapping_spec(cfg: &Config, app: &AppConfig, chain: &str) -> Mappin
     }
 }
 
-fn role_spec(cfg: &Config, n: &Names) -> RoleSpec {
+/// The desired role `agent-mtls-<app>`.
+pub(crate) fn role_spec(cfg: &Config, n: &Names) -> RoleSpec {
     RoleSpec::agent_client(&n.agent_cn, &cfg.agents.ttl, &cfg.agents.max_ttl)
         .with_key(key_algorithm(cfg.agents.key_mode))
 }

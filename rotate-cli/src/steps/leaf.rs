@@ -147,14 +147,19 @@ impl<'a> LeafStep<'a> {
     }
 
     fn role_spec(&self, n: &Names) -> RoleSpec {
-        let c = &self.cfg.leaf;
-        let spec = if c.allow_subdomains {
-            RoleSpec::server_leaf_subdomains(c.allowed_domains.clone(), &c.ttl, &c.max_ttl)
-        } else {
-            RoleSpec::server_leaf(vec![n.leaf_cn.clone()], &c.ttl, &c.max_ttl)
-        };
-        spec.with_key(key_algorithm(self.cfg.agents.key_mode))
+        leaf_role_spec(self.cfg, n)
     }
+}
+
+/// The desired role `nginx-<app>`.
+pub(crate) fn leaf_role_spec(cfg: &Config, n: &Names) -> RoleSpec {
+    let c = &cfg.leaf;
+    let spec = if c.allow_subdomains {
+        RoleSpec::server_leaf_subdomains(c.allowed_domains.clone(), &c.ttl, &c.max_ttl)
+    } else {
+        RoleSpec::server_leaf(vec![n.leaf_cn.clone()], &c.ttl, &c.max_ttl)
+    };
+    spec.with_key(key_algorithm(cfg.agents.key_mode))
 }
 
 fn agent_spec(cfg: &Config, app: &AppConfig, n: &Names) -> AgentConfigSpec {

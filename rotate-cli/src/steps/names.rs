@@ -79,6 +79,10 @@ pub(crate) mod rel {
     pub(crate) fn fullchain(app: &AppConfig) -> PathBuf {
         PathBuf::from(format!("tls/{}.fullchain.pem", app.name))
     }
+    /// `tls/<app>.key`: the leaf's key.
+    pub(crate) fn leaf_key(app: &AppConfig) -> PathBuf {
+        PathBuf::from(format!("tls/{}.key", app.name))
+    }
     /// A relative path's parent (`""` for a bare name).
     pub(crate) fn parent(p: &Path) -> PathBuf {
         p.parent().map(Path::to_path_buf).unwrap_or_default()

@@ -1,0 +1,440 @@
+//! `rotate verify`: the write-up's per-app checklist and everything else this tool
+//! manages, checked as clients see it, changing nothing. Per app: the fullchain exists,
+//! its CN, issuer and expiry are sane, its key matches, the agent unit is active, a cert
+//! login with the agent's files gives exactly the expected policies, the agent's pair
+//! matches, and the mapping and roles have not drifted (e.g. `debug-policy` re-attached).
+//! Globally: the admin identity works, the listener serves the certificate its file
+//! holds, and an expiry inventory of every managed certificate.
+
+use std::time::Duration;
+
+use serde::Serialize;
+
+use crate::config::{AppConfig, Config};
+use crate::exit::Exit;
+use crate::rotation::Deps;
+use crate::served::{look, prove_admin};
+use crate::steps::leaf::{LeafExpectation, leaf_role_spec, verify_leaf};
+use crate::steps::names::{Names, rel};
+use crate::steps::preflight::Check;
+use crate::steps::{ca_chain, owner_of};
+
+/// One managed certificate and when it expires.
+#[derive(Debug, Clone, Serialize)]
+pub struct Material {
+    /// What it is (`admin certificate`, `leaf of ncprd1`, ...).
+    pub what: String,
+    /// Where it lives (a file, or `served by the listener`).
+    pub location: String,
+    /// Serial, `aa:bb` hex.
+    pub serial_hex: String,
+    /// Not after.
+    pub not_after: String,
+    /// Days left (negative: expired).
+    pub days_left: i64,
+}
+
+/// What `rotate verify` found.
+#[derive(Debug, Serialize)]
+pub struct VerifyReport {
+    /// Environment.
+    pub env: String,
+    /// Every check, in order.
+    pub checks: Vec<Check>,
+    /// Every managed certificate, soonest expiry first.
+    pub inventory: Vec<Material>,
+    /// 0 when every check passed, 11 otherwise.
+    pub exit_code: u8,
+    /// One line.
+    pub summary: String,
+}
+
+impl VerifyReport {
+    /// The exit code.
+    pub fn exit(&self) -> Exit {
+        Exit::from_code(self.exit_code).unwrap_or(Exit::Failure)
+    }
+
+    fn check(&mut self, name: impl Into<String>, r: Result<String, String>) {
+        let ok = r.is_ok();
+        self.checks.push(Check {
+            name: name.into(),
+            ok,
+            detail: r.unwrap_or_else(|e| e),
+            class: (!ok).then_some(Exit::VerifyFailed.code()),
+        });
+    }
+
+    fn material(&mut self, what: String, location: String, c: &pki_ops::CertInfo, now: i64) {
+        self.inventory.push(Material {
+            what,
+            location,
+            serial_hex: c.serial_hex.clone(),
+            not_after: c.not_after_human.clone(),
+            days_left: (c.not_after - now).div_euclid(86_400),
+        });
+    }
+}
+
+/// Verify `apps` and the global material; reads only.
+pub async fn verify(cfg: &Config, apps: &[&AppConfig], deps: Deps<'_>) -> VerifyReport {
+    let mut r = VerifyReport {
+        env: cfg.env.clone(),
+        checks: Vec::new(),
+        inventory: Vec::new(),
+        exit_code: 0,
+        summary: String::new(),
+    };
+    let v = deps.vault;
+    let now = (deps.clock)();
+    let e = |e: &dyn std::fmt::Display| format!("{e:#}");
+
+    // The admin identity, and what the listener serves.
+    let vs = &cfg.vault;
+    if let (Some(cert), Some(key), Some(ca)) = (&vs.client_cert, &vs.client_key, &vs.ca_cert) {
+        let pair = pki_ops::key_matches_cert_files(key, cert).map_err(|x| e(&x));
+        r.check(
+            "admin key matches its certificate",
+            pair.map(|()| cert.display().to_string()),
+        );
+        if let Ok(c) = pki_ops::CertInfo::from_pem_file(cert) {
+            r.material(
+                "admin certificate".into(),
+                cert.display().to_string(),
+                &c,
+                now,
+            );
+        }
+        match prove_admin(v.gate, cert, key, ca, Duration::from_secs(10)).await {
+            Ok(id) => {
+                r.check(
+                    "admin identity",
+                    Ok(format!(
+                        "sys/seal-status and token lookup work; policies {:?}",
+                        id.policies
+                    )),
+                );
+                let s = &id.listener;
+                r.inventory.push(Material {
+                    what: "listener certificate".into(),
+                    location: "served by the listener".into(),
+                    serial_hex: s.serial_hex.clone(),
+                    not_after: s.not_after.clone(),
+                    days_left: pki_ops::parse_bundle(&s.chain_pem, "served")
+                        .ok()
+                        .and_then(|c| c.first().map(|c| (c.not_after - now).div_euclid(86_400)))
+                        .unwrap_or_default(),
+                });
+                if let Some(l) = &cfg.listener {
+                    let file = pki_ops::CertInfo::from_pem_file(&l.cert_file);
+                    r.check(
+                        "listener serves the certificate its file holds",
+                        match file {
+                            Ok(f) if f.serial_hex.eq_ignore_ascii_case(&s.serial_hex) => {
+                                Ok(format!(
+                                    "serial {} ({}), verified with {}",
+                                    s.serial_hex,
+                                    l.cert_file.display(),
+                                    ca.display()
+                                ))
+                            }
+                            Ok(f) => Err(format!(
+                                "{} holds {} but the listener serves {}: reload it",
+                                l.cert_file.display(),
+                                f.serial_hex,
+                                s.serial_hex
+                            )),
+                            Err(x) => Err(e(&x)),
+                        },
+                    );
+                    let pair = pki_ops::key_matches_cert_files(&l.key_file, &l.cert_file);
+                    r.check(
+                        "listener key matches its certificate",
+                        pair.map(|()| l.key_file.display().to_string())
+                            .map_err(|x| e(&x)),
+                    );
+                }
+            }
+            Err(why) => r.check("admin identity", Err(why)),
+        }
+        if let Ok(s) = look(v.gate, Some((cert, key)), ca, Duration::from_secs(10)).await
+            && s.sealed
+        {
+            r.check("vault unsealed", Err("sealed: unseal it".into()));
+        }
+    }
+
+    // The PKI chain the apps' material must chain to.
+    let chain = match ca_chain(cfg, v).await {
+        Ok(c) => {
+            r.check(
+                format!("PKI mount {} and issuer", cfg.pki.mount),
+                Ok(cfg.pki.issuer_name.clone()),
+            );
+            for (i, c) in pki_ops::parse_bundle(&c, "PKI chain")
+                .unwrap_or_default()
+                .iter()
+                .enumerate()
+            {
+                r.material(
+                    if i == 0 {
+                        "issuing CA".into()
+                    } else {
+                        "CA above it".into()
+                    },
+                    format!("{}/cert/ca_chain", cfg.pki.mount),
+                    c,
+                    now,
+                );
+            }
+            Some(c)
+        }
+        Err(x) => {
+            r.check(
+                format!("PKI mount {} and issuer", cfg.pki.mount),
+                Err(e(&x)),
+            );
+            None
+        }
+    };
+
+    for app in apps {
+        verify_app(cfg, app, deps, chain.as_deref(), &mut r).await;
+    }
+
+    r.inventory.sort_by_key(|m| m.days_left);
+    let failed = r.checks.iter().filter(|c| !c.ok).count();
+    r.exit_code = if failed == 0 {
+        Exit::Ok
+    } else {
+        Exit::VerifyFailed
+    }
+    .code();
+    let soonest = r
+        .inventory
+        .first()
+        .map(|m| format!("; soonest expiry: {} in {} day(s)", m.what, m.days_left))
+        .unwrap_or_default();
+    r.summary = if failed == 0 {
+        format!("all {} checks passed{soonest}", r.checks.len())
+    } else {
+        format!(
+            "{failed} of {} checks FAILED (listed){soonest}; nothing was changed",
+            r.checks.len()
+        )
+    };
+    r
+}
+
+async fn verify_app(
+    cfg: &Config,
+    app: &AppConfig,
+    deps: Deps<'_>,
+    chain: Option<&str>,
+    r: &mut VerifyReport,
+) {
+    let v = deps.vault;
+    let now = (deps.clock)();
+    let n = Names::new(cfg, app);
+    let e = |e: &dyn std::fmt::Display| format!("{e:#}");
+    let a = &app.name;
+    let tree = match owner_of(app)
+        .and_then(|o| pki_ops::Tree::open(&app.home, Some(o)).map_err(Into::into))
+    {
+        Ok(t) => t,
+        Err(x) => {
+            r.check(format!("home of {a}"), Err(e(&x)));
+            return;
+        }
+    };
+    let read = |p: &std::path::Path| -> Result<String, String> {
+        match tree.read(p) {
+            Ok(Some(b)) => Ok(String::from_utf8_lossy(&b).into_owned()),
+            Ok(None) => Err(format!("{} is missing", app.home.join(p).display())),
+            Err(x) => Err(e(&x)),
+        }
+    };
+
+    // The leaf (the write-up's checklist).
+    let leaf = (|| {
+        let full = read(&rel::fullchain(app))?;
+        let key = read(&rel::leaf_key(app))?;
+        let chain = chain.ok_or("no PKI chain to verify against")?;
+        let want = LeafExpectation {
+            cn: &n.leaf_cn,
+            issuer: &cfg.pki.issuer_name,
+            min_remaining: cfg.duration(&cfg.leaf.min_remaining),
+            max_lifetime: cfg.duration(&cfg.leaf.max_lifetime),
+        };
+        verify_leaf(&full, &key, chain, &want, now).map_err(|x| e(&x))
+    })();
+    match leaf {
+        Ok(info) => {
+            r.check(
+                format!("leaf of {a}"),
+                Ok(format!(
+                    "{}: CN {}, issuer {:?}, not after {}, key matches",
+                    app.home.join(rel::fullchain(app)).display(),
+                    n.leaf_cn,
+                    info.issuer_cn.clone().unwrap_or_default(),
+                    info.not_after_human
+                )),
+            );
+            r.material(
+                format!("leaf of {a}"),
+                app.home.join(rel::fullchain(app)).display().to_string(),
+                &info,
+                now,
+            );
+        }
+        Err(why) => r.check(format!("leaf of {a}"), Err(why)),
+    }
+
+    // The agent's login pair.
+    let agent = (|| {
+        let crt = read(&rel::agent_cert())?;
+        let key = read(&rel::agent_key())?;
+        pki_ops::key_matches_cert(&key, &crt).map_err(|x| e(&x))?;
+        let info = pki_ops::CertInfo::from_pem_labeled(&crt, "agent.crt").map_err(|x| e(&x))?;
+        info.expect_cn(&n.agent_cn).map_err(|x| e(&x))?;
+        info.expect_validity(now, Duration::from_secs(3600), None)
+            .map_err(|x| e(&x))?;
+        Ok(info)
+    })();
+    match agent {
+        Ok(info) => {
+            r.check(
+                format!("agent certificate of {a}"),
+                Ok(format!(
+                    "serial {}, key matches, not after {}",
+                    info.serial_hex, info.not_after_human
+                )),
+            );
+            r.material(
+                format!("agent certificate of {a}"),
+                app.home.join(rel::agent_cert()).display().to_string(),
+                &info,
+                now,
+            );
+        }
+        Err(why) => r.check(format!("agent certificate of {a}"), Err(why)),
+    }
+
+    // Drift of what rotate manages: the mapping (policies!) and the two roles.
+    let mount = &cfg.agents.cert_auth_mount;
+    let mut expected_policies = None;
+    if let Some(chain) = chain {
+        let spec = crate::steps::agents::mapping_spec(cfg, app, chain);
+        match cert_auth::upsert_mapping(v.cert, mount, &spec, true).await {
+            Ok(o) if o.drift.is_empty() => {
+                r.check(
+                    format!("mapping {} of {a}", o.path),
+                    Ok(format!("policies {:?}", o.token_policies)),
+                );
+                expected_policies = Some(o.token_policies);
+            }
+            Ok(o) => r.check(
+                format!("mapping {} of {a}", o.path),
+                Err(format!(
+                    "drifted: {}; `rotate run --step agents --app {a}` converges it",
+                    o.drift
+                        .iter()
+                        .map(|d| format!("{} is {} (want {})", d.field, d.actual, d.desired))
+                        .collect::<Vec<_>>()
+                        .join("; ")
+                )),
+            ),
+            Err(x) => r.check(format!("mapping agent-{a}"), Err(e(&x))),
+        }
+    }
+    for (role, spec) in [
+        (&n.agent_role, crate::steps::agents::role_spec(cfg, &n)),
+        (&n.leaf_role, leaf_role_spec(cfg, &n)),
+    ] {
+        let path = format!("{}/roles/{role}", cfg.pki.mount);
+        let res = match v.pki.read_role(&cfg.pki.mount, role).await {
+            Ok(Some(actual)) => {
+                let diff = pki_ops::diff_role(&spec, &actual);
+                if diff.is_empty() {
+                    Ok("as rotate manages it".into())
+                } else {
+                    Err(format!(
+                        "drifted: {}",
+                        diff.iter()
+                            .map(|d| format!(
+                                "{} is {} (want {})",
+                                d.field,
+                                d.actual.as_ref().map_or("unset".into(), |v| v.to_string()),
+                                d.desired
+                            ))
+                            .collect::<Vec<_>>()
+                            .join("; ")
+                    ))
+                }
+            }
+            Ok(None) => Err("missing".into()),
+            Err(x) => Err(e(&x)),
+        };
+        r.check(format!("role {path}"), res);
+    }
+
+    // The agent service, and a cert login as the agent would make it.
+    let timeout = cfg.duration(&cfg.leaf.command_timeout);
+    let unit = app.unit();
+    r.check(
+        format!("agent unit {unit}"),
+        match hooks::unit_state(deps.runner, &unit, Some(app.user()), timeout).await {
+            Ok(s) if s == "active" => Ok("active".into()),
+            Ok(s) => Err(format!(
+                "{s}: `systemctl --user status {unit}` as {}",
+                app.user()
+            )),
+            Err(x) => Err(e(&x)),
+        },
+    );
+    if let Some(expected) = expected_policies {
+        let login = match v.gate.connect(
+            &app.home.join(rel::agent_cert()),
+            &app.home.join(rel::agent_key()),
+            &app.home.join(rel::ca_file()),
+        ) {
+            Ok(c) => cert_auth::login_gate(
+                c.as_ref(),
+                Some(v.token),
+                mount,
+                &n.mapping,
+                &expected,
+                None,
+            )
+            .await
+            .map(|p| format!("policies {:?}", p.token_policies))
+            .map_err(|x| e(&x)),
+            Err(x) => Err(e(&x)),
+        };
+        r.check(format!("cert login of {a}"), login);
+    }
+}
+
+impl std::fmt::Display for VerifyReport {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        writeln!(f, "rotate verify ({})", self.env)?;
+        for c in &self.checks {
+            writeln!(
+                f,
+                "  [{}] {}: {}",
+                if c.ok { "ok" } else { "FAIL" },
+                c.name,
+                c.detail
+            )?;
+        }
+        writeln!(f, "\nExpiry inventory (soonest first):")?;
+        for m in &self.inventory {
+            writeln!(
+                f,
+                "  {:>5} d  {}  {}  ({})",
+                m.days_left, m.not_after, m.what, m.location
+            )?;
+        }
+        writeln!(f, "\n{} (exit {})", self.summary, self.exit_code)
+    }
+}

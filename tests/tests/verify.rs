@@ -1,0 +1,134 @@
+//! `rotate verify` after a real run (step 3, step 4 with a real agent), and with drift
+//! injected: each failure names its item, and verify itself changes nothing.
+
+use rotate_cli::Exit;
+use rotate_tests::shared;
+use vault_client::{CertAuthApi, SysApi};
+
+use crate::support::{config_in, rotate, tempdir};
+
+/// The failed checks of a verify report: (name, detail).
+fn failed(v: &serde_json::Value) -> Vec<(String, String)> {
+    v["checks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|c| c["ok"] == false)
+        .map(|c| {
+            (
+                c["name"].as_str().unwrap().to_owned(),
+                c["detail"].as_str().unwrap().to_owned(),
+            )
+        })
+        .collect()
+}
+
+#[tokio::test]
+async fn verify_passes_after_a_run_and_names_each_injected_drift() {
+    let lab = shared();
+    let app = "verapp";
+    let dir = tempdir("verify");
+    let cfg = config_in(lab, &dir, &[app], "");
+    let home = dir.join("home").join(app);
+    let (exit, v) = rotate(&cfg, &["run", "--step", "agents"]).await;
+    assert_eq!(exit, Exit::Ok, "{v:#}");
+    lab.define_agent_unit(app, &home);
+    let (exit, v) = rotate(&cfg, &["run", "--step", "leaf"]).await;
+    assert_eq!(exit, Exit::Ok, "{v:#}");
+
+    let (exit, v) = rotate(&cfg, &["verify"]).await;
+    assert_eq!(exit, Exit::Ok, "{:#?}", failed(&v));
+    let names: Vec<&str> = v["checks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c["name"].as_str().unwrap())
+        .collect();
+    for want in [
+        "admin identity",
+        "leaf of verapp",
+        "agent certificate of verapp",
+        "agent unit vault-agent-verapp.service",
+        "cert login of verapp",
+    ] {
+        assert!(names.contains(&want), "no check {want:?}: {names:?}");
+    }
+    let inventory = v["inventory"].to_string();
+    assert!(
+        inventory.contains("leaf of verapp") && inventory.contains("admin certificate"),
+        "{inventory}"
+    );
+
+    // Drift 1: debug-policy re-attached to the mapping.
+    let admin = lab.admin_client().unwrap();
+    admin
+        .write_policy(
+            "debug-policy",
+            "path \"sys/health\" { capabilities = [\"read\"] }",
+        )
+        .await
+        .unwrap();
+    let name = format!("agent-{app}");
+    let clean = admin.read_cert_role("cert", &name).await.unwrap().unwrap();
+    let mut drifted = clean.clone();
+    drifted.token_policies.push("debug-policy".into());
+    admin
+        .write_cert_role("cert", &name, &drifted)
+        .await
+        .unwrap();
+    let (exit, v) = rotate(&cfg, &["verify"]).await;
+    assert_eq!(exit, Exit::VerifyFailed, "{v:#}");
+    let f = failed(&v);
+    assert!(
+        f.iter()
+            .any(|(n, d)| n.contains("mapping") && n.contains(&name) && d.contains("debug-policy")),
+        "{f:#?}"
+    );
+    // Verify changed nothing: the drift is still there.
+    let now = admin.read_cert_role("cert", &name).await.unwrap().unwrap();
+    assert!(now.token_policies.contains(&"debug-policy".to_owned()));
+    admin.write_cert_role("cert", &name, &clean).await.unwrap();
+
+    // Drift 2: the leaf replaced by one from another CA.
+    let fullchain = home.join(format!("tls/{app}.fullchain.pem"));
+    let leaf_key = home.join(format!("tls/{app}.key"));
+    let (good_chain, good_key) = (
+        std::fs::read(&fullchain).unwrap(),
+        std::fs::read(&leaf_key).unwrap(),
+    );
+    let other = rotate_tests::LabCa::generate().unwrap();
+    let cn = format!("{app}.int.privsec.ch");
+    let foreign = other
+        .leaf(&cn, &[cn.as_str()], &[], true, time::Duration::days(1))
+        .unwrap();
+    std::fs::write(
+        &fullchain,
+        format!("{}{}", foreign.cert_pem, other.intermediate_pem()),
+    )
+    .unwrap();
+    std::fs::write(&leaf_key, foreign.key_pem.as_bytes()).unwrap();
+    let (exit, v) = rotate(&cfg, &["verify"]).await;
+    assert_eq!(exit, Exit::VerifyFailed, "{v:#}");
+    let f = failed(&v);
+    assert!(f.iter().any(|(n, _)| n == "leaf of verapp"), "{f:#?}");
+    std::fs::write(&fullchain, &good_chain).unwrap();
+    std::fs::write(&leaf_key, &good_key).unwrap();
+
+    // Drift 3: an agent key that does not match its certificate.
+    let agent_key = home.join("vault/mtls/agent.key");
+    let good = std::fs::read(&agent_key).unwrap();
+    std::fs::write(&agent_key, foreign.key_pem.as_bytes()).unwrap();
+    let (exit, v) = rotate(&cfg, &["verify"]).await;
+    std::fs::write(&agent_key, &good).unwrap();
+    assert_eq!(exit, Exit::VerifyFailed, "{v:#}");
+    let f = failed(&v);
+    assert!(
+        f.iter()
+            .any(|(n, d)| n == "agent certificate of verapp" && d.contains("match")),
+        "{f:#?}"
+    );
+
+    // Repaired: passes again.
+    let (exit, v) = rotate(&cfg, &["verify"]).await;
+    assert_eq!(exit, Exit::Ok, "{:#?}", failed(&v));
+}
