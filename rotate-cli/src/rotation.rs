@@ -240,12 +240,14 @@ pub async fn execute(
     };
     let undo = undo_deps(cfg, deps);
     let if_due = request.if_due;
+    let planned = request.steps.clone();
     let ctx = |journal| RunCtx {
         journal,
         undo,
         concurrency: cfg.run.concurrency,
         cancel: deps.cancel,
         if_due,
+        steps: &planned,
     };
 
     if mode == Mode::Plan {

@@ -32,6 +32,8 @@ pub struct Material {
     pub not_after: String,
     /// Days left (negative: expired).
     pub days_left: i64,
+    /// Hours left (negative: expired).
+    pub hours_left: i64,
 }
 
 /// What `rotate verify` found.
@@ -72,6 +74,7 @@ impl VerifyReport {
             serial_hex: c.serial_hex.clone(),
             not_after: c.not_after_human.clone(),
             days_left: (c.not_after - now).div_euclid(86_400),
+            hours_left: (c.not_after - now).div_euclid(3600),
         });
     }
 }
@@ -115,15 +118,17 @@ pub async fn verify(cfg: &Config, apps: &[&AppConfig], deps: Deps<'_>) -> Verify
                     )),
                 );
                 let s = &id.listener;
+                let served_left = pki_ops::parse_bundle(&s.chain_pem, "served")
+                    .ok()
+                    .and_then(|c| c.first().map(|c| c.not_after - now))
+                    .unwrap_or_default();
                 r.inventory.push(Material {
                     what: "listener certificate".into(),
                     location: "served by the listener".into(),
                     serial_hex: s.serial_hex.clone(),
                     not_after: s.not_after.clone(),
-                    days_left: pki_ops::parse_bundle(&s.chain_pem, "served")
-                        .ok()
-                        .and_then(|c| c.first().map(|c| (c.not_after - now).div_euclid(86_400)))
-                        .unwrap_or_default(),
+                    days_left: served_left.div_euclid(86_400),
+                    hours_left: served_left.div_euclid(3600),
                 });
                 if let Some(l) = &cfg.listener {
                     let file = pki_ops::CertInfo::from_pem_file(&l.cert_file);
@@ -202,7 +207,7 @@ pub async fn verify(cfg: &Config, apps: &[&AppConfig], deps: Deps<'_>) -> Verify
         verify_app(cfg, app, deps, chain.as_deref(), &mut r).await;
     }
 
-    r.inventory.sort_by_key(|m| m.days_left);
+    r.inventory.sort_by_key(|m| m.hours_left);
     let failed = r.checks.iter().filter(|c| !c.ok).count();
     r.exit_code = if failed == 0 {
         Exit::Ok
@@ -213,7 +218,7 @@ pub async fn verify(cfg: &Config, apps: &[&AppConfig], deps: Deps<'_>) -> Verify
     let soonest = r
         .inventory
         .first()
-        .map(|m| format!("; soonest expiry: {} in {} day(s)", m.what, m.days_left))
+        .map(|m| format!("; soonest expiry: {} in {}", m.what, left(m)))
         .unwrap_or_default();
     r.summary = if failed == 0 {
         format!("all {} checks passed{soonest}", r.checks.len())
@@ -436,5 +441,14 @@ impl std::fmt::Display for VerifyReport {
             )?;
         }
         writeln!(f, "\n{} (exit {})", self.summary, self.exit_code)
+    }
+}
+
+/// `29 d`, or `23 h` under two days.
+fn left(m: &Material) -> String {
+    if m.days_left < 2 {
+        format!("{} h", m.hours_left)
+    } else {
+        format!("{} d", m.days_left)
     }
 }

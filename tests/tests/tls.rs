@@ -827,3 +827,140 @@ async fn an_if_due_run_with_nothing_due_makes_no_vault_write_and_renews_what_is_
     assert_ne!(bytes(&p.admin_cert), before[0]);
     assert_eq!(bytes(&p.server_cert), before[2]);
 }
+
+/// The TLS lab's whole-order config: agents as units, the proxy's bundle in `dir`.
+fn whole_order(lab: &'static Lab, dir: &Path) -> PathBuf {
+    for app in ["ncprd1", "resume2me"] {
+        lab.define_agent_unit(app, &lab.paths.dir.join("home").join(app));
+    }
+    let proxy = dir.join("proxyprod");
+    std::fs::create_dir_all(proxy.join("tls")).unwrap();
+    tls_config(
+        lab,
+        dir,
+        &[(
+            "proxy",
+            &format!(
+                "home = \"{}\"\nuser = \"root\"\nca_bundle = \"tls/vault-ca.pem\"",
+                proxy.display()
+            ),
+        )],
+    )
+}
+
+#[tokio::test]
+async fn the_whole_order_in_one_command_is_confirmed_by_real_clients_and_a_second_if_due_run_changes_nothing()
+ {
+    let _turn = tls_lab_turn().await;
+    let lab = tls_lab();
+    let p = &lab.paths;
+    let dir = tempdir("tls-whole");
+    let cfg = whole_order(lab, &dir);
+
+    let (exit, v) = rotate(&cfg, &["run"]).await;
+    assert_eq!(exit, Exit::Ok, "{v:#}");
+    let order: Vec<&str> = v["steps"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["step"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        order,
+        ["admin", "listener", "agents", "leaf", "proxy", "health"]
+    );
+
+    // Real clients agree.
+    let (code, out) = bao_status(lab, &p.admin_cert, &p.admin_key, &p.ca_bundle);
+    assert_eq!(code, 0, "{out}");
+    let listener = target(&v, "listener", "listener")["applied"]["serial_hex"]
+        .as_str()
+        .unwrap();
+    assert_eq!(served_serial_openssl(lab), openssl_hex(listener));
+    for app in ["ncprd1", "resume2me"] {
+        let home = p.dir.join("home").join(app);
+        let login = crate::support::bao_login(lab, &home);
+        let mut policies: Vec<String> =
+            serde_json::from_value(login["auth"]["policies"].clone()).unwrap();
+        policies.sort();
+        assert_eq!(
+            policies,
+            ["default", "marker-cert-auth", &format!("pki-issue-{app}")],
+            "{login:#}"
+        );
+        let bundle = dir.join("proxyprod/tls/vault-ca.pem");
+        let leaf = home.join(format!("tls/{app}.fullchain.pem"));
+        let (ok, out) = openssl_verify(&bundle, &leaf, &dir);
+        assert!(ok, "proxy bundle vs {}: {out}", leaf.display());
+        let (ok, out) = openssl_verify(&bundle, &p.server_cert, &dir);
+        assert!(ok, "proxy bundle vs the listener: {out}");
+    }
+    let (exit, v) = rotate(&cfg, &["verify"]).await;
+    assert_eq!(exit, Exit::Ok, "{v:#}");
+
+    // A second run with --if-due: nothing is due, nothing is written.
+    let mark = audit_len(lab);
+    let (exit, v) = rotate(&cfg, &["run", "--if-due"]).await;
+    assert_eq!(exit, Exit::Ok, "{v:#}");
+    for s in v["steps"].as_array().unwrap() {
+        for t in s["targets"].as_array().unwrap() {
+            assert_eq!(t["outcome"], "unchanged", "{t:#}");
+        }
+    }
+    let writes: Vec<_> = audited_since(lab, mark)
+        .into_iter()
+        .filter(|(op, _)| matches!(op.as_str(), "create" | "update" | "delete"))
+        .filter(|(_, path)| path != "sys/capabilities-self")
+        .collect();
+    assert!(writes.is_empty(), "{writes:?}");
+}
+
+#[tokio::test]
+async fn killing_the_whole_order_at_any_point_then_resuming_completes_it() {
+    use nix::sys::signal::{Signal, kill};
+    use nix::unistd::Pid;
+    let _turn = tls_lab_turn().await;
+    let lab = tls_lab();
+    let dir = tempdir("tls-whole-kill");
+    let cfg = whole_order(lab, &dir);
+    let child = || {
+        Command::new(env!("CARGO_BIN_EXE_rotate-child"))
+            .arg("--config")
+            .arg(&cfg)
+            .args(["--output", "json", "run"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap()
+    };
+    let start = std::time::Instant::now();
+    assert!(
+        child().wait().unwrap().success(),
+        "an undisturbed run fails"
+    );
+    let span = start.elapsed();
+    let rounds = 4u32;
+    let mut resumed = 0;
+    for i in 0..rounds {
+        let mut c = child();
+        std::thread::sleep(span * (2 * i + 1) / (2 * rounds));
+        kill(
+            Pid::from_raw(i32::try_from(c.id()).unwrap()),
+            Signal::SIGKILL,
+        )
+        .unwrap();
+        let status = c.wait().unwrap();
+        let (exit, v) = rotate(&cfg, &["run", "--resume"]).await;
+        assert_eq!(exit, Exit::Ok, "round {i} ({status}): {v:#}");
+        if v["recovered"].as_array().is_some_and(|r| !r.is_empty()) {
+            resumed += 1;
+        }
+        assert_consistent(lab, &format!("round {i}"));
+        let (exit, v) = rotate(&cfg, &["verify"]).await;
+        assert_eq!(exit, Exit::Ok, "round {i}, verify after --resume: {v:#}");
+    }
+    assert!(
+        resumed > 0,
+        "no round killed a step mid-way (span {span:?})"
+    );
+}

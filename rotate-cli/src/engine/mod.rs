@@ -215,6 +215,9 @@ pub(crate) struct RunCtx<'a> {
     pub(crate) concurrency: usize,
     pub(crate) cancel: &'a Cancel,
     pub(crate) if_due: bool,
+    /// The steps of this invocation (a plan of several steps plans a target whose
+    /// precondition an earlier one of them creates).
+    pub(crate) steps: &'a [StepId],
 }
 
 /// Run one step over `apps`: plan each (bounded concurrency), then, unless `dry_run`,
@@ -226,15 +229,8 @@ pub(crate) async fn run_step<S: Step>(
     ctx: RunCtx<'_>,
 ) -> Result<StepReport, JournalError> {
     let started = std::time::Instant::now();
-    let RunCtx {
-        journal,
-        undo,
-        concurrency,
-        cancel,
-        if_due,
-    } = ctx;
-    let results = bounded(apps, concurrency, |app| async move {
-        run_target(step, app, journal, undo, cancel, if_due).await
+    let results = bounded(apps, ctx.concurrency, |app| async move {
+        run_target(step, app, ctx).await
     })
     .await;
     let mut targets = Vec::with_capacity(results.len());
@@ -289,11 +285,15 @@ impl TargetReport {
 async fn run_target<S: Step>(
     step: &S,
     app: &S::Target,
-    journal: Option<&Journal>,
-    undo_deps: UndoDeps<'_>,
-    cancel: &Cancel,
-    if_due: bool,
+    ctx: RunCtx<'_>,
 ) -> Result<TargetReport, JournalError> {
+    let RunCtx {
+        journal,
+        undo: undo_deps,
+        cancel,
+        if_due,
+        ..
+    } = ctx;
     let started = std::time::Instant::now();
     let mut r = blank(app, Outcome::Planned);
     let fail = |r: &mut TargetReport, e: &StepError| {
@@ -320,6 +320,17 @@ async fn run_target<S: Step>(
     }
     let plan = match step.plan(app).await {
         Ok(p) => p,
+        Err(StepError::NeedsEarlier {
+            what,
+            step: earlier,
+        }) if journal.is_none() && ctx.steps.contains(&earlier) => {
+            r.changes = vec![
+                Change::new(change::ChangeKind::Create, app.name().to_owned())
+                    .note(format!("planned after {earlier}, which creates {what}")),
+            ];
+            r.millis = started.elapsed().as_millis() as u64;
+            return Ok(r);
+        }
         Err(e) => {
             r.outcome = Outcome::FailedNothingWritten;
             fail(&mut r, &e);

@@ -288,9 +288,9 @@ impl Step for LeafStep<'_> {
             .read_cert_role(mount, &n.mapping)
             .await
             .map_err(|e| StepError::vault(format!("read auth/{mount}/certs/{}", n.mapping), e))?
-            .ok_or_else(|| StepError::Invalid {
+            .ok_or_else(|| StepError::NeedsEarlier {
                 what: format!("mapping auth/{mount}/certs/{}", n.mapping),
-                reason: "missing: run step 3 (`rotate run --step agents`) first".into(),
+                step: StepId::Agents,
             })?;
 
         for (dir, _) in leaf_dirs(app) {

@@ -49,6 +49,16 @@ pub enum StepError {
     /// The journal could not record an undo or a state: the write was not made.
     #[error(transparent)]
     Journal(Box<crate::engine::journal::JournalError>),
+    /// What this target needs is made by an earlier step that has not run yet (e.g. the
+    /// mapping of step 3 for step 4). A failure in a run; in a plan of both steps, the
+    /// target is planned "after step N".
+    #[error("{what}: missing; {step} creates it: run it first")]
+    NeedsEarlier {
+        /// What is missing.
+        what: String,
+        /// The step that makes it.
+        step: crate::engine::journal::StepId,
+    },
     /// Vault answered sealed after the step's writes (e.g. it restarted): the step is
     /// kept as applied, not undone; after unsealing, `rotate run --resume` re-gates it.
     #[error("Vault is sealed: {reason}")]
@@ -103,6 +113,7 @@ impl StepError {
             StepError::Pki(_) | StepError::Gate { .. } => Exit::GateFailed,
             StepError::Journal(_) => Exit::Failure,
             StepError::Sealed { .. } => Exit::Sealed,
+            StepError::NeedsEarlier { .. } => Exit::Config,
         }
     }
 

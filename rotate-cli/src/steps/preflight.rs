@@ -376,6 +376,7 @@ async fn check_tls_files(
                 .filter_map(|a| a.env_file.as_deref())
                 .map(dir_of),
         );
+        dirs.sort();
         dirs.dedup();
         for d in dirs {
             r.push(

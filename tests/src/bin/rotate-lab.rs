@@ -9,10 +9,11 @@ use vault_client::{CertAuthApi, KvApi, SysApi};
 
 /// Start a real OpenBao server shaped like the seed's production (mTLS listener, SNI
 /// `vault.prod.privsec.ch`, `pki-prod` with "PrivSec Intermediate CA (prod)", KV v2 `kv`)
-/// and run the rotation steps against it, in the order: status, plan + run of steps 1
-/// and 2 (admin client cert, listener cert: the served serial is shown before and after),
-/// plan + run of step 3 (agents), plan + run of step 4 (leaf, with real `bao agent`s
-/// behind a fake `systemctl`), status.
+/// and run the whole rotation against it: status; plan; `rotate run`, steps 0-7 in
+/// order (admin cert, listener cert with the served serial before and after, agent certs,
+/// leaves through real `bao agent`s behind a fake `systemctl`, the proxy's CA bundle, a
+/// Vault restart that comes back sealed: unsealed, then `--resume`, final healthcheck);
+/// then verify, drift caught and fixed, a `--if-due` run with nothing due, status.
 #[derive(Parser)]
 struct Args {
     /// Lab directory (wiped and recreated).
@@ -75,11 +76,32 @@ async fn served_serial(lab: &rotate_tests::Lab) -> Result<String> {
     Ok(pki_ops::CertInfo::from_der(leaf, "served")?.serial_hex)
 }
 
+/// The demo's config: the whole order. The proxy's trust material lives in
+/// `<lab>/home/proxyprod`; step 6 restarts the lab's Vault (it comes back sealed, as a
+/// production restart can).
+fn demo_config(lab: &'static rotate_tests::Lab) -> Result<String> {
+    let proxy_home = lab.paths.dir.join("home/proxyprod");
+    std::fs::create_dir_all(proxy_home.join("tls"))?;
+    let restart = lab.restart_command()?;
+    Ok(lab
+        .rotate_config_full()
+        .replace(
+            "[proxy]\nname = \"proxyprod\"\n",
+            &format!(
+                "[proxy]\nname = \"proxyprod\"\nhome = \"{}\"\nuser = \"root\"\nca_bundle = \"tls/vault-ca.pem\"\n\n[restarts]\nvault = \"cmd:{}\"\nvault_when = \"always\"\n\n[health]\nwindow = \"8s\"\n",
+                proxy_home.display(),
+                restart.display()
+            ),
+        ))
+}
+
 #[tokio::main]
 async fn main() -> Result<std::process::ExitCode> {
     let args = Args::parse();
     println!("Starting the OpenBao lab in {} ...", args.dir.display());
-    let lab = rotate_tests::Lab::start(&args.dir).await?;
+    // Leaked: the restart helper serves it from a thread for the rest of the process.
+    let lab: &'static rotate_tests::Lab =
+        Box::leak(Box::new(rotate_tests::Lab::start(&args.dir).await?));
     println!(
         "OpenBao listening on {} (TLS name {}, client certificate required)",
         lab.addr,
@@ -93,54 +115,86 @@ async fn main() -> Result<std::process::ExitCode> {
     for app in ["ncprd1", "resume2me"] {
         lab.define_agent_unit(app, &lab.paths.dir.join("home").join(app));
     }
-    // The demo runs the whole order: steps 1 and 2 included.
-    std::fs::write(&lab.paths.rotate_toml, lab.rotate_config_full())?;
+    std::fs::write(&lab.paths.rotate_toml, demo_config(lab)?)?;
     let config = lab.paths.rotate_toml.display().to_string();
-    let ok = |e: Exit| e == Exit::Ok || e == Exit::Changes;
-    let mut exit = rotate(&config, &["status"]).await;
-    let before = served_serial(&lab).await?;
-    println!("\n(lab) the listener serves serial {before}");
-    for step in [
-        &["plan", "--step", "admin", "--step", "listener"][..],
-        &["run", "--step", "admin", "--step", "listener"][..],
-    ] {
-        if !ok(exit) {
-            break;
-        }
-        exit = rotate(&config, step).await;
+    let result = demo(lab, &config).await;
+    if result.is_err() {
+        eprintln!("server log tail:\n{}", lab.log_tail());
     }
-    if ok(exit) {
-        let after = served_serial(&lab).await?;
-        println!(
-            "\n(lab) the listener served serial {before} before step 2 and serves {after} now"
-        );
-        anyhow::ensure!(before != after, "the listener serial did not change");
-    }
-    for step in [
-        &["plan", "--step", "agents"][..],
-        &["run", "--step", "agents"][..],
-        &["plan", "--step", "leaf", "--with-kv-access"][..],
-        &["run", "--step", "leaf", "--with-kv-access"][..],
-        &["status"][..],
-    ] {
-        if !ok(exit) {
-            break;
-        }
-        if step == ["plan", "--step", "leaf", "--with-kv-access"] {
-            seed_drift(&lab).await?;
-        }
-        exit = rotate(&config, step).await;
-    }
-    if ok(exit) && args.keep {
+    let exit = result?;
+    if exit == Exit::Ok && args.keep {
         println!(
             "\nLab running. In another shell: source {} && bao status\nCtrl-C to stop.",
             lab.paths.env_sh.display()
         );
         tokio::signal::ctrl_c().await?;
     }
-    if !ok(exit) {
-        eprintln!("server log tail:\n{}", lab.log_tail());
-    }
-    drop(lab);
-    Ok(if ok(exit) { Exit::Ok } else { exit }.into())
+    lab.stop();
+    Ok(exit.into())
+}
+
+/// The whole order, then what an operator does next: verify, drift caught and fixed, a
+/// scheduled `--if-due` run that has nothing to do.
+async fn demo(lab: &'static rotate_tests::Lab, config: &str) -> Result<Exit> {
+    let expect = |got: Exit, want: Exit, what: &str| {
+        anyhow::ensure!(
+            got == want,
+            "{what}: exit {} (expected {})",
+            got.code(),
+            want.code()
+        );
+        Ok(())
+    };
+    expect(rotate(config, &["status"]).await, Exit::Ok, "status")?;
+    expect(
+        rotate(config, &["plan", "--with-kv-access"]).await,
+        Exit::Changes,
+        "plan",
+    )?;
+    let before = served_serial(lab).await?;
+    println!("\n(lab) the listener serves serial {before}");
+
+    // Steps 0-7. Step 6 restarts Vault, which comes back sealed: the run stops journaled.
+    let exit = rotate(config, &["run", "--with-kv-access"]).await;
+    expect(
+        exit,
+        Exit::ResumeNeeded,
+        "the whole order (sealed after the restart)",
+    )?;
+    println!("\n(lab) the operator unseals Vault (rotate never handles unseal keys)");
+    lab.unseal().await?;
+    expect(
+        rotate(config, &["run", "--resume"]).await,
+        Exit::Ok,
+        "resume after unseal",
+    )?;
+    let after = served_serial(lab).await?;
+    println!("\n(lab) the listener served serial {before} before the run and serves {after} now");
+    anyhow::ensure!(before != after, "the listener serial did not change");
+
+    expect(rotate(config, &["verify"]).await, Exit::Ok, "verify")?;
+    seed_drift(lab).await?;
+    expect(
+        rotate(config, &["verify"]).await,
+        Exit::VerifyFailed,
+        "verify with drift",
+    )?;
+    expect(
+        rotate(config, &["run", "--step", "leaf", "--with-kv-access"]).await,
+        Exit::Ok,
+        "step 4 removes debug-policy",
+    )?;
+    expect(
+        rotate(config, &["verify"]).await,
+        Exit::Ok,
+        "verify after the fix",
+    )?;
+    // A scheduled renewer: nothing is due, nothing is written, nothing restarted.
+    expect(
+        rotate(config, &["run", "--if-due"]).await,
+        Exit::Ok,
+        "run --if-due",
+    )?;
+    expect(rotate(config, &["status"]).await, Exit::Ok, "status")?;
+    Ok(Exit::Ok)
 }
