@@ -1002,7 +1002,13 @@ mod tests {
         assert_eq!(l.ip_sans, ["127.0.0.1"]);
         assert_eq!(l.owner, "openbao");
         use crate::StepId::*;
-        assert_eq!(c.default_steps(), [Admin, Listener, Agents, Leaf, Health]);
+        assert_eq!(
+            c.default_steps(),
+            [Admin, Listener, Agents, Leaf, Proxy, Restarts, Health]
+        );
+        let p = c.proxy.as_ref().unwrap();
+        assert_eq!(p.ca_bundle.as_deref(), Some(Path::new("tls/vault-ca.pem")));
+        assert_eq!(p.reload, "podman:proxyprod");
     }
 
     #[test]
@@ -1054,7 +1060,7 @@ mod tests {
         let c = Config::parse(&bare, p).unwrap();
         assert!(c.admin.is_none() && c.listener.is_none());
         use crate::StepId::*;
-        assert_eq!(c.default_steps(), [Agents, Leaf, Health]);
+        assert_eq!(c.default_steps(), [Agents, Leaf, Proxy, Restarts, Health]);
     }
 
     #[test]

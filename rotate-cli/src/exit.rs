@@ -24,8 +24,9 @@ pub enum Exit {
     /// A rollback is incomplete: the report and the journal list what is left to fix by
     /// hand (`rotate rollback` retries it).
     RollbackIncomplete = 7,
-    /// The run was interrupted (signal, crash) and must be finished first:
-    /// `rotate run --resume` (or `rotate rollback`).
+    /// The run was interrupted (signal, crash), or Vault came back sealed after a step's
+    /// writes (the step is kept applied), and must be finished first: `rotate run
+    /// --resume` (after unsealing), or `rotate rollback`.
     ResumeNeeded = 8,
     /// Another run holds the lock of this state directory; nothing was done.
     Locked = 9,
