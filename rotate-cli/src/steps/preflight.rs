@@ -431,8 +431,24 @@ async fn check_tls_files(
         );
         let res = match l.reload.parse::<hooks::Reloader>() {
             Ok(hooks::Reloader::Signal { pid_file, .. }) => hooks::read_pid_file(&pid_file)
-                .map(|pid| format!("{} holds pid {pid}", pid_file.display()))
-                .map_err(|e| (Exit::Config, e.to_string())),
+                .map_err(|e| (Exit::Config, e.to_string()))
+                .and_then(|pid| {
+                    // A stale pid file would have root signal an unrelated process.
+                    match std::fs::read_to_string(format!("/proc/{pid}/comm")) {
+                        Ok(comm) => Ok(format!(
+                            "{} holds pid {pid} ({})",
+                            pid_file.display(),
+                            comm.trim()
+                        )),
+                        Err(_) => Err((
+                            Exit::Config,
+                            format!(
+                                "{} holds pid {pid}, which is not running (a stale pid file): fix [listener] reload",
+                                pid_file.display()
+                            ),
+                        )),
+                    }
+                }),
             Ok(other) => Ok(format!("{other:?}")),
             Err(e) => Err((Exit::Config, e.to_string())),
         };

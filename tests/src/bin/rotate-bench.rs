@@ -217,6 +217,64 @@ async fn main() -> Result<()> {
         row.name = format!("{} (peak RSS {} MiB)", row.name, peak_rss_kib()? / 1024);
         rows.push(row);
     }
+    // Step 4 with real agents (each a `bao agent` process behind the lab's systemctl):
+    // sequential (`[run] concurrency = 1`) vs concurrent (4), after one step 3.
+    for apps in [10usize, 50] {
+        for concurrency in [1usize, 4] {
+            let homes: Vec<(String, PathBuf)> = (0..apps)
+                .map(|i| {
+                    let name = format!("leaf{apps}c{concurrency}x{i}");
+                    (name.clone(), base.join("leaf-fleet").join(&name))
+                })
+                .collect();
+            for (name, home) in &homes {
+                std::fs::create_dir_all(home)?;
+                lab.define_agent_unit(name, home);
+            }
+            let state = base.join(format!("leaf-state-{apps}-{concurrency}"));
+            let text = lab
+                .rotate_config_for(&homes)
+                .replace(
+                    &lab.paths.dir.join("state").display().to_string(),
+                    &state.display().to_string(),
+                )
+                .replace("[run]\n", &format!("[run]\nconcurrency = {concurrency}\n"));
+            let path = base.join(format!("leaf-{apps}-{concurrency}.toml"));
+            std::fs::write(&path, text)?;
+            let config = path.display().to_string();
+            let run = |step: &'static str| {
+                let config = config.clone();
+                async move {
+                    let cli = <rotate_cli::Cli as Parser>::parse_from([
+                        "rotate", "--config", &config, "-o", "json", "run", "--step", step,
+                    ]);
+                    let exit = rotate_cli::run(cli, &mut std::io::sink()).await;
+                    anyhow::ensure!(
+                        exit == rotate_cli::Exit::Ok,
+                        "{step}: rotate exited {exit:?}"
+                    );
+                    Ok(())
+                }
+            };
+            run("agents").await?;
+            std::fs::write("/proc/self/clear_refs", "5")?;
+            let mut row = measure(
+                &format!(
+                    "`rotate run --step leaf`, {apps} apps, real agents, concurrency {concurrency}"
+                ),
+                2,
+                || run("leaf"),
+            )
+            .await?;
+            row.name = format!("{} (peak RSS {} MiB)", row.name, peak_rss_kib()? / 1024);
+            rows.push(row);
+            for (name, _) in &homes {
+                let _ = std::process::Command::new(lab.paths.dir.join("bin/systemctl"))
+                    .args(["--user", "stop", &format!("vault-agent-{name}.service")])
+                    .status();
+            }
+        }
+    }
     println!("| operation | n | mean ms | p50 ms | p95 ms |\n| --- | --- | --- | --- | --- |");
     for r in &mut rows {
         println!("{}", r.row());
