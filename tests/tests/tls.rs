@@ -964,3 +964,90 @@ async fn killing_the_whole_order_at_any_point_then_resuming_completes_it() {
         "no round killed a step mid-way (span {span:?})"
     );
 }
+
+#[tokio::test]
+async fn killing_a_failing_listener_run_during_its_gate_or_unwind_then_resuming_restores_everything()
+ {
+    use nix::sys::signal::{Signal, kill};
+    use nix::unistd::Pid;
+    let _turn = tls_lab_turn().await;
+    let lab = tls_lab();
+    let p = &lab.paths;
+    let dir = tempdir("tls-kill-unwind");
+    // A reload that never takes effect: every run fails its gate and unwinds.
+    let mut decoy = Command::new("sleep").arg("600").spawn().unwrap();
+    let pid_file = dir.join("decoy.pid");
+    std::fs::write(&pid_file, decoy.id().to_string()).unwrap();
+    let cfg = tls_config(lab, &dir, &[]);
+    let text = std::fs::read_to_string(&cfg)
+        .unwrap()
+        .lines()
+        .map(|l| {
+            if l.starts_with("reload = \"signal:") {
+                format!("reload = \"signal:{}:CONT\"", pid_file.display())
+            } else if l.starts_with("reload_timeout") {
+                "reload_timeout = \"1s\"".to_owned()
+            } else {
+                l.to_owned()
+            }
+        })
+        .collect::<Vec<_>>()
+        .join("\n");
+    std::fs::write(&cfg, text).unwrap();
+    let before = (bytes(&p.server_cert), bytes(&p.server_key));
+    let served = served_serial_openssl(lab);
+    let child = || {
+        Command::new(env!("CARGO_BIN_EXE_rotate-child"))
+            .arg("--config")
+            .arg(&cfg)
+            .args(["--output", "json", "run", "--step", "listener"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap()
+    };
+    let start = std::time::Instant::now();
+    let status = child().wait().unwrap();
+    assert_eq!(
+        status.code(),
+        Some(5),
+        "an undisturbed run should fail its gate"
+    );
+    let span = start.elapsed();
+    assert_eq!((bytes(&p.server_cert), bytes(&p.server_key)), before);
+
+    let rounds = 6u32;
+    for i in 0..rounds {
+        let mut c = child();
+        std::thread::sleep(span * (i + 1) / (rounds + 1));
+        kill(
+            Pid::from_raw(i32::try_from(c.id()).unwrap()),
+            Signal::SIGKILL,
+        )
+        .unwrap();
+        let status = c.wait().unwrap();
+        let (exit, v) = rotate(&cfg, &["run", "--resume"]).await;
+        // Re-gated (fails again) and unwound, or nothing was left to resume.
+        assert!(
+            matches!(exit, Exit::GateFailed | Exit::Ok),
+            "round {i} ({status}): {v:#}"
+        );
+        assert_ne!(exit, Exit::RollbackIncomplete, "round {i}: {v:#}");
+        assert_eq!(
+            (bytes(&p.server_cert), bytes(&p.server_key)),
+            before,
+            "round {i}: the listener files were not restored byte for byte"
+        );
+        assert_eq!(served_serial_openssl(lab), served, "round {i}");
+        assert_consistent(lab, &format!("round {i}"));
+        // No temp or kept previous version left next to the listener files.
+        let leftovers: Vec<String> = std::fs::read_dir(p.server_cert.parent().unwrap())
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .filter(|n| n.contains("rotate"))
+            .collect();
+        assert!(leftovers.is_empty(), "round {i}: {leftovers:?}");
+    }
+    let _ = decoy.kill();
+    let _ = decoy.wait();
+}
