@@ -250,18 +250,8 @@ async fn dispatch(cli: &Cli, out: &mut dyn Write, cancel: &Cancel) -> Result<Exi
     for what in &repaired {
         eprintln!("rotate: before connecting: {what} (step 1 was interrupted)");
     }
-    let client_cfg = config.client_config()?;
-    let admin = VaultClient::new(&client_cfg)?;
-    let gate = FreshClients::new(&client_cfg);
-    let runner = ProgramOverrides::new(ProcessRunner::new(), config.commands.overrides.clone());
-    let clock = unix_now;
-    let deps = Deps {
-        vault: Vault::from_client(&admin, &gate),
-        runner: &runner,
-        clock: &clock,
-        cancel,
-    };
-    let work = execute(&config, &apps, request, mode, deps);
+    let conn = Connection::open(&config)?;
+    let work = execute(&config, &apps, request, mode, conn.deps(cancel));
     let mut report = tokio::select! {
         r = work => r?,
         never = stop_signal(cancel) => match never {},
@@ -328,42 +318,52 @@ async fn verify(
 ) -> Result<Exit, Failure> {
     let config = config.ok_or(ConfigError::Missing)?;
     let apps = config.select_apps(names)?;
-    let client_cfg = config.client_config()?;
-    let admin = VaultClient::new(&client_cfg)?;
-    let gate = FreshClients::new(&client_cfg);
-    let runner = ProgramOverrides::new(ProcessRunner::new(), config.commands.overrides.clone());
+    let conn = Connection::open(&config)?;
     let cancel = Cancel::new();
-    let deps = Deps {
-        vault: Vault::from_client(&admin, &gate),
-        runner: &runner,
-        clock: &unix_now,
-        cancel: &cancel,
-    };
-    let report = crate::verify::verify(&config, &apps, deps).await;
+    let report = crate::verify::verify(&config, &apps, conn.deps(&cancel)).await;
     emit(cli.output, out, &report)?;
     Ok(report.exit())
 }
 
 async fn health(cli: &Cli, config: Option<Config>, out: &mut dyn Write) -> Result<Exit, Failure> {
     let config = config.ok_or(ConfigError::Missing)?;
-    let client_cfg = config.client_config()?;
-    let admin = VaultClient::new(&client_cfg)?;
-    let gate = FreshClients::new(&client_cfg);
-    let runner = ProcessRunner::new();
+    let conn = Connection::open(&config)?;
     let cancel = Cancel::new();
-    let deps = Deps {
-        vault: Vault::from_client(&admin, &gate),
-        runner: &runner,
-        clock: &unix_now,
-        cancel: &cancel,
-    };
     let started = std::time::Instant::now();
-    let result = crate::steps::health::HealthStep::new(&config, deps)
+    let result = crate::steps::health::HealthStep::new(&config, conn.deps(&cancel))
         .check()
         .await;
     let report = crate::steps::health::HealthReport::new(&config, result, started.elapsed());
     emit(cli.output, out, &report)?;
     Ok(report.exit())
+}
+
+/// What a command needs to reach the world: the admin client, fresh clients for gates,
+/// the command runner (with `[commands]` overrides).
+struct Connection {
+    admin: VaultClient,
+    gate: FreshClients,
+    runner: ProgramOverrides<ProcessRunner>,
+}
+
+impl Connection {
+    fn open(config: &Config) -> Result<Connection, Failure> {
+        let client_cfg = config.client_config()?;
+        Ok(Connection {
+            admin: VaultClient::new(&client_cfg)?,
+            gate: FreshClients::new(&client_cfg),
+            runner: ProgramOverrides::new(ProcessRunner::new(), config.commands.overrides.clone()),
+        })
+    }
+
+    fn deps<'a>(&'a self, cancel: &'a Cancel) -> Deps<'a> {
+        Deps {
+            vault: Vault::from_client(&self.admin, &self.gate),
+            runner: &self.runner,
+            clock: &unix_now,
+            cancel,
+        }
+    }
 }
 
 fn unix_now() -> i64 {

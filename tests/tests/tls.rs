@@ -97,6 +97,47 @@ fn served_serial_openssl(lab: &Lab) -> String {
         .to_owned()
 }
 
+/// `rotate <args>` as a real process (JSON output discarded), to be killed mid-run.
+fn rotate_child(cfg: &Path, args: &[&str]) -> std::process::Child {
+    Command::new(env!("CARGO_BIN_EXE_rotate-child"))
+        .arg("--config")
+        .arg(cfg)
+        .args(["--output", "json"])
+        .args(args)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap()
+}
+
+/// Replace the `[listener]` settings `reload` and `reload_timeout` of the config at `cfg`.
+fn set_reload(cfg: &Path, reload: &str, timeout: Option<&str>) {
+    let text = std::fs::read_to_string(cfg)
+        .unwrap()
+        .lines()
+        .map(|l| {
+            if l.starts_with("reload = \"signal:") {
+                format!("reload = \"{reload}\"")
+            } else if let (true, Some(t)) = (l.starts_with("reload_timeout"), timeout) {
+                format!("reload_timeout = \"{t}\"")
+            } else {
+                l.to_owned()
+            }
+        })
+        .collect::<Vec<_>>()
+        .join("\n");
+    std::fs::write(cfg, text).unwrap();
+}
+
+/// The names of rotate's temps and kept previous versions next to `file`.
+fn rotate_files(file: &Path) -> Vec<String> {
+    std::fs::read_dir(file.parent().unwrap())
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|n| n.contains("rotate"))
+        .collect()
+}
+
 fn openssl_hex(serial_hex: &str) -> String {
     serial_hex.replace(':', "").to_uppercase()
 }
@@ -335,28 +376,12 @@ async fn a_listener_reload_that_does_not_take_effect_is_detected_and_the_old_ser
     let mut decoy = Command::new("sleep").arg("60").spawn().unwrap();
     let pid_file = dir.join("decoy.pid");
     std::fs::write(&pid_file, decoy.id().to_string()).unwrap();
-    let cfg = tls_config(
-        lab,
-        &dir,
-        &[(
-            "listener",
-            &format!(
-                "reload = \"signal:{}:CONT\"\nreload_timeout = \"2s\"",
-                pid_file.display()
-            ),
-        )],
+    let cfg = tls_config(lab, &dir, &[]);
+    set_reload(
+        &cfg,
+        &format!("signal:{}:CONT", pid_file.display()),
+        Some("2s"),
     );
-    // Drop the duplicate keys the appended lines override.
-    let text = std::fs::read_to_string(&cfg).unwrap();
-    let text = text
-        .lines()
-        .filter(|l| {
-            !(l.starts_with("reload = \"signal:") && l.contains("bao.pid"))
-                && *l != "reload_timeout = \"10s\""
-        })
-        .collect::<Vec<_>>()
-        .join("\n");
-    std::fs::write(&cfg, text).unwrap();
     let before = (bytes(&p.server_cert), bytes(&p.server_key));
     let served = served_serial_openssl(lab);
 
@@ -407,17 +432,7 @@ async fn killing_the_run_during_steps_1_and_2_then_resuming_never_locks_the_oper
     let dir = tempdir("tls-kill");
     let cfg = tls_config(lab, &dir, &[]);
     let args = ["run", "--step", "admin", "--step", "listener"];
-    let child = || {
-        Command::new(env!("CARGO_BIN_EXE_rotate-child"))
-            .arg("--config")
-            .arg(&cfg)
-            .args(["--output", "json"])
-            .args(args)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap()
-    };
+    let child = || rotate_child(&cfg, &args);
     let start = std::time::Instant::now();
     assert!(
         child().wait().unwrap().success(),
@@ -665,19 +680,7 @@ async fn a_listener_gate_that_fails_after_the_swap_restores_the_files_and_the_ol
             &format!("client_bundles = [\"{}\"]", extra.display()),
         )],
     );
-    let text = std::fs::read_to_string(&cfg)
-        .unwrap()
-        .lines()
-        .map(|l| {
-            if l.starts_with("reload = \"signal:") {
-                format!("reload = \"{reload}\"")
-            } else {
-                l.to_owned()
-            }
-        })
-        .collect::<Vec<_>>()
-        .join("\n");
-    std::fs::write(&cfg, text).unwrap();
+    set_reload(&cfg, &reload, None);
     let before = (bytes(&p.server_cert), bytes(&p.server_key));
     let served = served_serial_openssl(lab);
 
@@ -923,16 +926,7 @@ async fn killing_the_whole_order_at_any_point_then_resuming_completes_it() {
     let lab = tls_lab();
     let dir = tempdir("tls-whole-kill");
     let cfg = whole_order(lab, &dir);
-    let child = || {
-        Command::new(env!("CARGO_BIN_EXE_rotate-child"))
-            .arg("--config")
-            .arg(&cfg)
-            .args(["--output", "json", "run"])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap()
-    };
+    let child = || rotate_child(&cfg, &["run"]);
     let start = std::time::Instant::now();
     assert!(
         child().wait().unwrap().success(),
@@ -979,33 +973,15 @@ async fn killing_a_failing_listener_run_during_its_gate_or_unwind_then_resuming_
     let pid_file = dir.join("decoy.pid");
     std::fs::write(&pid_file, decoy.id().to_string()).unwrap();
     let cfg = tls_config(lab, &dir, &[]);
-    let text = std::fs::read_to_string(&cfg)
-        .unwrap()
-        .lines()
-        .map(|l| {
-            if l.starts_with("reload = \"signal:") {
-                format!("reload = \"signal:{}:CONT\"", pid_file.display())
-            } else if l.starts_with("reload_timeout") {
-                "reload_timeout = \"1s\"".to_owned()
-            } else {
-                l.to_owned()
-            }
-        })
-        .collect::<Vec<_>>()
-        .join("\n");
-    std::fs::write(&cfg, text).unwrap();
+    set_reload(
+        &cfg,
+        &format!("signal:{}:CONT", pid_file.display()),
+        Some("1s"),
+    );
     let before = (bytes(&p.server_cert), bytes(&p.server_key));
     let served = served_serial_openssl(lab);
-    let child = || {
-        Command::new(env!("CARGO_BIN_EXE_rotate-child"))
-            .arg("--config")
-            .arg(&cfg)
-            .args(["--output", "json", "run", "--step", "listener"])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap()
-    };
+    let kept_before = rotate_files(&p.server_cert);
+    let child = || rotate_child(&cfg, &["run", "--step", "listener"]);
     let start = std::time::Instant::now();
     let status = child().wait().unwrap();
     assert_eq!(
@@ -1040,11 +1016,11 @@ async fn killing_a_failing_listener_run_during_its_gate_or_unwind_then_resuming_
         );
         assert_eq!(served_serial_openssl(lab), served, "round {i}");
         assert_consistent(lab, &format!("round {i}"));
-        // No temp or kept previous version left next to the listener files.
-        let leftovers: Vec<String> = std::fs::read_dir(p.server_cert.parent().unwrap())
-            .unwrap()
-            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
-            .filter(|n| n.contains("rotate"))
+        // No temp or kept previous version left next to the listener files by these runs
+        // (earlier tests' committed runs keep theirs until their own next run).
+        let leftovers: Vec<String> = rotate_files(&p.server_cert)
+            .into_iter()
+            .filter(|n| !kept_before.contains(n))
             .collect();
         assert!(leftovers.is_empty(), "round {i}: {leftovers:?}");
     }

@@ -29,7 +29,7 @@ use crate::engine::undo::UndoAction;
 use crate::engine::{Singleton, Step, TargetPlan, Tx};
 use crate::rotation::Deps;
 use crate::served::{AdminIdentity, prove_admin};
-use crate::steps::{StepError, issue_mode, key_algorithm, merged_bundle, mount_chain, role_fields};
+use crate::steps::{StepError, issue_mode, key_algorithm, merged_bundle, mount_chain};
 
 /// How long one identity proof may take.
 const PROOF_TIMEOUT: Duration = Duration::from_secs(10);
@@ -209,34 +209,16 @@ impl Step for AdminStep<'_> {
         let f = self.files()?;
         let mount = self.mount();
         let mut changes = Vec::new();
-        let path = format!("{mount}/roles/{}", self.admin.role);
-        let current = v
-            .pki
-            .read_role(mount, &self.admin.role)
-            .await
-            .map_err(|e| StepError::vault(format!("read {path}"), e))?;
-        let role = match &current {
-            None if !self.admin.create_role => {
-                return Err(StepError::Invalid {
-                    what: path,
-                    reason: "missing, and [admin] create_role = false".into(),
-                });
-            }
-            None => {
-                changes.push(Change::new(ChangeKind::Create, &path));
-                Some(None)
-            }
-            Some(actual) => {
-                let diff = pki_ops::diff_role(&self.role_spec(), actual);
-                if diff.is_empty() {
-                    changes.push(Change::new(ChangeKind::Unchanged, &path));
-                    None
-                } else {
-                    changes.push(Change::new(ChangeKind::Update, &path).fields(role_fields(&diff)));
-                    Some(current.clone())
-                }
-            }
-        };
+        let (change, role) = crate::steps::plan_role(
+            v,
+            mount,
+            &self.admin.role,
+            &self.role_spec(),
+            self.admin.create_role,
+            "[admin] create_role",
+        )
+        .await?;
+        changes.push(change);
         let (tree, cert_name) = root_tree(&f.cert)?;
         let previous = tree.read(&cert_name)?.and_then(|pem| {
             pki_ops::CertInfo::from_pem_labeled(

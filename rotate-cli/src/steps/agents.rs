@@ -161,38 +161,16 @@ impl Step for AgentsStep<'_> {
             }
         };
 
-        let path = format!("{}/roles/{}", cfg.pki.mount, n.agent_role);
-        let current = v
-            .pki
-            .read_role(&cfg.pki.mount, &n.agent_role)
-            .await
-            .map_err(|e| StepError::vault(format!("read {path}"), e))?;
-        let desired = role_spec(cfg, &n);
-        let role = match &current {
-            None if !cfg.agents.create_roles => {
-                return Err(StepError::Invalid {
-                    what: path,
-                    reason: "missing, and [agents] create_roles = false".into(),
-                });
-            }
-            None => {
-                changes.push(Change::new(ChangeKind::Create, &path));
-                Some(None)
-            }
-            Some(actual) => {
-                let diff = pki_ops::diff_role(&desired, actual);
-                if diff.is_empty() {
-                    changes.push(Change::new(ChangeKind::Unchanged, &path));
-                    None
-                } else {
-                    changes.push(
-                        Change::new(ChangeKind::Update, &path)
-                            .fields(crate::steps::role_fields(&diff)),
-                    );
-                    Some(current.clone())
-                }
-            }
-        };
+        let (change, role) = crate::steps::plan_role(
+            v,
+            &cfg.pki.mount,
+            &n.agent_role,
+            &role_spec(cfg, &n),
+            cfg.agents.create_roles,
+            "[agents] create_roles",
+        )
+        .await?;
+        changes.push(change);
 
         let mut policies = Vec::new();
         for (name, text, create_only) in [

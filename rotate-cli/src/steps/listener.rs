@@ -29,7 +29,7 @@ use crate::engine::{Singleton, Step, TargetPlan, Tx};
 use crate::rotation::Deps;
 use crate::served::{Served, prove_admin, wait_for_serial};
 use crate::steps::names::rel;
-use crate::steps::{StepError, issue_mode, key_algorithm, role_fields};
+use crate::steps::{StepError, issue_mode, key_algorithm};
 
 const PROOF_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -248,34 +248,16 @@ impl Step for ListenerStep<'_> {
             })?;
         let served_before = identity.listener;
         let mut changes = Vec::new();
-        let path = format!("{mount}/roles/{}", self.l.role);
-        let current = v
-            .pki
-            .read_role(mount, &self.l.role)
-            .await
-            .map_err(|e| StepError::vault(format!("read {path}"), e))?;
-        let role = match &current {
-            None if !self.l.create_role => {
-                return Err(StepError::Invalid {
-                    what: path,
-                    reason: "missing, and [listener] create_role = false".into(),
-                });
-            }
-            None => {
-                changes.push(Change::new(ChangeKind::Create, &path));
-                Some(None)
-            }
-            Some(actual) => {
-                let diff = pki_ops::diff_role(&self.role_spec(), actual);
-                if diff.is_empty() {
-                    changes.push(Change::new(ChangeKind::Unchanged, &path));
-                    None
-                } else {
-                    changes.push(Change::new(ChangeKind::Update, &path).fields(role_fields(&diff)));
-                    Some(current.clone())
-                }
-            }
-        };
+        let (change, role) = crate::steps::plan_role(
+            v,
+            mount,
+            &self.l.role,
+            &self.role_spec(),
+            self.l.create_role,
+            "[listener] create_role",
+        )
+        .await?;
+        changes.push(change);
         // Every client bundle must verify the chain that will sign the new certificate,
         // before anything is written.
         let now = (self.deps.clock)();

@@ -311,6 +311,49 @@ pub(crate) fn not_due_reason(r: Renewal) -> Option<String> {
     }
 }
 
+/// Plan PKI role `mount/roles/role` against `desired`: the change, and for apply
+/// `Some(previous)` when it must be written (`Some(None)`: it does not exist yet). A
+/// missing role with `create` off is refused, naming `setting`.
+pub(crate) async fn plan_role(
+    vault: Vault<'_>,
+    mount: &str,
+    role: &str,
+    desired: &pki_ops::RoleSpec,
+    create: bool,
+    setting: &str,
+) -> Result<
+    (
+        Change,
+        Option<Option<serde_json::Map<String, serde_json::Value>>>,
+    ),
+    StepError,
+> {
+    let path = format!("{mount}/roles/{role}");
+    let current = vault
+        .pki
+        .read_role(mount, role)
+        .await
+        .map_err(|e| StepError::vault(format!("read {path}"), e))?;
+    match current {
+        None if !create => Err(StepError::Invalid {
+            what: path,
+            reason: format!("missing, and {setting} = false"),
+        }),
+        None => Ok((Change::new(ChangeKind::Create, &path), Some(None))),
+        Some(actual) => {
+            let diff = pki_ops::diff_role(desired, &actual);
+            if diff.is_empty() {
+                Ok((Change::new(ChangeKind::Unchanged, &path), None))
+            } else {
+                Ok((
+                    Change::new(ChangeKind::Update, &path).fields(role_fields(&diff)),
+                    Some(Some(actual)),
+                ))
+            }
+        }
+    }
+}
+
 /// Role field differences in the change vocabulary.
 pub(crate) fn role_fields(diff: &[pki_ops::FieldChange]) -> Vec<FieldDiff> {
     diff.iter()
