@@ -308,7 +308,12 @@ pub async fn execute(
                     .is_some_and(|t| t.state.is_unfinished())
             {
                 let t = recover_global(&steps, *id, &journal, undo).await?;
-                if t.outcome == Outcome::RollbackIncomplete {
+                // Still waiting (sealed) or not cleanly unwound: the run stops here, and
+                // the step is not run a second time over what it left.
+                if matches!(
+                    t.outcome,
+                    Outcome::RollbackIncomplete | Outcome::AwaitingResume
+                ) {
                     failed_apps.push(GLOBAL.into());
                 }
                 targets.push(t);
@@ -319,7 +324,10 @@ pub async fn execute(
                     .is_some_and(|t| t.state.is_unfinished())
                 {
                     let t = recover_dispatch(&steps, *id, app, &journal, undo).await?;
-                    if t.outcome == Outcome::RollbackIncomplete {
+                    if matches!(
+                        t.outcome,
+                        Outcome::RollbackIncomplete | Outcome::AwaitingResume
+                    ) {
                         failed_apps.push(app.name.clone());
                     }
                     targets.push(t);
@@ -359,22 +367,15 @@ pub async fn execute(
                     }],
                     millis: 0,
                 }
-            } else if if_due
-                && *id == StepId::Restarts
-                && !report
-                    .steps
-                    .iter()
-                    .flat_map(|s| &s.targets)
-                    .any(|t| t.outcome == Outcome::Committed)
-            {
-                // Nothing was renewed: nothing to restart for.
+            } else if *id == StepId::Restarts && !renewed(&journal, &request.steps) {
+                // Nothing was renewed in this run: nothing to restart for.
                 let mut t = TargetReport::new(single.0, Outcome::Unchanged);
                 t.changes = vec![
                     crate::engine::change::Change::new(
                         crate::engine::change::ChangeKind::Unchanged,
                         "restarts",
                     )
-                    .note("--if-due: nothing was renewed, so nothing is restarted"),
+                    .note("nothing was rotated in this run, so nothing is restarted"),
                 ];
                 StepReport {
                     step: *id,
@@ -550,6 +551,27 @@ async fn step_dispatch(
             millis: 0,
         }),
     }
+}
+
+/// Whether this run (its journal: resumed parts included) committed a rotation a restart
+/// is for. A run asked for restarts alone (`--step restarts`) always restarts.
+fn renewed(journal: &Journal, steps: &[StepId]) -> bool {
+    let rotating = |s: &StepId| {
+        matches!(
+            s,
+            StepId::Admin | StepId::Listener | StepId::Agents | StepId::Leaf | StepId::Proxy
+        )
+    };
+    if !steps.iter().any(rotating) {
+        return true;
+    }
+    journal.record().targets.iter().any(|t| {
+        rotating(&t.step)
+            && t.state == TargetState::Committed
+            && t.data
+                .as_ref()
+                .is_none_or(|d| d.get("changed") != Some(&serde_json::Value::Bool(false)))
+    })
 }
 
 /// Run a global step when configured; report it absent (exit 3, nothing written) if not.

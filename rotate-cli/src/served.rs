@@ -275,22 +275,24 @@ pub async fn healthcheck(
                 }
                 None
             }
-            Ok(s) if s.sealed => {
-                sealed = true;
-                Some("Vault is sealed (it restarted?): unseal it (`bao operator unseal`), then `rotate run --resume`".to_owned())
-            }
-            Ok(s) => Some(match (s.seal_status, s.seal_status_error) {
-                (Some(code), _) => format!("sys/seal-status answered HTTP {code}"),
-                (None, Some(e)) => e,
-                (None, None) => "no answer to sys/seal-status".into(),
-            }),
-            Err(e) => Some(e),
+            Ok(s) if s.sealed => Some((
+                true,
+                "Vault is sealed (it restarted?): unseal it (`bao operator unseal`), then `rotate run --resume`".to_owned(),
+            )),
+            Ok(s) => Some((
+                false,
+                match (s.seal_status, s.seal_status_error) {
+                    (Some(code), _) => format!("sys/seal-status answered HTTP {code}"),
+                    (None, Some(e)) => e,
+                    (None, None) => "no answer to sys/seal-status".into(),
+                },
+            )),
+            Err(e) => Some((false, e)),
         };
-        if let Some(f) = failure {
+        if let Some((was_sealed, f)) = failure {
             in_a_row = 0;
-            if !f.contains("sealed") {
-                sealed = false;
-            }
+            // The last failure decides: sealed only if the listener last said so.
+            sealed = was_sealed;
             if failures.last() != Some(&f) {
                 failures.push(f);
             }

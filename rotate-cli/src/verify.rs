@@ -131,7 +131,24 @@ pub async fn verify(cfg: &Config, apps: &[&AppConfig], deps: Deps<'_>) -> Verify
                     hours_left: served_left.div_euclid(3600),
                 });
                 if let Some(l) = &cfg.listener {
-                    let file = pki_ops::CertInfo::from_pem_file(&l.cert_file);
+                    // The listener's directory belongs to the Vault user: read without
+                    // following symlinks.
+                    let read = |p: &std::path::Path| -> Result<String, String> {
+                        let dir = p.parent().unwrap_or(std::path::Path::new("/"));
+                        let name = std::path::Path::new(p.file_name().unwrap_or_default());
+                        match pki_ops::Tree::open(dir, None).and_then(|t| t.read(name)) {
+                            Ok(Some(b)) => Ok(String::from_utf8_lossy(&b).into_owned()),
+                            Ok(None) => Err(format!("{} is missing", p.display())),
+                            Err(x) => Err(e(&x)),
+                        }
+                    };
+                    let file = read(&l.cert_file).and_then(|pem| {
+                        pki_ops::CertInfo::from_pem_labeled(
+                            &pem,
+                            &l.cert_file.display().to_string(),
+                        )
+                        .map_err(|x| e(&x))
+                    });
                     r.check(
                         "listener serves the certificate its file holds",
                         match file {
@@ -149,14 +166,16 @@ pub async fn verify(cfg: &Config, apps: &[&AppConfig], deps: Deps<'_>) -> Verify
                                 f.serial_hex,
                                 s.serial_hex
                             )),
-                            Err(x) => Err(e(&x)),
+                            Err(x) => Err(x),
                         },
                     );
-                    let pair = pki_ops::key_matches_cert_files(&l.key_file, &l.cert_file);
+                    let pair = read(&l.cert_file).and_then(|c| {
+                        let k = read(&l.key_file)?;
+                        pki_ops::key_matches_cert(&k, &c).map_err(|x| e(&x))
+                    });
                     r.check(
                         "listener key matches its certificate",
-                        pair.map(|()| l.key_file.display().to_string())
-                            .map_err(|x| e(&x)),
+                        pair.map(|()| l.key_file.display().to_string()),
                     );
                 }
             }

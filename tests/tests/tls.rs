@@ -841,14 +841,31 @@ fn whole_order(lab: &'static Lab, dir: &Path) -> PathBuf {
     tls_config(
         lab,
         dir,
-        &[(
-            "proxy",
-            &format!(
-                "home = \"{}\"\nuser = \"root\"\nca_bundle = \"tls/vault-ca.pem\"",
-                proxy.display()
+        &[
+            (
+                "proxy",
+                &format!(
+                    "home = \"{}\"\nuser = \"root\"\nca_bundle = \"tls/vault-ca.pem\"",
+                    proxy.display()
+                ),
             ),
-        )],
+            (
+                "restarts",
+                &format!(
+                    "proxy = [\"cmd:echo restarted >> {}\"]",
+                    dir.join("proxy-restarts").display()
+                ),
+            ),
+        ],
     )
+}
+
+/// How many times step 6 restarted the (recorded) proxy stack of `dir`.
+fn proxy_restarts(dir: &Path) -> usize {
+    std::fs::read_to_string(dir.join("proxy-restarts"))
+        .unwrap_or_default()
+        .lines()
+        .count()
 }
 
 #[tokio::test]
@@ -870,7 +887,14 @@ async fn the_whole_order_in_one_command_is_confirmed_by_real_clients_and_a_secon
         .collect();
     assert_eq!(
         order,
-        ["admin", "listener", "agents", "leaf", "proxy", "health"]
+        [
+            "admin", "listener", "agents", "leaf", "proxy", "restarts", "health"
+        ]
+    );
+    assert_eq!(
+        proxy_restarts(&dir),
+        1,
+        "step 6 restarts the proxy stack once"
     );
 
     // Real clients agree.
@@ -916,6 +940,11 @@ async fn the_whole_order_in_one_command_is_confirmed_by_real_clients_and_a_secon
         .filter(|(_, path)| path != "sys/capabilities-self")
         .collect();
     assert!(writes.is_empty(), "{writes:?}");
+    assert_eq!(
+        proxy_restarts(&dir),
+        1,
+        "nothing renewed, yet the proxy was restarted"
+    );
 }
 
 #[tokio::test]

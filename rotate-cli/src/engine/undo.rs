@@ -110,6 +110,12 @@ pub enum UndoAction {
         /// The reloader (`podman:proxyprod`, ...).
         reload: String,
     },
+    /// A write that cannot be undone and leaves nothing to restore (a restart): recorded
+    /// so the report says it happened.
+    Irreversible {
+        /// What was done.
+        what: String,
+    },
     /// Switch the admin client back to the identity files on disk (after they were
     /// restored): the rest of the unwind runs as the previous identity.
     ReconnectAdmin,
@@ -183,6 +189,9 @@ impl UndoAction {
                 "reload the listener ({reload}) and prove it serves serial {previous_serial} again"
             ),
             UndoAction::ReconnectAdmin => "use the restored admin identity files".into(),
+            UndoAction::Irreversible { what } => {
+                format!("{what}: done, cannot be undone (nothing to restore)")
+            }
             UndoAction::Reload { reload } => format!("reload ({reload}) on the restored files"),
             UndoAction::RestartUnit {
                 unit,
@@ -317,6 +326,7 @@ pub async fn carry_out(deps: UndoDeps<'_>, action: &UndoAction) -> Result<(), St
             }
         }
         UndoAction::ReconnectAdmin => v.identity.reconnect().map_err(|e| e.to_string()),
+        UndoAction::Irreversible { .. } => Ok(()),
         UndoAction::Reload { reload } => {
             let r: hooks::Reloader = reload.parse().map_err(|e: hooks::Error| e.to_string())?;
             hooks::reload(deps.runner, &r, deps.timeout)

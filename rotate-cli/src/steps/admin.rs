@@ -193,11 +193,23 @@ impl Step for AdminStep<'_> {
     async fn not_due(&self, _t: &Singleton) -> Result<Option<String>, StepError> {
         let f = self.files()?;
         let (tree, name) = root_tree(&f.cert)?;
-        let current = pki_ops::CertInfo::from_tree(&tree, &name)?;
+        let (_, key_name) = split(&f.key)?;
+        let cert = tree
+            .read(&name)?
+            .map(|b| String::from_utf8_lossy(&b).into_owned());
+        let key = tree.read(&key_name)?;
+        if let Some(broken) = crate::steps::pair_broken(
+            "admin certificate",
+            key.as_deref().map(|k| k.as_slice()),
+            cert.as_deref(),
+        ) {
+            tracing::info!(%broken, "due");
+            return Ok(None);
+        }
         let chain = mount_chain(self.deps.vault, self.mount(), None).await?;
         Ok(crate::steps::not_due_reason(crate::steps::renewal(
             "admin certificate",
-            current.as_ref(),
+            cert.as_deref(),
             &chain,
             (self.deps.clock)(),
             self.cfg.run.renew_share,

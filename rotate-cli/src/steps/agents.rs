@@ -425,10 +425,33 @@ impl Step for AgentsStep<'_> {
 
     async fn not_due(&self, app: &AppConfig) -> Result<Option<String>, StepError> {
         let tree = Tree::open(&app.home, Some(owner_of(app)?))?;
-        let current = pki_ops::CertInfo::from_tree(&tree, &rel::agent_cert())?;
+        let what = format!("agent certificate of {}", app.name);
+        let cert = tree
+            .read(&rel::agent_cert())?
+            .map(|b| String::from_utf8_lossy(&b).into_owned());
+        let key = tree.read(&rel::agent_key())?;
+        if let Some(broken) =
+            crate::steps::pair_broken(&what, key.as_deref().map(|k| k.as_slice()), cert.as_deref())
+        {
+            tracing::info!(%broken, "due");
+            return Ok(None);
+        }
+        // A drifted mapping (e.g. debug-policy re-attached) is converged, not left alone.
+        let spec = mapping_spec(self.cfg, app, &self.chain);
+        let drift = upsert_mapping(
+            self.deps.vault.cert,
+            &self.cfg.agents.cert_auth_mount,
+            &spec,
+            true,
+        )
+        .await?;
+        if !drift.drift.is_empty() {
+            tracing::info!(app = %app.name, "due: mapping drifted");
+            return Ok(None);
+        }
         Ok(crate::steps::not_due_reason(crate::steps::renewal(
-            &format!("agent certificate of {}", app.name),
-            current.as_ref(),
+            &what,
+            cert.as_deref(),
             &self.chain,
             (self.deps.clock)(),
             self.cfg.run.renew_share,

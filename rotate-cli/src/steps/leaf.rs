@@ -265,10 +265,20 @@ impl Step for LeafStep<'_> {
 
     async fn not_due(&self, app: &AppConfig) -> Result<Option<String>, StepError> {
         let tree = Tree::open(&app.home, Some(owner_of(app)?))?;
-        let current = CertInfo::from_tree(&tree, &rel::fullchain(app))?;
+        let what = format!("leaf of {}", app.name);
+        let cert = tree
+            .read(&rel::fullchain(app))?
+            .map(|b| String::from_utf8_lossy(&b).into_owned());
+        let key = tree.read(&rel::leaf_key(app))?;
+        if let Some(broken) =
+            crate::steps::pair_broken(&what, key.as_deref().map(|k| k.as_slice()), cert.as_deref())
+        {
+            tracing::info!(%broken, "due");
+            return Ok(None);
+        }
         Ok(crate::steps::not_due_reason(crate::steps::renewal(
-            &format!("leaf of {}", app.name),
-            current.as_ref(),
+            &what,
+            cert.as_deref(),
             &self.chain,
             (self.deps.clock)(),
             self.cfg.run.renew_share,

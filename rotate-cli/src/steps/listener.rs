@@ -221,11 +221,38 @@ impl Step for ListenerStep<'_> {
     }
 
     async fn not_due(&self, _t: &Singleton) -> Result<Option<String>, StepError> {
-        let (tree, cert_rel, _) = self.tree(self.owner()?)?;
-        let current = pki_ops::CertInfo::from_tree(&tree, &cert_rel)?;
+        let (tree, cert_rel, key_rel) = self.tree(self.owner()?)?;
+        let cert = tree
+            .read(&cert_rel)?
+            .map(|b| String::from_utf8_lossy(&b).into_owned());
+        let key = tree.read(&key_rel)?;
+        if let Some(broken) = crate::steps::pair_broken(
+            "listener certificate",
+            key.as_deref().map(|k| k.as_slice()),
+            cert.as_deref(),
+        ) {
+            tracing::info!(%broken, "due");
+            return Ok(None);
+        }
+        // The file is what the listener serves (else a reload is pending: not "not due").
+        let (c, k, ca) = self.admin_files()?;
+        let served = crate::served::look(self.deps.vault.gate, Some((&c, &k)), &ca, PROOF_TIMEOUT)
+            .await
+            .map_err(|why| StepError::Gate {
+                step: "listener",
+                app: "listener".into(),
+                reason: format!("cannot see what the listener serves: {why}"),
+            })?;
+        let file = cert
+            .as_deref()
+            .and_then(|p| pki_ops::CertInfo::from_pem_labeled(p, "listener").ok());
+        if file.is_some_and(|f| !f.serial_hex.eq_ignore_ascii_case(&served.serial_hex)) {
+            tracing::info!("due: the listener serves another certificate than its file");
+            return Ok(None);
+        }
         Ok(crate::steps::not_due_reason(crate::steps::renewal(
             "listener certificate",
-            current.as_ref(),
+            cert.as_deref(),
             &self.chain,
             (self.deps.clock)(),
             self.cfg.run.renew_share,

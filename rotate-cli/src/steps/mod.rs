@@ -253,32 +253,34 @@ pub(crate) enum Renewal {
     NotDue(String),
 }
 
-/// Due when there is no certificate, it expired, it was issued by another CA than the
-/// first of `chain` (what signs now: Vault Agent's `pkiCert` would keep it after a CA
-/// change), or less than `share` of its lifetime is left (one third by default, as
-/// step-ca and cert-manager renew).
+/// Due when there is no certificate, it expired, it was not signed by the first of
+/// `chain` (what signs now, checked by signature, not by name: a re-keyed intermediate
+/// keeps its name, and Vault Agent's `pkiCert` would keep the old certificate), or less
+/// than `share` of its lifetime is left (one third by default, as step-ca and
+/// cert-manager renew). `current` is the certificate's PEM (a fullchain works).
 pub(crate) fn renewal(
     what: &str,
-    current: Option<&pki_ops::CertInfo>,
+    current: Option<&str>,
     chain: &str,
     now: i64,
     share: f64,
 ) -> Renewal {
-    let Some(c) = current else {
+    let Some(pem) = current else {
         return Renewal::Due(format!("{what}: no current certificate"));
+    };
+    let c = match pki_ops::CertInfo::from_pem_labeled(pem, what) {
+        Ok(c) => c,
+        Err(e) => return Renewal::Due(format!("{what}: unreadable ({e})")),
     };
     if now >= c.not_after {
         return Renewal::Due(format!("{what}: expired on {}", c.not_after_human));
     }
-    if let Some(issuer) = pki_ops::parse_bundle(chain, "PKI chain")
-        .ok()
-        .and_then(|v| v.into_iter().next())
-        && issuer.subject != c.issuer
-    {
-        return Renewal::Due(format!(
-            "{what}: issued by {:?}, but the PKI mount now signs as {:?}",
-            c.issuer, issuer.subject
-        ));
+    let issuing = chain
+        .split_inclusive("-----END CERTIFICATE-----")
+        .next()
+        .unwrap_or_default();
+    if let Err(e) = pki_ops::verify_chain(pem, "", issuing, now) {
+        return Renewal::Due(format!("{what}: not signed by the CA that signs now ({e})"));
     }
     let life = (c.not_after - c.not_before).max(1) as f64;
     let left = (c.not_after - now) as f64 / life;
@@ -298,6 +300,16 @@ pub(crate) fn renewal(
             pct(share)
         ))
     }
+}
+
+/// Also due, whatever the dates: a key that does not match its certificate.
+pub(crate) fn pair_broken(what: &str, key: Option<&[u8]>, cert: Option<&str>) -> Option<String> {
+    let (Some(key), Some(cert)) = (key, cert) else {
+        return Some(format!("{what}: key or certificate missing"));
+    };
+    pki_ops::key_matches_cert(&String::from_utf8_lossy(key), cert)
+        .err()
+        .map(|e| format!("{what}: {e}"))
 }
 
 /// [`renewal`] as a step's `not_due` answer: `Some(why)` when not due.
@@ -423,6 +435,50 @@ pub(crate) fn policy_change(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A CA named `cn` (with a fresh key) and a leaf it signs, valid for January 2026.
+    fn ca_and_leaf(cn: &str) -> (String, String) {
+        use rcgen::{
+            BasicConstraints, CertificateParams, DnType, IsCa, Issuer, KeyPair, date_time_ymd,
+        };
+        let key = KeyPair::generate().unwrap();
+        let mut p = CertificateParams::default();
+        p.distinguished_name.push(DnType::CommonName, cn);
+        p.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        p.not_before = date_time_ymd(2025, 1, 1);
+        p.not_after = date_time_ymd(2030, 1, 1);
+        let ca = p.self_signed(&key).unwrap();
+        let issuer = Issuer::new(p, key);
+        let mut l = CertificateParams::new(vec!["a.int.privsec.ch".to_owned()]).unwrap();
+        l.distinguished_name
+            .push(DnType::CommonName, "a.int.privsec.ch");
+        l.not_before = date_time_ymd(2026, 1, 1);
+        l.not_after = date_time_ymd(2026, 1, 31);
+        let leaf = l.signed_by(&KeyPair::generate().unwrap(), &issuer).unwrap();
+        (ca.pem(), leaf.pem())
+    }
+
+    #[test]
+    fn renewal_is_due_by_lifetime_share_expiry_and_a_rekeyed_ca_of_the_same_name() {
+        let (t0, day) = (1_767_225_600_i64, 86_400_i64);
+        let (ca, leaf) = ca_and_leaf("PrivSec Intermediate CA (prod)");
+        let due = |pem: Option<&str>, chain: &str, now: i64| {
+            matches!(renewal("x", pem, chain, now, 1.0 / 3.0), Renewal::Due(_))
+        };
+        assert!(!due(Some(&leaf), &ca, t0 + day), "fresh: not due");
+        assert!(
+            due(Some(&leaf), &ca, t0 + 21 * day),
+            "less than a third left"
+        );
+        assert!(due(Some(&leaf), &ca, t0 + 31 * day), "expired");
+        assert!(due(None, &ca, t0), "missing");
+        // Same name, new key: Vault Agent's pkiCert would keep the leaf; we renew it.
+        let (rekeyed, _) = ca_and_leaf("PrivSec Intermediate CA (prod)");
+        match renewal("x", Some(&leaf), &rekeyed, t0 + day, 1.0 / 3.0) {
+            Renewal::Due(why) => assert!(why.contains("not signed by the CA"), "{why}"),
+            other => panic!("{other:?}"),
+        }
+    }
 
     #[test]
     fn an_extended_policy_is_kept_with_its_diff() {

@@ -106,12 +106,8 @@ impl<'a> ProxyStep<'a> {
             served.chain_pem,
         )];
         for app in &self.cfg.apps {
-            let Ok(owner) = crate::steps::owner_of(app) else {
-                continue;
-            };
-            let Ok(tree) = Tree::open(&app.home, Some(owner)) else {
-                continue;
-            };
+            // An app whose home cannot be read safely is not silently left out.
+            let tree = Tree::open(&app.home, Some(crate::steps::owner_of(app)?))?;
             let f = rel::fullchain(app);
             if let Some(pem) = tree.read(&f)? {
                 out.push((

@@ -12,6 +12,7 @@ use serde::{Deserialize, Serialize};
 use crate::config::{Config, RestartsSection};
 use crate::engine::change::{Change, ChangeKind};
 use crate::engine::journal::StepId;
+use crate::engine::undo::UndoAction;
 use crate::engine::{Singleton, Step, TargetPlan, Tx};
 use crate::rotation::Deps;
 use crate::served::HealthProof;
@@ -77,12 +78,16 @@ impl Step for RestartsStep<'_> {
         &self,
         _t: &Singleton,
         _plan: TargetPlan<()>,
-        _tx: &Tx<'_>,
+        tx: &Tx<'_>,
     ) -> Result<RestartsApplied, StepError> {
         let timeout = self.cfg.duration(&self.cfg.leaf.command_timeout);
         let mut restarted = Vec::new();
         for spec in self.plan_list() {
             let r: hooks::Reloader = spec.parse()?;
+            // Journaled first, so a failure after it never reads "nothing written".
+            tx.record(UndoAction::Irreversible {
+                what: format!("restart ({spec})"),
+            })?;
             let report = hooks::reload(self.deps.runner, &r, timeout).await?;
             restarted.push(format!("{spec}: {report:?}"));
         }
