@@ -252,6 +252,16 @@ pub async fn execute(
 
     if mode == Mode::Plan {
         for id in &request.steps {
+            let rotating_planned = report
+                .steps
+                .iter()
+                .flat_map(|s| &s.targets)
+                .any(|t| t.changes.iter().any(|c| c.is_change()));
+            // As the run decides: nothing rotated, nothing restarted.
+            if *id == StepId::Restarts && !rotating_planned && request.steps.iter().any(rotates) {
+                report.steps.push(nothing_to_restart(*id));
+                continue;
+            }
             report
                 .steps
                 .push(step_dispatch(&steps, *id, apps, ctx(None)).await?);
@@ -368,20 +378,7 @@ pub async fn execute(
                     millis: 0,
                 }
             } else if *id == StepId::Restarts && !renewed(&journal, &request.steps) {
-                // Nothing was renewed in this run: nothing to restart for.
-                let mut t = TargetReport::new(single.0, Outcome::Unchanged);
-                t.changes = vec![
-                    crate::engine::change::Change::new(
-                        crate::engine::change::ChangeKind::Unchanged,
-                        "restarts",
-                    )
-                    .note("nothing was rotated in this run, so nothing is restarted"),
-                ];
-                StepReport {
-                    step: *id,
-                    targets: vec![t],
-                    millis: 0,
-                }
+                nothing_to_restart(*id)
             } else {
                 step_dispatch(&steps, *id, &[], ctx(Some(&journal))).await?
             };
@@ -553,20 +550,39 @@ async fn step_dispatch(
     }
 }
 
+/// A step that rotates material (what a restart is for).
+fn rotates(s: &StepId) -> bool {
+    matches!(
+        s,
+        StepId::Admin | StepId::Listener | StepId::Agents | StepId::Leaf | StepId::Proxy
+    )
+}
+
+/// Step 6's report when nothing was (or would be) rotated.
+fn nothing_to_restart(id: StepId) -> StepReport {
+    let mut t = TargetReport::new("restarts", Outcome::Unchanged);
+    t.changes = vec![
+        crate::engine::change::Change::new(
+            crate::engine::change::ChangeKind::Unchanged,
+            "restarts",
+        )
+        .note("nothing is rotated in this run, so nothing is restarted"),
+    ];
+    StepReport {
+        step: id,
+        targets: vec![t],
+        millis: 0,
+    }
+}
+
 /// Whether this run (its journal: resumed parts included) committed a rotation a restart
 /// is for. A run asked for restarts alone (`--step restarts`) always restarts.
 fn renewed(journal: &Journal, steps: &[StepId]) -> bool {
-    let rotating = |s: &StepId| {
-        matches!(
-            s,
-            StepId::Admin | StepId::Listener | StepId::Agents | StepId::Leaf | StepId::Proxy
-        )
-    };
-    if !steps.iter().any(rotating) {
+    if !steps.iter().any(rotates) {
         return true;
     }
     journal.record().targets.iter().any(|t| {
-        rotating(&t.step)
+        rotates(&t.step)
             && t.state == TargetState::Committed
             && t.data
                 .as_ref()

@@ -93,6 +93,7 @@ pub async fn verify(cfg: &Config, apps: &[&AppConfig], deps: Deps<'_>) -> Verify
     let e = |e: &dyn std::fmt::Display| format!("{e:#}");
 
     // The admin identity, and what the listener serves.
+    let mut served_chain: Option<String> = None;
     let vs = &cfg.vault;
     if let (Some(cert), Some(key), Some(ca)) = (&vs.client_cert, &vs.client_key, &vs.ca_cert) {
         let pair = pki_ops::key_matches_cert_files(key, cert).map_err(|x| e(&x));
@@ -118,6 +119,7 @@ pub async fn verify(cfg: &Config, apps: &[&AppConfig], deps: Deps<'_>) -> Verify
                     )),
                 );
                 let s = &id.listener;
+                served_chain = Some(s.chain_pem.clone());
                 let served_left = pki_ops::parse_bundle(&s.chain_pem, "served")
                     .ok()
                     .and_then(|c| c.first().map(|c| c.not_after - now))
@@ -177,6 +179,21 @@ pub async fn verify(cfg: &Config, apps: &[&AppConfig], deps: Deps<'_>) -> Verify
                         "listener key matches its certificate",
                         pair.map(|()| l.key_file.display().to_string()),
                     );
+                    for b in &l.client_bundles {
+                        let res = read(b).and_then(|bundle| {
+                            pki_ops::verify_chain_labeled(
+                                &s.chain_pem,
+                                "the served listener chain",
+                                &s.chain_pem,
+                                &bundle,
+                                &b.display().to_string(),
+                                now,
+                            )
+                            .map(|()| "verifies the served listener chain".to_owned())
+                            .map_err(|x| e(&x))
+                        });
+                        r.check(format!("client bundle {}", b.display()), res);
+                    }
                 }
             }
             Err(why) => r.check("admin identity", Err(why)),
@@ -224,6 +241,9 @@ pub async fn verify(cfg: &Config, apps: &[&AppConfig], deps: Deps<'_>) -> Verify
 
     for app in apps {
         verify_app(cfg, app, deps, chain.as_deref(), &mut r).await;
+    }
+    if let (Some(served), Some(p)) = (&served_chain, &cfg.proxy) {
+        verify_proxy(p, apps, served, now, &mut r);
     }
 
     r.inventory.sort_by_key(|m| m.hours_left);
@@ -437,6 +457,55 @@ async fn verify_app(
         };
         r.check(format!("cert login of {a}"), login);
     }
+}
+
+/// The proxy's bundle (step 5) verifies the served listener chain and every app leaf.
+fn verify_proxy(
+    p: &crate::config::ProxySection,
+    apps: &[&AppConfig],
+    served: &str,
+    now: i64,
+    r: &mut VerifyReport,
+) {
+    let (Some(home), Some(bundle)) = (&p.home, &p.ca_bundle) else {
+        return;
+    };
+    let name = format!("proxy bundle {}", home.join(bundle).display());
+    let tree = match crate::steps::owner_of_user("[proxy]", p.user(), None)
+        .and_then(|o| pki_ops::Tree::open(home, Some(o)).map_err(Into::into))
+    {
+        Ok(t) => t,
+        Err(x) => return r.check(name, Err(format!("{x:#}"))),
+    };
+    let text = match tree.read(bundle) {
+        Ok(Some(b)) => String::from_utf8_lossy(&b).into_owned(),
+        Ok(None) => return r.check(name, Err("missing: run step 5".into())),
+        Err(x) => return r.check(name, Err(format!("{x:#}"))),
+    };
+    let label = home.join(bundle).display().to_string();
+    let mut what = vec![("the served listener chain".to_owned(), served.to_owned())];
+    for app in apps {
+        let leaf = owner_of(app)
+            .ok()
+            .and_then(|o| pki_ops::Tree::open(&app.home, Some(o)).ok())
+            .and_then(|t| t.read(&rel::fullchain(app)).ok().flatten());
+        if let Some(b) = leaf {
+            what.push((
+                format!("the leaf of {}", app.name),
+                String::from_utf8_lossy(&b).into_owned(),
+            ));
+        }
+    }
+    let res = what
+        .iter()
+        .map(|(n, pem)| {
+            pki_ops::verify_chain_labeled(pem, n, pem, &text, &label, now)
+                .map(|()| n.clone())
+                .map_err(|x| format!("does not verify {n}: {x:#}"))
+        })
+        .collect::<Result<Vec<_>, _>>()
+        .map(|ok| format!("verifies {}", ok.join(", ")));
+    r.check(name, res);
 }
 
 impl std::fmt::Display for VerifyReport {
