@@ -40,6 +40,9 @@ pub struct AgentConfigSpec {
     pub fullchain_path: PathBuf,
     /// Where the leaf's key goes (`/home/<app>/tls/<app>.key`, 0600).
     pub key_path: PathBuf,
+    /// The agent's one render of key + fullchain, which the post-hook installs as a
+    /// matched pair (`/home/<app>/.vault-agent-<app>/leaf.rendered.pem`, 0600).
+    pub rendered_path: PathBuf,
     /// The post-hook run after each render.
     pub post_hook_path: PathBuf,
     /// The agent's pid file.
@@ -69,6 +72,7 @@ impl AgentConfigSpec {
             leaf_ttl: "24h".to_owned(),
             fullchain_path: home.join(format!("tls/{app}.fullchain.pem")),
             key_path: home.join(format!("tls/{app}.key")),
+            rendered_path: state.join("leaf.rendered.pem"),
             post_hook_path: default_post_hook_path(app),
             pid_file: state.join("agent.pid"),
             token_sink: state.join("token"),
@@ -149,16 +153,18 @@ fn path_value(field: &'static str, path: &Path) -> Result<String> {
 }
 
 /// The leaf template: ONE `secret` call, so the key and the chain always
-/// come from the same issuance.
+/// come from the same issuance, rendered into ONE file.
 ///
 /// Two templates each calling `secret "<pki>/issue/<role>"` would issue two
 /// certificates (unless consul-template happens to deduplicate the two
-/// calls), leaving a key that does not match the fullchain. `pkiCert` avoids
-/// re-issuing on restart but needs the key inside its destination file.
-/// So the template's destination is the key (the agent writes it atomically
-/// with `perms = "0600"`, never readable by others), and the fullchain
-/// (public data) is written from the same issuance with `writeToFile`
-/// before the key lands; the post-hook runs after both.
+/// calls), leaving a key that does not match the fullchain; and a second file
+/// written with `writeToFile` is written in place, so a full disk leaves it
+/// half written next to the old key. So the template's one destination,
+/// [`AgentConfigSpec::rendered_path`], holds key and fullchain (written atomically by the agent
+/// with `perms = "0600"`); the post-hook stages the key (0600 from creation)
+/// and the fullchain from it completely, checks they match, and only then
+/// renames them into place: a full disk fails before the first rename, and the
+/// files in use never stay mismatched.
 pub fn render_leaf_template(spec: &AgentConfigSpec) -> Result<String> {
     let issue_path = format!(
         "{}/issue/{}",
@@ -167,20 +173,18 @@ pub fn render_leaf_template(spec: &AgentConfigSpec) -> Result<String> {
     );
     let cn = template_value("leaf_cn", &spec.leaf_cn)?;
     let ttl = template_value("leaf_ttl", &spec.leaf_ttl)?;
-    let fullchain = path_value("fullchain_path", &spec.fullchain_path)?;
+    path_value("fullchain_path", &spec.fullchain_path)?;
     Ok(format!(
         concat!(
             "{{{{- with secret \"{issue}\" \"common_name={cn}\" \"ttl={ttl}\" -}}}}\n",
-            "{{{{- $fullchain := .Data.certificate -}}}}\n",
-            "{{{{- range .Data.ca_chain -}}}}{{{{- $fullchain = printf \"%s\\n%s\" $fullchain . -}}}}{{{{- end -}}}}\n",
-            "{{{{- printf \"%s\\n\" $fullchain | writeToFile \"{fullchain}\" \"\" \"\" \"0644\" -}}}}\n",
             "{{{{ .Data.private_key }}}}\n",
+            "{{{{ .Data.certificate }}}}\n",
+            "{{{{- range .Data.ca_chain }}}}\n{{{{ . }}}}{{{{- end }}}}\n",
             "{{{{ end -}}}}\n",
         ),
         issue = issue_path,
         cn = cn,
         ttl = ttl,
-        fullchain = fullchain,
     ))
 }
 
@@ -279,12 +283,13 @@ pub fn render_agent_config(spec: &AgentConfigSpec) -> Result<String> {
     );
     hcl.push_str("  exit_on_retry_failure = true\n");
     hcl.push_str("}\n\n");
-    hcl.push_str("# One issuance renders both files: the key here (0600, atomic), the\n");
-    hcl.push_str("# fullchain via writeToFile; then the post-hook checks and reloads.\n");
+    hcl.push_str("# One issuance, one file (0600, written atomically): key and fullchain.\n");
+    hcl.push_str("# The post-hook stages both, checks they match, renames, then reloads.\n");
     hcl.push_str("template {\n");
+    p("key_path", &spec.key_path)?;
     hcl.push_str(&format!(
         "  destination          = {}\n",
-        p("key_path", &spec.key_path)?
+        p("rendered_path", &spec.rendered_path)?
     ));
     hcl.push_str("  perms                = \"0600\"\n");
     hcl.push_str("  error_on_missing_key = true\n");
@@ -329,11 +334,11 @@ mod tests {
             "reload      = true",
             r#"sink "file" {"#,
             r#"path = "/home/ncprd1/.vault-agent-ncprd1/token""#,
-            r#"destination          = "/home/ncprd1/tls/ncprd1.key""#,
+            r#"destination          = "/home/ncprd1/.vault-agent-ncprd1/leaf.rendered.pem""#,
             r#"perms                = "0600""#,
             r#"command              = "/home/ncprd1/.vault-agent-ncprd1/bin/vault-agent-post-leaf.sh""#,
             r#"with secret \"pki-prod/issue/nginx-ncprd1\" \"common_name=ncprd1.int.privsec.ch\" \"ttl=24h\""#,
-            r#"writeToFile \"/home/ncprd1/tls/ncprd1.fullchain.pem\" \"\" \"\" \"0644\""#,
+            r#"{{ .Data.private_key }}"#,
         ] {
             assert!(hcl.contains(needle), "missing {needle} in:\n{hcl}");
         }
@@ -365,7 +370,11 @@ mod tests {
         let template = render_leaf_template(&spec()).expect("renders");
         assert!(template.starts_with("{{- with secret \"pki-prod/issue/nginx-ncprd1\""));
         assert!(template.contains("{{ .Data.private_key }}"));
-        assert!(template.contains("printf \"%s\\n%s\" $fullchain ."));
+        assert!(template.contains("{{- range .Data.ca_chain }}"));
+        assert!(
+            !template.contains("writeToFile"),
+            "no second, in-place write"
+        );
         let quoted = hcl_string(&template).expect("quotes");
         assert!(!quoted[1..quoted.len() - 1].contains('\n'));
         // Undo the escaping the way an HCL parser does.

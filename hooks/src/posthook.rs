@@ -39,6 +39,12 @@ pub struct PostHookSpec {
     /// waits for `ok` with the hash of the bytes it verified ([`parse_status`]).
     #[serde(default)]
     pub status_path: Option<PathBuf>,
+    /// The agent's single render of key + fullchain
+    /// ([`crate::AgentConfigSpec::rendered_path`]): the hook
+    /// stages both files from it, checks they match and renames them into place. `None`:
+    /// the files are already in place (the hook only checks them).
+    #[serde(default)]
+    pub rendered_path: Option<PathBuf>,
 }
 
 impl PostHookSpec {
@@ -54,6 +60,7 @@ impl PostHookSpec {
             proxy_reload: None,
             extra_reload_cmds: Vec::new(),
             status_path: None,
+            rendered_path: None,
         }
     }
 
@@ -146,6 +153,13 @@ pub fn render_post_hook(spec: &PostHookSpec) -> Result<String> {
     check_app(&spec.app)?;
     check_path("fullchain_path", &spec.fullchain_path)?;
     check_path("key_path", &spec.key_path)?;
+    let rendered = match &spec.rendered_path {
+        Some(p) => {
+            check_path("rendered_path", p)?;
+            path_str(p)
+        }
+        None => String::new(),
+    };
     let status = match &spec.status_path {
         Some(p) => {
             check_path("status_path", p)?;
@@ -187,6 +201,7 @@ pub fn render_post_hook(spec: &PostHookSpec) -> Result<String> {
         .replace("@LABEL@", &sh_quote(label))
         .replace("@PROXY@", &sh_quote(proxy))
         .replace("@STATUS@", &sh_quote(&status))
+        .replace("@RENDERED@", &sh_quote(&rendered))
         .replace("@EXTRA@\n", &extra);
     Ok(script)
 }
@@ -287,6 +302,7 @@ KEY=@KEY@
 RELOAD_TLS_LABEL=@LABEL@
 PROXY_RELOAD=@PROXY@
 STATUS=@STATUS@
+RENDERED=@RENDERED@
 
 PODMAN=${PODMAN:-podman}
 SYSTEMCTL=${SYSTEMCTL:-systemctl}
@@ -393,6 +409,38 @@ reload_spec() {
 		;;
 	esac
 }
+
+# keys_match <key> <fullchain>: their public keys are equal (when openssl is there).
+keys_match() {
+	command -v openssl >/dev/null 2>&1 || return 0
+	cert_pub=$(openssl x509 -noout -pubkey -in "$2") || return 1
+	key_pub=$(openssl pkey -pubout -in "$1") || return 1
+	[ "$cert_pub" = "$key_pub" ]
+}
+
+# The agent rendered key + fullchain into one file (atomically). Stage both files in
+# full next to their targets (the key 0600 from creation), check them, and only then
+# rename: a full disk fails here, before anything is replaced.
+if [ -n "$RENDERED" ]; then
+	check_file rendered "$RENDERED" 'BEGIN CERTIFICATE'
+	rm -f "$KEY.new" "$FULLCHAIN.new"
+	if ! (umask 077 && sed -n '/-----BEGIN [A-Z ]*PRIVATE KEY-----/,/-----END [A-Z ]*PRIVATE KEY-----/p' "$RENDERED" >"$KEY.new"); then
+		rm -f "$KEY.new"
+		die "cannot stage $KEY.new (disk full?); nothing was replaced"
+	fi
+	if ! (umask 022 && sed -n '/-----BEGIN CERTIFICATE-----/,/-----END CERTIFICATE-----/p' "$RENDERED" >"$FULLCHAIN.new"); then
+		rm -f "$KEY.new" "$FULLCHAIN.new"
+		die "cannot stage $FULLCHAIN.new (disk full?); nothing was replaced"
+	fi
+	if ! [ -s "$KEY.new" ] || ! [ -s "$FULLCHAIN.new" ] || ! keys_match "$KEY.new" "$FULLCHAIN.new"; then
+		rm -f "$KEY.new" "$FULLCHAIN.new"
+		die "the render $RENDERED does not hold a matching key and certificate; nothing was replaced"
+	fi
+	sync "$KEY.new" "$FULLCHAIN.new" 2>/dev/null || sync
+	mv -f "$KEY.new" "$KEY" || die "cannot replace $KEY"
+	mv -f "$FULLCHAIN.new" "$FULLCHAIN" || die "cannot replace $FULLCHAIN (the key is new: re-run the hook)"
+	log "installed key and fullchain from $RENDERED"
+fi
 
 check_file fullchain "$FULLCHAIN" 'BEGIN CERTIFICATE'
 check_file key "$KEY" 'PRIVATE KEY'
@@ -541,6 +589,64 @@ mod tests {
                 .map(str::to_owned)
                 .collect()
         }
+    }
+
+    #[test]
+    fn installs_key_and_fullchain_from_the_agents_single_render_or_replaces_nothing() {
+        use std::os::unix::fs::MetadataExt;
+        let mut lab = Lab::new();
+        let rendered = lab.dir.path().join("tls/.ncprd1.fullchain.pem.rendered");
+        lab.spec.rendered_path = Some(rendered.clone());
+        let (key, cert) = openssl_pair(lab.dir.path(), "new");
+        let (key_pem, cert_pem) = (
+            std::fs::read_to_string(&key).expect("key"),
+            std::fs::read_to_string(&cert).expect("cert"),
+        );
+        std::fs::write(&rendered, format!("{key_pem}\n{cert_pem}\n")).expect("render");
+        let out = lab.run();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert_eq!(
+            std::fs::read_to_string(&lab.spec.key_path).unwrap().trim(),
+            key_pem.trim()
+        );
+        assert_eq!(
+            std::fs::read_to_string(&lab.spec.fullchain_path)
+                .unwrap()
+                .trim(),
+            cert_pem.trim()
+        );
+        assert_eq!(
+            std::fs::metadata(&lab.spec.key_path).unwrap().mode() & 0o777,
+            0o600
+        );
+
+        // A render whose key does not match its certificate replaces nothing.
+        let before = (
+            std::fs::read(&lab.spec.key_path).unwrap(),
+            std::fs::read(&lab.spec.fullchain_path).unwrap(),
+        );
+        let (other_key, _) = openssl_pair(lab.dir.path(), "other");
+        let other = std::fs::read_to_string(other_key).unwrap();
+        std::fs::write(&rendered, format!("{other}\n{cert_pem}\n")).expect("render");
+        let out = lab.run();
+        assert!(!out.status.success());
+        assert!(
+            String::from_utf8_lossy(&out.stderr).contains("nothing was replaced"),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert_eq!(
+            (
+                std::fs::read(&lab.spec.key_path).unwrap(),
+                std::fs::read(&lab.spec.fullchain_path).unwrap()
+            ),
+            before
+        );
+        assert!(!lab.spec.key_path.with_extension("key.new").exists());
     }
 
     #[test]

@@ -459,3 +459,54 @@ async fn a_full_disk_under_vault_mtls_fails_before_any_rename_and_everything_is_
     assert_eq!(serial_of(&home), serial);
     drop(fs);
 }
+
+#[tokio::test]
+async fn a_full_disk_under_tls_fails_the_leaf_before_any_rename_and_the_pair_stays_matched() {
+    let lab = shared();
+    let app = "fulltls";
+    let (dir, cfg) = after_step_3(lab, "fulltls", &[app], "").await;
+    let home = dir.join("home").join(app);
+    lab.define_agent_unit(app, &home);
+    let (exit, v) = rotate(&cfg, &["run", "--step", "leaf"]).await;
+    assert_eq!(exit, Exit::Ok, "the first leaf: {v:#}");
+    let tls = home.join("tls");
+    let (key_path, full_path) = (
+        tls.join(format!("{app}.key")),
+        tls.join(format!("{app}.fullchain.pem")),
+    );
+    let key = std::fs::read(&key_path).unwrap();
+    let full = std::fs::read(&full_path).unwrap();
+
+    // The same pair, on a tmpfs with no room left: the agent renders (elsewhere), the
+    // post-hook cannot stage the new pair next to the old one.
+    let fs = Tmpfs::mount(&tls, "64k");
+    rotate_tests::write_file(&key_path, &key, 0o600).unwrap();
+    rotate_tests::write_file(&full_path, &full, 0o644).unwrap();
+    fs.fill();
+
+    let (exit, v) = rotate(&cfg, &["run", "--step", "leaf"]).await;
+    assert!(
+        matches!(exit, Exit::GateFailed | Exit::RollbackIncomplete),
+        "{v:#}"
+    );
+    let err = errors(&v);
+    assert!(err.contains("nothing was replaced"), "{err}");
+    assert_eq!(std::fs::read(&key_path).unwrap(), key, "the key changed");
+    assert_eq!(
+        std::fs::read(&full_path).unwrap(),
+        full,
+        "the fullchain changed"
+    );
+    pki_ops::key_matches_cert_files(&key_path, &full_path).unwrap();
+    let mut names: Vec<String> = std::fs::read_dir(&tls)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    names.sort();
+    assert_eq!(
+        names,
+        ["filler", "fulltls.fullchain.pem", "fulltls.key"],
+        "no staged file left"
+    );
+    drop(fs);
+}

@@ -99,6 +99,10 @@ pub struct LeafPlan {
 pub struct LeafApplied {
     /// Serial of the leaf before the restart (a render must replace it).
     pub previous_serial: Option<String>,
+    /// The post-hook's status line before the restart: a different `failed` line after it
+    /// is this render's failure (e.g. it could not install the pair: nothing replaced).
+    #[serde(default)]
+    pub previous_hook_status: Option<String>,
     /// The policies a cert login must give, exactly.
     pub policies: Vec<String>,
     /// Policies removed from the mapping.
@@ -178,6 +182,7 @@ fn agent_spec(cfg: &Config, app: &AppConfig, n: &Names) -> AgentConfigSpec {
     s.leaf_ttl = cfg.leaf.ttl.clone();
     s.fullchain_path = app.fullchain();
     s.key_path = app.leaf_key();
+    s.rendered_path = home.join(rel::leaf_render(app));
     s.post_hook_path = home.join(rel::post_hook(app));
     s.pid_file = home.join(rel::agent_dir(app)).join("agent.pid");
     s.token_sink = sink_path(app);
@@ -192,6 +197,8 @@ fn post_hook_spec(cfg: &Config, app: &AppConfig) -> PostHookSpec {
     let mut s = PostHookSpec::new(&app.name);
     s.fullchain_path = app.fullchain();
     s.key_path = app.leaf_key();
+    // The agent renders both into one file; the hook installs them as a matched pair.
+    s.rendered_path = Some(app.home.join(rel::leaf_render(app)));
     if !cfg.leaf.reload_tls_label.is_empty() {
         s = s.reload_tls_label(&cfg.leaf.reload_tls_label);
     }
@@ -567,6 +574,9 @@ impl Step for LeafStep<'_> {
         }
         staged.commit()?;
 
+        let previous_hook_status = tree
+            .read(&rel::post_hook_status(app))?
+            .map(|b| String::from_utf8_lossy(&b).trim().to_owned());
         let previous_serial = tree
             .read(under_home(app, &app.fullchain()))?
             .and_then(|b| {
@@ -605,6 +615,7 @@ impl Step for LeafStep<'_> {
         .map_err(|e| gate_err(app, format!("restart of {} failed: {e}", app.unit())))?;
         Ok(LeafApplied {
             previous_serial,
+            previous_hook_status,
             policies: outcome.token_policies,
             removed_policies: p
                 .mapping_previous
@@ -650,6 +661,20 @@ impl Step for LeafStep<'_> {
                 )
                 .map_err(|e| e.to_string())?;
                 if a.previous_serial.as_deref() == Some(info.serial_hex.as_str()) {
+                    // The hook may have refused to install this render (a full disk, a
+                    // mismatched pair): a new failure report says so, at once.
+                    let status = tree
+                        .read(&rel::post_hook_status(app))?
+                        .map(|b| String::from_utf8_lossy(&b).trim().to_owned());
+                    if let Some(line) =
+                        status.filter(|l| Some(l) != a.previous_hook_status.as_ref())
+                        && let Some(hooks::HookStatus::Failed { reason, .. }) =
+                            hooks::parse_status(&line)
+                    {
+                        return Err(GateWait::Fatal(format!(
+                            "the post-hook could not install the new leaf: {reason}"
+                        )));
+                    }
                     return Err::<_, GateWait>("the leaf is still the previous one".into());
                 }
                 // The post-hook checked these exact bytes and reloaded.

@@ -71,6 +71,10 @@ pub(crate) mod rel {
     pub(crate) fn post_hook(app: &AppConfig) -> PathBuf {
         agent_dir(app).join("bin/vault-agent-post-leaf.sh")
     }
+    /// `.vault-agent-<app>/leaf.rendered.pem`: the agent's one render of key + fullchain.
+    pub(crate) fn leaf_render(app: &AppConfig) -> PathBuf {
+        agent_dir(app).join("leaf.rendered.pem")
+    }
     /// Where the post-hook reports its outcome (see `hooks::parse_status`).
     pub(crate) fn post_hook_status(app: &AppConfig) -> PathBuf {
         agent_dir(app).join("post-hook.status")
