@@ -97,6 +97,21 @@ fn served_serial_openssl(lab: &Lab) -> String {
         .to_owned()
 }
 
+/// A "server" that ignores the reload: `[listener] reload` signals a `sleep` (SIGCONT)
+/// through a pid file in `dir`, with `timeout` to wait for the new serial. Kill the
+/// returned child when done.
+fn decoy_reload(cfg: &Path, dir: &Path, timeout: &str) -> std::process::Child {
+    let decoy = Command::new("sleep").arg("600").spawn().unwrap();
+    let pid_file = dir.join("decoy.pid");
+    std::fs::write(&pid_file, decoy.id().to_string()).unwrap();
+    set_reload(
+        cfg,
+        &format!("signal:{}:CONT", pid_file.display()),
+        Some(timeout),
+    );
+    decoy
+}
+
 /// `rotate <args>` as a real process (JSON output discarded), to be killed mid-run.
 fn rotate_child(cfg: &Path, args: &[&str]) -> std::process::Child {
     Command::new(env!("CARGO_BIN_EXE_rotate-child"))
@@ -373,15 +388,8 @@ async fn a_listener_reload_that_does_not_take_effect_is_detected_and_the_old_ser
     let p = &lab.paths;
     let dir = tempdir("tls-noreload");
     // A "server" that ignores SIGHUP: the pid file names a process that is not bao.
-    let mut decoy = Command::new("sleep").arg("60").spawn().unwrap();
-    let pid_file = dir.join("decoy.pid");
-    std::fs::write(&pid_file, decoy.id().to_string()).unwrap();
     let cfg = tls_config(lab, &dir, &[]);
-    set_reload(
-        &cfg,
-        &format!("signal:{}:CONT", pid_file.display()),
-        Some("2s"),
-    );
+    let mut decoy = decoy_reload(&cfg, &dir, "2s");
     let before = (bytes(&p.server_cert), bytes(&p.server_key));
     let served = served_serial_openssl(lab);
 
@@ -998,15 +1006,8 @@ async fn killing_a_failing_listener_run_during_its_gate_or_unwind_then_resuming_
     let p = &lab.paths;
     let dir = tempdir("tls-kill-unwind");
     // A reload that never takes effect: every run fails its gate and unwinds.
-    let mut decoy = Command::new("sleep").arg("600").spawn().unwrap();
-    let pid_file = dir.join("decoy.pid");
-    std::fs::write(&pid_file, decoy.id().to_string()).unwrap();
     let cfg = tls_config(lab, &dir, &[]);
-    set_reload(
-        &cfg,
-        &format!("signal:{}:CONT", pid_file.display()),
-        Some("1s"),
-    );
+    let mut decoy = decoy_reload(&cfg, &dir, "1s");
     let before = (bytes(&p.server_cert), bytes(&p.server_key));
     let served = served_serial_openssl(lab);
     let kept_before = rotate_files(&p.server_cert);

@@ -198,22 +198,15 @@ impl Step for AdminStep<'_> {
             .read(&name)?
             .map(|b| String::from_utf8_lossy(&b).into_owned());
         let key = tree.read(&key_name)?;
-        if let Some(broken) = crate::steps::pair_broken(
+        let chain = mount_chain(self.deps.vault, self.mount(), None).await?;
+        Ok(crate::steps::pair_not_due(
+            self.cfg,
+            (self.deps.clock)(),
             "admin certificate",
             key.as_deref().map(|k| k.as_slice()),
             cert.as_deref(),
-        ) {
-            tracing::info!(%broken, "due");
-            return Ok(None);
-        }
-        let chain = mount_chain(self.deps.vault, self.mount(), None).await?;
-        Ok(crate::steps::not_due_reason(crate::steps::renewal(
-            "admin certificate",
-            cert.as_deref(),
             &chain,
-            (self.deps.clock)(),
-            self.cfg.run.renew_share,
-        )))
+        ))
     }
 
     async fn plan(&self, _t: &Singleton) -> Result<TargetPlan<AdminPlan>, StepError> {

@@ -430,10 +430,8 @@ impl Step for AgentsStep<'_> {
             .read(&rel::agent_cert())?
             .map(|b| String::from_utf8_lossy(&b).into_owned());
         let key = tree.read(&rel::agent_key())?;
-        if let Some(broken) =
-            crate::steps::pair_broken(&what, key.as_deref().map(|k| k.as_slice()), cert.as_deref())
-        {
-            tracing::info!(%broken, "due");
+        let key = key.as_deref().map(|k| k.as_slice());
+        if crate::steps::pair_broken(&what, key, cert.as_deref()).is_some() {
             return Ok(None);
         }
         // A drifted mapping (e.g. debug-policy re-attached) is converged, not left alone.
@@ -449,13 +447,15 @@ impl Step for AgentsStep<'_> {
             tracing::info!(app = %app.name, "due: mapping drifted");
             return Ok(None);
         }
-        Ok(crate::steps::not_due_reason(crate::steps::renewal(
+        let now = (self.deps.clock)();
+        Ok(crate::steps::pair_not_due(
+            self.cfg,
+            now,
             &what,
+            key,
             cert.as_deref(),
             &self.chain,
-            (self.deps.clock)(),
-            self.cfg.run.renew_share,
-        )))
+        ))
     }
 
     fn pending(&self, app: &AppConfig) -> Option<String> {

@@ -277,19 +277,14 @@ impl Step for LeafStep<'_> {
             .read(&rel::fullchain(app))?
             .map(|b| String::from_utf8_lossy(&b).into_owned());
         let key = tree.read(&rel::leaf_key(app))?;
-        if let Some(broken) =
-            crate::steps::pair_broken(&what, key.as_deref().map(|k| k.as_slice()), cert.as_deref())
-        {
-            tracing::info!(%broken, "due");
-            return Ok(None);
-        }
-        Ok(crate::steps::not_due_reason(crate::steps::renewal(
+        Ok(crate::steps::pair_not_due(
+            self.cfg,
+            (self.deps.clock)(),
             &what,
+            key.as_deref().map(|k| k.as_slice()),
             cert.as_deref(),
             &self.chain,
-            (self.deps.clock)(),
-            self.cfg.run.renew_share,
-        )))
+        ))
     }
 
     async fn plan(&self, app: &AppConfig) -> Result<TargetPlan<LeafPlan>, StepError> {

@@ -226,14 +226,6 @@ impl Step for ListenerStep<'_> {
             .read(&cert_rel)?
             .map(|b| String::from_utf8_lossy(&b).into_owned());
         let key = tree.read(&key_rel)?;
-        if let Some(broken) = crate::steps::pair_broken(
-            "listener certificate",
-            key.as_deref().map(|k| k.as_slice()),
-            cert.as_deref(),
-        ) {
-            tracing::info!(%broken, "due");
-            return Ok(None);
-        }
         // The file is what the listener serves (else a reload is pending: not "not due").
         let (c, k, ca) = self.admin_files()?;
         let served = crate::served::look(self.deps.vault.gate, Some((&c, &k)), &ca, PROOF_TIMEOUT)
@@ -250,13 +242,14 @@ impl Step for ListenerStep<'_> {
             tracing::info!("due: the listener serves another certificate than its file");
             return Ok(None);
         }
-        Ok(crate::steps::not_due_reason(crate::steps::renewal(
+        Ok(crate::steps::pair_not_due(
+            self.cfg,
+            (self.deps.clock)(),
             "listener certificate",
+            key.as_deref().map(|k| k.as_slice()),
             cert.as_deref(),
             &self.chain,
-            (self.deps.clock)(),
-            self.cfg.run.renew_share,
-        )))
+        ))
     }
 
     async fn plan(&self, _t: &Singleton) -> Result<TargetPlan<ListenerPlan>, StepError> {

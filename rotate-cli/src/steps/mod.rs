@@ -312,6 +312,23 @@ pub(crate) fn pair_broken(what: &str, key: Option<&[u8]>, cert: Option<&str>) ->
         .map(|e| format!("{what}: {e}"))
 }
 
+/// A step's `not_due` answer for a key + certificate pair: `Some(why)` when the pair
+/// matches and [`renewal`] says it is not due; `None` (renew) otherwise.
+pub(crate) fn pair_not_due(
+    cfg: &Config,
+    now: i64,
+    what: &str,
+    key: Option<&[u8]>,
+    cert: Option<&str>,
+    chain: &str,
+) -> Option<String> {
+    if let Some(broken) = pair_broken(what, key, cert) {
+        tracing::info!(%broken, "due");
+        return None;
+    }
+    not_due_reason(renewal(what, cert, chain, now, cfg.run.renew_share))
+}
+
 /// [`renewal`] as a step's `not_due` answer: `Some(why)` when not due.
 pub(crate) fn not_due_reason(r: Renewal) -> Option<String> {
     match r {
