@@ -5,11 +5,15 @@ use clap::Parser;
 #[tokio::main]
 async fn main() -> std::process::ExitCode {
     let cli = rotate_cli::Cli::parse();
+    // Progress per step and target on stderr (stdout carries the report); `ROTATE_LOG`
+    // overrides, e.g. `ROTATE_LOG=debug` or `ROTATE_LOG=warn` for quiet runs.
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_env("ROTATE_LOG")
-                .unwrap_or_else(|_| "warn".into()),
+                .unwrap_or_else(|_| "warn,rotate::progress=info".into()),
         )
+        .without_time()
+        .with_target(false)
         .with_writer(std::io::stderr)
         .init();
     let mut stdout = std::io::stdout().lock();

@@ -229,8 +229,27 @@ pub(crate) async fn run_step<S: Step>(
     ctx: RunCtx<'_>,
 ) -> Result<StepReport, JournalError> {
     let started = std::time::Instant::now();
+    tracing::info!(
+        target: "rotate::progress",
+        "{}: {} target(s){}",
+        step.id(),
+        apps.len(),
+        if ctx.journal.is_none() { ", plan only" } else { "" }
+    );
     let results = bounded(apps, ctx.concurrency, |app| async move {
-        run_target(step, app, ctx).await
+        let r = run_target(step, app, ctx).await;
+        if let Ok(t) = &r {
+            tracing::info!(
+                target: "rotate::progress",
+                "{} {}: {:?} ({} ms){}",
+                step.id(),
+                t.app,
+                t.outcome,
+                t.millis,
+                t.error.as_deref().map(|e| format!(": {e}")).unwrap_or_default()
+            );
+        }
+        r
     })
     .await;
     let mut targets = Vec::with_capacity(results.len());
