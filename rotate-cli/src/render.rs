@@ -110,6 +110,9 @@ impl fmt::Display for TargetReport {
                 )?;
             }
         }
+        if let Some(l) = &self.live {
+            writeln!(f, "    {l}")?;
+        }
         if let Some(p) = &self.pending {
             writeln!(f, "    pending: {p}")?;
         }

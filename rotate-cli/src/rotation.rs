@@ -413,6 +413,7 @@ pub async fn execute(
         report.steps.push(sr);
     }
 
+    mark_step_3_live(&mut report);
     let interrupted = deps.cancel.is_cancelled()
         || report
             .steps
@@ -547,6 +548,35 @@ async fn step_dispatch(
             targets: Vec::new(),
             millis: 0,
         }),
+    }
+}
+
+/// Step 3 is live only once step 4's restarted agent logged in with its certificate: for
+/// each app whose leaf gate proved that in this run, step 3's "pending" becomes a fact.
+fn mark_step_3_live(report: &mut RunReport) {
+    let live: Vec<(String, String)> = report
+        .steps
+        .iter()
+        .filter(|s| s.step == StepId::Leaf)
+        .flat_map(|s| &s.targets)
+        .filter(|t| t.outcome == Outcome::Committed)
+        .filter_map(|t| {
+            let serial = t.proof.as_ref()?.get("agent_login_serial")?.as_str()?;
+            Some((t.app.clone(), serial.to_owned()))
+        })
+        .collect();
+    for t in report
+        .steps
+        .iter_mut()
+        .filter(|s| s.step == StepId::Agents)
+        .flat_map(|s| &mut s.targets)
+    {
+        if let Some((_, serial)) = live.iter().find(|(app, _)| *app == t.app) {
+            t.pending = None;
+            t.live = Some(format!(
+                "live: the restarted agent logged in with certificate serial {serial} (step 4)"
+            ));
+        }
     }
 }
 

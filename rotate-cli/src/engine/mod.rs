@@ -182,6 +182,9 @@ pub struct TargetReport {
     /// What remains before it is live.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub pending: Option<String>,
+    /// How it was proven live, when a later step proved it (step 3 by step 4).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub live: Option<String>,
     /// Why it failed.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
@@ -293,6 +296,7 @@ impl TargetReport {
             applied: None,
             proof: None,
             pending: None,
+            live: None,
             error: None,
             error_class: None,
             rollback: None,
