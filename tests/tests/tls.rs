@@ -904,6 +904,12 @@ async fn the_whole_order_in_one_command_is_confirmed_by_real_clients_and_a_secon
         1,
         "step 6 restarts the proxy stack once"
     );
+    // Step 3 is reported live only because step 4's restarted agent logged in with it.
+    for app in ["ncprd1", "resume2me"] {
+        let t = target(&v, "agents", app);
+        assert!(t["pending"].is_null(), "{t:#}");
+        assert!(t["live"].as_str().unwrap().contains("logged in"), "{t:#}");
+    }
 
     // Real clients agree.
     let (code, out) = bao_status(lab, &p.admin_cert, &p.admin_key, &p.ca_bundle);
