@@ -436,9 +436,21 @@ if [ -n "$RENDERED" ]; then
 		rm -f "$KEY.new" "$FULLCHAIN.new"
 		die "the render $RENDERED does not hold a matching key and certificate; nothing was replaced"
 	fi
-	sync "$KEY.new" "$FULLCHAIN.new" 2>/dev/null || sync
-	mv -f "$KEY.new" "$KEY" || die "cannot replace $KEY"
-	mv -f "$FULLCHAIN.new" "$FULLCHAIN" || die "cannot replace $FULLCHAIN (the key is new: re-run the hook)"
+	if ! sync "$KEY.new" "$FULLCHAIN.new"; then
+		rm -f "$KEY.new" "$FULLCHAIN.new"
+		die "cannot sync the staged files (disk full or I/O error?); nothing was replaced"
+	fi
+	# The old key stays linked until the fullchain is replaced too: a failure in between
+	# puts it back, so the pair in use is never left mismatched by an error.
+	rm -f "$KEY.prev"
+	[ ! -e "$KEY" ] || ln -f "$KEY" "$KEY.prev" || die "cannot keep $KEY.prev; nothing was replaced"
+	mv -f "$KEY.new" "$KEY" || { rm -f "$KEY.prev" "$FULLCHAIN.new"; die "cannot replace $KEY; nothing was replaced"; }
+	if ! mv -f "$FULLCHAIN.new" "$FULLCHAIN"; then
+		[ ! -e "$KEY.prev" ] || mv -f "$KEY.prev" "$KEY"
+		rm -f "$FULLCHAIN.new"
+		die "cannot replace $FULLCHAIN; the previous key was put back"
+	fi
+	rm -f "$KEY.prev"
 	log "installed key and fullchain from $RENDERED"
 fi
 

@@ -443,8 +443,8 @@ impl Step for AgentsStep<'_> {
             true,
         )
         .await?;
-        if !drift.drift.is_empty() {
-            tracing::info!(app = %app.name, "due: mapping drifted");
+        if !drift.drift.is_empty() || drift.action != cert_auth::MappingAction::Unchanged {
+            tracing::info!(app = %app.name, "due: mapping missing or drifted");
             return Ok(None);
         }
         let now = (self.deps.clock)();

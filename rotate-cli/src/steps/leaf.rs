@@ -643,29 +643,40 @@ impl Step for LeafStep<'_> {
         // A new leaf whose post-hook reported success for exactly these bytes.
         let mut last;
         let leaf = loop {
+            // A failure report of the post-hook written since the restart is this render's
+            // failure (it could not install the pair, it found them mismatched): at once.
+            let new_failure = || -> Result<Option<String>, StepError> {
+                let line = tree
+                    .read(&rel::post_hook_status(app))?
+                    .map(|b| String::from_utf8_lossy(&b).trim().to_owned());
+                Ok(line
+                    .filter(|l| Some(l) != a.previous_hook_status.as_ref())
+                    .and_then(|l| match hooks::parse_status(&l) {
+                        Some(hooks::HookStatus::Failed { reason, .. }) => Some(reason),
+                        _ => None,
+                    }))
+            };
             let attempt = async {
                 let fc = tree.read(&fullchain_rel)?.ok_or("no fullchain yet")?;
                 let fc_text = String::from_utf8_lossy(&fc).into_owned();
                 let key = tree.read(&key_rel)?.ok_or("no key yet")?;
-                let info = verify_leaf(
+                let info = match verify_leaf(
                     &fc_text,
                     &String::from_utf8_lossy(&key),
                     &ca,
                     &want,
                     (self.deps.clock)(),
-                )
-                .map_err(|e| e.to_string())?;
+                ) {
+                    Ok(info) => info,
+                    Err(e) => {
+                        if let Some(reason) = new_failure()? {
+                            return Err(GateWait::Fatal(format!("the post-hook failed: {reason}")));
+                        }
+                        return Err(e.to_string().into());
+                    }
+                };
                 if a.previous_serial.as_deref() == Some(info.serial_hex.as_str()) {
-                    // The hook may have refused to install this render (a full disk, a
-                    // mismatched pair): a new failure report says so, at once.
-                    let status = tree
-                        .read(&rel::post_hook_status(app))?
-                        .map(|b| String::from_utf8_lossy(&b).trim().to_owned());
-                    if let Some(line) =
-                        status.filter(|l| Some(l) != a.previous_hook_status.as_ref())
-                        && let Some(hooks::HookStatus::Failed { reason, .. }) =
-                            hooks::parse_status(&line)
-                    {
+                    if let Some(reason) = new_failure()? {
                         return Err(GateWait::Fatal(format!(
                             "the post-hook could not install the new leaf: {reason}"
                         )));
