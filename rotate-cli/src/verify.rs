@@ -512,13 +512,7 @@ impl std::fmt::Display for VerifyReport {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         writeln!(f, "rotate verify ({})", self.env)?;
         for c in &self.checks {
-            writeln!(
-                f,
-                "  [{}] {}: {}",
-                if c.ok { "ok" } else { "FAIL" },
-                c.name,
-                c.detail
-            )?;
+            writeln!(f, "  {c}")?;
         }
         writeln!(f, "\nExpiry inventory (soonest first):")?;
         for m in &self.inventory {

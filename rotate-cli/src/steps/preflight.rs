@@ -479,17 +479,18 @@ fn find_program(prog: &str) -> Option<std::path::PathBuf> {
     })
 }
 
+impl std::fmt::Display for Check {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let mark = if self.ok { "ok" } else { "FAIL" };
+        write!(f, "[{mark}] {}: {}", self.name, self.detail)
+    }
+}
+
 impl std::fmt::Display for PreflightReport {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         writeln!(f, "Step 0: preflight")?;
         for c in &self.checks {
-            writeln!(
-                f,
-                "  [{}] {}: {}",
-                if c.ok { "ok" } else { "FAIL" },
-                c.name,
-                c.detail
-            )?;
+            writeln!(f, "  {c}")?;
         }
         Ok(())
     }
