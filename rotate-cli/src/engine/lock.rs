@@ -37,8 +37,8 @@ pub struct StateLock {
 }
 
 impl StateLock {
-    /// Take the lock of `state_dir` (created `0700` if missing) or fail at once naming
-    /// the holder. `what` describes this run (written for the next contender to read).
+    /// Take the lock of `state_dir` (created `0700` if missing) or fail within half a
+    /// second naming the holder. `what` describes this run (written for the next contender to read).
     pub fn acquire(state_dir: &Path, what: &str, now: i64) -> Result<StateLock, LockError> {
         let path = state_dir.join("lock");
         let io = |source| LockError::Io {
@@ -57,7 +57,20 @@ impl StateLock {
             .mode(0o600)
             .open(&path)
             .map_err(io)?;
-        match file.try_lock() {
+        // A lock just released can stay held for a moment by a process forked while it was
+        // held (flock follows the open file until the child's exec closes it): look again
+        // for a short while before naming a holder. A real holder is still refused quickly.
+        let mut tries = 0;
+        let locked = loop {
+            match file.try_lock() {
+                Err(TryLockError::WouldBlock) if tries < 25 => {
+                    tries += 1;
+                    std::thread::sleep(std::time::Duration::from_millis(20));
+                }
+                other => break other,
+            }
+        };
+        match locked {
             Ok(()) => {}
             Err(TryLockError::WouldBlock) => {
                 let mut holder = String::new();
