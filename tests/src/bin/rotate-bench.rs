@@ -179,43 +179,51 @@ async fn main() -> Result<()> {
         )
         .await?,
     );
-    // Step 3 at fleet sizes, each in its own state directory; peak RSS per size (the
-    // kernel's high-water mark, reset before each size through /proc/self/clear_refs).
+    // Step 3 at fleet sizes, sequential (`[run] concurrency = 1`) vs concurrent (4), each
+    // in its own state directory; peak RSS per row (the kernel's high-water mark, reset
+    // before each row through /proc/self/clear_refs).
     let base = std::path::absolute(&args.dir)?;
     for apps in [10usize, 50, 200] {
-        let homes: Vec<(String, PathBuf)> = (0..apps)
-            .map(|i| {
-                let name = format!("fleet{apps}x{i}");
-                (name.clone(), base.join("fleet").join(&name))
-            })
-            .collect();
-        for (_, home) in &homes {
-            std::fs::create_dir_all(home)?;
+        for concurrency in [1usize, 4] {
+            let homes: Vec<(String, PathBuf)> = (0..apps)
+                .map(|i| {
+                    let name = format!("fleet{apps}c{concurrency}x{i}");
+                    (name.clone(), base.join("fleet").join(&name))
+                })
+                .collect();
+            for (_, home) in &homes {
+                std::fs::create_dir_all(home)?;
+            }
+            let state = base.join(format!("fleet-state-{apps}-{concurrency}"));
+            let text = with_concurrency(
+                &lab.rotate_config_for(&homes).replace(
+                    &lab.paths.dir.join("state").display().to_string(),
+                    &state.display().to_string(),
+                ),
+                concurrency,
+            )?;
+            let path = base.join(format!("fleet-{apps}-{concurrency}.toml"));
+            std::fs::write(&path, text)?;
+            let config = path.display().to_string();
+            std::fs::write("/proc/self/clear_refs", "5")?;
+            let mut row = measure(
+                &format!(
+                    "`rotate run --step agents`, {apps} apps, gates included, concurrency {concurrency}"
+                ),
+                3,
+                || async {
+                    let cli = <rotate_cli::Cli as Parser>::parse_from([
+                        "rotate", "--config", &config, "-o", "json", "run", "--step", "agents",
+                    ]);
+                    let exit = rotate_cli::run(cli, &mut std::io::sink()).await;
+                    anyhow::ensure!(exit == rotate_cli::Exit::Ok, "rotate exited {exit:?}");
+                    Ok(())
+                },
+            )
+            .await?;
+            row.name = format!("{} (peak RSS {} MiB)", row.name, peak_rss_kib()? / 1024);
+            rows.push(row);
         }
-        let state = base.join(format!("fleet-state-{apps}"));
-        let text = lab.rotate_config_for(&homes).replace(
-            &lab.paths.dir.join("state").display().to_string(),
-            &state.display().to_string(),
-        );
-        let path = base.join(format!("fleet-{apps}.toml"));
-        std::fs::write(&path, text)?;
-        let config = path.display().to_string();
-        std::fs::write("/proc/self/clear_refs", "5")?;
-        let mut row = measure(
-            &format!("`rotate run --step agents`, {apps} apps, gates included"),
-            3,
-            || async {
-                let cli = <rotate_cli::Cli as Parser>::parse_from([
-                    "rotate", "--config", &config, "-o", "json", "run", "--step", "agents",
-                ]);
-                let exit = rotate_cli::run(cli, &mut std::io::sink()).await;
-                anyhow::ensure!(exit == rotate_cli::Exit::Ok, "rotate exited {exit:?}");
-                Ok(())
-            },
-        )
-        .await?;
-        row.name = format!("{} (peak RSS {} MiB)", row.name, peak_rss_kib()? / 1024);
-        rows.push(row);
     }
     // Step 4 with real agents (each a `bao agent` process behind the lab's systemctl):
     // sequential (`[run] concurrency = 1`) vs concurrent (4), after one step 3.
@@ -232,13 +240,13 @@ async fn main() -> Result<()> {
                 lab.define_agent_unit(name, home);
             }
             let state = base.join(format!("leaf-state-{apps}-{concurrency}"));
-            let text = lab
-                .rotate_config_for(&homes)
-                .replace(
+            let text = with_concurrency(
+                &lab.rotate_config_for(&homes).replace(
                     &lab.paths.dir.join("state").display().to_string(),
                     &state.display().to_string(),
-                )
-                .replace("[run]\n", &format!("[run]\nconcurrency = {concurrency}\n"));
+                ),
+                concurrency,
+            )?;
             let path = base.join(format!("leaf-{apps}-{concurrency}.toml"));
             std::fs::write(&path, text)?;
             let config = path.display().to_string();
@@ -280,6 +288,15 @@ async fn main() -> Result<()> {
         println!("{}", r.row());
     }
     Ok(())
+}
+
+/// `text` (a lab config) with `[run] concurrency` set; an error if it has no `[run]`.
+fn with_concurrency(text: &str, concurrency: usize) -> Result<String> {
+    anyhow::ensure!(
+        text.contains("[run]\n"),
+        "the lab config has no [run] section to set concurrency in"
+    );
+    Ok(text.replace("[run]\n", &format!("[run]\nconcurrency = {concurrency}\n")))
 }
 
 /// This process's peak resident set size (VmHWM), KiB.
