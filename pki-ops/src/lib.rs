@@ -78,7 +78,9 @@ pub use x509::check::{
     der_to_pem, key_matches_cert, key_matches_cert_files, verify_chain, verify_chain_files,
     verify_chain_labeled,
 };
-pub use x509::inspect::{CertInfo, parse_bundle, parse_bundle_file, sha256_hex};
+pub use x509::inspect::{
+    CertInfo, distinguished_name, parse_bundle, parse_bundle_file, sha256_hex,
+};
 
 #[cfg(test)]
 mod testca;

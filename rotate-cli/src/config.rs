@@ -210,6 +210,13 @@ pub struct ListenerSection {
     /// present), e.g. the proxy's chain.
     #[serde(default)]
     pub client_bundles: Vec<PathBuf>,
+    /// The server's `tls_client_ca_file`: the issuers its listener should accept client
+    /// certificates from. SIGHUP never reloads it, so when set: step 6 (`[restarts]
+    /// vault_when = "when-needed"`) restarts Vault if the running listener does not
+    /// accept exactly the issuers it lists, and refuses to restart into a file that would
+    /// not trust the admin or an agent certificate; `rotate verify` checks it.
+    #[serde(default)]
+    pub client_ca_file: Option<PathBuf>,
 }
 
 fn default_listener_role() -> String {
@@ -239,14 +246,27 @@ pub struct RestartsSection {
     /// Needed when something SIGHUP does not reload changed (its `tls_client_ca_file`).
     #[serde(default)]
     pub vault: Option<String>,
-    /// Restart Vault on every run (`always`) or never (`never`, the default: a listener
-    /// certificate is reloaded by SIGHUP in step 2).
+    /// When step 6 restarts Vault: `when-needed` (the default: only when the running
+    /// listener has not loaded `[listener] client_ca_file`; a listener certificate is
+    /// reloaded by SIGHUP in step 2), `always`, or `never`.
     #[serde(default = "default_vault_when")]
-    pub vault_when: String,
+    pub vault_when: VaultWhen,
 }
 
-fn default_vault_when() -> String {
-    "never".into()
+/// `[restarts] vault_when`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum VaultWhen {
+    /// When the running listener has not loaded `[listener] client_ca_file`.
+    WhenNeeded,
+    /// On every run that restarts.
+    Always,
+    /// Never.
+    Never,
+}
+
+fn default_vault_when() -> VaultWhen {
+    VaultWhen::WhenNeeded
 }
 
 /// `[health]`: step 7 and `rotate health`.
@@ -774,19 +794,8 @@ impl Config {
                 v.parse::<hooks::Reloader>()
                     .map_err(|e| self.invalid("restarts.vault", e.to_string()))?;
             }
-            match (r.vault_when.as_str(), &r.vault) {
-                ("never", _) | ("always", Some(_)) => {}
-                ("always", None) => {
-                    return Err(
-                        self.invalid("restarts.vault_when", "\"always\" needs restarts.vault")
-                    );
-                }
-                (other, _) => {
-                    return Err(self.invalid(
-                        "restarts.vault_when",
-                        format!("{other:?}: one of \"never\", \"always\""),
-                    ));
-                }
+            if r.vault_when == VaultWhen::Always && r.vault.is_none() {
+                return Err(self.invalid("restarts.vault_when", "\"always\" needs restarts.vault"));
             }
         }
         dur("health.window", &self.health.window)?;

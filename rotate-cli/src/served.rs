@@ -29,6 +29,10 @@ pub struct Served {
     pub seal_status_error: Option<String>,
     /// Sealed, per `sys/seal-status`.
     pub sealed: bool,
+    /// The issuers the listener named as acceptable for client certificates (DER), i.e.
+    /// the `tls_client_ca_file` it has loaded; `None` when it asked for none.
+    #[serde(skip)]
+    pub client_cas: Option<Vec<Vec<u8>>>,
 }
 
 /// One handshake with `identity` trusting only `ca`: what the listener serves now.
@@ -69,7 +73,87 @@ pub async fn look(
         seal_status,
         seal_status_error,
         sealed: h.sealed,
+        client_cas: h.acceptable_client_cas,
     })
+}
+
+/// How the issuers a running listener accepts client certificates from differ from
+/// those its `tls_client_ca_file` lists now (SIGHUP never reloads that file).
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct ClientCaDrift {
+    /// The file.
+    pub file: String,
+    /// Listed in the file, not accepted by the running listener (yet).
+    pub not_loaded: Vec<String>,
+    /// Accepted by the running listener, no longer in the file.
+    pub still_accepted: Vec<String>,
+}
+
+impl ClientCaDrift {
+    /// The listener has loaded the file as it is.
+    pub fn is_empty(&self) -> bool {
+        self.not_loaded.is_empty() && self.still_accepted.is_empty()
+    }
+}
+
+impl std::fmt::Display for ClientCaDrift {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        if self.is_empty() {
+            return write!(
+                f,
+                "the running listener accepts exactly the issuers of {}",
+                self.file
+            );
+        }
+        write!(
+            f,
+            "the running listener has not loaded {} (SIGHUP never reloads it; a restart does)",
+            self.file
+        )?;
+        if !self.not_loaded.is_empty() {
+            write!(f, ": it does not accept {:?} yet", self.not_loaded)?;
+        }
+        if !self.still_accepted.is_empty() {
+            write!(
+                f,
+                "{} still accepts {:?}, no longer in the file",
+                if self.not_loaded.is_empty() {
+                    ":"
+                } else {
+                    ", and"
+                },
+                self.still_accepted
+            )?;
+        }
+        Ok(())
+    }
+}
+
+/// Compare the issuers `served` named as acceptable with the certificates of `file`
+/// (the server's `tls_client_ca_file`, by subject).
+pub(crate) fn client_ca_drift(served: &Served, file: &Path) -> Result<ClientCaDrift, String> {
+    let accepted = served.client_cas.as_ref().ok_or_else(|| {
+        "the listener asked for no client certificate, so it names no client CA: is tls_client_ca_file set on it?".to_owned()
+    })?;
+    let listed = pki_ops::parse_bundle_file(file).map_err(|e| e.to_string())?;
+    let name = |der: &Vec<u8>| {
+        pki_ops::distinguished_name(der).unwrap_or_else(|| format!("<{} bytes>", der.len()))
+    };
+    let mut drift = ClientCaDrift {
+        file: file.display().to_string(),
+        ..Default::default()
+    };
+    for c in &listed {
+        if !accepted.contains(&c.subject_der) && !drift.not_loaded.contains(&c.subject) {
+            drift.not_loaded.push(c.subject.clone());
+        }
+    }
+    for a in accepted {
+        if !listed.iter().any(|c| &c.subject_der == a) {
+            drift.still_accepted.push(name(a));
+        }
+    }
+    Ok(drift)
 }
 
 /// Why waiting for a serial failed.

@@ -194,6 +194,18 @@ pub async fn verify(cfg: &Config, apps: &[&AppConfig], deps: Deps<'_>) -> Verify
                         });
                         r.check(format!("client bundle {}", b.display()), res);
                     }
+                    if let Some(f) = &l.client_ca_file {
+                        let loaded = crate::served::client_ca_drift(s, f).and_then(|d| {
+                            if d.is_empty() {
+                                Ok(d.to_string())
+                            } else {
+                                Err(format!(
+                                    "{d}: check the file, then restart Vault (step 6 does with [restarts] vault)"
+                                ))
+                            }
+                        });
+                        r.check("listener has loaded its client CA file", loaded);
+                    }
                 }
             }
             Err(why) => r.check("admin identity", Err(why)),

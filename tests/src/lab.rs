@@ -27,8 +27,11 @@ pub const KV_MOUNT: &str = "kv";
 pub struct LabPaths {
     /// The lab directory.
     pub dir: PathBuf,
-    /// CA bundle (intermediate + root) clients trust and the listener verifies clients with.
+    /// CA bundle (intermediate + root) clients trust.
     pub ca_bundle: PathBuf,
+    /// The listener's `tls_client_ca_file` (starts as a copy of `ca_bundle`): what it
+    /// verifies client certificates with, loaded at start only.
+    pub client_ca: PathBuf,
     /// Root CA certificate alone.
     pub root_ca: PathBuf,
     /// Listener certificate chain.
@@ -63,6 +66,7 @@ impl LabPaths {
         LabPaths {
             dir: dir.to_owned(),
             ca_bundle: p("ca/ca.pem"),
+            client_ca: p("server/client-ca.pem"),
             root_ca: p("ca/root.pem"),
             server_cert: p("server/vault.crt"),
             server_key: p("server/vault.key"),
@@ -181,7 +185,7 @@ audit "file" "lab" {{
         data = d(&paths.dir.join("server/data")),
         cert = d(&paths.server_cert),
         key = d(&paths.server_key),
-        ca = d(&paths.ca_bundle),
+        ca = d(&paths.client_ca),
         audit = d(&paths.dir.join("server/audit.log")),
         pid = d(&paths.pid_file),
     )
@@ -210,6 +214,7 @@ impl Lab {
         let paths = LabPaths::new(&dir);
         let ca = LabCa::generate()?;
         write_file(&paths.ca_bundle, ca.bundle_pem().as_bytes(), 0o644)?;
+        write_file(&paths.client_ca, ca.bundle_pem().as_bytes(), 0o644)?;
         write_file(&paths.root_ca, ca.root_pem().as_bytes(), 0o644)?;
         let server = ca.leaf(
             SERVER_NAME,
@@ -573,11 +578,13 @@ key_file = "{key}"
 owner = "root"
 reload = "signal:{pid}:HUP"
 reload_timeout = "10s"
+client_ca_file = "{client_ca}"
 "#,
             env = d(&self.paths.dir.join("admin/env.sh")),
             cert = d(&self.paths.server_cert),
             key = d(&self.paths.server_key),
             pid = d(&self.paths.pid_file),
+            client_ca = d(&self.paths.client_ca),
         )
     }
 

@@ -509,3 +509,45 @@ async fn ca_directory_works_like_vault_capath() {
         "a bad file in VAULT_CAPATH is named: {err}"
     );
 }
+
+#[tokio::test]
+async fn a_handshake_names_the_client_cas_the_listener_loaded_as_openssl_shows_them() {
+    let lab = shared();
+    let h = vault_client::tls_handshake(
+        &lab.client_config(None).unwrap(),
+        std::time::Duration::from_secs(5),
+    )
+    .await
+    .unwrap();
+    let named: Vec<String> = h
+        .acceptable_client_cas
+        .expect("the mTLS listener asks for a client certificate")
+        .iter()
+        .map(|d| pki_ops::distinguished_name(d).expect("a DER name"))
+        .collect();
+    let listed: Vec<String> = pki_ops::parse_bundle_file(&lab.paths.client_ca)
+        .unwrap()
+        .into_iter()
+        .map(|c| c.subject)
+        .collect();
+    assert_eq!(named, listed);
+    // The real client sees the same list.
+    let out = std::process::Command::new("openssl")
+        .args(["s_client", "-connect", &format!("127.0.0.1:{}", lab.port)])
+        .args(["-servername", SERVER_NAME])
+        .stdin(std::process::Stdio::null())
+        .output()
+        .expect("run openssl s_client");
+    let text = String::from_utf8_lossy(&out.stdout);
+    let section = text
+        .split("Acceptable client certificate CA names")
+        .nth(1)
+        .unwrap_or_else(|| panic!("openssl s_client lists no client CA names: {text}"));
+    for cn in [INTERMEDIATE_CN, rotate_tests::ROOT_CN] {
+        assert!(section.contains(cn), "{cn} not in {section}");
+        assert!(
+            named.iter().any(|n| n.contains(cn)),
+            "{cn} not in {named:?}"
+        );
+    }
+}

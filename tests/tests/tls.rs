@@ -205,6 +205,78 @@ fn copy_to(src: &Path, dir: &Path, name: &str) -> PathBuf {
     dst
 }
 
+/// `pki-other`, a second PKI mount with its own root ("Rogue Root CA", not in the
+/// listener's `tls_client_ca_file`) and a role `client` for any client name: made once,
+/// its CA certificate returned.
+async fn other_mount(admin: &vault_client::VaultClient) -> String {
+    use vault_client::{Idempotency, Method, SysApi};
+    if admin
+        .read_ca_chain("pki-other")
+        .await
+        .map(|c| c.is_empty())
+        .unwrap_or(true)
+    {
+        let _ = admin
+            .enable_mount("pki-other", "pki", Default::default())
+            .await;
+        admin
+            .request::<serde_json::Value>(
+                Method::Post,
+                "pki-other/root/generate/internal",
+                Some(serde_json::json!({"common_name": "Rogue Root CA", "ttl": "8760h"})),
+                Idempotency::NonIdempotent,
+            )
+            .await
+            .unwrap();
+        admin
+            .request::<serde_json::Value>(
+                Method::Post,
+                "pki-other/roles/client",
+                Some(serde_json::json!({
+                    "allow_any_name": true, "client_flag": true, "server_flag": false,
+                    "key_type": "ec", "key_bits": 256, "max_ttl": "1h",
+                })),
+                Idempotency::Idempotent,
+            )
+            .await
+            .unwrap();
+    }
+    admin.read_ca_chain("pki-other").await.unwrap()
+}
+
+/// `rotate verify`'s "listener has loaded its client CA file" check: (passed, its
+/// detail names Rogue Root CA).
+async fn client_ca_check(cfg: &Path) -> (bool, bool) {
+    let (_, v) = rotate(cfg, &["verify"]).await;
+    let c = v["checks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["name"] == "listener has loaded its client CA file")
+        .unwrap_or_else(|| panic!("no client CA check: {v:#}"))
+        .clone();
+    (
+        c["ok"].as_bool().unwrap(),
+        c["detail"].as_str().unwrap().contains("Rogue Root CA"),
+    )
+}
+
+/// The client CA names `openssl s_client` shows the listener asking for.
+fn acceptable_client_cas_openssl(lab: &Lab) -> String {
+    let out = Command::new("openssl")
+        .args(["s_client", "-connect", &format!("127.0.0.1:{}", lab.port)])
+        .args(["-servername", SERVER_NAME])
+        .stdin(Stdio::null())
+        .output()
+        .expect("run openssl s_client");
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    text.split("Acceptable client certificate CA names")
+        .nth(1)
+        .and_then(|s| s.split("Requested Signature").next())
+        .unwrap_or_else(|| panic!("openssl s_client shows no client CA names: {text}"))
+        .to_owned()
+}
+
 fn bytes(p: &Path) -> Vec<u8> {
     std::fs::read(p).unwrap_or_else(|e| panic!("{}: {e}", p.display()))
 }
@@ -289,27 +361,7 @@ async fn an_admin_cert_from_a_ca_the_listener_does_not_trust_is_refused_before_a
     let lab = tls_lab();
     let p = &lab.paths;
     let admin = lab.admin_client().unwrap();
-    // A second PKI mount with its own root: not in the listener's tls_client_ca_file.
-    if admin
-        .read_ca_chain("pki-other")
-        .await
-        .map(|c| c.is_empty())
-        .unwrap_or(true)
-    {
-        use vault_client::SysApi;
-        let _ = admin
-            .enable_mount("pki-other", "pki", Default::default())
-            .await;
-        admin
-            .request::<serde_json::Value>(
-                vault_client::Method::Post,
-                "pki-other/root/generate/internal",
-                Some(serde_json::json!({"common_name": "Rogue Root CA", "ttl": "8760h"})),
-                vault_client::Idempotency::NonIdempotent,
-            )
-            .await
-            .unwrap();
-    }
+    other_mount(&admin).await;
     let dir = tempdir("tls-untrusted");
     let cfg = tls_config(lab, &dir, &[("admin", "mount = \"pki-other\"")]);
     let files = [&p.admin_cert, &p.admin_key, &p.ca_bundle];
@@ -320,6 +372,11 @@ async fn an_admin_cert_from_a_ca_the_listener_does_not_trust_is_refused_before_a
     assert_eq!(exit, Exit::GateFailed, "{v:#}");
     let err = errors(&v);
     assert!(err.contains("lockout guard"), "{err}");
+    // What the listener does accept, as its handshake named it.
+    assert!(
+        err.contains("accepts client certificates issued by") && err.contains("PrivSec Root CA"),
+        "{err}"
+    );
     // The cause as the listener showed it: the certificate was refused, not a timeout.
     assert!(
         err.contains("client certificate rejected") || err.contains("connection reset"),
@@ -1062,4 +1119,113 @@ async fn killing_a_failing_listener_run_during_its_gate_or_unwind_then_resuming_
     }
     let _ = decoy.kill();
     let _ = decoy.wait();
+}
+
+#[tokio::test]
+async fn a_client_ca_file_the_listener_has_not_loaded_makes_step_6_restart_vault_and_then_its_issuer_is_accepted()
+ {
+    let _turn = tls_lab_turn().await;
+    let lab = tls_lab();
+    let p = &lab.paths;
+    let admin = lab.admin_client().unwrap();
+    let rogue_ca = other_mount(&admin).await;
+    // A client certificate from the other mount: refused while the file lacks its CA.
+    let issued: serde_json::Value = admin
+        .request(
+            vault_client::Method::Post,
+            "pki-other/issue/client",
+            Some(serde_json::json!({"common_name": "ops-bot", "ttl": "10m"})),
+            vault_client::Idempotency::NonIdempotent,
+        )
+        .await
+        .unwrap()
+        .unwrap();
+    let dir = tempdir("tls-client-ca");
+    let (bot_cert, bot_key) = (dir.join("bot.crt"), dir.join("bot.key"));
+    std::fs::write(&bot_cert, issued["data"]["certificate"].as_str().unwrap()).unwrap();
+    std::fs::write(&bot_key, issued["data"]["private_key"].as_str().unwrap()).unwrap();
+    assert_ne!(bao_status(lab, &bot_cert, &bot_key, &p.ca_bundle).0, 0);
+
+    // The operator adds that CA to the listener's tls_client_ca_file; SIGHUP would not load it.
+    let original = bytes(&p.client_ca);
+    let mut extended = original.clone();
+    extended.extend_from_slice(rogue_ca.as_bytes());
+    std::fs::write(&p.client_ca, &extended).unwrap();
+    lab.sighup().unwrap();
+    let script = lab.restart_command().unwrap();
+    let cfg = tls_config(
+        lab,
+        &dir,
+        &[
+            ("restarts", &format!("vault = \"cmd:{}\"", script.display())),
+            ("health", "window = \"3s\""),
+        ],
+    );
+    let args = ["--step", "restarts", "--step", "health"];
+    let (exit, v) = rotate(&cfg, &[&["plan"][..], &args].concat()).await;
+    assert_eq!(exit, Exit::Changes, "{v:#}");
+    let plan = target(&v, "restarts", "restarts")["changes"].to_string();
+    assert!(
+        plan.contains("has not loaded") && plan.contains("Rogue Root CA"),
+        "{plan}"
+    );
+    assert!(!acceptable_client_cas_openssl(lab).contains("Rogue Root CA"));
+    assert_eq!(
+        client_ca_check(&cfg).await,
+        (false, true),
+        "verify must name it"
+    );
+
+    // The run restarts Vault (it comes back sealed: resume after unsealing).
+    let pid = lab.pid();
+    let (exit, v) = rotate(&cfg, &[&["run"][..], &args].concat()).await;
+    assert_eq!(exit, Exit::ResumeNeeded, "{v:#}");
+    assert_ne!(lab.pid(), pid, "Vault was not restarted");
+    lab.unseal().await.unwrap();
+    let (exit, v) = rotate(&cfg, &["run", "--resume"]).await;
+    assert_eq!(exit, Exit::Ok, "{v:#}");
+    // Judged by real clients: the listener now asks for the new issuer, and accepts it.
+    assert!(acceptable_client_cas_openssl(lab).contains("Rogue Root CA"));
+    let (code, out) = bao_status(lab, &bot_cert, &bot_key, &p.ca_bundle);
+    assert_eq!(code, 0, "{out}");
+    assert_eq!(client_ca_check(&cfg).await, (true, false));
+    // Loaded now: a second plan has no reason to restart Vault.
+    let (exit, v) = rotate(&cfg, &[&["plan"][..], &args].concat()).await;
+    assert_eq!(exit, Exit::Ok, "{v:#}");
+
+    // Back to the lab's own file (other tests rely on the listener refusing pki-other).
+    // Restarted through the script: the server must outlive this test's thread.
+    std::fs::write(&p.client_ca, &original).unwrap();
+    assert!(Command::new(&script).status().unwrap().success());
+    lab.unseal().await.unwrap();
+    assert!(!acceptable_client_cas_openssl(lab).contains("Rogue Root CA"));
+}
+
+#[tokio::test]
+async fn step_6_refuses_to_restart_vault_into_a_client_ca_file_that_would_lock_the_admin_out() {
+    let _turn = tls_lab_turn().await;
+    let lab = tls_lab();
+    let p = &lab.paths;
+    let admin = lab.admin_client().unwrap();
+    let rogue_ca = other_mount(&admin).await;
+    // A file that trusts only the other CA: after a restart the admin would be refused.
+    let original = bytes(&p.client_ca);
+    std::fs::write(&p.client_ca, rogue_ca.as_bytes()).unwrap();
+    let script = lab.restart_command().unwrap();
+    let dir = tempdir("tls-client-ca-guard");
+    let cfg = tls_config(
+        lab,
+        &dir,
+        &[("restarts", &format!("vault = \"cmd:{}\"", script.display()))],
+    );
+    let pid = lab.pid();
+    let (exit, v) = rotate(&cfg, &["run", "--step", "restarts"]).await;
+    std::fs::write(&p.client_ca, &original).unwrap();
+    assert_eq!(exit, Exit::Config, "{v:#}");
+    let err = errors(&v);
+    assert!(err.contains("lockout guard"), "{err}");
+    assert!(err.contains(&p.admin_cert.display().to_string()), "{err}");
+    assert_eq!(lab.pid(), pid, "Vault was restarted");
+    let (code, out) = bao_status(lab, &p.admin_cert, &p.admin_key, &p.ca_bundle);
+    assert_eq!(code, 0, "{out}");
 }

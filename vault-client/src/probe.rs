@@ -27,6 +27,11 @@ pub struct Handshake {
     pub seal_status: std::result::Result<u16, (TransportKind, String)>,
     /// `"sealed":true` in the answer.
     pub sealed: bool,
+    /// The issuers the listener named as acceptable for client certificates (DER
+    /// distinguished names from its CertificateRequest: the subjects of the
+    /// `tls_client_ca_file` it has loaded), or `None` when it asked for no client
+    /// certificate.
+    pub acceptable_client_cas: Option<Vec<Vec<u8>>>,
     /// Milliseconds, connect to last byte.
     pub millis: u64,
 }
@@ -54,7 +59,13 @@ pub async fn tls_handshake(cfg: &ClientConfig, timeout: Duration) -> Result<Hand
         setting: "tls_server_name".into(),
         reason: format!("{name:?}: {e}"),
     })?;
-    let tls = Arc::new(crate::tls::rustls_config(cfg)?);
+    let mut tls = crate::tls::rustls_config(cfg)?;
+    let hints = Arc::new(RecordIssuerHints {
+        inner: tls.client_auth_cert_resolver.clone(),
+        seen: std::sync::Mutex::new(None),
+    });
+    tls.client_auth_cert_resolver = hints.clone();
+    let tls = Arc::new(tls);
     let fail =
         |kind: TransportKind, e: Box<dyn std::error::Error + Send + Sync>| Error::Transport {
             method: "TLS".into(),
@@ -118,6 +129,7 @@ pub async fn tls_handshake(cfg: &ClientConfig, timeout: Duration) -> Result<Hand
             protocol,
             seal_status,
             sealed: text.contains("\"sealed\":true"),
+            acceptable_client_cas: hints.take(),
             millis: started.elapsed().as_millis() as u64,
         })
     };
@@ -127,6 +139,36 @@ pub async fn tls_handshake(cfg: &ClientConfig, timeout: Duration) -> Result<Hand
             TransportKind::Timeout,
             format!("no answer within {timeout:?}").into(),
         )),
+    }
+}
+
+/// Presents what `inner` presents, noting the acceptable issuers the server named.
+#[derive(Debug)]
+struct RecordIssuerHints {
+    inner: Arc<dyn rustls::client::ResolvesClientCert>,
+    seen: std::sync::Mutex<Option<Vec<Vec<u8>>>>,
+}
+
+impl RecordIssuerHints {
+    fn take(&self) -> Option<Vec<Vec<u8>>> {
+        self.seen.lock().map(|mut s| s.take()).unwrap_or_default()
+    }
+}
+
+impl rustls::client::ResolvesClientCert for RecordIssuerHints {
+    fn resolve(
+        &self,
+        root_hint_subjects: &[&[u8]],
+        sigschemes: &[rustls::SignatureScheme],
+    ) -> Option<Arc<rustls::sign::CertifiedKey>> {
+        if let Ok(mut seen) = self.seen.lock() {
+            *seen = Some(root_hint_subjects.iter().map(|s| s.to_vec()).collect());
+        }
+        self.inner.resolve(root_hint_subjects, sigschemes)
+    }
+
+    fn has_certs(&self) -> bool {
+        self.inner.has_certs()
     }
 }
 

@@ -24,6 +24,9 @@ pub struct CertInfo {
     pub subject_cn: Option<String>,
     /// The whole subject DN, RFC 4514 style.
     pub subject: String,
+    /// The subject DN as DER (what TLS names as an acceptable client-certificate issuer).
+    #[serde(skip)]
+    pub subject_der: Vec<u8>,
     /// DNS SANs.
     pub dns_sans: Vec<String>,
     /// IP SANs.
@@ -235,6 +238,7 @@ fn info(cert: &X509Certificate<'_>, der: &[u8], origin: &str) -> CertInfo {
         origin: origin.to_owned(),
         subject_cn: first_cn(cert.subject()),
         subject: cert.subject().to_string(),
+        subject_der: cert.subject().as_raw().to_vec(),
         dns_sans,
         ip_sans,
         issuer_cn: first_cn(cert.issuer()),
@@ -252,6 +256,16 @@ fn info(cert: &X509Certificate<'_>, der: &[u8], origin: &str) -> CertInfo {
         is_ca,
         sha256_fingerprint: hex_join(&openssl::sha::sha256(der), true),
     }
+}
+
+/// The RFC 4514 form of a DER distinguished name (as a TLS server lists the issuers it
+/// accepts client certificates from), or `None` when it does not parse.
+pub fn distinguished_name(der: &[u8]) -> Option<String> {
+    use x509_parser::prelude::FromDer as _;
+    x509_parser::x509::X509Name::from_der(der)
+        .ok()
+        .filter(|(rest, _)| rest.is_empty())
+        .map(|(_, n)| n.to_string())
 }
 
 /// `aa:bb:cc` (or `AA:BB:CC`).

@@ -28,7 +28,7 @@ use crate::engine::journal::StepId;
 use crate::engine::undo::UndoAction;
 use crate::engine::{Singleton, Step, TargetPlan, Tx};
 use crate::rotation::Deps;
-use crate::served::{AdminIdentity, prove_admin};
+use crate::served::{AdminIdentity, look, prove_admin};
 use crate::steps::{StepError, issue_mode, key_algorithm, merged_bundle, mount_chain};
 
 /// How long one identity proof may take.
@@ -386,11 +386,25 @@ impl Step for AdminStep<'_> {
         )
         .await;
         if let Err(why) = proof {
+            // What the listener does accept, as the current identity sees it.
+            let accepted = match look(v.gate, Some((&f.cert, &f.key)), &f.ca, PROOF_TIMEOUT)
+                .await
+                .map(|s| s.client_cas)
+            {
+                Ok(Some(names)) => format!(
+                    " The running listener accepts client certificates issued by {:?}.",
+                    names
+                        .iter()
+                        .map(|d| pki_ops::distinguished_name(d).unwrap_or_default())
+                        .collect::<Vec<_>>()
+                ),
+                _ => String::new(),
+            };
             return Err(StepError::Gate {
                 step: "admin",
                 app: "admin".into(),
                 reason: format!(
-                    "lockout guard: a brand-new client with the new certificate (serial {}, issued by {:?} on mount {mount}) cannot use Vault: {why}. Nothing was replaced: the current admin identity is untouched. If the listener rejected the certificate, its tls_client_ca_file does not trust that issuer: add the chain of {mount} to it and restart the server (SIGHUP never reloads that file), or issue from a mount it trusts ([admin] mount)",
+                    "lockout guard: a brand-new client with the new certificate (serial {}, issued by {:?} on mount {mount}) cannot use Vault: {why}. Nothing was replaced: the current admin identity is untouched.{accepted} If the listener rejected the certificate, its tls_client_ca_file does not trust that issuer: add the chain of {mount} to it and restart the server (SIGHUP never reloads that file; step 6 does with [listener] client_ca_file and [restarts] vault), or issue from a mount it trusts ([admin] mount)",
                     issued.info.serial_hex,
                     issued.info.issuer_cn.clone().unwrap_or_default(),
                 ),

@@ -31,13 +31,7 @@ impl<'a> HealthStep<'a> {
 
     /// Run the healthcheck with the admin identity of `cfg`.
     pub async fn check(&self) -> Result<HealthProof, StepError> {
-        let v = &self.cfg.vault;
-        let (Some(cert), Some(key), Some(ca)) = (&v.client_cert, &v.client_key, &v.ca_cert) else {
-            return Err(StepError::Invalid {
-                what: "[vault] client_cert, client_key, ca_cert".into(),
-                reason: "the healthcheck presents the admin identity: set all three".into(),
-            });
-        };
+        let (cert, key, ca) = crate::steps::admin_files(self.cfg, "the healthcheck checks Vault")?;
         healthcheck(
             self.deps.vault.gate,
             (cert, key, ca),

@@ -106,15 +106,8 @@ impl<'a> ListenerStep<'a> {
 
     /// The admin's files: how every gate reaches the listener.
     fn admin_files(&self) -> Result<(PathBuf, PathBuf, PathBuf), StepError> {
-        let v = &self.cfg.vault;
-        match (&v.client_cert, &v.client_key, &v.ca_cert) {
-            (Some(c), Some(k), Some(ca)) => Ok((c.clone(), k.clone(), ca.clone())),
-            _ => Err(StepError::Invalid {
-                what: "[vault] client_cert, client_key, ca_cert".into(),
-                reason: "step 2 proves the listener through the admin's identity: set all three"
-                    .into(),
-            }),
-        }
+        crate::steps::admin_files(self.cfg, "step 2 proves the listener")
+            .map(|(c, k, ca)| (c.to_owned(), k.to_owned(), ca.to_owned()))
     }
 
     fn tree(&self, owner: Owner) -> Result<(Tree, PathBuf, PathBuf), StepError> {

@@ -1,6 +1,8 @@
 //! The steps of the order, each an [`crate::engine::Step`]: step 0 (preflight, reads
 //! only), step 3 (agents), step 4 (leaf); names and policy texts in [`names`].
 
+use std::path::Path;
+
 use crate::config::{AppConfig, Config, KeyMode};
 use crate::deps::Vault;
 use crate::engine::change::{Change, ChangeKind, FieldDiff};
@@ -140,6 +142,22 @@ fn vault_exit(e: &vault_client::Error) -> Exit {
     match e.status() {
         Some(503 | 501) => Exit::Sealed,
         _ => Exit::Vault,
+    }
+}
+
+/// The admin's files (`[vault] client_cert`, `client_key`, `ca_cert`): how every gate
+/// reaches the listener. `why` says which step needs them.
+pub(crate) fn admin_files<'c>(
+    cfg: &'c Config,
+    why: &str,
+) -> Result<(&'c Path, &'c Path, &'c Path), StepError> {
+    let v = &cfg.vault;
+    match (&v.client_cert, &v.client_key, &v.ca_cert) {
+        (Some(c), Some(k), Some(ca)) => Ok((c, k, ca)),
+        _ => Err(StepError::Invalid {
+            what: "[vault] client_cert, client_key, ca_cert".into(),
+            reason: format!("{why} through the admin's identity: set all three"),
+        }),
     }
 }
 

@@ -1,29 +1,51 @@
 //! Step 6: restarts. The proxy stack first (in the configured order), then the Vault unit
-//! or container when configured (`[restarts] vault_when = "always"`: e.g. its
-//! `tls_client_ca_file` changed, which SIGHUP never reloads). A restart cannot be undone,
-//! so nothing is recorded for undo; what is recorded is that it happened. Gate: Vault is
-//! back — the healthcheck through the restart window. A Vault that comes back **sealed**
-//! is reported with what to do (this tool never handles unseal keys) and the step stays
-//! applied: `rotate run --resume` after unsealing re-gates it and continues the run.
+//! or container when needed or configured (`[restarts] vault_when`): `when-needed` (the
+//! default) restarts it when the running listener has not loaded `[listener]
+//! client_ca_file` — a handshake shows the issuers it accepts client certificates from,
+//! and SIGHUP never reloads that file — `always` on every run that restarts.
+//!
+//! **Lockout guard**: a restart loads the file as it is now, so before restarting Vault
+//! the admin certificate and every app's agent certificate must verify against it; one
+//! that does not stops the step before anything is restarted, naming it.
+//!
+//! A restart cannot be undone, so nothing is recorded for undo; what is recorded is that
+//! it happened. Gate: Vault is back (the healthcheck through the restart window) and, with
+//! `client_ca_file`, its listener accepts exactly the issuers of that file. A Vault that
+//! comes back **sealed** is reported with what to do (this tool never handles unseal keys)
+//! and the step stays applied: `rotate run --resume` after unsealing re-gates it and
+//! continues the run.
+
+use std::path::Path;
+use std::time::Duration;
 
 use async_trait::async_trait;
 use serde::{Deserialize, Serialize};
 
-use crate::config::{Config, RestartsSection};
+use crate::config::{Config, RestartsSection, VaultWhen};
 use crate::engine::change::{Change, ChangeKind};
 use crate::engine::journal::StepId;
 use crate::engine::undo::UndoAction;
 use crate::engine::{Singleton, Step, TargetPlan, Tx};
 use crate::rotation::Deps;
-use crate::served::HealthProof;
-use crate::steps::StepError;
+use crate::served::{ClientCaDrift, HealthProof, client_ca_drift, look};
 use crate::steps::health::HealthStep;
+use crate::steps::names::rel;
+use crate::steps::{StepError, admin_files, owner_of};
 
 /// Step 6.
 pub struct RestartsStep<'a> {
     cfg: &'a Config,
     r: &'a RestartsSection,
     deps: Deps<'a>,
+}
+
+/// What step 6 will restart.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct RestartsPlan {
+    /// Each restart, in order (`podman-restart:proxyprod`, ...), Vault's last.
+    pub restarts: Vec<String>,
+    /// Vault is among them, and why.
+    pub vault_because: Option<String>,
 }
 
 /// What was restarted.
@@ -33,6 +55,16 @@ pub struct RestartsApplied {
     pub restarted: Vec<String>,
     /// Vault was restarted.
     pub vault: bool,
+}
+
+/// What a passed step 6 proved.
+#[derive(Debug, Clone, Serialize)]
+pub struct RestartsProof {
+    /// Vault is back and healthy.
+    pub health: HealthProof,
+    /// The listener accepts exactly the issuers of `[listener] client_ca_file`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub client_cas: Option<ClientCaDrift>,
 }
 
 impl<'a> RestartsStep<'a> {
@@ -45,44 +77,146 @@ impl<'a> RestartsStep<'a> {
         })
     }
 
-    fn plan_list(&self) -> Vec<String> {
-        let mut v = self.r.proxy.clone();
-        if self.r.vault_when == "always" {
-            v.extend(self.r.vault.clone());
+    fn client_ca_file(&self) -> Option<&'a Path> {
+        self.cfg.listener.as_ref()?.client_ca_file.as_deref()
+    }
+
+    /// How the running listener's client CAs differ from `[listener] client_ca_file`
+    /// (`None` when that is not set), seen through the admin identity.
+    async fn client_ca_drift(&self) -> Result<Option<ClientCaDrift>, StepError> {
+        let Some(file) = self.client_ca_file() else {
+            return Ok(None);
+        };
+        let (cert, key, ca) = admin_files(self.cfg, "step 6 reads the listener's client CAs")?;
+        let served = look(
+            self.deps.vault.gate,
+            Some((cert, key)),
+            ca,
+            Duration::from_secs(5),
+        )
+        .await
+        .map_err(|reason| StepError::Invalid {
+            what: "the listener's client CAs".into(),
+            reason,
+        })?;
+        client_ca_drift(&served, file)
+            .map(Some)
+            .map_err(|reason| StepError::Invalid {
+                what: format!("[listener] client_ca_file {}", file.display()),
+                reason,
+            })
+    }
+
+    /// The lockout guard: every client certificate the operator and the agents log in
+    /// with verifies against `client_ca_file` as it is now (a restart loads it).
+    fn guard(&self, file: &Path) -> Result<(), StepError> {
+        let what = || {
+            format!(
+                "restart of Vault with [listener] client_ca_file {}",
+                file.display()
+            )
+        };
+        let bundle = std::fs::read_to_string(file).map_err(|e| StepError::Invalid {
+            what: what(),
+            reason: format!("cannot read it: {e}"),
+        })?;
+        let now = (self.deps.clock)();
+        let (cert, _, _) = admin_files(self.cfg, "step 6 checks the admin certificate")?;
+        let mut checks = vec![(
+            cert.display().to_string(),
+            std::fs::read_to_string(cert).map_err(|e| StepError::Invalid {
+                what: format!("admin certificate {}", cert.display()),
+                reason: e.to_string(),
+            })?,
+        )];
+        for app in &self.cfg.apps {
+            let tree = pki_ops::Tree::open(&app.home, Some(owner_of(app)?))?;
+            if let Some(b) = tree.read(&rel::agent_cert())? {
+                checks.push((
+                    app.home.join(rel::agent_cert()).display().to_string(),
+                    String::from_utf8_lossy(&b).into_owned(),
+                ));
+            }
         }
-        v
+        for (label, pem) in &checks {
+            pki_ops::verify_chain_labeled(pem, label, "", &bundle, &file.display().to_string(), now)
+                .map_err(|e| StepError::Invalid {
+                    what: what(),
+                    reason: format!(
+                        "lockout guard: after a restart the listener would reject {label} ({e}). Nothing was restarted. Add its issuer's chain to the file, or rotate that certificate first (steps 1 and 3), then run again"
+                    ),
+                })?;
+        }
+        Ok(())
     }
 }
 
 #[async_trait]
 impl Step for RestartsStep<'_> {
     type Target = Singleton;
-    type Plan = ();
+    type Plan = RestartsPlan;
     type Applied = RestartsApplied;
-    type Proof = HealthProof;
+    type Proof = RestartsProof;
 
     fn id(&self) -> StepId {
         StepId::Restarts
     }
 
-    async fn plan(&self, _t: &Singleton) -> Result<TargetPlan<()>, StepError> {
-        let changes = self
-            .plan_list()
-            .into_iter()
+    async fn plan(&self, _t: &Singleton) -> Result<TargetPlan<RestartsPlan>, StepError> {
+        let mut restarts = self.r.proxy.clone();
+        let mut changes: Vec<Change> = restarts
+            .iter()
             .map(|r| Change::new(ChangeKind::Update, format!("restart ({r})")))
             .collect();
-        Ok(TargetPlan { changes, data: () })
+        let drift = match self.r.vault_when {
+            VaultWhen::Always | VaultWhen::WhenNeeded => self.client_ca_drift().await?,
+            VaultWhen::Never => None,
+        };
+        let stale = drift.as_ref().filter(|d| !d.is_empty());
+        let vault_because = match (self.r.vault_when, stale) {
+            (VaultWhen::Always, _) => Some("vault_when = \"always\"".to_owned()),
+            (VaultWhen::WhenNeeded, Some(d)) => Some(d.to_string()),
+            _ => None,
+        };
+        match (&self.r.vault, &vault_because) {
+            (Some(spec), Some(why)) => {
+                if let Some(file) = self.client_ca_file() {
+                    self.guard(file)?;
+                }
+                restarts.push(spec.clone());
+                changes.push(Change::new(ChangeKind::Update, format!("restart ({spec})")).note(why));
+            }
+            (None, Some(why)) => changes.push(
+                Change::new(ChangeKind::Kept, "restart of Vault").note(format!(
+                    "{why}; [restarts] vault is not set, so it is not restarted: restart it yourself after checking the file, then `rotate verify`"
+                )),
+            ),
+            (_, None) => {
+                if let Some(d) = drift.filter(|d| !d.is_empty()) {
+                    changes.push(Change::new(ChangeKind::Kept, "restart of Vault").note(format!(
+                        "{d}; vault_when = \"never\": restart it yourself after checking the file"
+                    )));
+                }
+            }
+        }
+        Ok(TargetPlan {
+            changes,
+            data: RestartsPlan {
+                vault_because: vault_because.filter(|_| self.r.vault.is_some()),
+                restarts,
+            },
+        })
     }
 
     async fn apply(
         &self,
         _t: &Singleton,
-        _plan: TargetPlan<()>,
+        plan: TargetPlan<RestartsPlan>,
         tx: &Tx<'_>,
     ) -> Result<RestartsApplied, StepError> {
         let timeout = self.cfg.duration(&self.cfg.leaf.command_timeout);
         let mut restarted = Vec::new();
-        for spec in self.plan_list() {
+        for spec in &plan.data.restarts {
             let r: hooks::Reloader = spec.parse()?;
             // Journaled first, so a failure after it never reads "nothing written".
             tx.record(UndoAction::Irreversible {
@@ -93,11 +227,33 @@ impl Step for RestartsStep<'_> {
         }
         Ok(RestartsApplied {
             restarted,
-            vault: self.r.vault_when == "always" && self.r.vault.is_some(),
+            vault: plan.data.vault_because.is_some(),
         })
     }
 
-    async fn gate(&self, _t: &Singleton, _a: &RestartsApplied) -> Result<HealthProof, StepError> {
-        HealthStep::new(self.cfg, self.deps).check().await
+    async fn gate(&self, _t: &Singleton, a: &RestartsApplied) -> Result<RestartsProof, StepError> {
+        let health = HealthStep::new(self.cfg, self.deps).check().await?;
+        let client_cas = match self.client_ca_file() {
+            Some(file) if a.vault => {
+                let d =
+                    client_ca_drift(&health.listener, file).map_err(|reason| StepError::Gate {
+                        step: "restarts",
+                        app: "vault".into(),
+                        reason,
+                    })?;
+                if !d.is_empty() {
+                    return Err(StepError::Gate {
+                        step: "restarts",
+                        app: "vault".into(),
+                        reason: format!(
+                            "after the restart {d}: did the restart reach this server?"
+                        ),
+                    });
+                }
+                Some(d)
+            }
+            _ => None,
+        };
+        Ok(RestartsProof { health, client_cas })
     }
 }
