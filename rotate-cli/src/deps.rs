@@ -8,6 +8,7 @@ use async_trait::async_trait;
 use vault_client::{
     CertAuthApi, ClientConfig, Handshake, KvApi, PkiApi, Reconnect, SysApi, TokenApi, VaultClient,
 };
+use zeroize::Zeroizing;
 
 /// `sys/*` and token endpoints of one client: what the admin identity gate asks.
 pub trait AdminApi: SysApi + TokenApi {}
@@ -18,13 +19,9 @@ impl<T: SysApi + TokenApi> AdminApi for T {}
 #[cfg_attr(test, mockall::automock)]
 #[async_trait]
 pub trait GateConnector: Send + Sync {
-    /// A fresh client for the cert login gate.
-    fn connect(
-        &self,
-        cert: &Path,
-        key: &Path,
-        ca: &Path,
-    ) -> vault_client::Result<Box<dyn CertAuthApi>>;
+    /// A fresh client for the cert login gate, presenting an identity read into memory
+    /// (an agent's files, read through its home without following symlinks).
+    fn connect(&self, id: &Identity) -> vault_client::Result<Box<dyn CertAuthApi>>;
 
     /// A client reaching Vault like the admin (same TLS identity) but sending `token`, to
     /// look up a token someone else obtained (e.g. the agent's sink).
@@ -48,6 +45,28 @@ pub trait GateConnector: Send + Sync {
         ca: &Path,
         timeout: Duration,
     ) -> vault_client::Result<Handshake>;
+}
+
+/// A client identity (certificate, key) and the CA bundle to trust, each read into
+/// memory with the path it came from (which errors name).
+#[derive(Clone)]
+pub struct Identity {
+    /// The certificate.
+    pub cert: (PathBuf, Zeroizing<Vec<u8>>),
+    /// The key (zeroized on drop).
+    pub key: (PathBuf, Zeroizing<Vec<u8>>),
+    /// The CA bundle.
+    pub ca: (PathBuf, Zeroizing<Vec<u8>>),
+}
+
+impl std::fmt::Debug for Identity {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Identity")
+            .field("cert", &self.cert.0)
+            .field("key", &self.key.0)
+            .field("ca", &self.ca.0)
+            .finish()
+    }
 }
 
 /// The real [`GateConnector`]: the admin's address and TLS server name, new files.
@@ -76,13 +95,11 @@ impl FreshClients {
 
 #[async_trait]
 impl GateConnector for FreshClients {
-    fn connect(
-        &self,
-        cert: &Path,
-        key: &Path,
-        ca: &Path,
-    ) -> vault_client::Result<Box<dyn CertAuthApi>> {
-        let cfg = Self::with_files(self.base.clone(), cert, key, ca);
+    fn connect(&self, id: &Identity) -> vault_client::Result<Box<dyn CertAuthApi>> {
+        let mut cfg = Self::with_files(self.base.clone(), &id.cert.0, &id.key.0, &id.ca.0);
+        for (path, contents) in [&id.cert, &id.key, &id.ca] {
+            cfg = cfg.preload(path, contents.clone());
+        }
         Ok(Box::new(VaultClient::new(&cfg)?))
     }
 

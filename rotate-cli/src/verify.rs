@@ -449,11 +449,10 @@ async fn verify_app(
         },
     );
     if let Some(expected) = expected_policies {
-        let login = match v.gate.connect(
-            &app.home.join(rel::agent_cert()),
-            &app.home.join(rel::agent_key()),
-            &app.home.join(rel::ca_file()),
-        ) {
+        let login = match crate::steps::agent_identity(app)
+            .map_err(|x| e(&x))
+            .and_then(|id| v.gate.connect(&id).map_err(|x| e(&x)))
+        {
             Ok(c) => cert_auth::login_gate(
                 c.as_ref(),
                 Some(v.token),

@@ -551,3 +551,40 @@ async fn a_handshake_names_the_client_cas_the_listener_loaded_as_openssl_shows_t
         );
     }
 }
+
+#[tokio::test]
+async fn preloaded_identity_is_used_instead_of_the_paths_which_still_name_errors() {
+    let lab = shared();
+    let p = &lab.paths;
+    let dir = tempfile::tempdir().unwrap();
+    let (cert, key) = (dir.path().join("agent.crt"), dir.path().join("agent.key"));
+    let base = ClientConfig::new(&lab.addr)
+        .unwrap()
+        .ca_cert(&p.ca_bundle)
+        .tls_server_name(SERVER_NAME)
+        .client_identity(&cert, &key);
+    // Nothing at those paths: reading them is an error that names the file.
+    let err = VaultClient::new(&base).unwrap_err().to_string();
+    assert!(err.contains(&cert.display().to_string()), "{err}");
+    // Preloaded (as root reads an agent's files through a directory fd): used as is.
+    let read = |f: &std::path::Path| zeroize::Zeroizing::new(std::fs::read(f).unwrap());
+    let cfg = base
+        .clone()
+        .preload(&cert, read(&p.admin_cert))
+        .preload(&key, read(&p.admin_key));
+    assert!(
+        !VaultClient::new(&cfg)
+            .unwrap()
+            .seal_status()
+            .await
+            .unwrap()
+            .sealed
+    );
+    // A bad preloaded key is refused naming its path, not silently dropped.
+    let bad = base
+        .preload(&cert, read(&p.admin_cert))
+        .preload(&key, zeroize::Zeroizing::new(b"not a key".to_vec()));
+    let err = VaultClient::new(&bad).unwrap_err().to_string();
+    assert!(err.contains(&key.display().to_string()), "{err}");
+    assert!(!format!("{cfg:?}").contains("PRIVATE KEY"));
+}

@@ -128,6 +128,33 @@ async fn verify_passes_after_a_run_and_names_each_injected_drift() {
         "{f:#?}"
     );
 
+    // Drift 4, hostile: the app points its agent files at root's admin identity. Root
+    // must not read through them (nor log in with what they point at).
+    let agent_cert = home.join("vault/mtls/agent.crt");
+    let (good_cert, good_key) = (
+        std::fs::read(&agent_cert).unwrap(),
+        std::fs::read(&agent_key).unwrap(),
+    );
+    for (link, target) in [
+        (&agent_cert, &lab.paths.admin_cert),
+        (&agent_key, &lab.paths.admin_key),
+    ] {
+        std::fs::remove_file(link).unwrap();
+        std::os::unix::fs::symlink(target, link).unwrap();
+    }
+    let (exit, v) = rotate(&cfg, &["verify"]).await;
+    for (link, good) in [(&agent_cert, &good_cert), (&agent_key, &good_key)] {
+        std::fs::remove_file(link).unwrap();
+        std::fs::write(link, good).unwrap();
+    }
+    assert_eq!(exit, Exit::VerifyFailed, "{v:#}");
+    let f = failed(&v);
+    assert!(
+        f.iter()
+            .any(|(n, d)| n == "cert login of verapp" && d.contains("is a symlink")),
+        "{f:#?}"
+    );
+
     // Repaired: passes again.
     let (exit, v) = rotate(&cfg, &["verify"]).await;
     assert_eq!(exit, Exit::Ok, "{:#?}", failed(&v));

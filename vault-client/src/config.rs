@@ -38,6 +38,11 @@ pub struct ClientConfig {
     pub request_timeout: Duration,
     /// Retry policy for transient failures.
     pub retry: RetryPolicy,
+    /// Contents of some of the files above, read by the caller (e.g. through a directory
+    /// fd without following symlinks, from a tree another user controls): used instead
+    /// of reading those paths, which still name the files in errors. See
+    /// [`ClientConfig::preload`].
+    preloaded: Vec<(PathBuf, Zeroizing<Vec<u8>>)>,
 }
 
 impl std::fmt::Debug for ClientConfig {
@@ -54,6 +59,10 @@ impl std::fmt::Debug for ClientConfig {
             .field("connect_timeout", &self.connect_timeout)
             .field("request_timeout", &self.request_timeout)
             .field("retry", &self.retry)
+            .field(
+                "preloaded",
+                &self.preloaded.iter().map(|(p, _)| p).collect::<Vec<_>>(),
+            )
             .finish()
     }
 }
@@ -76,6 +85,7 @@ impl ClientConfig {
             connect_timeout: Duration::from_secs(5),
             request_timeout: Duration::from_secs(30),
             retry: RetryPolicy::default(),
+            preloaded: Vec::new(),
         })
     }
 
@@ -139,6 +149,26 @@ impl ClientConfig {
         self.client_cert = Some(cert.into());
         self.client_key = Some(key.into());
         self
+    }
+
+    /// Use `contents` as what `path` holds (a CA bundle, client certificate or key set
+    /// here) instead of reading the path when the client is built: for a caller that
+    /// read it safely itself, e.g. root reading an agent's key through a directory fd
+    /// that follows no symlink. Errors still name `path`; [`crate::VaultClient::reconnect`]
+    /// uses the same contents. Key bytes are zeroized on drop.
+    pub fn preload(mut self, path: impl Into<PathBuf>, contents: Zeroizing<Vec<u8>>) -> Self {
+        let path = path.into();
+        self.preloaded.retain(|(p, _)| *p != path);
+        self.preloaded.push((path, contents));
+        self
+    }
+
+    /// The preloaded contents of `path`, if any.
+    pub(crate) fn preloaded(&self, path: &std::path::Path) -> Option<&[u8]> {
+        self.preloaded
+            .iter()
+            .find(|(p, _)| p == path)
+            .map(|(_, c)| c.as_slice())
     }
 
     /// Verify the server as `name` (and send it as SNI) while connecting to `addr`.

@@ -17,6 +17,14 @@ fn read(what: &str, path: &Path) -> Result<Vec<u8>> {
     })
 }
 
+/// What `path` holds: its preloaded contents in `cfg`, else the file.
+fn contents(cfg: &ClientConfig, what: &str, path: &Path) -> Result<zeroize::Zeroizing<Vec<u8>>> {
+    match cfg.preloaded(path) {
+        Some(c) => Ok(zeroize::Zeroizing::new(c.to_vec())),
+        None => read(what, path).map(zeroize::Zeroizing::new),
+    }
+}
+
 fn bad(what: &str, path: &Path, reason: impl Into<String>) -> Error {
     Error::BadPem {
         what: what.to_owned(),
@@ -27,8 +35,12 @@ fn bad(what: &str, path: &Path, reason: impl Into<String>) -> Error {
 
 /// Parse every `CERTIFICATE` block of a PEM file; at least one is required.
 pub fn load_certs(what: &str, path: &Path) -> Result<Vec<CertificateDer<'static>>> {
-    let pem = read(what, path)?;
-    let certs = rustls_pemfile::certs(&mut pem.as_slice())
+    parse_certs(what, path, &read(what, path)?)
+}
+
+/// Parse every `CERTIFICATE` block of `pem` (the contents of `path`).
+fn parse_certs(what: &str, path: &Path, pem: &[u8]) -> Result<Vec<CertificateDer<'static>>> {
+    let certs = rustls_pemfile::certs(&mut &pem[..])
         .collect::<std::result::Result<Vec<_>, _>>()
         .map_err(|e| bad(what, path, format!("malformed PEM: {e}")))?;
     if certs.is_empty() {
@@ -39,8 +51,12 @@ pub fn load_certs(what: &str, path: &Path) -> Result<Vec<CertificateDer<'static>
 
 /// Parse the first private key of a PEM file (PKCS#8, PKCS#1 or SEC1).
 pub fn load_key(what: &str, path: &Path) -> Result<PrivateKeyDer<'static>> {
-    let pem = zeroize::Zeroizing::new(read(what, path)?);
-    rustls_pemfile::private_key(&mut pem.as_slice())
+    parse_key(what, path, &zeroize::Zeroizing::new(read(what, path)?))
+}
+
+/// Parse the first private key of `pem` (the contents of `path`).
+fn parse_key(what: &str, path: &Path, pem: &[u8]) -> Result<PrivateKeyDer<'static>> {
+    rustls_pemfile::private_key(&mut &pem[..])
         .map_err(|e| bad(what, path, format!("malformed PEM: {e}")))?
         .ok_or_else(|| bad(what, path, "no PEM PRIVATE KEY block found"))
 }
@@ -74,7 +90,8 @@ pub(crate) fn rustls_config(cfg: &ClientConfig) -> Result<rustls::ClientConfig> 
         let mut store = RootCertStore::empty();
         if let Some(path) = &cfg.ca_cert {
             let what = "CA bundle (VAULT_CACERT)";
-            add_all(&mut store, what, path, load_certs(what, path)?)?;
+            let certs = parse_certs(what, path, &contents(cfg, what, path)?)?;
+            add_all(&mut store, what, path, certs)?;
         }
         if let Some(dir) = &cfg.ca_path {
             let what = "CA directory (VAULT_CAPATH)";
@@ -115,8 +132,10 @@ pub(crate) fn rustls_config(cfg: &ClientConfig) -> Result<rustls::ClientConfig> 
 
     let config = match (&cfg.client_cert, &cfg.client_key) {
         (Some(cert), Some(key)) => {
-            let chain = load_certs("client certificate (VAULT_CLIENT_CERT)", cert)?;
-            let key_der = load_key("client key (VAULT_CLIENT_KEY)", key)?;
+            let what = "client certificate (VAULT_CLIENT_CERT)";
+            let chain = parse_certs(what, cert, &contents(cfg, what, cert)?)?;
+            let what = "client key (VAULT_CLIENT_KEY)";
+            let key_der = parse_key(what, key, &contents(cfg, what, key)?)?;
             builder.with_client_auth_cert(chain, key_der).map_err(|e| {
                 bad(
                     "client key (VAULT_CLIENT_KEY)",

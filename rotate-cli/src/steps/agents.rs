@@ -405,11 +405,7 @@ impl Step for AgentsStep<'_> {
         let mount = &cfg.agents.cert_auth_mount;
         let fresh = v
             .gate
-            .connect(
-                &app.home.join(rel::agent_cert()),
-                &app.home.join(rel::agent_key()),
-                &app.home.join(rel::ca_file()),
-            )
+            .connect(&crate::steps::agent_identity(app)?)
             .map_err(|e| StepError::vault("build the gate client from the new files", e))?;
         let login = login_gate(
             fresh.as_ref(),

@@ -766,11 +766,7 @@ impl Step for LeafStep<'_> {
 
         let fresh = v
             .gate
-            .connect(
-                &app.home.join(rel::agent_cert()),
-                &app.home.join(rel::agent_key()),
-                &app.home.join(rel::ca_file()),
-            )
+            .connect(&crate::steps::agent_identity(app)?)
             .map_err(|e| StepError::vault("build the gate client from the agent's files", e))?;
         let login = login_gate(
             fresh.as_ref(),

@@ -145,6 +145,29 @@ fn vault_exit(e: &vault_client::Error) -> Exit {
     }
 }
 
+/// An app's agent identity (`vault/mtls/agent.crt`, `agent.key`, `vault/ca/ca.pem`), read
+/// through its home without following symlinks (the home is the app's, and root must
+/// not read what a symlink planted there points at).
+pub(crate) fn agent_identity(app: &AppConfig) -> Result<crate::deps::Identity, StepError> {
+    use crate::steps::names::rel;
+    let tree = pki_ops::Tree::open(&app.home, Some(owner_of(app)?))?;
+    let read = |r: std::path::PathBuf| -> Result<_, StepError> {
+        let path = app.home.join(&r);
+        match tree.read(&r)? {
+            Some(c) => Ok((path, c)),
+            None => Err(StepError::Invalid {
+                what: path.display().to_string(),
+                reason: "missing: step 3 writes the agent's identity".into(),
+            }),
+        }
+    };
+    Ok(crate::deps::Identity {
+        cert: read(rel::agent_cert())?,
+        key: read(rel::agent_key())?,
+        ca: read(rel::ca_file())?,
+    })
+}
+
 /// The admin's files (`[vault] client_cert`, `client_key`, `ca_cert`): how every gate
 /// reaches the listener. `why` says which step needs them.
 pub(crate) fn admin_files<'c>(
