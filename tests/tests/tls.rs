@@ -470,6 +470,52 @@ async fn a_listener_reload_that_does_not_take_effect_is_detected_and_the_old_ser
     assert_ne!(rec.revocation_time, 0);
 }
 
+#[tokio::test]
+async fn a_real_server_that_keeps_its_old_cert_because_the_key_does_not_match_is_detected_and_restored()
+ {
+    let _turn = tls_lab_turn().await;
+    let lab = tls_lab();
+    let p = &lab.paths;
+    let dir = tempdir("tls-mismatch");
+    // The first reload plants a key that does not match the new certificate, then HUPs the
+    // real bao: OpenBao accepts the signal, keeps its old certificate and only logs.
+    let foreign = dir.join("foreign.key");
+    let stranger = lab
+        .ca
+        .leaf(
+            SERVER_NAME,
+            &[SERVER_NAME],
+            &[],
+            true,
+            time::Duration::days(1),
+        )
+        .unwrap();
+    std::fs::write(&foreign, stranger.key_pem.as_bytes()).unwrap();
+    let once = dir.join("corrupted");
+    let reload = format!(
+        "cmd:sh -c 'if [ ! -e {once} ]; then : > {once}; cp {foreign} {key}; fi; kill -HUP $(cat {pid})'",
+        once = once.display(),
+        foreign = foreign.display(),
+        key = p.server_key.display(),
+        pid = p.pid_file.display(),
+    );
+    let cfg = tls_config(lab, &dir, &[]);
+    set_reload(&cfg, &reload, Some("3s"));
+    let before = (bytes(&p.server_cert), bytes(&p.server_key));
+    let served = served_serial_openssl(lab);
+
+    let (exit, v) = rotate(&cfg, &["run", "--step", "listener"]).await;
+    assert!(once.exists(), "the reload command did not run");
+    assert_eq!(exit, Exit::GateFailed, "{v:#}");
+    let err = errors(&v);
+    assert!(err.contains("did not take effect"), "{err}");
+    let t = target(&v, "listener", "listener");
+    assert_eq!(t["outcome"], "rolled_back", "{t:#}");
+    assert_eq!((bytes(&p.server_cert), bytes(&p.server_key)), before);
+    assert_eq!(served_serial_openssl(lab), served);
+    assert_consistent(lab, "after the restore");
+}
+
 /// The served serial equals the one in the listener's cert file, both pairs on disk match,
 /// and `bao status` works with the admin files: the operator is not locked out.
 fn assert_consistent(lab: &Lab, when: &str) {
