@@ -554,12 +554,77 @@ pub struct ProxySection {
     /// `PROXY_RELOAD`); empty: no reload (step 6 may restart it).
     #[serde(default)]
     pub reload: String,
+    /// The proxy's client certificate, relative to `home`: what it presents upstream,
+    /// e.g. nginx's `proxy_ssl_certificate` towards Vault's mTLS listener. With
+    /// `client_key`, step 5 issues it (and the gate proves the listener accepts it).
+    #[serde(default)]
+    pub client_cert: Option<PathBuf>,
+    /// Its key, relative to `home` (0600, owned by the proxy user).
+    #[serde(default)]
+    pub client_key: Option<PathBuf>,
+    /// PKI role issuing it (default `proxy-mtls-<name>`: client certificates for exactly
+    /// `client_cn`).
+    #[serde(default)]
+    pub client_role: Option<String>,
+    /// Its CN (default `proxy-<name>.<agents.domain>`).
+    #[serde(default)]
+    pub client_cn: Option<String>,
+    /// Its TTL (and the role's max TTL).
+    #[serde(default = "default_proxy_client_ttl")]
+    pub client_ttl: String,
+    /// An address of the proxy that forwards `/v1/` to Vault, e.g.
+    /// `https://127.0.0.1:8443`: the gate asks `sys/seal-status` through it until Vault
+    /// answers (proving the reloaded proxy verifies Vault and Vault accepts the proxy).
+    #[serde(default)]
+    pub probe: Option<String>,
+    /// The name the probe verifies the proxy as (and sends as SNI).
+    #[serde(default)]
+    pub probe_server_name: Option<String>,
+    /// The CA bundle the probe verifies the proxy with (default: `[vault] ca_cert`).
+    #[serde(default)]
+    pub probe_ca: Option<PathBuf>,
+    /// How long the gate keeps probing after the reload.
+    #[serde(default = "default_reload_timeout")]
+    pub probe_timeout: String,
+}
+
+fn default_proxy_client_ttl() -> String {
+    "720h".into()
+}
+
+/// The proxy's client identity (`[proxy] client_cert` + `client_key`), resolved.
+#[derive(Debug, Clone)]
+pub struct ProxyIdentity {
+    /// Certificate, relative to the proxy's home.
+    pub cert: PathBuf,
+    /// Key, relative to the proxy's home.
+    pub key: PathBuf,
+    /// PKI role.
+    pub role: String,
+    /// CN.
+    pub cn: String,
 }
 
 impl ProxySection {
     /// Its user.
     pub fn user(&self) -> &str {
         self.user.as_deref().unwrap_or(&self.name)
+    }
+
+    /// Its client identity, when configured; `domain` is `[agents] domain`.
+    pub fn identity(&self, domain: &str) -> Option<ProxyIdentity> {
+        Some(ProxyIdentity {
+            cert: self.client_cert.clone()?,
+            key: self.client_key.clone()?,
+            role: self
+                .client_role
+                .clone()
+                .unwrap_or_else(|| format!("proxy-mtls-{}", self.name)),
+            cn: self
+                .client_cn
+                .clone()
+                .unwrap_or_else(|| format!("proxy-{}.{domain}", self.name)),
+        })
     }
 }
 
@@ -755,11 +820,16 @@ impl Config {
             }
         }
         if let Some(p) = &self.proxy {
-            if let Some(b) = &p.ca_bundle {
+            for (setting, rel) in [
+                ("proxy.ca_bundle", &p.ca_bundle),
+                ("proxy.client_cert", &p.client_cert),
+                ("proxy.client_key", &p.client_key),
+            ] {
+                let Some(b) = rel else { continue };
                 if p.home.is_none() {
                     return Err(self.invalid(
                         "proxy.home",
-                        "step 5 (proxy.ca_bundle) needs the proxy's home",
+                        format!("step 5 ({setting}) needs the proxy's home"),
                     ));
                 }
                 if b.is_absolute()
@@ -767,13 +837,43 @@ impl Config {
                         .any(|c| !matches!(c, std::path::Component::Normal(_)))
                 {
                     return Err(self.invalid(
-                        "proxy.ca_bundle",
+                        setting,
                         format!(
                             "{} must be a plain path relative to proxy.home",
                             b.display()
                         ),
                     ));
                 }
+            }
+            match (&p.client_cert, &p.client_key) {
+                (Some(_), None) => {
+                    return Err(self.invalid("proxy.client_key", "client_cert needs client_key"));
+                }
+                (None, Some(_)) => {
+                    return Err(self.invalid("proxy.client_cert", "client_key needs client_cert"));
+                }
+                (Some(c), Some(k)) if c == k => {
+                    return Err(self.invalid("proxy.client_key", "must differ from client_cert"));
+                }
+                _ => {}
+            }
+            if (p.client_cert.is_some() || p.probe.is_some()) && p.ca_bundle.is_none() {
+                return Err(self.invalid(
+                    "proxy.ca_bundle",
+                    "step 5 (client identity, probe) needs the proxy's CA bundle",
+                ));
+            }
+            dur("proxy.client_ttl", &p.client_ttl)?;
+            dur("proxy.probe_timeout", &p.probe_timeout)?;
+            if let Some(u) = &p.probe {
+                vault_client::ClientConfig::new(u)
+                    .map_err(|e| self.invalid("proxy.probe", e.to_string()))?;
+            }
+            if p.probe.is_some() && p.probe_ca.is_none() && self.vault.ca_cert.is_none() {
+                return Err(self.invalid(
+                    "proxy.probe_ca",
+                    "the probe verifies the proxy with it (or [vault] ca_cert): set one",
+                ));
             }
             if let Some(h) = &p.home {
                 hooks::check_safe_path("home", h)

@@ -45,6 +45,23 @@ pub trait GateConnector: Send + Sync {
         ca: &Path,
         timeout: Duration,
     ) -> vault_client::Result<Handshake>;
+
+    /// [`GateConnector::handshake`] presenting an identity read into memory (and
+    /// trusting its CA bundle).
+    async fn handshake_as(
+        &self,
+        id: &Identity,
+        timeout: Duration,
+    ) -> vault_client::Result<Handshake>;
+
+    /// An anonymous client of Vault *through a proxy* at `addr` (which forwards `/v1/`),
+    /// verifying the proxy as `server_name` with `ca`.
+    fn through_proxy(
+        &self,
+        addr: &str,
+        server_name: Option<String>,
+        ca: &Path,
+    ) -> vault_client::Result<Box<dyn SysApi>>;
 }
 
 /// A client identity (certificate, key) and the CA bundle to trust, each read into
@@ -85,6 +102,15 @@ impl FreshClients {
         FreshClients { base, admin }
     }
 
+    /// `cfg` presenting `id` and trusting its CA bundle, all from memory.
+    fn with_identity(cfg: ClientConfig, id: &Identity) -> ClientConfig {
+        let mut cfg = Self::with_files(cfg, &id.cert.0, &id.key.0, &id.ca.0);
+        for (path, contents) in [&id.cert, &id.key, &id.ca] {
+            cfg = cfg.preload(path, contents.clone());
+        }
+        cfg
+    }
+
     fn with_files(mut cfg: ClientConfig, cert: &Path, key: &Path, ca: &Path) -> ClientConfig {
         cfg = cfg.ca_cert(ca).client_identity(cert, key);
         // Only the given CA bundle: the gate proves *it* verifies the listener.
@@ -96,10 +122,7 @@ impl FreshClients {
 #[async_trait]
 impl GateConnector for FreshClients {
     fn connect(&self, id: &Identity) -> vault_client::Result<Box<dyn CertAuthApi>> {
-        let mut cfg = Self::with_files(self.base.clone(), &id.cert.0, &id.key.0, &id.ca.0);
-        for (path, contents) in [&id.cert, &id.key, &id.ca] {
-            cfg = cfg.preload(path, contents.clone());
-        }
+        let cfg = Self::with_identity(self.base.clone(), id);
         Ok(Box::new(VaultClient::new(&cfg)?))
     }
 
@@ -132,6 +155,28 @@ impl GateConnector for FreshClients {
             cfg = cfg.client_identity(cert, key);
         }
         vault_client::tls_handshake(&cfg, timeout).await
+    }
+
+    async fn handshake_as(
+        &self,
+        id: &Identity,
+        timeout: Duration,
+    ) -> vault_client::Result<Handshake> {
+        let cfg = Self::with_identity(self.base.clone(), id);
+        vault_client::tls_handshake(&cfg, timeout).await
+    }
+
+    fn through_proxy(
+        &self,
+        addr: &str,
+        server_name: Option<String>,
+        ca: &Path,
+    ) -> vault_client::Result<Box<dyn SysApi>> {
+        let mut cfg = ClientConfig::new(addr)?.ca_cert(ca);
+        cfg.tls_server_name = server_name;
+        cfg.connect_timeout = self.base.connect_timeout;
+        cfg.request_timeout = self.base.request_timeout;
+        Ok(Box::new(VaultClient::new(&cfg)?))
     }
 }
 

@@ -255,7 +255,7 @@ pub async fn verify(cfg: &Config, apps: &[&AppConfig], deps: Deps<'_>) -> Verify
         verify_app(cfg, app, deps, chain.as_deref(), &mut r).await;
     }
     if let (Some(served), Some(p)) = (&served_chain, &cfg.proxy) {
-        verify_proxy(p, apps, served, now, &mut r);
+        verify_proxy(cfg, p, apps, served, deps, &mut r).await;
     }
 
     r.inventory.sort_by_key(|m| m.hours_left);
@@ -471,13 +471,15 @@ async fn verify_app(
 }
 
 /// The proxy's bundle (step 5) verifies the served listener chain and every app leaf.
-fn verify_proxy(
+async fn verify_proxy(
+    cfg: &Config,
     p: &crate::config::ProxySection,
     apps: &[&AppConfig],
     served: &str,
-    now: i64,
+    deps: Deps<'_>,
     r: &mut VerifyReport,
 ) {
+    let now = (deps.clock)();
     let (Some(home), Some(bundle)) = (&p.home, &p.ca_bundle) else {
         return;
     };
@@ -517,6 +519,59 @@ fn verify_proxy(
         .collect::<Result<Vec<_>, _>>()
         .map(|ok| format!("verifies {}", ok.join(", ")));
     r.check(name, res);
+
+    if let Some(id) = p.identity(&cfg.agents.domain) {
+        let what = format!("proxy client certificate {}", home.join(&id.cert).display());
+        let pair = (|| -> Result<String, String> {
+            let read = |f: &std::path::Path| match tree.read(f) {
+                Ok(Some(b)) => Ok(b),
+                Ok(None) => Err(format!("{} is missing: run step 5", home.join(f).display())),
+                Err(x) => Err(format!("{x:#}")),
+            };
+            let cert = String::from_utf8_lossy(&read(&id.cert)?).into_owned();
+            let key = read(&id.key)?;
+            pki_ops::key_matches_cert(&String::from_utf8_lossy(&key), &cert)
+                .map_err(|x| format!("{x:#}"))?;
+            let c =
+                pki_ops::CertInfo::from_pem_labeled(&cert, &what).map_err(|x| format!("{x:#}"))?;
+            c.expect_validity(now, Duration::from_secs(0), None)
+                .map_err(|x| format!("{x:#}"))?;
+            pki_ops::verify_chain_labeled(&cert, &what, &cert, &text, &label, now)
+                .map_err(|x| format!("{x:#}"))?;
+            r.material(
+                "proxy client certificate".into(),
+                home.join(&id.cert).display().to_string(),
+                &c,
+                now,
+            );
+            Ok(format!(
+                "serial {}: key matches, valid, verifies with the proxy's bundle",
+                c.serial_hex
+            ))
+        })();
+        r.check(what, pair);
+    }
+    if let Some(addr) = &p.probe {
+        let ca = p.probe_ca.as_ref().or(cfg.vault.ca_cert.as_ref());
+        let res = match ca {
+            None => Err("no [proxy] probe_ca or [vault] ca_cert".to_owned()),
+            Some(ca) => {
+                match deps
+                    .vault
+                    .gate
+                    .through_proxy(addr, p.probe_server_name.clone(), ca)
+                {
+                    Err(x) => Err(format!("{x:#}")),
+                    Ok(c) => c
+                        .seal_status()
+                        .await
+                        .map(|s| format!("Vault {} answered sys/seal-status through it", s.version))
+                        .map_err(|x| format!("{x:#}; {}", x.next_action())),
+                }
+            }
+        };
+        r.check(format!("Vault through the proxy at {addr}"), res);
+    }
 }
 
 impl std::fmt::Display for VerifyReport {

@@ -4,88 +4,32 @@
 
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use rotate_cli::Exit;
-use rotate_tests::{Lab, SERVER_NAME, shared, spawn_tied_with};
+use rotate_tests::{Lab, SERVER_NAME, shared};
 use vault_client::{CertAuthApi, KvApi, SysApi};
 
 use crate::support::{
-    add_to_section, after_step_3, change_kind, config_in, errors, free_port, rotate, target,
-    tempdir,
+    Nginx, add_to_section, after_step_3, change_kind, config_in, errors, rotate, target, tempdir,
 };
-
-struct Nginx {
-    child: Child,
-    port: u16,
-}
-
-impl Drop for Nginx {
-    /// SIGTERM (fast shutdown: the master stops its workers), then SIGKILL if needed.
-    fn drop(&mut self) {
-        let _ = Command::new("kill")
-            .args(["-TERM", &self.child.id().to_string()])
-            .status();
-        let deadline = Instant::now() + Duration::from_secs(5);
-        while Instant::now() < deadline {
-            if let Ok(Some(_)) = self.child.try_wait() {
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn nginx_binary() -> &'static str {
-    for p in ["/usr/sbin/nginx", "/usr/bin/nginx"] {
-        if Path::new(p).exists() {
-            return p;
-        }
-    }
-    panic!("nginx is not installed: run `bash scripts/setup.sh` (apt-get install nginx)");
-}
 
 /// A real nginx serving `fullchain`/`key` for `cn` on a loopback port.
 fn start_nginx(dir: &Path, cn: &str, fullchain: &Path, key: &Path) -> Nginx {
-    let root = dir.join("nginx");
-    std::fs::create_dir_all(root.join("tmp")).unwrap();
-    let port = free_port();
-    let pid_file = root.join("nginx.pid");
-    let conf = format!(
-        "daemon off;\nmaster_process on;\nworker_processes 1;\npid {pid};\nerror_log {root}/error.log info;\n\
-         events {{ worker_connections 64; }}\n\
-         http {{\n  access_log off;\n  client_body_temp_path {root}/tmp/body;\n  proxy_temp_path {root}/tmp/proxy;\n\
-           fastcgi_temp_path {root}/tmp/fastcgi;\n  uwsgi_temp_path {root}/tmp/uwsgi;\n  scgi_temp_path {root}/tmp/scgi;\n\
-           server {{\n    listen 127.0.0.1:{port} ssl;\n    server_name {cn};\n\
-             ssl_certificate {fullchain};\n    ssl_certificate_key {key};\n    location / {{ return 200 \"ok\\n\"; }}\n  }}\n}}\n",
-        pid = pid_file.display(),
-        root = root.display(),
-        fullchain = fullchain.display(),
-        key = key.display(),
-    );
-    std::fs::write(root.join("nginx.conf"), conf).unwrap();
-    let mut cmd = Command::new(nginx_binary());
-    cmd.arg("-p")
-        .arg(&root)
-        .arg("-c")
-        .arg(root.join("nginx.conf"))
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null());
-    let child = spawn_tied_with(&mut cmd, libc::SIGTERM).expect("start nginx");
-    let start = Instant::now();
-    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() || !pid_file.exists() {
-        assert!(
-            start.elapsed() < Duration::from_secs(10),
-            "nginx did not start; log:\n{}",
-            std::fs::read_to_string(root.join("error.log")).unwrap_or_default()
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    Nginx { child, port }
+    Nginx::start(dir, |port| {
+        format!(
+            r#"server {{
+    listen 127.0.0.1:{port} ssl;
+    server_name {cn};
+    ssl_certificate {fullchain};
+    ssl_certificate_key {key};
+    location / {{ return 200 "ok\n"; }}
+  }}"#,
+            fullchain = fullchain.display(),
+            key = key.display(),
+        )
+    })
 }
 
 /// The serial (hex, `aa:bb` like Vault prints it) nginx presents for `cn`, via `openssl s_client`.

@@ -10,6 +10,7 @@ mod crash;
 mod faults;
 mod leaf;
 mod podman;
+mod proxy;
 mod support;
 mod tls;
 mod verify;

@@ -179,3 +179,91 @@ pub(crate) async fn after_step_3(
     assert_eq!(exit, Exit::Ok, "step 3 for {apps:?}: {v:#}");
     (dir, cfg)
 }
+
+/// A real nginx (master + one worker) on a loopback port, stopped on drop.
+pub(crate) struct Nginx {
+    child: std::process::Child,
+    /// Its port.
+    pub(crate) port: u16,
+    /// Its pid file (what `signal:<pid file>:HUP` reloads).
+    pub(crate) pid_file: PathBuf,
+    /// Its error log.
+    pub(crate) error_log: PathBuf,
+}
+
+impl Nginx {
+    /// Start nginx under `dir/nginx` with the `server { ... }` block `server(port)`.
+    pub(crate) fn start(dir: &Path, server: impl Fn(u16) -> String) -> Nginx {
+        use std::process::{Command, Stdio};
+        use std::time::{Duration, Instant};
+        let root = dir.join("nginx");
+        std::fs::create_dir_all(root.join("tmp")).unwrap();
+        let port = free_port();
+        let pid_file = root.join("nginx.pid");
+        let error_log = root.join("error.log");
+        let conf = format!(
+            "daemon off;\nmaster_process on;\nworker_processes 1;\npid {pid};\nerror_log {log} info;\n\
+             events {{ worker_connections 64; }}\n\
+             http {{\n  access_log off;\n  client_body_temp_path {root}/tmp/body;\n  proxy_temp_path {root}/tmp/proxy;\n\
+             fastcgi_temp_path {root}/tmp/fastcgi;\n  uwsgi_temp_path {root}/tmp/uwsgi;\n  scgi_temp_path {root}/tmp/scgi;\n\
+             {server}\n}}\n",
+            pid = pid_file.display(),
+            log = error_log.display(),
+            root = root.display(),
+            server = server(port),
+        );
+        std::fs::write(root.join("nginx.conf"), conf).unwrap();
+        let mut cmd = Command::new(nginx_binary());
+        cmd.arg("-p")
+            .arg(&root)
+            .arg("-c")
+            .arg(root.join("nginx.conf"))
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null());
+        let child = rotate_tests::spawn_tied_with(&mut cmd, libc::SIGTERM).expect("start nginx");
+        let start = Instant::now();
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() || !pid_file.exists() {
+            assert!(
+                start.elapsed() < Duration::from_secs(10),
+                "nginx did not start; log:\n{}",
+                std::fs::read_to_string(&error_log).unwrap_or_default()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        Nginx {
+            child,
+            port,
+            pid_file,
+            error_log,
+        }
+    }
+}
+
+impl Drop for Nginx {
+    /// SIGTERM (fast shutdown: the master stops its workers), then SIGKILL if needed.
+    fn drop(&mut self) {
+        use std::time::{Duration, Instant};
+        let _ = std::process::Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status();
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = self.child.try_wait() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn nginx_binary() -> &'static str {
+    for p in ["/usr/sbin/nginx", "/usr/bin/nginx"] {
+        if Path::new(p).exists() {
+            return p;
+        }
+    }
+    panic!("nginx is not installed: run `bash scripts/setup.sh` (apt-get install nginx)");
+}

@@ -4,19 +4,27 @@
 //! Plan (reads only): the bundle to write is the PKI mount's chain plus every CA the
 //! current bundle holds (never fewer); before anything is written it must verify what
 //! the listener serves now and every app's `tls/<app>.fullchain.pem` (the certificate it
-//! fails on is named). Apply: the bundle through the safe writer (inside the proxy's
-//! home, no symlink followed, owned by the proxy user), then the reload
-//! (`podman:proxyprod`); undo restores the file and reloads again. Gate: the bundle on
-//! disk verifies the served listener chain and every app leaf.
+//! fails on is named). With `[proxy] client_cert` + `client_key`, the proxy's client
+//! identity (what it presents upstream, e.g. to Vault's mTLS listener) is issued too.
+//! Apply: bundle, key and certificate staged together through the safe writer (inside
+//! the proxy's home, no symlink followed, owned by the proxy user, the key 0600), then
+//! the reload (`podman:proxyprod`); undo restores the files, reloads again and revokes
+//! the certificate. Gate: the bundle on disk verifies the served listener chain and every
+//! app leaf; the listener accepts the new client identity on a new handshake that trusts
+//! only the bundle; and with `[proxy] probe`, Vault answers `sys/seal-status` *through*
+//! the reloaded proxy.
 
 use std::path::PathBuf;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use pki_ops::{FileSpec, MaterialSet, Owner, Tree};
+use pki_ops::{CreatePolicy, FileSpec, MaterialSet, Owner, RoleSpec, Tree, upsert_role};
 use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value};
+use vault_client::IssueRequest;
 
-use crate::config::{Config, ProxySection};
+use crate::config::{Config, KeyMode, ProxyIdentity, ProxySection};
+use crate::deps::Identity;
 use crate::engine::change::{Change, ChangeKind};
 use crate::engine::journal::StepId;
 use crate::engine::undo::UndoAction;
@@ -24,7 +32,9 @@ use crate::engine::{Singleton, Step, TargetPlan, Tx};
 use crate::rotation::Deps;
 use crate::served::look;
 use crate::steps::names::rel;
-use crate::steps::{StepError, merged_bundle, owner_of_user};
+use crate::steps::{
+    StepError, admin_files, issue_mode, key_algorithm, merged_bundle, owner_of_user, plan_role,
+};
 
 /// Step 5.
 pub struct ProxyStep<'a> {
@@ -41,6 +51,8 @@ pub struct ProxyPlan {
     owner: Owner,
     text: String,
     changed: bool,
+    /// The client identity's role: `Some(previous)` when it must be written.
+    role: Option<Option<Map<String, Value>>>,
 }
 
 /// What apply produced.
@@ -50,10 +62,16 @@ pub struct ProxyApplied {
     pub bundle: PathBuf,
     /// Certificates in it.
     pub certificates: usize,
-    /// Whether it changed (else nothing was written or reloaded).
+    /// Whether anything changed (else nothing was written or reloaded).
     pub changed: bool,
     /// The reload, when one ran.
     pub reload: Option<String>,
+    /// The client certificate issued (serial hex), with `[proxy] client_cert`.
+    #[serde(default)]
+    pub client_serial: Option<String>,
+    /// Its not-after.
+    #[serde(default)]
+    pub client_not_after: Option<String>,
 }
 
 /// What the gate proved.
@@ -61,6 +79,12 @@ pub struct ProxyApplied {
 pub struct ProxyProof {
     /// What the bundle was proven to verify.
     pub verifies: Vec<String>,
+    /// The listener accepted the proxy's client certificate (its serial).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub client_accepted: Option<String>,
+    /// What Vault answered through the proxy (`[proxy] probe`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub probe: Option<String>,
 }
 
 impl<'a> ProxyStep<'a> {
@@ -79,13 +103,7 @@ impl<'a> ProxyStep<'a> {
 
     /// What the bundle must verify: the listener's served chain, every app leaf present.
     async fn must_verify(&self) -> Result<Vec<(String, String)>, StepError> {
-        let v = &self.cfg.vault;
-        let (Some(cert), Some(key), Some(ca)) = (&v.client_cert, &v.client_key, &v.ca_cert) else {
-            return Err(StepError::Invalid {
-                what: "[vault] client_cert, client_key, ca_cert".into(),
-                reason: "step 5 reads the listener's chain as the admin: set all three".into(),
-            });
-        };
+        let (cert, key, ca) = admin_files(self.cfg, "step 5 reads the listener's chain")?;
         let served = look(
             self.deps.vault.gate,
             Some((cert, key)),
@@ -119,6 +137,68 @@ impl<'a> ProxyStep<'a> {
         Ok(out)
     }
 
+    fn identity(&self) -> Option<ProxyIdentity> {
+        self.p.identity(&self.cfg.agents.domain)
+    }
+
+    fn role_spec(&self, id: &ProxyIdentity) -> RoleSpec {
+        RoleSpec::agent_client(&id.cn, &self.p.client_ttl, &self.p.client_ttl)
+            .with_key(key_algorithm(KeyMode::default()))
+    }
+
+    fn owner(&self) -> Result<Owner, StepError> {
+        owner_of_user(&format!("[proxy] {}", self.p.name), self.p.user(), None)
+    }
+
+    fn gate_err(&self, reason: impl Into<String>) -> StepError {
+        StepError::Gate {
+            step: "proxy",
+            app: self.p.name.clone(),
+            reason: reason.into(),
+        }
+    }
+
+    /// Ask `sys/seal-status` through the proxy until Vault answers twice in a row.
+    async fn probe(&self, addr: &str) -> Result<String, StepError> {
+        let ca = match (&self.p.probe_ca, &self.cfg.vault.ca_cert) {
+            (Some(ca), _) | (None, Some(ca)) => ca,
+            (None, None) => return Err(self.gate_err("no [proxy] probe_ca or [vault] ca_cert")),
+        };
+        let client = self
+            .deps
+            .vault
+            .gate
+            .through_proxy(addr, self.p.probe_server_name.clone(), ca)
+            .map_err(|e| self.gate_err(format!("probe {addr}: {e}")))?;
+        let until = tokio::time::Instant::now() + self.cfg.duration(&self.p.probe_timeout);
+        let (mut in_a_row, mut tries) = (0u32, 0u32);
+        loop {
+            tries += 1;
+            match client.seal_status().await {
+                Ok(s) => {
+                    in_a_row += 1;
+                    if in_a_row >= 2 {
+                        return Ok(format!(
+                            "Vault {} answered sys/seal-status through {addr} (sealed: {}, {tries} requests)",
+                            s.version, s.sealed
+                        ));
+                    }
+                }
+                Err(e) => {
+                    in_a_row = 0;
+                    if tokio::time::Instant::now() >= until {
+                        return Err(self.gate_err(format!(
+                            "Vault did not answer through the proxy at {addr} within {}: {e}; {} (a 502 from the proxy means it could not verify Vault with its bundle, or Vault refused its client certificate: see the proxy's error log)",
+                            self.p.probe_timeout,
+                            e.next_action()
+                        )));
+                    }
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
     fn verify(&self, bundle: &str, what: &[(String, String)]) -> Result<Vec<String>, StepError> {
         let now = (self.deps.clock)();
         let label = self.home.join(&self.bundle).display().to_string();
@@ -146,8 +226,34 @@ impl Step for ProxyStep<'_> {
         StepId::Proxy
     }
 
+    async fn not_due(&self, _t: &Singleton) -> Result<Option<String>, StepError> {
+        // Without a client identity, the plan decides (an unchanged bundle writes nothing).
+        let Some(id) = self.identity() else {
+            return Ok(None);
+        };
+        let tree = Tree::open(&self.home, Some(self.owner()?))?;
+        let current = tree.read(&self.bundle)?;
+        let text = merged_bundle(&self.chain, current.as_ref().map(|b| b.as_slice()))?;
+        if current.as_ref().map(|c| c.as_slice()) != Some(text.as_bytes()) {
+            tracing::info!("due: the proxy's CA bundle lacks the current chain");
+            return Ok(None);
+        }
+        let cert = tree
+            .read(&id.cert)?
+            .map(|b| String::from_utf8_lossy(&b).into_owned());
+        let key = tree.read(&id.key)?;
+        Ok(crate::steps::pair_not_due(
+            self.cfg,
+            (self.deps.clock)(),
+            "proxy client certificate",
+            key.as_deref().map(|k| k.as_slice()),
+            cert.as_deref(),
+            &self.chain,
+        ))
+    }
+
     async fn plan(&self, _t: &Singleton) -> Result<TargetPlan<ProxyPlan>, StepError> {
-        let owner = owner_of_user(&format!("[proxy] {}", self.p.name), self.p.user(), None)?;
+        let owner = self.owner()?;
         let tree = Tree::open(&self.home, Some(owner))?;
         tree.check_dir(&rel::parent(&self.bundle))?;
         let current = tree.read(&self.bundle)?;
@@ -164,7 +270,47 @@ impl Step for ProxyStep<'_> {
             },
             object,
         )];
-        if changed && !self.p.reload.is_empty() {
+        let mut role = None;
+        if let Some(id) = self.identity() {
+            for f in [&id.cert, &id.key] {
+                tree.check_dir(&rel::parent(f))?;
+            }
+            let (change, previous) = plan_role(
+                self.deps.vault,
+                &self.cfg.pki.mount,
+                &id.role,
+                &self.role_spec(&id),
+                true,
+                "[proxy] client_role",
+            )
+            .await?;
+            changes.push(change);
+            role = previous;
+            let old = tree.read(&id.cert)?.and_then(|pem| {
+                pki_ops::CertInfo::from_pem_labeled(&String::from_utf8_lossy(&pem), "current").ok()
+            });
+            changes.push(
+                Change::new(
+                    ChangeKind::Create,
+                    format!("proxy client certificate {} ({})", id.cn, self.p.client_ttl),
+                )
+                .note(match old {
+                    Some(c) => format!(
+                        "replaces serial {} (not after {}; kept valid, not revoked)",
+                        c.serial_hex, c.not_after_human
+                    ),
+                    None => "no current certificate".into(),
+                }),
+            );
+            for f in [&id.cert, &id.key] {
+                let kind = match tree.stat(f)? {
+                    Some(_) => ChangeKind::Update,
+                    None => ChangeKind::Create,
+                };
+                changes.push(Change::new(kind, self.home.join(f).display().to_string()));
+            }
+        }
+        if (changed || self.identity().is_some()) && !self.p.reload.is_empty() {
             changes.push(Change::new(
                 ChangeKind::Update,
                 format!("reload ({})", self.p.reload),
@@ -176,6 +322,7 @@ impl Step for ProxyStep<'_> {
                 owner,
                 text,
                 changed,
+                role,
             },
         })
     }
@@ -189,18 +336,74 @@ impl Step for ProxyStep<'_> {
         let p = plan.data;
         let certificates = p.text.matches("-----BEGIN CERTIFICATE-----").count();
         let bundle = self.home.join(&self.bundle);
-        if !p.changed {
+        let identity = self.identity();
+        if !p.changed && identity.is_none() {
             return Ok(ProxyApplied {
                 bundle,
                 certificates,
                 changed: false,
                 reload: None,
+                client_serial: None,
+                client_not_after: None,
             });
         }
+        let mut set = MaterialSet::new();
+        if p.changed {
+            set = set.with(FileSpec::public(&self.bundle), p.text.into_bytes());
+        }
+        let mut client = None;
+        if let Some(id) = &identity {
+            let (v, mount) = (self.deps.vault, &self.cfg.pki.mount);
+            if let Some(previous) = p.role {
+                tx.record(UndoAction::Role {
+                    mount: mount.clone(),
+                    name: id.role.clone(),
+                    previous,
+                })?;
+                upsert_role(
+                    v.pki,
+                    mount,
+                    &id.role,
+                    &self.role_spec(id),
+                    CreatePolicy::CreateIfMissing,
+                    false,
+                )
+                .await?;
+            }
+            let req = IssueRequest {
+                common_name: id.cn.clone(),
+                ttl: Some(self.p.client_ttl.clone()),
+                ..Default::default()
+            };
+            let issued =
+                pki_ops::issue_cert(v.pki, mount, &id.role, &req, issue_mode(KeyMode::default()))
+                    .await?;
+            tx.record(UndoAction::Revoke {
+                mount: mount.clone(),
+                serial: issued.info.serial_hex.clone(),
+                cn: id.cn.clone(),
+            })?;
+            let now = (self.deps.clock)();
+            issued.info.expect_cn(&id.cn)?;
+            issued.info.expect_client_auth()?;
+            issued
+                .info
+                .expect_validity(now, Duration::from_secs(600), None)?;
+            pki_ops::verify_chain(&issued.cert_pem, &issued.chain_pem, &self.chain, now)?;
+            set = set
+                .with(
+                    FileSpec::private_key(&id.key),
+                    issued.key_pem.as_bytes().to_vec(),
+                )
+                .with(
+                    FileSpec::public(&id.cert),
+                    issued.fullchain_pem().into_bytes(),
+                );
+            client = Some(issued.info.clone());
+        }
+        // Everything staged (key 0600 from creation) before anything is replaced.
         let tree = Tree::open(&self.home, Some(p.owner))?;
-        let staged = MaterialSet::new()
-            .with(FileSpec::public(&self.bundle), p.text.into_bytes())
-            .stage(&tree, &tx.run_id())?;
+        let staged = set.stage(&tree, &tx.run_id())?;
         for u in staged.undo_records() {
             tx.record(UndoAction::File {
                 undo: u,
@@ -229,27 +432,94 @@ impl Step for ProxyStep<'_> {
             certificates,
             changed: true,
             reload,
+            client_serial: client.as_ref().map(|c| c.serial_hex.clone()),
+            client_not_after: client.map(|c| c.not_after_human),
         })
     }
 
-    async fn gate(&self, _t: &Singleton, _a: &ProxyApplied) -> Result<ProxyProof, StepError> {
-        let owner = owner_of_user(&format!("[proxy] {}", self.p.name), self.p.user(), None)?;
-        let tree = Tree::open(&self.home, Some(owner))?;
-        let on_disk = tree.read(&self.bundle)?.ok_or_else(|| StepError::Gate {
-            step: "proxy",
-            app: self.p.name.clone(),
-            reason: format!("{} is missing", self.home.join(&self.bundle).display()),
-        })?;
+    async fn gate(&self, _t: &Singleton, a: &ProxyApplied) -> Result<ProxyProof, StepError> {
+        let tree = Tree::open(&self.home, Some(self.owner()?))?;
+        let on_disk = tree
+            .read(&self.bundle)?
+            .ok_or_else(|| self.gate_err(format!("{} is missing", a.bundle.display())))?;
         let verifies = self
             .verify(
                 &String::from_utf8_lossy(&on_disk),
                 &self.must_verify().await?,
             )
-            .map_err(|e| StepError::Gate {
-                step: "proxy",
-                app: self.p.name.clone(),
-                reason: e.to_string(),
-            })?;
-        Ok(ProxyProof { verifies })
+            .map_err(|e| self.gate_err(e.to_string()))?;
+        let mut client_accepted = None;
+        if let Some(id) = self.identity() {
+            // Read as the proxy would (no symlink followed), then presented to the
+            // listener on a new handshake that trusts only the proxy's bundle.
+            let read = |r: &PathBuf| -> Result<_, StepError> {
+                let path = self.home.join(r);
+                let c = tree
+                    .read(r)?
+                    .ok_or_else(|| self.gate_err(format!("{} is missing", path.display())))?;
+                Ok((path, c))
+            };
+            let identity = Identity {
+                cert: read(&id.cert)?,
+                key: read(&id.key)?,
+                ca: (a.bundle.clone(), on_disk),
+            };
+            let cert_pem = String::from_utf8_lossy(&identity.cert.1).into_owned();
+            pki_ops::key_matches_cert(&String::from_utf8_lossy(&identity.key.1), &cert_pem)
+                .map_err(|e| self.gate_err(e.to_string()))?;
+            let info = pki_ops::CertInfo::from_pem_labeled(
+                &cert_pem,
+                &identity.cert.0.display().to_string(),
+            )?;
+            if let Some(want) = &a.client_serial
+                && !info.serial_hex.eq_ignore_ascii_case(want)
+            {
+                return Err(self.gate_err(format!(
+                    "{} holds serial {}, not the issued {want}",
+                    identity.cert.0.display(),
+                    info.serial_hex
+                )));
+            }
+            let h = self
+                .deps
+                .vault
+                .gate
+                .handshake_as(&identity, Duration::from_secs(10))
+                .await
+                .map_err(|e| {
+                    self.gate_err(format!(
+                        "the listener refused the proxy's new client certificate: {e}; {}",
+                        e.next_action()
+                    ))
+                })?;
+            match h.seal_status {
+                Ok(200) => {}
+                Ok(code) => {
+                    return Err(self.gate_err(format!(
+                        "sys/seal-status with the proxy's client certificate answered HTTP {code}"
+                    )));
+                }
+                Err((kind, msg)) => {
+                    return Err(self.gate_err(format!(
+                        "the listener refused the proxy's new client certificate: {kind}: {msg}; {}",
+                        kind.next_action()
+                    )));
+                }
+            }
+            client_accepted = Some(format!(
+                "serial {} ({}) accepted by the listener",
+                info.serial_hex,
+                info.cn()
+            ));
+        }
+        let probe = match &self.p.probe {
+            Some(addr) => Some(self.probe(addr).await?),
+            None => None,
+        };
+        Ok(ProxyProof {
+            verifies,
+            client_accepted,
+            probe,
+        })
     }
 }

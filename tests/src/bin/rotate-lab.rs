@@ -88,7 +88,7 @@ fn demo_config(lab: &'static rotate_tests::Lab) -> Result<String> {
         .replace(
             "[proxy]\nname = \"proxyprod\"\n",
             &format!(
-                "[proxy]\nname = \"proxyprod\"\nhome = \"{}\"\nuser = \"root\"\nca_bundle = \"tls/vault-ca.pem\"\n\n[restarts]\nvault = \"cmd:{}\"\nvault_when = \"always\"\n\n[health]\nwindow = \"8s\"\n",
+                "[proxy]\nname = \"proxyprod\"\nhome = \"{}\"\nuser = \"root\"\nca_bundle = \"tls/vault-ca.pem\"\nclient_cert = \"tls/proxy-client.crt\"\nclient_key = \"tls/proxy-client.key\"\n\n[restarts]\nvault = \"cmd:{}\"\nvault_when = \"always\"\n\n[health]\nwindow = \"8s\"\n",
                 proxy_home.display(),
                 restart.display()
             ),
