@@ -9,8 +9,9 @@
 //!   CN and key are checked before anything is written.
 //! - **Inspection and checks** ([`CertInfo`]): CN, SANs, issuer, serial (hex and decimal),
 //!   validity, usages, fingerprint; typed checks (`expect_cn`, `expect_validity`, ...),
-//!   [`key_matches_cert`] and [`verify_chain`], each failure naming the file, what was
-//!   expected and what was found. Time is passed in.
+//!   [`key_matches_cert`] and [`verify_chain`] (or [`verify_chain_as`] with the
+//!   [`TrustModel`] of the client that uses the bundle: Go's or OpenSSL's), each failure
+//!   naming the file, what was expected and what was found. Time is passed in.
 //! - **Writes** ([`Tree`], [`MaterialSet::stage`], [`Staged::commit`]): root writes into
 //!   app-owned homes, so every operation is relative to directory fds opened without
 //!   following symlinks. A set (key + cert + chain) is staged completely (temp files with
@@ -75,8 +76,8 @@ pub use pki::roles::{
     upsert_role,
 };
 pub use x509::check::{
-    der_to_pem, key_matches_cert, key_matches_cert_files, verify_chain, verify_chain_files,
-    verify_chain_labeled,
+    TrustModel, der_to_pem, key_matches_cert, key_matches_cert_files, verify_chain,
+    verify_chain_as, verify_chain_files, verify_chain_labeled,
 };
 pub use x509::inspect::{
     CertInfo, distinguished_name, parse_bundle, parse_bundle_file, sha256_hex,

@@ -586,6 +586,32 @@ pub struct ProxySection {
     /// How long the gate keeps probing after the reload.
     #[serde(default = "default_reload_timeout")]
     pub probe_timeout: String,
+    /// How the proxy verifies with its bundle: `openssl` (the default: nginx, HAProxy;
+    /// the chain must end at a self-signed root in the bundle) or `go` (any certificate
+    /// of the bundle is an anchor).
+    #[serde(default)]
+    pub trust: ProxyTrust,
+}
+
+/// `[proxy] trust`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ProxyTrust {
+    /// OpenSSL's default verification.
+    #[default]
+    Openssl,
+    /// Go's.
+    Go,
+}
+
+impl ProxyTrust {
+    /// As pki-ops names it.
+    pub fn model(self) -> pki_ops::TrustModel {
+        match self {
+            ProxyTrust::Openssl => pki_ops::TrustModel::SelfSignedRoot,
+            ProxyTrust::Go => pki_ops::TrustModel::AnyCertificate,
+        }
+    }
 }
 
 fn default_proxy_client_ttl() -> String {

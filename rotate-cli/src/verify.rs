@@ -512,7 +512,7 @@ async fn verify_proxy(
     let res = what
         .iter()
         .map(|(n, pem)| {
-            pki_ops::verify_chain_labeled(pem, n, pem, &text, &label, now)
+            pki_ops::verify_chain_as(p.trust.model(), pem, n, pem, &text, &label, now)
                 .map(|()| n.clone())
                 .map_err(|x| format!("does not verify {n}: {x:#}"))
         })

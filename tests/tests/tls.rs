@@ -438,6 +438,56 @@ async fn a_client_bundle_that_would_not_verify_the_new_chain_stops_step_2_before
 }
 
 #[tokio::test]
+async fn step_2_checks_the_proxy_bundle_the_way_nginx_does_and_names_it() {
+    let _turn = tls_lab_turn().await;
+    let lab = tls_lab();
+    let p = &lab.paths;
+    let dir = tempdir("tls-proxy-bundle");
+    // The proxy's bundle holds only the intermediate: Go clients accept that, OpenSSL
+    // (nginx's proxy_ssl_trusted_certificate) does not.
+    let home = dir.join("proxy");
+    std::fs::create_dir_all(home.join("tls")).unwrap();
+    let bundle = home.join("tls/vault-ca.pem");
+    std::fs::write(&bundle, lab.ca.intermediate_pem()).unwrap();
+    let openssl_verify = |partial: bool| {
+        let mut c = Command::new("openssl");
+        c.arg("verify").arg("-CAfile").arg(&bundle);
+        if partial {
+            c.arg("-partial_chain");
+        }
+        c.arg("-untrusted").arg(&p.server_cert).arg(&p.server_cert);
+        c.output().unwrap().status.success()
+    };
+    assert!(!openssl_verify(false) && openssl_verify(true));
+    let proxy = |trust: &str| {
+        format!(
+            "home = \"{}\"\nuser = \"root\"\nca_bundle = \"tls/vault-ca.pem\"\ntrust = \"{trust}\"",
+            home.display()
+        )
+    };
+    let cfg = tls_config(lab, &dir, &[("proxy", &proxy("openssl"))]);
+    let (exit, v) = rotate(&cfg, &["plan", "--step", "listener"]).await;
+    assert_eq!(exit, Exit::Config, "{v:#}");
+    let err = errors(&v);
+    assert!(
+        err.contains(&bundle.display().to_string()) && err.contains("--step proxy"),
+        "{err}"
+    );
+    // A proxy that verifies like Go does is satisfied with it.
+    let cfg = tls_config(lab, &dir, &[("proxy", &proxy("go"))]);
+    let (exit, v) = rotate(&cfg, &["plan", "--step", "listener"]).await;
+    assert_eq!(exit, Exit::Changes, "{v:#}");
+    // Step 5 refreshes it with the mount's whole chain (root included): nginx's way passes.
+    let cfg = tls_config(lab, &dir, &[("proxy", &proxy("openssl"))]);
+    let (exit, v) = rotate(&cfg, &["run", "--step", "proxy"]).await;
+    assert_eq!(exit, Exit::Ok, "{v:#}");
+    assert!(
+        openssl_verify(false),
+        "the refreshed bundle fails openssl verify"
+    );
+}
+
+#[tokio::test]
 async fn a_listener_reload_that_does_not_take_effect_is_detected_and_the_old_serial_is_served_again()
  {
     let _turn = tls_lab_turn().await;

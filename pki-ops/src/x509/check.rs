@@ -241,8 +241,44 @@ pub fn der_to_pem(der: &[u8], label: &str) -> Result<String> {
     Ok(String::from_utf8_lossy(&pem).into_owned())
 }
 
+/// Which certificates of a CA bundle may end a chain: verifiers differ, and a bundle must
+/// be checked the way the client that uses it checks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum TrustModel {
+    /// Any certificate of the bundle is a trust anchor, as Go's verifier (Vault,
+    /// OpenBao, the `bao` CLI and agent) treats its pool: a bundle holding only the
+    /// intermediate works (`X509_V_FLAG_PARTIAL_CHAIN`).
+    #[default]
+    AnyCertificate,
+    /// The chain must end at a self-signed root in the bundle, as OpenSSL verifies by
+    /// default (nginx's `proxy_ssl_trusted_certificate`, `openssl verify`): a bundle
+    /// holding only the intermediate fails.
+    SelfSignedRoot,
+}
+
 /// [`verify_chain`] with the leaf and the bundle named in errors (e.g. by their files).
 pub fn verify_chain_labeled(
+    leaf_pem: &str,
+    leaf_label: &str,
+    intermediates_pem: &str,
+    ca_bundle_pem: &str,
+    ca_label: &str,
+    now: i64,
+) -> Result<()> {
+    verify_chain_as(
+        TrustModel::AnyCertificate,
+        leaf_pem,
+        leaf_label,
+        intermediates_pem,
+        ca_bundle_pem,
+        ca_label,
+        now,
+    )
+}
+
+/// [`verify_chain_labeled`] the way `trust` says the bundle's client verifies.
+pub fn verify_chain_as(
+    trust: TrustModel,
     leaf_pem: &str,
     leaf_label: &str,
     intermediates_pem: &str,
@@ -287,9 +323,11 @@ pub fn verify_chain_labeled(
         reason: "out of range for time_t".into(),
     })?;
     param.set_time(time);
-    param
-        .set_flags(X509VerifyFlags::PARTIAL_CHAIN)
-        .map_err(ossl("verify flags"))?;
+    if trust == TrustModel::AnyCertificate {
+        param
+            .set_flags(X509VerifyFlags::PARTIAL_CHAIN)
+            .map_err(ossl("verify flags"))?;
+    }
     store.set_param(&param).map_err(ossl("set verify params"))?;
     let store = store.build();
 
@@ -473,6 +511,30 @@ mod tests {
         verify_chain(&format!("{leaf}{}", ca.int_pem), "", &ca.root_pem, T0).unwrap();
         // A bundle holding only the intermediate is a trust anchor (partial chain).
         verify_chain(&leaf, "", &ca.int_pem, T0).unwrap();
+    }
+
+    #[test]
+    fn openssl_trust_needs_the_self_signed_root_in_the_bundle() {
+        let ca = TestCa::new("root");
+        let (leaf, _) = ca.server_leaf("ncprd1.int.privsec.ch", &["ncprd1.int.privsec.ch"]);
+        let strict = |bundle: &str| {
+            verify_chain_as(
+                TrustModel::SelfSignedRoot,
+                &leaf,
+                "leaf",
+                &ca.int_pem,
+                bundle,
+                "proxy bundle",
+                T0,
+            )
+        };
+        // Only the intermediate: Go accepts it, OpenSSL (nginx) does not.
+        verify_chain(&leaf, &ca.int_pem, &ca.int_pem, T0).unwrap();
+        let e = strict(&ca.int_pem).unwrap_err().to_string();
+        assert!(e.contains("proxy bundle") && e.contains("issuer"), "{e}");
+        // With the root, both accept it.
+        strict(&format!("{}{}", ca.int_pem, ca.root_pem)).unwrap();
+        strict(&ca.root_pem).unwrap();
     }
 
     #[test]

@@ -46,7 +46,7 @@ pub struct ListenerPlan {
     role: Option<Option<Map<String, Value>>>,
     owner: Owner,
     served_before: Served,
-    bundles: Vec<(String, String)>,
+    bundles: Vec<ClientBundle>,
 }
 
 /// What apply produced (journaled for re-gating).
@@ -126,7 +126,7 @@ impl<'a> ListenerStep<'a> {
 
     /// Every CA bundle clients use, by name, with its text: the admin's, each app's
     /// `vault/ca/ca.pem` (read inside the app's tree, no symlink followed), the extras.
-    fn client_bundles(&self) -> Result<Vec<(String, String)>, StepError> {
+    fn client_bundles(&self) -> Result<Vec<ClientBundle>, StepError> {
         let mut out = Vec::new();
         let read = |p: &Path| {
             std::fs::read_to_string(p).map_err(|e| StepError::Invalid {
@@ -135,14 +135,14 @@ impl<'a> ListenerStep<'a> {
             })
         };
         let (_, _, ca) = self.admin_files()?;
-        out.push((ca.display().to_string(), read(&ca)?));
+        out.push(ClientBundle::go(ca.display().to_string(), read(&ca)?));
         for app in &self.cfg.apps {
             // An app whose home cannot be read safely is not silently left out: its agent
             // would be the one to fail after the swap.
             let owner = crate::steps::owner_of(app)?;
             let tree = Tree::open(&app.home, Some(owner))?;
             if let Some(b) = tree.read(&rel::ca_file())? {
-                out.push((
+                out.push(ClientBundle::go(
                     app.home.join(rel::ca_file()).display().to_string(),
                     String::from_utf8_lossy(&b).into_owned(),
                 ));
@@ -165,10 +165,30 @@ impl<'a> ListenerStep<'a> {
                     what: format!("client CA bundle {}", p.display()),
                     reason: "missing".into(),
                 })?;
-            out.push((
-                p.display().to_string(),
-                String::from_utf8_lossy(&bytes).into_owned(),
-            ));
+            let name = p.display().to_string();
+            if !out.iter().any(|b| b.name == name) {
+                out.push(ClientBundle::go(
+                    name,
+                    String::from_utf8_lossy(&bytes).into_owned(),
+                ));
+            }
+        }
+        // The proxy verifies Vault with its bundle too (as its TLS library does).
+        if let Some(px) = &self.cfg.proxy
+            && let (Some(home), Some(bundle)) = (&px.home, &px.ca_bundle)
+        {
+            let owner =
+                crate::steps::owner_of_user(&format!("[proxy] {}", px.name), px.user(), None)?;
+            if let Some(b) = Tree::open(home, Some(owner))?.read(bundle)? {
+                let name = home.join(bundle).display().to_string();
+                out.retain(|x| x.name != name);
+                out.push(ClientBundle {
+                    name,
+                    text: String::from_utf8_lossy(&b).into_owned(),
+                    trust: px.trust.model(),
+                    proxy: true,
+                });
+            }
         }
         Ok(out)
     }
@@ -184,22 +204,51 @@ fn verify_with_all(
     leaf_pem: &str,
     leaf_label: &str,
     chain: &str,
-    bundles: &[(String, String)],
+    bundles: &[ClientBundle],
     now: i64,
 ) -> Result<Vec<String>, StepError> {
     let mut ok = Vec::new();
-    for (name, text) in bundles {
-        pki_ops::verify_chain_labeled(leaf_pem, leaf_label, chain, text, name, now).map_err(
-            |e| StepError::Invalid {
-                what: format!("client CA bundle {name}"),
+    for b in bundles {
+        pki_ops::verify_chain_as(b.trust, leaf_pem, leaf_label, chain, &b.text, &b.name, now)
+            .map_err(|e| StepError::Invalid {
+                what: format!("client CA bundle {}", b.name),
                 reason: format!(
-                    "does not verify {leaf_label}: {e}. Clients using it would fail with \"certificate signed by unknown authority\" after the swap: add the chain of the PKI mount to it first"
+                    "does not verify {leaf_label}: {e}. Clients using it would fail with \"certificate signed by unknown authority\" after the swap: {}",
+                    if b.proxy {
+                        "run `rotate run --step proxy` first (it adds the PKI mount's chain to the proxy's bundle and keeps the CAs it had)"
+                    } else {
+                        "add the chain of the PKI mount to it first"
+                    }
                 ),
-            },
-        )?;
-        ok.push(name.clone());
+            })?;
+        ok.push(b.name.clone());
     }
     Ok(ok)
+}
+
+/// A CA bundle a client of the listener verifies it with.
+#[derive(Debug, Clone)]
+pub(crate) struct ClientBundle {
+    /// Its file.
+    name: String,
+    /// Its PEM.
+    text: String,
+    /// How its client verifies with it.
+    trust: pki_ops::TrustModel,
+    /// It is the proxy's (`[proxy] ca_bundle`).
+    proxy: bool,
+}
+
+impl ClientBundle {
+    /// A bundle Go clients use (the `bao` CLI, agents).
+    fn go(name: String, text: String) -> Self {
+        ClientBundle {
+            name,
+            text,
+            trust: pki_ops::TrustModel::AnyCertificate,
+            proxy: false,
+        }
+    }
 }
 
 #[async_trait]

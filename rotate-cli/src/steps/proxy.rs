@@ -204,11 +204,18 @@ impl<'a> ProxyStep<'a> {
         let label = self.home.join(&self.bundle).display().to_string();
         what.iter()
             .map(|(name, pem)| {
-                pki_ops::verify_chain_labeled(pem, name, pem, bundle, &label, now)
+                pki_ops::verify_chain_as(self.p.trust.model(), pem, name, pem, bundle, &label, now)
                     .map(|()| name.clone())
                     .map_err(|e| StepError::Invalid {
                         what: format!("proxy CA bundle {label}"),
-                        reason: format!("would not verify {name}: {e}"),
+                        reason: format!(
+                            "would not verify {name}: {e}{}",
+                            if self.p.trust == crate::config::ProxyTrust::Openssl {
+                                " (trust = \"openssl\": the chain must end at a self-signed root in the bundle, as nginx checks; import the PKI mount's chain with its root, or set [proxy] trust = \"go\" for a proxy that accepts partial chains)"
+                            } else {
+                                ""
+                            }
+                        ),
                     })
             })
             .collect()
