@@ -878,8 +878,13 @@ impl Config {
                 (None, Some(_)) => {
                     return Err(self.invalid("proxy.client_cert", "client_key needs client_cert"));
                 }
-                (Some(c), Some(k)) if c == k => {
-                    return Err(self.invalid("proxy.client_key", "must differ from client_cert"));
+                (Some(c), Some(k))
+                    if c == k || p.ca_bundle.as_ref().is_some_and(|b| b == c || b == k) =>
+                {
+                    return Err(self.invalid(
+                        "proxy.client_key",
+                        "client_cert, client_key and ca_bundle must be three different files",
+                    ));
                 }
                 _ => {}
             }

@@ -78,7 +78,9 @@ pub async fn look(
 }
 
 /// How the issuers a running listener accepts client certificates from differ from
-/// those its `tls_client_ca_file` lists now (SIGHUP never reloads that file).
+/// those its `tls_client_ca_file` lists now (SIGHUP never reloads that file). A
+/// handshake names issuers by subject only, so a re-keyed CA under the same name is seen
+/// by the file's change time instead: later than the server's start (its pid file).
 #[derive(Debug, Clone, Default, Serialize)]
 pub struct ClientCaDrift {
     /// The file.
@@ -87,12 +89,17 @@ pub struct ClientCaDrift {
     pub not_loaded: Vec<String>,
     /// Accepted by the running listener, no longer in the file.
     pub still_accepted: Vec<String>,
+    /// The file changed after the server started (names alike or not).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub changed_since_start: Option<String>,
 }
 
 impl ClientCaDrift {
     /// The listener has loaded the file as it is.
     pub fn is_empty(&self) -> bool {
-        self.not_loaded.is_empty() && self.still_accepted.is_empty()
+        self.not_loaded.is_empty()
+            && self.still_accepted.is_empty()
+            && self.changed_since_start.is_none()
     }
 }
 
@@ -101,7 +108,7 @@ impl std::fmt::Display for ClientCaDrift {
         if self.is_empty() {
             return write!(
                 f,
-                "the running listener accepts exactly the issuers of {}",
+                "the running listener accepts exactly the issuers of {} (by subject)",
                 self.file
             );
         }
@@ -110,37 +117,70 @@ impl std::fmt::Display for ClientCaDrift {
             "the running listener has not loaded {} (SIGHUP never reloads it; a restart does)",
             self.file
         )?;
+        let mut sep = ":";
         if !self.not_loaded.is_empty() {
-            write!(f, ": it does not accept {:?} yet", self.not_loaded)?;
+            write!(f, "{sep} it does not accept {:?} yet", self.not_loaded)?;
+            sep = ";";
         }
         if !self.still_accepted.is_empty() {
             write!(
                 f,
-                "{} still accepts {:?}, no longer in the file",
-                if self.not_loaded.is_empty() {
-                    ":"
-                } else {
-                    ", and"
-                },
+                "{sep} it still accepts {:?}, no longer in the file",
                 self.still_accepted
             )?;
+            sep = ";";
+        }
+        if let Some(c) = &self.changed_since_start {
+            write!(f, "{sep} {c}")?;
         }
         Ok(())
     }
 }
 
+/// When the listener's server started, as far as this host can tell: the mtime of the
+/// pid file `[listener] reload = "signal:<pid file>:..."` names (the server writes it at
+/// start), with that file.
+pub(crate) fn server_started(
+    cfg: &crate::config::Config,
+) -> Option<(std::time::SystemTime, std::path::PathBuf)> {
+    let reload = cfg
+        .listener
+        .as_ref()?
+        .reload
+        .parse::<hooks::Reloader>()
+        .ok()?;
+    let hooks::Reloader::Signal { pid_file, .. } = reload else {
+        return None;
+    };
+    let meta = crate::steps::stat_root_file(&pid_file).ok().flatten()?;
+    Some((meta.modified, pid_file))
+}
+
 /// Compare the issuers `served` named as acceptable with the certificates of `file`
-/// (the server's `tls_client_ca_file`, by subject).
-pub(crate) fn client_ca_drift(served: &Served, file: &Path) -> Result<ClientCaDrift, String> {
+/// (the server's `tls_client_ca_file`, by subject; read without following a symlink),
+/// and the file's change time with `started` ([`server_started`]).
+pub(crate) fn client_ca_drift(
+    served: &Served,
+    file: &Path,
+    started: Option<&(std::time::SystemTime, std::path::PathBuf)>,
+) -> Result<ClientCaDrift, String> {
     let accepted = served.client_cas.as_ref().ok_or_else(|| {
         "the listener asked for no client certificate, so it names no client CA: is tls_client_ca_file set on it?".to_owned()
     })?;
-    let listed = pki_ops::parse_bundle_file(file).map_err(|e| e.to_string())?;
+    if accepted.is_empty() {
+        return Err("the listener asks for a client certificate but names no acceptable issuer, so what it loaded cannot be told from a handshake: check its tls_client_ca_file by hand".into());
+    }
+    let shown = file.display().to_string();
+    let bytes = crate::steps::read_root_file(file)
+        .map_err(|e| e.to_string())?
+        .ok_or_else(|| format!("{shown} is missing"))?;
+    let listed = pki_ops::parse_bundle(&String::from_utf8_lossy(&bytes), &shown)
+        .map_err(|e| e.to_string())?;
     let name = |der: &Vec<u8>| {
         pki_ops::distinguished_name(der).unwrap_or_else(|| format!("<{} bytes>", der.len()))
     };
     let mut drift = ClientCaDrift {
-        file: file.display().to_string(),
+        file: shown,
         ..Default::default()
     };
     for c in &listed {
@@ -152,6 +192,15 @@ pub(crate) fn client_ca_drift(served: &Served, file: &Path) -> Result<ClientCaDr
         if !listed.iter().any(|c| &c.subject_der == a) {
             drift.still_accepted.push(name(a));
         }
+    }
+    if let Some((at, pid_file)) = started
+        && let Ok(Some(meta)) = crate::steps::stat_root_file(file)
+        && meta.modified > *at
+    {
+        drift.changed_since_start = Some(format!(
+            "it changed after the server started (newer than {})",
+            pid_file.display()
+        ));
     }
     Ok(drift)
 }

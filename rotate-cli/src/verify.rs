@@ -195,7 +195,8 @@ pub async fn verify(cfg: &Config, apps: &[&AppConfig], deps: Deps<'_>) -> Verify
                         r.check(format!("client bundle {}", b.display()), res);
                     }
                     if let Some(f) = &l.client_ca_file {
-                        let loaded = crate::served::client_ca_drift(s, f).and_then(|d| {
+                        let started = crate::served::server_started(cfg);
+                        let loaded = crate::served::client_ca_drift(s, f, started.as_ref()).and_then(|d| {
                             if d.is_empty() {
                                 Ok(d.to_string())
                             } else {
@@ -530,8 +531,9 @@ async fn verify_proxy(
             };
             let cert = String::from_utf8_lossy(&read(&id.cert)?).into_owned();
             let key = read(&id.key)?;
-            pki_ops::key_matches_cert(&String::from_utf8_lossy(&key), &cert)
-                .map_err(|x| format!("{x:#}"))?;
+            let key =
+                std::str::from_utf8(&key).map_err(|_| "the key is not PEM text".to_owned())?;
+            pki_ops::key_matches_cert(key, &cert).map_err(|x| format!("{x:#}"))?;
             let c =
                 pki_ops::CertInfo::from_pem_labeled(&cert, &what).map_err(|x| format!("{x:#}"))?;
             c.expect_validity(now, Duration::from_secs(0), None)

@@ -104,7 +104,7 @@ name = "proxyprod"
 home = "{home}"
 user = "root"
 ca_bundle = "tls/vault-ca.pem"
-reload = "signal:{pid}:HUP"
+reload = "cmd:sh -c 'echo reload >> {count} && kill -HUP $(cat {pid})'"
 client_cert = "tls/proxy-client.crt"
 client_key = "tls/proxy-client.key"
 probe = "{probe}"
@@ -114,12 +114,25 @@ probe_timeout = "3s"
 "#,
         home = home.display(),
         pid = nginx.pid_file.display(),
+        count = reloads(dir).display(),
         ca = lab.paths.ca_bundle.display(),
     );
     let plain = "\n[proxy]\nname = \"proxyprod\"\n";
     assert!(text.contains(plain), "the lab config changed: {text}");
     std::fs::write(&cfg, text.replacen(plain, &section, 1)).unwrap();
     cfg
+}
+
+/// The file each reload of nginx appends a line to.
+fn reloads(dir: &Path) -> PathBuf {
+    dir.join("reloads")
+}
+
+fn reload_count(dir: &Path) -> usize {
+    std::fs::read_to_string(reloads(dir))
+        .unwrap_or_default()
+        .lines()
+        .count()
 }
 
 fn files(home: &Path) -> Vec<Vec<u8>> {
@@ -178,6 +191,7 @@ async fn step_5_issues_the_proxy_client_identity_and_a_real_nginx_reaches_vault_
         0o600
     );
     pki_ops::key_matches_cert_files(&key, &home.join("tls/proxy-client.crt")).unwrap();
+    assert_eq!(reload_count(&dir), 1);
     // The real client through the reloaded nginx.
     let (code, out) = bao_status_via(lab, &addr);
     assert_eq!(code, 0, "{out}");
@@ -219,6 +233,8 @@ async fn step_5_issues_the_proxy_client_identity_and_a_real_nginx_reaches_vault_
     assert_eq!(t["outcome"], "rolled_back", "{t:#}");
     assert!(errors(&v).contains(&dead), "{}", errors(&v));
     assert_eq!(files(&home), before);
+    // Reloaded once for the new files and once more for the restored ones.
+    assert_eq!(reload_count(&dir), 3);
     let issued = t["applied"]["client_serial"].as_str().unwrap();
     let admin = lab.admin_client().unwrap();
     let rec = admin.read_cert("pki-prod", issued).await.unwrap().unwrap();

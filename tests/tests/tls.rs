@@ -1243,12 +1243,12 @@ async fn a_client_ca_file_the_listener_has_not_loaded_makes_step_6_restart_vault
     assert_ne!(bao_status(lab, &bot_cert, &bot_key, &p.ca_bundle).0, 0);
 
     // The operator adds that CA to the listener's tls_client_ca_file; SIGHUP would not load it.
-    let original = bytes(&p.client_ca);
-    let mut extended = original.clone();
+    let script = lab.restart_command().unwrap();
+    let restore = RestoreClientCa::new(lab, &script);
+    let mut extended = restore.original.clone();
     extended.extend_from_slice(rogue_ca.as_bytes());
     std::fs::write(&p.client_ca, &extended).unwrap();
     lab.sighup().unwrap();
-    let script = lab.restart_command().unwrap();
     let cfg = tls_config(
         lab,
         &dir,
@@ -1289,34 +1289,146 @@ async fn a_client_ca_file_the_listener_has_not_loaded_makes_step_6_restart_vault
     let (exit, v) = rotate(&cfg, &[&["plan"][..], &args].concat()).await;
     assert_eq!(exit, Exit::Ok, "{v:#}");
 
-    // Back to the lab's own file (other tests rely on the listener refusing pki-other).
-    // Restarted through the script: the server must outlive this test's thread.
-    std::fs::write(&p.client_ca, &original).unwrap();
-    assert!(Command::new(&script).status().unwrap().success());
-    lab.unseal().await.unwrap();
+    drop(restore);
     assert!(!acceptable_client_cas_openssl(lab).contains("Rogue Root CA"));
 }
 
+/// Puts the lab's `tls_client_ca_file` back when dropped (also when the test panics) and
+/// restarts the server through the lab's script (it must outlive the test's thread), then
+/// unseals it with the real CLI and waits until `bao status` answers: later tests rely on
+/// the listener refusing `pki-other`.
+struct RestoreClientCa<'l> {
+    lab: &'l Lab,
+    original: Vec<u8>,
+    script: PathBuf,
+}
+
+impl<'l> RestoreClientCa<'l> {
+    fn new(lab: &'l Lab, script: &Path) -> Self {
+        RestoreClientCa {
+            lab,
+            original: bytes(&lab.paths.client_ca),
+            script: script.to_owned(),
+        }
+    }
+}
+
+impl Drop for RestoreClientCa<'_> {
+    fn drop(&mut self) {
+        let p = &self.lab.paths;
+        std::fs::write(&p.client_ca, &self.original).unwrap();
+        assert!(Command::new(&self.script).status().unwrap().success());
+        let key = std::fs::read_to_string(&p.unseal_key_file).unwrap();
+        let bao = |args: &[&str]| {
+            Command::new(&self.lab.bao)
+                .env_clear()
+                .envs(self.lab.bao_env())
+                .env("HOME", &p.dir)
+                .args(args)
+                .output()
+                .unwrap()
+        };
+        assert!(bao(&["operator", "unseal", key.trim()]).status.success());
+        let start = std::time::Instant::now();
+        while !bao(&["status"]).status.success() {
+            assert!(start.elapsed().as_secs() < 20, "lab not back after restore");
+            std::thread::sleep(std::time::Duration::from_millis(100));
+        }
+    }
+}
+
+/// `cfg` with `[listener] client_ca_file` pointing at `file`.
+fn set_client_ca_file(cfg: &Path, file: &Path) {
+    let text = std::fs::read_to_string(cfg).unwrap();
+    assert!(text.contains("\nclient_ca_file = "), "{text}");
+    let text: Vec<String> = text
+        .lines()
+        .map(|l| {
+            if l.starts_with("client_ca_file = ") {
+                format!("client_ca_file = \"{}\"", file.display())
+            } else {
+                l.to_owned()
+            }
+        })
+        .collect();
+    std::fs::write(cfg, text.join("\n")).unwrap();
+}
+
 #[tokio::test]
-async fn step_6_refuses_to_restart_vault_into_a_client_ca_file_that_would_lock_the_admin_out() {
+async fn a_same_name_ca_in_the_client_ca_file_is_seen_by_its_change_time_and_needs_a_restart() {
+    let _turn = tls_lab_turn().await;
+    let lab = tls_lab();
+    let p = &lab.paths;
+    let dir = tempdir("tls-client-ca-same-name");
+    // A re-keyed CA under the same names: a handshake cannot tell it from the loaded one.
+    let rekeyed = rotate_tests::LabCa::generate().unwrap();
+    let candidate = dir.join("client-ca.pem");
+    let mut text = bytes(&p.client_ca);
+    text.extend_from_slice(rekeyed.bundle_pem().as_bytes());
+    std::fs::write(&candidate, &text).unwrap();
+    let cfg = tls_config(lab, &dir, &[("restarts", "vault = \"cmd:/bin/false\"")]);
+    set_client_ca_file(&cfg, &candidate);
+    let (exit, v) = rotate(&cfg, &["plan", "--step", "restarts"]).await;
+    assert_eq!(exit, Exit::Changes, "{v:#}");
+    let plan = target(&v, "restarts", "restarts")["changes"].to_string();
+    assert!(plan.contains("changed after the server started"), "{plan}");
+    assert!(!plan.contains("does not accept"), "{plan}");
+    // vault_when = "never": not restarted, but reported.
+    let never = tls_config(
+        lab,
+        &dir,
+        &[(
+            "restarts",
+            "vault = \"cmd:/bin/false\"\nvault_when = \"never\"",
+        )],
+    );
+    set_client_ca_file(&never, &candidate);
+    let (exit, v) = rotate(&never, &["plan", "--step", "restarts"]).await;
+    assert_eq!(exit, Exit::Ok, "{v:#}");
+    let t = target(&v, "restarts", "restarts");
+    assert_eq!(t["changes"][0]["kind"], "kept", "{t:#}");
+    assert!(
+        t["changes"]
+            .to_string()
+            .contains("changed after the server started"),
+        "{t:#}"
+    );
+    // Older than the server's start: loaded, nothing to restart.
+    std::fs::write(&candidate, bytes(&p.client_ca)).unwrap();
+    let old = std::fs::metadata(&p.pid_file).unwrap().modified().unwrap()
+        - std::time::Duration::from_secs(60);
+    std::fs::File::options()
+        .write(true)
+        .open(&candidate)
+        .unwrap()
+        .set_modified(old)
+        .unwrap();
+    let (exit, v) = rotate(&cfg, &["plan", "--step", "restarts"]).await;
+    assert_eq!(exit, Exit::Ok, "{v:#}");
+}
+
+#[tokio::test]
+async fn step_6_refuses_to_restart_vault_into_a_client_ca_file_that_would_lock_out_the_admin_or_the_proxy()
+ {
     let _turn = tls_lab_turn().await;
     let lab = tls_lab();
     let p = &lab.paths;
     let admin = lab.admin_client().unwrap();
     let rogue_ca = other_mount(&admin).await;
     // A file that trusts only the other CA: after a restart the admin would be refused.
-    let original = bytes(&p.client_ca);
-    std::fs::write(&p.client_ca, rogue_ca.as_bytes()).unwrap();
+    // (The config names a copy, so the lab's own file stays as the server loaded it.)
     let script = lab.restart_command().unwrap();
     let dir = tempdir("tls-client-ca-guard");
+    let candidate = dir.join("client-ca.pem");
+    std::fs::write(&candidate, rogue_ca.as_bytes()).unwrap();
     let cfg = tls_config(
         lab,
         &dir,
         &[("restarts", &format!("vault = \"cmd:{}\"", script.display()))],
     );
+    set_client_ca_file(&cfg, &candidate);
     let pid = lab.pid();
     let (exit, v) = rotate(&cfg, &["run", "--step", "restarts"]).await;
-    std::fs::write(&p.client_ca, &original).unwrap();
     assert_eq!(exit, Exit::Config, "{v:#}");
     let err = errors(&v);
     assert!(err.contains("lockout guard"), "{err}");
@@ -1324,4 +1436,43 @@ async fn step_6_refuses_to_restart_vault_into_a_client_ca_file_that_would_lock_t
     assert_eq!(lab.pid(), pid, "Vault was restarted");
     let (code, out) = bao_status(lab, &p.admin_cert, &p.admin_key, &p.ca_bundle);
     assert_eq!(code, 0, "{out}");
+
+    // A file that trusts the admin (and adds the other CA) but not the proxy's client
+    // certificate: refused too, naming that certificate.
+    let mut text = bytes(&p.client_ca);
+    text.extend_from_slice(rogue_ca.as_bytes());
+    std::fs::write(&candidate, &text).unwrap();
+    let home = dir.join("proxy");
+    std::fs::create_dir_all(home.join("tls")).unwrap();
+    std::fs::copy(&p.ca_bundle, home.join("tls/vault-ca.pem")).unwrap();
+    let foreign = rotate_tests::LabCa::generate()
+        .unwrap()
+        .leaf("proxy", &[], &[], false, time::Duration::days(1))
+        .unwrap();
+    std::fs::write(home.join("tls/proxy.crt"), &foreign.cert_pem).unwrap();
+    std::fs::write(home.join("tls/proxy.key"), foreign.key_pem.as_bytes()).unwrap();
+    let cfg = tls_config(
+        lab,
+        &dir,
+        &[
+            ("restarts", &format!("vault = \"cmd:{}\"", script.display())),
+            (
+                "proxy",
+                &format!(
+                    "home = \"{}\"\nuser = \"root\"\nca_bundle = \"tls/vault-ca.pem\"\nclient_cert = \"tls/proxy.crt\"\nclient_key = \"tls/proxy.key\"",
+                    home.display()
+                ),
+            ),
+        ],
+    );
+    set_client_ca_file(&cfg, &candidate);
+    let (exit, v) = rotate(&cfg, &["run", "--step", "restarts"]).await;
+    assert_eq!(exit, Exit::Config, "{v:#}");
+    let err = errors(&v);
+    assert!(
+        err.contains("lockout guard")
+            && err.contains(&home.join("tls/proxy.crt").display().to_string()),
+        "{err}"
+    );
+    assert_eq!(lab.pid(), pid, "Vault was restarted");
 }

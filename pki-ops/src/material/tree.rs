@@ -47,6 +47,8 @@ pub struct FileMeta {
     pub owner: Owner,
     /// Size in bytes.
     pub size: u64,
+    /// Last modification.
+    pub modified: std::time::SystemTime,
 }
 
 impl FileMeta {
@@ -58,6 +60,11 @@ impl FileMeta {
                 gid: st.st_gid,
             },
             size: u64::try_from(st.st_size).unwrap_or(0),
+            modified: std::time::UNIX_EPOCH
+                + std::time::Duration::new(
+                    u64::try_from(st.st_mtime).unwrap_or(0),
+                    u32::try_from(st.st_mtime_nsec).unwrap_or(0),
+                ),
         }
     }
 }

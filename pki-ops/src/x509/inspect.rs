@@ -35,6 +35,9 @@ pub struct CertInfo {
     pub issuer_cn: Option<String>,
     /// The whole issuer DN.
     pub issuer: String,
+    /// The issuer DN as DER.
+    #[serde(skip)]
+    pub issuer_der: Vec<u8>,
     /// Serial as Vault prints it: lower-case hex bytes joined by `:`, no leading zero byte.
     pub serial_hex: String,
     /// Serial in decimal, as cert auth token metadata carries it.
@@ -243,6 +246,7 @@ fn info(cert: &X509Certificate<'_>, der: &[u8], origin: &str) -> CertInfo {
         ip_sans,
         issuer_cn: first_cn(cert.issuer()),
         issuer: cert.issuer().to_string(),
+        issuer_der: cert.issuer().as_raw().to_vec(),
         serial_hex: hex_join(&cert.serial.to_bytes_be(), false),
         serial_decimal: cert.serial.to_str_radix(10),
         not_before: v.not_before.timestamp(),

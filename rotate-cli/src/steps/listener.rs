@@ -150,21 +150,10 @@ impl<'a> ListenerStep<'a> {
         }
         for p in &self.l.client_bundles {
             // Possibly inside a tree someone else owns: no symlink followed, no FIFO.
-            let (dir, name) = match (p.parent(), p.file_name()) {
-                (Some(d), Some(n)) => (d, Path::new(n)),
-                _ => {
-                    return Err(StepError::Invalid {
-                        what: format!("client CA bundle {}", p.display()),
-                        reason: "not a file path".into(),
-                    });
-                }
-            };
-            let bytes = Tree::open(dir, None)?
-                .read(name)?
-                .ok_or_else(|| StepError::Invalid {
-                    what: format!("client CA bundle {}", p.display()),
-                    reason: "missing".into(),
-                })?;
+            let bytes = crate::steps::read_root_file(p)?.ok_or_else(|| StepError::Invalid {
+                what: format!("client CA bundle {}", p.display()),
+                reason: "missing".into(),
+            })?;
             let name = p.display().to_string();
             if !out.iter().any(|b| b.name == name) {
                 out.push(ClientBundle::go(

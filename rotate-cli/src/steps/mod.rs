@@ -168,6 +168,31 @@ pub(crate) fn agent_identity(app: &AppConfig) -> Result<crate::deps::Identity, S
     })
 }
 
+/// Split an absolute path into its directory, opened without following symlinks, and
+/// its file name.
+fn root_dir_and_name(p: &Path) -> Result<(pki_ops::Tree, &Path), StepError> {
+    match (p.parent(), p.file_name()) {
+        (Some(d), Some(n)) => Ok((pki_ops::Tree::open(d, None)?, Path::new(n))),
+        _ => Err(StepError::Invalid {
+            what: p.display().to_string(),
+            reason: "not a file path".into(),
+        }),
+    }
+}
+
+/// A file outside the apps' homes (the server's client CA file, a bundle, a pid file),
+/// read without following a symlink or opening a FIFO; `None` when absent.
+pub(crate) fn read_root_file(p: &Path) -> Result<Option<zeroize::Zeroizing<Vec<u8>>>, StepError> {
+    let (tree, name) = root_dir_and_name(p)?;
+    Ok(tree.read(name)?)
+}
+
+/// [`read_root_file`]'s metadata (mode, owner, size, mtime); `None` when absent.
+pub(crate) fn stat_root_file(p: &Path) -> Result<Option<pki_ops::FileMeta>, StepError> {
+    let (tree, name) = root_dir_and_name(p)?;
+    Ok(tree.stat(name)?)
+}
+
 /// The admin's files (`[vault] client_cert`, `client_key`, `ca_cert`): how every gate
 /// reaches the listener. `why` says which step needs them.
 pub(crate) fn admin_files<'c>(

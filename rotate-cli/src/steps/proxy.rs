@@ -472,7 +472,10 @@ impl Step for ProxyStep<'_> {
                 ca: (a.bundle.clone(), on_disk),
             };
             let cert_pem = String::from_utf8_lossy(&identity.cert.1).into_owned();
-            pki_ops::key_matches_cert(&String::from_utf8_lossy(&identity.key.1), &cert_pem)
+            let key_pem = std::str::from_utf8(&identity.key.1).map_err(|_| {
+                self.gate_err(format!("{} is not PEM text", identity.key.0.display()))
+            })?;
+            pki_ops::key_matches_cert(key_pem, &cert_pem)
                 .map_err(|e| self.gate_err(e.to_string()))?;
             let info = pki_ops::CertInfo::from_pem_labeled(
                 &cert_pem,
@@ -499,6 +502,23 @@ impl Step for ProxyStep<'_> {
                         e.next_action()
                     ))
                 })?;
+            // A 200 proves the certificate was verified only if the listener asked for
+            // one from the issuers of the proxy's chain.
+            let chain = pki_ops::parse_bundle(&cert_pem, "proxy client certificate")?;
+            let names = h.acceptable_client_cas.clone().unwrap_or_default();
+            if !chain
+                .iter()
+                .any(|c| names.contains(&c.issuer_der) || names.contains(&c.subject_der))
+            {
+                return Err(self.gate_err(format!(
+                    "the listener does not name the issuer of the proxy's certificate ({}) among the CAs it accepts client certificates from ({:?}): its answer would not prove it verified the certificate",
+                    info.issuer,
+                    names
+                        .iter()
+                        .map(|d| pki_ops::distinguished_name(d).unwrap_or_default())
+                        .collect::<Vec<_>>()
+                )));
+            }
             match h.seal_status {
                 Ok(200) => {}
                 Ok(code) => {

@@ -99,16 +99,20 @@ impl<'a> RestartsStep<'a> {
             what: "the listener's client CAs".into(),
             reason,
         })?;
-        client_ca_drift(&served, file)
-            .map(Some)
-            .map_err(|reason| StepError::Invalid {
-                what: format!("[listener] client_ca_file {}", file.display()),
-                reason,
-            })
+        client_ca_drift(
+            &served,
+            file,
+            crate::served::server_started(self.cfg).as_ref(),
+        )
+        .map(Some)
+        .map_err(|reason| StepError::Invalid {
+            what: format!("[listener] client_ca_file {}", file.display()),
+            reason,
+        })
     }
 
-    /// The lockout guard: every client certificate the operator and the agents log in
-    /// with verifies against `client_ca_file` as it is now (a restart loads it).
+    /// The lockout guard: every client certificate the operator, the agents and the proxy
+    /// log in with verifies against `client_ca_file` as it is now (a restart loads it).
     fn guard(&self, file: &Path) -> Result<(), StepError> {
         let what = || {
             format!(
@@ -116,10 +120,11 @@ impl<'a> RestartsStep<'a> {
                 file.display()
             )
         };
-        let bundle = std::fs::read_to_string(file).map_err(|e| StepError::Invalid {
+        let bundle = crate::steps::read_root_file(file)?.ok_or_else(|| StepError::Invalid {
             what: what(),
-            reason: format!("cannot read it: {e}"),
+            reason: "the file is missing".into(),
         })?;
+        let bundle = String::from_utf8_lossy(&bundle).into_owned();
         let now = (self.deps.clock)();
         let (cert, _, _) = admin_files(self.cfg, "step 6 checks the admin certificate")?;
         let mut checks = vec![(
@@ -129,21 +134,32 @@ impl<'a> RestartsStep<'a> {
                 reason: e.to_string(),
             })?,
         )];
+        let mut in_home =
+            |home: &Path, owner: pki_ops::Owner, rel: &Path| -> Result<(), StepError> {
+                if let Some(b) = pki_ops::Tree::open(home, Some(owner))?.read(rel)? {
+                    checks.push((
+                        home.join(rel).display().to_string(),
+                        String::from_utf8_lossy(&b).into_owned(),
+                    ));
+                }
+                Ok(())
+            };
         for app in &self.cfg.apps {
-            let tree = pki_ops::Tree::open(&app.home, Some(owner_of(app)?))?;
-            if let Some(b) = tree.read(&rel::agent_cert())? {
-                checks.push((
-                    app.home.join(rel::agent_cert()).display().to_string(),
-                    String::from_utf8_lossy(&b).into_owned(),
-                ));
-            }
+            in_home(&app.home, owner_of(app)?, &rel::agent_cert())?;
+        }
+        if let Some(p) = &self.cfg.proxy
+            && let (Some(home), Some(id)) = (&p.home, p.identity(&self.cfg.agents.domain))
+        {
+            let owner =
+                crate::steps::owner_of_user(&format!("[proxy] {}", p.name), p.user(), None)?;
+            in_home(home, owner, &id.cert)?;
         }
         for (label, pem) in &checks {
             pki_ops::verify_chain_labeled(pem, label, "", &bundle, &file.display().to_string(), now)
                 .map_err(|e| StepError::Invalid {
                     what: what(),
                     reason: format!(
-                        "lockout guard: after a restart the listener would reject {label} ({e}). Nothing was restarted. Add its issuer's chain to the file, or rotate that certificate first (steps 1 and 3), then run again"
+                        "lockout guard: after a restart the listener would reject {label} ({e}). Nothing was restarted. Add its issuer's chain to the file, or rotate that certificate first (steps 1, 3, 5), then run again"
                     ),
                 })?;
         }
@@ -168,9 +184,19 @@ impl Step for RestartsStep<'_> {
             .iter()
             .map(|r| Change::new(ChangeKind::Update, format!("restart ({r})")))
             .collect();
-        let drift = match self.r.vault_when {
-            VaultWhen::Always | VaultWhen::WhenNeeded => self.client_ca_drift().await?,
-            VaultWhen::Never => None,
+        // What the listener has loaded. Only a restart that would happen needs it for
+        // sure; otherwise (vault_when = "never", no [restarts] vault) it is reported.
+        let decides = self.r.vault.is_some() && self.r.vault_when == VaultWhen::WhenNeeded;
+        let drift = match self.client_ca_drift().await {
+            Ok(d) => d,
+            Err(e) if decides => return Err(e),
+            Err(e) => {
+                changes.push(
+                    Change::new(ChangeKind::Kept, "client CAs of the listener")
+                        .note(format!("not known: {e}")),
+                );
+                None
+            }
         };
         let stale = drift.as_ref().filter(|d| !d.is_empty());
         let vault_because = match (self.r.vault_when, stale) {
@@ -191,13 +217,17 @@ impl Step for RestartsStep<'_> {
                     "{why}; [restarts] vault is not set, so it is not restarted: restart it yourself after checking the file, then `rotate verify`"
                 )),
             ),
-            (_, None) => {
-                if let Some(d) = drift.filter(|d| !d.is_empty()) {
-                    changes.push(Change::new(ChangeKind::Kept, "restart of Vault").note(format!(
-                        "{d}; vault_when = \"never\": restart it yourself after checking the file"
-                    )));
+            (_, None) => match (stale, self.r.vault_when) {
+                (Some(d), _) => changes.push(Change::new(ChangeKind::Kept, "restart of Vault").note(
+                    format!("{d}; vault_when = \"never\": restart it yourself after checking the file"),
+                )),
+                (None, VaultWhen::WhenNeeded) if self.r.vault.is_some() && self.client_ca_file().is_none() => {
+                    changes.push(Change::new(ChangeKind::Unchanged, "restart of Vault").note(
+                        "not needed as far as step 6 can tell: set [listener] client_ca_file so it can see whether the listener loaded its client CAs",
+                    ));
                 }
-            }
+                _ => {}
+            },
         }
         Ok(TargetPlan {
             changes,
@@ -235,12 +265,16 @@ impl Step for RestartsStep<'_> {
         let health = HealthStep::new(self.cfg, self.deps).check().await?;
         let client_cas = match self.client_ca_file() {
             Some(file) if a.vault => {
-                let d =
-                    client_ca_drift(&health.listener, file).map_err(|reason| StepError::Gate {
-                        step: "restarts",
-                        app: "vault".into(),
-                        reason,
-                    })?;
+                let d = client_ca_drift(
+                    &health.listener,
+                    file,
+                    crate::served::server_started(self.cfg).as_ref(),
+                )
+                .map_err(|reason| StepError::Gate {
+                    step: "restarts",
+                    app: "vault".into(),
+                    reason,
+                })?;
                 if !d.is_empty() {
                     return Err(StepError::Gate {
                         step: "restarts",
