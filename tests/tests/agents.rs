@@ -376,3 +376,72 @@ async fn role_update_keeps_fields_rotate_does_not_manage() {
         "the operator's field survived"
     );
 }
+
+#[tokio::test]
+async fn a_role_pinned_to_another_issuer_is_refused_before_any_write() {
+    use vault_client::{CertAuthApi, Idempotency, Method, PkiApi};
+    let lab = shared();
+    let admin = lab.admin_client().unwrap();
+    let default = admin
+        .read_issuer("pki-prod", "default")
+        .await
+        .unwrap()
+        .unwrap();
+    // A second issuer in pki-prod; the default stays the intermediate.
+    if admin
+        .read_issuer("pki-prod", "pinned-test")
+        .await
+        .unwrap()
+        .is_none()
+    {
+        admin
+            .request::<serde_json::Value>(
+                Method::Post,
+                "pki-prod/root/generate/internal",
+                Some(serde_json::json!({
+                    "common_name": "Pinned Test Root", "issuer_name": "pinned-test", "ttl": "24h",
+                })),
+                Idempotency::NonIdempotent,
+            )
+            .await
+            .unwrap();
+    }
+    let now = admin
+        .read_issuer("pki-prod", "default")
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(now.issuer_id, default.issuer_id, "the default issuer moved");
+    // The operator pinned the app's agent role to it.
+    let app = "pinnedapp";
+    admin
+        .request::<serde_json::Value>(
+            Method::Post,
+            &format!("pki-prod/roles/agent-mtls-{app}"),
+            Some(serde_json::json!({
+                "issuer_ref": "pinned-test", "allow_any_name": true, "client_flag": true,
+            })),
+            Idempotency::Idempotent,
+        )
+        .await
+        .unwrap();
+    let dir = tempdir("pinned");
+    let cfg = config_in(lab, &dir, &[app], "");
+
+    let (exit, v) = rotate(&cfg, &["run", "--step", "agents"]).await;
+    assert_eq!(exit, Exit::Config, "{v:#}");
+    let err = crate::support::errors(&v);
+    assert!(
+        err.contains(&format!("pki-prod/roles/agent-mtls-{app}")) && err.contains("pinned-test"),
+        "{err}"
+    );
+    // Nothing was written: no mapping, no files.
+    assert!(
+        admin
+            .read_cert_role("cert", &format!("agent-{app}"))
+            .await
+            .unwrap()
+            .is_none()
+    );
+    assert!(!dir.join("home").join(app).join("vault").exists());
+}

@@ -283,6 +283,53 @@ pub(crate) async fn mount_chain(
     Ok(chain)
 }
 
+/// `Some(why)` when role `mount/roles/role` exists and pins (`issuer_ref`) an issuer
+/// other than the mount's default: its certificates would not chain to
+/// `<mount>/cert/ca_chain`, which every gate, mapping and bundle here is checked against.
+pub(crate) async fn pinned_issuer(
+    vault: Vault<'_>,
+    mount: &str,
+    role: &str,
+) -> Result<Option<String>, StepError> {
+    let path = format!("{mount}/roles/{role}");
+    let Some(params) = vault
+        .pki
+        .read_role(mount, role)
+        .await
+        .map_err(|e| StepError::vault(format!("read role {path}"), e))?
+    else {
+        return Ok(None);
+    };
+    let pin = params
+        .get("issuer_ref")
+        .and_then(|v| v.as_str())
+        .unwrap_or("default");
+    if pin.is_empty() || pin == "default" {
+        return Ok(None);
+    }
+    let id = |r: String| async move {
+        let what = format!("read issuer {mount}/issuer/{r}");
+        vault
+            .pki
+            .read_issuer(mount, &r)
+            .await
+            .map_err(|e| StepError::vault(what, e))
+            .map(|i| i.map(|i| (i.issuer_id, i.issuer_name)))
+    };
+    let default = id("default".to_owned()).await?;
+    let pinned = id(pin.to_owned()).await?;
+    match (pinned, default) {
+        (Some((p, _)), Some((d, _))) if p == d => Ok(None),
+        (pinned, default) => Ok(Some(format!(
+            "role {path} pins issuer_ref {pin:?} ({}) but the mount's default issuer is {}: certificates it signs would not chain to {mount}/cert/ca_chain, which rotate checks everything against; set issuer_ref = \"default\" on the role (or make that issuer the default)",
+            pinned.map_or("no such issuer".to_owned(), |(id, name)| format!(
+                "issuer {id} {name:?}"
+            )),
+            default.map_or("unset".to_owned(), |(id, name)| format!("{id} {name:?}")),
+        ))),
+    }
+}
+
 /// A CA bundle to write: `chain` (the PKI mount's) first, then every certificate of the
 /// `current` bundle it lacks, so a refreshed bundle never drops a CA its user trusted.
 pub(crate) fn merged_bundle(chain: &str, current: Option<&[u8]>) -> Result<String, StepError> {

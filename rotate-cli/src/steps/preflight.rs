@@ -192,6 +192,16 @@ pub async fn preflight(
             }
         }
     }
+    if request.steps.contains(&StepId::Proxy)
+        && let Some(id) = cfg
+            .proxy
+            .as_ref()
+            .and_then(|p| p.identity(&cfg.agents.domain))
+    {
+        let m = &cfg.pki.mount;
+        need.push((format!("{m}/roles/{}", id.role), "update"));
+        need.push((format!("{m}/sign/{}", id.role), "update"));
+    }
     let tls_steps =
         tls_step_checks(cfg, request, &mut need, &mut r) || request.steps.contains(&StepId::Proxy);
     let paths: Vec<String> = need.iter().map(|(p, _)| p.clone()).collect();
@@ -222,6 +232,32 @@ pub async fn preflight(
                 }
             }
             Err(e) => Err((Exit::Vault, format!("sys/capabilities-self: {e}"))),
+        },
+    );
+
+    // Every role the run issues from signs with its mount's default issuer: that is the
+    // chain the gates, the cert auth mapping and the bundles are checked against.
+    let roles: Vec<(&str, &str)> = need
+        .iter()
+        .filter_map(|(p, _)| {
+            let (mount, role) = p.split_once("/roles/")?;
+            Some((mount, role))
+        })
+        .collect();
+    let mut pinned = Vec::new();
+    for (mount, role) in roles {
+        match crate::steps::pinned_issuer(v, mount, role).await {
+            Ok(None) => {}
+            Ok(Some(why)) => pinned.push(why),
+            Err(e) => pinned.push(format!("{e:#}")),
+        }
+    }
+    r.push(
+        "roles sign with their mount's default issuer",
+        if pinned.is_empty() {
+            Ok("no role pins another issuer".into())
+        } else {
+            Err((Exit::Config, pinned.join("; ")))
         },
     );
 

@@ -6,7 +6,7 @@ use serde_json::{Map, Value, json};
 use zeroize::Zeroizing;
 
 use crate::client::VaultClient;
-use crate::error::Result;
+use crate::error::{Error, Result};
 use crate::retry::Idempotency::{Idempotent, NonIdempotent};
 use crate::transport::Method;
 
@@ -308,14 +308,28 @@ impl PkiApi for VaultClient {
     }
 
     async fn read_issuer(&self, mount: &str, issuer_ref: &str) -> Result<Option<IssuerInfo>> {
-        let d: Option<Data<_>> = self
+        let d: Option<Data<_>> = match self
             .request_opt(
                 Method::Get,
                 &format!("{}/issuer/{issuer_ref}", m(mount)),
                 None,
                 Idempotent,
             )
-            .await?;
+            .await
+        {
+            // OpenBao answers an unknown reference with a 500, not a 404.
+            Err(Error::Api {
+                status: 500,
+                errors,
+                ..
+            }) if errors
+                .iter()
+                .any(|e| e.contains("unable to find PKI issuer")) =>
+            {
+                None
+            }
+            other => other?,
+        };
         Ok(d.map(|d| d.data))
     }
 
