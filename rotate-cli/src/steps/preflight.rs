@@ -4,6 +4,7 @@
 
 use std::path::Path;
 
+use futures_util::StreamExt as _;
 use serde::Serialize;
 use vault_client::HealthState;
 
@@ -244,14 +245,18 @@ pub async fn preflight(
             Some((mount, role))
         })
         .collect();
-    let mut pinned = Vec::new();
-    for (mount, role) in roles {
-        match crate::steps::pinned_issuer(v, mount, role).await {
-            Ok(None) => {}
-            Ok(Some(why)) => pinned.push(why),
-            Err(e) => pinned.push(format!("{e:#}")),
-        }
-    }
+    // Reads only, a few per app: as many at once as the run allows.
+    let pinned: Vec<String> = futures_util::stream::iter(roles)
+        .map(|(mount, role)| crate::steps::pinned_issuer(v, mount, role))
+        .buffered(cfg.run.concurrency.max(1))
+        .filter_map(|r| async move {
+            match r {
+                Ok(found) => found,
+                Err(e) => Some(format!("{e:#}")),
+            }
+        })
+        .collect()
+        .await;
     r.push(
         "roles sign with their mount's default issuer",
         if pinned.is_empty() {
