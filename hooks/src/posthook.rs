@@ -358,7 +358,8 @@ reload_label() {
 }
 
 # reload_spec <spec>: podman:<name>[:<SIG>] | podman-restart:<name> |
-# podman-label:<label> | systemd-user:<unit> | signal:<pidfile>:<SIG> | cmd:<command>
+# podman-label:<label> | systemd-user:<unit> | systemd[-restart]:<unit> |
+# signal:<pidfile>:<SIG> | cmd:<command>
 reload_spec() {
 	spec=$1
 	case $spec in
@@ -384,6 +385,15 @@ reload_spec() {
 			die "unit $unit is ${state:-unknown} after restart, not active"
 		log "restarted user unit $unit ($state)"
 		;;
+	systemd:* | systemd-restart:*)
+		unit=${spec#*:}
+		action=reload
+		case $spec in systemd-restart:*) action=restart ;; esac
+		"$SYSTEMCTL" "$action" "$unit" || die "$SYSTEMCTL $action $unit failed (a system unit needs the rights to manage it)"
+		state=$("$SYSTEMCTL" is-active "$unit") ||
+			die "unit $unit is ${state:-unknown} after $action, not active"
+		log "${action}ed unit $unit ($state)"
+		;;
 	signal:*)
 		target=${spec#signal:}
 		pidfile=${target%:*}
@@ -405,7 +415,7 @@ reload_spec() {
 		log "ran $shell_cmd"
 		;;
 	*)
-		die "unknown reload spec $spec (expected podman:, podman-restart:, podman-label:, systemd-user:, signal: or cmd:)"
+		die "unknown reload spec $spec (expected podman:, podman-restart:, podman-label:, systemd:, systemd-restart:, systemd-user:, signal: or cmd:)"
 		;;
 	esac
 }
@@ -798,6 +808,41 @@ mod tests {
         );
         assert!(marker.exists());
         assert!(lab.podman_calls().is_empty());
+    }
+
+    #[test]
+    fn hook_reloads_a_system_unit_and_checks_it_is_active() {
+        let mut lab = Lab::new();
+        let fake = lab.dir.path().join("fake-systemctl");
+        let log = lab.dir.path().join("systemctl.log");
+        std::fs::write(
+            &fake,
+            format!(
+                "#!/bin/sh\necho \"$*\" >> '{}'\n[ \"$1\" != is-active ] || echo active\n",
+                log.display()
+            ),
+        )
+        .expect("write");
+        std::fs::set_permissions(&fake, Permissions::from_mode(0o755)).expect("chmod");
+        lab.spec.reload_tls_label = None;
+        lab.spec.proxy_reload = Some("systemd:nginx.service".into());
+        let script = lab.dir.path().join("hook.sh");
+        std::fs::write(&script, render_post_hook(&lab.spec).expect("renders")).expect("write");
+        let out = Command::new("sh")
+            .arg(&script)
+            .env("PODMAN", lab.dir.path().join("fake-podman"))
+            .env("SYSTEMCTL", &fake)
+            .output()
+            .expect("sh runs");
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert_eq!(
+            std::fs::read_to_string(&log).expect("log"),
+            "reload nginx.service\nis-active nginx.service\n"
+        );
     }
 
     #[test]

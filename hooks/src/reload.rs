@@ -1,5 +1,5 @@
 //! Reloading what serves the rotated material: containers by label or name,
-//! systemd user units, processes by pid file, arbitrary commands.
+//! systemd system and user units, processes by pid file, arbitrary commands.
 
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
@@ -26,6 +26,8 @@ use crate::users::lookup_user;
 /// | `podman-restart:<name>` | [`PodmanContainer`](Self::PodmanContainer), restart |
 /// | `podman-label:<key=value>` | [`PodmanLabel`](Self::PodmanLabel), signal `HUP` |
 /// | `systemd-user:<unit>` | [`SystemdUser`](Self::SystemdUser) |
+/// | `systemd:<unit>` | [`Systemd`](Self::Systemd), `systemctl reload` |
+/// | `systemd-restart:<unit>` | [`Systemd`](Self::Systemd), `systemctl restart` |
 /// | `signal:<pidfile>:<SIG>` | [`Signal`](Self::Signal) |
 /// | `cmd:<shell command>` | [`Command`](Self::Command) running `sh -c <shell command>` |
 ///
@@ -66,6 +68,14 @@ pub enum Reloader {
         user: Option<String>,
         /// `XDG_RUNTIME_DIR` to set (overrides the `/run/user/<uid>` default).
         xdg_runtime_dir: Option<PathBuf>,
+    },
+    /// A systemd system unit (e.g. `openbao.service`): `systemctl reload` (its
+    /// `ExecReload`, SIGHUP for OpenBao's unit) or `systemctl restart`, then `is-active`.
+    Systemd {
+        /// The unit.
+        unit: String,
+        /// Restart instead of reload.
+        restart: bool,
     },
     /// Signal the process whose pid is in `pid_file` (`kill -s <signal> <pid>`).
     Signal {
@@ -111,6 +121,11 @@ enum TaggedReloader {
         #[serde(default)]
         xdg_runtime_dir: Option<PathBuf>,
     },
+    Systemd {
+        unit: String,
+        #[serde(default)]
+        restart: bool,
+    },
     Signal {
         pid_file: PathBuf,
         signal: String,
@@ -144,6 +159,7 @@ impl TryFrom<ReloaderRepr> for Reloader {
                     user,
                     xdg_runtime_dir,
                 },
+                TaggedReloader::Systemd { unit, restart } => Self::Systemd { unit, restart },
                 TaggedReloader::Signal { pid_file, signal } => Self::Signal { pid_file, signal },
                 TaggedReloader::Command { program, args } => Self::Command { program, args },
             },
@@ -163,7 +179,7 @@ impl FromStr for Reloader {
         };
         let Some((scheme, rest)) = input.split_once(':') else {
             return Err(bad(
-                "expected <scheme>:<target>; schemes: podman, podman-restart, podman-label, systemd-user, signal, cmd",
+                "expected <scheme>:<target>; schemes: podman, podman-restart, podman-label, systemd, systemd-restart, systemd-user, signal, cmd",
             ));
         };
         let reloader = match scheme {
@@ -190,6 +206,10 @@ impl FromStr for Reloader {
                 user: None,
                 xdg_runtime_dir: None,
             },
+            "systemd" | "systemd-restart" => Self::Systemd {
+                unit: rest.to_owned(),
+                restart: scheme == "systemd-restart",
+            },
             "signal" => {
                 let Some((pid_file, signal)) = rest.rsplit_once(':') else {
                     return Err(bad("expected signal:<pidfile>:<SIG>"));
@@ -210,7 +230,7 @@ impl FromStr for Reloader {
             }
             other => {
                 return Err(bad(&format!(
-                    "unknown scheme `{other}`; expected podman, podman-restart, podman-label, systemd-user, signal or cmd"
+                    "unknown scheme `{other}`; expected podman, podman-restart, podman-label, systemd, systemd-restart, systemd-user, signal or cmd"
                 )));
             }
         };
@@ -237,6 +257,13 @@ impl std::fmt::Display for Reloader {
                 Some(user) => write!(f, "restart user unit {unit} of {user}"),
                 None => write!(f, "restart user unit {unit}"),
             },
+            Self::Systemd { unit, restart } => {
+                write!(
+                    f,
+                    "{} unit {unit}",
+                    if *restart { "restart" } else { "reload" }
+                )
+            }
             Self::Signal { pid_file, signal } => {
                 write!(f, "SIG{signal} to the pid in {}", pid_file.display())
             }
@@ -272,6 +299,7 @@ impl Reloader {
                     check_absolute("XDG_RUNTIME_DIR", dir)?;
                 }
             }
+            Self::Systemd { unit, .. } => check_word("unit", unit)?,
             Self::Signal { pid_file, signal } => {
                 check_absolute("pid file", pid_file)?;
                 check_signal(signal)?;
@@ -420,26 +448,14 @@ pub async fn reload(
             xdg_runtime_dir,
         } => {
             let base = systemctl_base(user.as_deref(), xdg_runtime_dir.as_deref())?;
-            let restart = base.clone().args(["restart", unit.as_str()]);
-            run(runner, timeout, &mut report, restart).await?;
-            let is_active = base.args(["is-active", unit.as_str()]);
-            let state = match run(runner, timeout, &mut report, is_active).await {
-                Ok(out) => out.stdout.trim().to_owned(),
-                Err(Error::HookFailed { stdout, .. }) => stdout.trim().to_owned(),
-                Err(other) => return Err(other),
-            };
-            if state != "active" {
-                return Err(Error::NotActive {
-                    unit: unit.clone(),
-                    state: if state.is_empty() {
-                        "unknown".to_owned()
-                    } else {
-                        state
-                    },
-                });
-            }
+            unit_action(runner, timeout, &mut report, base, "restart", unit).await?;
             tracing::info!(%unit, "restarted user unit");
-            report.reloaded.push(unit.clone());
+        }
+        Reloader::Systemd { unit, restart } => {
+            let action = if *restart { "restart" } else { "reload" };
+            let base = CommandSpec::new("systemctl");
+            unit_action(runner, timeout, &mut report, base, action, unit).await?;
+            tracing::info!(%unit, action, "system unit");
         }
         Reloader::Signal { pid_file, signal } => {
             let pid = read_pid_file(pid_file)?;
@@ -471,6 +487,46 @@ async fn run(
     let cmd = cmd.timeout(timeout);
     report.commands.push(cmd.to_string());
     runner.run(&cmd).await
+}
+
+/// `<base> <action> <unit>`, then `<base> is-active <unit>`, which must say `active`
+/// (asked again, within `timeout`, while it says `activating` or `reloading`).
+async fn unit_action(
+    runner: &dyn CommandRunner,
+    timeout: Duration,
+    report: &mut ReloadReport,
+    base: CommandSpec,
+    action: &str,
+    unit: &str,
+) -> Result<()> {
+    run(runner, timeout, report, base.clone().args([action, unit])).await?;
+    let until = tokio::time::Instant::now() + timeout;
+    let state = loop {
+        let is_active = base.clone().args(["is-active", unit]);
+        let state = match run(runner, timeout, report, is_active).await {
+            Ok(out) => out.stdout.trim().to_owned(),
+            Err(Error::HookFailed { stdout, .. }) => stdout.trim().to_owned(),
+            Err(other) => return Err(other),
+        };
+        if !matches!(state.as_str(), "activating" | "reloading")
+            || tokio::time::Instant::now() >= until
+        {
+            break state;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    if state != "active" {
+        return Err(Error::NotActive {
+            unit: unit.to_owned(),
+            state: if state.is_empty() {
+                "unknown".to_owned()
+            } else {
+                state
+            },
+        });
+    }
+    report.reloaded.push(unit.to_owned());
+    Ok(())
 }
 
 fn podman_reload(name: &str, signal: Option<&str>) -> CommandSpec {
@@ -761,6 +817,62 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn systemd_system_unit_reload_then_is_active_without_user_scope() {
+        let mut mock = MockCommandRunner::new();
+        let mut seq = Sequence::new();
+        expect_cmd(
+            &mut mock,
+            &mut seq,
+            "systemctl",
+            &["reload", "openbao.service"],
+            || Ok(CommandOutput::success()),
+        );
+        expect_cmd(
+            &mut mock,
+            &mut seq,
+            "systemctl",
+            &["is-active", "openbao.service"],
+            || Ok(CommandOutput::with_stdout("reloading\n")),
+        );
+        expect_cmd(
+            &mut mock,
+            &mut seq,
+            "systemctl",
+            &["is-active", "openbao.service"],
+            || Ok(CommandOutput::with_stdout("active\n")),
+        );
+        let r: Reloader = "systemd:openbao.service".parse().unwrap();
+        let report = reload(&mock, &r, T).await.expect("active after reloading");
+        assert_eq!(report.reloaded, ["openbao.service"]);
+        assert_eq!(
+            report.commands,
+            [
+                "systemctl reload openbao.service",
+                "systemctl is-active openbao.service",
+                "systemctl is-active openbao.service"
+            ]
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn systemd_system_unit_still_reloading_at_the_deadline_is_not_active() {
+        let mut mock = MockCommandRunner::new();
+        mock.expect_run().returning(|cmd| {
+            Ok(if cmd.args[0] == "is-active" {
+                CommandOutput::with_stdout("reloading\n")
+            } else {
+                CommandOutput::success()
+            })
+        });
+        let r: Reloader = "systemd-restart:openbao.service".parse().unwrap();
+        let err = reload(&mock, &r, T).await.expect_err("never active");
+        assert!(
+            matches!(&err, Error::NotActive { state, .. } if state == "reloading"),
+            "{err:?}"
+        );
+    }
+
+    #[tokio::test]
     async fn signal_reads_the_pid_file() {
         let dir = tempfile::tempdir().expect("tempdir");
         let pid_file = dir.path().join("nginx.pid");
@@ -855,6 +967,20 @@ mod tests {
                 },
             ),
             (
+                "systemd:openbao.service",
+                Reloader::Systemd {
+                    unit: "openbao.service".into(),
+                    restart: false,
+                },
+            ),
+            (
+                "systemd-restart:openbao.service",
+                Reloader::Systemd {
+                    unit: "openbao.service".into(),
+                    restart: true,
+                },
+            ),
+            (
                 "signal:/run/nginx.pid:HUP",
                 Reloader::Signal {
                     pid_file: "/run/nginx.pid".into(),
@@ -885,6 +1011,8 @@ mod tests {
             ("podman:proxy:hup", "bad signal"),
             ("docker:proxy", "unknown scheme `docker`"),
             ("systemd-user:", "empty unit"),
+            ("systemd:", "empty unit"),
+            ("systemd-restart:--now", "starts with `-`"),
             ("signal:/run/nginx.pid", "expected signal:<pidfile>:<SIG>"),
             ("signal:relative.pid:HUP", "not absolute"),
             ("signal:/run/x.pid:", "bad signal"),

@@ -200,7 +200,8 @@ pub struct ListenerSection {
     pub create_role: bool,
     /// How the server loads the new files: `signal:<pid file>:HUP` (OpenBao reloads the
     /// listener certificate and key on SIGHUP), `podman-restart:<container>`, or
-    /// `cmd:systemctl restart openbao`.
+    /// `systemd:openbao.service` (`systemctl reload`: its `ExecReload` sends SIGHUP), or
+    /// `cmd:...`.
     pub reload: String,
     /// How long the gate waits for the new serial to be served.
     #[serde(default = "default_reload_timeout")]
@@ -242,7 +243,8 @@ pub struct RestartsSection {
     /// The proxy stack, restarted in this order (`podman-restart:proxyprod`, ...).
     #[serde(default)]
     pub proxy: Vec<String>,
-    /// How to restart Vault (`cmd:systemctl restart openbao`, `podman-restart:vault`).
+    /// How to restart Vault (`systemd-restart:openbao.service`, `podman-restart:vault`,
+    /// `cmd:...`).
     /// Needed when something SIGHUP does not reload changed (its `tls_client_ca_file`).
     #[serde(default)]
     pub vault: Option<String>,
