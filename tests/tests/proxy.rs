@@ -4,7 +4,6 @@
 
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
-use std::process::Command;
 
 use rotate_cli::Exit;
 use rotate_tests::{Lab, SERVER_NAME, shared};
@@ -17,22 +16,13 @@ const PROXY_NAME: &str = "proxyprod.int.privsec.ch";
 /// `bao status` against `addr` (the proxy), verifying it as [`PROXY_NAME`] with the lab
 /// bundle, presenting no client certificate: exit code and output.
 fn bao_status_via(lab: &Lab, addr: &str) -> (i32, String) {
-    let out = Command::new(&lab.bao)
-        .env_clear()
-        .env("VAULT_ADDR", addr)
-        .env("VAULT_CACERT", &lab.paths.ca_bundle)
-        .env("VAULT_TLS_SERVER_NAME", PROXY_NAME)
-        .env("HOME", &lab.paths.dir)
-        .args(["status", "-format=json"])
-        .output()
-        .expect("run bao status");
-    (
-        out.status.code().unwrap_or(-1),
-        format!(
-            "{}{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        ),
+    crate::support::bao_status_env(
+        lab,
+        &[
+            ("VAULT_ADDR", addr.as_ref()),
+            ("VAULT_CACERT", lab.paths.ca_bundle.as_os_str()),
+            ("VAULT_TLS_SERVER_NAME", PROXY_NAME.as_ref()),
+        ],
     )
 }
 

@@ -267,3 +267,23 @@ fn nginx_binary() -> &'static str {
     }
     panic!("nginx is not installed: run `bash scripts/setup.sh` (apt-get install nginx)");
 }
+
+/// `bao status` as a real client with exactly `env` (plus `HOME`): its exit code and
+/// output.
+pub(crate) fn bao_status_env(lab: &Lab, env: &[(&str, &std::ffi::OsStr)]) -> (i32, String) {
+    let out = std::process::Command::new(&lab.bao)
+        .env_clear()
+        .envs(env.iter().copied())
+        .env("HOME", &lab.paths.dir)
+        .args(["status", "-format=json"])
+        .output()
+        .expect("run bao status");
+    (
+        out.status.code().unwrap_or(-1),
+        format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        ),
+    )
+}

@@ -35,24 +35,15 @@ fn tls_config(lab: &Lab, dir: &Path, extra: &[(&str, &str)]) -> PathBuf {
 
 /// `bao status` as a real client with these admin files: its exit code and output.
 fn bao_status(lab: &Lab, cert: &Path, key: &Path, ca: &Path) -> (i32, String) {
-    let out = Command::new(&lab.bao)
-        .env_clear()
-        .env("VAULT_ADDR", &lab.addr)
-        .env("VAULT_CACERT", ca)
-        .env("VAULT_CLIENT_CERT", cert)
-        .env("VAULT_CLIENT_KEY", key)
-        .env("VAULT_TLS_SERVER_NAME", SERVER_NAME)
-        .env("HOME", &lab.paths.dir)
-        .args(["status", "-format=json"])
-        .output()
-        .expect("run bao status");
-    (
-        out.status.code().unwrap_or(-1),
-        format!(
-            "{}{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        ),
+    crate::support::bao_status_env(
+        lab,
+        &[
+            ("VAULT_ADDR", lab.addr.as_ref()),
+            ("VAULT_CACERT", ca.as_os_str()),
+            ("VAULT_CLIENT_CERT", cert.as_os_str()),
+            ("VAULT_CLIENT_KEY", key.as_os_str()),
+            ("VAULT_TLS_SERVER_NAME", SERVER_NAME.as_ref()),
+        ],
     )
 }
 

@@ -4,7 +4,7 @@
 //! one pooled mTLS connection vs a fresh client (handshake) per request, issuance with a
 //! Vault-made key vs a local CSR (P-256, RSA 2048), and whole `run --step agents` runs.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use anyhow::Result;
@@ -194,17 +194,7 @@ async fn main() -> Result<()> {
             for (_, home) in &homes {
                 std::fs::create_dir_all(home)?;
             }
-            let state = base.join(format!("fleet-state-{apps}-{concurrency}"));
-            let text = with_concurrency(
-                &lab.rotate_config_for(&homes).replace(
-                    &lab.paths.dir.join("state").display().to_string(),
-                    &state.display().to_string(),
-                ),
-                concurrency,
-            )?;
-            let path = base.join(format!("fleet-{apps}-{concurrency}.toml"));
-            std::fs::write(&path, text)?;
-            let config = path.display().to_string();
+            let config = fleet_config(&lab, &base, "fleet", &homes, concurrency)?;
             std::fs::write("/proc/self/clear_refs", "5")?;
             let mut row = measure(
                 &format!(
@@ -239,17 +229,7 @@ async fn main() -> Result<()> {
                 std::fs::create_dir_all(home)?;
                 lab.define_agent_unit(name, home);
             }
-            let state = base.join(format!("leaf-state-{apps}-{concurrency}"));
-            let text = with_concurrency(
-                &lab.rotate_config_for(&homes).replace(
-                    &lab.paths.dir.join("state").display().to_string(),
-                    &state.display().to_string(),
-                ),
-                concurrency,
-            )?;
-            let path = base.join(format!("leaf-{apps}-{concurrency}.toml"));
-            std::fs::write(&path, text)?;
-            let config = path.display().to_string();
+            let config = fleet_config(&lab, &base, "leaf", &homes, concurrency)?;
             let run = |step: &'static str| {
                 let config = config.clone();
                 async move {
@@ -290,13 +270,30 @@ async fn main() -> Result<()> {
     Ok(())
 }
 
-/// `text` (a lab config) with `[run] concurrency` set; an error if it has no `[run]`.
-fn with_concurrency(text: &str, concurrency: usize) -> Result<String> {
+/// A lab config for `homes` with its own state directory and `[run] concurrency`,
+/// written under `base` as `<kind>-<apps>-<concurrency>.toml`: its path.
+fn fleet_config(
+    lab: &rotate_tests::Lab,
+    base: &Path,
+    kind: &str,
+    homes: &[(String, PathBuf)],
+    concurrency: usize,
+) -> Result<String> {
+    let tag = format!("{kind}-{}-{concurrency}", homes.len());
+    let text = lab.rotate_config_for(homes).replace(
+        &lab.paths.dir.join("state").display().to_string(),
+        &base.join(format!("{tag}-state")).display().to_string(),
+    );
     anyhow::ensure!(
         text.contains("[run]\n"),
         "the lab config has no [run] section to set concurrency in"
     );
-    Ok(text.replace("[run]\n", &format!("[run]\nconcurrency = {concurrency}\n")))
+    let path = base.join(format!("{tag}.toml"));
+    std::fs::write(
+        &path,
+        text.replace("[run]\n", &format!("[run]\nconcurrency = {concurrency}\n")),
+    )?;
+    Ok(path.display().to_string())
 }
 
 /// This process's peak resident set size (VmHWM), KiB.
