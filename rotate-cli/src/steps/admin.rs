@@ -299,21 +299,19 @@ impl Step for AdminStep<'_> {
             exclude_cn_from_sans: false,
             ..Default::default()
         };
-        let issued =
-            pki_ops::issue_cert(v.pki, mount, &a.role, &req, issue_mode(a.key_mode)).await?;
-        tx.record(UndoAction::Revoke {
-            mount: mount.to_owned(),
-            serial: issued.info.serial_hex.clone(),
-            cn: a.common_name.clone(),
-        })?;
-        let now = (self.deps.clock)();
-        issued.info.expect_cn(&a.common_name)?;
-        issued.info.expect_client_auth()?;
-        issued
-            .info
-            .expect_validity(now, Duration::from_secs(600), None)?;
         let own_chain = mount_chain(v, mount, None).await?;
-        pki_ops::verify_chain(&issued.cert_pem, &issued.chain_pem, &own_chain, now)?;
+        let issued = crate::steps::issue_client(
+            v,
+            tx,
+            mount,
+            &a.role,
+            &req,
+            issue_mode(a.key_mode),
+            &own_chain,
+            (self.deps.clock)(),
+            Duration::from_secs(600),
+        )
+        .await?;
 
         // Stage everything (key 0600 from creation), replace nothing yet.
         let (tree, cert_rel) = root_tree(&f.cert)?;

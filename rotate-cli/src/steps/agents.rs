@@ -11,9 +11,7 @@
 
 use async_trait::async_trait;
 use cert_auth::{LoginProof, MappingSpec, Unmanaged, login_gate, upsert_mapping};
-use pki_ops::{
-    CreatePolicy, FileSpec, MaterialSet, Owner, RoleSpec, Tree, issue_cert, upsert_role,
-};
+use pki_ops::{CreatePolicy, FileSpec, MaterialSet, Owner, RoleSpec, Tree, upsert_role};
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 use vault_client::IssueRequest;
@@ -322,27 +320,20 @@ impl Step for AgentsStep<'_> {
                 .map_err(|e| StepError::vault(format!("write policy {name}"), e))?;
         }
 
-        let issued = issue_cert(
-            v.pki,
+        let now = (self.deps.clock)();
+        let issued = crate::steps::issue_client(
+            v,
+            tx,
             &cfg.pki.mount,
             &n.agent_role,
             &req,
             issue_mode(cfg.agents.key_mode),
+            &self.chain,
+            now,
+            std::time::Duration::from_secs(3600),
         )
         .await?;
-        tx.record(UndoAction::Revoke {
-            mount: cfg.pki.mount.clone(),
-            serial: issued.info.serial_hex.clone(),
-            cn: n.agent_cn.clone(),
-        })?;
-        let now = (self.deps.clock)();
-        issued.info.expect_cn(&n.agent_cn)?;
         issued.info.expect_issuer_cn(&cfg.pki.issuer_name)?;
-        issued.info.expect_client_auth()?;
-        issued
-            .info
-            .expect_validity(now, std::time::Duration::from_secs(3600), None)?;
-        pki_ops::verify_chain(&issued.cert_pem, &issued.chain_pem, &self.chain, now)?;
 
         // Stage the whole set, then replace: a full disk fails before any rename.
         let tree = Tree::open(&app.home, Some(p.owner))?;

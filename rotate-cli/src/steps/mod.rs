@@ -283,6 +283,34 @@ pub(crate) async fn mount_chain(
     Ok(chain)
 }
 
+/// Issue a client certificate for `req.common_name` from `mount/role`, journal its
+/// revocation at once (a failed run revokes what it issued), then check it: that CN,
+/// client usage, valid now for at least `min_valid`, chaining to `chain`.
+#[allow(clippy::too_many_arguments)]
+pub(crate) async fn issue_client(
+    vault: Vault<'_>,
+    tx: &crate::engine::Tx<'_>,
+    mount: &str,
+    role: &str,
+    req: &vault_client::IssueRequest,
+    mode: IssueMode,
+    chain: &str,
+    now: i64,
+    min_valid: std::time::Duration,
+) -> Result<pki_ops::IssuedMaterial, StepError> {
+    let issued = pki_ops::issue_cert(vault.pki, mount, role, req, mode).await?;
+    tx.record(crate::engine::undo::UndoAction::Revoke {
+        mount: mount.to_owned(),
+        serial: issued.info.serial_hex.clone(),
+        cn: req.common_name.clone(),
+    })?;
+    issued.info.expect_cn(&req.common_name)?;
+    issued.info.expect_client_auth()?;
+    issued.info.expect_validity(now, min_valid, None)?;
+    pki_ops::verify_chain(&issued.cert_pem, &issued.chain_pem, chain, now)?;
+    Ok(issued)
+}
+
 /// `Some(why)` when role `mount/roles/role` exists and pins (`issuer_ref`) an issuer
 /// other than the mount's default: its certificates would not chain to
 /// `<mount>/cert/ca_chain`, which every gate, mapping and bundle here is checked against.

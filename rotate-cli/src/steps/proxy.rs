@@ -382,21 +382,18 @@ impl Step for ProxyStep<'_> {
                 ttl: Some(self.p.client_ttl.clone()),
                 ..Default::default()
             };
-            let issued =
-                pki_ops::issue_cert(v.pki, mount, &id.role, &req, issue_mode(KeyMode::default()))
-                    .await?;
-            tx.record(UndoAction::Revoke {
-                mount: mount.clone(),
-                serial: issued.info.serial_hex.clone(),
-                cn: id.cn.clone(),
-            })?;
-            let now = (self.deps.clock)();
-            issued.info.expect_cn(&id.cn)?;
-            issued.info.expect_client_auth()?;
-            issued
-                .info
-                .expect_validity(now, Duration::from_secs(600), None)?;
-            pki_ops::verify_chain(&issued.cert_pem, &issued.chain_pem, &self.chain, now)?;
+            let issued = crate::steps::issue_client(
+                v,
+                tx,
+                mount,
+                &id.role,
+                &req,
+                issue_mode(KeyMode::default()),
+                &self.chain,
+                (self.deps.clock)(),
+                Duration::from_secs(600),
+            )
+            .await?;
             set = set
                 .with(
                     FileSpec::private_key(&id.key),
