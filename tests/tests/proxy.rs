@@ -149,6 +149,35 @@ async fn step_5_issues_the_proxy_client_identity_and_a_real_nginx_reaches_vault_
     );
     assert!(out.contains("502"), "{out}");
     let cfg = proxy_config(lab, &dir, &home, &nginx, &addr);
+    let initial = files(&home);
+
+    // `rotate rollback` after a committed step 5 puts every file back, reloads the proxy
+    // and revokes the certificate it issued: the proxy is refused again.
+    let (exit, v) = rotate(&cfg, &["run", "--step", "proxy"]).await;
+    assert_eq!(exit, Exit::Ok, "{v:#}");
+    let first = target(&v, "proxy", "proxy")["applied"]["client_serial"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let (exit, v) = rotate(&cfg, &["rollback"]).await;
+    assert_eq!(exit, Exit::Ok, "{v:#}");
+    assert_eq!(files(&home), initial);
+    assert_eq!(reload_count(&dir), 2);
+    let admin = lab.admin_client().unwrap();
+    let rec = admin.read_cert("pki-prod", &first).await.unwrap().unwrap();
+    assert_ne!(
+        rec.revocation_time, 0,
+        "rolled-back certificate not revoked"
+    );
+    // nginx reloads asynchronously (old workers finish first): wait for the refusal.
+    let start = std::time::Instant::now();
+    while bao_status_via(lab, &addr).0 == 0 {
+        assert!(
+            start.elapsed().as_secs() < 10,
+            "the proxy still reaches Vault with the restored (refused) identity"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
 
     let (exit, v) = rotate(&cfg, &["run", "--step", "proxy"]).await;
     assert_eq!(exit, Exit::Ok, "{v:#}");
@@ -181,7 +210,7 @@ async fn step_5_issues_the_proxy_client_identity_and_a_real_nginx_reaches_vault_
         0o600
     );
     pki_ops::key_matches_cert_files(&key, &home.join("tls/proxy-client.crt")).unwrap();
-    assert_eq!(reload_count(&dir), 1);
+    assert_eq!(reload_count(&dir), 3);
     // The real client through the reloaded nginx.
     let (code, out) = bao_status_via(lab, &addr);
     assert_eq!(code, 0, "{out}");
@@ -224,9 +253,8 @@ async fn step_5_issues_the_proxy_client_identity_and_a_real_nginx_reaches_vault_
     assert!(errors(&v).contains(&dead), "{}", errors(&v));
     assert_eq!(files(&home), before);
     // Reloaded once for the new files and once more for the restored ones.
-    assert_eq!(reload_count(&dir), 3);
+    assert_eq!(reload_count(&dir), 5);
     let issued = t["applied"]["client_serial"].as_str().unwrap();
-    let admin = lab.admin_client().unwrap();
     let rec = admin.read_cert("pki-prod", issued).await.unwrap().unwrap();
     assert_ne!(rec.revocation_time, 0, "issued certificate not revoked");
     let (code, out) = bao_status_via(lab, &addr);
