@@ -85,6 +85,10 @@ pub struct RunReport {
     pub exit_code: u8,
     /// One sentence: what changed, what was undone, what is left.
     pub summary: String,
+    /// What the operator must act on (or knowingly accept), from every step: e.g. a
+    /// Vault that needs a restart this run did not make.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub attention: Vec<String>,
 }
 
 impl RunReport {
@@ -166,6 +170,38 @@ pub async fn execute(
     mode: Mode,
     deps: Deps<'_>,
 ) -> Result<RunReport, RotationError> {
+    let mut report = execute_mode(cfg, apps, request, mode, deps).await?;
+    report.attention = report
+        .recovered
+        .iter()
+        .chain(&report.steps)
+        .flat_map(|s| {
+            s.targets.iter().flat_map(move |t| {
+                t.changes.iter().filter(|c| c.attention).map(move |c| {
+                    format!(
+                        "{} {}: {}{}",
+                        s.step,
+                        t.app,
+                        c.object,
+                        c.note
+                            .as_deref()
+                            .map(|n| format!(": {n}"))
+                            .unwrap_or_default()
+                    )
+                })
+            })
+        })
+        .collect();
+    Ok(report)
+}
+
+async fn execute_mode(
+    cfg: &Config,
+    apps: &[&AppConfig],
+    request: RunRequest,
+    mode: Mode,
+    deps: Deps<'_>,
+) -> Result<RunReport, RotationError> {
     let state_dir = cfg.state_dir();
     let mut report = RunReport {
         env: cfg.env.clone(),
@@ -180,6 +216,7 @@ pub async fn execute(
         not_run: Vec::new(),
         exit_code: 0,
         summary: String::new(),
+        attention: Vec::new(),
     };
     let now = (deps.clock)();
     let _lock = if mode == Mode::Plan {
@@ -905,6 +942,7 @@ mod tests {
             not_run: Vec::new(),
             exit_code: 0,
             summary: String::new(),
+            attention: Vec::new(),
         }
     }
 

@@ -1378,6 +1378,13 @@ async fn a_same_name_ca_in_the_client_ca_file_is_seen_by_its_change_time_and_nee
     assert_eq!(exit, Exit::Ok, "{v:#}");
     let t = target(&v, "restarts", "restarts");
     assert_eq!(t["changes"][0]["kind"], "kept", "{t:#}");
+    // ... and listed again at the end, for the operator to act on.
+    assert!(
+        v["attention"][0]
+            .as_str()
+            .is_some_and(|a| a.contains("restart of Vault") && a.contains("never")),
+        "{v:#}"
+    );
     assert!(
         t["changes"]
             .to_string()

@@ -42,6 +42,10 @@ pub struct Change {
     /// A remark (why kept, what is noteworthy).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub note: Option<String>,
+    /// The operator must act on it (or knowingly accept it): listed again at the end of
+    /// the report.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub attention: bool,
 }
 
 impl Change {
@@ -52,6 +56,7 @@ impl Change {
             object: object.into(),
             fields: Vec::new(),
             note: None,
+            attention: false,
         }
     }
 
@@ -66,6 +71,13 @@ impl Change {
     #[must_use]
     pub fn note(mut self, note: impl Into<String>) -> Self {
         self.note = Some(note.into());
+        self
+    }
+
+    /// Marked for the operator's attention.
+    #[must_use]
+    pub fn needs_attention(mut self) -> Self {
+        self.attention = true;
         self
     }
 

@@ -337,7 +337,7 @@ impl Step for LeafStep<'_> {
             Some(d) => Change::new(ChangeKind::Update, &path).fields(crate::steps::role_fields(d)),
         };
         if cfg.leaf.allow_subdomains {
-            role_change = role_change.note(format!(
+            role_change = role_change.needs_attention().note(format!(
                 "WARNING: [leaf] allow_subdomains: this agent may issue for any name under {}, including other apps and Vault's own name",
                 cfg.leaf.allowed_domains.join(", ")
             ));

@@ -213,12 +213,12 @@ impl Step for RestartsStep<'_> {
                 changes.push(Change::new(ChangeKind::Update, format!("restart ({spec})")).note(why));
             }
             (None, Some(why)) => changes.push(
-                Change::new(ChangeKind::Kept, "restart of Vault").note(format!(
+                Change::new(ChangeKind::Kept, "restart of Vault").needs_attention().note(format!(
                     "{why}; [restarts] vault is not set, so it is not restarted: restart it yourself after checking the file, then `rotate verify`"
                 )),
             ),
             (_, None) => match (stale, self.r.vault_when) {
-                (Some(d), _) => changes.push(Change::new(ChangeKind::Kept, "restart of Vault").note(
+                (Some(d), _) => changes.push(Change::new(ChangeKind::Kept, "restart of Vault").needs_attention().note(
                     format!("{d}; vault_when = \"never\": restart it yourself after checking the file"),
                 )),
                 (None, VaultWhen::WhenNeeded) if self.r.vault.is_some() && self.client_ca_file().is_none() => {
