@@ -223,7 +223,13 @@ fn check_reload_spec(spec: &str) -> Result<()> {
             reason: "contains a line break or NUL".to_owned(),
         });
     }
-    spec.parse::<Reloader>().map(drop)
+    match spec.parse::<Reloader>()? {
+        Reloader::Systemd { .. } => Err(Error::InvalidReloader {
+            input: spec.to_owned(),
+            reason: "the post-hook runs as the app user, which cannot manage a system unit; reload it from rotate instead (e.g. [restarts] proxy), or use systemd-user:".to_owned(),
+        }),
+        _ => Ok(()),
+    }
 }
 
 fn check_app(app: &str) -> Result<()> {
@@ -358,8 +364,7 @@ reload_label() {
 }
 
 # reload_spec <spec>: podman:<name>[:<SIG>] | podman-restart:<name> |
-# podman-label:<label> | systemd-user:<unit> | systemd[-restart]:<unit> |
-# signal:<pidfile>:<SIG> | cmd:<command>
+# podman-label:<label> | systemd-user:<unit> | signal:<pidfile>:<SIG> | cmd:<command>
 reload_spec() {
 	spec=$1
 	case $spec in
@@ -385,15 +390,6 @@ reload_spec() {
 			die "unit $unit is ${state:-unknown} after restart, not active"
 		log "restarted user unit $unit ($state)"
 		;;
-	systemd:* | systemd-restart:*)
-		unit=${spec#*:}
-		action=reload
-		case $spec in systemd-restart:*) action=restart ;; esac
-		"$SYSTEMCTL" "$action" "$unit" || die "$SYSTEMCTL $action $unit failed (a system unit needs the rights to manage it)"
-		state=$("$SYSTEMCTL" is-active "$unit") ||
-			die "unit $unit is ${state:-unknown} after $action, not active"
-		log "${action}ed unit $unit ($state)"
-		;;
 	signal:*)
 		target=${spec#signal:}
 		pidfile=${target%:*}
@@ -415,7 +411,7 @@ reload_spec() {
 		log "ran $shell_cmd"
 		;;
 	*)
-		die "unknown reload spec $spec (expected podman:, podman-restart:, podman-label:, systemd:, systemd-restart:, systemd-user:, signal: or cmd:)"
+		die "unknown reload spec $spec (expected podman:, podman-restart:, podman-label:, systemd-user:, signal: or cmd:)"
 		;;
 	esac
 }
@@ -811,37 +807,15 @@ mod tests {
     }
 
     #[test]
-    fn hook_reloads_a_system_unit_and_checks_it_is_active() {
+    fn a_system_unit_reload_is_refused_for_the_post_hook() {
         let mut lab = Lab::new();
-        let fake = lab.dir.path().join("fake-systemctl");
-        let log = lab.dir.path().join("systemctl.log");
-        std::fs::write(
-            &fake,
-            format!(
-                "#!/bin/sh\necho \"$*\" >> '{}'\n[ \"$1\" != is-active ] || echo active\n",
-                log.display()
-            ),
-        )
-        .expect("write");
-        std::fs::set_permissions(&fake, Permissions::from_mode(0o755)).expect("chmod");
-        lab.spec.reload_tls_label = None;
         lab.spec.proxy_reload = Some("systemd:nginx.service".into());
-        let script = lab.dir.path().join("hook.sh");
-        std::fs::write(&script, render_post_hook(&lab.spec).expect("renders")).expect("write");
-        let out = Command::new("sh")
-            .arg(&script)
-            .env("PODMAN", lab.dir.path().join("fake-podman"))
-            .env("SYSTEMCTL", &fake)
-            .output()
-            .expect("sh runs");
+        let err = render_post_hook(&lab.spec)
+            .expect_err("refused")
+            .to_string();
         assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        assert_eq!(
-            std::fs::read_to_string(&log).expect("log"),
-            "reload nginx.service\nis-active nginx.service\n"
+            err.contains("systemd:nginx.service") && err.contains("app user"),
+            "{err}"
         );
     }
 

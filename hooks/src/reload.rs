@@ -490,7 +490,8 @@ async fn run(
 }
 
 /// `<base> <action> <unit>`, then `<base> is-active <unit>`, which must say `active`
-/// (asked again, within `timeout`, while it says `activating` or `reloading`).
+/// (asked again, until `timeout` after the action began, while it says `reloading`; an
+/// `activating` unit may be crash-looping, so that is not waited out).
 async fn unit_action(
     runner: &dyn CommandRunner,
     timeout: Duration,
@@ -499,8 +500,8 @@ async fn unit_action(
     action: &str,
     unit: &str,
 ) -> Result<()> {
-    run(runner, timeout, report, base.clone().args([action, unit])).await?;
     let until = tokio::time::Instant::now() + timeout;
+    run(runner, timeout, report, base.clone().args([action, unit])).await?;
     let state = loop {
         let is_active = base.clone().args(["is-active", unit]);
         let state = match run(runner, timeout, report, is_active).await {
@@ -508,9 +509,7 @@ async fn unit_action(
             Err(Error::HookFailed { stdout, .. }) => stdout.trim().to_owned(),
             Err(other) => return Err(other),
         };
-        if !matches!(state.as_str(), "activating" | "reloading")
-            || tokio::time::Instant::now() >= until
-        {
+        if state != "reloading" || tokio::time::Instant::now() >= until {
             break state;
         }
         tokio::time::sleep(Duration::from_millis(100)).await;

@@ -193,6 +193,16 @@ pub enum Error {
         role: String,
     },
 
+    /// Vault issued a certificate (it exists, valid, in the mount) that failed a check
+    /// right after: the caller should revoke `serial`.
+    #[error("{source} (certificate serial {serial} was issued: revoke it)")]
+    Rejected {
+        /// Serial Vault reported, `aa:bb:..` hex.
+        serial: String,
+        /// Why it was rejected.
+        source: Box<Error>,
+    },
+
     /// Vault issued a certificate for a different CN than requested.
     #[error("role {role} issued a certificate for CN {found:?}, expected {expected:?}")]
     CnMismatch {

@@ -761,10 +761,16 @@ impl Config {
             }
         }
         if !self.leaf.proxy_reload.is_empty() {
-            self.leaf
-                .proxy_reload
-                .parse::<hooks::Reloader>()
-                .map_err(|e| self.invalid("leaf.proxy_reload", e.to_string()))?;
+            match self.leaf.proxy_reload.parse::<hooks::Reloader>() {
+                Err(e) => return Err(self.invalid("leaf.proxy_reload", e.to_string())),
+                Ok(hooks::Reloader::Systemd { .. }) => {
+                    return Err(self.invalid(
+                        "leaf.proxy_reload",
+                        "the post-hook runs as the app user, which cannot manage a system unit: use systemd-user:, or restart it in [restarts] proxy",
+                    ));
+                }
+                Ok(_) => {}
+            }
         }
         if !name_ok(&self.agents.cert_auth_mount) {
             return Err(self.invalid("agents.cert_auth_mount", "not a mount name"));
@@ -1203,6 +1209,53 @@ mod tests {
         assert!(c.admin.is_none() && c.listener.is_none());
         use crate::StepId::*;
         assert_eq!(c.default_steps(), [Agents, Leaf, Proxy, Restarts, Health]);
+    }
+
+    #[test]
+    fn proxy_and_restart_settings_are_checked_naming_the_setting() {
+        let p = Path::new("/etc/rotate/prod.toml");
+        let cases = [
+            (
+                PROD.replace(
+                    "client_key = \"tls/proxy-client.key\"",
+                    "client_key = \"tls/vault-ca.pem\"",
+                ),
+                "proxy.client_key",
+            ),
+            (
+                PROD.replace(
+                    "client_key = \"tls/proxy-client.key\"",
+                    "client_key = \"../proxy-client.key\"",
+                ),
+                "proxy.client_key",
+            ),
+            (
+                PROD.replace("client_key = \"tls/proxy-client.key\"\n", ""),
+                "proxy.client_key",
+            ),
+            (
+                PROD.replace(
+                    "probe = \"https://127.0.0.1:8443\"",
+                    "probe = \"http://127.0.0.1:8443\"",
+                ),
+                "proxy.probe",
+            ),
+            (
+                PROD.replace(
+                    "[agents]\n",
+                    "[leaf]\nproxy_reload = \"systemd:nginx.service\"\n\n[agents]\n",
+                ),
+                "leaf.proxy_reload",
+            ),
+        ];
+        for (text, setting) in cases {
+            assert_ne!(text, PROD, "{setting}: the example changed");
+            let err = Config::parse(&text, p).unwrap_err().to_string();
+            assert!(
+                err.starts_with(&format!("invalid config /etc/rotate/prod.toml: {setting}:")),
+                "{setting}: {err}"
+            );
+        }
     }
 
     #[test]

@@ -171,7 +171,12 @@ async fn step_5_issues_the_proxy_client_identity_and_a_real_nginx_reaches_vault_
     );
     // nginx reloads asynchronously (old workers finish first): wait for the refusal.
     let start = std::time::Instant::now();
-    while bao_status_via(lab, &addr).0 == 0 {
+    loop {
+        let (code, out) = bao_status_via(lab, &addr);
+        if code != 0 {
+            assert!(out.contains("502"), "refused otherwise than by Vault: {out}");
+            break;
+        }
         assert!(
             start.elapsed().as_secs() < 10,
             "the proxy still reaches Vault with the restored (refused) identity"

@@ -59,8 +59,9 @@ impl std::fmt::Debug for IssuedMaterial {
 
 /// Issues a certificate from `mount/roles/role` for `req`, then checks that the
 /// returned certificate is for `req.common_name` ([`Error::CnMismatch`]) and that the key
-/// belongs to it ([`Error::KeyMismatch`]). In [`IssueMode::Csr`] the key is generated
-/// here and never sent to Vault.
+/// belongs to it ([`Error::KeyMismatch`]), any failure after issuance wrapped in
+/// [`Error::Rejected`] with the serial to revoke. In [`IssueMode::Csr`] the key is
+/// generated here and never sent to Vault.
 pub async fn issue_cert(
     api: &dyn PkiApi,
     mount: &str,
@@ -79,7 +80,10 @@ pub async fn issue_cert(
                     req.common_name
                 )))?;
             let Some(key) = issued.private_key.clone() else {
-                return Err(Error::MissingKey { role: role_path });
+                return Err(Error::Rejected {
+                    serial: issued.serial_number.clone(),
+                    source: Box::new(Error::MissingKey { role: role_path }),
+                });
             };
             (issued, key)
         }
@@ -97,6 +101,22 @@ pub async fn issue_cert(
             (issued, key.into_pem())
         }
     };
+    // From here the certificate exists: a failed check names its serial for revocation.
+    let serial = issued.serial_number.clone();
+    checked(issued, key_pem, req, role_path, mode).map_err(|e| Error::Rejected {
+        serial,
+        source: Box::new(e),
+    })
+}
+
+/// The checks of a certificate Vault just issued.
+fn checked(
+    issued: vault_client::IssuedCert,
+    key_pem: Zeroizing<String>,
+    req: &IssueRequest,
+    role_path: String,
+    mode: IssueMode,
+) -> Result<IssuedMaterial> {
     let cert_pem = normalise_pem(&issued.certificate);
     let origin = format!("certificate issued by {role_path}");
     let info = CertInfo::from_pem_labeled(&cert_pem, &origin)?;
@@ -252,7 +272,11 @@ mod tests {
         )
         .await
         .unwrap_err();
-        match e {
+        let Error::Rejected { serial, source } = e else {
+            panic!("{e}")
+        };
+        assert!(!serial.is_empty(), "the serial to revoke is named");
+        match *source {
             Error::CnMismatch {
                 role,
                 expected,
@@ -279,10 +303,13 @@ mod tests {
             let e = issue_cert(&api, "pki-prod", "r", &req(cn), IssueMode::VaultKey)
                 .await
                 .unwrap_err();
+            let Error::Rejected { source, .. } = &e else {
+                panic!("{e}")
+            };
             if missing {
-                assert!(matches!(e, Error::MissingKey { .. }), "{e}");
+                assert!(matches!(**source, Error::MissingKey { .. }), "{e}");
             } else {
-                assert!(matches!(e, Error::KeyMismatch { .. }), "{e}");
+                assert!(matches!(**source, Error::KeyMismatch { .. }), "{e}");
             }
         }
     }

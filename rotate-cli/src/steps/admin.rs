@@ -308,7 +308,7 @@ impl Step for AdminStep<'_> {
             &req,
             issue_mode(a.key_mode),
             &own_chain,
-            (self.deps.clock)(),
+            self.deps.clock,
             Duration::from_secs(600),
         )
         .await?;

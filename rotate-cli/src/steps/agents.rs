@@ -320,7 +320,6 @@ impl Step for AgentsStep<'_> {
                 .map_err(|e| StepError::vault(format!("write policy {name}"), e))?;
         }
 
-        let now = (self.deps.clock)();
         let issued = crate::steps::issue_client(
             v,
             tx,
@@ -329,7 +328,7 @@ impl Step for AgentsStep<'_> {
             &req,
             issue_mode(cfg.agents.key_mode),
             &self.chain,
-            now,
+            self.deps.clock,
             std::time::Duration::from_secs(3600),
         )
         .await?;

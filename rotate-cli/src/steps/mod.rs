@@ -284,8 +284,9 @@ pub(crate) async fn mount_chain(
 }
 
 /// Issue a client certificate for `req.common_name` from `mount/role`, journal its
-/// revocation at once (a failed run revokes what it issued), then check it: that CN,
-/// client usage, valid now for at least `min_valid`, chaining to `chain`.
+/// revocation at once (a failed run revokes what it issued; also one that failed the
+/// checks right after issuance), then check it: client usage, valid at `clock()` (read
+/// after issuance) for at least `min_valid`, chaining to `chain`.
 #[allow(clippy::too_many_arguments)]
 pub(crate) async fn issue_client(
     vault: Vault<'_>,
@@ -295,16 +296,27 @@ pub(crate) async fn issue_client(
     req: &vault_client::IssueRequest,
     mode: IssueMode,
     chain: &str,
-    now: i64,
+    clock: &(dyn Fn() -> i64 + Send + Sync),
     min_valid: std::time::Duration,
 ) -> Result<pki_ops::IssuedMaterial, StepError> {
-    let issued = pki_ops::issue_cert(vault.pki, mount, role, req, mode).await?;
-    tx.record(crate::engine::undo::UndoAction::Revoke {
-        mount: mount.to_owned(),
-        serial: issued.info.serial_hex.clone(),
-        cn: req.common_name.clone(),
-    })?;
-    issued.info.expect_cn(&req.common_name)?;
+    let revoke = |serial: &str| {
+        tx.record(crate::engine::undo::UndoAction::Revoke {
+            mount: mount.to_owned(),
+            serial: serial.to_owned(),
+            cn: req.common_name.clone(),
+        })
+    };
+    let issued = match pki_ops::issue_cert(vault.pki, mount, role, req, mode).await {
+        Ok(issued) => issued,
+        Err(e) => {
+            if let pki_ops::Error::Rejected { serial, .. } = &e {
+                revoke(serial)?;
+            }
+            return Err(e.into());
+        }
+    };
+    revoke(&issued.info.serial_hex)?;
+    let now = clock();
     issued.info.expect_client_auth()?;
     issued.info.expect_validity(now, min_valid, None)?;
     pki_ops::verify_chain(&issued.cert_pem, &issued.chain_pem, chain, now)?;

@@ -12,7 +12,7 @@ use crate::config::{AppConfig, Config};
 use crate::engine::journal::{RunRequest, StepId};
 use crate::exit::Exit;
 use crate::rotation::Deps;
-use crate::steps::{names::Names, owner_of};
+use crate::steps::{StepError, names::Names, owner_of};
 
 /// One check.
 #[derive(Debug, Clone, Serialize)]
@@ -238,31 +238,56 @@ pub async fn preflight(
 
     // Every role the run issues from signs with its mount's default issuer: that is the
     // chain the gates, the cert auth mapping and the bundles are checked against.
-    let roles: Vec<(&str, &str)> = need
-        .iter()
-        .filter_map(|(p, _)| {
-            let (mount, role) = p.split_once("/roles/")?;
-            Some((mount, role))
-        })
-        .collect();
+    let pki = cfg.pki.mount.as_str();
+    let mut roles: Vec<(&str, &str)> = Vec::new();
+    let wants = |s: StepId| request.steps.contains(&s);
+    if let (true, Some(a)) = (wants(StepId::Admin), &cfg.admin) {
+        roles.push((cfg.admin_mount(), &a.role));
+    }
+    if let (true, Some(l)) = (wants(StepId::Listener), &cfg.listener) {
+        roles.push((pki, &l.role));
+    }
+    let names: Vec<Names> = apps.iter().map(|a| Names::new(cfg, a)).collect();
+    for n in &names {
+        if wants(StepId::Agents) {
+            roles.push((pki, &n.agent_role));
+        }
+        if leaf {
+            roles.push((pki, &n.leaf_role));
+        }
+    }
+    let proxy_role = cfg
+        .proxy
+        .as_ref()
+        .and_then(|p| p.identity(&cfg.agents.domain))
+        .filter(|_| wants(StepId::Proxy))
+        .map(|id| id.role);
+    if let Some(r) = &proxy_role {
+        roles.push((pki, r));
+    }
     // Reads only, a few per app: as many at once as the run allows.
-    let pinned: Vec<String> = futures_util::stream::iter(roles)
+    let found: Vec<Result<Option<String>, StepError>> = futures_util::stream::iter(roles)
         .map(|(mount, role)| crate::steps::pinned_issuer(v, mount, role))
         .buffered(cfg.run.concurrency.max(1))
-        .filter_map(|r| async move {
-            match r {
-                Ok(found) => found,
-                Err(e) => Some(format!("{e:#}")),
-            }
-        })
         .collect()
         .await;
+    let mut pinned = Vec::new();
+    let mut failed: Option<(Exit, String)> = None;
+    for f in found {
+        match f {
+            Ok(None) => {}
+            Ok(Some(why)) => pinned.push(why),
+            Err(e) => {
+                failed.get_or_insert((e.exit(), format!("{e:#}")));
+            }
+        }
+    }
     r.push(
         "roles sign with their mount's default issuer",
-        if pinned.is_empty() {
-            Ok("no role pins another issuer".into())
-        } else {
-            Err((Exit::Config, pinned.join("; ")))
+        match (failed, pinned.is_empty()) {
+            (Some(f), _) => Err(f),
+            (None, true) => Ok("no role pins another issuer".into()),
+            (None, false) => Err((Exit::Config, pinned.join("; "))),
         },
     );
 

@@ -390,7 +390,7 @@ impl Step for ProxyStep<'_> {
                 &req,
                 issue_mode(KeyMode::default()),
                 &self.chain,
-                (self.deps.clock)(),
+                self.deps.clock,
                 Duration::from_secs(600),
             )
             .await?;

@@ -6,7 +6,7 @@ use serde_json::{Map, Value, json};
 use zeroize::Zeroizing;
 
 use crate::client::VaultClient;
-use crate::error::{Error, Result};
+use crate::error::Result;
 use crate::retry::Idempotency::{Idempotent, NonIdempotent};
 use crate::transport::Method;
 
@@ -308,28 +308,24 @@ impl PkiApi for VaultClient {
     }
 
     async fn read_issuer(&self, mount: &str, issuer_ref: &str) -> Result<Option<IssuerInfo>> {
-        let d: Option<Data<_>> = match self
-            .request_opt(
-                Method::Get,
-                &format!("{}/issuer/{issuer_ref}", m(mount)),
-                None,
-                Idempotent,
-            )
-            .await
-        {
-            // OpenBao answers an unknown reference with a 500, not a 404.
-            Err(Error::Api {
-                status: 500,
-                errors,
-                ..
-            }) if errors
-                .iter()
-                .any(|e| e.contains("unable to find PKI issuer")) =>
-            {
-                None
-            }
-            other => other?,
-        };
+        let path = format!("{}/issuer/{issuer_ref}", m(mount));
+        // OpenBao answers an unknown reference with a 500, not a 404: that answer is
+        // final (not retried) and means "none"; any other 500 is an error.
+        let resp = self
+            .send_accepting(Method::Get, &path, None, Idempotent, &[500])
+            .await?;
+        let unknown = resp.status == 500
+            && resp
+                .body
+                .windows(b"unable to find PKI issuer".len())
+                .any(|w| w == b"unable to find PKI issuer");
+        if unknown || resp.status == 404 {
+            return Ok(None);
+        }
+        if !(200..300).contains(&resp.status) {
+            return Err(crate::client::api_error(Method::Get, &path, &resp));
+        }
+        let d: Option<Data<IssuerInfo>> = crate::client::decode(Method::Get, &path, &resp)?;
         Ok(d.map(|d| d.data))
     }
 
