@@ -174,7 +174,10 @@ async fn step_5_issues_the_proxy_client_identity_and_a_real_nginx_reaches_vault_
     loop {
         let (code, out) = bao_status_via(lab, &addr);
         if code != 0 {
-            assert!(out.contains("502"), "refused otherwise than by Vault: {out}");
+            assert!(
+                out.contains("502"),
+                "refused otherwise than by Vault: {out}"
+            );
             break;
         }
         assert!(

@@ -52,7 +52,16 @@ pub struct Tx<'a> {
     target: &'a str,
 }
 
-impl Tx<'_> {
+impl<'a> Tx<'a> {
+    /// Records for `step`/`target` in `journal`.
+    pub(crate) fn new(journal: &'a Journal, step: StepId, target: &'a str) -> Self {
+        Tx {
+            journal,
+            step,
+            target,
+        }
+    }
+
     /// The run's id (names the kept previous versions of files).
     pub fn run_id(&self) -> String {
         self.journal.run_id()

@@ -628,6 +628,79 @@ mod tests {
         (ca.pem(), leaf.pem())
     }
 
+    /// A certificate Vault issued but for another CN than asked: refused, and its
+    /// revocation journaled before the error comes back.
+    #[tokio::test]
+    async fn a_certificate_rejected_after_issuance_is_journaled_for_revocation() {
+        use crate::engine::journal::{Journal, RunRequest, StepId};
+        let (ca, evil) = ca_and_leaf("PrivSec Intermediate CA (prod)");
+        let mut pki = vault_client::MockPkiApi::new();
+        pki.expect_sign().returning(move |_, _, _, _| {
+            Ok(vault_client::IssuedCert {
+                certificate: evil.clone(),
+                issuing_ca: ca.clone(),
+                ca_chain: vec![],
+                private_key: None,
+                private_key_type: None,
+                serial_number: "0a:0b:0c".into(),
+                expiration: 0,
+            })
+        });
+        let (sys, cert, token, kv) = (
+            vault_client::MockSysApi::new(),
+            vault_client::MockCertAuthApi::new(),
+            vault_client::MockTokenApi::new(),
+            vault_client::MockKvApi::new(),
+        );
+        let (identity, gate) = (
+            vault_client::MockReconnect::new(),
+            crate::deps::MockGateConnector::new(),
+        );
+        let vault = Vault {
+            sys: &sys,
+            pki: &pki,
+            cert: &cert,
+            token: &token,
+            kv: &kv,
+            identity: &identity,
+            gate: &gate,
+        };
+        let dir = tempfile::tempdir().unwrap();
+        let request = RunRequest {
+            steps: vec![StepId::Agents],
+            apps: vec![],
+            kv_access: false,
+            kv_seed: false,
+            if_due: false,
+        };
+        let journal = Journal::start(dir.path(), "r1", "test", 1, request).unwrap();
+        let tx = crate::engine::Tx::new(&journal, StepId::Agents, "a");
+        let req = vault_client::IssueRequest {
+            common_name: "agent-a.prod.privsec.ch".into(),
+            ..Default::default()
+        };
+        let err = issue_client(
+            vault,
+            &tx,
+            "pki-prod",
+            "agent-mtls-a",
+            &req,
+            IssueMode::Csr(KeyAlgorithm::EcdsaP256),
+            "",
+            &|| 1_767_225_600,
+            std::time::Duration::from_secs(60),
+        )
+        .await
+        .unwrap_err();
+        assert!(err.to_string().contains("a.int.privsec.ch"), "{err}");
+        let record = journal.record();
+        let undo = &record.target(StepId::Agents, "a").unwrap().undo;
+        assert!(
+            matches!(&undo[..], [u] if matches!(&u.action, crate::engine::undo::UndoAction::Revoke { serial, .. } if serial == "0a:0b:0c")),
+            "{undo:?}"
+        );
+    }
+
     #[test]
     fn renewal_is_due_by_lifetime_share_expiry_and_a_rekeyed_ca_of_the_same_name() {
         let (t0, day) = (1_767_225_600_i64, 86_400_i64);
