@@ -381,11 +381,7 @@ async fn run_target<S: Step>(
     }
     let id = step.id();
     journal.set_state(id, app.name(), TargetState::Applying, None)?;
-    let tx = Tx {
-        journal,
-        step: id,
-        target: app.name(),
-    };
+    let tx = Tx::new(journal, id, app.name());
     // What apply produced is reported even when the gate then fails (e.g. the serial
     // that was issued, and is revoked by the unwind).
     let mut applied_ok = false;
