@@ -21,7 +21,7 @@ impl<T: SysApi + TokenApi> AdminApi for T {}
 pub trait GateConnector: Send + Sync {
     /// A fresh client for the cert login gate, presenting an identity read into memory
     /// (an agent's files, read through its home without following symlinks).
-    fn connect(&self, id: &Identity) -> vault_client::Result<Box<dyn CertAuthApi>>;
+    fn connect(&self, id: &TlsIdentity) -> vault_client::Result<Box<dyn CertAuthApi>>;
 
     /// A client reaching Vault like the admin (same TLS identity) but sending `token`, to
     /// look up a token someone else obtained (e.g. the agent's sink).
@@ -50,7 +50,7 @@ pub trait GateConnector: Send + Sync {
     /// trusting its CA bundle).
     async fn handshake_as(
         &self,
-        id: &Identity,
+        id: &TlsIdentity,
         timeout: Duration,
     ) -> vault_client::Result<Handshake>;
 
@@ -67,7 +67,7 @@ pub trait GateConnector: Send + Sync {
 /// A client identity (certificate, key) and the CA bundle to trust, each read into
 /// memory with the path it came from (which errors name).
 #[derive(Clone)]
-pub struct Identity {
+pub struct TlsIdentity {
     /// The certificate.
     pub cert: (PathBuf, Zeroizing<Vec<u8>>),
     /// The key (zeroized on drop).
@@ -76,9 +76,9 @@ pub struct Identity {
     pub ca: (PathBuf, Zeroizing<Vec<u8>>),
 }
 
-impl std::fmt::Debug for Identity {
+impl std::fmt::Debug for TlsIdentity {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Identity")
+        f.debug_struct("TlsIdentity")
             .field("cert", &self.cert.0)
             .field("key", &self.key.0)
             .field("ca", &self.ca.0)
@@ -103,7 +103,7 @@ impl FreshClients {
     }
 
     /// `cfg` presenting `id` and trusting its CA bundle, all from memory.
-    fn with_identity(cfg: ClientConfig, id: &Identity) -> ClientConfig {
+    fn with_identity(cfg: ClientConfig, id: &TlsIdentity) -> ClientConfig {
         let mut cfg = Self::with_files(cfg, &id.cert.0, &id.key.0, &id.ca.0);
         for (path, contents) in [&id.cert, &id.key, &id.ca] {
             cfg = cfg.preload(path, contents.clone());
@@ -121,7 +121,7 @@ impl FreshClients {
 
 #[async_trait]
 impl GateConnector for FreshClients {
-    fn connect(&self, id: &Identity) -> vault_client::Result<Box<dyn CertAuthApi>> {
+    fn connect(&self, id: &TlsIdentity) -> vault_client::Result<Box<dyn CertAuthApi>> {
         let cfg = Self::with_identity(self.base.clone(), id);
         Ok(Box::new(VaultClient::new(&cfg)?))
     }
@@ -159,7 +159,7 @@ impl GateConnector for FreshClients {
 
     async fn handshake_as(
         &self,
-        id: &Identity,
+        id: &TlsIdentity,
         timeout: Duration,
     ) -> vault_client::Result<Handshake> {
         let cfg = Self::with_identity(self.base.clone(), id);

@@ -12,8 +12,12 @@
 //!   client *before* it replaces the current identity), [`ListenerStep`] (step 2, the
 //!   listener certificate, proven by the served serial on new handshakes; restored and
 //!   re-proven on failure), [`AgentsStep`] (step 3, agent login certs + cert auth
-//!   mappings) and [`LeafStep`] (step 4, app leaf certs through the agent, post-hook,
-//!   restart). Global steps have one [`Singleton`] target; per-app steps run per app.
+//!   mappings), [`LeafStep`] (step 4, app leaf certs through the agent, post-hook,
+//!   restart), [`ProxyStep`] (step 5, the proxy's CA bundle and client identity, proven
+//!   through the proxy), [`RestartsStep`] (step 6, the proxy stack, then Vault when its
+//!   listener has not loaded its client CAs: [`ClientCaDrift`], behind a lockout guard)
+//!   and [`HealthStep`] (step 7). Global steps have one [`Singleton`] target; per-app
+//!   steps run per app.
 //! - [`look`] / [`wait_for_serial`] / [`prove_admin`]: what the listener serves and
 //!   whether an identity works, as a new client sees it.
 //! - [`verify`]: the write-up's per-app checklist plus the admin identity, the served
@@ -60,9 +64,10 @@ mod verify;
 pub use cli::{Cli, Command, KvFlags, Output, Selection, Step as CliStep, run};
 pub use config::{
     AdminSection, AgentsSection, AppConfig, Config, ConfigError, HealthSection, KeyMode,
-    LeafSection, ListenerSection, PkiSection, ProxySection, RunSection, VaultSection,
+    LeafSection, ListenerSection, PkiSection, ProxyIdentity, ProxySection, ProxyTrust,
+    RestartsSection, RunSection, VaultSection, VaultWhen,
 };
-pub use deps::{AdminApi, FreshClients, GateConnector, Vault};
+pub use deps::{AdminApi, FreshClients, GateConnector, TlsIdentity, Vault};
 pub use engine::change::{Change, ChangeKind, FieldDiff};
 pub use engine::journal::{
     Event, Journal, JournalError, RunRecord, RunRequest, RunState, StepId, TargetRecord,
@@ -76,8 +81,8 @@ pub use engine::{
 pub use exit::Exit;
 pub use rotation::{Deps, Mode, RotationError, RunReport, execute, repair_admin_identity};
 pub use served::{
-    AdminIdentity, HealthFailure, HealthProof, Served, WaitError, healthcheck, look, prove_admin,
-    wait_for_serial,
+    AdminIdentity, ClientCaDrift, HealthFailure, HealthProof, Served, WaitError, healthcheck, look,
+    prove_admin, wait_for_serial,
 };
 pub use status::{Identity, StatusReport, status};
 pub use steps::StepError;
@@ -89,5 +94,5 @@ pub use steps::listener::{ListenerApplied, ListenerPlan, ListenerProof, Listener
 pub use steps::names::kv_policy_name;
 pub use steps::preflight::{Check, PreflightReport, preflight};
 pub use steps::proxy::{ProxyApplied, ProxyPlan, ProxyProof, ProxyStep};
-pub use steps::restarts::{RestartsApplied, RestartsStep};
+pub use steps::restarts::{RestartsApplied, RestartsPlan, RestartsProof, RestartsStep};
 pub use verify::{Material, VerifyReport, verify};

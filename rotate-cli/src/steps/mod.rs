@@ -148,7 +148,7 @@ fn vault_exit(e: &vault_client::Error) -> Exit {
 /// An app's agent identity (`vault/mtls/agent.crt`, `agent.key`, `vault/ca/ca.pem`), read
 /// through its home without following symlinks (the home is the app's, and root must
 /// not read what a symlink planted there points at).
-pub(crate) fn agent_identity(app: &AppConfig) -> Result<crate::deps::Identity, StepError> {
+pub(crate) fn agent_identity(app: &AppConfig) -> Result<crate::deps::TlsIdentity, StepError> {
     use crate::steps::names::rel;
     let tree = pki_ops::Tree::open(&app.home, Some(owner_of(app)?))?;
     let read = |r: std::path::PathBuf| -> Result<_, StepError> {
@@ -161,7 +161,7 @@ pub(crate) fn agent_identity(app: &AppConfig) -> Result<crate::deps::Identity, S
             }),
         }
     };
-    Ok(crate::deps::Identity {
+    Ok(crate::deps::TlsIdentity {
         cert: read(rel::agent_cert())?,
         key: read(rel::agent_key())?,
         ca: read(rel::ca_file())?,

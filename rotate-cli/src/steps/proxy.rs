@@ -24,7 +24,7 @@ use serde_json::{Map, Value};
 use vault_client::IssueRequest;
 
 use crate::config::{Config, KeyMode, ProxyIdentity, ProxySection};
-use crate::deps::Identity;
+use crate::deps::TlsIdentity;
 use crate::engine::change::{Change, ChangeKind};
 use crate::engine::journal::StepId;
 use crate::engine::undo::UndoAction;
@@ -463,7 +463,7 @@ impl Step for ProxyStep<'_> {
                     .ok_or_else(|| self.gate_err(format!("{} is missing", path.display())))?;
                 Ok((path, c))
             };
-            let identity = Identity {
+            let identity = TlsIdentity {
                 cert: read(&id.cert)?,
                 key: read(&id.key)?,
                 ca: (a.bundle.clone(), on_disk),
