@@ -630,6 +630,7 @@ impl Step for LeafStep<'_> {
         let owner = owner_of(app)?;
         let tree = Tree::open(&app.home, Some(owner))?;
         let deadline = Instant::now() + cfg.duration(&cfg.leaf.render_timeout);
+        let mut pause = crate::engine::Pause::new();
         let want = LeafExpectation {
             cn: &n.leaf_cn,
             issuer: &cfg.pki.issuer_name,
@@ -723,7 +724,7 @@ impl Step for LeafStep<'_> {
                     ),
                 ));
             }
-            tokio::time::sleep(Duration::from_millis(100)).await;
+            tokio::time::sleep(pause.next()).await;
         };
 
         // The leaf key: 0600, owned by the app (lstat: never through a link).
@@ -785,6 +786,7 @@ impl Step for LeafStep<'_> {
         let issue_path = format!("{}/issue/{}", cfg.pki.mount, n.leaf_role);
         let sink_rel = under_home(app, &sink_path(app)).to_owned();
         let mut last = String::from("no token in the sink yet");
+        let mut pause = crate::engine::Pause::new();
         loop {
             if let Some(token) = tree.read(&sink_rel)? {
                 let token =
@@ -826,7 +828,7 @@ impl Step for LeafStep<'_> {
                     format!("{last} (sink {})", sink_path(app).display()),
                 ));
             }
-            tokio::time::sleep(Duration::from_millis(100)).await;
+            tokio::time::sleep(pause.next()).await;
         }
     }
 }
