@@ -247,6 +247,7 @@ pub async fn wait_for_serial(
     let until = tokio::time::Instant::now() + deadline;
     let mut tries = 0u32;
     let per_try = Duration::from_secs(5).min(deadline.max(Duration::from_millis(500)));
+    let mut pause = crate::engine::Pause::new();
     let last = loop {
         tries += 1;
         let seen = match look(gate, identity, ca, per_try).await {
@@ -256,7 +257,7 @@ pub async fn wait_for_serial(
         if tokio::time::Instant::now() >= until {
             break seen;
         }
-        tokio::time::sleep(Duration::from_millis(100)).await;
+        tokio::time::sleep(pause.next()).await;
     };
     Err(match last {
         Ok(s) => WaitError::StillServing {

@@ -172,6 +172,7 @@ impl<'a> ProxyStep<'a> {
             .map_err(|e| self.gate_err(format!("probe {addr}: {e}")))?;
         let until = tokio::time::Instant::now() + self.cfg.duration(&self.p.probe_timeout);
         let (mut in_a_row, mut tries) = (0u32, 0u32);
+        let mut pause = crate::engine::Pause::new();
         loop {
             tries += 1;
             match client.seal_status().await {
@@ -195,7 +196,7 @@ impl<'a> ProxyStep<'a> {
                     }
                 }
             }
-            tokio::time::sleep(Duration::from_millis(100)).await;
+            tokio::time::sleep(pause.next()).await;
         }
     }
 
