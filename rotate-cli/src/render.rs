@@ -42,6 +42,12 @@ impl fmt::Display for RunReport {
                 write!(f, "{t}")?;
             }
         }
+        if !self.attention.is_empty() {
+            writeln!(f, "\nNeeds your attention:")?;
+            for a in &self.attention {
+                writeln!(f, "  ! {a}")?;
+            }
+        }
         writeln!(f, "\n{} (exit {})", self.summary, self.exit_code)
     }
 }

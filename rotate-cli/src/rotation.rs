@@ -947,6 +947,22 @@ mod tests {
     }
 
     #[test]
+    fn what_needs_attention_is_listed_before_the_summary() {
+        let mut r = report(vec![target(Outcome::Unchanged, None)]);
+        r.summary = "0 target(s) committed".into();
+        r.attention = vec!["restarts restarts: restart of Vault: restart it yourself".into()];
+        let text = r.to_string();
+        let at = text.find("Needs your attention:").expect(&text);
+        let item = text
+            .find("  ! restarts restarts: restart of Vault")
+            .expect(&text);
+        let summary = text.find("0 target(s) committed").expect(&text);
+        assert!(at < item && item < summary, "{text}");
+        r.attention.clear();
+        assert!(!r.to_string().contains("attention"));
+    }
+
+    #[test]
     fn exit_codes_tell_what_happened() {
         use Outcome::*;
         let cases = [

@@ -152,18 +152,31 @@ pub(crate) fn server_started(
     let hooks::Reloader::Signal { pid_file, .. } = reload else {
         return None;
     };
-    let meta = crate::steps::stat_root_file(&pid_file).ok().flatten()?;
-    Some((meta.modified, pid_file))
+    let owner = crate::steps::vault_owner(cfg).ok().flatten();
+    match crate::steps::stat_root_file(&pid_file, owner) {
+        Ok(Some(meta)) => Some((meta.modified, pid_file)),
+        Ok(None) => {
+            tracing::warn!(pid_file = %pid_file.display(), "no pid file: the client CA file's change time is not checked");
+            None
+        }
+        Err(e) => {
+            tracing::warn!(pid_file = %pid_file.display(), error = %e, "pid file unreadable: the client CA file's change time is not checked");
+            None
+        }
+    }
 }
 
 /// Compare the issuers `served` named as acceptable with the certificates of `file`
-/// (the server's `tls_client_ca_file`, by subject; read without following a symlink),
-/// and the file's change time with `started` ([`server_started`]).
+/// (the server's `tls_client_ca_file`, by subject; read without following a symlink, its
+/// directories owned by root or the Vault user), and the file's change time with the
+/// server's start ([`server_started`]).
 pub(crate) fn client_ca_drift(
     served: &Served,
+    cfg: &crate::config::Config,
     file: &Path,
-    started: Option<&(std::time::SystemTime, std::path::PathBuf)>,
 ) -> Result<ClientCaDrift, String> {
+    let started = server_started(cfg);
+    let owner = crate::steps::vault_owner(cfg).map_err(|e| e.to_string())?;
     let accepted = served.client_cas.as_ref().ok_or_else(|| {
         "the listener asked for no client certificate, so it names no client CA: is tls_client_ca_file set on it?".to_owned()
     })?;
@@ -171,7 +184,7 @@ pub(crate) fn client_ca_drift(
         return Err("the listener asks for a client certificate but names no acceptable issuer, so what it loaded cannot be told from a handshake: check its tls_client_ca_file by hand".into());
     }
     let shown = file.display().to_string();
-    let bytes = crate::steps::read_root_file(file)
+    let bytes = crate::steps::read_root_file(file, owner)
         .map_err(|e| e.to_string())?
         .ok_or_else(|| format!("{shown} is missing"))?;
     let listed = pki_ops::parse_bundle(&String::from_utf8_lossy(&bytes), &shown)
@@ -193,8 +206,8 @@ pub(crate) fn client_ca_drift(
             drift.still_accepted.push(name(a));
         }
     }
-    if let Some((at, pid_file)) = started
-        && let Ok(Some(meta)) = crate::steps::stat_root_file(file)
+    if let Some((at, pid_file)) = &started
+        && let Ok(Some(meta)) = crate::steps::stat_root_file(file, owner)
         && meta.modified > *at
     {
         drift.changed_since_start = Some(format!(

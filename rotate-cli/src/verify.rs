@@ -195,8 +195,7 @@ pub async fn verify(cfg: &Config, apps: &[&AppConfig], deps: Deps<'_>) -> Verify
                         r.check(format!("client bundle {}", b.display()), res);
                     }
                     if let Some(f) = &l.client_ca_file {
-                        let started = crate::served::server_started(cfg);
-                        let loaded = crate::served::client_ca_drift(s, f, started.as_ref()).and_then(|d| {
+                        let loaded = crate::served::client_ca_drift(s, cfg, f).and_then(|d| {
                             if d.is_empty() {
                                 Ok(d.to_string())
                             } else {

@@ -150,10 +150,11 @@ impl<'a> ListenerStep<'a> {
         }
         for p in &self.l.client_bundles {
             // Possibly inside a tree someone else owns: no symlink followed, no FIFO.
-            let bytes = crate::steps::read_root_file(p)?.ok_or_else(|| StepError::Invalid {
-                what: format!("client CA bundle {}", p.display()),
-                reason: "missing".into(),
-            })?;
+            let bytes =
+                crate::steps::read_root_file(p, None)?.ok_or_else(|| StepError::Invalid {
+                    what: format!("client CA bundle {}", p.display()),
+                    reason: "missing".into(),
+                })?;
             let name = p.display().to_string();
             if !out.iter().any(|b| b.name == name) {
                 out.push(ClientBundle::go(
@@ -166,9 +167,20 @@ impl<'a> ListenerStep<'a> {
         if let Some(px) = &self.cfg.proxy
             && let (Some(home), Some(bundle)) = (&px.home, &px.ca_bundle)
         {
+            let why = |e: StepError| StepError::Invalid {
+                what: format!(
+                    "[proxy] ca_bundle {} (step 2 checks the proxy's bundle too)",
+                    home.join(bundle).display()
+                ),
+                reason: e.to_string(),
+            };
             let owner =
-                crate::steps::owner_of_user(&format!("[proxy] {}", px.name), px.user(), None)?;
-            if let Some(b) = Tree::open(home, Some(owner))?.read(bundle)? {
+                crate::steps::owner_of_user(&format!("[proxy] {}", px.name), px.user(), None)
+                    .map_err(why)?;
+            let read = Tree::open(home, Some(owner))
+                .and_then(|t| t.read(bundle))
+                .map_err(|e| why(e.into()))?;
+            if let Some(b) = read {
                 let name = home.join(bundle).display().to_string();
                 out.retain(|x| x.name != name);
                 out.push(ClientBundle {
@@ -204,7 +216,7 @@ fn verify_with_all(
                 reason: format!(
                     "does not verify {leaf_label}: {e}. Clients using it would fail with \"certificate signed by unknown authority\" after the swap: {}",
                     if b.proxy {
-                        "run `rotate run --step proxy` first (it adds the PKI mount's chain to the proxy's bundle and keeps the CAs it had)"
+                        "run `rotate run --step proxy` first (it adds the PKI mount's chain to the proxy's bundle and keeps the CAs it had); with [proxy] trust = \"openssl\" the chain must end at a self-signed root in the bundle, so the mount's chain must include its root (or set trust = \"go\" for a proxy that accepts partial chains)"
                     } else {
                         "add the chain of the PKI mount to it first"
                     }

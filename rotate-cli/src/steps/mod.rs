@@ -168,11 +168,14 @@ pub(crate) fn agent_identity(app: &AppConfig) -> Result<crate::deps::TlsIdentity
     })
 }
 
-/// Split an absolute path into its directory, opened without following symlinks, and
-/// its file name.
-fn root_dir_and_name(p: &Path) -> Result<(pki_ops::Tree, &Path), StepError> {
+/// Split an absolute path into its directory, opened without following symlinks (every
+/// level owned by root or `owner`), and its file name.
+fn dir_and_name(
+    p: &Path,
+    owner: Option<pki_ops::Owner>,
+) -> Result<(pki_ops::Tree, &Path), StepError> {
     match (p.parent(), p.file_name()) {
-        (Some(d), Some(n)) => Ok((pki_ops::Tree::open(d, None)?, Path::new(n))),
+        (Some(d), Some(n)) => Ok((pki_ops::Tree::open(d, owner)?, Path::new(n))),
         _ => Err(StepError::Invalid {
             what: p.display().to_string(),
             reason: "not a file path".into(),
@@ -180,17 +183,33 @@ fn root_dir_and_name(p: &Path) -> Result<(pki_ops::Tree, &Path), StepError> {
     }
 }
 
-/// A file outside the apps' homes (the server's client CA file, a bundle, a pid file),
-/// read without following a symlink or opening a FIFO; `None` when absent.
-pub(crate) fn read_root_file(p: &Path) -> Result<Option<zeroize::Zeroizing<Vec<u8>>>, StepError> {
-    let (tree, name) = root_dir_and_name(p)?;
+/// A file outside the apps' homes (a client bundle; with `owner`, a file of the Vault
+/// server's such as its client CA file or pid file), read without following a symlink or
+/// opening a FIFO; `None` when absent.
+pub(crate) fn read_root_file(
+    p: &Path,
+    owner: Option<pki_ops::Owner>,
+) -> Result<Option<zeroize::Zeroizing<Vec<u8>>>, StepError> {
+    let (tree, name) = dir_and_name(p, owner)?;
     Ok(tree.read(name)?)
 }
 
 /// [`read_root_file`]'s metadata (mode, owner, size, mtime); `None` when absent.
-pub(crate) fn stat_root_file(p: &Path) -> Result<Option<pki_ops::FileMeta>, StepError> {
-    let (tree, name) = root_dir_and_name(p)?;
+pub(crate) fn stat_root_file(
+    p: &Path,
+    owner: Option<pki_ops::Owner>,
+) -> Result<Option<pki_ops::FileMeta>, StepError> {
+    let (tree, name) = dir_and_name(p, owner)?;
     Ok(tree.stat(name)?)
+}
+
+/// The Vault server's user and group (`[listener] owner`/`group`), whose directories hold
+/// its certificate, client CA file and pid file; `None` without `[listener]`.
+pub(crate) fn vault_owner(cfg: &Config) -> Result<Option<pki_ops::Owner>, StepError> {
+    cfg.listener
+        .as_ref()
+        .map(|l| owner_of_user("[listener] owner", &l.owner, l.group.as_deref()))
+        .transpose()
 }
 
 /// The admin's files (`[vault] client_cert`, `client_key`, `ca_cert`): how every gate

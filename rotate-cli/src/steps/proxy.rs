@@ -164,26 +164,35 @@ impl<'a> ProxyStep<'a> {
             (Some(ca), _) | (None, Some(ca)) => ca,
             (None, None) => return Err(self.gate_err("no [proxy] probe_ca or [vault] ca_cert")),
         };
-        let client = self
-            .deps
-            .vault
-            .gate
-            .through_proxy(addr, self.p.probe_server_name.clone(), ca)
-            .map_err(|e| self.gate_err(format!("probe {addr}: {e}")))?;
         let until = tokio::time::Instant::now() + self.cfg.duration(&self.p.probe_timeout);
         let (mut in_a_row, mut tries) = (0u32, 0u32);
         let mut pause = crate::engine::Pause::new();
         loop {
             tries += 1;
-            match client.seal_status().await {
+            // A new client (and connection) each time: a reloading proxy may serve a
+            // kept-alive connection from a worker that still runs the old files.
+            let answer =
+                match self
+                    .deps
+                    .vault
+                    .gate
+                    .through_proxy(addr, self.p.probe_server_name.clone(), ca)
+                {
+                    Ok(client) => client.seal_status().await,
+                    Err(e) => Err(e),
+                };
+            match answer {
                 Ok(s) => {
                     in_a_row += 1;
                     if in_a_row >= 2 {
                         return Ok(format!(
-                            "Vault {} answered sys/seal-status through {addr} (sealed: {}, {tries} requests)",
+                            "Vault {} answered sys/seal-status through {addr} twice, half a second apart, on new connections (sealed: {}, {tries} requests)",
                             s.version, s.sealed
                         ));
                     }
+                    // Spaced, so the second answer comes from the proxy as reloaded.
+                    tokio::time::sleep(Duration::from_millis(500)).await;
+                    continue;
                 }
                 Err(e) => {
                     in_a_row = 0;

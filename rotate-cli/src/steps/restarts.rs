@@ -99,16 +99,12 @@ impl<'a> RestartsStep<'a> {
             what: "the listener's client CAs".into(),
             reason,
         })?;
-        client_ca_drift(
-            &served,
-            file,
-            crate::served::server_started(self.cfg).as_ref(),
-        )
-        .map(Some)
-        .map_err(|reason| StepError::Invalid {
-            what: format!("[listener] client_ca_file {}", file.display()),
-            reason,
-        })
+        client_ca_drift(&served, self.cfg, file)
+            .map(Some)
+            .map_err(|reason| StepError::Invalid {
+                what: format!("[listener] client_ca_file {}", file.display()),
+                reason,
+            })
     }
 
     /// The lockout guard: every client certificate the operator, the agents and the proxy
@@ -120,10 +116,11 @@ impl<'a> RestartsStep<'a> {
                 file.display()
             )
         };
-        let bundle = crate::steps::read_root_file(file)?.ok_or_else(|| StepError::Invalid {
-            what: what(),
-            reason: "the file is missing".into(),
-        })?;
+        let bundle = crate::steps::read_root_file(file, crate::steps::vault_owner(self.cfg)?)?
+            .ok_or_else(|| StepError::Invalid {
+                what: what(),
+                reason: "the file is missing".into(),
+            })?;
         let bundle = String::from_utf8_lossy(&bundle).into_owned();
         let now = (self.deps.clock)();
         let (cert, _, _) = admin_files(self.cfg, "step 6 checks the admin certificate")?;
@@ -265,15 +262,12 @@ impl Step for RestartsStep<'_> {
         let health = HealthStep::new(self.cfg, self.deps).check().await?;
         let client_cas = match self.client_ca_file() {
             Some(file) if a.vault => {
-                let d = client_ca_drift(
-                    &health.listener,
-                    file,
-                    crate::served::server_started(self.cfg).as_ref(),
-                )
-                .map_err(|reason| StepError::Gate {
-                    step: "restarts",
-                    app: "vault".into(),
-                    reason,
+                let d = client_ca_drift(&health.listener, self.cfg, file).map_err(|reason| {
+                    StepError::Gate {
+                        step: "restarts",
+                        app: "vault".into(),
+                        reason,
+                    }
                 })?;
                 if !d.is_empty() {
                     return Err(StepError::Gate {
