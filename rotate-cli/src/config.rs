@@ -908,6 +908,14 @@ impl Config {
                 vault_client::ClientConfig::new(u)
                     .map_err(|e| self.invalid("proxy.probe", e.to_string()))?;
             }
+            if let Some(ca) = &p.probe_ca
+                && !ca.is_absolute()
+            {
+                return Err(self.invalid(
+                    "proxy.probe_ca",
+                    format!("{} must be an absolute path", ca.display()),
+                ));
+            }
             if p.probe.is_some() && p.probe_ca.is_none() && self.vault.ca_cert.is_none() {
                 return Err(self.invalid(
                     "proxy.probe_ca",
@@ -1246,6 +1254,13 @@ mod tests {
                     "[leaf]\nproxy_reload = \"systemd:nginx.service\"\n\n[agents]\n",
                 ),
                 "leaf.proxy_reload",
+            ),
+            (
+                PROD.replace(
+                    "probe_server_name = ",
+                    "probe_ca = \"ca.pem\"\nprobe_server_name = ",
+                ),
+                "proxy.probe_ca",
             ),
         ];
         for (text, setting) in cases {
