@@ -232,22 +232,14 @@ impl Step for AdminStep<'_> {
             )
             .ok()
         });
-        changes.push(
-            Change::new(
-                ChangeKind::Create,
-                format!(
-                    "admin certificate {} ({})",
-                    self.admin.common_name, self.admin.ttl
-                ),
-            )
-            .note(match &previous {
-                Some(c) => format!(
-                    "replaces serial {} (not after {}; kept valid, not revoked)",
-                    c.serial_hex, c.not_after_human
-                ),
-                None => "no current certificate".into(),
-            }),
-        );
+        changes.push(crate::steps::new_cert_change(
+            format!(
+                "admin certificate {} ({})",
+                self.admin.common_name, self.admin.ttl
+            ),
+            previous.as_ref(),
+            true,
+        ));
         let mut files = vec![f.cert.clone(), f.key.clone()];
         if f.write_ca {
             files.push(f.ca.clone());

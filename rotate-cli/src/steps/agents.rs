@@ -220,19 +220,11 @@ impl Step for AgentsStep<'_> {
         let current_cert = tree.read(&rel::agent_cert())?.and_then(|pem| {
             pki_ops::CertInfo::from_pem_labeled(&String::from_utf8_lossy(&pem), "agent.crt").ok()
         });
-        changes.push(
-            Change::new(
-                ChangeKind::Create,
-                format!("certificate {} ({})", n.agent_cn, cfg.agents.ttl),
-            )
-            .note(match current_cert {
-                Some(c) => format!(
-                    "replaces serial {} (not after {})",
-                    c.serial_hex, c.not_after_human
-                ),
-                None => "no current certificate".into(),
-            }),
-        );
+        changes.push(crate::steps::new_cert_change(
+            format!("certificate {} ({})", n.agent_cn, cfg.agents.ttl),
+            current_cert.as_ref(),
+            false,
+        ));
         for f in [rel::agent_key(), rel::agent_cert(), rel::ca_file()] {
             tree.check_dir(&rel::parent(&f))?;
             let kind = match tree.stat(&f)? {

@@ -302,6 +302,28 @@ pub(crate) async fn mount_chain(
     Ok(chain)
 }
 
+/// The planned change "a new certificate `object`", noting the one it replaces (or that
+/// there is none); `kept` says the replaced one stays valid (it is not revoked).
+pub(crate) fn new_cert_change(
+    object: String,
+    previous: Option<&pki_ops::CertInfo>,
+    kept: bool,
+) -> Change {
+    Change::new(ChangeKind::Create, object).note(match previous {
+        Some(c) => format!(
+            "replaces serial {} (not after {}{})",
+            c.serial_hex,
+            c.not_after_human,
+            if kept {
+                "; kept valid, not revoked"
+            } else {
+                ""
+            }
+        ),
+        None => "no current certificate".into(),
+    })
+}
+
 /// Issue a client certificate for `req.common_name` from `mount/role`, journal its
 /// revocation at once (a failed run revokes what it issued; also one that failed the
 /// checks right after issuance), then check it: client usage, valid at `clock()` (read

@@ -306,19 +306,11 @@ impl Step for ProxyStep<'_> {
             let old = tree.read(&id.cert)?.and_then(|pem| {
                 pki_ops::CertInfo::from_pem_labeled(&String::from_utf8_lossy(&pem), "current").ok()
             });
-            changes.push(
-                Change::new(
-                    ChangeKind::Create,
-                    format!("proxy client certificate {} ({})", id.cn, self.p.client_ttl),
-                )
-                .note(match old {
-                    Some(c) => format!(
-                        "replaces serial {} (not after {}; kept valid, not revoked)",
-                        c.serial_hex, c.not_after_human
-                    ),
-                    None => "no current certificate".into(),
-                }),
-            );
+            changes.push(crate::steps::new_cert_change(
+                format!("proxy client certificate {} ({})", id.cn, self.p.client_ttl),
+                old.as_ref(),
+                true,
+            ));
             for f in [&id.cert, &id.key] {
                 let kind = match tree.stat(f)? {
                     Some(_) => ChangeKind::Update,
