@@ -194,19 +194,15 @@ impl Step for AdminStep<'_> {
         let f = self.files()?;
         let (tree, name) = root_tree(&f.cert)?;
         let (_, key_name) = split(&f.key)?;
-        let cert = tree
-            .read(&name)?
-            .map(|b| String::from_utf8_lossy(&b).into_owned());
-        let key = tree.read(&key_name)?;
         let chain = mount_chain(self.deps.vault, self.mount(), None).await?;
-        Ok(crate::steps::pair_not_due(
+        crate::steps::pair_in_tree_not_due(
             self.cfg,
             (self.deps.clock)(),
             "admin certificate",
-            key.as_deref().map(|k| k.as_slice()),
-            cert.as_deref(),
+            &tree,
+            (&name, &key_name),
             &chain,
-        ))
+        )
     }
 
     async fn plan(&self, _t: &Singleton) -> Result<TargetPlan<AdminPlan>, StepError> {

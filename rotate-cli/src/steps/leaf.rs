@@ -273,18 +273,14 @@ impl Step for LeafStep<'_> {
     async fn not_due(&self, app: &AppConfig) -> Result<Option<String>, StepError> {
         let tree = Tree::open(&app.home, Some(owner_of(app)?))?;
         let what = format!("leaf of {}", app.name);
-        let cert = tree
-            .read(&rel::fullchain(app))?
-            .map(|b| String::from_utf8_lossy(&b).into_owned());
-        let key = tree.read(&rel::leaf_key(app))?;
-        Ok(crate::steps::pair_not_due(
+        crate::steps::pair_in_tree_not_due(
             self.cfg,
             (self.deps.clock)(),
             &what,
-            key.as_deref().map(|k| k.as_slice()),
-            cert.as_deref(),
+            &tree,
+            (&rel::fullchain(app), &rel::leaf_key(app)),
             &self.chain,
-        ))
+        )
     }
 
     async fn plan(&self, app: &AppConfig) -> Result<TargetPlan<LeafPlan>, StepError> {

@@ -523,6 +523,30 @@ pub(crate) fn pair_not_due(
     not_due_reason(renewal(what, cert, chain, now, cfg.run.renew_share))
 }
 
+/// [`pair_not_due`] for the key `key` and certificate `cert` of `tree`, read without
+/// following symlinks.
+pub(crate) fn pair_in_tree_not_due(
+    cfg: &Config,
+    now: i64,
+    what: &str,
+    tree: &pki_ops::Tree,
+    (cert, key): (&Path, &Path),
+    chain: &str,
+) -> Result<Option<String>, StepError> {
+    let cert = tree
+        .read(cert)?
+        .map(|b| String::from_utf8_lossy(&b).into_owned());
+    let key = tree.read(key)?;
+    Ok(pair_not_due(
+        cfg,
+        now,
+        what,
+        key.as_deref().map(|k| k.as_slice()),
+        cert.as_deref(),
+        chain,
+    ))
+}
+
 /// [`renewal`] as a step's `not_due` answer: `Some(why)` when not due.
 pub(crate) fn not_due_reason(r: Renewal) -> Option<String> {
     match r {

@@ -255,18 +255,14 @@ impl Step for ProxyStep<'_> {
             tracing::info!("due: the proxy's CA bundle lacks the current chain");
             return Ok(None);
         }
-        let cert = tree
-            .read(&id.cert)?
-            .map(|b| String::from_utf8_lossy(&b).into_owned());
-        let key = tree.read(&id.key)?;
-        Ok(crate::steps::pair_not_due(
+        crate::steps::pair_in_tree_not_due(
             self.cfg,
             (self.deps.clock)(),
             "proxy client certificate",
-            key.as_deref().map(|k| k.as_slice()),
-            cert.as_deref(),
+            &tree,
+            (&id.cert, &id.key),
             &self.chain,
-        ))
+        )
     }
 
     async fn plan(&self, _t: &Singleton) -> Result<TargetPlan<ProxyPlan>, StepError> {
