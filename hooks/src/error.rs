@@ -69,11 +69,43 @@ pub enum Error {
         found: u32,
     },
 
-    /// A user name could not be resolved to a uid (via `/etc/passwd`).
-    #[error("unknown user `{user}` (not in /etc/passwd)")]
+    /// A user name could not be resolved to a uid (through NSS: `/etc/passwd`, LDAP, SSSD).
+    #[error("unknown user `{user}`")]
     UnknownUser {
         /// The name that was looked up.
         user: String,
+    },
+
+    /// A file root would run or believe could have been written by someone else: it, or a
+    /// directory above it, is owned by another user or writable by group or others.
+    #[error("refusing {}: {} is {reason}; root runs or trusts it, so it and every directory above it must be owned by root and writable by nobody else", path.display(), at.display())]
+    Untrusted {
+        /// The file.
+        path: PathBuf,
+        /// The component at fault (the file itself or a directory above it).
+        at: PathBuf,
+        /// What is wrong with it (its owner or mode).
+        reason: String,
+    },
+
+    /// A child process was asked for an environment variable outside the allow-list.
+    #[error("refusing to pass `{key}` to `{program}`: children get only PATH, LANG and {}", crate::runner::CHILD_ENV.join(", "))]
+    EnvNotAllowed {
+        /// The program.
+        program: String,
+        /// The variable.
+        key: String,
+    },
+
+    /// A process named by a pid file is not the one it should be.
+    #[error("pid file {}: pid {pid} {reason}; refusing to signal it", path.display())]
+    WrongProcess {
+        /// The pid file.
+        path: PathBuf,
+        /// The pid it holds.
+        pid: u32,
+        /// What the process is, and what was expected.
+        reason: String,
     },
 
     /// A reload specification string (such as `PROXY_RELOAD`) is malformed.

@@ -1,7 +1,8 @@
 //! Post-hooks and reloads: everything a rotation runs outside Vault.
 //!
 //! - [`CommandRunner`] is the seam every external command goes through:
-//!   [`ProcessRunner`] runs it for real (time limit, captured stderr),
+//!   [`ProcessRunner`] runs it for real (a trusted program resolved on [`SAFE_PATH`], a
+//!   new session without a terminal, a cleared environment, time limit, captured stderr),
 //!   [`DryRunRunner`] records it for a plan, `MockCommandRunner` (feature
 //!   `mocks`) scripts it in tests.
 //! - [`Reloader`] and [`reload`]: podman containers by label or name,
@@ -15,6 +16,8 @@
 //! - [`render_agent_config`]: the OpenBao/Vault Agent HCL of one app (cert
 //!   auto-auth over mTLS, one leaf template running the post-hook).
 //! - [`Version`] and [`compare_versions`]: agent/server version skew.
+//! - [`check_trusted`] / [`trusted_program`]: what root may run or believe (owned by
+//!   root, writable by nobody else, along the whole path).
 //!
 //! ```no_run
 //! use std::time::Duration;
@@ -32,15 +35,18 @@
 //! # }
 //! ```
 
-#![forbid(unsafe_code)]
+// `unsafe` is denied everywhere but the one call that starts a child in its own session.
+#![deny(unsafe_code)]
 #![deny(missing_docs)]
 
 mod agent;
 mod error;
 mod posthook;
+mod process;
 mod programs;
 mod reload;
 mod runner;
+mod trust;
 mod users;
 mod version;
 
@@ -53,11 +59,16 @@ pub use crate::{
         HookStatus, POST_HOOK_MODE, PostHookSpec, check_safe_path, default_post_hook_path,
         parse_status, render_post_hook,
     },
-    programs::ProgramOverrides,
-    reload::{ReloadReport, Reloader, read_pid_file, reload, stop_unit, unit_state},
-    runner::{
-        CommandOutput, CommandSpec, DEFAULT_TIMEOUT, DryRunRunner, OUTPUT_LIMIT, ProcessRunner,
+    process::{
+        ExpectProcess, ProcessInfo, RELOAD_SIGNALS, open_pid_file, read_pid_file, signal_pid_file,
     },
+    programs::ProgramOverrides,
+    reload::{ReloadReport, Reloader, reload, reload_expecting, stop_unit, unit_state},
+    runner::{
+        CHILD_ENV, CommandOutput, CommandSpec, DEFAULT_TIMEOUT, DryRunRunner, OUTPUT_LIMIT,
+        ProcessRunner,
+    },
+    trust::{SAFE_PATH, check_trusted, resolve_program, trusted_program},
     version::{Version, VersionCheck, command_version, compare_versions},
 };
 

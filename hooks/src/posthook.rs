@@ -193,17 +193,55 @@ pub fn render_post_hook(spec: &PostHookSpec) -> Result<String> {
         extra.push_str(&format!("reload_spec {}\n", sh_quote(spec)));
     }
 
-    let script = TEMPLATE
-        .replace("@APP_COMMENT@", &spec.app)
-        .replace("@APP@", &sh_quote(&spec.app))
-        .replace("@FULLCHAIN@", &sh_quote(&path_str(&spec.fullchain_path)))
-        .replace("@KEY@", &sh_quote(&path_str(&spec.key_path)))
-        .replace("@LABEL@", &sh_quote(label))
-        .replace("@PROXY@", &sh_quote(proxy))
-        .replace("@STATUS@", &sh_quote(&status))
-        .replace("@RENDERED@", &sh_quote(&rendered))
-        .replace("@EXTRA@\n", &extra);
+    let script = fill(
+        TEMPLATE,
+        &[
+            ("APP_COMMENT", spec.app.clone()),
+            ("APP", sh_quote(&spec.app)),
+            ("FULLCHAIN", sh_quote(&path_str(&spec.fullchain_path))),
+            ("KEY", sh_quote(&path_str(&spec.key_path))),
+            ("LABEL", sh_quote(label)),
+            ("PROXY", sh_quote(proxy)),
+            ("STATUS", sh_quote(&status)),
+            ("RENDERED", sh_quote(&rendered)),
+            ("EXTRA", extra),
+        ],
+    );
     Ok(script)
+}
+
+/// Replaces each `@NAME@` of `template` by its value in one pass: a value is never
+/// scanned again, so one containing `@KEY@` stays as it is. `@EXTRA@` takes the line
+/// break after it along (its value is whole lines, or nothing).
+fn fill(template: &str, values: &[(&str, String)]) -> String {
+    let mut out = String::with_capacity(template.len() + 256);
+    let mut rest = template;
+    while let Some(start) = rest.find('@') {
+        out.push_str(&rest[..start]);
+        let after = &rest[start + 1..];
+        let hit = after.find('@').and_then(|end| {
+            let name = &after[..end];
+            values
+                .iter()
+                .find(|(k, _)| *k == name)
+                .map(|(_, v)| (end, name, v))
+        });
+        match hit {
+            Some((end, name, value)) => {
+                out.push_str(value);
+                rest = &after[end + 1..];
+                if name == "EXTRA" {
+                    rest = rest.strip_prefix('\n').unwrap_or(rest);
+                }
+            }
+            None => {
+                out.push('@');
+                rest = after;
+            }
+        }
+    }
+    out.push_str(rest);
+    out
 }
 
 fn with_input(err: Error, input: &str) -> Error {
@@ -251,8 +289,8 @@ fn check_app(app: &str) -> Result<()> {
 }
 
 /// A path that goes into an agent config or a shell script, or names an app's home:
-/// absolute, UTF-8, no `..` or empty component, and only `[A-Za-z0-9._/@+-]` (no
-/// whitespace, quotes, `$`, backticks or other shell/template metacharacters).
+/// absolute, UTF-8, no `..` or empty component, and only `[A-Za-z0-9._/+-]` (no
+/// whitespace, quotes, `$`, backticks, `@` or other shell/template metacharacters).
 pub fn check_safe_path(field: &'static str, path: &Path) -> Result<()> {
     let text = path.to_str().ok_or_else(|| Error::InvalidSpec {
         field,
@@ -272,10 +310,10 @@ pub fn check_safe_path(field: &'static str, path: &Path) -> Result<()> {
     }
     if let Some(c) = text
         .chars()
-        .find(|c| !(c.is_ascii_alphanumeric() || "._/@+-".contains(*c)))
+        .find(|c| !(c.is_ascii_alphanumeric() || "._/+-".contains(*c)))
     {
         return Err(refuse(format!(
-            "contains {c:?}: only letters, digits and . _ / @ + - are allowed"
+            "contains {c:?}: only letters, digits and . _ / + - are allowed"
         )));
     }
     Ok(())
@@ -711,6 +749,21 @@ mod tests {
     }
 
     #[test]
+    fn a_value_holding_a_placeholder_is_not_substituted_again() {
+        let script = render_post_hook(&PostHookSpec::new("ncprd1").reload_tls_label("x@KEY@"))
+            .expect("renders");
+        assert!(script.contains("RELOAD_TLS_LABEL='x@KEY@'\n"), "{script}");
+        let home = PostHookSpec {
+            key_path: "/home/a@KEY@/tls/a.key".into(),
+            ..PostHookSpec::new("ncprd1")
+        };
+        let err = render_post_hook(&home)
+            .expect_err("@ in a path")
+            .to_string();
+        assert!(err.contains("'@'"), "{err}");
+    }
+
+    #[test]
     fn refuses_bad_specs() {
         let bad_app = PostHookSpec::new("ncprd1; rm -rf /");
         assert!(matches!(
@@ -789,7 +842,7 @@ mod tests {
         let mut child = Command::new("sleep").arg("30").spawn().expect("sleep");
         std::fs::write(&pid_file, format!("{}\n", child.id())).expect("write");
         lab.spec.reload_tls_label = None;
-        lab.spec.proxy_reload = Some(format!("signal:{}:TERM", pid_file.display()));
+        lab.spec.proxy_reload = Some(format!("signal:{}:USR1", pid_file.display()));
         lab.spec.extra_reload_cmds = vec![format!("cmd:touch '{}'", marker.display())];
         let out = lab.run();
         assert!(
@@ -800,7 +853,7 @@ mod tests {
         let status = child.wait().expect("wait");
         assert_eq!(
             std::os::unix::process::ExitStatusExt::signal(&status),
-            Some(15)
+            Some(10)
         );
         assert!(marker.exists());
         assert!(lab.podman_calls().is_empty());

@@ -9,6 +9,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::CommandRunner;
 use crate::error::{Error, Result};
+use crate::process::{ExpectProcess, signal_pid_file};
 use crate::runner::CommandSpec;
 use crate::users::lookup_user;
 
@@ -77,7 +78,9 @@ pub enum Reloader {
         /// Restart instead of reload.
         restart: bool,
     },
-    /// Signal the process whose pid is in `pid_file` (`kill -s <signal> <pid>`).
+    /// Send a reload signal (`HUP`, `USR1`, `USR2`) to the process whose pid is in
+    /// `pid_file`: only a process running as the pid file's owner (any, when root owns
+    /// it), through a pidfd.
     Signal {
         /// A file holding one decimal pid.
         pid_file: PathBuf,
@@ -302,7 +305,13 @@ impl Reloader {
             Self::Systemd { unit, .. } => check_word("unit", unit)?,
             Self::Signal { pid_file, signal } => {
                 check_absolute("pid file", pid_file)?;
-                check_signal(signal)?;
+                if crate::process::reload_signal(signal).is_none() {
+                    return Err(invalid(format!(
+                        "`{}` is not a reload signal; a signal: reloader sends one of {}",
+                        signal.escape_debug(),
+                        crate::process::RELOAD_SIGNALS.join(", ")
+                    )));
+                }
             }
             Self::Command { program, .. } => {
                 if program.is_empty() {
@@ -389,11 +398,24 @@ const PODMAN: &str = "podman";
 ///
 /// Stops at the first failing command; the error names it and carries its
 /// stderr. A systemd unit that is not `active` after its restart is an
-/// [`Error::NotActive`].
+/// [`Error::NotActive`]. A `signal:` reloader signals only a process running as its pid
+/// file's owner (any process when root owns the pid file), through a pidfd (see
+/// [`signal_pid_file`](crate::signal_pid_file)).
 pub async fn reload(
     runner: &dyn CommandRunner,
     reloader: &Reloader,
     timeout: Duration,
+) -> Result<ReloadReport> {
+    reload_expecting(runner, reloader, timeout, &ExpectProcess::default()).await
+}
+
+/// [`reload`], where a `signal:` reloader's process must also match `expect` (e.g. the
+/// Vault server: executable `bao` or `vault`, listening on its API port).
+pub async fn reload_expecting(
+    runner: &dyn CommandRunner,
+    reloader: &Reloader,
+    timeout: Duration,
+    expect: &ExpectProcess,
 ) -> Result<ReloadReport> {
     reloader.validate()?;
     let mut report = ReloadReport {
@@ -458,11 +480,14 @@ pub async fn reload(
             tracing::info!(%unit, action, "system unit");
         }
         Reloader::Signal { pid_file, signal } => {
-            let pid = read_pid_file(pid_file)?;
-            let kill = CommandSpec::new("kill").args(["-s", signal_name(signal), &pid.to_string()]);
-            run(runner, timeout, &mut report, kill).await?;
-            tracing::info!(pid, signal = %signal, "signalled process");
-            report.reloaded.push(format!("pid {pid}"));
+            let info = signal_pid_file(pid_file, signal, expect)?;
+            tracing::info!(pid = info.pid, signal = %signal, "signalled process");
+            report.commands.push(format!(
+                "SIG{} to {info} (from {})",
+                signal_name(signal),
+                pid_file.display()
+            ));
+            report.reloaded.push(format!("pid {}", info.pid));
         }
         Reloader::Command { program, args } => {
             run(
@@ -584,34 +609,6 @@ pub async fn stop_unit(
     let mut cmd = systemctl_base(user, None)?.args(["stop", unit]);
     cmd.timeout = timeout;
     runner.run(&cmd).await.map(drop)
-}
-
-/// Reads and validates a pid file: one decimal pid, greater than 1.
-///
-/// Refuses 0 and negative numbers (they address process groups) and 1 (init).
-pub fn read_pid_file(path: &Path) -> Result<u32> {
-    let text = std::fs::read_to_string(path).map_err(|source| Error::Io {
-        path: path.to_path_buf(),
-        source,
-    })?;
-    let bad = |reason: String| Error::BadPidFile {
-        path: path.to_path_buf(),
-        reason,
-    };
-    let trimmed = text.trim();
-    if trimmed.is_empty() {
-        return Err(bad("empty".to_owned()));
-    }
-    let pid: u32 = trimmed.parse().map_err(|_| {
-        let shown: String = trimmed.chars().take(40).collect();
-        bad(format!("`{}` is not a process id", shown.escape_debug()))
-    })?;
-    match pid {
-        0 => Err(bad("pid 0 would signal the whole process group".to_owned())),
-        1 => Err(bad("refusing to signal pid 1 (init)".to_owned())),
-        p if p > i32::MAX as u32 => Err(bad(format!("pid {p} is out of range"))),
-        p => Ok(p),
-    }
 }
 
 #[cfg(test)]
@@ -872,50 +869,25 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn signal_reads_the_pid_file() {
+    async fn signal_goes_through_the_pid_file_without_a_child_process() {
         let dir = tempfile::tempdir().expect("tempdir");
+        let mut child = std::process::Command::new("sleep")
+            .arg("30")
+            .spawn()
+            .expect("sleep");
         let pid_file = dir.path().join("nginx.pid");
-        std::fs::write(&pid_file, "4242\n").expect("write");
+        std::fs::write(&pid_file, format!("{}\n", child.id())).expect("write");
         let runner = DryRunRunner::new();
         let r = Reloader::Signal {
             pid_file,
             signal: "SIGHUP".into(),
         };
         let report = reload(&runner, &r, T).await.expect("ok");
-        assert_eq!(report.reloaded, ["pid 4242"]);
-        let recorded = runner.recorded();
-        assert_eq!(recorded.len(), 1);
-        assert_eq!(recorded[0].program, "kill");
-        assert_eq!(recorded[0].args, ["-s", "HUP", "4242"]);
-    }
-
-    #[test]
-    fn pid_file_validation() {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let missing = dir.path().join("missing.pid");
-        assert!(matches!(read_pid_file(&missing), Err(Error::Io { path, .. }) if path == missing));
-        for (content, expected) in [
-            ("", "empty"),
-            ("  \n", "empty"),
-            ("garbage", "not a process id"),
-            ("12 13", "not a process id"),
-            ("-5", "not a process id"),
-            ("0", "process group"),
-            ("1", "init"),
-            ("4294967295", "out of range"),
-        ] {
-            let path = dir.path().join("x.pid");
-            std::fs::write(&path, content).expect("write");
-            let err = read_pid_file(&path).expect_err(content);
-            assert!(
-                matches!(err, Error::BadPidFile { .. }),
-                "{content}: {err:?}"
-            );
-            assert!(err.to_string().contains(expected), "{content}: {err}");
-        }
-        let path = dir.path().join("ok.pid");
-        std::fs::write(&path, " 777\n").expect("write");
-        assert_eq!(read_pid_file(&path).expect("valid"), 777);
+        assert_eq!(report.reloaded, [format!("pid {}", child.id())]);
+        assert!(runner.recorded().is_empty(), "no `kill` process");
+        let status = child.wait().expect("reaped");
+        use std::os::unix::process::ExitStatusExt as _;
+        assert_eq!(status.signal(), Some(rustix::process::Signal::HUP.as_raw()));
     }
 
     #[tokio::test]
@@ -1014,7 +986,9 @@ mod tests {
             ("systemd-restart:--now", "starts with `-`"),
             ("signal:/run/nginx.pid", "expected signal:<pidfile>:<SIG>"),
             ("signal:relative.pid:HUP", "not absolute"),
-            ("signal:/run/x.pid:", "bad signal"),
+            ("signal:/run/x.pid:", "not a reload signal"),
+            ("signal:/run/x.pid:KILL", "not a reload signal"),
+            ("signal:/run/x.pid:TERM", "not a reload signal"),
             ("cmd:  ", "needs a command"),
         ];
         for (input, expected) in bad {

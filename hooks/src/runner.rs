@@ -18,7 +18,13 @@ pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(30);
 /// How much of a command's stdout/stderr is kept (bytes); the rest is cut.
 pub const OUTPUT_LIMIT: usize = 8 * 1024;
 
-/// One command to run: program, arguments, environment, directory, time limit.
+/// The variables a [`CommandSpec`] may pass to its child, besides the fixed `PATH`
+/// ([`SAFE_PATH`](crate::SAFE_PATH)) and `LANG=C` every child gets. Nothing else of the
+/// caller's environment reaches a child: no `VAULT_*`/`BAO_*`, no token, no key path.
+pub const CHILD_ENV: &[&str] = &["HOME", "XDG_RUNTIME_DIR", "DBUS_SESSION_BUS_ADDRESS", "TZ"];
+
+/// One command to run: program, arguments, the few variables it needs, directory, time
+/// limit.
 ///
 /// ```
 /// use std::time::Duration;
@@ -30,32 +36,26 @@ pub const OUTPUT_LIMIT: usize = 8 * 1024;
 /// ```
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct CommandSpec {
-    /// The program (looked up in `PATH` unless it contains a `/`).
+    /// The program: an absolute path, or a name looked up on
+    /// [`SAFE_PATH`](crate::SAFE_PATH) (never the caller's `PATH`).
     pub program: String,
     /// Its arguments, passed as-is (no shell).
     pub args: Vec<String>,
-    /// Variables added to (or overriding) the environment.
+    /// The child's environment besides `PATH` and `LANG`: only names in [`CHILD_ENV`].
     pub env: Vec<(String, String)>,
-    /// Variables removed from the inherited environment.
-    pub env_remove: Vec<String>,
-    /// Start from an empty environment (then `env` is all the child sees).
-    pub env_clear: bool,
-    /// The working directory; the caller's when `None`.
+    /// The working directory; `/` when `None`.
     pub cwd: Option<PathBuf>,
     /// Time limit; the child is killed when it is exceeded.
     pub timeout: Duration,
 }
 
 impl CommandSpec {
-    /// A command without arguments, inheriting the environment, with
-    /// [`DEFAULT_TIMEOUT`].
+    /// A command without arguments or extra environment, with [`DEFAULT_TIMEOUT`].
     pub fn new(program: impl Into<String>) -> Self {
         Self {
             program: program.into(),
             args: Vec::new(),
             env: Vec::new(),
-            env_remove: Vec::new(),
-            env_clear: false,
             cwd: None,
             timeout: DEFAULT_TIMEOUT,
         }
@@ -79,24 +79,11 @@ impl CommandSpec {
         self
     }
 
-    /// Sets one environment variable for the child.
+    /// Sets one environment variable for the child (a name in [`CHILD_ENV`]; the runner
+    /// refuses others).
     #[must_use]
     pub fn env(mut self, key: impl Into<String>, value: impl Into<String>) -> Self {
         self.env.push((key.into(), value.into()));
-        self
-    }
-
-    /// Removes one variable from the child's inherited environment.
-    #[must_use]
-    pub fn env_remove(mut self, key: impl Into<String>) -> Self {
-        self.env_remove.push(key.into());
-        self
-    }
-
-    /// Starts the child with an empty environment (plus [`env`](Self::env)).
-    #[must_use]
-    pub fn env_clear(mut self) -> Self {
-        self.env_clear = true;
         self
     }
 
@@ -147,13 +134,21 @@ impl CommandOutput {
     }
 }
 
-/// Runs commands for real with `tokio::process`.
+/// Runs commands for real with `tokio::process`, as a root process among tenants must.
 ///
-/// stdin is `/dev/null`; stdout and stderr are captured. A non-zero exit
-/// becomes [`Error::HookFailed`] with the captured output; exceeding
-/// [`CommandSpec::timeout`] kills the child and returns [`Error::Timeout`].
-/// The child runs in its own process group, so a timeout also kills what it
-/// started (`sh -c 'sleep 60'`).
+/// - The program is resolved on [`SAFE_PATH`](crate::SAFE_PATH) (never the caller's
+///   `PATH`) and must be trusted ([`trusted_program`](crate::trusted_program): owned by
+///   root, writable by nobody else along its whole path); so must the program `runuser`
+///   or `setpriv` runs after `--`, which is passed on as an absolute path.
+/// - The child starts in a new session (no controlling terminal: a child that runs as an
+///   app user can be ptraced by that user, and must not reach root's terminal), with
+///   stdin `/dev/null`, stdout and stderr captured, in `/` unless a directory is given.
+/// - Its environment is cleared: `PATH` = `SAFE_PATH`, `LANG=C`, and only the
+///   [`CHILD_ENV`] variables the spec sets.
+///
+/// A non-zero exit becomes [`Error::HookFailed`] with the captured output; exceeding
+/// [`CommandSpec::timeout`] kills the child's process group (so what it started goes too,
+/// `sh -c 'sleep 60'`) and returns [`Error::Timeout`].
 #[derive(Debug, Clone, Copy, Default)]
 pub struct ProcessRunner;
 
@@ -171,29 +166,54 @@ impl<T: CommandRunner + ?Sized> CommandRunner for std::sync::Arc<T> {
     }
 }
 
+/// Programs that run another program after `--` (as another user): that one is resolved
+/// and checked too.
+const WRAPPERS: &[&str] = &["runuser", "setpriv"];
+
+/// The program and arguments to execute: both resolved and trusted.
+fn resolve(cmd: &CommandSpec) -> Result<(PathBuf, Vec<String>)> {
+    let program = crate::trust::trusted_program(&cmd.program)?;
+    let mut args = cmd.args.clone();
+    let wraps = program
+        .file_name()
+        .and_then(|n| n.to_str())
+        .is_some_and(|n| WRAPPERS.contains(&n));
+    if wraps
+        && let Some(i) = args.iter().position(|a| a == "--")
+        && let Some(inner) = args.get_mut(i + 1)
+    {
+        *inner = crate::trust::trusted_program(inner)?
+            .to_string_lossy()
+            .into_owned();
+    }
+    for (key, _) in &cmd.env {
+        if !CHILD_ENV.contains(&key.as_str()) {
+            return Err(Error::EnvNotAllowed {
+                program: cmd.program.clone(),
+                key: key.clone(),
+            });
+        }
+    }
+    Ok((program, args))
+}
+
 #[async_trait]
 impl CommandRunner for ProcessRunner {
     async fn run(&self, cmd: &CommandSpec) -> Result<CommandOutput> {
-        let mut command = tokio::process::Command::new(&cmd.program);
+        let (program, args) = resolve(cmd)?;
+        let mut command = tokio::process::Command::new(&program);
         command
-            .args(&cmd.args)
+            .args(&args)
+            .env_clear()
+            .env("PATH", crate::trust::SAFE_PATH)
+            .env("LANG", "C")
+            .envs(cmd.env.iter().map(|(k, v)| (k, v)))
+            .current_dir(cmd.cwd.as_deref().unwrap_or(std::path::Path::new("/")))
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
-            .kill_on_drop(true)
-            .process_group(0);
-        if cmd.env_clear {
-            command.env_clear();
-        }
-        for key in &cmd.env_remove {
-            command.env_remove(key);
-        }
-        for (key, value) in &cmd.env {
-            command.env(key, value);
-        }
-        if let Some(dir) = &cmd.cwd {
-            command.current_dir(dir);
-        }
+            .kill_on_drop(true);
+        new_session(&mut command);
         tracing::debug!(command = %cmd, "running");
         let mut child = command.spawn().map_err(|source| Error::Spawn {
             program: cmd.program.clone(),
@@ -245,6 +265,22 @@ impl CommandRunner for ProcessRunner {
     }
 }
 
+/// The child calls `setsid()` between fork and exec: a new session and process group,
+/// without a controlling terminal (no `TIOCSTI` into root's terminal, no job-control
+/// signals from it), whose group id is the child's pid (what [`kill_group`] kills).
+#[allow(unsafe_code)]
+fn new_session(command: &mut tokio::process::Command) {
+    // SAFETY: the closure runs in the forked child before exec; `setsid` is a single
+    // async-signal-safe system call that allocates nothing and takes no lock.
+    unsafe {
+        command.pre_exec(|| {
+            rustix::process::setsid()
+                .map(drop)
+                .map_err(std::io::Error::from)
+        });
+    }
+}
+
 /// How long output is still collected after the child exited.
 const OUTPUT_GRACE: Duration = Duration::from_millis(500);
 
@@ -267,18 +303,15 @@ impl Captured {
     }
 }
 
-/// Kills the child and, best effort, the rest of its process group (the
-/// child leads its own group, whose id is the child's `pid`).
+/// Kills the child and, best effort, the rest of its process group (the child leads its
+/// own session and group, whose id is the child's `pid`): a system call, no `kill` process.
 async fn kill_group(pid: Option<u32>, child: &mut tokio::process::Child) {
-    if let Some(pid) = pid {
-        // `kill -s KILL -- -<pgid>`: std offers no safe killpg.
-        let _ = tokio::process::Command::new("kill")
-            .args(["-s", "KILL", "--", &format!("-{pid}")])
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .status()
-            .await;
+    if let Some(pid) = pid
+        .and_then(|p| i32::try_from(p).ok())
+        .and_then(rustix::process::Pid::from_raw)
+        && let Err(err) = rustix::process::kill_process_group(pid, rustix::process::Signal::KILL)
+    {
+        tracing::debug!(%err, "killing the timed-out child's group");
     }
     if let Err(err) = child.kill().await {
         tracing::debug!(%err, "killing timed-out child");
@@ -402,28 +435,74 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn env_cwd_and_clear_are_applied() {
+    async fn the_child_gets_a_cleared_environment_a_directory_and_no_terminal() {
         let dir = tempfile::tempdir().expect("tempdir");
         let cmd = CommandSpec::new("/bin/sh")
             .args([
                 "-c",
-                "printf '%s|%s|%s' \"$A\" \"${HOME-unset}\" \"$(pwd)\"",
+                "printf '%s|%s|%s|%s|' \"${HOME-unset}\" \"${BAO_TOKEN-unset}\" \"$(pwd)\" \"$PATH\"; env | sort | tr '\\n' ' '; printf '|%s' \"$$\"; printf '|'; cut -d' ' -f6,7 /proc/$$/stat",
             ])
-            .env_clear()
-            .env("A", "x y")
+            .env("HOME", "/x y")
             .cwd(dir.path());
         let out = ProcessRunner.run(&cmd).await.expect("runs");
         let cwd = dir.path().canonicalize().expect("canonical");
-        assert_eq!(out.stdout, format!("x y|unset|{}", cwd.display()));
-
-        // `env` rather than sh: dash invents a PATH when it has none.
-        let cmd = CommandSpec::new("/usr/bin/env").env_remove("PATH");
-        let out = ProcessRunner.run(&cmd).await.expect("runs");
-        assert!(
-            !out.stdout.lines().any(|l| l.starts_with("PATH=")),
+        let fields: Vec<&str> = out.stdout.split('|').collect();
+        assert_eq!(
+            &fields[..4],
+            ["/x y", "unset", cwd.to_str().unwrap(), crate::SAFE_PATH],
             "{}",
             out.stdout
         );
+        let names: Vec<&str> = fields[4]
+            .split_whitespace()
+            .filter_map(|kv| kv.split_once('=').map(|(k, _)| k))
+            .collect();
+        for name in &names {
+            assert!(
+                ["HOME", "PATH", "LANG", "PWD", "SHLVL", "_"].contains(name),
+                "{name} leaked into the child: {names:?}"
+            );
+        }
+        // Its own session (sid = its pid), no controlling terminal (tty_nr 0).
+        let stat: Vec<&str> = fields[6].split_whitespace().collect();
+        assert_eq!(
+            stat,
+            [fields[5], "0"],
+            "session and terminal: {}",
+            out.stdout
+        );
+
+        // A variable outside the allow-list is refused before anything runs.
+        let err = ProcessRunner
+            .run(&CommandSpec::new("/usr/bin/env").env("VAULT_TOKEN", "s.x"))
+            .await
+            .expect_err("refused");
+        assert!(
+            matches!(err, Error::EnvNotAllowed { ref key, .. } if key == "VAULT_TOKEN"),
+            "{err}"
+        );
+
+        // Without a directory, the child starts in `/` (not in whatever root's cwd is).
+        let out = ProcessRunner
+            .run(&CommandSpec::new("pwd"))
+            .await
+            .expect("runs");
+        assert_eq!(out.stdout.trim(), "/");
+    }
+
+    #[tokio::test]
+    async fn the_program_after_runuser_dashes_is_resolved_too() {
+        let (p, args) = resolve(&CommandSpec::new("runuser").args(["-u", "nobody", "--", "true"]))
+            .expect("resolves");
+        assert!(p.is_absolute());
+        assert!(
+            args[3].starts_with('/') && args[3].ends_with("/true"),
+            "{args:?}"
+        );
+        let err =
+            resolve(&CommandSpec::new("runuser").args(["-u", "nobody", "--", "no-such-prog"]))
+                .expect_err("refused");
+        assert!(matches!(err, Error::Spawn { .. }), "{err}");
     }
 
     #[tokio::test]

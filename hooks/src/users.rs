@@ -1,6 +1,5 @@
-//! Resolving user names to uid/gid without libc: `/etc/passwd` lookups.
-
-use std::path::Path;
+//! Resolving user names to uid/gid through NSS (`getpwnam_r`: `/etc/passwd`, LDAP, SSSD),
+//! the same lookup preflight makes, so a user it accepts is one the reloads can find.
 
 use crate::error::{Error, Result};
 
@@ -11,38 +10,29 @@ pub(crate) struct UserIds {
     pub(crate) gid: u32,
 }
 
-/// Looks `user` up in `/etc/passwd`. A purely numeric `user` is taken as a
-/// uid (its gid then comes from `/etc/passwd` if listed, else equals the uid).
+/// Looks `user` up through NSS. A purely numeric `user` is taken as a uid (its gid then
+/// comes from its entry if it has one, else equals the uid).
 pub(crate) fn lookup_user(user: &str) -> Result<UserIds> {
-    lookup_user_in(Path::new("/etc/passwd"), user)
-}
-
-pub(crate) fn lookup_user_in(passwd: &Path, user: &str) -> Result<UserIds> {
-    let text = std::fs::read_to_string(passwd).map_err(|source| Error::Io {
-        path: passwd.to_path_buf(),
-        source,
-    })?;
-    let numeric: Option<u32> = user.parse().ok();
-    for line in text.lines() {
-        let mut fields = line.split(':');
-        let (Some(name), Some(_pw), Some(uid), Some(gid)) =
-            (fields.next(), fields.next(), fields.next(), fields.next())
-        else {
-            continue;
-        };
-        let (Ok(uid), Ok(gid)) = (uid.parse::<u32>(), gid.parse::<u32>()) else {
-            continue;
-        };
-        if name == user || numeric == Some(uid) {
-            return Ok(UserIds { uid, gid });
-        }
-    }
-    match numeric {
-        Some(uid) => Ok(UserIds { uid, gid: uid }),
-        None => Err(Error::UnknownUser {
-            user: user.to_owned(),
-        }),
-    }
+    let found = match user.parse::<u32>() {
+        Ok(uid) => nix::unistd::User::from_uid(nix::unistd::Uid::from_raw(uid))
+            .ok()
+            .flatten()
+            .map(|u| UserIds {
+                uid: u.uid.as_raw(),
+                gid: u.gid.as_raw(),
+            })
+            .or(Some(UserIds { uid, gid: uid })),
+        Err(_) => nix::unistd::User::from_name(user)
+            .ok()
+            .flatten()
+            .map(|u| UserIds {
+                uid: u.uid.as_raw(),
+                gid: u.gid.as_raw(),
+            }),
+    };
+    found.ok_or_else(|| Error::UnknownUser {
+        user: user.to_owned(),
+    })
 }
 
 #[cfg(test)]
@@ -51,36 +41,20 @@ mod tests {
 
     #[test]
     fn finds_names_and_uids() {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let passwd = dir.path().join("passwd");
-        std::fs::write(
-            &passwd,
-            "root:x:0:0:root:/root:/bin/sh\nbroken line\nncprd1:x:1001:1002::/home/ncprd1:/bin/sh\n",
-        )
-        .expect("write");
         assert_eq!(
-            lookup_user_in(&passwd, "ncprd1").expect("found"),
-            UserIds {
-                uid: 1001,
-                gid: 1002
-            }
+            lookup_user("root").expect("root"),
+            UserIds { uid: 0, gid: 0 }
         );
+        assert_eq!(lookup_user("0").expect("uid 0"), UserIds { uid: 0, gid: 0 });
         assert_eq!(
-            lookup_user_in(&passwd, "1001").expect("found"),
+            lookup_user("4242999").expect("numeric"),
             UserIds {
-                uid: 1001,
-                gid: 1002
-            }
-        );
-        assert_eq!(
-            lookup_user_in(&passwd, "4242").expect("numeric"),
-            UserIds {
-                uid: 4242,
-                gid: 4242
+                uid: 4_242_999,
+                gid: 4_242_999
             }
         );
         assert!(matches!(
-            lookup_user_in(&passwd, "nobody-here"),
+            lookup_user("nobody-here"),
             Err(Error::UnknownUser { user }) if user == "nobody-here"
         ));
     }

@@ -159,9 +159,34 @@ pub async fn run(cli: Cli, out: &mut dyn Write) -> Exit {
                 let doc = serde_json::json!({"error": text, "exit_code": exit.code()});
                 let _ = writeln!(out, "{doc}");
             }
-            eprintln!("rotate: error: {text}");
+            eprintln!("rotate: error: {}", crate::escape_controls(&text));
             exit
         }
+    }
+}
+
+/// Standard error for the log, with control bytes (but line breaks and tabs) escaped:
+/// log fields carry text from outside (post-hook reasons, Vault errors), and a `\r` or
+/// an escape sequence there must not rewrite what the operator sees.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct LogWriter;
+
+impl Write for LogWriter {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        let mut out = Vec::with_capacity(buf.len());
+        for &b in buf {
+            if (b < 0x20 && b != b'\n' && b != b'\t') || b == 0x7f {
+                out.extend_from_slice(format!("\\x{b:02x}").as_bytes());
+            } else {
+                out.push(b);
+            }
+        }
+        std::io::stderr().lock().write_all(&out)?;
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        std::io::stderr().flush()
     }
 }
 
@@ -248,7 +273,10 @@ async fn dispatch(cli: &Cli, out: &mut dyn Write, cancel: &Cancel) -> Result<Exi
         Vec::new()
     };
     for what in &repaired {
-        eprintln!("rotate: before connecting: {what} (step 1 was interrupted)");
+        eprintln!(
+            "rotate: before connecting: {} (step 1 was interrupted)",
+            crate::escape_controls(what)
+        );
     }
     let conn = Connection::open(&config)?;
     let work = execute(&config, &apps, request, mode, conn.deps(cancel));
@@ -266,7 +294,7 @@ async fn dispatch(cli: &Cli, out: &mut dyn Write, cancel: &Cancel) -> Result<Exi
     report.repaired = repaired;
     emit(cli.output, out, &report)?;
     if cli.output == Output::Human && report.exit() != Exit::Ok && report.exit() != Exit::Changes {
-        eprintln!("rotate: {}", report.summary);
+        eprintln!("rotate: {}", crate::escape_controls(&report.summary));
     }
     Ok(report.exit())
 }

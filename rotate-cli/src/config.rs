@@ -45,6 +45,15 @@ pub enum ConfigError {
         /// The configured names.
         known: String,
     },
+    /// The file names programs or `cmd:` reloaders root will run, and someone other than
+    /// root could have written it.
+    #[error("config {}: {reason}", path.display())]
+    Untrusted {
+        /// The file.
+        path: PathBuf,
+        /// Who else could have written it, and what to do.
+        reason: String,
+    },
     /// The command needs a config file and none was given.
     #[error("this command needs --config (or ROTATE_CONFIG): the topology to rotate")]
     Missing,
@@ -663,7 +672,50 @@ impl Config {
             path: path.to_owned(),
             source,
         })?;
-        Config::parse(&text, path)
+        let cfg = Config::parse(&text, path)?;
+        cfg.check_trusted_source()?;
+        Ok(cfg)
+    }
+
+    /// A config naming `cmd:` reloaders or `[commands]` programs decides what root runs:
+    /// it and every directory above it must be root's alone.
+    fn check_trusted_source(&self) -> Result<(), ConfigError> {
+        let runs = !self.commands.overrides.is_empty()
+            || self
+                .reloaders()
+                .any(|(_, r)| matches!(r, Ok(hooks::Reloader::Command { .. })));
+        if !runs {
+            return Ok(());
+        }
+        let path = std::path::absolute(&self.source).unwrap_or_else(|_| self.source.clone());
+        hooks::check_trusted(&path, None).map_err(|e| ConfigError::Untrusted {
+            path: self.source.clone(),
+            reason: format!(
+                "it names programs or cmd: reloaders root runs, so {e}; `chown root` it and `chmod go-w` it and its directories"
+            ),
+        })
+    }
+
+    /// Every reloader the config names, with its setting.
+    pub(crate) fn reloaders(
+        &self,
+    ) -> impl Iterator<Item = (String, Result<hooks::Reloader, hooks::Error>)> + '_ {
+        let mut v: Vec<(String, &str)> = Vec::new();
+        if let Some(l) = &self.listener {
+            v.push(("listener.reload".into(), &l.reload));
+        }
+        if let Some(p) = self.proxy.as_ref().filter(|p| !p.reload.is_empty()) {
+            v.push(("proxy.reload".into(), &p.reload));
+        }
+        if let Some(r) = &self.restarts {
+            for (i, spec) in r.proxy.iter().enumerate() {
+                v.push((format!("restarts.proxy[{i}]"), spec));
+            }
+            if let Some(vault) = &r.vault {
+                v.push(("restarts.vault".into(), vault));
+            }
+        }
+        v.into_iter().map(|(k, s)| (k, s.parse()))
     }
 
     /// Parse and validate `text` (from `path`, for messages; relative paths in the file
@@ -674,7 +726,10 @@ impl Config {
             message: e.to_string(),
         })?;
         cfg.source = path.to_owned();
-        let base = path.parent().unwrap_or(Path::new("."));
+        // Relative paths in the file are relative to its directory, made absolute here (a
+        // relative `--config` included), so nothing depends on the working directory.
+        let absolute = std::path::absolute(path).unwrap_or_else(|_| path.to_owned());
+        let base = absolute.parent().unwrap_or(Path::new("/")).to_owned();
         let abs = |p: &mut PathBuf| {
             if p.is_relative() {
                 *p = base.join(&*p);
@@ -700,6 +755,9 @@ impl Config {
         if let Some(l) = &mut cfg.listener {
             abs(&mut l.cert_file);
             abs(&mut l.key_file);
+            if let Some(f) = &mut l.client_ca_file {
+                abs(f);
+            }
             for b in &mut l.client_bundles {
                 abs(b);
             }
@@ -723,6 +781,8 @@ impl Config {
     }
 
     fn validate(&self) -> Result<(), ConfigError> {
+        self.validate_names()?;
+        self.check_aliases()?;
         let name_ok = |s: &str| {
             !s.is_empty()
                 && s.chars()
@@ -819,6 +879,149 @@ impl Config {
                 return Err(self.invalid(
                     format!("apps[{i}].name"),
                     format!("{:?} appears twice", app.name),
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    /// Every name that becomes part of a Vault API path or of a file or unit name, with
+    /// one validator ([`vault_client::check_name`]) and an error naming the setting.
+    fn validate_names(&self) -> Result<(), ConfigError> {
+        let mut names: Vec<(String, &str)> = vec![
+            ("env".into(), &self.env),
+            ("pki.mount".into(), &self.pki.mount),
+            (
+                "agents.cert_auth_mount".into(),
+                &self.agents.cert_auth_mount,
+            ),
+            ("agents.marker_policy".into(), &self.agents.marker_policy),
+            ("leaf.kv_mount".into(), &self.leaf.kv_mount),
+        ];
+        for (i, p) in self.leaf.remove_policies.iter().enumerate() {
+            names.push((format!("leaf.remove_policies[{i}]"), p));
+        }
+        if let Some(a) = &self.admin {
+            names.push(("admin.role".into(), &a.role));
+            if let Some(m) = &a.mount {
+                names.push(("admin.mount".into(), m));
+            }
+        }
+        if let Some(l) = &self.listener {
+            names.push(("listener.role".into(), &l.role));
+        }
+        if let Some(p) = &self.proxy {
+            names.push(("proxy.name".into(), &p.name));
+            if let Some(r) = &p.client_role {
+                names.push(("proxy.client_role".into(), r));
+            }
+        }
+        for (i, a) in self.apps.iter().enumerate() {
+            names.push((format!("apps[{i}].name"), &a.name));
+        }
+        for (setting, value) in names {
+            vault_client::check_name(value).map_err(|reason| self.invalid(setting, reason))?;
+        }
+        Ok(())
+    }
+
+    /// Every file the run writes, or reads as a secret, is its own file: two settings
+    /// naming one file (by path, symlinks resolved, or by device and inode when it exists)
+    /// would have one step overwrite another's secret (e.g. the env file over the token).
+    /// And nothing root keeps lies inside a tree an app or the proxy owns, nor one such
+    /// tree inside another: those users can swap anything there.
+    fn check_aliases(&self) -> Result<(), ConfigError> {
+        let mut root_files: Vec<(String, &Path)> = Vec::new();
+        let v = &self.vault;
+        for (setting, p) in [
+            ("vault.token_file", &v.token_file),
+            ("vault.client_cert", &v.client_cert),
+            ("vault.client_key", &v.client_key),
+            ("vault.ca_cert", &v.ca_cert),
+        ] {
+            if let Some(p) = p {
+                root_files.push((setting.into(), p));
+            }
+        }
+        if let Some(f) = self.admin.as_ref().and_then(|a| a.env_file.as_deref()) {
+            root_files.push(("admin.env_file".into(), f));
+        }
+        if let Some(l) = &self.listener {
+            root_files.push(("listener.cert_file".into(), &l.cert_file));
+            root_files.push(("listener.key_file".into(), &l.key_file));
+            if let Some(f) = &l.client_ca_file {
+                root_files.push(("listener.client_ca_file".into(), f));
+            }
+        }
+        let mut files: Vec<(String, PathBuf, Option<FileId>)> = root_files
+            .iter()
+            .map(|(s, p)| (s.clone(), resolve(p), identity(p)))
+            .collect();
+        if let Some(p) = &self.proxy
+            && let Some(home) = &p.home
+        {
+            for (setting, rel) in [
+                ("proxy.ca_bundle", &p.ca_bundle),
+                ("proxy.client_cert", &p.client_cert),
+                ("proxy.client_key", &p.client_key),
+            ] {
+                if let Some(rel) = rel {
+                    files.push((setting.into(), normalize(&home.join(rel)), None));
+                }
+            }
+        }
+        for (i, (a, pa, ia)) in files.iter().enumerate() {
+            for (b, pb, ib) in &files[..i] {
+                let same_inode = matches!((ia, ib), (Some(x), Some(y)) if x == y);
+                if pa == pb || same_inode {
+                    return Err(self.invalid(
+                        a.clone(),
+                        format!(
+                            "names the same file as {b} ({}): each must be its own file",
+                            pa.display()
+                        ),
+                    ));
+                }
+            }
+        }
+        // Trees other users own: app homes and the proxy's home.
+        let mut trees: Vec<(String, PathBuf)> = self
+            .apps
+            .iter()
+            .enumerate()
+            .map(|(i, a)| (format!("apps[{i}].home"), resolve(&a.home)))
+            .collect();
+        if let Some(h) = self.proxy.as_ref().and_then(|p| p.home.as_ref()) {
+            trees.push(("proxy.home".into(), resolve(h)));
+        }
+        for (i, (a, ta)) in trees.iter().enumerate() {
+            for (b, tb) in &trees[..i] {
+                if ta.starts_with(tb) || tb.starts_with(ta) {
+                    return Err(self.invalid(
+                        a.clone(),
+                        format!(
+                            "{} and {b} ({}) are one inside the other: each app needs its own tree",
+                            ta.display(),
+                            tb.display()
+                        ),
+                    ));
+                }
+            }
+        }
+        let mut kept: Vec<(String, PathBuf)> = root_files
+            .iter()
+            .map(|(s, p)| (s.clone(), resolve(p)))
+            .collect();
+        kept.push(("run.state_dir".into(), resolve(&self.state_dir())));
+        for (setting, p) in &kept {
+            if let Some((tree, t)) = trees.iter().find(|(_, t)| p.starts_with(t)) {
+                return Err(self.invalid(
+                    setting.clone(),
+                    format!(
+                        "{} lies inside {tree} ({}), which another user owns and can swap: keep it in a directory only root can write",
+                        p.display(),
+                        t.display()
+                    ),
                 ));
             }
         }
@@ -938,8 +1141,16 @@ impl Config {
                     .map_err(|e| self.invalid(format!("restarts.proxy[{i}]"), e.to_string()))?;
             }
             if let Some(v) = &r.vault {
-                v.parse::<hooks::Reloader>()
-                    .map_err(|e| self.invalid("restarts.vault", e.to_string()))?;
+                match v.parse::<hooks::Reloader>() {
+                    Err(e) => return Err(self.invalid("restarts.vault", e.to_string())),
+                    Ok(hooks::Reloader::Signal { .. }) => {
+                        return Err(self.invalid(
+                            "restarts.vault",
+                            "a signal does not restart Vault (SIGHUP leaves tls_client_ca_file as it was): use systemd-restart:<unit>, podman-restart:<container> or cmd:",
+                        ));
+                    }
+                    Ok(_) => {}
+                }
             }
             if r.vault_when == VaultWhen::Always && r.vault.is_none() {
                 return Err(self.invalid("restarts.vault_when", "\"always\" needs restarts.vault"));
@@ -962,9 +1173,20 @@ impl Config {
             if l.cert_file == l.key_file {
                 return Err(self.invalid("listener.key_file", "is the same file as cert_file"));
             }
-            l.reload
-                .parse::<hooks::Reloader>()
-                .map_err(|e| self.invalid("listener.reload", e.to_string()))?;
+            match l.reload.parse::<hooks::Reloader>() {
+                Err(e) => return Err(self.invalid("listener.reload", e.to_string())),
+                Ok(hooks::Reloader::Signal { signal, .. })
+                    if signal.strip_prefix("SIG").unwrap_or(&signal) != "HUP" =>
+                {
+                    return Err(self.invalid(
+                        "listener.reload",
+                        format!(
+                            "SIG{signal} is not how the server reloads its listener certificate: use signal:<pid file>:HUP"
+                        ),
+                    ));
+                }
+                Ok(_) => {}
+            }
             if l.common_name.is_none() && self.vault.tls_server_name.is_none() {
                 return Err(self.invalid(
                     "listener.common_name",
@@ -1060,6 +1282,27 @@ impl Config {
             .unwrap_or_else(|| name.to_owned())
     }
 
+    /// What a `signal:` reloader of the Vault server must find behind its pid file before
+    /// root signals it: a `bao`, `vault` or `openbao` executable (or one named like
+    /// `[commands] agent`) listening on the port of `[vault] addr`.
+    pub fn vault_process(&self) -> hooks::ExpectProcess {
+        let addr = match &self.vault.addr {
+            Some(a) => ClientConfig::new(a).ok(),
+            None => ClientConfig::from_env().ok(),
+        };
+        let mut exe_names: Vec<String> = ["bao", "vault", "openbao"].map(String::from).into();
+        if let Some(n) = Path::new(&self.commands.agent).file_name() {
+            let n = n.to_string_lossy().into_owned();
+            if !exe_names.contains(&n) {
+                exe_names.push(n);
+            }
+        }
+        hooks::ExpectProcess {
+            exe_names,
+            listens_on: addr.and_then(|c| c.addr.port_or_known_default()),
+        }
+    }
+
     /// The state directory of this environment.
     pub fn state_dir(&self) -> PathBuf {
         self.run
@@ -1074,6 +1317,51 @@ impl Config {
     }
 }
 
+/// `p` with `.` and `..` folded away, without touching the file system.
+fn normalize(p: &Path) -> PathBuf {
+    let mut out = PathBuf::new();
+    for c in p.components() {
+        match c {
+            std::path::Component::ParentDir => {
+                out.pop();
+            }
+            std::path::Component::CurDir => {}
+            other => out.push(other),
+        }
+    }
+    out
+}
+
+/// `p` with its symlinks resolved as far as it exists (the rest folded lexically).
+fn resolve(p: &Path) -> PathBuf {
+    let p = normalize(p);
+    let mut existing = p.as_path();
+    let mut rest = Vec::new();
+    loop {
+        if let Ok(real) = std::fs::canonicalize(existing) {
+            let mut out = real;
+            out.extend(rest.iter().rev());
+            return out;
+        }
+        match (existing.parent(), existing.file_name()) {
+            (Some(parent), Some(name)) => {
+                rest.push(name.to_owned());
+                existing = parent;
+            }
+            _ => return p,
+        }
+    }
+}
+
+/// Device and inode.
+type FileId = (u64, u64);
+
+/// Device and inode of an existing file (followed through symlinks).
+fn identity(p: &Path) -> Option<FileId> {
+    use std::os::unix::fs::MetadataExt as _;
+    std::fs::metadata(p).ok().map(|m| (m.dev(), m.ino()))
+}
+
 impl VaultSection {
     /// The environment (`VAULT_*`/`BAO_*`), overlaid with the values set here.
     pub fn client_config(&self) -> Result<ClientConfig, ConfigError> {
@@ -1086,7 +1374,9 @@ impl VaultSection {
             cfg.tls_server_name = Some(n.clone());
         }
         if let Some(p) = &self.ca_cert {
+            // Exactly this bundle: a `VAULT_CAPATH` in the environment must not widen it.
             cfg.ca_cert = Some(p.clone());
+            cfg.ca_path = None;
         }
         match (&self.client_cert, &self.client_key) {
             (Some(c), Some(k)) => cfg = cfg.client_identity(c, k),
@@ -1271,6 +1561,203 @@ mod tests {
                 "{setting}: {err}"
             );
         }
+    }
+
+    #[test]
+    fn names_that_reach_vault_paths_are_validated_naming_the_setting() {
+        let p = Path::new("/etc/rotate/prod.toml");
+        let cases = [
+            ("env = \"prod\"", "env = \"../../x\"", "env"),
+            (
+                "name = \"proxyprod\"",
+                "name = \"../roles/x\"",
+                "proxy.name",
+            ),
+            (
+                "role = \"admin-mtls\" ",
+                "role = \"../certs/agent-x\" ",
+                "admin.role",
+            ),
+            (
+                "role = \"vault-server\" ",
+                "role = \"a/b\" ",
+                "listener.role",
+            ),
+            (
+                "marker_policy = \"marker-cert-auth\"",
+                "marker_policy = \"..\"",
+                "agents.marker_policy",
+            ),
+            (
+                "cert_auth_mount = \"cert\"",
+                "cert_auth_mount = \"cert/certs\"",
+                "agents.cert_auth_mount",
+            ),
+            (
+                "mount = \"pki-prod\"",
+                "mount = \"pki-prod/../sys\"",
+                "pki.mount",
+            ),
+        ];
+        for (from, to, setting) in cases {
+            let text = PROD.replacen(from, to, 1);
+            assert_ne!(text, PROD, "{setting}: the example changed");
+            let err = Config::parse(&text, p).unwrap_err().to_string();
+            assert!(
+                err.starts_with(&format!("invalid config /etc/rotate/prod.toml: {setting}:")),
+                "{setting}: {err}"
+            );
+        }
+        let text = PROD.replace(
+            "[agents]\n",
+            "[leaf]\nremove_policies = [\"x?y\"]\n\n[agents]\n",
+        );
+        let err = Config::parse(&text, p).unwrap_err().to_string();
+        assert!(err.contains("leaf.remove_policies[0]"), "{err}");
+    }
+
+    #[test]
+    fn two_settings_naming_one_file_are_refused_naming_both() {
+        let p = Path::new("/etc/rotate/prod.toml");
+        let cases = [
+            (
+                "env_file = \"/root/.vault-sec/prod/env.sh\"",
+                "env_file = \"/root/.vault-sec/prod/token\"",
+                "admin.env_file",
+                "vault.token_file",
+            ),
+            (
+                "env_file = \"/root/.vault-sec/prod/env.sh\"",
+                "env_file = \"/root/.vault-sec/prod/../prod/admin.key\"",
+                "admin.env_file",
+                "vault.client_key",
+            ),
+            (
+                "client_ca_file = \"/opt/openbao/tls/client-ca.pem\"",
+                "client_ca_file = \"/opt/openbao/tls/tls.key\"",
+                "listener.client_ca_file",
+                "listener.key_file",
+            ),
+        ];
+        for (from, to, a, b) in cases {
+            let text = PROD.replace(from, to);
+            assert_ne!(text, PROD);
+            let err = Config::parse(&text, p).unwrap_err().to_string();
+            assert!(
+                err.contains(&format!("{a}: names the same file as {b}")),
+                "{a}/{b}: {err}"
+            );
+        }
+        // A hard link is the same file under another name.
+        let t = tempfile::tempdir().unwrap();
+        let token = t.path().join("token");
+        std::fs::write(&token, "s.x").unwrap();
+        std::fs::hard_link(&token, t.path().join("env.sh")).unwrap();
+        let text = PROD
+            .replace("/root/.vault-sec/prod/token", &token.display().to_string())
+            .replace(
+                "/root/.vault-sec/prod/env.sh",
+                &t.path().join("env.sh").display().to_string(),
+            );
+        let err = Config::parse(&text, p).unwrap_err().to_string();
+        assert!(
+            err.contains("admin.env_file: names the same file as vault.token_file"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn nothing_root_keeps_may_lie_in_a_tenant_tree() {
+        let p = Path::new("/etc/rotate/prod.toml");
+        let cases = [
+            (
+                "state_dir = \"/var/lib/rotate/prod\"",
+                "state_dir = \"/home/ncprd1/state\"",
+                "run.state_dir",
+            ),
+            (
+                "token_file = \"/root/.vault-sec/prod/token\"",
+                "token_file = \"/home/proxyprod/token\"",
+                "vault.token_file",
+            ),
+            (
+                "home = \"/home/resume2me\"",
+                "home = \"/home/ncprd1/r\"",
+                "apps[1].home",
+            ),
+            (
+                "home = \"/home/proxyprod\"",
+                "home = \"/home\"",
+                "proxy.home",
+            ),
+        ];
+        for (from, to, setting) in cases {
+            let text = PROD.replace(from, to);
+            assert_ne!(text, PROD, "{setting}");
+            let err = Config::parse(&text, p).unwrap_err().to_string();
+            assert!(err.contains(&format!("{setting}: ")), "{setting}: {err}");
+        }
+    }
+
+    #[test]
+    fn only_reload_signals_reach_the_vault_server() {
+        let p = Path::new("/etc/rotate/prod.toml");
+        let kill = PROD.replace("openbao.pid:HUP", "openbao.pid:KILL");
+        let err = Config::parse(&kill, p).unwrap_err().to_string();
+        assert!(err.contains("listener.reload"), "{err}");
+        let usr1 = PROD.replace("openbao.pid:HUP", "openbao.pid:USR1");
+        let err = Config::parse(&usr1, p).unwrap_err().to_string();
+        assert!(
+            err.contains("listener.reload") && err.contains("HUP"),
+            "{err}"
+        );
+        let restart = PROD.replace(
+            "vault = \"systemd-restart:openbao.service\"",
+            "vault = \"signal:/run/openbao/openbao.pid:HUP\"",
+        );
+        let err = Config::parse(&restart, p).unwrap_err().to_string();
+        assert!(
+            err.contains("restarts.vault") && err.contains("does not restart"),
+            "{err}"
+        );
+        let c = Config::parse(PROD, p).unwrap();
+        let expect = c.vault_process();
+        assert_eq!(expect.listens_on, Some(22400));
+        assert!(expect.exe_names.contains(&"bao".to_string()));
+    }
+
+    #[test]
+    fn a_config_naming_cmd_reloaders_must_be_roots_alone() {
+        use std::os::unix::fs::PermissionsExt as _;
+        let t = tempfile::tempdir().unwrap();
+        std::fs::set_permissions(t.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+        let path = t.path().join("rotate.toml");
+        let text = PROD.replace("podman:proxyprod\"", "cmd:nginx -s reload\"");
+        std::fs::write(&path, &text).unwrap();
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).unwrap();
+        Config::load(&path).unwrap();
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o666)).unwrap();
+        let err = Config::load(&path).unwrap_err();
+        assert!(matches!(err, ConfigError::Untrusted { .. }), "{err}");
+        assert!(err.to_string().contains("writable by others"), "{err}");
+        // Without cmd: (or [commands]) it names nothing root runs from it.
+        std::fs::write(&path, PROD).unwrap();
+        Config::load(&path).unwrap();
+    }
+
+    #[test]
+    fn relative_paths_are_relative_to_the_config_file_wherever_rotate_runs() {
+        let c = Config::parse(
+            &PROD.replace("/etc/vault-sec/prod/ca.pem", "ca/ca.pem"),
+            Path::new("conf/prod.toml"),
+        )
+        .unwrap();
+        let ca = c.vault.ca_cert.unwrap();
+        assert!(
+            ca.is_absolute() && ca.ends_with("conf/ca/ca.pem"),
+            "{}",
+            ca.display()
+        );
     }
 
     #[test]

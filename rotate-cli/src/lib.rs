@@ -61,7 +61,7 @@ mod steps;
 mod verify;
 
 #[cfg(feature = "cli")]
-pub use cli::{Cli, Command, KvFlags, Output, Selection, Step as CliStep, run};
+pub use cli::{Cli, Command, KvFlags, LogWriter, Output, Selection, Step as CliStep, run};
 pub use config::{
     AdminSection, AgentsSection, AppConfig, Config, ConfigError, HealthSection, KeyMode,
     LeafSection, ListenerSection, PkiSection, ProxyIdentity, ProxySection, ProxyTrust,
@@ -71,7 +71,7 @@ pub use deps::{AdminApi, FreshClients, GateConnector, TlsIdentity, Vault};
 pub use engine::change::{Change, ChangeKind, FieldDiff};
 pub use engine::journal::{
     Event, Journal, JournalError, RunRecord, RunRequest, RunState, StepId, TargetRecord,
-    TargetState, last_run,
+    TargetState, check_state_dir, last_run,
 };
 pub use engine::lock::{LockError, StateLock};
 pub use engine::undo::{UndoAction, UndoDeps, UnwindOutcome, carry_out, unwind};
@@ -79,6 +79,7 @@ pub use engine::{
     Cancel, Outcome, Singleton, Step, StepReport, Target, TargetPlan, TargetReport, Tx,
 };
 pub use exit::Exit;
+pub use render::escape_controls;
 pub use rotation::{Deps, Mode, RotationError, RunReport, execute, repair_admin_identity};
 pub use served::{
     AdminIdentity, ClientCaDrift, HealthFailure, HealthProof, Served, WaitError, healthcheck, look,

@@ -14,7 +14,9 @@ async fn main() -> std::process::ExitCode {
         )
         .without_time()
         .with_target(false)
-        .with_writer(std::io::stderr)
+        // Plain text, control bytes escaped: fields carry text from outside.
+        .with_ansi(false)
+        .with_writer(|| rotate_cli::LogWriter)
         .init();
     let mut stdout = std::io::stdout().lock();
     rotate_cli::run(cli, &mut stdout).await.into()

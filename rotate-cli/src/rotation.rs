@@ -89,6 +89,11 @@ pub struct RunReport {
     /// Vault that needs a restart this run did not make.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub attention: Vec<String>,
+    /// Policies `[leaf] remove_policies` names that were removed from the mapping of an
+    /// app whose own rotation did not get to it (it failed, or was skipped): a security
+    /// fix the app cannot veto, never undone.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub security_fixes: Vec<String>,
 }
 
 impl RunReport {
@@ -135,6 +140,8 @@ impl RotationError {
     pub fn exit(&self) -> Exit {
         match self {
             RotationError::Locked(LockError::Held { .. }) => Exit::Locked,
+            RotationError::Locked(LockError::State(JournalError::Untrusted { .. }))
+            | RotationError::Journal(JournalError::Untrusted { .. }) => Exit::Config,
             RotationError::Locked(_) | RotationError::Journal(_) => Exit::Failure,
             RotationError::ResumeNeeded { .. } => Exit::ResumeNeeded,
             RotationError::NothingToDo(_) => Exit::Ok,
@@ -154,8 +161,9 @@ struct Steps<'a> {
     health: HealthStep<'a>,
 }
 
-fn undo_deps<'a>(cfg: &Config, deps: Deps<'a>) -> UndoDeps<'a> {
+fn undo_deps<'a>(cfg: &'a Config, deps: Deps<'a>) -> UndoDeps<'a> {
     UndoDeps {
+        cfg,
         vault: deps.vault,
         runner: deps.runner,
         timeout: cfg.duration(&cfg.leaf.command_timeout),
@@ -171,6 +179,7 @@ pub async fn execute(
     deps: Deps<'_>,
 ) -> Result<RunReport, RotationError> {
     let mut report = execute_mode(cfg, apps, request, mode, deps).await?;
+    let run_level = std::mem::take(&mut report.attention);
     report.attention = report
         .recovered
         .iter()
@@ -191,6 +200,7 @@ pub async fn execute(
                 })
             })
         })
+        .chain(run_level)
         .collect();
     Ok(report)
 }
@@ -217,6 +227,7 @@ async fn execute_mode(
         exit_code: 0,
         summary: String::new(),
         attention: Vec::new(),
+        security_fixes: Vec::new(),
     };
     let now = (deps.clock)();
     let _lock = if mode == Mode::Plan {
@@ -450,6 +461,20 @@ async fn execute_mode(
         report.steps.push(sr);
     }
 
+    if request
+        .steps
+        .iter()
+        .any(|s| matches!(s, StepId::Agents | StepId::Leaf))
+    {
+        let pending: Vec<&AppConfig> = apps
+            .iter()
+            .copied()
+            .filter(|a| !converged_mapping(&journal, &a.name))
+            .collect();
+        let (fixed, left) = strip_removed_policies(cfg, &pending, deps).await;
+        report.security_fixes = fixed;
+        report.attention.extend(left);
+    }
     mark_step_3_live(&mut report);
     let interrupted = deps.cancel.is_cancelled()
         || report
@@ -468,6 +493,83 @@ async fn execute_mode(
     report.exit_code = exit.code();
     report.summary = summary;
     Ok(report)
+}
+
+/// Whether this run's step 3 or 4 committed `app` (its mapping then holds exactly the
+/// agent policies).
+fn converged_mapping(journal: &Journal, app: &str) -> bool {
+    journal.record().targets.iter().any(|t| {
+        matches!(t.step, StepId::Agents | StepId::Leaf)
+            && t.target == app
+            && t.state == TargetState::Committed
+    })
+}
+
+/// For each of `apps` whose mapping still carries a policy `[leaf] remove_policies`
+/// names: write it back without them, whatever happened to the app's own rotation (an
+/// app must not keep `debug-policy` by making its rotation fail). Returns what was
+/// removed, and what could not be (for the operator's attention).
+async fn strip_removed_policies(
+    cfg: &Config,
+    apps: &[&AppConfig],
+    deps: Deps<'_>,
+) -> (Vec<String>, Vec<String>) {
+    use futures_util::StreamExt as _;
+    let remove = &cfg.leaf.remove_policies;
+    if remove.is_empty() {
+        return (Vec::new(), Vec::new());
+    }
+    let mount = cfg.agents.cert_auth_mount.as_str();
+    let cert = deps.vault.cert;
+    let results: Vec<Result<Option<String>, String>> =
+        futures_util::stream::iter(apps)
+            .map(|app| async move {
+                let name = crate::steps::names::Names::new(cfg, app).mapping;
+                let path = format!("auth/{mount}/certs/{name}");
+                let current = cert.read_cert_role(mount, &name).await.map_err(|e| {
+                    format!(
+                        "{path} could not be read to remove {}: {e}",
+                        remove.join(", ")
+                    )
+                })?;
+                let Some(mut role) = current else {
+                    return Ok(None);
+                };
+                let found: Vec<String> = role
+                    .token_policies
+                    .iter()
+                    .filter(|p| remove.contains(p))
+                    .cloned()
+                    .collect();
+                if found.is_empty() {
+                    return Ok(None);
+                }
+                role.token_policies.retain(|p| !remove.contains(p));
+                cert.write_cert_role(mount, &name, &role).await.map_err(|e| {
+                format!(
+                    "{path} STILL CARRIES {} ([leaf] remove_policies): removing failed: {e}",
+                    found.join(", ")
+                )
+            })?;
+                Ok(Some(format!(
+                    "removed {} from {path} (app {}; a security fix, never undone)",
+                    found.join(", "),
+                    app.name
+                )))
+            })
+            .buffered(cfg.run.concurrency.max(1))
+            .collect()
+            .await;
+    let mut fixed = Vec::new();
+    let mut left = Vec::new();
+    for r in results {
+        match r {
+            Ok(Some(f)) => fixed.push(f),
+            Ok(None) => {}
+            Err(e) => left.push(e),
+        }
+    }
+    (fixed, left)
 }
 
 fn skipped(app: &AppConfig, id: StepId) -> TargetReport {
@@ -787,9 +889,12 @@ pub fn repair_admin_identity(cfg: &Config, now: i64) -> Result<Vec<String>, Rota
         if let (UndoAction::File { undo, owner }, false) = (&entry.action, entry.done) {
             pki_ops::undo_file(undo, *owner).map_err(|e| {
                 RotationError::Repair(format!(
-                    "cannot restore the admin identity file {}: {e}; fix it by hand from its kept previous version (.{}.rotate-{}.prev)",
+                    "cannot restore the admin identity file {}: {e}; fix it by hand from its kept previous version ({}, run {})",
                     undo.root.join(&undo.rel).display(),
-                    undo.rel.display(),
+                    undo.prev
+                        .as_ref()
+                        .map(|p| undo.root.join(p).display().to_string())
+                        .unwrap_or_else(|| "none: the file did not exist before".into()),
                     rec.run_id
                 ))
             })?;
@@ -943,6 +1048,7 @@ mod tests {
             exit_code: 0,
             summary: String::new(),
             attention: Vec::new(),
+            security_fixes: Vec::new(),
         }
     }
 

@@ -74,36 +74,38 @@ pub async fn status<V: SysApi + TokenApi>(
 
 impl std::fmt::Display for StatusReport {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        writeln!(f, "Vault        {}", self.addr)?;
-        if let Some(n) = &self.tls_server_name {
-            writeln!(f, "TLS name     {n} (verified, sent as SNI)")?;
-        }
-        writeln!(f, "State        {:?}", self.state)?;
-        writeln!(f, "Initialized  {}", self.initialized)?;
-        writeln!(f, "Sealed       {}", self.sealed)?;
-        writeln!(f, "Version      {}", self.version)?;
-        writeln!(
-            f,
-            "Seal/storage {} / {}",
-            self.seal_type,
-            self.storage_type.as_deref().unwrap_or("?")
-        )?;
-        if let Some(c) = &self.cluster_name {
-            writeln!(f, "Cluster      {c}")?;
-        }
-        if let Some(id) = &self.identity {
+        crate::render::escaped(f, |f| {
+            writeln!(f, "Vault        {}", self.addr)?;
+            if let Some(n) = &self.tls_server_name {
+                writeln!(f, "TLS name     {n} (verified, sent as SNI)")?;
+            }
+            writeln!(f, "State        {:?}", self.state)?;
+            writeln!(f, "Initialized  {}", self.initialized)?;
+            writeln!(f, "Sealed       {}", self.sealed)?;
+            writeln!(f, "Version      {}", self.version)?;
             writeln!(
                 f,
-                "Identity     {} (policies: {}; ttl {})",
-                id.display_name,
-                id.policies.join(", "),
-                if id.ttl == 0 {
-                    "none".to_string()
-                } else {
-                    format!("{}s", id.ttl)
-                }
+                "Seal/storage {} / {}",
+                self.seal_type,
+                self.storage_type.as_deref().unwrap_or("?")
             )?;
-        }
-        Ok(())
+            if let Some(c) = &self.cluster_name {
+                writeln!(f, "Cluster      {c}")?;
+            }
+            if let Some(id) = &self.identity {
+                writeln!(
+                    f,
+                    "Identity     {} (policies: {}; ttl {})",
+                    id.display_name,
+                    id.policies.join(", "),
+                    if id.ttl == 0 {
+                        "none".to_string()
+                    } else {
+                        format!("{}s", id.ttl)
+                    }
+                )?;
+            }
+            Ok(())
+        })
     }
 }

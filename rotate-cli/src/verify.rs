@@ -381,7 +381,29 @@ async fn verify_app(
     let mut expected_policies = None;
     if let Some(chain) = chain {
         let spec = crate::steps::agents::mapping_spec(cfg, app, chain);
-        match cert_auth::upsert_mapping(v.cert, mount, &spec, true).await {
+        let outcome = cert_auth::upsert_mapping(v.cert, mount, &spec, true).await;
+        if let Ok(o) = &outcome {
+            let dangerous: Vec<&String> = o
+                .previous
+                .iter()
+                .flat_map(|m| &m.token_policies)
+                .filter(|p| cfg.leaf.remove_policies.contains(p))
+                .collect();
+            if !dangerous.is_empty() {
+                r.check(
+                    format!("mapping {} of {a} carries no [leaf] remove_policies", o.path),
+                    Err(format!(
+                        "it carries {}: every token of this agent has it; `rotate run --app {a}` removes it",
+                        dangerous
+                            .iter()
+                            .map(|s| s.as_str())
+                            .collect::<Vec<_>>()
+                            .join(", ")
+                    )),
+                );
+            }
+        }
+        match outcome {
             Ok(o) if o.drift.is_empty() => {
                 r.check(
                     format!("mapping {} of {a}", o.path),
@@ -577,19 +599,21 @@ async fn verify_proxy(
 
 impl std::fmt::Display for VerifyReport {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        writeln!(f, "rotate verify ({})", self.env)?;
-        for c in &self.checks {
-            writeln!(f, "  {c}")?;
-        }
-        writeln!(f, "\nExpiry inventory (soonest first):")?;
-        for m in &self.inventory {
-            writeln!(
-                f,
-                "  {:>5} d  {}  {}  ({})",
-                m.days_left, m.not_after, m.what, m.location
-            )?;
-        }
-        writeln!(f, "\n{} (exit {})", self.summary, self.exit_code)
+        crate::render::escaped(f, |f| {
+            writeln!(f, "rotate verify ({})", self.env)?;
+            for c in &self.checks {
+                writeln!(f, "  {c}")?;
+            }
+            writeln!(f, "\nExpiry inventory (soonest first):")?;
+            for m in &self.inventory {
+                writeln!(
+                    f,
+                    "  {:>5} d  {}  {}  ({})",
+                    m.days_left, m.not_after, m.what, m.location
+                )?;
+            }
+            writeln!(f, "\n{} (exit {})", self.summary, self.exit_code)
+        })
     }
 }
 

@@ -13,7 +13,7 @@ use std::process::Command;
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
-use hooks::{CommandRunner, CommandSpec, PostHookSpec, ProcessRunner, ProgramOverrides, Reloader};
+use hooks::{PostHookSpec, ProcessRunner, ProgramOverrides, Reloader};
 use rotate_tests::{LabCa, write_file};
 
 const IMAGE: &str = "localhost/busybox-rotate:test";
@@ -379,13 +379,18 @@ async fn rendered_post_hook_signals_labelled_containers_and_the_proxy() {
     let script_path = tls.join("vault-agent-post-leaf.sh");
     write_file(&script_path, script.as_bytes(), 0o755).unwrap();
 
-    let cmd = CommandSpec::new(script_path.to_string_lossy())
-        .env("PODMAN", env.wrapper.to_string_lossy())
-        .timeout(Duration::from_secs(30));
-    let out = ProcessRunner
-        .run(&cmd)
-        .await
-        .unwrap_or_else(|e| panic!("post-hook failed: {e}"));
+    // As the agent runs it: with `PODMAN` in its environment (the rootless-podman
+    // wrapper of this lab).
+    let ran = std::process::Command::new(&script_path)
+        .env("PODMAN", &env.wrapper)
+        .output()
+        .expect("run the post-hook");
+    let out = hooks::CommandOutput {
+        status: ran.status.code().unwrap_or(-1),
+        stdout: String::from_utf8_lossy(&ran.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&ran.stderr).into_owned(),
+    };
+    assert!(ran.status.success(), "post-hook failed: {}", out.stderr);
     for c in [&a, &b, &proxy] {
         let line = format!("sent SIGHUP to container {}", c.name);
         assert!(

@@ -91,16 +91,11 @@ fn served_serial_openssl(lab: &Lab) -> String {
 /// A "server" that ignores the reload: `[listener] reload` signals a `sleep` (SIGCONT)
 /// through a pid file in `dir`, with `timeout` to wait for the new serial. Kill the
 /// returned child when done.
-fn decoy_reload(cfg: &Path, dir: &Path, timeout: &str) -> std::process::Child {
-    let decoy = Command::new("sleep").arg("600").spawn().unwrap();
-    let pid_file = dir.join("decoy.pid");
-    std::fs::write(&pid_file, decoy.id().to_string()).unwrap();
-    set_reload(
-        cfg,
-        &format!("signal:{}:CONT", pid_file.display()),
-        Some(timeout),
-    );
-    decoy
+/// A listener reload that reports success and changes nothing (`cmd:true`): the server
+/// goes on serving its old certificate. (A `signal:` reloader would refuse a pid file
+/// naming anything but the server, so the decoy is a command.)
+fn decoy_reload(cfg: &Path, timeout: &str) {
+    set_reload(cfg, "cmd:true", Some(timeout));
 }
 
 /// `rotate <args>` as a real process (JSON output discarded), to be killed mid-run.
@@ -485,15 +480,13 @@ async fn a_listener_reload_that_does_not_take_effect_is_detected_and_the_old_ser
     let lab = tls_lab();
     let p = &lab.paths;
     let dir = tempdir("tls-noreload");
-    // A "server" that ignores SIGHUP: the pid file names a process that is not bao.
+    // A reload that does nothing: the server keeps serving its old certificate.
     let cfg = tls_config(lab, &dir, &[]);
-    let mut decoy = decoy_reload(&cfg, &dir, "2s");
+    decoy_reload(&cfg, "2s");
     let before = (bytes(&p.server_cert), bytes(&p.server_key));
     let served = served_serial_openssl(lab);
 
     let (exit, v) = rotate(&cfg, &["run", "--step", "listener"]).await;
-    let _ = decoy.kill();
-    let _ = decoy.wait();
     assert_eq!(exit, Exit::GateFailed, "{v:#}");
     let err = errors(&v);
     assert!(err.contains("did not take effect"), "{err}");
@@ -1157,7 +1150,7 @@ async fn killing_a_failing_listener_run_during_its_gate_or_unwind_then_resuming_
     let dir = tempdir("tls-kill-unwind");
     // A reload that never takes effect: every run fails its gate and unwinds.
     let cfg = tls_config(lab, &dir, &[]);
-    let mut decoy = decoy_reload(&cfg, &dir, "1s");
+    decoy_reload(&cfg, "1s");
     let before = (bytes(&p.server_cert), bytes(&p.server_key));
     let served = served_serial_openssl(lab);
     let kept_before = rotate_files(&p.server_cert);
@@ -1204,8 +1197,6 @@ async fn killing_a_failing_listener_run_during_its_gate_or_unwind_then_resuming_
             .collect();
         assert!(leftovers.is_empty(), "round {i}: {leftovers:?}");
     }
-    let _ = decoy.kill();
-    let _ = decoy.wait();
 }
 
 #[tokio::test]

@@ -140,6 +140,7 @@ impl VaultClient {
         idem: Idempotency,
         answers: &[u16],
     ) -> Result<HttpResponse> {
+        crate::path::check_path(path)?;
         let req = HttpRequest {
             method,
             path: path.trim_start_matches('/').to_owned(),

@@ -162,20 +162,33 @@ fn stage_io_err(op: &'static str, path: &Path, e: std::io::Error) -> Error {
     }
 }
 
-/// `.rotate-tmp-<name>-<run_id>`, next to the target.
-pub(super) fn temp_name(name: &OsStr, run_id: &str) -> OsString {
+/// `.rotate-tmp-<name>-<run_id>-<token>`, next to the target.
+pub(super) fn temp_name(name: &OsStr, run_id: &str, token: &str) -> OsString {
     let mut n = OsString::from(TEMP_PREFIX);
     n.push(name);
-    n.push(format!("-{run_id}"));
+    n.push(format!("-{run_id}-{token}"));
     n
 }
 
-/// `.<name>.rotate-<run_id>.prev`, next to the target.
-pub(super) fn prev_name(name: &OsStr, run_id: &str) -> OsString {
+/// `.<name>.rotate-<run_id>-<token>.prev`, next to the target.
+pub(super) fn prev_name(name: &OsStr, run_id: &str, token: &str) -> OsString {
     let mut n = OsString::from(".");
     n.push(name);
-    n.push(format!(".rotate-{run_id}.prev"));
+    n.push(format!(".rotate-{run_id}-{token}.prev"));
     n
+}
+
+/// 16 random hex digits from the kernel: the names of our temp files and kept previous
+/// versions cannot be guessed (and so not planted) by the user who owns the directory.
+fn random_token() -> Result<String> {
+    let mut buf = [0u8; 8];
+    let mut filled = 0;
+    while filled < buf.len() {
+        filled +=
+            rustix::rand::getrandom(&mut buf[filled..], rustix::rand::GetRandomFlags::empty())
+                .map_err(|e| io_err("read random bytes for", Path::new("temp names"), e))?;
+    }
+    Ok(buf.iter().map(|b| format!("{b:02x}")).collect())
 }
 
 /// `name` in the directory of `rel`.
@@ -335,7 +348,8 @@ impl MaterialSet {
                 continue;
             }
             let st = rustix::fs::fstat(&dir).map_err(|e| io_err("stat directory of", &shown, e))?;
-            let temp = temp_name(name, run_id);
+            let token = random_token()?;
+            let temp = temp_name(name, run_id, &token);
             let fd = match open_temp(&dir, &temp, f.spec.mode) {
                 Err(Errno::EXIST) => {
                     // Left by a killed attempt (or planted): unlink the name, never follow it.
@@ -346,7 +360,7 @@ impl MaterialSet {
                 r => r,
             }
             .map_err(|e| stage_err("create temp for", &shown, e))?;
-            let prev = outcome.existed.then(|| prev_name(name, run_id));
+            let prev = outcome.existed.then(|| prev_name(name, run_id, &token));
             outcome.previous = prev.as_deref().map(|p| sibling(&f.spec.path, p));
             // Registered before writing, so a failure below still removes it (Drop).
             staged.files.push(StagedFile {
@@ -410,13 +424,15 @@ impl Staged {
     }
 
     /// Phase 2. First every existing target is kept as
-    /// `linkat(dir, name, dir, .<name>.rotate-<run_id>.prev, 0)`: a hard link (same inode,
-    /// bytes, mode and owner; never read through a path; a symlink swapped in is linked as
-    /// the symlink, not followed), and the directories are synced; a failure there removes
-    /// the links made and replaces nothing. Then each temp is renamed over its target and
-    /// each directory synced once. A rename failure leaves the earlier files replaced: undo
-    /// them with [`Staged::undo_records`]. A previous version already kept by an earlier
-    /// attempt of the same run is older, so it is kept as is.
+    /// `linkat(dir, name, dir, .<name>.rotate-<run_id>-<token>.prev, 0)`: a hard link
+    /// (same inode, bytes, mode and owner; never read through a path; a symlink swapped in
+    /// is linked as the symlink, not followed), and the directories are synced; a failure
+    /// there removes the links made and replaces nothing. The name is random: one that
+    /// already exists was planted (by the directory's owner, who may read the temp's name),
+    /// and the commit stops rather than keep it as "the previous version" undo would put
+    /// back. Then each temp is renamed over its target and each directory synced once. A
+    /// rename failure leaves the earlier files replaced: undo them with
+    /// [`Staged::undo_records`].
     pub fn commit(mut self) -> Result<WriteReport> {
         let mut linked: Vec<(&Pending, &OsStr)> = Vec::new();
         let mut keep = || -> Result<()> {
@@ -430,7 +446,12 @@ impl Staged {
                     AtFlags::empty(),
                 ) {
                     Ok(()) => linked.push((p, prev)),
-                    Err(Errno::EXIST) => {}
+                    Err(Errno::EXIST) => {
+                        return Err(Error::Unsafe {
+                            path: self.root.join(sibling(&o.path, prev)),
+                            reason: "exists already, though its name was random: planted by the directory's owner; nothing was replaced".into(),
+                        });
+                    }
                     Err(e) => {
                         let shown = self.root.join(&o.path);
                         return Err(io_err("keep previous version of", &shown, e));
@@ -514,12 +535,21 @@ mod tests {
             rustix::process::umask(old);
             let staged = staged.unwrap();
             // The temps, before any rename: already the final mode and owner.
-            for (dir, name, mode) in [
-                (MTLS, "agent.key", 0o600),
-                (MTLS, "agent.crt", 0o644),
-                ("vault", "hook", 0o755),
-            ] {
-                let temp = h.join(dir).join(format!(".rotate-tmp-{name}-r1"));
+            let temps = staged.undo_records();
+            for (u, (name, mode)) in
+                temps
+                    .iter()
+                    .zip([("agent.key", 0o600), ("agent.crt", 0o644), ("hook", 0o755)])
+            {
+                let temp = h.join(u.temp.as_ref().unwrap());
+                assert!(
+                    temp.file_name()
+                        .unwrap()
+                        .to_string_lossy()
+                        .starts_with(&format!(".rotate-tmp-{name}-r1-")),
+                    "{}",
+                    temp.display()
+                );
                 let st = fstat_nofollow(&temp);
                 assert_eq!(
                     (st.st_mode & 0o7777, st.st_uid, st.st_gid),
@@ -775,7 +805,7 @@ mod tests {
     }
 
     #[test]
-    fn two_runs_keep_distinct_previous_versions() {
+    fn two_runs_keep_distinct_previous_versions_under_unguessable_names() {
         let (_t, h) = home();
         let tree = tree_with_mtls(&h);
         pair("K0", "C0")
@@ -795,14 +825,25 @@ mod tests {
         assert_ne!(ua[0].prev, ub[0].prev);
         assert_eq!((read(&ua[0]), read(&ua[1])), ("K0".into(), "C0".into()));
         assert_eq!((read(&ub[0]), read(&ub[1])), ("K1".into(), "C1".into()));
-        assert_eq!(
-            ub[0].prev.as_deref(),
-            Some(Path::new("vault/mtls/.agent.key.rotate-r2.prev"))
+        let name = ub[0]
+            .prev
+            .as_deref()
+            .unwrap()
+            .file_name()
+            .unwrap()
+            .to_string_lossy();
+        let token = name
+            .strip_prefix(".agent.key.rotate-r2-")
+            .and_then(|t| t.strip_suffix(".prev"))
+            .unwrap_or_else(|| panic!("{name}"));
+        assert!(
+            token.len() == 16 && token.bytes().all(|b| b.is_ascii_hexdigit()),
+            "{name}"
         );
     }
 
     #[test]
-    fn a_rerun_of_a_killed_run_replaces_its_stale_temps_and_keeps_the_first_previous() {
+    fn a_planted_previous_version_stops_the_commit_and_replaces_nothing() {
         let (_t, h) = home();
         let tree = tree_with_mtls(&h);
         pair("K0", "C0")
@@ -810,26 +851,31 @@ mod tests {
             .unwrap()
             .commit()
             .unwrap();
-        // Killed after staging: temps stay behind.
-        std::mem::forget(pair("K1", "C1").stage(&tree, "r1").unwrap());
-        // Killed after committing (the step was not marked done): prevs hold K0/C0.
-        pair("K1", "C1")
-            .stage(&tree, "r1")
-            .unwrap()
-            .commit()
-            .unwrap();
-        let again = pair("K2", "C2").stage(&tree, "r1").unwrap();
-        let u = again.undo_records();
-        again.commit().unwrap();
+        let staged = pair("K1", "C1").stage(&tree, "r1").unwrap();
+        let u = staged.undo_records();
+        // The owner reads the temp's name from the directory and plants the prev it wants
+        // undo to restore.
+        std::fs::write(h.join(u[1].prev.as_ref().unwrap()), "PLANTED").unwrap();
+        let err = staged.commit().unwrap_err();
+        assert!(matches!(err, Error::Unsafe { .. }), "{err}");
+        assert!(err.to_string().contains("planted"), "{err}");
         assert_eq!(
-            std::fs::read_to_string(h.join(u[0].prev.as_ref().unwrap())).unwrap(),
-            "K0",
-            "the version before the run, not the run's own first attempt"
+            std::fs::read_to_string(h.join("vault/mtls/agent.key")).unwrap(),
+            "K0"
+        );
+        assert_eq!(
+            std::fs::read_to_string(h.join("vault/mtls/agent.crt")).unwrap(),
+            "C0"
+        );
+        assert!(
+            !h.join(u[0].prev.as_ref().unwrap()).exists(),
+            "our own link of the key was taken back"
         );
         assert!(
             !names_in(&h.join(MTLS))
                 .iter()
-                .any(|n| n.starts_with(".rotate-tmp-"))
+                .any(|n| n.starts_with(".rotate-tmp-")),
+            "temps removed"
         );
     }
 

@@ -35,6 +35,15 @@ pub enum JournalError {
         /// Cause.
         source: std::io::Error,
     },
+    /// The state directory (or a file in it) could have been written by someone other
+    /// than the user rotate runs as: its journal would decide what root undoes.
+    #[error("state directory {}: {reason}", path.display())]
+    Untrusted {
+        /// The directory or file.
+        path: PathBuf,
+        /// Who else could write it, and what to do.
+        reason: String,
+    },
     /// The journal holds something this version cannot read.
     #[error("journal {} line {line}: {reason}", path.display())]
     Corrupt {
@@ -375,23 +384,95 @@ fn journal_path(state_dir: &Path) -> PathBuf {
     state_dir.join("journal.jsonl")
 }
 
-/// Create the state directory (`0700`) if missing.
+/// Create the state directory (`0700`, with `runs/`) if missing, then
+/// [`check_state_dir`].
 pub(crate) fn ensure_state_dir(state_dir: &Path) -> Result<(), JournalError> {
-    std::fs::DirBuilder::new()
-        .recursive(true)
+    let io = |op, source| JournalError::Io {
+        path: state_dir.to_owned(),
+        op,
+        source,
+    };
+    if std::fs::symlink_metadata(state_dir).is_err() {
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(state_dir)
+            .map_err(|e| io("create state directory", e))?;
+    }
+    check_state_dir(state_dir)?;
+    match std::fs::DirBuilder::new()
         .mode(0o700)
         .create(state_dir.join("runs"))
-        .map_err(|source| JournalError::Io {
-            path: state_dir.to_owned(),
-            op: "create state directory",
-            source,
-        })
+    {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Ok(()),
+        Err(e) => Err(io("create runs/", e)),
+    }
+}
+
+/// The journal decides what a resume or rollback does as root, so the state directory
+/// must be this user's alone: a real directory (not a symlink) owned by the user rotate
+/// runs as, not writable by group or others, every directory above it owned by root (or
+/// that user) and writable by nobody else (a root-owned sticky one such as `/tmp`
+/// excepted). A directory readable by others is narrowed to `0700`. Returns whether it
+/// exists.
+pub fn check_state_dir(state_dir: &Path) -> Result<bool, JournalError> {
+    use std::os::unix::fs::{MetadataExt as _, PermissionsExt as _};
+    let untrusted = |reason: String| JournalError::Untrusted {
+        path: state_dir.to_owned(),
+        reason,
+    };
+    let meta = match std::fs::symlink_metadata(state_dir) {
+        Ok(m) => m,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(false),
+        Err(source) => {
+            return Err(JournalError::Io {
+                path: state_dir.to_owned(),
+                op: "stat state directory",
+                source,
+            });
+        }
+    };
+    if meta.file_type().is_symlink() || !meta.is_dir() {
+        return Err(untrusted(
+            "is a symlink or not a directory: name the real directory ([run] state_dir)".into(),
+        ));
+    }
+    let me = nix::unistd::geteuid().as_raw();
+    if meta.uid() != me {
+        return Err(untrusted(format!(
+            "is owned by uid {}, not uid {me} (who runs rotate): its journal would decide what this user undoes; use a directory only this user can write ([run] state_dir)",
+            meta.uid()
+        )));
+    }
+    let owner = (me != 0).then_some(me);
+    hooks::check_trusted(state_dir, owner).map_err(|e| untrusted(e.to_string()))?;
+    if meta.mode() & 0o077 != 0 {
+        std::fs::set_permissions(state_dir, std::fs::Permissions::from_mode(0o700)).map_err(
+            |source| JournalError::Io {
+                path: state_dir.to_owned(),
+                op: "narrow to 0700",
+                source,
+            },
+        )?;
+    }
+    Ok(true)
+}
+
+/// Opens a file of the (checked) state directory without following a symlink.
+pub(crate) fn open_state_file(options: &mut OpenOptions, path: &Path) -> std::io::Result<File> {
+    options
+        .custom_flags(nix::fcntl::OFlag::O_NOFOLLOW.bits())
+        .open(path)
 }
 
 /// Replay the last run of `state_dir`, if any.
 pub fn last_run(state_dir: &Path) -> Result<Option<RunRecord>, JournalError> {
+    if !check_state_dir(state_dir)? {
+        return Ok(None);
+    }
     let path = journal_path(state_dir);
-    let file = match File::open(&path) {
+    let file = match open_state_file(OpenOptions::new().read(true), &path) {
         Ok(f) => f,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
         Err(source) => {
@@ -436,6 +517,7 @@ fn replay(path: &Path, file: File) -> Result<RunRecord, JournalError> {
                     request,
                 },
             ) => {
+                check_run_id(&run_id).map_err(|reason| corrupt(i + 1, reason))?;
                 record = Some(RunRecord {
                     run_id,
                     env,
@@ -453,6 +535,25 @@ fn replay(path: &Path, file: File) -> Result<RunRecord, JournalError> {
     record.ok_or_else(|| corrupt(1, "empty journal".into()))
 }
 
+/// A run id names files (`runs/<id>.jsonl`, kept previous versions): 1 to 64 of
+/// `[A-Za-z0-9._-]`, not starting with `.`.
+fn check_run_id(run_id: &str) -> Result<(), String> {
+    let ok = !run_id.is_empty()
+        && run_id.len() <= 64
+        && !run_id.starts_with('.')
+        && run_id
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'));
+    if ok {
+        Ok(())
+    } else {
+        Err(format!(
+            "run id {:?} is not 1 to 64 of [A-Za-z0-9._-]",
+            run_id.escape_debug().to_string()
+        ))
+    }
+}
+
 impl Journal {
     /// Start a new run: the previous journal (if any) moves to `runs/`, a new one begins
     /// with `RunStarted`.
@@ -463,6 +564,11 @@ impl Journal {
         started: i64,
         request: RunRequest,
     ) -> Result<Journal, JournalError> {
+        check_run_id(run_id).map_err(|reason| JournalError::Corrupt {
+            path: journal_path(state_dir),
+            line: 0,
+            reason,
+        })?;
         ensure_state_dir(state_dir)?;
         let path = journal_path(state_dir);
         if let Some(prev) = last_run(state_dir)? {
@@ -475,16 +581,15 @@ impl Journal {
                 source,
             })?;
         }
-        let file = OpenOptions::new()
-            .create_new(true)
-            .append(true)
-            .mode(0o600)
-            .open(&path)
-            .map_err(|source| JournalError::Io {
-                path: path.clone(),
-                op: "create",
-                source,
-            })?;
+        let file = open_state_file(
+            OpenOptions::new().create_new(true).append(true).mode(0o600),
+            &path,
+        )
+        .map_err(|source| JournalError::Io {
+            path: path.clone(),
+            op: "create",
+            source,
+        })?;
         let pid = std::process::id();
         let record = RunRecord {
             run_id: run_id.to_owned(),
@@ -516,14 +621,13 @@ impl Journal {
         let Some(record) = last_run(state_dir)? else {
             return Ok(None);
         };
-        let file = OpenOptions::new()
-            .append(true)
-            .open(&path)
-            .map_err(|source| JournalError::Io {
+        let file = open_state_file(OpenOptions::new().append(true), &path).map_err(|source| {
+            JournalError::Io {
                 path: path.clone(),
                 op: "open for append",
                 source,
-            })?;
+            }
+        })?;
         Ok(Some(Journal {
             path,
             inner: Mutex::new(Inner { file, record }),

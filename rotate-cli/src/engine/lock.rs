@@ -20,6 +20,9 @@ pub enum LockError {
         /// What the holder wrote: pid, start time, command.
         holder: String,
     },
+    /// The state directory cannot be trusted (or created).
+    #[error(transparent)]
+    State(#[from] super::journal::JournalError),
     /// The lock file could not be opened or locked.
     #[error("lock {}: {source}", path.display())]
     Io {
@@ -45,18 +48,19 @@ impl StateLock {
             path: path.clone(),
             source,
         };
-        super::journal::ensure_state_dir(state_dir).map_err(|e| match e {
-            super::journal::JournalError::Io { source, .. } => io(source),
-            other => io(std::io::Error::other(other.to_string())),
-        })?;
-        let mut file = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create(true)
-            .truncate(false)
-            .mode(0o600)
-            .open(&path)
-            .map_err(io)?;
+        super::journal::ensure_state_dir(state_dir)?;
+        // Never through a symlink planted in its place (the directory is checked to be
+        // ours alone; this is the second lock on the door).
+        let mut file = super::journal::open_state_file(
+            OpenOptions::new()
+                .read(true)
+                .write(true)
+                .create(true)
+                .truncate(false)
+                .mode(0o600),
+            &path,
+        )
+        .map_err(io)?;
         // A lock just released can stay held for a moment by a process forked while it was
         // held (flock follows the open file until the child's exec closes it): look again
         // for a short while before naming a holder. A real holder is still refused quickly.

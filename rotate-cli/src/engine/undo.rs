@@ -12,6 +12,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
 use super::journal::{Event, Journal, JournalError, StepId, TargetState};
+use crate::config::Config;
 use crate::deps::Vault;
 
 /// How to undo one write.
@@ -90,15 +91,17 @@ pub enum UndoAction {
         cn: String,
     },
     /// Make the listener load its restored files and prove it serves the previous
-    /// certificate again (runs after the files are back).
+    /// certificate again (runs after the files are back). Undo runs the config's
+    /// `[listener] reload` (only if it is still the one recorded here) and proves it with
+    /// the config's admin files: nothing read from the journal is executed.
     ReloadListener {
-        /// The reloader (`signal:<pid file>:HUP`, ...).
+        /// The reloader as configured when it was recorded (`signal:<pid file>:HUP`, ...).
         reload: String,
         /// The serial served before the run, `aa:bb` hex.
         previous_serial: String,
-        /// CA bundle to verify the listener with.
+        /// CA bundle the run verified the listener with (for the record).
         ca: PathBuf,
-        /// Admin client certificate and key to present.
+        /// Admin client certificate and key the run presented (for the record).
         cert: PathBuf,
         /// See `cert`.
         key: PathBuf,
@@ -106,9 +109,14 @@ pub enum UndoAction {
         timeout_secs: u64,
     },
     /// Reload a service again, so it runs on its restored files (after they are back).
+    /// Undo runs the reloader the config sets at `setting`, only if it is still the one
+    /// recorded here.
     Reload {
-        /// The reloader (`podman:proxyprod`, ...).
+        /// The reloader as configured when it was recorded (`podman:proxyprod`, ...).
         reload: String,
+        /// The setting it came from, e.g. `proxy.reload`.
+        #[serde(default)]
+        setting: String,
     },
     /// A write that cannot be undone and leaves nothing to restore (a restart): recorded
     /// so the report says it happened.
@@ -167,7 +175,9 @@ impl UndoAction {
                 name,
                 previous,
             } => match previous {
-                Some(_) => format!("restore mapping auth/{mount}/certs/{name}"),
+                Some(_) => format!(
+                    "restore mapping auth/{mount}/certs/{name} (never with a [leaf] remove_policies policy)"
+                ),
                 None => format!("delete mapping auth/{mount}/certs/{name}"),
             },
             UndoAction::DisableAuth { mount, .. } => {
@@ -192,7 +202,9 @@ impl UndoAction {
             UndoAction::Irreversible { what } => {
                 format!("{what}: done, cannot be undone (nothing to restore)")
             }
-            UndoAction::Reload { reload } => format!("reload ({reload}) on the restored files"),
+            UndoAction::Reload { reload, .. } => {
+                format!("reload ({reload}) on the restored files")
+            }
             UndoAction::RestartUnit {
                 unit,
                 was_active: true,
@@ -208,6 +220,9 @@ impl UndoAction {
 /// What undo needs from the outside world.
 #[derive(Clone, Copy)]
 pub struct UndoDeps<'a> {
+    /// The config: the reloaders and files undo may act on come from here, never from the
+    /// journal.
+    pub cfg: &'a Config,
     /// Vault, as the admin.
     pub vault: Vault<'a>,
     /// Runs `systemctl`.
@@ -245,7 +260,15 @@ pub async fn carry_out(deps: UndoDeps<'_>, action: &UndoAction) -> Result<(), St
             name,
             previous,
         } => match previous {
-            Some(role) => v.cert.write_cert_role(mount, name, role).await,
+            // A security fix an app cannot veto: the policies `[leaf] remove_policies`
+            // names (e.g. `debug-policy`, read on `*`) never come back through an undo,
+            // even when the app made its own rotation fail.
+            Some(role) => {
+                let mut role = role.clone();
+                role.token_policies
+                    .retain(|p| !deps.cfg.leaf.remove_policies.contains(p));
+                v.cert.write_cert_role(mount, name, &role).await
+            }
             None => v.cert.delete_cert_role(mount, name).await,
         }
         .map_err(|e| e.to_string()),
@@ -301,14 +324,19 @@ pub async fn carry_out(deps: UndoDeps<'_>, action: &UndoAction) -> Result<(), St
         UndoAction::ReloadListener {
             reload,
             previous_serial,
-            ca,
-            cert,
-            key,
             timeout_secs,
+            ..
         } => {
-            let r: hooks::Reloader = reload.parse().map_err(|e: hooks::Error| e.to_string())?;
+            let r = configured_reloader(deps.cfg, "listener.reload", reload)?;
+            let c = &deps.cfg.vault;
+            let (Some(cert), Some(key), Some(ca)) = (&c.client_cert, &c.client_key, &c.ca_cert)
+            else {
+                return Err("[vault] client_cert, client_key and ca_cert are needed to prove the listener serves its previous certificate".into());
+            };
             // Whatever the reload command says, what counts is what is served.
-            let reloaded = hooks::reload(deps.runner, &r, deps.timeout).await;
+            let reloaded =
+                hooks::reload_expecting(deps.runner, &r, deps.timeout, &deps.cfg.vault_process())
+                    .await;
             let served = crate::served::wait_for_serial(
                 v.gate,
                 Some((cert, key)),
@@ -327,8 +355,8 @@ pub async fn carry_out(deps: UndoDeps<'_>, action: &UndoAction) -> Result<(), St
         }
         UndoAction::ReconnectAdmin => v.identity.reconnect().map_err(|e| e.to_string()),
         UndoAction::Irreversible { .. } => Ok(()),
-        UndoAction::Reload { reload } => {
-            let r: hooks::Reloader = reload.parse().map_err(|e: hooks::Error| e.to_string())?;
+        UndoAction::Reload { reload, setting } => {
+            let r = configured_reloader(deps.cfg, setting, reload)?;
             hooks::reload(deps.runner, &r, deps.timeout)
                 .await
                 .map(drop)
@@ -365,6 +393,47 @@ pub async fn carry_out(deps: UndoDeps<'_>, action: &UndoAction) -> Result<(), St
 
 fn yes() -> bool {
     true
+}
+
+/// The reloader the config sets at `setting`, provided it is still `recorded`: undo never
+/// runs a command line read from the journal, only one the config names now.
+fn configured_reloader(
+    cfg: &Config,
+    setting: &str,
+    recorded: &str,
+) -> Result<hooks::Reloader, String> {
+    let current = cfg.reloaders().find(|(s, _)| s == setting).map(|(_, r)| r);
+    let shown = |s: &str| s.escape_debug().to_string();
+    match current {
+        Some(Ok(r)) if cfg_string(cfg, setting) == Some(recorded) => Ok(r),
+        Some(Err(e)) => Err(format!("[{setting}] does not parse: {e}")),
+        Some(Ok(_)) => Err(format!(
+            "the run recorded {setting} = \"{}\", but the config now says \"{}\": not running either; reload it by hand",
+            shown(recorded),
+            shown(cfg_string(cfg, setting).unwrap_or_default())
+        )),
+        None => Err(format!(
+            "the config no longer sets {setting} (the run recorded \"{}\"): reload it by hand",
+            shown(recorded)
+        )),
+    }
+}
+
+/// The text of the reloader setting `setting`.
+fn cfg_string<'c>(cfg: &'c Config, setting: &str) -> Option<&'c str> {
+    match setting {
+        "listener.reload" => cfg.listener.as_ref().map(|l| l.reload.as_str()),
+        "proxy.reload" => cfg.proxy.as_ref().map(|p| p.reload.as_str()),
+        "restarts.vault" => cfg.restarts.as_ref().and_then(|r| r.vault.as_deref()),
+        s => {
+            let i: usize = s
+                .strip_prefix("restarts.proxy[")?
+                .strip_suffix(']')?
+                .parse()
+                .ok()?;
+            cfg.restarts.as_ref()?.proxy.get(i).map(String::as_str)
+        }
+    }
 }
 
 /// The outcome of unwinding one target.

@@ -98,7 +98,7 @@ pub(crate) fn mapping_spec(cfg: &Config, app: &AppConfig, chain: &str) -> Mappin
     }
     MappingSpec {
         name: n.mapping,
-        ca_pem: chain.to_owned(),
+        ca_pem: issuing_ca(chain),
         allowed_common_names: vec![n.agent_cn],
         token_policies,
         token_ttl: cfg.agents.token_ttl,
@@ -110,6 +110,18 @@ pub(crate) fn mapping_spec(cfg: &Config, app: &AppConfig, chain: &str) -> Mappin
             Unmanaged::Refuse
         },
     }
+}
+
+/// The issuing CA alone (the chain's first certificate), what an agent mapping trusts: a
+/// mapping trusting the root would let any other intermediate under it mint a login for
+/// this agent. A CA change shows as mapping drift, and step 3 converges it.
+pub(crate) fn issuing_ca(chain: &str) -> String {
+    const END: &str = "-----END CERTIFICATE-----";
+    let first = chain.find("-----BEGIN CERTIFICATE-----").and_then(|start| {
+        let end = chain[start..].find(END)? + start + END.len();
+        Some(format!("{}\n", &chain[start..end]))
+    });
+    first.unwrap_or_else(|| chain.to_owned())
 }
 
 /// The desired role `agent-mtls-<app>`.

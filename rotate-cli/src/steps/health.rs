@@ -146,32 +146,34 @@ impl HealthReport {
 
 impl std::fmt::Display for HealthReport {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        writeln!(
-            f,
-            "rotate health ({}): {} (SNI {})",
-            self.env,
-            self.addr.as_deref().unwrap_or("-"),
-            self.tls_server_name.as_deref().unwrap_or("-")
-        )?;
-        match (&self.proof, &self.error) {
-            (Some(p), _) => {
-                writeln!(
-                    f,
-                    "  healthy: {} consecutive sys/seal-status answers over new mTLS connections ({} attempts, {} ms); {}",
-                    p.consecutive, p.attempts, self.millis, p.state
-                )?;
-                writeln!(
-                    f,
-                    "  listener serves {} (CN {}, not after {})",
-                    p.listener.serial_hex, p.listener.cn, p.listener.not_after
-                )?;
-                for t in &p.transient_failures {
-                    writeln!(f, "  (recovered from: {t})")?;
+        crate::render::escaped(f, |f| {
+            writeln!(
+                f,
+                "rotate health ({}): {} (SNI {})",
+                self.env,
+                self.addr.as_deref().unwrap_or("-"),
+                self.tls_server_name.as_deref().unwrap_or("-")
+            )?;
+            match (&self.proof, &self.error) {
+                (Some(p), _) => {
+                    writeln!(
+                        f,
+                        "  healthy: {} consecutive sys/seal-status answers over new mTLS connections ({} attempts, {} ms); {}",
+                        p.consecutive, p.attempts, self.millis, p.state
+                    )?;
+                    writeln!(
+                        f,
+                        "  listener serves {} (CN {}, not after {})",
+                        p.listener.serial_hex, p.listener.cn, p.listener.not_after
+                    )?;
+                    for t in &p.transient_failures {
+                        writeln!(f, "  (recovered from: {t})")?;
+                    }
                 }
+                (None, Some(e)) => writeln!(f, "  UNHEALTHY: {e}")?,
+                (None, None) => {}
             }
-            (None, Some(e)) => writeln!(f, "  UNHEALTHY: {e}")?,
-            (None, None) => {}
-        }
-        writeln!(f, "(exit {})", self.exit_code)
+            writeln!(f, "(exit {})", self.exit_code)
+        })
     }
 }

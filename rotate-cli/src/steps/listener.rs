@@ -494,10 +494,11 @@ impl Step for ListenerStep<'_> {
         })?;
         let written = staged.commit()?;
         let reloader: hooks::Reloader = l.reload.parse()?;
-        let report = hooks::reload(
+        let report = hooks::reload_expecting(
             self.deps.runner,
             &reloader,
             self.cfg.duration(&self.cfg.leaf.command_timeout),
+            &self.cfg.vault_process(),
         )
         .await?;
         Ok(ListenerApplied {

@@ -322,23 +322,34 @@ pub async fn preflight(
         );
     }
 
-    // Commands step 4 runs.
-    if leaf {
-        for (what, prog) in [
-            ("systemctl", cfg.program("systemctl")),
-            ("agent binary", cfg.commands.agent.clone()),
-        ] {
-            r.push(
-                format!("command {what}"),
-                match find_program(&prog) {
-                    Some(p) => Ok(p.display().to_string()),
-                    None => Err((
+    // Every program root will run: found on the fixed PATH, owned by root and writable by
+    // nobody else along its whole path (else a tenant decides what root runs).
+    for (what, prog) in programs_root_runs(cfg, request) {
+        r.push(
+            format!("program {what}"),
+            hooks::trusted_program(&prog)
+                .map(|p| p.display().to_string())
+                .map_err(|e| {
+                    (
                         Exit::Config,
-                        format!("{prog:?} not found on PATH; install it or set [commands]"),
-                    )),
-                },
-            );
-        }
+                        format!("{e}; fix it or point [commands] elsewhere"),
+                    )
+                }),
+        );
+    }
+    if leaf {
+        let agent = &cfg.commands.agent;
+        r.push(
+            "agent binary",
+            match hooks::resolve_program(agent) {
+                Ok(p) if p.is_file() => Ok(p.display().to_string()),
+                Ok(p) => Err((
+                    Exit::Config,
+                    format!("{} does not exist; set [commands] agent", p.display()),
+                )),
+                Err(e) => Err((Exit::Config, format!("{e}; set [commands] agent"))),
+            },
+        );
         if request.kv_access || request.kv_seed {
             let kv = cfg.leaf.kv_mount.trim_matches('/').to_owned();
             let res = match v.sys.list_mounts().await {
@@ -496,26 +507,14 @@ async fn check_tls_files(
                 .map_err(|e| (Exit::Config, e.to_string())),
         );
         let res = match l.reload.parse::<hooks::Reloader>() {
-            Ok(hooks::Reloader::Signal { pid_file, .. }) => hooks::read_pid_file(&pid_file)
-                .map_err(|e| (Exit::Config, e.to_string()))
-                .and_then(|pid| {
-                    // A stale pid file would have root signal an unrelated process.
-                    match std::fs::read_to_string(format!("/proc/{pid}/comm")) {
-                        Ok(comm) => Ok(format!(
-                            "{} holds pid {pid} ({})",
-                            pid_file.display(),
-                            comm.trim()
-                        )),
-                        Err(_) => Err((
-                            Exit::Config,
-                            format!(
-                                "{} holds pid {pid}, which is not running (a stale pid file): fix [listener] reload",
-                                pid_file.display()
-                            ),
-                        )),
-                    }
-                }),
-            Ok(other) => Ok(format!("{other:?}")),
+            // Root signals only the Vault server: a stale or planted pid file must not
+            // make it signal anything else.
+            Ok(hooks::Reloader::Signal { pid_file, .. }) => {
+                hooks::open_pid_file(&pid_file, &cfg.vault_process())
+                    .map(|(_, info)| format!("{} names the server: {info}", pid_file.display()))
+                    .map_err(|e| (Exit::Config, format!("{e}: fix [listener] reload")))
+            }
+            Ok(other) => Ok(other.to_string()),
             Err(e) => Err((Exit::Config, e.to_string())),
         };
         r.push("listener reload", res);
@@ -532,17 +531,55 @@ async fn check_tls_files(
     }
 }
 
-/// `prog` as a path, or found on `PATH`.
-fn find_program(prog: &str) -> Option<std::path::PathBuf> {
-    let p = Path::new(prog);
-    if p.is_absolute() {
-        return p.is_file().then(|| p.to_owned());
+/// The programs this run may start as root, each with what it is for: `systemctl` and
+/// `runuser` for the agents (step 4), and what each reloader of the requested steps runs
+/// (`podman`, `systemctl`, `sh` and the program a `cmd:` names by absolute path).
+fn programs_root_runs(cfg: &Config, request: &RunRequest) -> Vec<(String, String)> {
+    let wants = |s: StepId| request.steps.contains(&s);
+    let mut out: Vec<(String, String)> = Vec::new();
+    let mut add = |what: String, name: &str| {
+        let prog = cfg.program(name);
+        if !out.iter().any(|(_, p)| *p == prog) {
+            out.push((what, prog));
+        }
+    };
+    if wants(StepId::Leaf) {
+        add("systemctl (agent units)".into(), "systemctl");
+        add("runuser (agent units, as the app user)".into(), "runuser");
     }
-    std::env::var_os("PATH").and_then(|path| {
-        std::env::split_paths(&path)
-            .map(|d| d.join(prog))
-            .find(|c| c.is_file())
-    })
+    for (setting, reloader) in cfg.reloaders() {
+        let used = match setting.split('.').next() {
+            Some("listener") => wants(StepId::Listener),
+            Some("proxy") => wants(StepId::Proxy),
+            _ => wants(StepId::Restarts),
+        };
+        let Some(reloader) = reloader.ok().filter(|_| used) else {
+            continue;
+        };
+        match reloader {
+            hooks::Reloader::PodmanLabel { .. } | hooks::Reloader::PodmanContainer { .. } => {
+                add(format!("podman ({setting})"), "podman")
+            }
+            hooks::Reloader::Systemd { .. } => add(format!("systemctl ({setting})"), "systemctl"),
+            hooks::Reloader::SystemdUser { .. } => {
+                add(format!("systemctl ({setting})"), "systemctl");
+                add(format!("runuser ({setting})"), "runuser");
+            }
+            hooks::Reloader::Command { program, args } => {
+                add(format!("{program} ({setting})"), &program);
+                // `cmd:/path/to/script ...`: the script root runs, too.
+                if let Some(first) = args
+                    .get(1)
+                    .and_then(|line| line.split_whitespace().next())
+                    .filter(|w| w.starts_with('/'))
+                {
+                    add(format!("{first} ({setting})"), first);
+                }
+            }
+            _ => {}
+        }
+    }
+    out
 }
 
 impl std::fmt::Display for Check {

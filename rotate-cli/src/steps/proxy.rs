@@ -418,6 +418,7 @@ impl Step for ProxyStep<'_> {
         } else {
             tx.record(UndoAction::Reload {
                 reload: self.p.reload.clone(),
+                setting: "proxy.reload".into(),
             })?;
             staged.commit()?;
             let r: hooks::Reloader = self.p.reload.parse()?;
