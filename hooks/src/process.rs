@@ -303,6 +303,41 @@ mod tests {
         assert!(err.contains("not running"), "{err}");
     }
 
+    #[test]
+    fn a_pid_file_another_user_writes_names_only_that_users_processes() {
+        assert!(
+            rustix::process::geteuid().is_root(),
+            "this test chowns files: run it as root (CI does)"
+        );
+        use std::os::unix::fs::PermissionsExt as _;
+        let t = tempfile::tempdir().unwrap();
+        std::fs::set_permissions(t.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+        // A root process, named by a pid file the proxy user (uid 4243) owns.
+        let mut child = std::process::Command::new("sleep")
+            .arg("30")
+            .spawn()
+            .unwrap();
+        let pf = pid_file(t.path(), &child.id().to_string());
+        std::os::unix::fs::chown(&pf, Some(4243), Some(4243)).unwrap();
+        let err = signal_pid_file(&pf, "HUP", &ExpectProcess::default())
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("runs as uid 0") && err.contains("uid 4243"),
+            "{err}"
+        );
+        // Root's file in a directory that user may write: they could swap it.
+        std::os::unix::fs::chown(&pf, Some(0), Some(0)).unwrap();
+        std::os::unix::fs::chown(t.path(), Some(4243), Some(4243)).unwrap();
+        let err = open_pid_file(&pf, &ExpectProcess::default())
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("owned by uid 4243"), "{err}");
+        assert!(child.try_wait().unwrap().is_none(), "nothing was signalled");
+        let _ = child.kill();
+        let _ = child.wait();
+    }
+
     fn libc_sighup() -> i32 {
         rustix::process::Signal::HUP.as_raw()
     }

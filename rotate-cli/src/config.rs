@@ -474,7 +474,7 @@ impl Default for CommandsSection {
 }
 
 /// Programs `[commands]` may point elsewhere (besides `agent`).
-pub(crate) const OVERRIDABLE: &[&str] = &["systemctl", "podman", "runuser", "kill"];
+pub(crate) const OVERRIDABLE: &[&str] = &["systemctl", "podman", "runuser"];
 
 /// `[[apps]]`.
 #[derive(Debug, Clone, Deserialize)]
@@ -1365,7 +1365,12 @@ fn identity(p: &Path) -> Option<FileId> {
 impl VaultSection {
     /// The environment (`VAULT_*`/`BAO_*`), overlaid with the values set here.
     pub fn client_config(&self) -> Result<ClientConfig, ConfigError> {
-        let mut cfg = ClientConfig::from_env()?;
+        self.overlay(ClientConfig::from_env()?)
+    }
+
+    /// `cfg` (from the environment) overlaid with the values set here: a value set here
+    /// replaces the environment's, and `ca_cert` replaces `VAULT_CAPATH` too.
+    fn overlay(&self, mut cfg: ClientConfig) -> Result<ClientConfig, ConfigError> {
         if let Some(addr) = &self.addr {
             let fresh = ClientConfig::new(addr)?;
             cfg.addr = fresh.addr;
@@ -1757,6 +1762,24 @@ mod tests {
             ca.is_absolute() && ca.ends_with("conf/ca/ca.pem"),
             "{}",
             ca.display()
+        );
+    }
+
+    #[test]
+    fn the_environment_never_widens_the_configured_ca_bundle() {
+        let mut c = Config::parse(PROD, Path::new("/etc/rotate/prod.toml")).unwrap();
+        c.vault.token_file = None;
+        let env = ClientConfig::from_lookup(|k| match k {
+            "VAULT_CAPATH" => Some("/home/ncprd1/cas".into()),
+            "VAULT_CACERT" => Some("/tmp/evil.pem".into()),
+            _ => None,
+        })
+        .unwrap();
+        let cfg = c.vault.overlay(env).unwrap();
+        assert_eq!(cfg.ca_path, None);
+        assert_eq!(
+            cfg.ca_cert.as_deref(),
+            Some(Path::new("/etc/vault-sec/prod/ca.pem"))
         );
     }
 

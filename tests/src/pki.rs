@@ -88,6 +88,26 @@ impl LabCa {
         ))
     }
 
+    /// A client certificate for `cn` signed by *another* intermediate under the same root
+    /// ("PrivSec Other Intermediate"), as an attacker holding some other CA of the
+    /// organisation could mint: `cert_pem` is the leaf followed by that intermediate.
+    pub fn sibling_client(&self, cn: &str) -> Result<Leaf> {
+        let other = CertifiedIssuer::signed_by(
+            ca_params("PrivSec Other Intermediate", Some(0))?,
+            KeyPair::generate()?,
+            &self.root,
+        )?;
+        let sibling = LabCa {
+            root: CertifiedIssuer::self_signed(ca_params(ROOT_CN, None)?, KeyPair::generate()?)?,
+            intermediate: other,
+        };
+        let leaf = sibling.leaf(cn, &[], &[], false, Duration::days(1))?;
+        Ok(Leaf {
+            cert_pem: format!("{}{}", leaf.cert_pem, sibling.intermediate.pem()),
+            key_pem: leaf.key_pem,
+        })
+    }
+
     /// Sign a leaf with the intermediate. `server` picks serverAuth, else clientAuth.
     pub fn leaf(
         &self,

@@ -12,7 +12,8 @@ use rotate_tests::{Lab, SERVER_NAME, shared};
 use vault_client::{CertAuthApi, KvApi, SysApi};
 
 use crate::support::{
-    Nginx, add_to_section, after_step_3, change_kind, config_in, errors, rotate, target, tempdir,
+    Nginx, add_to_section, after_step_3, change_kind, config_in, errors, rotate, system_user,
+    target, tempdir,
 };
 
 /// A real nginx serving `fullchain`/`key` for `cn` on a loopback port.
@@ -562,33 +563,6 @@ async fn leaf_plan_reports_changes_and_writes_nothing() {
             .unwrap()
             .is_none()
     );
-}
-
-/// Make sure system user `name` exists (no home, no login shell); its uid.
-fn system_user(name: &str) -> u32 {
-    if let Some(u) = nix::unistd::User::from_name(name).unwrap() {
-        return u.uid.as_raw();
-    }
-    let out = Command::new("useradd")
-        .args([
-            "--system",
-            "--no-create-home",
-            "--shell",
-            "/usr/sbin/nologin",
-            name,
-        ])
-        .output()
-        .expect("useradd (Debian package passwd) is needed: apt-get install passwd");
-    assert!(
-        out.status.success(),
-        "useradd {name}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    nix::unistd::User::from_name(name)
-        .unwrap()
-        .unwrap()
-        .uid
-        .as_raw()
 }
 
 #[tokio::test]

@@ -4,6 +4,7 @@
 #![allow(clippy::unwrap_used)]
 
 mod agents;
+mod attacks;
 mod cli;
 mod client;
 mod crash;

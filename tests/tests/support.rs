@@ -287,3 +287,30 @@ pub(crate) fn bao_status_env(lab: &Lab, env: &[(&str, &std::ffi::OsStr)]) -> (i3
         ),
     )
 }
+
+/// Make sure system user `name` exists (no home, no login shell); its uid.
+pub(crate) fn system_user(name: &str) -> u32 {
+    if let Some(u) = nix::unistd::User::from_name(name).unwrap() {
+        return u.uid.as_raw();
+    }
+    let out = std::process::Command::new("useradd")
+        .args([
+            "--system",
+            "--no-create-home",
+            "--shell",
+            "/usr/sbin/nologin",
+            name,
+        ])
+        .output()
+        .expect("useradd (Debian package passwd) is needed: apt-get install passwd");
+    assert!(
+        out.status.success(),
+        "useradd {name}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    nix::unistd::User::from_name(name)
+        .unwrap()
+        .unwrap()
+        .uid
+        .as_raw()
+}

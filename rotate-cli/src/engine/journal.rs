@@ -459,11 +459,30 @@ pub fn check_state_dir(state_dir: &Path) -> Result<bool, JournalError> {
     Ok(true)
 }
 
-/// Opens a file of the (checked) state directory without following a symlink.
-pub(crate) fn open_state_file(options: &mut OpenOptions, path: &Path) -> std::io::Result<File> {
+/// Opens a file of the (checked) state directory without following a symlink; one found
+/// in its place was planted (the directory is ours alone), and is refused naming it.
+pub(crate) fn open_state_file(
+    options: &mut OpenOptions,
+    path: &Path,
+    op: &'static str,
+) -> Result<File, JournalError> {
     options
         .custom_flags(nix::fcntl::OFlag::O_NOFOLLOW.bits())
         .open(path)
+        .map_err(|source| {
+            if source.raw_os_error() == Some(nix::libc::ELOOP) {
+                JournalError::Untrusted {
+                    path: path.to_owned(),
+                    reason: "is a symlink, which rotate never follows here: remove it".into(),
+                }
+            } else {
+                JournalError::Io {
+                    path: path.to_owned(),
+                    op,
+                    source,
+                }
+            }
+        })
 }
 
 /// Replay the last run of `state_dir`, if any.
@@ -472,16 +491,12 @@ pub fn last_run(state_dir: &Path) -> Result<Option<RunRecord>, JournalError> {
         return Ok(None);
     }
     let path = journal_path(state_dir);
-    let file = match open_state_file(OpenOptions::new().read(true), &path) {
+    let file = match open_state_file(OpenOptions::new().read(true), &path, "open") {
         Ok(f) => f,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
-        Err(source) => {
-            return Err(JournalError::Io {
-                path,
-                op: "open",
-                source,
-            });
+        Err(JournalError::Io { source, .. }) if source.kind() == std::io::ErrorKind::NotFound => {
+            return Ok(None);
         }
+        Err(e) => return Err(e),
     };
     replay(&path, file).map(Some)
 }
@@ -584,12 +599,8 @@ impl Journal {
         let file = open_state_file(
             OpenOptions::new().create_new(true).append(true).mode(0o600),
             &path,
-        )
-        .map_err(|source| JournalError::Io {
-            path: path.clone(),
-            op: "create",
-            source,
-        })?;
+            "create",
+        )?;
         let pid = std::process::id();
         let record = RunRecord {
             run_id: run_id.to_owned(),
@@ -621,13 +632,7 @@ impl Journal {
         let Some(record) = last_run(state_dir)? else {
             return Ok(None);
         };
-        let file = open_state_file(OpenOptions::new().append(true), &path).map_err(|source| {
-            JournalError::Io {
-                path: path.clone(),
-                op: "open for append",
-                source,
-            }
-        })?;
+        let file = open_state_file(OpenOptions::new().append(true), &path, "open for append")?;
         Ok(Some(Journal {
             path,
             inner: Mutex::new(Inner { file, record }),

@@ -59,8 +59,8 @@ impl StateLock {
                 .truncate(false)
                 .mode(0o600),
             &path,
-        )
-        .map_err(io)?;
+            "open lock",
+        )?;
         // A lock just released can stay held for a moment by a process forked while it was
         // held (flock follows the open file until the child's exec closes it): look again
         // for a short while before naming a holder. A real holder is still refused quickly.
