@@ -68,7 +68,9 @@ pub use crate::{
         CHILD_ENV, CommandOutput, CommandSpec, DEFAULT_TIMEOUT, DryRunRunner, OUTPUT_LIMIT,
         ProcessRunner,
     },
-    trust::{SAFE_PATH, check_trusted, resolve_program, trusted_program},
+    trust::{
+        SAFE_PATH, check_named_files, check_trusted, resolve_program, trusted_path, trusted_program,
+    },
     version::{Version, VersionCheck, command_version, compare_versions},
 };
 

@@ -123,6 +123,18 @@ pub fn open_pid_file(pid_file: &Path, expect: &ExpectProcess) -> Result<(OwnedFd
         reason,
     };
     let info = inspect(pid).map_err(|e| wrong(format!("cannot be inspected ({e})")))?;
+    // A daemon writes its pid file after it starts: a process that started later than
+    // the file was written reuses the pid of one that is gone (a stale pid file).
+    if let (Ok(written), Some(started)) = (
+        std::fs::symlink_metadata(pid_file).and_then(|m| m.modified()),
+        started_at(pid),
+    ) && started > written + std::time::Duration::from_secs(2)
+    {
+        return Err(wrong(format!(
+            "({}) started after the pid file was written: the pid was reused, the file is stale",
+            info.exe.display()
+        )));
+    }
     if owner != 0 && info.uid != owner {
         return Err(wrong(format!(
             "runs as uid {}, but the pid file is owned by uid {owner}: only root's pid files may name other users' processes",
@@ -185,6 +197,28 @@ pub(crate) fn reload_signal(signal: &str) -> Option<rustix::process::Signal> {
         "USR2" => Some(Signal::USR2),
         _ => None,
     }
+}
+
+/// When `pid` started: boot time (`/proc/stat` btime) + its start time in clock ticks
+/// (`/proc/<pid>/stat` field 22).
+fn started_at(pid: u32) -> Option<std::time::SystemTime> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // The command name is in parentheses and may hold spaces: count after its end.
+    let after = stat.rsplit_once(") ")?.1;
+    let ticks: u64 = after.split_whitespace().nth(19)?.parse().ok()?;
+    let boot: u64 = std::fs::read_to_string("/proc/stat")
+        .ok()?
+        .lines()
+        .find_map(|l| l.strip_prefix("btime "))?
+        .trim()
+        .parse()
+        .ok()?;
+    let hz = rustix::param::clock_ticks_per_second();
+    Some(
+        std::time::UNIX_EPOCH
+            + std::time::Duration::from_secs(boot)
+            + std::time::Duration::from_millis(ticks * 1000 / hz.max(1)),
+    )
 }
 
 fn inspect(pid: u32) -> std::io::Result<ProcessInfo> {
@@ -301,6 +335,31 @@ mod tests {
         assert_eq!(status.signal(), Some(libc_sighup()));
         let err = open_pid_file(&pf, &any).unwrap_err().to_string();
         assert!(err.contains("not running"), "{err}");
+    }
+
+    #[test]
+    fn a_pid_file_older_than_its_process_is_stale() {
+        let t = tempfile::tempdir().unwrap();
+        let mut child = std::process::Command::new("sleep")
+            .arg("30")
+            .spawn()
+            .unwrap();
+        let pf = pid_file(t.path(), &child.id().to_string());
+        // Written (as it looks) an hour before the process started: the pid was reused.
+        let old = std::time::SystemTime::now() - std::time::Duration::from_secs(3600);
+        std::fs::File::options()
+            .write(true)
+            .open(&pf)
+            .unwrap()
+            .set_modified(old)
+            .unwrap();
+        let err = signal_pid_file(&pf, "HUP", &ExpectProcess::default())
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("stale"), "{err}");
+        assert!(child.try_wait().unwrap().is_none(), "nothing was signalled");
+        let _ = child.kill();
+        let _ = child.wait();
     }
 
     #[test]

@@ -143,7 +143,9 @@ impl CommandOutput {
 /// - The child starts in a new session (no controlling terminal: a child that runs as an
 ///   app user can be ptraced by that user, and must not reach root's terminal), with
 ///   stdin `/dev/null`, stdout and stderr captured, in `/` unless a directory is given.
-/// - Its environment is cleared: `PATH` = `SAFE_PATH`, `LANG=C`, and only the
+/// - Every argument that names an existing file by absolute path (a script `sh -c`
+///   runs, say) must be trusted the same way.
+/// - Its environment is cleared: `PATH` = [`trusted_path`](crate::trusted_path), `LANG=C`, and only the
 ///   [`CHILD_ENV`] variables the spec sets.
 ///
 /// A non-zero exit becomes [`Error::HookFailed`] with the captured output; exceeding
@@ -186,6 +188,11 @@ fn resolve(cmd: &CommandSpec) -> Result<(PathBuf, Vec<String>)> {
             .to_string_lossy()
             .into_owned();
     }
+    // What the child is handed by path (a script `sh -c` runs, a file an argument names)
+    // must be root's alone too.
+    for arg in &args {
+        crate::trust::check_named_files(arg)?;
+    }
     for (key, _) in &cmd.env {
         if !CHILD_ENV.contains(&key.as_str()) {
             return Err(Error::EnvNotAllowed {
@@ -205,7 +212,7 @@ impl CommandRunner for ProcessRunner {
         command
             .args(&args)
             .env_clear()
-            .env("PATH", crate::trust::SAFE_PATH)
+            .env("PATH", crate::trust::trusted_path())
             .env("LANG", "C")
             .envs(cmd.env.iter().map(|(k, v)| (k, v)))
             .current_dir(cmd.cwd.as_deref().unwrap_or(std::path::Path::new("/")))
@@ -449,7 +456,12 @@ mod tests {
         let fields: Vec<&str> = out.stdout.split('|').collect();
         assert_eq!(
             &fields[..4],
-            ["/x y", "unset", cwd.to_str().unwrap(), crate::SAFE_PATH],
+            [
+                "/x y",
+                "unset",
+                cwd.to_str().unwrap(),
+                crate::trusted_path()
+            ],
             "{}",
             out.stdout
         );

@@ -95,8 +95,38 @@ pub fn check_trusted(path: &Path, owner: Option<u32>) -> Result<()> {
     Ok(())
 }
 
+/// The directories of [`SAFE_PATH`] that exist and that nobody but root can write (an old
+/// Debian's group-writable `/usr/local/sbin`, say, is left out): where programs are looked
+/// up, and the `PATH` children get.
+pub fn trusted_path() -> &'static str {
+    static PATH: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    PATH.get_or_init(|| {
+        std::env::split_paths(SAFE_PATH)
+            .filter(|d| d.is_dir() && check_trusted(d, None).is_ok())
+            .map(|d| d.display().to_string())
+            .collect::<Vec<_>>()
+            .join(":")
+    })
+}
+
+/// Every file a command line names by absolute path that exists as a regular file (a
+/// script a `cmd:` runs, a file it reads): each must be root's alone, or a tenant decides
+/// what root does. `line` is split on whitespace and shell punctuation.
+pub fn check_named_files(line: &str) -> Result<()> {
+    for word in line.split(|c: char| c.is_whitespace() || "'\";|&()<>`$={}".contains(c)) {
+        let p = Path::new(word);
+        if word.starts_with('/')
+            && std::fs::symlink_metadata(p).is_ok()
+            && std::fs::metadata(p).is_ok_and(|m| m.is_file())
+        {
+            check_trusted(p, None)?;
+        }
+    }
+    Ok(())
+}
+
 /// The absolute path of `program`: itself when absolute, else the first executable regular
-/// file named so on [`SAFE_PATH`] (never the caller's `PATH`).
+/// file named so on [`trusted_path`] (never the caller's `PATH`).
 pub fn resolve_program(program: &str) -> Result<PathBuf> {
     let not_found = |reason: String| Error::Spawn {
         program: program.to_owned(),
@@ -114,7 +144,7 @@ pub fn resolve_program(program: &str) -> Result<PathBuf> {
             "a relative path: name a program on the system PATH or give an absolute path".into(),
         ));
     }
-    std::env::split_paths(SAFE_PATH)
+    std::env::split_paths(trusted_path())
         .map(|d| d.join(program))
         .find(|c| std::fs::metadata(c).is_ok_and(|m| m.is_file() && m.mode() & 0o111 != 0))
         .ok_or_else(|| {

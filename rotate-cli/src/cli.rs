@@ -154,7 +154,27 @@ pub async fn run(cli: Cli, out: &mut dyn Write) -> Exit {
         Ok(exit) => exit,
         Err(e) => {
             let exit = e.exit();
-            let text = chain_text(&e.0);
+            let mut text = chain_text(&e.0);
+            let journal = e.0.downcast_ref::<crate::JournalError>().or_else(|| match e
+                .0
+                .downcast_ref::<RotationError>(
+            ) {
+                Some(RotationError::Journal(j)) => Some(j),
+                _ => None,
+            });
+            if let Some(hint) = journal.and_then(crate::JournalError::hint) {
+                text.push_str(&format!("; {hint}"));
+            }
+            if let Some(RotationError::NothingToDo(what)) = e.0.downcast_ref::<RotationError>() {
+                // Not an error: said as the answer it is.
+                if cli.output == Output::Json {
+                    let doc = serde_json::json!({"summary": what, "exit_code": exit.code()});
+                    let _ = writeln!(out, "{doc}");
+                } else {
+                    let _ = writeln!(out, "{}", crate::escape_controls(what));
+                }
+                return exit;
+            }
             if cli.output == Output::Json {
                 let doc = serde_json::json!({"error": text, "exit_code": exit.code()});
                 let _ = writeln!(out, "{doc}");
@@ -173,15 +193,13 @@ pub struct LogWriter;
 
 impl Write for LogWriter {
     fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        let mut out = Vec::with_capacity(buf.len());
-        for &b in buf {
-            if (b < 0x20 && b != b'\n' && b != b'\t') || b == 0x7f {
-                out.extend_from_slice(format!("\\x{b:02x}").as_bytes());
-            } else {
-                out.push(b);
-            }
-        }
-        std::io::stderr().lock().write_all(&out)?;
+        // One event per write: its text, escaped as the reports are (C1 controls and
+        // bidi overrides included), keeping its line breaks.
+        let text = String::from_utf8_lossy(buf);
+        let out: Vec<String> = text.split('\n').map(crate::escape_controls).collect();
+        std::io::stderr()
+            .lock()
+            .write_all(out.join("\n").as_bytes())?;
         Ok(buf.len())
     }
 
@@ -213,6 +231,9 @@ impl Failure {
             return Exit::Config;
         }
         if let Some(e) = self.0.downcast_ref::<RotationError>() {
+            return e.exit();
+        }
+        if let Some(e) = self.0.downcast_ref::<crate::JournalError>() {
             return e.exit();
         }
         if let Some(e) = self.0.downcast_ref::<vault_client::Error>() {
@@ -267,14 +288,25 @@ async fn dispatch(cli: &Cli, out: &mut dyn Write, cancel: &Cancel) -> Result<Exi
         kv_seed: selection.is_some_and(|s| s.kv.with_kv_seed),
         if_due: selection.is_some_and(|s| s.if_due) || config.run.if_due,
     };
-    let repaired = if matches!(mode, Mode::Resume | Mode::Rollback) {
-        crate::rotation::repair_admin_identity(&config, unix_now())?
-    } else {
-        Vec::new()
+    let repaired = match mode {
+        Mode::Resume | Mode::Rollback => crate::repair::repair_torn_pairs(&config, unix_now())?,
+        // Nothing is built from files an unfinished run may have left torn.
+        Mode::Run => {
+            if let Some(r) =
+                crate::engine::journal::last_run(&config.state_dir())?.filter(|r| r.needs_resume())
+            {
+                return Err(RotationError::resume_needed(&r, &config.state_dir()).into());
+            }
+            Vec::new()
+        }
+        Mode::Plan => {
+            crate::repair::refuse_if_torn(&config)?;
+            Vec::new()
+        }
     };
     for what in &repaired {
         eprintln!(
-            "rotate: before connecting: {} (step 1 was interrupted)",
+            "rotate: before connecting: restored {} (an interrupted run left a key and certificate that did not belong together)",
             crate::escape_controls(what)
         );
     }
@@ -286,7 +318,7 @@ async fn dispatch(cli: &Cli, out: &mut dyn Write, cancel: &Cancel) -> Result<Exi
     };
     if !repaired.is_empty() {
         report.summary = format!(
-            "{}; before connecting, {} admin identity file(s) an interrupted step 1 left were restored from the journal",
+            "{}; before connecting, {} file(s) an interrupted run left torn were restored from the journal",
             report.summary,
             repaired.len()
         );
@@ -319,6 +351,9 @@ async fn stop_signal(cancel: &Cancel) -> std::convert::Infallible {
 }
 
 async fn status(cli: &Cli, config: Option<Config>, out: &mut dyn Write) -> Result<Exit, Failure> {
+    if let Some(c) = &config {
+        crate::repair::refuse_if_torn(c)?;
+    }
     let client_cfg = match &config {
         Some(c) => c.client_config()?,
         None => vault_client::ClientConfig::from_env()?,
@@ -346,6 +381,7 @@ async fn verify(
 ) -> Result<Exit, Failure> {
     let config = config.ok_or(ConfigError::Missing)?;
     let apps = config.select_apps(names)?;
+    crate::repair::refuse_if_torn(&config)?;
     let conn = Connection::open(&config)?;
     let cancel = Cancel::new();
     let report = crate::verify::verify(&config, &apps, conn.deps(&cancel)).await;
@@ -355,6 +391,7 @@ async fn verify(
 
 async fn health(cli: &Cli, config: Option<Config>, out: &mut dyn Write) -> Result<Exit, Failure> {
     let config = config.ok_or(ConfigError::Missing)?;
+    crate::repair::refuse_if_torn(&config)?;
     let conn = Connection::open(&config)?;
     let cancel = Cancel::new();
     let started = std::time::Instant::now();

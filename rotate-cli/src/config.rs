@@ -220,6 +220,11 @@ pub struct ListenerSection {
     /// present), e.g. the proxy's chain.
     #[serde(default)]
     pub client_bundles: Vec<PathBuf>,
+    /// The port the server process listens on, which a `signal:` reload checks before
+    /// signalling the process its pid file names (default: the port of `[vault] addr`; set
+    /// it when that address is a port mapping or a load balancer in front of it).
+    #[serde(default)]
+    pub server_port: Option<u16>,
     /// The server's `tls_client_ca_file`: the issuers its listener should accept client
     /// certificates from. SIGHUP never reloads it, so when set: step 6 (`[restarts]
     /// vault_when = "when-needed"`) restarts Vault if the running listener does not
@@ -677,22 +682,19 @@ impl Config {
         Ok(cfg)
     }
 
-    /// A config naming `cmd:` reloaders or `[commands]` programs decides what root runs:
-    /// it and every directory above it must be root's alone.
+    /// The config decides what root runs, where it writes and whom it sends the admin
+    /// token to: it and every directory above it must be written by nobody but root (or
+    /// the user running rotate, when that is not root).
     fn check_trusted_source(&self) -> Result<(), ConfigError> {
-        let runs = !self.commands.overrides.is_empty()
-            || self
-                .reloaders()
-                .any(|(_, r)| matches!(r, Ok(hooks::Reloader::Command { .. })));
-        if !runs {
-            return Ok(());
-        }
         let path = std::path::absolute(&self.source).unwrap_or_else(|_| self.source.clone());
-        hooks::check_trusted(&path, None).map_err(|e| ConfigError::Untrusted {
-            path: self.source.clone(),
-            reason: format!(
-                "it names programs or cmd: reloaders root runs, so {e}; `chown root` it and `chmod go-w` it and its directories"
-            ),
+        let me = nix::unistd::geteuid().as_raw();
+        hooks::check_trusted(&path, (me != 0).then_some(me)).map_err(|e| {
+            ConfigError::Untrusted {
+                path: self.source.clone(),
+                reason: format!(
+                    "it decides what root runs and where the admin token goes, so {e}; `chown root` it and `chmod go-w` it and its directories"
+                ),
+            }
         })
     }
 
@@ -903,9 +905,6 @@ impl Config {
         }
         if let Some(a) = &self.admin {
             names.push(("admin.role".into(), &a.role));
-            if let Some(m) = &a.mount {
-                names.push(("admin.mount".into(), m));
-            }
         }
         if let Some(l) = &self.listener {
             names.push(("listener.role".into(), &l.role));
@@ -921,6 +920,18 @@ impl Config {
         }
         for (setting, value) in names {
             vault_client::check_name(value).map_err(|reason| self.invalid(setting, reason))?;
+        }
+        // Mount paths may nest (`team/kv`) and carry slashes at their ends (`kv/`).
+        let mut mounts: Vec<(&str, &str)> = vec![
+            ("pki.mount", &self.pki.mount),
+            ("agents.cert_auth_mount", &self.agents.cert_auth_mount),
+            ("leaf.kv_mount", &self.leaf.kv_mount),
+        ];
+        if let Some(m) = self.admin.as_ref().and_then(|a| a.mount.as_deref()) {
+            mounts.push(("admin.mount", m));
+        }
+        for (setting, value) in mounts {
+            vault_client::check_mount(value).map_err(|reason| self.invalid(setting, reason))?;
         }
         Ok(())
     }
@@ -1284,7 +1295,8 @@ impl Config {
 
     /// What a `signal:` reloader of the Vault server must find behind its pid file before
     /// root signals it: a `bao`, `vault` or `openbao` executable (or one named like
-    /// `[commands] agent`) listening on the port of `[vault] addr`.
+    /// `[commands] agent`) listening on `[listener] server_port`, by default the port of
+    /// `[vault] addr`.
     pub fn vault_process(&self) -> hooks::ExpectProcess {
         let addr = match &self.vault.addr {
             Some(a) => ClientConfig::new(a).ok(),
@@ -1297,9 +1309,10 @@ impl Config {
                 exe_names.push(n);
             }
         }
+        let configured = self.listener.as_ref().and_then(|l| l.server_port);
         hooks::ExpectProcess {
             exe_names,
-            listens_on: addr.and_then(|c| c.addr.port_or_known_default()),
+            listens_on: configured.or_else(|| addr.and_then(|c| c.addr.port_or_known_default())),
         }
     }
 
@@ -1732,7 +1745,7 @@ mod tests {
     }
 
     #[test]
-    fn a_config_naming_cmd_reloaders_must_be_roots_alone() {
+    fn a_config_another_user_can_write_is_refused() {
         use std::os::unix::fs::PermissionsExt as _;
         let t = tempfile::tempdir().unwrap();
         std::fs::set_permissions(t.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
@@ -1745,8 +1758,13 @@ mod tests {
         let err = Config::load(&path).unwrap_err();
         assert!(matches!(err, ConfigError::Untrusted { .. }), "{err}");
         assert!(err.to_string().contains("writable by others"), "{err}");
-        // Without cmd: (or [commands]) it names nothing root runs from it.
+        // Without cmd: too: it says where root writes and whom it sends the token to.
         std::fs::write(&path, PROD).unwrap();
+        assert!(matches!(
+            Config::load(&path),
+            Err(ConfigError::Untrusted { .. })
+        ));
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).unwrap();
         Config::load(&path).unwrap();
     }
 

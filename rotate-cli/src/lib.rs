@@ -54,6 +54,7 @@ mod deps;
 mod engine;
 mod exit;
 mod render;
+mod repair;
 mod rotation;
 mod served;
 mod status;
@@ -80,7 +81,8 @@ pub use engine::{
 };
 pub use exit::Exit;
 pub use render::escape_controls;
-pub use rotation::{Deps, Mode, RotationError, RunReport, execute, repair_admin_identity};
+pub use repair::{refuse_if_torn, repair_torn_pairs};
+pub use rotation::{Deps, Mode, RotationError, RunReport, execute};
 pub use served::{
     AdminIdentity, ClientCaDrift, HealthFailure, HealthProof, Served, WaitError, healthcheck, look,
     prove_admin, wait_for_serial,

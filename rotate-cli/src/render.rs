@@ -134,6 +134,7 @@ impl fmt::Display for TargetReport {
             Outcome::NotStarted => "not started (interrupted)",
             Outcome::Skipped => "skipped",
             Outcome::AwaitingResume => "WAITING: Vault sealed; unseal, then run --resume",
+            Outcome::Undone => "rolled back",
         };
         writeln!(f, "  {}  [{outcome}]", self.app)?;
         for c in &self.changes {

@@ -13,7 +13,7 @@ use crate::engine::journal::{
     self, Event, Journal, JournalError, RunRequest, RunState, StepId, TargetState,
 };
 use crate::engine::lock::{LockError, StateLock};
-use crate::engine::undo::{UndoAction, UndoDeps, unwind};
+use crate::engine::undo::{IssuedIndex, UndoAction, UndoDeps, unwind};
 use crate::engine::{
     Cancel, Outcome, RunCtx, Singleton, StepReport, TargetReport, recover_target, run_step,
 };
@@ -113,10 +113,9 @@ pub enum RotationError {
     /// The journal cannot be used.
     #[error(transparent)]
     Journal(#[from] JournalError),
-    /// The last run was interrupted and must be resumed or rolled back first.
-    #[error(
-        "run {run_id} (pid {pid}, started {started}) did not finish: run `rotate run --resume` to finish it, or `rotate rollback` to unwind it (journal {journal})"
-    )]
+    /// The last run was interrupted (or its rollback was, or left something behind) and
+    /// must be finished first.
+    #[error("run {run_id} (pid {pid}, started {started}) {what}: {how} (journal {journal})")]
     ResumeNeeded {
         /// The unfinished run.
         run_id: String,
@@ -124,6 +123,10 @@ pub enum RotationError {
         pid: u32,
         /// When it started.
         started: String,
+        /// What is unfinished about it.
+        what: String,
+        /// The one command that finishes it.
+        how: String,
         /// Its journal.
         journal: String,
     },
@@ -136,13 +139,50 @@ pub enum RotationError {
 }
 
 impl RotationError {
+    /// "Finish run `r` first", with the command that does.
+    pub(crate) fn resume_needed(r: &journal::RunRecord, state_dir: &std::path::Path) -> Self {
+        let incomplete: Vec<String> = r
+            .targets
+            .iter()
+            .filter(|t| t.state.is_unwinding())
+            .map(|t| format!("{} {}", t.step, t.target))
+            .collect();
+        let (what, how) = if r.state == RunState::RollingBack {
+            (
+                "was being rolled back when it stopped".to_owned(),
+                "`rotate rollback` finishes the rollback".to_owned(),
+            )
+        } else if !incomplete.is_empty() {
+            (
+                format!(
+                    "left undo unfinished for {} (ROLLBACK INCOMPLETE)",
+                    incomplete.join(", ")
+                ),
+                "fix what its report listed, then `rotate run --resume` retries the undo and finishes the run (or `rotate rollback` unwinds all of it)".to_owned(),
+            )
+        } else {
+            (
+                "did not finish".to_owned(),
+                "run `rotate run --resume` to finish it, or `rotate rollback` to unwind it"
+                    .to_owned(),
+            )
+        };
+        RotationError::ResumeNeeded {
+            run_id: r.run_id.clone(),
+            pid: r.pid,
+            started: crate::engine::utc(r.started),
+            what,
+            how,
+            journal: state_dir.join("journal.jsonl").display().to_string(),
+        }
+    }
+
     /// The exit code.
     pub fn exit(&self) -> Exit {
         match self {
             RotationError::Locked(LockError::Held { .. }) => Exit::Locked,
-            RotationError::Locked(LockError::State(JournalError::Untrusted { .. }))
-            | RotationError::Journal(JournalError::Untrusted { .. }) => Exit::Config,
-            RotationError::Locked(_) | RotationError::Journal(_) => Exit::Failure,
+            RotationError::Locked(LockError::State(e)) | RotationError::Journal(e) => e.exit(),
+            RotationError::Locked(_) => Exit::Failure,
             RotationError::ResumeNeeded { .. } => Exit::ResumeNeeded,
             RotationError::NothingToDo(_) => Exit::Ok,
             RotationError::Repair(_) => Exit::RollbackIncomplete,
@@ -161,12 +201,13 @@ struct Steps<'a> {
     health: HealthStep<'a>,
 }
 
-fn undo_deps<'a>(cfg: &'a Config, deps: Deps<'a>) -> UndoDeps<'a> {
+fn undo_deps<'a>(cfg: &'a Config, deps: Deps<'a>, issued: &'a IssuedIndex) -> UndoDeps<'a> {
     UndoDeps {
         cfg,
         vault: deps.vault,
         runner: deps.runner,
         timeout: cfg.duration(&cfg.leaf.command_timeout),
+        issued,
     }
 }
 
@@ -241,22 +282,25 @@ async fn execute_mode(
     };
     let last = journal::last_run(&state_dir)?;
     match mode {
-        Mode::Rollback => return rollback(cfg, apps, deps, report).await,
+        Mode::Rollback => return rollback(cfg, deps, report).await,
         Mode::Resume => {
             if !last.as_ref().is_some_and(|r| r.needs_resume()) {
                 return Err(RotationError::NothingToDo(
                     "nothing to resume: the last run finished".into(),
                 ));
             }
+            // A rollback was under way: finishing it means unwinding, never running the
+            // run's steps again.
+            if last
+                .as_ref()
+                .is_some_and(|r| r.state == RunState::RollingBack)
+            {
+                return rollback(cfg, deps, report).await;
+            }
         }
         Mode::Run => {
             if let Some(r) = last.as_ref().filter(|r| r.needs_resume()) {
-                return Err(RotationError::ResumeNeeded {
-                    run_id: r.run_id.clone(),
-                    pid: r.pid,
-                    started: crate::engine::utc(r.started),
-                    journal: state_dir.join("journal.jsonl").display().to_string(),
-                });
+                return Err(RotationError::resume_needed(r, &state_dir));
             }
         }
         Mode::Plan => {}
@@ -286,7 +330,8 @@ async fn execute_mode(
         restarts: RestartsStep::new(cfg, deps),
         health: HealthStep::new(cfg, deps),
     };
-    let undo = undo_deps(cfg, deps);
+    let issued = IssuedIndex::new();
+    let undo = undo_deps(cfg, deps, &issued);
     let if_due = request.if_due;
     let planned = request.steps.clone();
     let ctx = |journal| RunCtx {
@@ -342,7 +387,6 @@ async fn execute_mode(
         Mode::Resume => Journal::reopen(&state_dir)?
             .ok_or_else(|| RotationError::NothingToDo("nothing to resume: no journal".into()))?,
         _ => {
-            prune_last_run(&state_dir, last.as_ref())?;
             // Unique even for runs of one process within one second (an embedder, the
             // demo): the id names kept previous versions and archived journals.
             static SEQ: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
@@ -376,20 +420,24 @@ async fn execute_mode(
                 }
                 targets.push(t);
             }
-            for app in apps.iter().filter(|_| global_target(*id).is_none()) {
-                if rec
-                    .target(*id, &app.name)
-                    .is_some_and(|t| t.state.is_unfinished())
-                {
-                    let t = recover_dispatch(&steps, *id, app, &journal, undo).await?;
-                    if matches!(
-                        t.outcome,
-                        Outcome::RollbackIncomplete | Outcome::AwaitingResume
-                    ) {
-                        failed_apps.push(app.name.clone());
-                    }
-                    targets.push(t);
+            // Every unfinished target of this step the journal holds, configured or not.
+            let unfinished = rec
+                .targets
+                .iter()
+                .filter(|t| t.step == *id && global_target(*id).is_none())
+                .filter(|t| t.state.is_unfinished());
+            for rt in unfinished {
+                let t = match apps.iter().find(|a| a.name == rt.target) {
+                    Some(app) => recover_dispatch(&steps, *id, app, &journal, undo).await?,
+                    None => unwind_unlisted(&journal, undo, *id, &rt.target).await?,
+                };
+                if matches!(
+                    t.outcome,
+                    Outcome::RollbackIncomplete | Outcome::AwaitingResume
+                ) {
+                    failed_apps.push(t.app.clone());
                 }
+                targets.push(t);
             }
             if !targets.is_empty() {
                 report.recovered.push(StepReport {
@@ -489,6 +537,12 @@ async fn execute_mode(
             RunState::Finished
         },
     })?;
+    // The previous versions an earlier run kept back `rotate rollback` of that run: they
+    // go only once this run has committed something (a run that commits nothing leaves
+    // the last committed run undoable).
+    if journal.record().committed_any() {
+        prune_earlier_runs(&state_dir, &journal.run_id())?;
+    }
     let (exit, summary) = judge(&report, interrupted);
     report.exit_code = exit.code();
     report.summary = summary;
@@ -839,6 +893,29 @@ fn absent_target(id: StepId) -> TargetReport {
     }
 }
 
+/// A target the journal holds but the config no longer lists (or this invocation did not
+/// select): nothing can re-gate it, so it is unwound from the journal alone.
+async fn unwind_unlisted(
+    journal: &Journal,
+    undo: UndoDeps<'_>,
+    id: StepId,
+    target: &str,
+) -> Result<TargetReport, JournalError> {
+    let out = unwind(journal, undo, id, target).await?;
+    Ok(TargetReport {
+        error: Some(format!(
+            "{target} is not among the configured apps any more: unwound from the journal"
+        )),
+        outcome: if out.complete() {
+            Outcome::RolledBack
+        } else {
+            Outcome::RollbackIncomplete
+        },
+        rollback: Some(out),
+        ..TargetReport::new(target, Outcome::RolledBack)
+    })
+}
+
 async fn recover_dispatch(
     steps: &Steps<'_>,
     id: StepId,
@@ -853,122 +930,129 @@ async fn recover_dispatch(
     }
 }
 
-/// Before any Vault client is built for `--resume` or `rollback`: a run killed while
-/// step 1 was replacing the admin's files may have left key and certificate from
-/// different generations, and every client of this run is built from them (a lockout).
-/// Puts the admin's files back from the journal, locally (no Vault needed), and journals
-/// each restore, so the unwind that follows skips them. Returns what it restored.
-pub fn repair_admin_identity(cfg: &Config, now: i64) -> Result<Vec<String>, RotationError> {
-    let state_dir = cfg.state_dir();
-    if !state_dir.join("journal.jsonl").exists() {
-        return Ok(Vec::new());
-    }
-    let _lock = StateLock::acquire(&state_dir, "rotate repair (admin identity)", now)?;
-    let Some(journal) = Journal::reopen(&state_dir)? else {
-        return Ok(Vec::new());
-    };
-    let rec = journal.record();
-    // Killed while replacing the files, or while an unwind was putting them back: the
-    // target is unfinished; the files need repair when the pair on disk does not match.
-    let Some(t) = rec.target(StepId::Admin, "admin").filter(|t| {
-        matches!(
-            t.state,
-            TargetState::Applying | TargetState::Applied | TargetState::RollbackIncomplete
-        )
-    }) else {
-        return Ok(Vec::new());
-    };
-    let (Some(cert), Some(key)) = (&cfg.vault.client_cert, &cfg.vault.client_key) else {
-        return Ok(Vec::new());
-    };
-    if pki_ops::key_matches_cert_files(key, cert).is_ok() {
-        return Ok(Vec::new());
-    }
-    let mut done = Vec::new();
-    for (index, entry) in t.undo.iter().enumerate().rev() {
-        if let (UndoAction::File { undo, owner }, false) = (&entry.action, entry.done) {
-            pki_ops::undo_file(undo, *owner).map_err(|e| {
-                RotationError::Repair(format!(
-                    "cannot restore the admin identity file {}: {e}; fix it by hand from its kept previous version ({}, run {})",
-                    undo.root.join(&undo.rel).display(),
-                    undo.prev
-                        .as_ref()
-                        .map(|p| undo.root.join(p).display().to_string())
-                        .unwrap_or_else(|| "none: the file did not exist before".into()),
-                    rec.run_id
-                ))
-            })?;
-            journal.append(Event::UndoDone {
-                step: StepId::Admin,
-                target: "admin".into(),
-                index,
-            })?;
-            done.push(entry.action.describe());
+/// The earlier runs of `state_dir` (archived journals), newest first.
+fn archived_runs(state_dir: &std::path::Path) -> Result<Vec<std::path::PathBuf>, JournalError> {
+    let dir = state_dir.join("runs");
+    let entries = match std::fs::read_dir(&dir) {
+        Ok(e) => e,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(source) => {
+            return Err(JournalError::Io {
+                path: dir,
+                op: "list earlier runs",
+                source,
+            });
         }
-    }
-    Ok(done)
+    };
+    let mut runs: Vec<(u64, String, std::path::PathBuf)> = entries
+        .flatten()
+        .filter_map(|e| {
+            let name = e.file_name().to_string_lossy().into_owned();
+            let id = name.strip_suffix(".jsonl")?.to_owned();
+            // Run ids start with the unix second they started.
+            let started = id.split('-').next()?.parse().unwrap_or(0);
+            Some((started, id, e.path()))
+        })
+        .collect();
+    runs.sort();
+    Ok(runs.into_iter().rev().map(|(_, _, p)| p).collect())
 }
 
-/// Before a new run: the last finished run's kept previous versions (old keys) are no
-/// longer needed by any undo once a new run replaces it; unlink them.
-fn prune_last_run(
-    state_dir: &std::path::Path,
-    last: Option<&journal::RunRecord>,
-) -> Result<(), JournalError> {
-    let Some(last) = last else { return Ok(()) };
-    let Some(j) = Journal::reopen(state_dir)? else {
-        return Ok(());
-    };
-    for t in last.targets.iter().filter(|t| !t.pruned) {
-        for u in &t.undo {
-            if let UndoAction::File { undo, owner } = &u.action
-                && undo.prev.is_some()
-                && !u.done
-                && let Err(e) = pki_ops::discard_prev(undo, *owner)
-            {
-                tracing::warn!(error = %e, "could not remove a kept previous version");
-            }
+/// Whether `rotate rollback` has something to unwind in `rec`: a committed target whose
+/// previous versions are kept, or a target left unfinished.
+fn rollback_work(rec: &journal::RunRecord) -> bool {
+    rec.targets
+        .iter()
+        .any(|t| (t.state == TargetState::Committed && !t.pruned) || t.state.is_unfinished())
+}
+
+/// Once a run has committed: the previous versions (old keys) the last committed run
+/// before it kept are no longer needed by any undo; unlink them. (Every committing run
+/// does this, so only the newest earlier one that committed can still hold any.)
+fn prune_earlier_runs(state_dir: &std::path::Path, current: &str) -> Result<(), JournalError> {
+    for path in archived_runs(state_dir)? {
+        let j = Journal::open_file(&path)?;
+        let rec = j.record();
+        if rec.run_id == current {
+            continue;
         }
-        j.append(Event::Pruned {
-            step: t.step,
-            target: t.target.clone(),
-        })?;
+        for t in rec.targets.iter().filter(|t| !t.pruned) {
+            for u in &t.undo {
+                if let UndoAction::File { undo, owner } = &u.action
+                    && undo.prev.is_some()
+                    && !u.done
+                    && let Err(e) = pki_ops::discard_prev(undo, *owner)
+                {
+                    tracing::warn!(error = %e, "could not remove a kept previous version");
+                }
+            }
+            j.append(Event::Pruned {
+                step: t.step,
+                target: t.target.clone(),
+            })?;
+        }
+        if rec.committed_any() {
+            break;
+        }
     }
     Ok(())
+}
+
+/// The run `rotate rollback` unwinds: the current one when it has anything to unwind,
+/// else the newest earlier run that committed something (a no-op run since does not
+/// hide it); `None` when the newest committing run was already rolled back or pruned.
+fn rollback_journal(state_dir: &std::path::Path) -> Result<Option<Journal>, JournalError> {
+    let Some(current) = Journal::reopen(state_dir)? else {
+        return Ok(None);
+    };
+    let rec = current.record();
+    if rollback_work(&rec) || rec.committed_any() {
+        return Ok(Some(current));
+    }
+    for path in archived_runs(state_dir)? {
+        let j = Journal::open_file(&path)?;
+        let rec = j.record();
+        if rollback_work(&rec) {
+            return Ok(Some(j));
+        }
+        if rec.committed_any() || rec.state == RunState::RolledBack {
+            break;
+        }
+    }
+    Ok(None)
 }
 
 /// `rotate rollback`: unwind the last run's committed (and unfinished) targets, the
 /// latest step first.
 async fn rollback(
     cfg: &Config,
-    apps: &[&AppConfig],
     deps: Deps<'_>,
     mut report: RunReport,
 ) -> Result<RunReport, RotationError> {
-    let journal = Journal::reopen(&cfg.state_dir())?
-        .ok_or_else(|| RotationError::NothingToDo("nothing to roll back: no run yet".into()))?;
+    let journal = rollback_journal(&cfg.state_dir())?.ok_or_else(|| {
+        RotationError::NothingToDo(
+            "nothing to roll back: no run since the last rollback committed anything (or its previous versions were discarded when a later run committed)".into(),
+        )
+    })?;
     let rec = journal.record();
     report.run_id = Some(rec.run_id.clone());
-    if rec.state == RunState::RolledBack {
+    if !rollback_work(&rec) {
         return Err(RotationError::NothingToDo(format!(
             "run {} was already rolled back",
             rec.run_id
         )));
     }
-    let undo = undo_deps(cfg, deps);
+    // From here, a kill leaves a run that `rotate rollback` (or `--resume`) finishes,
+    // and that blocks new runs until then.
+    journal.append(Event::RunEnded {
+        state: RunState::RollingBack,
+    })?;
+    let issued = IssuedIndex::new();
+    let undo = undo_deps(cfg, deps, &issued);
     let mut targets: Vec<_> = rec
         .targets
         .iter()
-        .filter(|t| {
-            matches!(
-                t.state,
-                TargetState::Committed
-                    | TargetState::Applying
-                    | TargetState::Applied
-                    | TargetState::RollbackIncomplete
-            )
-        })
-        .filter(|t| global_target(t.step).is_some() || apps.iter().any(|a| a.name == t.target))
+        .filter(|t| t.state == TargetState::Committed || t.state.is_unfinished())
         .collect();
     targets.sort_by_key(|t| std::cmp::Reverse(t.step));
     for t in targets {
@@ -981,7 +1065,7 @@ async fn rollback(
         }
         let out = unwind(&journal, undo, t.step, &t.target).await?;
         let outcome = if out.complete() {
-            Outcome::RolledBack
+            Outcome::Undone
         } else {
             Outcome::RollbackIncomplete
         };
@@ -1004,8 +1088,9 @@ async fn rollback(
     }
     .code();
     report.summary = format!(
-        "run {}: {} target(s) unwound{}",
+        "rolled back run {} (started {}): {} target(s) unwound{}",
         rec.run_id,
+        crate::engine::utc(rec.started),
         report.rolled_back.len(),
         if incomplete { ", SOME INCOMPLETE" } else { "" }
     );

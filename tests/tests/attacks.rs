@@ -438,11 +438,6 @@ async fn settings_that_would_hand_a_tenant_root_are_refused_before_any_write() {
         assert_eq!(exit, Exit::Config, "{setting}: {v:#}");
         assert!(v["error"].as_str().unwrap().contains(setting), "{v:#}");
     }
-
-    // A home with `@` (the post-hook's placeholder character).
-    let c = try_config(good.replace(&format!("/home/{app}\""), &format!("/home/{app}@KEY@\"")));
-    let (exit, v) = rotate(&c, &["plan"]).await;
-    assert_eq!(exit, Exit::Config, "{v:#}");
 }
 
 #[tokio::test]

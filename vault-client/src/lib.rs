@@ -55,7 +55,7 @@ pub use api::token::{TokenApi, TokenInfo};
 pub use client::{Reconnect, VaultClient};
 pub use config::{ClientConfig, DEFAULT_ADDR};
 pub use error::{Error, Result, TransportKind};
-pub use path::check_name;
+pub use path::{check_mount, check_name};
 pub use probe::{Handshake, tls_handshake};
 pub use retry::{Idempotency, RetryPolicy};
 pub use tls::{load_certs, load_key};

@@ -35,6 +35,21 @@ pub fn check_name(value: &str) -> std::result::Result<(), String> {
     Ok(())
 }
 
+/// Checks a mount path (`pki-prod`, `kv/`, `team/kv`): slashes at its ends are ignored,
+/// and each segment between them must pass [`check_name`].
+///
+/// ```
+/// assert!(vault_client::check_mount("team/kv/").is_ok());
+/// assert!(vault_client::check_mount("pki/../sys").is_err());
+/// ```
+pub fn check_mount(value: &str) -> std::result::Result<(), String> {
+    let trimmed = value.trim_matches('/');
+    if trimmed.is_empty() {
+        return Err("is empty".into());
+    }
+    trimmed.split('/').try_for_each(check_name)
+}
+
 /// Checks a whole API path before it is sent: no empty, `.` or `..` segment, no query,
 /// fragment, escape, backslash, whitespace or control character.
 pub(crate) fn check_path(path: &str) -> Result<()> {

@@ -360,7 +360,12 @@ impl MaterialSet {
                 r => r,
             }
             .map_err(|e| stage_err("create temp for", &shown, e))?;
-            let prev = outcome.existed.then(|| prev_name(name, run_id, &token));
+            // Its own token: the temp's name (which the directory's owner can read)
+            // says nothing of it.
+            let prev = match outcome.existed {
+                true => Some(prev_name(name, run_id, &random_token()?)),
+                false => None,
+            };
             outcome.previous = prev.as_deref().map(|p| sibling(&f.spec.path, p));
             // Registered before writing, so a failure below still removes it (Drop).
             staged.files.push(StagedFile {

@@ -12,7 +12,7 @@
 //! - `runs/<run_id>.jsonl`: earlier runs, moved aside when a new run starts.
 
 use std::fs::{File, OpenOptions};
-use std::io::{BufRead as _, BufReader, Write as _};
+use std::io::Write as _;
 use std::os::unix::fs::{DirBuilderExt as _, OpenOptionsExt as _};
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
@@ -54,6 +54,37 @@ pub enum JournalError {
         /// What is wrong.
         reason: String,
     },
+}
+
+impl JournalError {
+    /// The exit code: 3 for a state directory that cannot be trusted; 8 for a journal
+    /// that could not be written for lack of space (the run stopped where it was: free
+    /// space, then `rotate run --resume`); 1 otherwise.
+    pub fn exit(&self) -> crate::Exit {
+        match self {
+            JournalError::Untrusted { .. } => crate::Exit::Config,
+            JournalError::Io { source, .. } if is_full(source) => crate::Exit::ResumeNeeded,
+            _ => crate::Exit::Failure,
+        }
+    }
+
+    /// What to do about it, when there is more to say than the message.
+    pub fn hint(&self) -> Option<String> {
+        match self {
+            JournalError::Io { path, source, .. } if is_full(source) => Some(format!(
+                "the state directory's disk is full: free space there ({}), then `rotate run --resume` finishes the run",
+                path.parent().unwrap_or(path).display()
+            )),
+            _ => None,
+        }
+    }
+}
+
+fn is_full(e: &std::io::Error) -> bool {
+    matches!(
+        e.raw_os_error(),
+        Some(nix::libc::ENOSPC) | Some(nix::libc::EDQUOT)
+    )
 }
 
 /// The steps of the order (MISSION.md), as the journal names them.
@@ -126,16 +157,35 @@ pub enum TargetState {
     Applied,
     /// The gate passed. Never redone by a resume.
     Committed,
+    /// An unwind began (after a failure, or by `rotate rollback`): a resume or another
+    /// rollback finishes it, never re-gates it.
+    RollingBack,
     /// Undone completely.
     RolledBack,
-    /// Undo failed for at least one entry; the journal lists what is left.
+    /// Undo failed for at least one entry; the journal lists what is left. Blocks new runs
+    /// until `rotate rollback` or `rotate run --resume` finishes it.
     RollbackIncomplete,
 }
 
 impl TargetState {
-    /// Whether a resume has to deal with this target (unwind or re-gate).
+    /// Whether a resume (or a rollback) has to deal with this target before any new run:
+    /// re-gate it, or finish unwinding it.
     pub fn is_unfinished(self) -> bool {
-        matches!(self, TargetState::Applying | TargetState::Applied)
+        matches!(
+            self,
+            TargetState::Applying
+                | TargetState::Applied
+                | TargetState::RollingBack
+                | TargetState::RollbackIncomplete
+        )
+    }
+
+    /// Whether finishing it means unwinding it (its rollback began or is incomplete).
+    pub fn is_unwinding(self) -> bool {
+        matches!(
+            self,
+            TargetState::RollingBack | TargetState::RollbackIncomplete
+        )
     }
 }
 
@@ -149,6 +199,9 @@ pub enum RunState {
     Finished,
     /// Stopped at a safe point by a signal; `--resume` continues.
     Interrupted,
+    /// `rotate rollback` began unwinding it: `rotate rollback` (or `--resume`) finishes
+    /// that, and never runs its steps again.
+    RollingBack,
     /// Unwound by `rotate rollback`.
     RolledBack,
 }
@@ -316,8 +369,18 @@ impl RunRecord {
     /// Whether the run stopped before finishing (crash, kill, signal) and needs
     /// `--resume` (or `rollback`) before another run may start.
     pub fn needs_resume(&self) -> bool {
-        matches!(self.state, RunState::Running | RunState::Interrupted)
-            || self.targets.iter().any(|t| t.state.is_unfinished())
+        matches!(
+            self.state,
+            RunState::Running | RunState::Interrupted | RunState::RollingBack
+        ) || self.targets.iter().any(|t| t.state.is_unfinished())
+    }
+
+    /// Whether it committed at least one target (its kept previous versions then back a
+    /// `rotate rollback`).
+    pub fn committed_any(&self) -> bool {
+        self.targets
+            .iter()
+            .any(|t| t.state == TargetState::Committed)
     }
 
     fn apply(&mut self, e: Event) -> Result<(), String> {
@@ -393,6 +456,18 @@ pub(crate) fn ensure_state_dir(state_dir: &Path) -> Result<(), JournalError> {
         source,
     };
     if std::fs::symlink_metadata(state_dir).is_err() {
+        // Where it will be created must be trusted before anything is created there.
+        let existing = state_dir
+            .ancestors()
+            .find(|a| std::fs::symlink_metadata(a).is_ok())
+            .unwrap_or(Path::new("/"));
+        let me = nix::unistd::geteuid().as_raw();
+        hooks::check_trusted(existing, (me != 0).then_some(me)).map_err(|e| {
+            JournalError::Untrusted {
+                path: state_dir.to_owned(),
+                reason: format!("cannot be created safely: {e}"),
+            }
+        })?;
         std::fs::DirBuilder::new()
             .recursive(true)
             .mode(0o700)
@@ -400,6 +475,17 @@ pub(crate) fn ensure_state_dir(state_dir: &Path) -> Result<(), JournalError> {
             .map_err(|e| io("create state directory", e))?;
     }
     check_state_dir(state_dir)?;
+    {
+        use std::os::unix::fs::{MetadataExt as _, PermissionsExt as _};
+        // Ours alone: not even readable by others (the journal names every file it kept).
+        let mode = std::fs::symlink_metadata(state_dir)
+            .map_err(|e| io("stat state directory", e))?
+            .mode();
+        if mode & 0o077 != 0 {
+            std::fs::set_permissions(state_dir, std::fs::Permissions::from_mode(0o700))
+                .map_err(|e| io("narrow to 0700", e))?;
+        }
+    }
     match std::fs::DirBuilder::new()
         .mode(0o700)
         .create(state_dir.join("runs"))
@@ -414,10 +500,9 @@ pub(crate) fn ensure_state_dir(state_dir: &Path) -> Result<(), JournalError> {
 /// must be this user's alone: a real directory (not a symlink) owned by the user rotate
 /// runs as, not writable by group or others, every directory above it owned by root (or
 /// that user) and writable by nobody else (a root-owned sticky one such as `/tmp`
-/// excepted). A directory readable by others is narrowed to `0700`. Returns whether it
-/// exists.
+/// excepted). Reads only (a writer narrows it to `0700`). Returns whether it exists.
 pub fn check_state_dir(state_dir: &Path) -> Result<bool, JournalError> {
-    use std::os::unix::fs::{MetadataExt as _, PermissionsExt as _};
+    use std::os::unix::fs::MetadataExt as _;
     let untrusted = |reason: String| JournalError::Untrusted {
         path: state_dir.to_owned(),
         reason,
@@ -447,15 +532,6 @@ pub fn check_state_dir(state_dir: &Path) -> Result<bool, JournalError> {
     }
     let owner = (me != 0).then_some(me);
     hooks::check_trusted(state_dir, owner).map_err(|e| untrusted(e.to_string()))?;
-    if meta.mode() & 0o077 != 0 {
-        std::fs::set_permissions(state_dir, std::fs::Permissions::from_mode(0o700)).map_err(
-            |source| JournalError::Io {
-                path: state_dir.to_owned(),
-                op: "narrow to 0700",
-                source,
-            },
-        )?;
-    }
     Ok(true)
 }
 
@@ -498,29 +574,34 @@ pub fn last_run(state_dir: &Path) -> Result<Option<RunRecord>, JournalError> {
         }
         Err(e) => return Err(e),
     };
-    replay(&path, file).map(Some)
+    replay(&path, file).map(|(r, _)| Some(r))
 }
 
-fn replay(path: &Path, file: File) -> Result<RunRecord, JournalError> {
+/// Replays a journal; also returns the length of its complete lines. Bytes after the
+/// last line break are a torn append (a crash or a full disk mid-write): its write was
+/// never acknowledged, so the write it guarded was never made, and it is ignored.
+fn replay(path: &Path, mut file: File) -> Result<(RunRecord, u64), JournalError> {
+    use std::io::Read as _;
     let corrupt = |line: usize, reason: String| JournalError::Corrupt {
         path: path.to_owned(),
         line,
         reason,
     };
-    let mut record: Option<RunRecord> = None;
-    let mut lines = BufReader::new(file).split(b'\n').enumerate().peekable();
-    while let Some((i, line)) = lines.next() {
-        let line = line.map_err(|source| JournalError::Io {
+    let mut bytes = Vec::new();
+    file.read_to_end(&mut bytes)
+        .map_err(|source| JournalError::Io {
             path: path.to_owned(),
             op: "read",
             source,
         })?;
-        let event: Event = match serde_json::from_slice(&line) {
-            Ok(e) => e,
-            // A torn last line: its write was never acknowledged, so never made.
-            Err(_) if lines.peek().is_none() => break,
-            Err(e) => return Err(corrupt(i + 1, e.to_string())),
-        };
+    let complete = bytes.iter().rposition(|b| *b == b'\n').map_or(0, |i| i + 1);
+    let mut record: Option<RunRecord> = None;
+    for (i, line) in bytes[..complete].split(|b| *b == b'\n').enumerate() {
+        if line.is_empty() {
+            continue;
+        }
+        let event: Event =
+            serde_json::from_slice(line).map_err(|e| corrupt(i + 1, e.to_string()))?;
         match (&mut record, event) {
             (
                 None,
@@ -547,7 +628,8 @@ fn replay(path: &Path, file: File) -> Result<RunRecord, JournalError> {
             (Some(r), e) => r.apply(e).map_err(|reason| corrupt(i + 1, reason))?,
         }
     }
-    record.ok_or_else(|| corrupt(1, "empty journal".into()))
+    let record = record.ok_or_else(|| corrupt(1, "empty journal".into()))?;
+    Ok((record, complete as u64))
 }
 
 /// A run id names files (`runs/<id>.jsonl`, kept previous versions): 1 to 64 of
@@ -628,15 +710,55 @@ impl Journal {
 
     /// Reopen the last run's journal to continue it (`--resume`, `rollback`).
     pub fn reopen(state_dir: &Path) -> Result<Option<Journal>, JournalError> {
-        let path = journal_path(state_dir);
-        let Some(record) = last_run(state_dir)? else {
+        if !check_state_dir(state_dir)? {
             return Ok(None);
-        };
-        let file = open_state_file(OpenOptions::new().append(true), &path, "open for append")?;
-        Ok(Some(Journal {
+        }
+        let path = journal_path(state_dir);
+        match Journal::open_file(&path) {
+            Err(JournalError::Io { source, .. })
+                if source.kind() == std::io::ErrorKind::NotFound =>
+            {
+                Ok(None)
+            }
+            other => other.map(Some),
+        }
+    }
+
+    /// Open the journal at `path` (in a checked state directory, e.g. an earlier run in
+    /// `runs/`) to append to it. A torn last line is cut off first, so what is appended
+    /// starts on a line of its own.
+    pub(crate) fn open_file(path: &Path) -> Result<Journal, JournalError> {
+        let file = open_state_file(OpenOptions::new().read(true).append(true), path, "open")?;
+        let (record, complete) = replay(
             path,
+            file.try_clone().map_err(|source| JournalError::Io {
+                path: path.to_owned(),
+                op: "open",
+                source,
+            })?,
+        )?;
+        let len = file
+            .metadata()
+            .map_err(|source| JournalError::Io {
+                path: path.to_owned(),
+                op: "stat",
+                source,
+            })?
+            .len();
+        if len > complete {
+            tracing::warn!(journal = %path.display(), bytes = len - complete, "cutting off a torn last line");
+            file.set_len(complete)
+                .and_then(|()| file.sync_data())
+                .map_err(|source| JournalError::Io {
+                    path: path.to_owned(),
+                    op: "cut off a torn last line",
+                    source,
+                })?;
+        }
+        Ok(Journal {
+            path: path.to_owned(),
             inner: Mutex::new(Inner { file, record }),
-        }))
+        })
     }
 
     /// The journal file.
@@ -711,6 +833,39 @@ impl Journal {
             note,
             data: None,
         })
+    }
+
+    /// [`Journal::record_undo`], handing `index` the new entry's index (taken under the
+    /// same lock, so concurrent targets cannot interleave).
+    pub(crate) fn record_undo_then(
+        &self,
+        step: StepId,
+        target: &str,
+        action: UndoAction,
+        index: impl FnOnce(usize),
+    ) -> Result<(), JournalError> {
+        let mut inner = self.lock();
+        let e = Event::Undo {
+            step,
+            target: target.to_owned(),
+            action,
+        };
+        self.write_locked(&mut inner, &e)?;
+        inner
+            .record
+            .apply(e)
+            .map_err(|reason| JournalError::Corrupt {
+                path: self.path.clone(),
+                line: 0,
+                reason,
+            })?;
+        index(
+            inner
+                .record
+                .target(step, target)
+                .map_or(0, |t| t.undo.len().saturating_sub(1)),
+        );
+        Ok(())
     }
 
     /// Record how to undo the write about to be made.
@@ -803,6 +958,35 @@ mod tests {
             .unwrap();
         let err = last_run(dir.path()).unwrap_err().to_string();
         assert!(err.contains("line 3"), "{err}");
+    }
+
+    #[test]
+    fn a_torn_last_line_is_cut_off_before_the_next_append() {
+        let dir = tempfile::tempdir().unwrap();
+        let j = Journal::start(dir.path(), "r1", "test", 1, request()).unwrap();
+        j.set_state(StepId::Agents, "a", TargetState::Applying, None)
+            .unwrap();
+        drop(j);
+        let path = journal_path(dir.path());
+        // A full disk (or a power cut) tore the last append, even a line that parses.
+        let mut f = OpenOptions::new().append(true).open(&path).unwrap();
+        f.write_all(br#"{"event":"run_ended","state":"finished"}"#)
+            .unwrap();
+        assert!(last_run(dir.path()).unwrap().unwrap().needs_resume());
+        let j = Journal::reopen(dir.path()).unwrap().unwrap();
+        j.set_state(StepId::Agents, "a", TargetState::RolledBack, None)
+            .unwrap();
+        j.append(Event::RunEnded {
+            state: RunState::Finished,
+        })
+        .unwrap();
+        drop(j);
+        let r = last_run(dir.path()).unwrap().unwrap();
+        assert!(!r.needs_resume(), "{r:?}");
+        assert_eq!(
+            r.target(StepId::Agents, "a").unwrap().state,
+            TargetState::RolledBack
+        );
     }
 
     #[test]

@@ -92,6 +92,27 @@ impl<'a> Tx<'a> {
             .record_undo(self.step, self.target, action)
             .map_err(StepError::from)
     }
+
+    /// [`Tx::record`], returning the entry's index (for [`Tx::resolved`]).
+    pub(crate) fn record_indexed(&self, action: UndoAction) -> Result<usize, StepError> {
+        let mut index = 0;
+        self.journal
+            .record_undo_then(self.step, self.target, action, |n| index = n)
+            .map_err(StepError::from)?;
+        Ok(index)
+    }
+
+    /// Entry `index` needs no undo any more (e.g. an issuance intent whose certificate's
+    /// precise revocation is now recorded).
+    pub(crate) fn resolved(&self, index: usize) -> Result<(), StepError> {
+        self.journal
+            .append(journal::Event::UndoDone {
+                step: self.step,
+                target: self.target.to_owned(),
+                index,
+            })
+            .map_err(StepError::from)
+    }
 }
 
 /// What a step's plan for one target says.
@@ -190,6 +211,8 @@ pub enum Outcome {
     /// Applied, but its gate saw Vault sealed: kept as applied (not undone) until
     /// `rotate run --resume` after unsealing re-gates it.
     AwaitingResume,
+    /// `rotate rollback` undid it completely (it had not failed).
+    Undone,
 }
 
 /// The report of one target.
@@ -504,6 +527,8 @@ pub(crate) async fn recover_target<S: Step>(
             if let Some(Err(e)) = other {
                 r.error = Some(format!("re-gate after interruption: {e:#}"));
                 r.error_class = Some(e.exit().code());
+            } else if t.state.is_unwinding() {
+                r.error = Some("its unwind was interrupted or incomplete; finished it".to_owned());
             } else {
                 r.error = Some("interrupted while writing; unwound".to_owned());
             }

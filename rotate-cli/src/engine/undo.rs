@@ -90,6 +90,19 @@ pub enum UndoAction {
         /// Its CN (for the report).
         cn: String,
     },
+    /// Revoke every certificate of `mount` for `cn` issued from `after` on: recorded
+    /// *before* Vault is asked to issue, so a certificate whose precise `Revoke` never
+    /// reached the journal (a kill right after issuance) is still found, by scanning the
+    /// mount's certificates. Marked done once the precise `Revoke` is recorded; left
+    /// open for what an agent issues (step 4), whose serials rotate never sees.
+    RevokeIssued {
+        /// PKI mount.
+        mount: String,
+        /// The common name asked for.
+        cn: String,
+        /// Unix seconds when it was recorded (Vault backdates notBefore by 30 s).
+        after: i64,
+    },
     /// Make the listener load its restored files and prove it serves the previous
     /// certificate again (runs after the files are back). Undo runs the config's
     /// `[listener] reload` (only if it is still the one recorded here) and proves it with
@@ -114,8 +127,9 @@ pub enum UndoAction {
     Reload {
         /// The reloader as configured when it was recorded (`podman:proxyprod`, ...).
         reload: String,
-        /// The setting it came from, e.g. `proxy.reload`.
-        #[serde(default)]
+        /// The setting it came from, e.g. `proxy.reload` (the only one journals written
+        /// before this field existed recorded).
+        #[serde(default = "proxy_reload_setting")]
         setting: String,
     },
     /// A write that cannot be undone and leaves nothing to restore (a restart): recorded
@@ -191,6 +205,10 @@ impl UndoAction {
             UndoAction::Revoke { mount, serial, cn } => {
                 format!("revoke certificate {serial} ({cn}) on {mount}")
             }
+            UndoAction::RevokeIssued { mount, cn, after } => format!(
+                "revoke every certificate for {cn} that {mount} issued since {}",
+                crate::engine::utc(*after)
+            ),
             UndoAction::ReloadListener {
                 reload,
                 previous_serial,
@@ -229,6 +247,98 @@ pub struct UndoDeps<'a> {
     pub runner: &'a dyn hooks::CommandRunner,
     /// Time limit of a restart.
     pub timeout: Duration,
+    /// The PKI mounts' certificates as read so far (a `RevokeIssued` scans them).
+    pub issued: &'a IssuedIndex,
+}
+
+/// One stored certificate: CN, notBefore, revocation time (0: not revoked).
+type Issued = (String, i64, i64);
+
+/// The certificates of PKI mounts, read once per invocation (serial -> CN, notBefore,
+/// revocation time): every `RevokeIssued` of a rollback shares one scan.
+#[derive(Debug, Default)]
+pub struct IssuedIndex(
+    tokio::sync::Mutex<std::collections::HashMap<(String, String), Option<Issued>>>,
+);
+
+impl IssuedIndex {
+    /// An empty index.
+    pub fn new() -> Self {
+        Self::default()
+    }
+}
+
+/// Revokes the certificates of `mount` for `cn` issued since `after` (notBefore at or
+/// after `after` - 60 s): the mount's serials are listed, each one not seen yet read once.
+async fn revoke_issued(
+    deps: UndoDeps<'_>,
+    mount: &str,
+    cn: &str,
+    after: i64,
+) -> Result<Vec<String>, String> {
+    use futures_util::StreamExt as _;
+    let pki = deps.vault.pki;
+    let serials = pki
+        .list_certs(mount)
+        .await
+        .map_err(|e| format!("list {mount}/certs: {e}"))?;
+    let unknown: Vec<String> = {
+        let seen = deps.issued.0.lock().await;
+        serials
+            .into_iter()
+            .filter(|s| !seen.contains_key(&(mount.to_owned(), s.clone())))
+            .collect()
+    };
+    let read: Vec<(String, Result<Option<Issued>, String>)> = futures_util::stream::iter(unknown)
+        .map(|serial| async move {
+            let r = pki
+                .read_cert(mount, &serial)
+                .await
+                .map_err(|e| format!("read {mount}/cert/{serial}: {e}"))
+                .map(|rec| {
+                    rec.and_then(|rec| {
+                        let info = pki_ops::CertInfo::from_pem(&rec.certificate).ok()?;
+                        Some((
+                            info.subject_cn.unwrap_or_default(),
+                            info.not_before,
+                            rec.revocation_time,
+                        ))
+                    })
+                });
+            (serial, r)
+        })
+        .buffer_unordered(8)
+        .collect()
+        .await;
+    let mut index = deps.issued.0.lock().await;
+    for (serial, r) in read {
+        index.insert((mount.to_owned(), serial), r?);
+    }
+    let due: Vec<String> = index
+        .iter()
+        .filter(|((m, _), v)| {
+            m == mount
+                && v.as_ref()
+                    .is_some_and(|(c, nb, revoked)| c == cn && *nb >= after - 60 && *revoked == 0)
+        })
+        .map(|((_, s), _)| s.clone())
+        .collect();
+    drop(index);
+    for serial in &due {
+        pki.revoke(mount, serial)
+            .await
+            .map_err(|e| format!("revoke {serial} ({cn}): {e}"))?;
+        if let Some(Some(v)) = deps
+            .issued
+            .0
+            .lock()
+            .await
+            .get_mut(&(mount.to_owned(), serial.clone()))
+        {
+            v.2 = 1;
+        }
+    }
+    Ok(due)
 }
 
 /// Carry out one undo action.
@@ -321,6 +431,13 @@ pub async fn carry_out(deps: UndoDeps<'_>, action: &UndoAction) -> Result<(), St
         UndoAction::Revoke { mount, serial, .. } => {
             v.pki.revoke(mount, serial).await.map_err(|e| e.to_string())
         }
+        UndoAction::RevokeIssued { mount, cn, after } => {
+            let revoked = revoke_issued(deps, mount, cn, *after).await?;
+            if !revoked.is_empty() {
+                tracing::info!(%mount, %cn, serials = %revoked.join(", "), "revoked what the run issued");
+            }
+            Ok(())
+        }
         UndoAction::ReloadListener {
             reload,
             previous_serial,
@@ -362,6 +479,18 @@ pub async fn carry_out(deps: UndoDeps<'_>, action: &UndoAction) -> Result<(), St
                 .map(drop)
                 .map_err(|e| e.to_string())
         }
+        UndoAction::RestartUnit { unit, user, .. }
+            if deps
+                .cfg
+                .apps
+                .iter()
+                .any(|a| a.unit() == *unit && Some(a.user()) != user.as_deref()) =>
+        {
+            Err(format!(
+                "the journal says {unit} runs as {}, the config says otherwise: restart it by hand",
+                user.as_deref().unwrap_or("the caller")
+            ))
+        }
         UndoAction::RestartUnit {
             unit,
             user,
@@ -393,6 +522,10 @@ pub async fn carry_out(deps: UndoDeps<'_>, action: &UndoAction) -> Result<(), St
 
 fn yes() -> bool {
     true
+}
+
+fn proxy_reload_setting() -> String {
+    "proxy.reload".into()
 }
 
 /// The reloader the config sets at `setting`, provided it is still `recorded`: undo never
@@ -474,6 +607,11 @@ pub async fn unwind(
     let Some(t) = record.target(step, target) else {
         return Ok(UnwindOutcome::default());
     };
+    // From here until it ends (rolled back, or incomplete), a resume or another rollback
+    // finishes this unwind; nothing re-gates a half-undone target.
+    if t.state != TargetState::RollingBack {
+        journal.set_state(step, target, TargetState::RollingBack, None)?;
+    }
     let mut order: Vec<usize> = (0..t.undo.len()).rev().collect();
     // Files and Vault objects first, newest first; then what must see them restored.
     // Revocations after the reloads: a listener whose reload back fails must not be left
@@ -481,7 +619,7 @@ pub async fn unwind(
     order.sort_by_key(|&i| match t.undo[i].action {
         UndoAction::ReloadListener { .. } | UndoAction::Reload { .. } => 1,
         UndoAction::ReconnectAdmin => 2,
-        UndoAction::Revoke { .. } => 3,
+        UndoAction::Revoke { .. } | UndoAction::RevokeIssued { .. } => 3,
         UndoAction::RestartUnit { .. } => 4,
         _ => 0,
     });

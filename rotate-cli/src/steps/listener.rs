@@ -433,13 +433,16 @@ impl Step for ListenerStep<'_> {
             exclude_cn_from_sans: false,
             ..Default::default()
         };
-        let issued =
-            pki_ops::issue_cert(v.pki, mount, &l.role, &req, issue_mode(l.key_mode)).await?;
-        tx.record(UndoAction::Revoke {
-            mount: mount.clone(),
-            serial: issued.info.serial_hex.clone(),
-            cn: self.cn(),
-        })?;
+        let issued = crate::steps::issue_journaled(
+            v,
+            tx,
+            mount,
+            &l.role,
+            &req,
+            issue_mode(l.key_mode),
+            self.deps.clock,
+        )
+        .await?;
         let now = (self.deps.clock)();
         let info = &issued.info;
         info.expect_cn(&self.cn())?;

@@ -340,28 +340,60 @@ pub(crate) async fn issue_client(
     clock: &(dyn Fn() -> i64 + Send + Sync),
     min_valid: std::time::Duration,
 ) -> Result<pki_ops::IssuedMaterial, StepError> {
-    let revoke = |serial: &str| {
-        tx.record(crate::engine::undo::UndoAction::Revoke {
-            mount: mount.to_owned(),
-            serial: serial.to_owned(),
-            cn: req.common_name.clone(),
-        })
-    };
-    let issued = match pki_ops::issue_cert(vault.pki, mount, role, req, mode).await {
-        Ok(issued) => issued,
-        Err(e) => {
-            if let pki_ops::Error::Rejected { serial, .. } = &e {
-                revoke(serial)?;
-            }
-            return Err(e.into());
-        }
-    };
-    revoke(&issued.info.serial_hex)?;
+    let issued = issue_journaled(vault, tx, mount, role, req, mode, clock).await?;
     let now = clock();
     issued.info.expect_client_auth()?;
     issued.info.expect_validity(now, min_valid, None)?;
     pki_ops::verify_chain(&issued.cert_pem, &issued.chain_pem, chain, now)?;
     Ok(issued)
+}
+
+/// Issue from `mount/role`, intent before effect: a `RevokeIssued` is journaled before
+/// Vault is asked (a kill right after issuance still leaves a record that finds the
+/// certificate), then the precise `Revoke` of the serial once known (also for one the
+/// checks right after issuance refuse), which resolves the intent.
+pub(crate) async fn issue_journaled(
+    vault: Vault<'_>,
+    tx: &crate::engine::Tx<'_>,
+    mount: &str,
+    role: &str,
+    req: &vault_client::IssueRequest,
+    mode: IssueMode,
+    clock: &(dyn Fn() -> i64 + Send + Sync),
+) -> Result<pki_ops::IssuedMaterial, StepError> {
+    use crate::engine::undo::UndoAction;
+    let intent = tx.record_indexed(UndoAction::RevokeIssued {
+        mount: mount.to_owned(),
+        cn: req.common_name.clone(),
+        after: clock(),
+    })?;
+    let revoke = |serial: &str| -> Result<(), StepError> {
+        tx.record(UndoAction::Revoke {
+            mount: mount.to_owned(),
+            serial: serial.to_owned(),
+            cn: req.common_name.clone(),
+        })?;
+        tx.resolved(intent)
+    };
+    match pki_ops::issue_cert(vault.pki, mount, role, req, mode).await {
+        Ok(issued) => {
+            revoke(&issued.info.serial_hex)?;
+            Ok(issued)
+        }
+        Err(e) => {
+            match &e {
+                pki_ops::Error::Rejected { serial, .. } => revoke(serial)?,
+                // Vault answered with an error: nothing was issued.
+                pki_ops::Error::Vault {
+                    source: vault_client::Error::Api { .. },
+                    ..
+                } => tx.resolved(intent)?,
+                // No answer (reset, timeout): it may have issued; the intent stays.
+                _ => {}
+            }
+            Err(e.into())
+        }
+    }
 }
 
 /// `Some(why)` when role `mount/roles/role` exists and pins (`issuer_ref`) an issuer
@@ -760,8 +792,12 @@ mod tests {
         assert!(err.to_string().contains("a.int.privsec.ch"), "{err}");
         let record = journal.record();
         let undo = &record.target(StepId::Agents, "a").unwrap().undo;
+        // The intent first (done once the precise revocation is recorded), then that.
+        use crate::engine::undo::UndoAction;
         assert!(
-            matches!(&undo[..], [u] if matches!(&u.action, crate::engine::undo::UndoAction::Revoke { serial, .. } if serial == "0a:0b:0c")),
+            matches!(&undo[..], [i, r]
+                if matches!(&i.action, UndoAction::RevokeIssued { cn, .. } if cn == "agent-a.prod.privsec.ch") && i.done
+                && matches!(&r.action, UndoAction::Revoke { serial, .. } if serial == "0a:0b:0c") && !r.done),
             "{undo:?}"
         );
     }

@@ -337,6 +337,19 @@ pub async fn preflight(
                 }),
         );
     }
+    // A `cmd:` line's scripts and files (by absolute path) are root's alone too.
+    for (setting, reloader) in cfg.reloaders() {
+        if let Ok(hooks::Reloader::Command { args, .. }) = reloader
+            && step_runs(request, &setting)
+        {
+            r.push(
+                format!("files {setting} names"),
+                hooks::check_named_files(&args.join(" "))
+                    .map(|()| "none another user can write".into())
+                    .map_err(|e| (Exit::Config, format!("{e}; fix [{setting}]"))),
+            );
+        }
+    }
     if leaf {
         let agent = &cfg.commands.agent;
         r.push(
@@ -531,6 +544,16 @@ async fn check_tls_files(
     }
 }
 
+/// Whether the reloader at `setting` is used by the steps `request` runs.
+fn step_runs(request: &RunRequest, setting: &str) -> bool {
+    let step = match setting.split('.').next() {
+        Some("listener") => StepId::Listener,
+        Some("proxy") => StepId::Proxy,
+        _ => StepId::Restarts,
+    };
+    request.steps.contains(&step)
+}
+
 /// The programs this run may start as root, each with what it is for: `systemctl` and
 /// `runuser` for the agents (step 4), and what each reloader of the requested steps runs
 /// (`podman`, `systemctl`, `sh` and the program a `cmd:` names by absolute path).
@@ -548,12 +571,7 @@ fn programs_root_runs(cfg: &Config, request: &RunRequest) -> Vec<(String, String
         add("runuser (agent units, as the app user)".into(), "runuser");
     }
     for (setting, reloader) in cfg.reloaders() {
-        let used = match setting.split('.').next() {
-            Some("listener") => wants(StepId::Listener),
-            Some("proxy") => wants(StepId::Proxy),
-            _ => wants(StepId::Restarts),
-        };
-        let Some(reloader) = reloader.ok().filter(|_| used) else {
+        let Some(reloader) = reloader.ok().filter(|_| step_runs(request, &setting)) else {
             continue;
         };
         match reloader {

@@ -128,6 +128,11 @@ pub trait PkiApi: Send + Sync {
     /// <https://openbao.org/api-docs/secret/pki/#read-certificate-serial-number>
     async fn read_cert(&self, mount: &str, serial: &str) -> Result<Option<CertRecord>>;
 
+    /// `LIST /:mount/certs`: the serials (`aa:bb:..` hex) of every certificate the mount
+    /// stored (issued and not tidied away); empty when there are none.
+    /// <https://openbao.org/api-docs/secret/pki/#list-certificates>
+    async fn list_certs(&self, mount: &str) -> Result<Vec<String>>;
+
     /// `POST /:mount/issue/:role`: Vault generates the key and issues. Not idempotent.
     /// <https://openbao.org/api-docs/secret/pki/#generate-certificate-and-key>
     async fn issue(&self, mount: &str, role: &str, req: &IssueRequest) -> Result<IssuedCert>;
@@ -231,6 +236,18 @@ impl PkiApi for VaultClient {
             )
             .await?;
         Ok(d.map(|d| d.data))
+    }
+
+    async fn list_certs(&self, mount: &str) -> Result<Vec<String>> {
+        let d: Option<Data<Keys>> = self
+            .request_opt(
+                Method::List,
+                &format!("{}/certs", m(mount)),
+                None,
+                Idempotent,
+            )
+            .await?;
+        Ok(d.map(|d| d.data.keys).unwrap_or_default())
     }
 
     async fn issue(&self, mount: &str, role: &str, req: &IssueRequest) -> Result<IssuedCert> {
