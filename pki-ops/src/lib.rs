@@ -67,7 +67,9 @@ mod x509;
 pub use csr::{build_csr, parse_ip_sans};
 pub use error::{Error, Result};
 pub use keygen::{KeyAlgorithm, PrivateKey};
-pub use material::stage::{FileOutcome, FileSpec, MaterialFile, MaterialSet, Staged, WriteReport};
+pub use material::stage::{
+    FileOutcome, FileSpec, MaterialFile, MaterialSet, Staged, WriteReport, keep_previous, plan_keep,
+};
 pub use material::tree::{FileMeta, MAX_READ, Owner, Tree};
 pub use material::undo::{FileUndo, discard_prev, remove_created_dirs, undo_file};
 pub use pki::issue::{IssueMode, IssuedMaterial, issue_cert};

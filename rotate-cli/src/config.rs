@@ -433,6 +433,9 @@ pub struct LeafSection {
     pub render_timeout: String,
     /// Time limit of each reload/restart command.
     pub command_timeout: String,
+    /// After an undo restarts an agent on its previous config: how long it must keep
+    /// running to count as running.
+    pub settle: String,
 }
 
 impl Default for LeafSection {
@@ -453,6 +456,7 @@ impl Default for LeafSection {
             proxy_reload: String::new(),
             render_timeout: "60s".into(),
             command_timeout: "30s".into(),
+            settle: "5s".into(),
         }
     }
 }
@@ -803,6 +807,7 @@ impl Config {
             ("leaf.max_lifetime", &self.leaf.max_lifetime),
             ("leaf.render_timeout", &self.leaf.render_timeout),
             ("leaf.command_timeout", &self.leaf.command_timeout),
+            ("leaf.settle", &self.leaf.settle),
             ("agents.ttl", &self.agents.ttl),
             ("agents.max_ttl", &self.agents.max_ttl),
         ] {
@@ -814,6 +819,7 @@ impl Config {
             }
         }
         self.validate_tls_steps()?;
+        self.validate_lifetimes()?;
         for name in self.commands.overrides.keys() {
             if !OVERRIDABLE.contains(&name.as_str()) {
                 return Err(self.invalid(
@@ -1037,6 +1043,126 @@ impl Config {
             }
         }
         Ok(())
+    }
+
+    /// What is accepted at load must work at run time: waits longer than nothing,
+    /// certificates that live long enough for their gates, TTLs within their maximum, a
+    /// listener certificate for the name clients verify.
+    fn validate_lifetimes(&self) -> Result<(), ConfigError> {
+        let secs = |v: &str| pki_ops::parse_duration_secs(v).unwrap_or(0);
+        let mut waits: Vec<(&str, &str)> = vec![
+            ("leaf.render_timeout", &self.leaf.render_timeout),
+            ("leaf.command_timeout", &self.leaf.command_timeout),
+            ("health.window", &self.health.window),
+        ];
+        if let Some(l) = &self.listener {
+            waits.push(("listener.reload_timeout", &l.reload_timeout));
+        }
+        if let Some(p) = &self.proxy {
+            waits.push(("proxy.probe_timeout", &p.probe_timeout));
+        }
+        for (setting, v) in waits {
+            if secs(v) <= 0 {
+                return Err(self.invalid(setting, format!("{v:?}: must be longer than 0s")));
+            }
+        }
+        // A certificate must outlive its own gate (Vault backdates notBefore 30 s).
+        const MIN_TTL: i64 = 300;
+        type Ttl<'s> = (&'s str, &'s str, Option<(&'s str, &'s str)>);
+        let mut ttls: Vec<Ttl<'_>> = vec![
+            (
+                "agents.ttl",
+                &self.agents.ttl,
+                Some(("agents.max_ttl", &self.agents.max_ttl)),
+            ),
+            (
+                "leaf.ttl",
+                &self.leaf.ttl,
+                Some(("leaf.max_ttl", &self.leaf.max_ttl)),
+            ),
+        ];
+        if let Some(a) = &self.admin {
+            ttls.push(("admin.ttl", &a.ttl, Some(("admin.max_ttl", &a.max_ttl))));
+        }
+        if let Some(l) = &self.listener {
+            ttls.push((
+                "listener.ttl",
+                &l.ttl,
+                Some(("listener.max_ttl", &l.max_ttl)),
+            ));
+        }
+        if let Some(p) = &self.proxy {
+            ttls.push(("proxy.client_ttl", &p.client_ttl, None));
+        }
+        for (setting, ttl, max) in ttls {
+            if secs(ttl) < MIN_TTL {
+                return Err(self.invalid(
+                    setting,
+                    format!("{ttl:?} is shorter than 5m: the certificate would expire before its gate proves it"),
+                ));
+            }
+            if let Some((max_setting, max)) = max
+                && secs(ttl) > secs(max)
+            {
+                return Err(self.invalid(
+                    setting,
+                    format!("{ttl:?} is longer than {max_setting} {max:?}: Vault would cut it"),
+                ));
+            }
+        }
+        let leaf = &self.leaf;
+        if secs(&leaf.ttl) <= secs(&leaf.min_remaining) {
+            return Err(self.invalid(
+                "leaf.ttl",
+                format!(
+                    "{:?} is not longer than leaf.min_remaining {:?}: every new leaf would fail its gate",
+                    leaf.ttl, leaf.min_remaining
+                ),
+            ));
+        }
+        if secs(&leaf.ttl) > secs(&leaf.max_lifetime) {
+            return Err(self.invalid(
+                "leaf.ttl",
+                format!(
+                    "{:?} is longer than leaf.max_lifetime {:?}: every new leaf would fail its gate",
+                    leaf.ttl, leaf.max_lifetime
+                ),
+            ));
+        }
+        if let (Some(l), Some(sni)) = (&self.listener, &self.vault.tls_server_name)
+            && let Some(cn) = &l.common_name
+            && !cn.eq_ignore_ascii_case(sni)
+            && !l.alt_names.iter().any(|a| a.eq_ignore_ascii_case(sni))
+        {
+            return Err(self.invalid(
+                "listener.common_name",
+                format!(
+                    "{cn:?} is not [vault] tls_server_name {sni:?}, which clients verify the listener as: make it the CN or add it to alt_names"
+                ),
+            ));
+        }
+        Ok(())
+    }
+
+    /// The address agents and the admin reach Vault at: `[vault] addr`, else the
+    /// environment's (`VAULT_ADDR`/`BAO_ADDR`, as the admin client reads it).
+    pub fn vault_addr(&self) -> String {
+        match &self.vault.addr {
+            Some(a) => a.clone(),
+            None => ClientConfig::from_env()
+                .map(|c| c.addr.to_string())
+                .unwrap_or_else(|_| vault_client::DEFAULT_ADDR.to_owned()),
+        }
+    }
+
+    /// The TLS server name clients verify: `[vault] tls_server_name`, else the
+    /// environment's.
+    pub fn vault_server_name(&self) -> Option<String> {
+        self.vault.tls_server_name.clone().or_else(|| {
+            ClientConfig::from_env()
+                .ok()
+                .and_then(|c| c.tls_server_name)
+        })
     }
 
     /// `[admin]` and `[listener]`: durations, one directory per pair, a reloader.

@@ -483,6 +483,55 @@ impl Staged {
     }
 }
 
+/// For a file someone else is about to replace (an agent renders it, a hook installs it):
+/// what undoing that needs, decided before anything happens. When `rel` exists (a
+/// regular file, never followed through a symlink), its previous version will be kept
+/// under a random name next to it; when it does not, undo removes whatever appears there.
+/// Journal the record, then [`keep_previous`].
+pub fn plan_keep(tree: &Tree, rel: &Path, run_id: &str) -> Result<FileUndo> {
+    check_run_id(run_id)?;
+    let shown = tree.root().join(rel);
+    let mut prev = None;
+    if let Some((dir, name)) = tree.split(rel)?
+        && Tree::open_regular(&dir, name, &shown)?.is_some()
+    {
+        prev = Some(sibling(rel, &prev_name(name, run_id, &random_token()?)));
+    }
+    Ok(FileUndo {
+        root: tree.root().to_owned(),
+        rel: rel.to_owned(),
+        prev,
+        temp: None,
+    })
+}
+
+/// Keeps the previous version [`plan_keep`] named: a hard link (same inode: bytes, mode,
+/// owner), made without following symlinks. A name that exists already was planted: an
+/// error, nothing kept. A file gone meanwhile has nothing to keep.
+pub fn keep_previous(tree: &Tree, u: &FileUndo) -> Result<()> {
+    let Some(prev) = &u.prev else {
+        return Ok(());
+    };
+    let Some((dir, name)) = tree.split(&u.rel)? else {
+        return Ok(());
+    };
+    let prev_name = prev.file_name().unwrap_or_default();
+    let shown = tree.root().join(&u.rel);
+    match rustix::fs::linkat(&dir, name, &dir, prev_name, AtFlags::empty()) {
+        Ok(()) | Err(Errno::NOENT) => {}
+        Err(Errno::EXIST) => {
+            return Err(Error::Unsafe {
+                path: tree.root().join(prev),
+                reason:
+                    "exists already, though its name was random: planted by the directory's owner"
+                        .into(),
+            });
+        }
+        Err(e) => return Err(io_err("keep previous version of", &shown, e)),
+    }
+    rustix::fs::fsync(&dir).map_err(|e| io_err("fsync directory of", &shown, e))
+}
+
 impl Drop for Staged {
     fn drop(&mut self) {
         if self.committed {

@@ -93,10 +93,20 @@ fn unlink_if_present(dir: impl AsFd, name: &OsStr, op: &'static str, shown: &Pat
 pub fn undo_file(u: &FileUndo, owner: Option<Owner>) -> Result<()> {
     let names = Names::of(u)?;
     let tree = Tree::open(&u.root, owner)?;
-    let Some((dir, name)) = tree.split(&u.rel)? else {
-        return Ok(());
-    };
     let shown = u.root.join(&u.rel);
+    let Some((dir, name)) = tree.split(&u.rel)? else {
+        // Its directory is gone (moved away): a file that did not exist has nothing to
+        // remove, but a previous version cannot be put back.
+        return match &u.prev {
+            None => Ok(()),
+            Some(_) => Err(Error::Unsafe {
+                path: shown,
+                reason:
+                    "its directory is gone (moved away?): the previous version cannot be put back"
+                        .into(),
+            }),
+        };
+    };
     if let Some(temp) = names.temp {
         unlink_if_present(&dir, temp, "remove temp for", &shown)?;
     }
@@ -233,8 +243,16 @@ mod tests {
         std::fs::remove_file(&key).unwrap();
         remove_created_dirs(&h, &created, Some(OWNER)).unwrap();
         assert_eq!(names_in(&h), Vec::<String>::new());
+        // Its directory gone: a created file has nothing left to remove, but a previous
+        // version cannot be put back, and undo says so instead of "restored".
         for u in &undo {
-            undo_file(u, Some(OWNER)).unwrap();
+            match &u.prev {
+                None => undo_file(u, Some(OWNER)).unwrap(),
+                Some(_) => {
+                    let err = undo_file(u, Some(OWNER)).unwrap_err().to_string();
+                    assert!(err.contains("directory is gone"), "{err}");
+                }
+            }
             discard_prev(u, Some(OWNER)).unwrap();
         }
     }

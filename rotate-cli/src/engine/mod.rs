@@ -465,6 +465,17 @@ async fn run_target<S: Step>(
                 .record()
                 .target(id, app.name())
                 .is_some_and(|t| !t.undo.is_empty());
+            // A Vault that went away after the writes (sealed by a restart, unreachable)
+            // can neither prove nor undo them: keep them as they are, for `--resume`.
+            if wrote && let Some(why) = vault_down(undo_deps).await {
+                r.outcome = Outcome::AwaitingResume;
+                r.error_class = Some(crate::Exit::ResumeNeeded.code());
+                r.pending = Some(format!(
+                    "Vault is {why} after this target's writes: kept as it is, neither proven nor undone; once Vault is back (unsealed), `rotate run --resume` re-gates it (or undoes it)"
+                ));
+                r.millis = started.elapsed().as_millis() as u64;
+                return Ok(r);
+            }
             let out = unwind(journal, undo_deps, id, app.name()).await?;
             r.outcome = if !wrote {
                 Outcome::FailedNothingWritten
@@ -480,6 +491,18 @@ async fn run_target<S: Step>(
     }
     r.millis = started.elapsed().as_millis() as u64;
     Ok(r)
+}
+
+/// `Some("sealed")` or `Some("unreachable")` when Vault cannot serve a proof or an undo
+/// now; `None` when it answers unsealed.
+pub(crate) async fn vault_down(deps: UndoDeps<'_>) -> Option<&'static str> {
+    match deps.vault.sys.seal_status().await {
+        Ok(s) if s.sealed => Some("sealed"),
+        Ok(_) => None,
+        Err(vault_client::Error::Transport { .. }) => Some("unreachable"),
+        Err(e) if e.status() == Some(503) => Some("sealed"),
+        Err(_) => None,
+    }
 }
 
 /// Finish a target an interrupted run left `Applied`: gate it again from the journaled
@@ -531,6 +554,18 @@ pub(crate) async fn recover_target<S: Step>(
                 r.error = Some("its unwind was interrupted or incomplete; finished it".to_owned());
             } else {
                 r.error = Some("interrupted while writing; unwound".to_owned());
+            }
+            if let Some(why) = vault_down(undo_deps).await {
+                r.outcome = Outcome::AwaitingResume;
+                r.error = Some(format!(
+                    "Vault is {why}: nothing can be proven or undone now"
+                ));
+                r.pending = Some(
+                    "once Vault is back (unsealed), `rotate run --resume` again finishes this target"
+                        .into(),
+                );
+                r.millis = started.elapsed().as_millis() as u64;
+                return Ok(r);
             }
             let out = unwind(journal, undo_deps, id, app.name()).await?;
             r.outcome = if out.complete() {

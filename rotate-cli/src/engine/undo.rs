@@ -141,6 +141,14 @@ pub enum UndoAction {
     /// Switch the admin client back to the identity files on disk (after they were
     /// restored): the rest of the unwind runs as the previous identity.
     ReconnectAdmin,
+    /// Stop a user unit before its files are put back (so it does not write them
+    /// meanwhile); [`UndoAction::RestartUnit`] then starts it again if it ran before.
+    StopUnit {
+        /// The unit.
+        unit: String,
+        /// Whose user manager.
+        user: Option<String>,
+    },
     /// Restart a user unit so it runs on its restored config.
     RestartUnit {
         /// The unit.
@@ -223,11 +231,14 @@ impl UndoAction {
             UndoAction::Reload { reload, .. } => {
                 format!("reload ({reload}) on the restored files")
             }
+            UndoAction::StopUnit { unit, .. } => {
+                format!("stop {unit} while its files are put back")
+            }
             UndoAction::RestartUnit {
                 unit,
                 was_active: true,
                 ..
-            } => format!("restart {unit} on its previous config"),
+            } => format!("restart {unit} on its previous config and prove it still runs"),
             UndoAction::RestartUnit { unit, .. } => {
                 format!("stop {unit} again (it was not running before)")
             }
@@ -506,6 +517,17 @@ pub async fn carry_out(deps: UndoDeps<'_>, action: &UndoAction) -> Result<(), St
             }
             Ok(())
         }
+        UndoAction::StopUnit { unit, user } => {
+            let state = hooks::unit_state(deps.runner, unit, user.as_deref(), deps.timeout)
+                .await
+                .map_err(|e| e.to_string())?;
+            if matches!(state.as_str(), "active" | "reloading" | "activating") {
+                hooks::stop_unit(deps.runner, unit, user.as_deref(), deps.timeout)
+                    .await
+                    .map_err(|e| e.to_string())?;
+            }
+            Ok(())
+        }
         UndoAction::RestartUnit { unit, user, .. } => {
             let r = hooks::Reloader::SystemdUser {
                 unit: unit.clone(),
@@ -514,8 +536,23 @@ pub async fn carry_out(deps: UndoDeps<'_>, action: &UndoAction) -> Result<(), St
             };
             hooks::reload(deps.runner, &r, deps.timeout)
                 .await
-                .map(drop)
-                .map_err(|e| e.to_string())
+                .map_err(|e| e.to_string())?;
+            // Running right after the restart is not running: an agent whose post-hook
+            // fails (with exit_on_retry_failure) dies seconds later.
+            let settle = deps.cfg.duration(&deps.cfg.leaf.settle);
+            tokio::time::sleep(settle).await;
+            let state = hooks::unit_state(deps.runner, unit, user.as_deref(), deps.timeout)
+                .await
+                .map_err(|e| {
+                    format!("restarted, but its state after {settle:?} is unknown: {e}")
+                })?;
+            if state == "active" {
+                Ok(())
+            } else {
+                Err(format!(
+                    "restarted on its previous config, but {settle:?} later it is {state}: see its log (journalctl --user -u {unit})"
+                ))
+            }
         }
     }
 }
@@ -617,11 +654,13 @@ pub async fn unwind(
     // Revocations after the reloads: a listener whose reload back fails must not be left
     // serving a certificate already revoked.
     order.sort_by_key(|&i| match t.undo[i].action {
-        UndoAction::ReloadListener { .. } | UndoAction::Reload { .. } => 1,
-        UndoAction::ReconnectAdmin => 2,
-        UndoAction::Revoke { .. } | UndoAction::RevokeIssued { .. } => 3,
-        UndoAction::RestartUnit { .. } => 4,
-        _ => 0,
+        // A unit writing the files being put back is stopped first.
+        UndoAction::StopUnit { .. } => 0,
+        UndoAction::ReloadListener { .. } | UndoAction::Reload { .. } => 2,
+        UndoAction::ReconnectAdmin => 3,
+        UndoAction::Revoke { .. } | UndoAction::RevokeIssued { .. } => 4,
+        UndoAction::RestartUnit { .. } => 5,
+        _ => 1,
     });
     let mut out = UnwindOutcome::default();
     for i in order {

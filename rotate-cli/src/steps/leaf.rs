@@ -168,13 +168,8 @@ pub(crate) fn leaf_role_spec(cfg: &Config, n: &Names) -> RoleSpec {
 
 fn agent_spec(cfg: &Config, app: &AppConfig, n: &Names) -> AgentConfigSpec {
     let home = &app.home;
-    let mut s = AgentConfigSpec::new(
-        &app.name,
-        cfg.vault.addr.as_deref().unwrap_or_default(),
-        &cfg.pki.mount,
-        &n.leaf_cn,
-    );
-    s.tls_server_name = cfg.vault.tls_server_name.clone();
+    let mut s = AgentConfigSpec::new(&app.name, &cfg.vault_addr(), &cfg.pki.mount, &n.leaf_cn);
+    s.tls_server_name = cfg.vault_server_name();
     s.ca_cert = home.join(rel::ca_file());
     s.client_cert = home.join(rel::agent_cert());
     s.client_key = home.join(rel::agent_key());
@@ -464,6 +459,21 @@ impl Step for LeafStep<'_> {
         let n = &p.names;
         let mount = &cfg.agents.cert_auth_mount;
         let tree = Tree::open(&app.home, Some(p.owner))?;
+        // Whether the agent runs now decides what undo does with it: a state that cannot
+        // be read is unknown, never a guess, and stops here, before any write.
+        let unit = app.unit();
+        let state = hooks::unit_state(
+            self.deps.runner,
+            &unit,
+            Some(app.user()),
+            cfg.duration(&cfg.leaf.command_timeout),
+        )
+        .await
+        .map_err(|e| StepError::Invalid {
+            what: format!("state of {unit} (user {})", app.user()),
+            reason: format!("cannot tell whether it runs ({e}); nothing was written"),
+        })?;
+        let was_active = matches!(state.as_str(), "active" | "reloading" | "activating");
 
         if let Some(previous) = p.role {
             tx.record(UndoAction::Role {
@@ -583,15 +593,35 @@ impl Step for LeafStep<'_> {
                 what: format!("{}", app.home.join(rel::agent_cert()).display()),
                 reason: "missing: run step 3 first".into(),
             })?;
-        let unit = app.unit();
-        let was_active = hooks::unit_state(
-            self.deps.runner,
-            &unit,
-            Some(app.user()),
-            cfg.duration(&cfg.leaf.command_timeout),
-        )
-        .await
-        .is_ok_and(|s| s == "active");
+        // What the agent and its post-hook replace (each by a rename) or create from here:
+        // the leaf pair, the render, the token, the hook's status. Kept, so undo puts back
+        // exactly what was there and removes what was not. (The pid file is the agent's
+        // runtime state: the restart on undo rewrites it.)
+        for rel in [
+            under_home(app, &app.leaf_key()).to_owned(),
+            under_home(app, &app.fullchain()).to_owned(),
+            rel::leaf_render(app),
+            under_home(app, &sink_path(app)).to_owned(),
+            rel::post_hook_status(app),
+        ] {
+            let u = pki_ops::plan_keep(&tree, &rel, &tx.run_id())?;
+            tx.record(UndoAction::File {
+                undo: u.clone(),
+                owner: Some(p.owner),
+            })?;
+            pki_ops::keep_previous(&tree, &u)?;
+        }
+        // Every leaf the agent issues from now on is revoked by undo (rotate never sees
+        // their serials; the mount's certificates are scanned for the CN).
+        tx.record(UndoAction::RevokeIssued {
+            mount: cfg.pki.mount.clone(),
+            cn: n.leaf_cn.clone(),
+            after: (self.deps.clock)(),
+        })?;
+        tx.record(UndoAction::StopUnit {
+            unit: unit.clone(),
+            user: Some(app.user().to_owned()),
+        })?;
         tx.record(UndoAction::RestartUnit {
             unit,
             user: Some(app.user().to_owned()),
@@ -638,6 +668,7 @@ impl Step for LeafStep<'_> {
         let ca = read_text(&tree, &rel::ca_file())?.unwrap_or_default();
 
         // A new leaf whose post-hook reported success for exactly these bytes.
+        let mut watch = VaultWatch::new();
         let mut last;
         let leaf = loop {
             // A failure report of the post-hook written since the restart is this render's
@@ -709,6 +740,7 @@ impl Step for LeafStep<'_> {
                 Err(GateWait::Fatal(e)) => return Err(gate_err(app, e)),
                 Err(GateWait::Retry(e)) => last = e,
             }
+            watch.check(v.sys).await?;
             if Instant::now() > deadline {
                 return Err(gate_err(
                     app,
@@ -818,6 +850,7 @@ impl Step for LeafStep<'_> {
                     Err(e) => last = e.to_string(),
                 }
             }
+            watch.check(v.sys).await?;
             if Instant::now() > deadline {
                 return Err(gate_err(
                     app,
@@ -825,6 +858,39 @@ impl Step for LeafStep<'_> {
                 ));
             }
             tokio::time::sleep(pause.next()).await;
+        }
+    }
+}
+
+/// While a gate waits on the agent: whether Vault is still there to be waited for, asked
+/// at most every two seconds. A sealed or unreachable Vault ends the wait at once (the
+/// agent is not to blame), keeping the step applied for `--resume`.
+struct VaultWatch {
+    next: Instant,
+}
+
+impl VaultWatch {
+    fn new() -> Self {
+        VaultWatch {
+            next: Instant::now() + Duration::from_secs(2),
+        }
+    }
+
+    async fn check(&mut self, sys: &dyn vault_client::SysApi) -> Result<(), StepError> {
+        if Instant::now() < self.next {
+            return Ok(());
+        }
+        self.next = Instant::now() + Duration::from_secs(2);
+        match sys.seal_status().await {
+            Ok(s) if s.sealed => Err(StepError::Sealed {
+                reason: "while waiting for the agent: unseal it, then `rotate run --resume` re-gates this step".into(),
+            }),
+            Err(e @ vault_client::Error::Transport { .. }) => Err(StepError::VaultGone {
+                reason: format!(
+                    "while waiting for the agent ({e}): once it is back, `rotate run --resume` re-gates this step"
+                ),
+            }),
+            _ => Ok(()),
         }
     }
 }

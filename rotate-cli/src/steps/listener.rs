@@ -126,8 +126,11 @@ impl<'a> ListenerStep<'a> {
 
     /// Every CA bundle clients use, by name, with its text: the admin's, each app's
     /// `vault/ca/ca.pem` (read inside the app's tree, no symlink followed), the extras.
-    fn client_bundles(&self) -> Result<Vec<ClientBundle>, StepError> {
+    /// An app's bundle is that app's: one that cannot be read (a symlink, a FIFO) is
+    /// returned as a warning, never an error, so no app can hold up the listener of all.
+    fn client_bundles(&self) -> Result<(Vec<ClientBundle>, Vec<String>), StepError> {
         let mut out = Vec::new();
+        let mut warnings = Vec::new();
         let read = |p: &Path| {
             std::fs::read_to_string(p).map_err(|e| StepError::Invalid {
                 what: format!("client CA bundle {}", p.display()),
@@ -137,24 +140,34 @@ impl<'a> ListenerStep<'a> {
         let (_, _, ca) = self.admin_files()?;
         out.push(ClientBundle::go(ca.display().to_string(), read(&ca)?));
         for app in &self.cfg.apps {
-            // An app whose home cannot be read safely is not silently left out: its agent
-            // would be the one to fail after the swap.
-            let owner = crate::steps::owner_of(app)?;
-            let tree = Tree::open(&app.home, Some(owner))?;
-            if let Some(b) = tree.read(&rel::ca_file())? {
-                out.push(ClientBundle::go(
-                    app.home.join(rel::ca_file()).display().to_string(),
-                    String::from_utf8_lossy(&b).into_owned(),
-                ));
+            let path = app.home.join(rel::ca_file());
+            let bytes = crate::steps::owner_of(app)
+                .and_then(|o| Ok(Tree::open(&app.home, Some(o))?.read(&rel::ca_file())?));
+            match bytes {
+                Ok(Some(b)) => out.push(ClientBundle {
+                    app: Some(app.name.clone()),
+                    ..ClientBundle::go(
+                        path.display().to_string(),
+                        String::from_utf8_lossy(&b).into_owned(),
+                    )
+                }),
+                Ok(None) => {}
+                Err(e) => warnings.push(format!(
+                    "{} of app {} cannot be read ({e}): its agent may not verify the new listener until step 3 rewrites it",
+                    path.display(),
+                    app.name
+                )),
             }
         }
         for p in &self.l.client_bundles {
-            // Possibly inside a tree someone else owns: no symlink followed, no FIFO.
-            let bytes =
-                crate::steps::read_root_file(p, None)?.ok_or_else(|| StepError::Invalid {
+            // Possibly inside a tree someone else owns (the proxy's, an app's): read as
+            // that tree's, no symlink followed, no FIFO.
+            let bytes = crate::steps::read_managed_file(self.cfg, p)?.ok_or_else(|| {
+                StepError::Invalid {
                     what: format!("client CA bundle {}", p.display()),
                     reason: "missing".into(),
-                })?;
+                }
+            })?;
             let name = p.display().to_string();
             if !out.iter().any(|b| b.name == name) {
                 out.push(ClientBundle::go(
@@ -188,10 +201,11 @@ impl<'a> ListenerStep<'a> {
                     text: String::from_utf8_lossy(&b).into_owned(),
                     trust: px.trust.model(),
                     proxy: true,
+                    app: None,
                 });
             }
         }
-        Ok(out)
+        Ok((out, warnings))
     }
 
     fn timeout(&self) -> Duration {
@@ -200,29 +214,40 @@ impl<'a> ListenerStep<'a> {
 }
 
 /// `leaf_pem` (plus `chain`) verifies with every bundle; the error names the first that
-/// does not.
+/// does not. An app's bundle that does not is a warning (the app's own, which step 3
+/// rewrites), not an error: one app must not hold up the listener of all.
 fn verify_with_all(
     leaf_pem: &str,
     leaf_label: &str,
     chain: &str,
     bundles: &[ClientBundle],
     now: i64,
+    warnings: &mut Vec<String>,
 ) -> Result<Vec<String>, StepError> {
     let mut ok = Vec::new();
     for b in bundles {
-        pki_ops::verify_chain_as(b.trust, leaf_pem, leaf_label, chain, &b.text, &b.name, now)
-            .map_err(|e| StepError::Invalid {
-                what: format!("client CA bundle {}", b.name),
-                reason: format!(
-                    "does not verify {leaf_label}: {e}. Clients using it would fail with \"certificate signed by unknown authority\" after the swap: {}",
-                    if b.proxy {
-                        "run `rotate run --step proxy` first (it adds the PKI mount's chain to the proxy's bundle and keeps the CAs it had); with [proxy] trust = \"openssl\" the chain must end at a self-signed root in the bundle, so the mount's chain must include its root (or set trust = \"go\" for a proxy that accepts partial chains)"
-                    } else {
-                        "add the chain of the PKI mount to it first"
-                    }
-                ),
-            })?;
-        ok.push(b.name.clone());
+        let verified =
+            pki_ops::verify_chain_as(b.trust, leaf_pem, leaf_label, chain, &b.text, &b.name, now);
+        match (verified, &b.app) {
+            (Ok(()), _) => ok.push(b.name.clone()),
+            (Err(e), Some(app)) => warnings.push(format!(
+                "{} of app {app} does not verify {leaf_label} ({e}): its agent may not verify the new listener until step 3 rewrites it",
+                b.name
+            )),
+            (Err(e), None) => {
+                return Err(StepError::Invalid {
+                    what: format!("client CA bundle {}", b.name),
+                    reason: format!(
+                        "does not verify {leaf_label}: {e}. Clients using it would fail with \"certificate signed by unknown authority\" after the swap: {}",
+                        if b.proxy {
+                            "run `rotate run --step proxy` first (it adds the PKI mount's chain to the proxy's bundle and keeps the CAs it had); with [proxy] trust = \"openssl\" the chain must end at a self-signed root in the bundle, so the mount's chain must include its root (or set trust = \"go\" for a proxy that accepts partial chains)"
+                        } else {
+                            "add the chain of the PKI mount to it first"
+                        }
+                    ),
+                });
+            }
+        }
     }
     Ok(ok)
 }
@@ -238,6 +263,8 @@ pub(crate) struct ClientBundle {
     trust: pki_ops::TrustModel,
     /// It is the proxy's (`[proxy] ca_bundle`).
     proxy: bool,
+    /// It is this app's `vault/ca/ca.pem`.
+    app: Option<String>,
 }
 
 impl ClientBundle {
@@ -248,6 +275,7 @@ impl ClientBundle {
             text,
             trust: pki_ops::TrustModel::AnyCertificate,
             proxy: false,
+            app: None,
         }
     }
 }
@@ -324,7 +352,7 @@ impl Step for ListenerStep<'_> {
         // Every client bundle must verify the chain that will sign the new certificate,
         // before anything is written.
         let now = (self.deps.clock)();
-        let bundles = self.client_bundles()?;
+        let (bundles, mut warnings) = self.client_bundles()?;
         let certs = pki_ops::parse_bundle(&self.chain, &format!("{mount}/cert/ca_chain"))?;
         let issuer_pem = self
             .chain
@@ -336,7 +364,14 @@ impl Step for ListenerStep<'_> {
             "the issuer {:?} of {mount}",
             certs.first().map(|c| c.cn().to_owned()).unwrap_or_default()
         );
-        verify_with_all(&issuer_pem, &issuer_label, &self.chain, &bundles, now)?;
+        verify_with_all(
+            &issuer_pem,
+            &issuer_label,
+            &self.chain,
+            &bundles,
+            now,
+            &mut warnings,
+        )?;
 
         let owner = self.owner()?;
         let (tree, cert_rel, key_rel) = self.tree(owner)?;
@@ -388,6 +423,11 @@ impl Step for ListenerStep<'_> {
                 bundles.len()
             )),
         );
+        changes.extend(warnings.into_iter().map(|w| {
+            Change::new(ChangeKind::Kept, "client CA bundle of an app")
+                .note(w)
+                .needs_attention()
+        }));
         Ok(TargetPlan {
             changes,
             data: ListenerPlan {
@@ -467,6 +507,7 @@ impl Step for ListenerStep<'_> {
             &issued.chain_pem,
             &p.bundles,
             now,
+            &mut Vec::new(),
         )?;
 
         let (tree, cert_rel, key_rel) = self.tree(p.owner)?;
@@ -557,14 +598,18 @@ impl Step for ListenerStep<'_> {
             )));
         }
         let now = (self.deps.clock)();
-        let bundles = self.client_bundles()?;
+        let (bundles, mut warnings) = self.client_bundles()?;
         let verified_with = verify_with_all(
             &served.chain_pem,
             "the served listener chain",
             "",
             &bundles,
             now,
+            &mut warnings,
         )?;
+        for w in &warnings {
+            tracing::warn!("{w}");
+        }
         // And the served certificate is the one in the files (a matching pair on disk).
         let (tree, cert_rel, key_rel) = self.tree(self.owner()?)?;
         let on_disk = tree.read(&cert_rel)?.unwrap_or_default();

@@ -68,6 +68,13 @@ pub enum StepError {
         /// What was seen, and what to do.
         reason: String,
     },
+    /// Vault stopped answering after the step's writes (a restart, a failover): like
+    /// [`StepError::Sealed`], the step is kept as applied for `rotate run --resume`.
+    #[error("Vault is unreachable: {reason}")]
+    VaultGone {
+        /// What was seen, and what to do.
+        reason: String,
+    },
     /// The step's gate failed.
     #[error("gate of step {step} failed for {app}: {reason}")]
     Gate {
@@ -115,6 +122,7 @@ impl StepError {
             StepError::Pki(_) | StepError::Gate { .. } => Exit::GateFailed,
             StepError::Journal(_) => Exit::Failure,
             StepError::Sealed { .. } => Exit::Sealed,
+            StepError::VaultGone { .. } => Exit::ResumeNeeded,
             StepError::NeedsEarlier { .. } => Exit::Config,
         }
     }
@@ -122,7 +130,7 @@ impl StepError {
     /// A gate failure that keeps the target applied (journaled) for `--resume` instead of
     /// undoing it: Vault came back sealed.
     pub fn awaits_resume(&self) -> bool {
-        matches!(self, StepError::Sealed { .. })
+        matches!(self, StepError::Sealed { .. } | StepError::VaultGone { .. })
     }
 }
 
@@ -192,6 +200,34 @@ pub(crate) fn read_root_file(
 ) -> Result<Option<zeroize::Zeroizing<Vec<u8>>>, StepError> {
     let (tree, name) = dir_and_name(p, owner)?;
     Ok(tree.read(name)?)
+}
+
+/// A file the config names, read without following symlinks as the tree it lies in
+/// allows: inside an app's or the proxy's home, as that user's tree (their bundle, say);
+/// anywhere else, as root's ([`read_root_file`]).
+pub(crate) fn read_managed_file(
+    cfg: &Config,
+    p: &Path,
+) -> Result<Option<zeroize::Zeroizing<Vec<u8>>>, StepError> {
+    let tenant = cfg
+        .apps
+        .iter()
+        .map(|a| (a.home.as_path(), owner_of(a)))
+        .chain(cfg.proxy.iter().filter_map(|px| {
+            let home = px.home.as_deref()?;
+            Some((
+                home,
+                owner_of_user(&format!("[proxy] {}", px.name), px.user(), None),
+            ))
+        }))
+        .find(|(home, _)| p.starts_with(home));
+    match tenant {
+        Some((home, owner)) => {
+            let rel = p.strip_prefix(home).unwrap_or(p);
+            Ok(pki_ops::Tree::open(home, Some(owner?))?.read(rel)?)
+        }
+        None => read_root_file(p, None),
+    }
 }
 
 /// [`read_root_file`]'s metadata (mode, owner, size, mtime); `None` when absent.
@@ -296,8 +332,16 @@ pub(crate) async fn mount_chain(
         what: what.clone(),
         reason: "empty CA chain".into(),
     })?;
-    if let Some(issuer) = issuer {
-        first.expect_cn(issuer)?;
+    if let Some(issuer) = issuer
+        && first.expect_cn(issuer).is_err()
+    {
+        return Err(StepError::Invalid {
+            what: format!("[pki] issuer_name {issuer:?}"),
+            reason: format!(
+                "the default issuer of {mount} is {:?}: set issuer_name to it, or make the intended issuer the mount's default",
+                first.subject_cn.as_deref().unwrap_or(&first.subject)
+            ),
+        });
     }
     Ok(chain)
 }

@@ -427,7 +427,12 @@ impl Step for ProxyStep<'_> {
                 &r,
                 self.cfg.duration(&self.cfg.leaf.command_timeout),
             )
-            .await?;
+            .await
+            .map_err(|e| StepError::Gate {
+                step: "proxy",
+                app: "proxy".into(),
+                reason: format!("[proxy] reload ({}) failed: {e}", self.p.reload),
+            })?;
             Some(format!("{report:?}"))
         };
         Ok(ProxyApplied {
