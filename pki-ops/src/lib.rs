@@ -59,6 +59,7 @@
 
 mod csr;
 mod error;
+mod failpoint;
 mod keygen;
 mod material;
 mod pki;
@@ -66,6 +67,8 @@ mod x509;
 
 pub use csr::{build_csr, parse_ip_sans};
 pub use error::{Error, Result};
+#[doc(hidden)]
+pub use failpoint::failpoint;
 pub use keygen::{KeyAlgorithm, PrivateKey};
 pub use material::stage::{
     FileOutcome, FileSpec, MaterialFile, MaterialSet, Staged, WriteReport, keep_previous, plan_keep,

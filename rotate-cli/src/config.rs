@@ -1928,6 +1928,42 @@ mod tests {
     }
 
     #[test]
+    fn values_that_would_fail_at_run_time_are_refused_at_load() {
+        let p = Path::new("/etc/rotate/prod.toml");
+        let cases = [
+            ("window = \"60s\"", "window = \"0s\"", "health.window"),
+            (
+                "reload_timeout = \"15s\"",
+                "reload_timeout = \"0s\"",
+                "listener.reload_timeout",
+            ),
+            ("ttl = \"72h\"", "ttl = \"1s\"", "admin.ttl"),
+            ("ttl = \"2160h\"", "ttl = \"9000h\"", "listener.ttl"),
+            (
+                "ip_sans = [\"127.0.0.1\"]",
+                "ip_sans = [\"127.0.0.1\"]\ncommon_name = \"vault.example.org\"",
+                "listener.common_name",
+            ),
+            ("renew_share = 0.33", "renew_share = 1.5", "run.renew_share"),
+            ("concurrency = 4", "concurrency = 0", "run.concurrency"),
+            (
+                "[agents]\n",
+                "[leaf]\nttl = \"30m\"\nmin_remaining = \"1h\"\n\n[agents]\n",
+                "leaf.ttl",
+            ),
+        ];
+        for (from, to, setting) in cases {
+            let text = PROD.replacen(from, to, 1);
+            assert_ne!(text, PROD, "{setting}: the example changed");
+            let err = Config::parse(&text, p).unwrap_err().to_string();
+            assert!(
+                err.starts_with(&format!("invalid config /etc/rotate/prod.toml: {setting}:")),
+                "{setting}: {err}"
+            );
+        }
+    }
+
+    #[test]
     fn unknown_app_lists_the_known_ones() {
         let c = Config::parse(PROD, Path::new("/etc/rotate/prod.toml")).unwrap();
         let err = c.select_apps(&["ncprd2".into()]).unwrap_err().to_string();

@@ -311,6 +311,18 @@ async fn execute_mode(
         (Mode::Resume, Some(r)) => r.request.clone(),
         _ => request,
     };
+    // A resume continues the run as it was asked: its apps, not every configured one.
+    let resumed_apps: Vec<&AppConfig>;
+    let apps = if mode == Mode::Resume && !request.apps.is_empty() {
+        resumed_apps = apps
+            .iter()
+            .copied()
+            .filter(|a| request.apps.contains(&a.name))
+            .collect();
+        &resumed_apps[..]
+    } else {
+        apps
+    };
     let pre = preflight(cfg, apps, &request, deps).await;
     let ready = pre.ready();
     let chain = pre.ca_chain.clone();

@@ -180,7 +180,13 @@ pub async fn verify(cfg: &Config, apps: &[&AppConfig], deps: Deps<'_>) -> Verify
                         pair.map(|()| l.key_file.display().to_string()),
                     );
                     for b in &l.client_bundles {
-                        let res = read(b).and_then(|bundle| {
+                        // Possibly in the proxy's or an app's tree: read as that tree's.
+                        let res = match crate::steps::read_managed_file(cfg, b) {
+                            Ok(Some(bytes)) => Ok(String::from_utf8_lossy(&bytes).into_owned()),
+                            Ok(None) => Err(format!("{} is missing", b.display())),
+                            Err(x) => Err(x.to_string()),
+                        }
+                        .and_then(|bundle| {
                             pki_ops::verify_chain_labeled(
                                 &s.chain_pem,
                                 "the served listener chain",

@@ -9,6 +9,7 @@ mod cli;
 mod client;
 mod crash;
 mod faults;
+mod interrupted;
 mod leaf;
 mod podman;
 mod proxy;

@@ -1098,6 +1098,27 @@ async fn the_whole_order_in_one_command_is_confirmed_by_real_clients_and_a_secon
     );
 }
 
+/// The pairs of the whole order that do not belong together on disk now.
+fn torn_pairs(lab: &Lab) -> Vec<String> {
+    let p = &lab.paths;
+    let mut pairs = vec![
+        (p.admin_key.clone(), p.admin_cert.clone()),
+        (p.server_key.clone(), p.server_cert.clone()),
+    ];
+    for app in ["ncprd1", "resume2me"] {
+        let home = p.dir.join("home").join(app);
+        pairs.push((
+            home.join("vault/mtls/agent.key"),
+            home.join("vault/mtls/agent.crt"),
+        ));
+    }
+    pairs
+        .into_iter()
+        .filter(|(k, c)| k.exists() && pki_ops::key_matches_cert_files(k, c).is_err())
+        .map(|(k, _)| k.display().to_string())
+        .collect()
+}
+
 #[tokio::test]
 async fn killing_the_whole_order_at_any_point_then_resuming_completes_it() {
     use nix::sys::signal::{Signal, kill};
@@ -1113,29 +1134,66 @@ async fn killing_the_whole_order_at_any_point_then_resuming_completes_it() {
         "an undisturbed run fails"
     );
     let span = start.elapsed();
-    let rounds = 4u32;
+    // Kill points: between the two renames of each of the first commits (aimed), then at
+    // random instants of the run (the seed is printed on failure).
+    let seed = u64::from(std::process::id()) ^ start.elapsed().as_nanos() as u64;
+    let mut rng = seed | 1;
+    let mut random = move || {
+        rng ^= rng << 13;
+        rng ^= rng >> 7;
+        rng ^= rng << 17;
+        rng
+    };
+    let mut kills: Vec<Result<String, u32>> = (1..=6)
+        .map(|k| Ok(format!("commit-between-renames#{k}")))
+        .collect();
+    kills.extend((0..6).map(|_| Err((random() % 1000) as u32)));
     let mut resumed = 0;
-    for i in 0..rounds {
-        let mut c = child();
-        std::thread::sleep(span * (2 * i + 1) / (2 * rounds));
-        kill(
-            Pid::from_raw(i32::try_from(c.id()).unwrap()),
-            Signal::SIGKILL,
-        )
-        .unwrap();
-        let status = c.wait().unwrap();
+    let mut torn_seen = 0;
+    for (i, kill_at) in kills.into_iter().enumerate() {
+        let when = format!("round {i} ({kill_at:?}, seed {seed})");
+        match &kill_at {
+            Ok(point) => {
+                let _ = killed_at(&cfg, &["run"], point);
+            }
+            Err(permille) => {
+                let mut c = child();
+                std::thread::sleep(span * *permille / 1000);
+                let _ = kill(
+                    Pid::from_raw(i32::try_from(c.id()).unwrap()),
+                    Signal::SIGKILL,
+                );
+                c.wait().unwrap();
+            }
+        }
+        // Every pair matches, or every command says which run to finish (exit 8).
+        let torn = torn_pairs(lab);
+        if !torn.is_empty() {
+            torn_seen += 1;
+            let (exit, v) = rotate(&cfg, &["status"]).await;
+            assert_eq!(exit, Exit::ResumeNeeded, "{when}: torn {torn:?}: {v:#}");
+        }
         let (exit, v) = rotate(&cfg, &["run", "--resume"]).await;
-        assert_eq!(exit, Exit::Ok, "round {i} ({status}): {v:#}");
+        assert!(matches!(exit, Exit::Ok), "{when}: resume: {v:#}");
         if v["recovered"].as_array().is_some_and(|r| !r.is_empty()) {
             resumed += 1;
         }
-        assert_consistent(lab, &format!("round {i}"));
+        // Every real-client check passes.
+        assert_consistent(lab, &when);
+        assert!(torn_pairs(lab).is_empty(), "{when}: after resume");
+        for app in ["ncprd1", "resume2me"] {
+            crate::support::bao_login(lab, &lab.paths.dir.join("home").join(app));
+        }
         let (exit, v) = rotate(&cfg, &["verify"]).await;
-        assert_eq!(exit, Exit::Ok, "round {i}, verify after --resume: {v:#}");
+        assert_eq!(exit, Exit::Ok, "{when}, verify after --resume: {v:#}");
     }
     assert!(
         resumed > 0,
         "no round killed a step mid-way (span {span:?})"
+    );
+    assert!(
+        torn_seen > 0,
+        "no kill fell between the two files of a pair"
     );
 }
 
@@ -1464,4 +1522,227 @@ async fn step_6_refuses_to_restart_vault_into_a_client_ca_file_that_would_lock_o
         "{err}"
     );
     assert_eq!(lab.pid(), pid, "Vault was restarted");
+}
+
+/// `rotate <args>` as a real process with `ROTATE_FAILPOINT=<point>`: it dies there, as
+/// under SIGKILL. Its exit status.
+fn killed_at(cfg: &Path, args: &[&str], point: &str) -> std::process::ExitStatus {
+    Command::new(env!("CARGO_BIN_EXE_rotate-child"))
+        .env("ROTATE_FAILPOINT", point)
+        .arg("--config")
+        .arg(cfg)
+        .args(["--output", "json"])
+        .args(args)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .unwrap()
+}
+
+/// Every command that reads exits 8 naming the unfinished run and the command that
+/// finishes it (`how`), instead of failing on a key that does not match.
+async fn every_command_names_the_unfinished_run(cfg: &Path, how: &str, when: &str) {
+    for args in [
+        &["status"][..],
+        &["plan", "--step", "agents"],
+        &["verify"],
+        &["health"],
+        &["run", "--step", "agents"],
+    ] {
+        let (exit, v) = rotate(cfg, args).await;
+        assert_eq!(exit, Exit::ResumeNeeded, "{when}: {args:?}: {v:#}");
+        let err = v["error"].as_str().unwrap_or_default();
+        assert!(
+            err.contains("run ") && err.contains(how),
+            "{when}: {args:?} does not say `{how}`: {err}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn a_kill_between_the_admin_pairs_two_renames_is_named_by_every_command_and_resume_restores_it()
+ {
+    use std::os::unix::process::ExitStatusExt as _;
+    let _turn = tls_lab_turn().await;
+    let lab = tls_lab();
+    let p = &lab.paths;
+    let dir = tempdir("tls-torn");
+    let cfg = tls_config(lab, &dir, &[]);
+    let before = (bytes(&p.admin_key), bytes(&p.admin_cert));
+    let status = killed_at(&cfg, &["run", "--step", "admin"], "commit-between-renames");
+    assert_eq!(status.signal(), Some(9), "the failpoint was not reached");
+    assert!(
+        pki_ops::key_matches_cert_files(&p.admin_key, &p.admin_cert).is_err(),
+        "the kill left the admin pair matching: the test proves nothing"
+    );
+    every_command_names_the_unfinished_run(&cfg, "rotate run --resume", "torn admin pair").await;
+    // Resume puts the pair back first (no Vault needed), then finishes the run.
+    let (exit, v) = rotate(&cfg, &["run", "--resume"]).await;
+    assert_eq!(exit, Exit::Ok, "{v:#}");
+    assert!(!v["repaired"].as_array().unwrap().is_empty(), "{v:#}");
+    assert_consistent(lab, "after --resume");
+    assert_ne!(
+        (bytes(&p.admin_key), bytes(&p.admin_cert)),
+        before,
+        "resume finished step 1"
+    );
+}
+
+#[tokio::test]
+async fn a_kill_anywhere_in_the_rollback_of_the_admin_pair_never_locks_the_operator_out() {
+    use std::os::unix::process::ExitStatusExt as _;
+    let _turn = tls_lab_turn().await;
+    let lab = tls_lab();
+    let p = &lab.paths;
+    let mut torn_seen = 0;
+    // Kill the rollback after its 1st, 2nd, ... file: one of them falls between the key
+    // and its certificate.
+    for n in 1..=4 {
+        let dir = tempdir(&format!("tls-torn-rb{n}"));
+        let cfg = tls_config(lab, &dir, &[]);
+        let before = (bytes(&p.admin_key), bytes(&p.admin_cert));
+        let (exit, v) = rotate(&cfg, &["run", "--step", "admin"]).await;
+        assert_eq!(exit, Exit::Ok, "{v:#}");
+        let status = killed_at(&cfg, &["rollback"], &format!("unwind-after-file#{n}"));
+        if status.signal() != Some(9) {
+            // Fewer files than n: the rollback finished.
+            assert!(status.success(), "rollback #{n}: {status}");
+            continue;
+        }
+        let torn = pki_ops::key_matches_cert_files(&p.admin_key, &p.admin_cert).is_err();
+        if torn {
+            torn_seen += 1;
+            every_command_names_the_unfinished_run(&cfg, "rotate rollback", &format!("kill #{n}"))
+                .await;
+        }
+        // A new run is refused until the rollback is finished.
+        let (exit, v) = rotate(&cfg, &["run", "--step", "agents"]).await;
+        assert_eq!(exit, Exit::ResumeNeeded, "kill #{n}: {v:#}");
+        let (exit, v) = rotate(&cfg, &["rollback"]).await;
+        assert_eq!(exit, Exit::Ok, "kill #{n}: {v:#}");
+        assert_eq!(
+            (bytes(&p.admin_key), bytes(&p.admin_cert)),
+            before,
+            "kill #{n}: the rollback restored the pair byte for byte"
+        );
+        assert_consistent(lab, &format!("after the rollback killed at file #{n}"));
+    }
+    assert!(
+        torn_seen > 0,
+        "no kill fell between the key and its certificate"
+    );
+}
+
+#[tokio::test]
+async fn a_vault_sealed_after_step_4_wrote_keeps_it_applied_and_resume_after_unseal_finishes_it() {
+    let _turn = tls_lab_turn().await;
+    let lab = tls_lab();
+    let dir = tempdir("tls-seal-leaf");
+    let cfg = tls_config(lab, &dir, &[]);
+    let app = "ncprd1";
+    let home = lab.paths.dir.join("home").join(app);
+    let (exit, v) = rotate(&cfg, &["run", "--step", "agents", "--app", app]).await;
+    assert_eq!(exit, Exit::Ok, "{v:#}");
+    // The agent's restart seals Vault (a restart of the server in the middle of step 4),
+    // then runs the real agent, which renders once Vault is back.
+    let mut env: Vec<(String, String)> = lab
+        .bao_env()
+        .into_iter()
+        .map(|(k, v)| (k.to_owned(), v))
+        .collect();
+    env.push(("VAULT_TOKEN".into(), lab.token().to_owned()));
+    env.push(("PATH".into(), "/usr/bin:/bin".into()));
+    env.push(("HOME".into(), home.display().to_string()));
+    let agent_hcl = home.join(format!(".vault-agent-{app}/agent.hcl"));
+    lab.units.define(
+        &format!("vault-agent-{app}.service"),
+        rotate_tests::UnitDef {
+            argv: vec![
+                "/bin/sh".into(),
+                "-c".into(),
+                format!(
+                    "'{bao}' operator seal >/dev/null 2>&1; unset VAULT_TOKEN VAULT_CLIENT_CERT VAULT_CLIENT_KEY; exec '{bao}' agent -config='{hcl}'",
+                    bao = lab.bao.display(),
+                    hcl = agent_hcl.display()
+                ),
+            ],
+            env,
+            log: home.join(format!("agent-{app}.log")),
+        },
+    );
+    let started = std::time::Instant::now();
+    let (exit, v) = rotate(&cfg, &["run", "--step", "leaf", "--app", app]).await;
+    assert_eq!(exit, Exit::ResumeNeeded, "{v:#}");
+    assert!(
+        started.elapsed() < std::time::Duration::from_secs(20),
+        "the gate waited out its render timeout instead of seeing the seal"
+    );
+    let t = target(&v, "leaf", app);
+    assert_eq!(t["outcome"], "awaiting_resume", "{t:#}");
+    assert!(t["rollback"].is_null(), "nothing was undone: {t:#}");
+    let (exit, _) = rotate(&cfg, &["run", "--step", "agents"]).await;
+    assert_eq!(exit, Exit::ResumeNeeded, "a new run waits for the resume");
+    lab.unseal().await.unwrap();
+    let (exit, v) = rotate(&cfg, &["run", "--resume"]).await;
+    assert_eq!(exit, Exit::Ok, "{v:#}");
+    assert_eq!(
+        v["recovered"][0]["targets"][0]["outcome"], "committed",
+        "{v:#}"
+    );
+    let _ = Command::new(lab.paths.dir.join("bin/systemctl"))
+        .args(["--user", "stop", &format!("vault-agent-{app}.service")])
+        .status();
+}
+
+#[tokio::test]
+async fn the_prod_example_shape_runs_the_whole_order_with_a_real_proxy_user() {
+    use std::os::unix::fs::MetadataExt as _;
+    let _turn = tls_lab_turn().await;
+    let lab = tls_lab();
+    let dir = tempdir("tls-prod-shape");
+    for app in ["ncprd1", "resume2me"] {
+        lab.define_agent_unit(app, &lab.paths.dir.join("home").join(app));
+    }
+    // As in examples/prod.toml: the proxy's home belongs to the proxy user, and step 2
+    // checks the bundle there ([listener] client_bundles) before it swaps the listener.
+    let uid = crate::support::system_user("rotproxy");
+    let proxy = dir.join("proxyprod");
+    std::fs::create_dir_all(proxy.join("tls")).unwrap();
+    let bundle = proxy.join("tls/vault-ca.pem");
+    std::fs::copy(&lab.paths.ca_bundle, &bundle).unwrap();
+    for p in [&proxy, &proxy.join("tls"), &bundle] {
+        std::os::unix::fs::chown(p, Some(uid), Some(uid)).unwrap();
+    }
+    let cfg = tls_config(
+        lab,
+        &dir,
+        &[
+            (
+                "proxy",
+                &format!(
+                    "home = \"{}\"\nuser = \"rotproxy\"\nca_bundle = \"tls/vault-ca.pem\"\nreload = \"cmd:true\"",
+                    proxy.display()
+                ),
+            ),
+            (
+                "listener",
+                &format!("client_bundles = [\"{}\"]", bundle.display()),
+            ),
+            (
+                "restarts",
+                &format!(
+                    "proxy = [\"cmd:echo restarted >> {}\"]",
+                    dir.join("proxy-restarts").display()
+                ),
+            ),
+        ],
+    );
+    let (exit, v) = rotate(&cfg, &["run"]).await;
+    assert_eq!(exit, Exit::Ok, "{v:#}");
+    let m = std::fs::metadata(&bundle).unwrap();
+    assert_eq!(m.uid(), uid, "the proxy's bundle stays the proxy user's");
+    let (ok, out) = openssl_verify(&bundle, &lab.paths.server_cert, &dir);
+    assert!(ok, "{out}");
+    let (exit, v) = rotate(&cfg, &["verify"]).await;
+    assert_eq!(exit, Exit::Ok, "{v:#}");
 }

@@ -471,7 +471,10 @@ impl Staged {
             }
             return Err(e);
         }
-        for (o, p) in self.pending() {
+        for (i, (o, p)) in self.pending().enumerate() {
+            if i > 0 {
+                crate::failpoint("commit-between-renames");
+            }
             rustix::fs::renameat(&p.dir, p.temp.as_os_str(), &p.dir, p.name.as_os_str())
                 .map_err(|e| io_err("replace", &self.root.join(&o.path), e))?;
         }

@@ -682,6 +682,9 @@ pub async fn unwind(
                     tracing::error!(%step, target, action = %what, error = %e, "undo done but not journaled");
                 }
                 out.undone.push(what);
+                if matches!(entry.action, UndoAction::File { .. }) {
+                    pki_ops::failpoint("unwind-after-file");
+                }
             }
             Err(e) => {
                 tracing::error!(%step, target, action = %what, error = %e, "undo failed");

@@ -421,6 +421,7 @@ pub(crate) async fn issue_journaled(
     };
     match pki_ops::issue_cert(vault.pki, mount, role, req, mode).await {
         Ok(issued) => {
+            pki_ops::failpoint("after-issue");
             revoke(&issued.info.serial_hex)?;
             Ok(issued)
         }
