@@ -1014,12 +1014,11 @@ fn prune_earlier_runs(state_dir: &std::path::Path, current: &str) -> Result<(), 
 /// else the newest earlier run that committed something (a no-op run since does not
 /// hide it); `None` when the newest committing run was already rolled back or pruned.
 fn rollback_journal(state_dir: &std::path::Path) -> Result<Option<Journal>, JournalError> {
-    let Some(current) = Journal::reopen(state_dir)? else {
-        return Ok(None);
-    };
-    let rec = current.record();
-    if rollback_work(&rec) || rec.committed_any() {
-        return Ok(Some(current));
+    if let Some(current) = Journal::reopen(state_dir)? {
+        let rec = current.record();
+        if rollback_work(&rec) || rec.committed_any() {
+            return Ok(Some(current));
+        }
     }
     for path in archived_runs(state_dir)? {
         let j = Journal::open_file(&path)?;

@@ -514,3 +514,56 @@ async fn a_full_disk_under_tls_fails_the_leaf_before_any_rename_and_the_pair_sta
     );
     drop(fs);
 }
+
+#[tokio::test]
+async fn a_full_state_disk_mid_run_is_an_interruption_with_the_hint_and_resume_finishes_it() {
+    let lab = shared();
+    let apps = ["fullstate1", "fullstate2", "fullstate3", "fullstate4"];
+    let (dir, cfg) = after_step_3(lab, "full-state", &apps, "").await;
+    // The state directory on a tmpfs with one page left: the run starts, then its
+    // journal runs out of room in the middle of the target.
+    let state = dir.join("state");
+    let saved = dir.join("state-saved");
+    std::fs::rename(&state, &saved).unwrap();
+    let fs = Tmpfs::mount(&state, "64k");
+    for e in std::fs::read_dir(&saved).unwrap().flatten() {
+        let to = state.join(e.file_name());
+        if e.file_type().unwrap().is_dir() {
+            std::fs::create_dir(&to).unwrap();
+        } else {
+            std::fs::copy(e.path(), to).unwrap();
+        }
+    }
+    fs.fill();
+    let filler = state.join("filler");
+    let len = std::fs::metadata(&filler).unwrap().len();
+    std::fs::File::options()
+        .write(true)
+        .open(&filler)
+        .unwrap()
+        .set_len(len.saturating_sub(4096))
+        .unwrap();
+
+    let (exit, v) = rotate(&cfg, &["run", "--step", "agents"]).await;
+    assert_eq!(exit, Exit::ResumeNeeded, "{v:#}");
+    let err = v["error"].as_str().unwrap();
+    assert!(
+        err.contains("disk is full") && err.contains("rotate run --resume"),
+        "{err}"
+    );
+    // Space again: the resume finishes what the run left.
+    std::fs::remove_file(&filler).unwrap();
+    let (exit, v) = rotate(&cfg, &["run", "--resume"]).await;
+    assert_eq!(exit, Exit::Ok, "{v:#}");
+    for app in apps {
+        let home = dir.join("home").join(app);
+        pki_ops::key_matches_cert_files(
+            &home.join("vault/mtls/agent.key"),
+            &home.join("vault/mtls/agent.crt"),
+        )
+        .unwrap();
+    }
+    let (exit, v) = rotate(&cfg, &["run", "--step", "agents"]).await;
+    assert_eq!(exit, Exit::Ok, "the run after: {v:#}");
+    drop(fs);
+}

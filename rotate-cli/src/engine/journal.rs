@@ -574,13 +574,13 @@ pub fn last_run(state_dir: &Path) -> Result<Option<RunRecord>, JournalError> {
         }
         Err(e) => return Err(e),
     };
-    replay(&path, file).map(|(r, _)| Some(r))
+    replay(&path, file).map(|(r, _)| r)
 }
 
 /// Replays a journal; also returns the length of its complete lines. Bytes after the
 /// last line break are a torn append (a crash or a full disk mid-write): its write was
 /// never acknowledged, so the write it guarded was never made, and it is ignored.
-fn replay(path: &Path, mut file: File) -> Result<(RunRecord, u64), JournalError> {
+fn replay(path: &Path, mut file: File) -> Result<(Option<RunRecord>, u64), JournalError> {
     use std::io::Read as _;
     let corrupt = |line: usize, reason: String| JournalError::Corrupt {
         path: path.to_owned(),
@@ -628,7 +628,7 @@ fn replay(path: &Path, mut file: File) -> Result<(RunRecord, u64), JournalError>
             (Some(r), e) => r.apply(e).map_err(|reason| corrupt(i + 1, reason))?,
         }
     }
-    let record = record.ok_or_else(|| corrupt(1, "empty journal".into()))?;
+    // No complete line (a run whose first append did not reach the disk): no run.
     Ok((record, complete as u64))
 }
 
@@ -668,15 +668,20 @@ impl Journal {
         })?;
         ensure_state_dir(state_dir)?;
         let path = journal_path(state_dir);
+        let mut archived = None;
         if let Some(prev) = last_run(state_dir)? {
             let to = state_dir
                 .join("runs")
                 .join(format!("{}.jsonl", prev.run_id));
             std::fs::rename(&path, &to).map_err(|source| JournalError::Io {
-                path: to,
+                path: to.clone(),
                 op: "archive previous journal",
                 source,
             })?;
+            archived = Some(to);
+        } else {
+            // A journal that holds no run (its first line never reached the disk).
+            let _ = std::fs::remove_file(&path);
         }
         let file = open_state_file(
             OpenOptions::new().create_new(true).append(true).mode(0o600),
@@ -694,17 +699,27 @@ impl Journal {
             targets: Vec::new(),
         };
         let j = Journal {
-            path,
+            path: path.clone(),
             inner: Mutex::new(Inner { file, record }),
         };
-        j.append_raw(&Event::RunStarted {
-            run_id: run_id.to_owned(),
-            env: env.to_owned(),
-            pid,
-            started,
-            request,
-        })?;
-        sync_dir(state_dir)?;
+        let started = j
+            .append_raw(&Event::RunStarted {
+                run_id: run_id.to_owned(),
+                env: env.to_owned(),
+                pid,
+                started,
+                request,
+            })
+            .and_then(|()| sync_dir(state_dir));
+        if let Err(e) = started {
+            // Nothing of this run happened: the state directory as it was (the previous
+            // journal current again), so nothing is left half made.
+            let _ = std::fs::remove_file(&path);
+            if let Some(prev) = &archived {
+                let _ = std::fs::rename(prev, &path);
+            }
+            return Err(e);
+        }
         Ok(j)
     }
 
@@ -737,6 +752,11 @@ impl Journal {
                 source,
             })?,
         )?;
+        let record = record.ok_or_else(|| JournalError::Corrupt {
+            path: path.to_owned(),
+            line: 1,
+            reason: "holds no run".into(),
+        })?;
         let len = file
             .metadata()
             .map_err(|source| JournalError::Io {
