@@ -6,11 +6,10 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
-use crate::posthook::default_post_hook_path;
 
 /// Everything the agent config of one app needs.
 ///
-/// [`AgentConfigSpec::new`] fills in the write-up's per-app layout; every
+/// [`AgentConfigSpec::new`] takes the per-app layout as [`AgentFiles`]; every
 /// field is public, so override what differs.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct AgentConfigSpec {
@@ -51,31 +50,58 @@ pub struct AgentConfigSpec {
     pub token_sink: PathBuf,
 }
 
+/// Where one app's agent finds and puts its files: the caller's layout (this crate
+/// assumes none).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AgentFiles {
+    /// CA bundle that verifies the listener.
+    pub ca_cert: PathBuf,
+    /// The agent's login certificate.
+    pub client_cert: PathBuf,
+    /// Its key.
+    pub client_key: PathBuf,
+    /// Where the leaf plus chain goes (0644).
+    pub fullchain: PathBuf,
+    /// Where the leaf's key goes (0600).
+    pub key: PathBuf,
+    /// The agent's one render of key + fullchain (0600), which the post-hook installs.
+    pub rendered: PathBuf,
+    /// The post-hook run after each render.
+    pub post_hook: PathBuf,
+    /// The agent's pid file.
+    pub pid_file: PathBuf,
+    /// The token sink file (written 0600).
+    pub token_sink: PathBuf,
+}
+
 impl AgentConfigSpec {
-    /// The write-up's layout for `app` under `/home/<app>`: CA and login
-    /// cert in `vault/`, leaf in `tls/`, agent state in `.vault-agent-<app>/`;
-    /// cert role `agent-<app>`, leaf role `nginx-<app>`, TTL `24h`.
-    pub fn new(app: &str, vault_addr: &str, pki_mount: &str, leaf_cn: &str) -> Self {
-        let home = PathBuf::from(format!("/home/{app}"));
-        let state = home.join(format!(".vault-agent-{app}"));
+    /// The agent of `app` with its files at `files`: cert role `agent-<app>`, leaf role
+    /// `nginx-<app>`, cert auth at `auth/cert`, TTL `24h`.
+    pub fn new(
+        app: &str,
+        vault_addr: &str,
+        pki_mount: &str,
+        leaf_cn: &str,
+        files: AgentFiles,
+    ) -> Self {
         Self {
             vault_addr: vault_addr.to_owned(),
             tls_server_name: None,
-            ca_cert: home.join("vault/ca/ca.pem"),
-            client_cert: home.join("vault/mtls/agent.crt"),
-            client_key: home.join("vault/mtls/agent.key"),
+            ca_cert: files.ca_cert,
+            client_cert: files.client_cert,
+            client_key: files.client_key,
             mount: "auth/cert".to_owned(),
             cert_role_name: format!("agent-{app}"),
             pki_mount: pki_mount.to_owned(),
             leaf_role: format!("nginx-{app}"),
             leaf_cn: leaf_cn.to_owned(),
             leaf_ttl: "24h".to_owned(),
-            fullchain_path: home.join(format!("tls/{app}.fullchain.pem")),
-            key_path: home.join(format!("tls/{app}.key")),
-            rendered_path: state.join("leaf.rendered.pem"),
-            post_hook_path: default_post_hook_path(app),
-            pid_file: state.join("agent.pid"),
-            token_sink: state.join("token"),
+            fullchain_path: files.fullchain,
+            key_path: files.key,
+            rendered_path: files.rendered,
+            post_hook_path: files.post_hook,
+            pid_file: files.pid_file,
+            token_sink: files.token_sink,
         }
     }
 }
@@ -191,7 +217,19 @@ pub fn render_leaf_template(spec: &AgentConfigSpec) -> Result<String> {
 /// Renders the agent's HCL configuration for one app.
 ///
 /// ```
-/// let spec = hooks::AgentConfigSpec::new("ncprd1", "https://127.0.0.1:22400", "pki-prod", "ncprd1.int.privsec.ch");
+/// let home = std::path::Path::new("/home/ncprd1");
+/// let files = hooks::AgentFiles {
+///     ca_cert: home.join("vault/ca/ca.pem"),
+///     client_cert: home.join("vault/mtls/agent.crt"),
+///     client_key: home.join("vault/mtls/agent.key"),
+///     fullchain: home.join("tls/ncprd1.fullchain.pem"),
+///     key: home.join("tls/ncprd1.key"),
+///     rendered: home.join(".vault-agent-ncprd1/leaf.rendered.pem"),
+///     post_hook: home.join(".vault-agent-ncprd1/bin/vault-agent-post-leaf.sh"),
+///     pid_file: home.join(".vault-agent-ncprd1/agent.pid"),
+///     token_sink: home.join(".vault-agent-ncprd1/token"),
+/// };
+/// let spec = hooks::AgentConfigSpec::new("ncprd1", "https://127.0.0.1:22400", "pki-prod", "ncprd1.int.privsec.ch", files);
 /// let hcl = hooks::render_agent_config(&spec)?;
 /// assert!(hcl.contains(r#"method "cert""#));
 /// # Ok::<(), hooks::Error>(())
@@ -306,6 +344,23 @@ pub fn render_agent_config(spec: &AgentConfigSpec) -> Result<String> {
 mod tests {
     use super::*;
 
+    /// The write-up's layout under `/home/<app>`.
+    fn seed_files(app: &str) -> AgentFiles {
+        let home = PathBuf::from(format!("/home/{app}"));
+        let state = home.join(format!(".vault-agent-{app}"));
+        AgentFiles {
+            ca_cert: home.join("vault/ca/ca.pem"),
+            client_cert: home.join("vault/mtls/agent.crt"),
+            client_key: home.join("vault/mtls/agent.key"),
+            fullchain: home.join(format!("tls/{app}.fullchain.pem")),
+            key: home.join(format!("tls/{app}.key")),
+            rendered: state.join("leaf.rendered.pem"),
+            post_hook: state.join("bin/vault-agent-post-leaf.sh"),
+            pid_file: state.join("agent.pid"),
+            token_sink: state.join("token"),
+        }
+    }
+
     fn spec() -> AgentConfigSpec {
         AgentConfigSpec {
             tls_server_name: Some("vault.prod.privsec.ch".into()),
@@ -314,6 +369,7 @@ mod tests {
                 "https://127.0.0.1:22400",
                 "pki-prod",
                 "ncprd1.int.privsec.ch",
+                seed_files("ncprd1"),
             )
         }
     }

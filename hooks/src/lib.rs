@@ -53,11 +53,10 @@ mod version;
 use async_trait::async_trait;
 
 pub use crate::{
-    agent::{AgentConfigSpec, hcl_string, render_agent_config, render_leaf_template},
+    agent::{AgentConfigSpec, AgentFiles, hcl_string, render_agent_config, render_leaf_template},
     error::{Error, Result},
     posthook::{
-        HookStatus, POST_HOOK_MODE, PostHookSpec, check_safe_path, default_post_hook_path,
-        parse_status, render_post_hook,
+        HookStatus, POST_HOOK_MODE, PostHookSpec, check_safe_path, parse_status, render_post_hook,
     },
     process::{
         ExpectProcess, ProcessInfo, RELOAD_SIGNALS, open_pid_file, read_pid_file, signal_pid_file,

@@ -48,14 +48,17 @@ pub struct PostHookSpec {
 }
 
 impl PostHookSpec {
-    /// The write-up's layout for `app`: `/home/<app>/tls/<app>.fullchain.pem`
-    /// and `/home/<app>/tls/<app>.key`, no reloads yet.
-    pub fn new(app: impl Into<String>) -> Self {
-        let app = app.into();
+    /// A hook for `app` that installs the leaf at `fullchain_path` and its key at
+    /// `key_path` (the caller's layout; this crate assumes none), no reloads yet.
+    pub fn new(
+        app: impl Into<String>,
+        fullchain_path: impl Into<PathBuf>,
+        key_path: impl Into<PathBuf>,
+    ) -> Self {
         Self {
-            fullchain_path: PathBuf::from(format!("/home/{app}/tls/{app}.fullchain.pem")),
-            key_path: PathBuf::from(format!("/home/{app}/tls/{app}.key")),
-            app,
+            app: app.into(),
+            fullchain_path: fullchain_path.into(),
+            key_path: key_path.into(),
             reload_tls_label: None,
             proxy_reload: None,
             extra_reload_cmds: Vec::new(),
@@ -126,14 +129,6 @@ pub fn parse_status(line: &str) -> Option<HookStatus> {
         }),
         _ => None,
     }
-}
-
-/// Where the write-up installs the hook:
-/// `/home/<app>/.vault-agent-<app>/bin/vault-agent-post-leaf.sh`.
-pub fn default_post_hook_path(app: &str) -> PathBuf {
-    PathBuf::from(format!(
-        "/home/{app}/.vault-agent-{app}/bin/vault-agent-post-leaf.sh"
-    ))
 }
 
 /// Renders the post-hook script for `spec`.
@@ -555,6 +550,15 @@ mod safe_path_tests {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The write-up's layout for `app` under `/home/<app>`.
+    fn seed_spec(app: &str) -> PostHookSpec {
+        PostHookSpec::new(
+            app,
+            format!("/home/{app}/tls/{app}.fullchain.pem"),
+            format!("/home/{app}/tls/{app}.key"),
+        )
+    }
     use std::fs::Permissions;
     use std::os::unix::fs::PermissionsExt;
     use std::process::Command;
@@ -603,7 +607,7 @@ mod tests {
             let spec = PostHookSpec {
                 fullchain_path: tls.join("ncprd1.fullchain.pem"),
                 key_path: tls.join("ncprd1.key"),
-                ..PostHookSpec::new("ncprd1")
+                ..seed_spec("ncprd1")
             }
             .reload_tls_label("tls=true")
             .proxy_reload("podman:proxyprod")
@@ -707,7 +711,7 @@ mod tests {
 
     #[test]
     fn rendered_script_passes_shellcheck() {
-        let spec = PostHookSpec::new("ncprd1")
+        let spec = seed_spec("ncprd1")
             .reload_tls_label("tls=true")
             .proxy_reload("podman:proxyprod")
             .extra_reload("cmd:echo 'it''s fine'")
@@ -735,7 +739,7 @@ mod tests {
     #[test]
     fn renders_the_write_up_values() {
         let script = render_post_hook(
-            &PostHookSpec::new("ncprd1")
+            &seed_spec("ncprd1")
                 .reload_tls_label("tls=true")
                 .proxy_reload("podman:proxyprod"),
         )
@@ -750,12 +754,12 @@ mod tests {
 
     #[test]
     fn a_value_holding_a_placeholder_is_not_substituted_again() {
-        let script = render_post_hook(&PostHookSpec::new("ncprd1").reload_tls_label("x@KEY@"))
-            .expect("renders");
+        let script =
+            render_post_hook(&seed_spec("ncprd1").reload_tls_label("x@KEY@")).expect("renders");
         assert!(script.contains("RELOAD_TLS_LABEL='x@KEY@'\n"), "{script}");
         let home = PostHookSpec {
             key_path: "/home/a@KEY@/tls/a.key".into(),
-            ..PostHookSpec::new("ncprd1")
+            ..seed_spec("ncprd1")
         };
         let err = render_post_hook(&home)
             .expect_err("@ in a path")
@@ -765,14 +769,15 @@ mod tests {
 
     #[test]
     fn refuses_bad_specs() {
-        let bad_app = PostHookSpec::new("ncprd1; rm -rf /");
+        let bad_app =
+            PostHookSpec::new("ncprd1; rm -rf /", "/home/x/tls/x.pem", "/home/x/tls/x.key");
         assert!(matches!(
             render_post_hook(&bad_app),
             Err(Error::InvalidSpec { field: "app", .. })
         ));
         let relative = PostHookSpec {
             key_path: "tls/key.pem".into(),
-            ..PostHookSpec::new("ncprd1")
+            ..seed_spec("ncprd1")
         };
         assert!(matches!(
             render_post_hook(&relative),
@@ -781,13 +786,13 @@ mod tests {
                 ..
             })
         ));
-        let bad_proxy = PostHookSpec::new("ncprd1").proxy_reload("docker:proxyprod");
+        let bad_proxy = seed_spec("ncprd1").proxy_reload("docker:proxyprod");
         let err = render_post_hook(&bad_proxy).expect_err("bad scheme");
         assert!(err.to_string().contains("docker:proxyprod"), "{err}");
-        let bad_label = PostHookSpec::new("ncprd1").reload_tls_label("tls=true x");
+        let bad_label = seed_spec("ncprd1").reload_tls_label("tls=true x");
         let err = render_post_hook(&bad_label).expect_err("bad label");
         assert!(err.to_string().contains("`tls=true x`"), "{err}");
-        let newline = PostHookSpec::new("ncprd1").extra_reload("cmd:a\nb");
+        let newline = seed_spec("ncprd1").extra_reload("cmd:a\nb");
         assert!(render_post_hook(&newline).is_err());
     }
 

@@ -10,9 +10,10 @@ use vault_client::{HealthState, VaultClient};
 use crate::config::{Config, ConfigError};
 use crate::deps::{FreshClients, Vault};
 use crate::engine::Cancel;
-use crate::engine::journal::{RunRequest, StepId};
+use crate::engine::context::Deps;
 use crate::exit::Exit;
-use crate::rotation::{Deps, Mode, RotationError, execute};
+use crate::rotation::{Mode, RotationError, execute};
+use crate::state::journal::{RunRequest, StepId};
 use hooks::{ProcessRunner, ProgramOverrides};
 
 /// Rotate every piece of TLS/mTLS material around a Vault/OpenBao deployment, in the order
@@ -48,7 +49,7 @@ pub enum Output {
 pub struct Selection {
     /// Only this step (repeatable); default: every step, in order.
     #[arg(long, value_enum)]
-    pub step: Vec<Step>,
+    pub step: Vec<StepId>,
     /// Only these apps (repeatable); default: every configured app.
     #[arg(long = "app", value_name = "NAME")]
     pub apps: Vec<String>,
@@ -111,39 +112,6 @@ pub struct KvFlags {
     /// Create `kv/<app>` if it is missing; an existing secret is never overwritten.
     #[arg(long)]
     pub with_kv_seed: bool,
-}
-
-/// The steps that exist today, in the order they run.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
-pub enum Step {
-    /// Step 1: the admin's client certificate (needs `[admin]`).
-    Admin,
-    /// Step 2: the Vault listener's certificate (needs `[listener]`).
-    Listener,
-    /// Step 3: agent login mTLS certs + cert auth mappings.
-    Agents,
-    /// Step 4: app leaf certs via the agent, post-hook reloads, agent restart.
-    Leaf,
-    /// Step 5: the proxy's CA chain (needs `[proxy] home` and `ca_bundle`).
-    Proxy,
-    /// Step 6: restarts (needs `[restarts]`).
-    Restarts,
-    /// Step 7: the final healthcheck (reads only).
-    Health,
-}
-
-impl Step {
-    fn id(self) -> StepId {
-        match self {
-            Step::Admin => StepId::Admin,
-            Step::Listener => StepId::Listener,
-            Step::Agents => StepId::Agents,
-            Step::Leaf => StepId::Leaf,
-            Step::Proxy => StepId::Proxy,
-            Step::Restarts => StepId::Restarts,
-            Step::Health => StepId::Health,
-        }
-    }
 }
 
 /// Run a parsed command line, writing the report to `out`. Returns the exit code.
@@ -276,7 +244,7 @@ async fn dispatch(cli: &Cli, out: &mut dyn Write, cancel: &Cancel) -> Result<Exi
     let request = RunRequest {
         steps: match selection {
             Some(s) if !s.step.is_empty() => {
-                let mut v: Vec<StepId> = s.step.iter().map(|s| s.id()).collect();
+                let mut v: Vec<StepId> = s.step.clone();
                 v.sort();
                 v.dedup();
                 v
@@ -293,7 +261,7 @@ async fn dispatch(cli: &Cli, out: &mut dyn Write, cancel: &Cancel) -> Result<Exi
         // Nothing is built from files an unfinished run may have left torn.
         Mode::Run => {
             if let Some(r) =
-                crate::engine::journal::last_run(&config.state_dir())?.filter(|r| r.needs_resume())
+                crate::state::journal::last_run(&config.state_dir())?.filter(|r| r.needs_resume())
             {
                 return Err(RotationError::resume_needed(&r, &config.state_dir()).into());
             }

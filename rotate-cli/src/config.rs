@@ -506,43 +506,11 @@ pub struct AppConfig {
 }
 
 impl AppConfig {
-    /// `<home>/vault/mtls/agent.key`.
-    pub fn agent_key(&self) -> PathBuf {
-        self.home.join("vault/mtls/agent.key")
-    }
-    /// `<home>/vault/mtls/agent.crt`.
-    pub fn agent_cert(&self) -> PathBuf {
-        self.home.join("vault/mtls/agent.crt")
-    }
-    /// `<home>/vault/ca/ca.pem`.
-    pub fn ca_file(&self) -> PathBuf {
-        self.home.join("vault/ca/ca.pem")
-    }
     /// The agent's user unit.
     pub fn unit(&self) -> String {
         self.unit
             .clone()
             .unwrap_or_else(|| format!("vault-agent-{}.service", self.name))
-    }
-    /// `<home>/tls/<app>.fullchain.pem`.
-    pub fn fullchain(&self) -> PathBuf {
-        self.home.join(format!("tls/{}.fullchain.pem", self.name))
-    }
-    /// `<home>/tls/<app>.key`.
-    pub fn leaf_key(&self) -> PathBuf {
-        self.home.join(format!("tls/{}.key", self.name))
-    }
-    /// `<home>/.vault-agent-<app>`: the agent's config, post-hook, pid file, token sink.
-    pub fn agent_dir(&self) -> PathBuf {
-        self.home.join(format!(".vault-agent-{}", self.name))
-    }
-    /// `<home>/.vault-agent-<app>/bin/vault-agent-post-leaf.sh`.
-    pub fn post_hook(&self) -> PathBuf {
-        self.agent_dir().join("bin/vault-agent-post-leaf.sh")
-    }
-    /// `<home>/.vault-agent-<app>/agent.hcl`.
-    pub fn agent_config(&self) -> PathBuf {
-        self.agent_dir().join("agent.hcl")
     }
     /// The user owning the app's files: `user`, defaulting to the app name.
     pub fn user(&self) -> &str {
@@ -1341,8 +1309,8 @@ impl Config {
 
     /// The steps a plain `run` performs, in order: 1 and 2 when `[admin]` / `[listener]`
     /// are configured, then 3 and 4.
-    pub fn default_steps(&self) -> Vec<crate::StepId> {
-        use crate::StepId;
+    pub fn default_steps(&self) -> Vec<crate::step_id::StepId> {
+        use crate::step_id::StepId;
         let mut v = Vec::new();
         if self.admin.is_some() {
             v.push(StepId::Admin);
@@ -1568,14 +1536,17 @@ mod tests {
         assert_eq!(names, ["ncprd1", "resume2me"]);
         let a = &c.apps[0];
         assert_eq!(
-            a.agent_key(),
+            crate::topology::home_path(a, crate::topology::rel::agent_key()),
             Path::new("/home/ncprd1/vault/mtls/agent.key")
         );
         assert_eq!(
-            a.agent_cert(),
+            crate::topology::home_path(a, crate::topology::rel::agent_cert()),
             Path::new("/home/ncprd1/vault/mtls/agent.crt")
         );
-        assert_eq!(a.ca_file(), Path::new("/home/ncprd1/vault/ca/ca.pem"));
+        assert_eq!(
+            crate::topology::home_path(a, crate::topology::rel::ca_file()),
+            Path::new("/home/ncprd1/vault/ca/ca.pem")
+        );
         assert_eq!(a.unit(), "vault-agent-ncprd1.service");
         assert_eq!(a.user(), "ncprd1");
         assert_eq!(c.proxy.unwrap().name, "proxyprod");
@@ -1591,7 +1562,7 @@ mod tests {
         assert_eq!(c.listener_cn(), Some("vault.prod.privsec.ch"));
         assert_eq!(l.ip_sans, ["127.0.0.1"]);
         assert_eq!(l.owner, "openbao");
-        use crate::StepId::*;
+        use crate::step_id::StepId::*;
         assert_eq!(
             c.default_steps(),
             [Admin, Listener, Agents, Leaf, Proxy, Restarts, Health]
@@ -1649,7 +1620,7 @@ mod tests {
                 .as_str();
         let c = Config::parse(&bare, p).unwrap();
         assert!(c.admin.is_none() && c.listener.is_none());
-        use crate::StepId::*;
+        use crate::step_id::StepId::*;
         assert_eq!(c.default_steps(), [Agents, Leaf, Proxy, Restarts, Health]);
     }
 

@@ -47,55 +47,65 @@
 #![forbid(unsafe_code)]
 #![deny(missing_docs)]
 
+mod change;
 #[cfg(feature = "cli")]
 mod cli;
 mod config;
 mod deps;
 mod engine;
+mod error;
 mod exit;
+mod host;
+mod pause;
 mod render;
 mod repair;
 mod rotation;
 mod served;
+mod state;
 mod status;
+mod step_id;
 mod steps;
+mod text;
+mod topology;
 mod verify;
 
+pub use change::{Change, ChangeKind, FieldDiff};
 #[cfg(feature = "cli")]
-pub use cli::{Cli, Command, KvFlags, LogWriter, Output, Selection, Step as CliStep, run};
+pub use cli::{Cli, Command, KvFlags, LogWriter, Output, Selection, run};
 pub use config::{
     AdminSection, AgentsSection, AppConfig, Config, ConfigError, HealthSection, KeyMode,
     LeafSection, ListenerSection, PkiSection, ProxyIdentity, ProxySection, ProxyTrust,
     RestartsSection, RunSection, VaultSection, VaultWhen,
 };
 pub use deps::{AdminApi, FreshClients, GateConnector, TlsIdentity, Vault};
-pub use engine::change::{Change, ChangeKind, FieldDiff};
-pub use engine::journal::{
-    Event, Journal, JournalError, RunRecord, RunRequest, RunState, StepId, TargetRecord,
-    TargetState, check_state_dir, last_run,
-};
-pub use engine::lock::{LockError, StateLock};
-pub use engine::undo::{UndoAction, UndoDeps, UnwindOutcome, carry_out, unwind};
+pub use engine::context::Deps;
+pub use engine::unwind::{IssuedIndex, UndoDeps, UnwindOutcome, carry_out, unwind};
 pub use engine::{
     Cancel, Outcome, Singleton, Step, StepReport, Target, TargetPlan, TargetReport, Tx,
 };
+pub use error::StepError;
 pub use exit::Exit;
-pub use render::escape_controls;
 pub use repair::{refuse_if_torn, repair_torn_pairs};
-pub use rotation::{Deps, Mode, RotationError, RunReport, execute};
+pub use rotation::{Mode, RotationError, RunReport, execute};
 pub use served::{
     AdminIdentity, ClientCaDrift, HealthFailure, HealthProof, Served, WaitError, healthcheck, look,
     prove_admin, wait_for_serial,
 };
+pub use state::journal::{
+    Event, Journal, JournalError, RunRecord, RunRequest, RunState, StepId, TargetRecord,
+    TargetState, check_state_dir, last_run,
+};
+pub use state::lock::{LockError, StateLock};
+pub use state::undo::UndoAction;
 pub use status::{Identity, StatusReport, status};
-pub use steps::StepError;
 pub use steps::admin::{AdminApplied, AdminPlan, AdminProof, AdminStep};
 pub use steps::agents::{AgentApplied, AgentProof, AgentsStep};
 pub use steps::health::{HealthApplied, HealthReport, HealthStep};
 pub use steps::leaf::{LeafApplied, LeafExpectation, LeafProof, LeafStep, verify_leaf};
 pub use steps::listener::{ListenerApplied, ListenerPlan, ListenerProof, ListenerStep};
-pub use steps::names::kv_policy_name;
 pub use steps::preflight::{Check, PreflightReport, preflight};
 pub use steps::proxy::{ProxyApplied, ProxyPlan, ProxyProof, ProxyStep};
 pub use steps::restarts::{RestartsApplied, RestartsPlan, RestartsProof, RestartsStep};
+pub use text::escape_controls;
+pub use topology::kv_policy_name;
 pub use verify::{Material, VerifyReport, verify};

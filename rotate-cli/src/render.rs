@@ -2,8 +2,9 @@
 //! two never disagree about what happened.
 //!
 //! Human output carries text from outside (an app's post-hook status and files, Vault's
-//! errors, config strings): every report goes through [`escaped`], so none of it can
-//! drive the operator's terminal (clear the screen, fake a line, write the clipboard).
+//! errors, config strings): every report goes through [`crate::text::escaped`], so none of
+//! it can drive the operator's terminal (clear the screen, fake a line, write the
+//! clipboard).
 
 use std::fmt;
 
@@ -12,7 +13,7 @@ use crate::rotation::{Mode, RunReport};
 
 impl fmt::Display for RunReport {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        crate::render::escaped(f, |f| {
+        crate::text::escaped(f, |f| {
             writeln!(
                 f,
                 "rotate {} ({}){}",
@@ -62,54 +63,6 @@ impl fmt::Display for RunReport {
             writeln!(f, "\n{} (exit {})", self.summary, self.exit_code)
         })
     }
-}
-
-/// Writes what `render` writes to `f` with [`escape_controls`] applied: the top-level
-/// reports' `Display` goes through it.
-pub(crate) fn escaped(
-    f: &mut fmt::Formatter<'_>,
-    render: impl FnOnce(&mut dyn fmt::Write) -> fmt::Result,
-) -> fmt::Result {
-    render(&mut Escaping(f))
-}
-
-struct Escaping<'a, 'b>(&'a mut fmt::Formatter<'b>);
-
-impl fmt::Write for Escaping<'_, '_> {
-    fn write_str(&mut self, s: &str) -> fmt::Result {
-        for c in s.chars() {
-            if needs_escape(c) {
-                write!(self.0, "{}", c.escape_unicode())?;
-            } else {
-                fmt::Write::write_char(self.0, c)?;
-            }
-        }
-        Ok(())
-    }
-}
-
-/// Control characters other than a line break (ESC, CR, BEL, backspace, C1 controls)
-/// and the Unicode bidirectional overrides, which reorder what a terminal shows.
-fn needs_escape(c: char) -> bool {
-    (c.is_control() && c != '\n') || matches!(c, '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}')
-}
-
-/// `s` with control characters (but line breaks) and bidi overrides escaped as
-/// `\u{1b}`: for text from outside on its way to a terminal.
-///
-/// ```
-/// assert_eq!(rotate_cli::escape_controls("ok\x1b[2J\rdone"), "ok\\u{1b}[2J\\u{d}done");
-/// ```
-pub fn escape_controls(s: &str) -> String {
-    let mut out = String::with_capacity(s.len());
-    for c in s.chars() {
-        if needs_escape(c) {
-            out.extend(c.escape_unicode());
-        } else {
-            out.push(c);
-        }
-    }
-    out
 }
 
 impl fmt::Display for StepReport {

@@ -9,10 +9,10 @@ use std::ffi::OsStr;
 use std::path::{Path, PathBuf};
 
 use crate::config::Config;
-use crate::engine::journal::{self, Event, Journal, RunRecord, TargetRecord};
-use crate::engine::lock::StateLock;
-use crate::engine::undo::UndoAction;
 use crate::rotation::RotationError;
+use crate::state::journal::{self, Event, Journal, RunRecord, TargetRecord};
+use crate::state::lock::StateLock;
+use crate::state::undo::UndoAction;
 
 /// A key and certificate of one target that do not belong together on disk.
 #[derive(Debug, Clone)]

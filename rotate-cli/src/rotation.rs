@@ -8,17 +8,17 @@ use std::path::PathBuf;
 use serde::Serialize;
 
 use crate::config::{AppConfig, Config};
-use crate::deps::Vault;
-use crate::engine::journal::{
-    self, Event, Journal, JournalError, RunRequest, RunState, StepId, TargetState,
-};
-use crate::engine::lock::{LockError, StateLock};
-use crate::engine::undo::{IssuedIndex, UndoAction, UndoDeps, unwind};
+use crate::engine::context::Deps;
+use crate::engine::unwind::{IssuedIndex, UndoDeps, unwind};
 use crate::engine::{
-    Cancel, Outcome, RunCtx, Singleton, StepReport, TargetReport, recover_target, run_step,
+    Outcome, RunCtx, Singleton, StepReport, TargetReport, recover_target, run_step,
 };
 use crate::exit::Exit;
-use crate::steps::StepError;
+use crate::state::journal::{
+    self, Event, Journal, JournalError, RunRequest, RunState, StepId, TargetState,
+};
+use crate::state::lock::{LockError, StateLock};
+use crate::state::undo::UndoAction;
 use crate::steps::admin::AdminStep;
 use crate::steps::agents::AgentsStep;
 use crate::steps::health::HealthStep;
@@ -40,19 +40,6 @@ pub enum Mode {
     Resume,
     /// Unwind the last run's committed targets.
     Rollback,
-}
-
-/// Everything a rotation needs from the outside world.
-#[derive(Clone, Copy)]
-pub struct Deps<'a> {
-    /// Vault as the admin (plus fresh clients for gates).
-    pub vault: Vault<'a>,
-    /// Runs `systemctl`, `podman`, the agent binary.
-    pub runner: &'a dyn hooks::CommandRunner,
-    /// Unix seconds now (injected so tests control time).
-    pub clock: &'a (dyn Fn() -> i64 + Send + Sync),
-    /// Stop request (SIGINT/SIGTERM).
-    pub cancel: &'a Cancel,
 }
 
 /// The report of a whole invocation: one document for human and JSON output.
@@ -170,7 +157,7 @@ impl RotationError {
         RotationError::ResumeNeeded {
             run_id: r.run_id.clone(),
             pid: r.pid,
-            started: crate::engine::utc(r.started),
+            started: crate::text::utc(r.started),
             what,
             how,
             journal: state_dir.join("journal.jsonl").display().to_string(),
@@ -590,7 +577,7 @@ async fn strip_removed_policies(
     let results: Vec<Result<Option<String>, String>> =
         futures_util::stream::iter(apps)
             .map(|app| async move {
-                let name = crate::steps::names::Names::new(cfg, app).mapping;
+                let name = crate::topology::Names::new(cfg, app).mapping;
                 let path = format!("auth/{mount}/certs/{name}");
                 let current = cert.read_cert_role(mount, &name).await.map_err(|e| {
                     format!(
@@ -797,11 +784,8 @@ fn rotates(s: &StepId) -> bool {
 fn nothing_to_restart(id: StepId) -> StepReport {
     let mut t = TargetReport::new("restarts", Outcome::Unchanged);
     t.changes = vec![
-        crate::engine::change::Change::new(
-            crate::engine::change::ChangeKind::Unchanged,
-            "restarts",
-        )
-        .note("nothing is rotated in this run, so nothing is restarted"),
+        crate::change::Change::new(crate::change::ChangeKind::Unchanged, "restarts")
+            .note("nothing is rotated in this run, so nothing is restarted"),
     ];
     StepReport {
         step: id,
@@ -1101,17 +1085,11 @@ async fn rollback(
     report.summary = format!(
         "rolled back run {} (started {}): {} target(s) unwound{}",
         rec.run_id,
-        crate::engine::utc(rec.started),
+        crate::text::utc(rec.started),
         report.rolled_back.len(),
         if incomplete { ", SOME INCOMPLETE" } else { "" }
     );
     Ok(report)
-}
-
-impl From<JournalError> for StepError {
-    fn from(e: JournalError) -> Self {
-        StepError::Journal(Box::new(e))
-    }
 }
 
 #[cfg(test)]

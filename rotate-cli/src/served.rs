@@ -152,8 +152,8 @@ pub(crate) fn server_started(
     let hooks::Reloader::Signal { pid_file, .. } = reload else {
         return None;
     };
-    let owner = crate::steps::vault_owner(cfg).ok().flatten();
-    match crate::steps::stat_root_file(&pid_file, owner) {
+    let owner = crate::host::vault_owner(cfg).ok().flatten();
+    match crate::host::stat_root_file(&pid_file, owner) {
         Ok(Some(meta)) => Some((meta.modified, pid_file)),
         Ok(None) => {
             tracing::warn!(pid_file = %pid_file.display(), "no pid file: the client CA file's change time is not checked");
@@ -176,7 +176,7 @@ pub(crate) fn client_ca_drift(
     file: &Path,
 ) -> Result<ClientCaDrift, String> {
     let started = server_started(cfg);
-    let owner = crate::steps::vault_owner(cfg).map_err(|e| e.to_string())?;
+    let owner = crate::host::vault_owner(cfg).map_err(|e| e.to_string())?;
     let accepted = served.client_cas.as_ref().ok_or_else(|| {
         "the listener asked for no client certificate, so it names no client CA: is tls_client_ca_file set on it?".to_owned()
     })?;
@@ -184,7 +184,7 @@ pub(crate) fn client_ca_drift(
         return Err("the listener asks for a client certificate but names no acceptable issuer, so what it loaded cannot be told from a handshake: check its tls_client_ca_file by hand".into());
     }
     let shown = file.display().to_string();
-    let bytes = crate::steps::read_root_file(file, owner)
+    let bytes = crate::host::read_root_file(file, owner)
         .map_err(|e| e.to_string())?
         .ok_or_else(|| format!("{shown} is missing"))?;
     let listed = pki_ops::parse_bundle(&String::from_utf8_lossy(&bytes), &shown)
@@ -207,7 +207,7 @@ pub(crate) fn client_ca_drift(
         }
     }
     if let Some((at, pid_file)) = &started
-        && let Ok(Some(meta)) = crate::steps::stat_root_file(file, owner)
+        && let Ok(Some(meta)) = crate::host::stat_root_file(file, owner)
         && meta.modified > *at
     {
         drift.changed_since_start = Some(format!(
@@ -260,7 +260,7 @@ pub async fn wait_for_serial(
     let until = tokio::time::Instant::now() + deadline;
     let mut tries = 0u32;
     let per_try = Duration::from_secs(5).min(deadline.max(Duration::from_millis(500)));
-    let mut pause = crate::engine::Pause::new();
+    let mut pause = crate::pause::Pause::new();
     let last = loop {
         tries += 1;
         let seen = match look(gate, identity, ca, per_try).await {

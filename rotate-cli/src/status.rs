@@ -74,7 +74,7 @@ pub async fn status<V: SysApi + TokenApi>(
 
 impl std::fmt::Display for StatusReport {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        crate::render::escaped(f, |f| {
+        crate::text::escaped(f, |f| {
             writeln!(f, "Vault        {}", self.addr)?;
             if let Some(n) = &self.tls_server_name {
                 writeln!(f, "TLS name     {n} (verified, sent as SNI)")?;

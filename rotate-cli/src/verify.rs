@@ -11,13 +11,14 @@ use std::time::Duration;
 use serde::Serialize;
 
 use crate::config::{AppConfig, Config};
+use crate::engine::context::Deps;
 use crate::exit::Exit;
-use crate::rotation::Deps;
+use crate::host::owner_of;
 use crate::served::{look, prove_admin};
+use crate::steps::ca_chain;
 use crate::steps::leaf::{LeafExpectation, leaf_role_spec, verify_leaf};
-use crate::steps::names::{Names, rel};
 use crate::steps::preflight::Check;
-use crate::steps::{ca_chain, owner_of};
+use crate::topology::{Names, rel};
 
 /// One managed certificate and when it expires.
 #[derive(Debug, Clone, Serialize)]
@@ -181,7 +182,7 @@ pub async fn verify(cfg: &Config, apps: &[&AppConfig], deps: Deps<'_>) -> Verify
                     );
                     for b in &l.client_bundles {
                         // Possibly in the proxy's or an app's tree: read as that tree's.
-                        let res = match crate::steps::read_managed_file(cfg, b) {
+                        let res = match crate::host::read_managed_file(cfg, b) {
                             Ok(Some(bytes)) => Ok(String::from_utf8_lossy(&bytes).into_owned()),
                             Ok(None) => Err(format!("{} is missing", b.display())),
                             Err(x) => Err(x.to_string()),
@@ -477,7 +478,7 @@ async fn verify_app(
         },
     );
     if let Some(expected) = expected_policies {
-        let login = match crate::steps::agent_identity(app)
+        let login = match crate::host::agent_identity(app)
             .map_err(|x| e(&x))
             .and_then(|id| v.gate.connect(&id).map_err(|x| e(&x)))
         {
@@ -512,7 +513,7 @@ async fn verify_proxy(
         return;
     };
     let name = format!("proxy bundle {}", home.join(bundle).display());
-    let tree = match crate::steps::owner_of_user("[proxy]", p.user(), None)
+    let tree = match crate::host::owner_of_user("[proxy]", p.user(), None)
         .and_then(|o| pki_ops::Tree::open(home, Some(o)).map_err(Into::into))
     {
         Ok(t) => t,
@@ -605,7 +606,7 @@ async fn verify_proxy(
 
 impl std::fmt::Display for VerifyReport {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        crate::render::escaped(f, |f| {
+        crate::text::escaped(f, |f| {
             writeln!(f, "rotate verify ({})", self.env)?;
             for c in &self.checks {
                 writeln!(f, "  {c}")?;

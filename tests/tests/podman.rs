@@ -370,11 +370,9 @@ async fn rendered_post_hook_signals_labelled_containers_and_the_proxy() {
     write_file(&fullchain, chain.as_bytes(), 0o644).unwrap();
     write_file(&key, leaf.key_pem.as_bytes(), 0o600).unwrap();
 
-    let mut spec = PostHookSpec::new("podhook")
+    let spec = PostHookSpec::new("podhook", fullchain, key)
         .reload_tls_label("tls=true")
         .proxy_reload(format!("podman:{}", proxy.name));
-    spec.fullchain_path = fullchain;
-    spec.key_path = key;
     let script = hooks::render_post_hook(&spec).unwrap();
     let script_path = tls.join("vault-agent-post-leaf.sh");
     write_file(&script_path, script.as_bytes(), 0o755).unwrap();

@@ -6,63 +6,24 @@
 //! over an unfinished run unless resuming → run the steps in order → journal every state.
 //! Targets (apps) inside a step run with bounded concurrency; reports keep config order.
 
-pub(crate) mod change;
-pub(crate) mod journal;
-pub(crate) mod lock;
-pub(crate) mod undo;
+pub(crate) mod context;
+pub(crate) mod unwind;
 
 use std::future::Future;
-use std::sync::atomic::{AtomicBool, Ordering};
 
 use async_trait::async_trait;
 use futures_util::StreamExt as _;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
+use crate::change::{self, Change};
 use crate::config::AppConfig;
-use crate::steps::StepError;
-use change::Change;
-use journal::{Journal, JournalError, StepId, TargetState};
-use undo::{UndoAction, UndoDeps, UnwindOutcome, unwind};
-
-/// A cooperative stop request (SIGINT/SIGTERM): checked at safe points, i.e. before a
-/// target starts writing. A target that started finishes (commit or unwind).
-#[derive(Debug, Default)]
-pub struct Cancel(AtomicBool);
-
-impl Cancel {
-    /// Not cancelled.
-    pub fn new() -> Self {
-        Cancel(AtomicBool::new(false))
-    }
-    /// Ask to stop at the next safe point.
-    pub fn cancel(&self) {
-        self.0.store(true, Ordering::SeqCst);
-    }
-    /// Whether a stop was asked.
-    pub fn is_cancelled(&self) -> bool {
-        self.0.load(Ordering::SeqCst)
-    }
-}
-
-/// Pauses between polls of something that will change soon (a file an agent renders, a
-/// token it writes): 10 ms, doubling up to 100 ms, so a fast change is seen at once and
-/// a slow one costs a few reads a second.
-#[derive(Debug)]
-pub(crate) struct Pause(std::time::Duration);
-
-impl Pause {
-    pub(crate) fn new() -> Self {
-        Pause(std::time::Duration::from_millis(10))
-    }
-
-    /// The next pause.
-    pub(crate) fn next(&mut self) -> std::time::Duration {
-        let now = self.0;
-        self.0 = (self.0 * 2).min(std::time::Duration::from_millis(100));
-        now
-    }
-}
+use crate::error::StepError;
+use crate::state::journal::{self, Journal, JournalError, StepId, TargetState};
+use crate::state::undo::UndoAction;
+pub use context::Cancel;
+pub(crate) use context::RunCtx;
+use unwind::{UndoDeps, UnwindOutcome, unwind};
 
 /// Records undo actions for one target, each durably before its write.
 pub struct Tx<'a> {
@@ -260,20 +221,6 @@ pub struct StepReport {
     pub millis: u64,
 }
 
-/// How a step is run: where it journals (`None`: plan only), how it undoes, how many
-/// targets at once, the stop request, and whether only what is due is renewed.
-#[derive(Clone, Copy)]
-pub(crate) struct RunCtx<'a> {
-    pub(crate) journal: Option<&'a Journal>,
-    pub(crate) undo: UndoDeps<'a>,
-    pub(crate) concurrency: usize,
-    pub(crate) cancel: &'a Cancel,
-    pub(crate) if_due: bool,
-    /// The steps of this invocation (a plan of several steps plans a target whose
-    /// precondition an earlier one of them creates).
-    pub(crate) steps: &'a [StepId],
-}
-
 /// Run one step over `apps`: plan each (bounded concurrency), then, unless `dry_run`,
 /// apply, gate and commit or unwind each. Stops starting new targets once `cancel` is
 /// set.
@@ -469,7 +416,7 @@ async fn run_target<S: Step>(
             // can neither prove nor undo them: keep them as they are, for `--resume`.
             if wrote && let Some(why) = vault_down(undo_deps).await {
                 r.outcome = Outcome::AwaitingResume;
-                r.error_class = Some(crate::Exit::ResumeNeeded.code());
+                r.error_class = Some(crate::exit::Exit::ResumeNeeded.code());
                 r.pending = Some(format!(
                     "Vault is {why} after this target's writes: kept as it is, neither proven nor undone; once Vault is back (unsealed), `rotate run --resume` re-gates it (or undoes it)"
                 ));
@@ -580,42 +527,13 @@ pub(crate) async fn recover_target<S: Step>(
     Ok(r)
 }
 
-/// A UTC timestamp `YYYY-MM-DD HH:MM:SS UTC` for unix seconds (for messages).
-pub(crate) fn utc(unix: i64) -> String {
-    let days = unix.div_euclid(86_400);
-    let secs = unix.rem_euclid(86_400);
-    // Civil from days (Howard Hinnant's algorithm).
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z.rem_euclid(146_097);
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = doy - (153 * mp + 2) / 5 + 1;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 };
-    let y = yoe + era * 400 + i64::from(m <= 2);
-    format!(
-        "{y:04}-{m:02}-{d:02} {:02}:{:02}:{:02} UTC",
-        secs / 3600,
-        secs / 60 % 60,
-        secs % 60
-    )
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    #[test]
-    fn utc_formats_known_instants() {
-        assert_eq!(utc(0), "1970-01-01 00:00:00 UTC");
-        assert_eq!(utc(1_766_391_140), "2025-12-22 08:12:20 UTC");
-        assert_eq!(utc(951_782_400), "2000-02-29 00:00:00 UTC");
-    }
-
     #[tokio::test]
     async fn bounded_keeps_order_and_limits_concurrency() {
-        use std::sync::atomic::AtomicUsize;
+        use std::sync::atomic::{AtomicUsize, Ordering};
         let items: Vec<usize> = (0..20).collect();
         let refs: Vec<&usize> = items.iter().collect();
         let live = AtomicUsize::new(0);

@@ -22,14 +22,15 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 use vault_client::IssueRequest;
 
+use crate::change::{Change, ChangeKind};
 use crate::config::{AdminSection, Config};
-use crate::engine::change::{Change, ChangeKind};
-use crate::engine::journal::StepId;
-use crate::engine::undo::UndoAction;
+use crate::engine::context::Deps;
 use crate::engine::{Singleton, Step, TargetPlan, Tx};
-use crate::rotation::Deps;
+use crate::error::StepError;
 use crate::served::{AdminIdentity, look, prove_admin};
-use crate::steps::{StepError, issue_mode, key_algorithm, merged_bundle, mount_chain};
+use crate::state::journal::StepId;
+use crate::state::undo::UndoAction;
+use crate::steps::{issue_mode, key_algorithm, merged_bundle, mount_chain};
 
 /// How long one identity proof may take.
 const PROOF_TIMEOUT: Duration = Duration::from_secs(10);

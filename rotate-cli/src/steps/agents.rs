@@ -16,15 +16,17 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 use vault_client::IssueRequest;
 
+use crate::change::{Change, ChangeKind};
 use crate::config::{AppConfig, Config};
 use crate::deps::Vault;
-use crate::engine::change::{Change, ChangeKind};
-use crate::engine::journal::StepId;
-use crate::engine::undo::UndoAction;
+use crate::engine::context::Deps;
 use crate::engine::{Step, TargetPlan, Tx};
-use crate::rotation::Deps;
-use crate::steps::names::{self, Names, rel};
-use crate::steps::{StepError, issue_mode, key_algorithm, owner_of, policy_change};
+use crate::error::StepError;
+use crate::host::owner_of;
+use crate::state::journal::StepId;
+use crate::state::undo::UndoAction;
+use crate::steps::{issue_mode, key_algorithm, policy_change};
+use crate::topology::{Names, rel};
 
 /// Step 3 over the apps of one invocation.
 pub struct AgentsStep<'a> {
@@ -186,12 +188,12 @@ impl Step for AgentsStep<'_> {
         for (name, text, create_only) in [
             (
                 n.issue_policy.clone(),
-                names::issue_policy_text(cfg, app),
+                crate::topology::issue_policy_text(cfg, app),
                 false,
             ),
             (
                 cfg.agents.marker_policy.clone(),
-                names::marker_policy_text(),
+                crate::topology::marker_policy_text(),
                 true,
             ),
         ] {
@@ -399,7 +401,7 @@ impl Step for AgentsStep<'_> {
         let mount = &cfg.agents.cert_auth_mount;
         let fresh = v
             .gate
-            .connect(&crate::steps::agent_identity(app)?)
+            .connect(&crate::host::agent_identity(app)?)
             .map_err(|e| StepError::vault("build the gate client from the new files", e))?;
         let login = login_gate(
             fresh.as_ref(),

@@ -7,11 +7,11 @@ use async_trait::async_trait;
 use serde::{Deserialize, Serialize};
 
 use crate::config::Config;
-use crate::engine::journal::StepId;
+use crate::engine::context::Deps;
 use crate::engine::{Singleton, Step, TargetPlan, Tx};
-use crate::rotation::Deps;
+use crate::error::StepError;
 use crate::served::{HealthProof, healthcheck};
-use crate::steps::StepError;
+use crate::state::journal::StepId;
 
 /// Step 7.
 pub struct HealthStep<'a> {
@@ -31,7 +31,7 @@ impl<'a> HealthStep<'a> {
 
     /// Run the healthcheck with the admin identity of `cfg`.
     pub async fn check(&self) -> Result<HealthProof, StepError> {
-        let (cert, key, ca) = crate::steps::admin_files(self.cfg, "the healthcheck checks Vault")?;
+        let (cert, key, ca) = crate::host::admin_files(self.cfg, "the healthcheck checks Vault")?;
         healthcheck(
             self.deps.vault.gate,
             (cert, key, ca),
@@ -116,12 +116,12 @@ impl HealthReport {
         took: std::time::Duration,
     ) -> Self {
         let (proof, error, exit) = match result {
-            Ok(p) => (Some(p), None, crate::Exit::Ok),
+            Ok(p) => (Some(p), None, crate::exit::Exit::Ok),
             Err(e) => {
                 let exit = match &e {
-                    StepError::Sealed { .. } => crate::Exit::Sealed,
-                    StepError::Invalid { .. } => crate::Exit::Config,
-                    _ => crate::Exit::Vault,
+                    StepError::Sealed { .. } => crate::exit::Exit::Sealed,
+                    StepError::Invalid { .. } => crate::exit::Exit::Config,
+                    _ => crate::exit::Exit::Vault,
                 };
                 (None, Some(format!("{e:#}")), exit)
             }
@@ -139,14 +139,14 @@ impl HealthReport {
     }
 
     /// The exit code: 0 healthy, 3 config, 4 unreachable or refused, 6 sealed.
-    pub fn exit(&self) -> crate::Exit {
-        crate::Exit::from_code(self.exit_code).unwrap_or(crate::Exit::Failure)
+    pub fn exit(&self) -> crate::exit::Exit {
+        crate::exit::Exit::from_code(self.exit_code).unwrap_or(crate::exit::Exit::Failure)
     }
 }
 
 impl std::fmt::Display for HealthReport {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        crate::render::escaped(f, |f| {
+        crate::text::escaped(f, |f| {
             writeln!(
                 f,
                 "rotate health ({}): {} (SNI {})",

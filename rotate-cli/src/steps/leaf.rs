@@ -21,17 +21,19 @@ use pki_ops::{CertInfo, CreatePolicy, FileSpec, MaterialSet, Owner, RoleSpec, Tr
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value, json};
 
+use crate::change::{Change, ChangeKind};
 use crate::config::{AppConfig, Config};
 use crate::deps::Vault;
-use crate::engine::change::{Change, ChangeKind};
-use crate::engine::journal::StepId;
-use crate::engine::undo::UndoAction;
+use crate::engine::context::Deps;
 use crate::engine::{Step, TargetPlan, Tx};
-use crate::rotation::Deps;
+use crate::error::StepError;
+use crate::host::owner_of;
+use crate::state::journal::StepId;
+use crate::state::undo::UndoAction;
 use crate::steps::agents::mapping_spec;
 use crate::steps::key_algorithm;
-use crate::steps::names::{self, Names, rel};
-use crate::steps::{StepError, owner_of, policy_change};
+use crate::steps::policy_change;
+use crate::topology::{Names, home_path, rel};
 
 /// Step 4 over the apps of one invocation.
 pub struct LeafStep<'a> {
@@ -167,31 +169,25 @@ pub(crate) fn leaf_role_spec(cfg: &Config, n: &Names) -> RoleSpec {
 }
 
 fn agent_spec(cfg: &Config, app: &AppConfig, n: &Names) -> AgentConfigSpec {
-    let home = &app.home;
-    let mut s = AgentConfigSpec::new(&app.name, &cfg.vault_addr(), &cfg.pki.mount, &n.leaf_cn);
+    let mut s = AgentConfigSpec::new(
+        &app.name,
+        &cfg.vault_addr(),
+        &cfg.pki.mount,
+        &n.leaf_cn,
+        crate::topology::agent_files(app),
+    );
     s.tls_server_name = cfg.vault_server_name();
-    s.ca_cert = home.join(rel::ca_file());
-    s.client_cert = home.join(rel::agent_cert());
-    s.client_key = home.join(rel::agent_key());
     s.mount = format!("auth/{}", cfg.agents.cert_auth_mount);
     s.leaf_ttl = cfg.leaf.ttl.clone();
-    s.fullchain_path = app.fullchain();
-    s.key_path = app.leaf_key();
-    s.rendered_path = home.join(rel::leaf_render(app));
-    s.post_hook_path = home.join(rel::post_hook(app));
-    s.pid_file = home.join(rel::agent_dir(app)).join("agent.pid");
-    s.token_sink = sink_path(app);
     s
 }
 
-fn sink_path(app: &AppConfig) -> std::path::PathBuf {
-    app.home.join(rel::agent_dir(app)).join("token")
-}
-
 fn post_hook_spec(cfg: &Config, app: &AppConfig) -> PostHookSpec {
-    let mut s = PostHookSpec::new(&app.name);
-    s.fullchain_path = app.fullchain();
-    s.key_path = app.leaf_key();
+    let mut s = PostHookSpec::new(
+        &app.name,
+        home_path(app, rel::fullchain(app)),
+        home_path(app, rel::leaf_key(app)),
+    );
     // The agent renders both into one file; the hook installs them as a matched pair.
     s.rendered_path = Some(app.home.join(rel::leaf_render(app)));
     if !cfg.leaf.reload_tls_label.is_empty() {
@@ -217,26 +213,6 @@ fn gate_err(app: &AppConfig, reason: String) -> StepError {
         app: app.name.clone(),
         reason,
     }
-}
-
-/// A relative path of `abs` under the app's home.
-fn under_home<'p>(app: &AppConfig, abs: &'p Path) -> &'p Path {
-    abs.strip_prefix(&app.home).unwrap_or(abs)
-}
-
-/// The directories the leaf step needs (relative to the home) and their modes: the
-/// agent's directory, the hook's `bin/`, the render directory and the TLS directory.
-fn leaf_dirs(app: &AppConfig) -> [(std::path::PathBuf, u32); 4] {
-    let agent_dir = rel::agent_dir(app);
-    [
-        (agent_dir.clone(), 0o700),
-        (rel::parent(&rel::post_hook(app)), 0o755),
-        (agent_dir.join("render"), 0o700),
-        (
-            under_home(app, &rel::parent(&app.fullchain())).to_owned(),
-            0o750,
-        ),
-    ]
 }
 
 fn read_text(tree: &Tree, rel: &Path) -> Result<Option<String>, StepError> {
@@ -296,7 +272,7 @@ impl Step for LeafStep<'_> {
                 step: StepId::Agents,
             })?;
 
-        for (dir, _) in leaf_dirs(app) {
+        for (dir, _) in rel::leaf_dirs(app) {
             tree.check_dir(&dir)?;
         }
         // Render first: a spec the renderers refuse stops us before any write.
@@ -345,7 +321,7 @@ impl Step for LeafStep<'_> {
             let c = policy_change(
                 &n.kv_policy,
                 prev.as_deref(),
-                &names::kv_policy_text(self.kv_mount(), &app.name),
+                &crate::topology::kv_policy_text(self.kv_mount(), &app.name),
                 false,
             );
             let create = c.kind == ChangeKind::Create;
@@ -499,7 +475,7 @@ impl Step for LeafStep<'_> {
             v.sys
                 .write_policy(
                     &n.kv_policy,
-                    &names::kv_policy_text(self.kv_mount(), &app.name),
+                    &crate::topology::kv_policy_text(self.kv_mount(), &app.name),
                 )
                 .await
                 .map_err(|e| StepError::vault(format!("write policy {}", n.kv_policy), e))?;
@@ -546,7 +522,7 @@ impl Step for LeafStep<'_> {
 
         // Agent files: directories, then hook + config staged together, then replaced.
         let mut created = Vec::new();
-        for (dir, mode) in leaf_dirs(app) {
+        for (dir, mode) in rel::leaf_dirs(app) {
             created.extend(tree.ensure_dir(&dir, mode)?);
         }
         if !created.is_empty() {
@@ -579,7 +555,7 @@ impl Step for LeafStep<'_> {
             .read(&rel::post_hook_status(app))?
             .map(|b| String::from_utf8_lossy(&b).trim().to_owned());
         let previous_serial = tree
-            .read(under_home(app, &app.fullchain()))?
+            .read(&rel::fullchain(app))?
             .and_then(|b| {
                 CertInfo::from_pem_labeled(&String::from_utf8_lossy(&b), "fullchain").ok()
             })
@@ -598,10 +574,10 @@ impl Step for LeafStep<'_> {
         // exactly what was there and removes what was not. (The pid file is the agent's
         // runtime state: the restart on undo rewrites it.)
         for rel in [
-            under_home(app, &app.leaf_key()).to_owned(),
-            under_home(app, &app.fullchain()).to_owned(),
+            rel::leaf_key(app),
+            rel::fullchain(app),
             rel::leaf_render(app),
-            under_home(app, &sink_path(app)).to_owned(),
+            rel::sink(app),
             rel::post_hook_status(app),
         ] {
             let u = pki_ops::plan_keep(&tree, &rel, &tx.run_id())?;
@@ -656,15 +632,15 @@ impl Step for LeafStep<'_> {
         let owner = owner_of(app)?;
         let tree = Tree::open(&app.home, Some(owner))?;
         let deadline = Instant::now() + cfg.duration(&cfg.leaf.render_timeout);
-        let mut pause = crate::engine::Pause::new();
+        let mut pause = crate::pause::Pause::new();
         let want = LeafExpectation {
             cn: &n.leaf_cn,
             issuer: &cfg.pki.issuer_name,
             min_remaining: cfg.duration(&cfg.leaf.min_remaining),
             max_lifetime: cfg.duration(&cfg.leaf.max_lifetime),
         };
-        let fullchain_rel = under_home(app, &app.fullchain()).to_owned();
-        let key_rel = under_home(app, &app.leaf_key()).to_owned();
+        let fullchain_rel = rel::fullchain(app);
+        let key_rel = rel::leaf_key(app);
         let ca = read_text(&tree, &rel::ca_file())?.unwrap_or_default();
 
         // A new leaf whose post-hook reported success for exactly these bytes.
@@ -746,7 +722,7 @@ impl Step for LeafStep<'_> {
                     app,
                     format!(
                         "no new, valid leaf at {} within {} of restarting {}: {last}; check the agent's log",
-                        app.fullchain().display(),
+                        home_path(app, rel::fullchain(app)).display(),
                         cfg.leaf.render_timeout,
                         app.unit()
                     ),
@@ -758,14 +734,27 @@ impl Step for LeafStep<'_> {
         // The leaf key: 0600, owned by the app (lstat: never through a link).
         let meta = tree
             .stat(&key_rel)
-            .map_err(|e| gate_err(app, format!("stat {}: {e}", app.leaf_key().display())))?
-            .ok_or_else(|| gate_err(app, format!("{} is missing", app.leaf_key().display())))?;
+            .map_err(|e| {
+                gate_err(
+                    app,
+                    format!("stat {}: {e}", home_path(app, rel::leaf_key(app)).display()),
+                )
+            })?
+            .ok_or_else(|| {
+                gate_err(
+                    app,
+                    format!(
+                        "{} is missing",
+                        home_path(app, rel::leaf_key(app)).display()
+                    ),
+                )
+            })?;
         if meta.mode != 0o600 || meta.owner.uid != owner.uid {
             return Err(gate_err(
                 app,
                 format!(
                     "{} must be mode 0600, owned by {} (uid {}); it is mode {:04o}, uid {}",
-                    app.leaf_key().display(),
+                    home_path(app, rel::leaf_key(app)).display(),
                     app.user(),
                     owner.uid,
                     meta.mode,
@@ -795,7 +784,7 @@ impl Step for LeafStep<'_> {
 
         let fresh = v
             .gate
-            .connect(&crate::steps::agent_identity(app)?)
+            .connect(&crate::host::agent_identity(app)?)
             .map_err(|e| StepError::vault("build the gate client from the agent's files", e))?;
         let login = login_gate(
             fresh.as_ref(),
@@ -812,9 +801,9 @@ impl Step for LeafStep<'_> {
         // its sink token's metadata names the serial it presented; and that token may
         // issue the leaf (an operator-edited policy is kept, so prove it still grants).
         let issue_path = format!("{}/issue/{}", cfg.pki.mount, n.leaf_role);
-        let sink_rel = under_home(app, &sink_path(app)).to_owned();
+        let sink_rel = rel::sink(app);
         let mut last = String::from("no token in the sink yet");
-        let mut pause = crate::engine::Pause::new();
+        let mut pause = crate::pause::Pause::new();
         loop {
             if let Some(token) = tree.read(&sink_rel)? {
                 let token =
@@ -854,7 +843,7 @@ impl Step for LeafStep<'_> {
             if Instant::now() > deadline {
                 return Err(gate_err(
                     app,
-                    format!("{last} (sink {})", sink_path(app).display()),
+                    format!("{last} (sink {})", home_path(app, rel::sink(app)).display()),
                 ));
             }
             tokio::time::sleep(pause.next()).await;

@@ -21,15 +21,16 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 use vault_client::IssueRequest;
 
+use crate::change::{Change, ChangeKind};
 use crate::config::{Config, ListenerSection};
-use crate::engine::change::{Change, ChangeKind};
-use crate::engine::journal::StepId;
-use crate::engine::undo::UndoAction;
+use crate::engine::context::Deps;
 use crate::engine::{Singleton, Step, TargetPlan, Tx};
-use crate::rotation::Deps;
+use crate::error::StepError;
 use crate::served::{Served, prove_admin, wait_for_serial};
-use crate::steps::names::rel;
-use crate::steps::{StepError, issue_mode, key_algorithm};
+use crate::state::journal::StepId;
+use crate::state::undo::UndoAction;
+use crate::steps::{issue_mode, key_algorithm};
+use crate::topology::rel;
 
 const PROOF_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -106,7 +107,7 @@ impl<'a> ListenerStep<'a> {
 
     /// The admin's files: how every gate reaches the listener.
     fn admin_files(&self) -> Result<(PathBuf, PathBuf, PathBuf), StepError> {
-        crate::steps::admin_files(self.cfg, "step 2 proves the listener")
+        crate::host::admin_files(self.cfg, "step 2 proves the listener")
             .map(|(c, k, ca)| (c.to_owned(), k.to_owned(), ca.to_owned()))
     }
 
@@ -121,7 +122,7 @@ impl<'a> ListenerStep<'a> {
     }
 
     fn owner(&self) -> Result<Owner, StepError> {
-        crate::steps::owner_of_user("[listener] owner", &self.l.owner, self.l.group.as_deref())
+        crate::host::owner_of_user("[listener] owner", &self.l.owner, self.l.group.as_deref())
     }
 
     /// Every CA bundle clients use, by name, with its text: the admin's, each app's
@@ -141,7 +142,7 @@ impl<'a> ListenerStep<'a> {
         out.push(ClientBundle::go(ca.display().to_string(), read(&ca)?));
         for app in &self.cfg.apps {
             let path = app.home.join(rel::ca_file());
-            let bytes = crate::steps::owner_of(app)
+            let bytes = crate::host::owner_of(app)
                 .and_then(|o| Ok(Tree::open(&app.home, Some(o))?.read(&rel::ca_file())?));
             match bytes {
                 Ok(Some(b)) => out.push(ClientBundle {
@@ -162,12 +163,11 @@ impl<'a> ListenerStep<'a> {
         for p in &self.l.client_bundles {
             // Possibly inside a tree someone else owns (the proxy's, an app's): read as
             // that tree's, no symlink followed, no FIFO.
-            let bytes = crate::steps::read_managed_file(self.cfg, p)?.ok_or_else(|| {
-                StepError::Invalid {
+            let bytes =
+                crate::host::read_managed_file(self.cfg, p)?.ok_or_else(|| StepError::Invalid {
                     what: format!("client CA bundle {}", p.display()),
                     reason: "missing".into(),
-                }
-            })?;
+                })?;
             let name = p.display().to_string();
             if !out.iter().any(|b| b.name == name) {
                 out.push(ClientBundle::go(
@@ -188,7 +188,7 @@ impl<'a> ListenerStep<'a> {
                 reason: e.to_string(),
             };
             let owner =
-                crate::steps::owner_of_user(&format!("[proxy] {}", px.name), px.user(), None)
+                crate::host::owner_of_user(&format!("[proxy] {}", px.name), px.user(), None)
                     .map_err(why)?;
             let read = Tree::open(home, Some(owner))
                 .and_then(|t| t.read(bundle))

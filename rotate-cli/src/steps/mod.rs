@@ -3,10 +3,9 @@
 
 use std::path::Path;
 
-use crate::config::{AppConfig, Config, KeyMode};
+use crate::change::{Change, ChangeKind, FieldDiff};
+use crate::config::{Config, KeyMode};
 use crate::deps::Vault;
-use crate::engine::change::{Change, ChangeKind, FieldDiff};
-use crate::exit::Exit;
 use pki_ops::{IssueMode, KeyAlgorithm};
 
 pub(crate) mod admin;
@@ -14,287 +13,11 @@ pub(crate) mod agents;
 pub(crate) mod health;
 pub(crate) mod leaf;
 pub(crate) mod listener;
-pub(crate) mod names;
 pub(crate) mod preflight;
 pub(crate) mod proxy;
 pub(crate) mod restarts;
 
-/// Why a step (or one app within it) failed.
-#[derive(Debug, thiserror::Error)]
-#[non_exhaustive]
-pub enum StepError {
-    /// A Vault call failed.
-    #[error("{what}: {source}")]
-    Vault {
-        /// Which call, in words.
-        what: String,
-        /// Method, path, status, Vault's message.
-        source: vault_client::Error,
-    },
-    /// A PKI operation or check failed (role, issuance, X.509 check, file write).
-    #[error(transparent)]
-    Pki(#[from] pki_ops::Error),
-    /// A cert auth operation failed.
-    #[error(transparent)]
-    CertAuth(Box<cert_auth::Error>),
-    /// A hook, reload or rendering failed.
-    #[error(transparent)]
-    Hook(Box<hooks::Error>),
-    /// An input is invalid (missing home, bad CA chain, ...).
-    #[error("{what}: {reason}")]
-    Invalid {
-        /// What, with its path or name.
-        what: String,
-        /// Why.
-        reason: String,
-    },
-    /// The journal could not record an undo or a state: the write was not made.
-    #[error(transparent)]
-    Journal(Box<crate::engine::journal::JournalError>),
-    /// What this target needs is made by an earlier step that has not run yet (e.g. the
-    /// mapping of step 3 for step 4). A failure in a run; in a plan of both steps, the
-    /// target is planned "after step N".
-    #[error("{what}: missing; {step} creates it: run it first")]
-    NeedsEarlier {
-        /// What is missing.
-        what: String,
-        /// The step that makes it.
-        step: crate::engine::journal::StepId,
-    },
-    /// Vault answered sealed after the step's writes (e.g. it restarted): the step is
-    /// kept as applied, not undone; after unsealing, `rotate run --resume` re-gates it.
-    #[error("Vault is sealed: {reason}")]
-    Sealed {
-        /// What was seen, and what to do.
-        reason: String,
-    },
-    /// Vault stopped answering after the step's writes (a restart, a failover): like
-    /// [`StepError::Sealed`], the step is kept as applied for `rotate run --resume`.
-    #[error("Vault is unreachable: {reason}")]
-    VaultGone {
-        /// What was seen, and what to do.
-        reason: String,
-    },
-    /// The step's gate failed.
-    #[error("gate of step {step} failed for {app}: {reason}")]
-    Gate {
-        /// Step name.
-        step: &'static str,
-        /// App.
-        app: String,
-        /// What the gate saw.
-        reason: String,
-    },
-}
-
-impl StepError {
-    pub(crate) fn vault(what: impl Into<String>, source: vault_client::Error) -> Self {
-        StepError::Vault {
-            what: what.into(),
-            source,
-        }
-    }
-
-    /// The exit code this failure maps to.
-    pub fn exit(&self) -> Exit {
-        match self {
-            StepError::Vault { source, .. } => vault_exit(source),
-            StepError::CertAuth(e) => match &**e {
-                cert_auth::Error::Vault { source, .. } => vault_exit(source),
-                // Found while planning: the operator must decide, nothing was written.
-                cert_auth::Error::WrongAuthType { .. }
-                | cert_auth::Error::EmptyCa { .. }
-                | cert_auth::Error::UnmanagedConstraint { .. } => Exit::Config,
-                _ => Exit::GateFailed,
-            },
-            StepError::Pki(pki_ops::Error::Vault { source, .. }) => vault_exit(source),
-            StepError::Pki(pki_ops::Error::RoleMissing { .. })
-            | StepError::Pki(pki_ops::Error::Io { .. })
-            | StepError::Pki(pki_ops::Error::Unsafe { .. })
-            | StepError::Invalid { .. } => Exit::Config,
-            StepError::Hook(e) => match **e {
-                hooks::Error::BadOwner { .. }
-                | hooks::Error::UnknownUser { .. }
-                | hooks::Error::InvalidSpec { .. }
-                | hooks::Error::InvalidReloader { .. } => Exit::Config,
-                _ => Exit::GateFailed,
-            },
-            StepError::Pki(_) | StepError::Gate { .. } => Exit::GateFailed,
-            StepError::Journal(_) => Exit::Failure,
-            StepError::Sealed { .. } => Exit::Sealed,
-            StepError::VaultGone { .. } => Exit::ResumeNeeded,
-            StepError::NeedsEarlier { .. } => Exit::Config,
-        }
-    }
-
-    /// A gate failure that keeps the target applied (journaled) for `--resume` instead of
-    /// undoing it: Vault came back sealed.
-    pub fn awaits_resume(&self) -> bool {
-        matches!(self, StepError::Sealed { .. } | StepError::VaultGone { .. })
-    }
-}
-
-impl From<cert_auth::Error> for StepError {
-    fn from(e: cert_auth::Error) -> Self {
-        StepError::CertAuth(Box::new(e))
-    }
-}
-
-impl From<hooks::Error> for StepError {
-    fn from(e: hooks::Error) -> Self {
-        StepError::Hook(Box::new(e))
-    }
-}
-
-fn vault_exit(e: &vault_client::Error) -> Exit {
-    match e.status() {
-        Some(503 | 501) => Exit::Sealed,
-        _ => Exit::Vault,
-    }
-}
-
-/// An app's agent identity (`vault/mtls/agent.crt`, `agent.key`, `vault/ca/ca.pem`), read
-/// through its home without following symlinks (the home is the app's, and root must
-/// not read what a symlink planted there points at).
-pub(crate) fn agent_identity(app: &AppConfig) -> Result<crate::deps::TlsIdentity, StepError> {
-    use crate::steps::names::rel;
-    let tree = pki_ops::Tree::open(&app.home, Some(owner_of(app)?))?;
-    let read = |r: std::path::PathBuf| -> Result<_, StepError> {
-        let path = app.home.join(&r);
-        match tree.read(&r)? {
-            Some(c) => Ok((path, c)),
-            None => Err(StepError::Invalid {
-                what: path.display().to_string(),
-                reason: "missing: step 3 writes the agent's identity".into(),
-            }),
-        }
-    };
-    Ok(crate::deps::TlsIdentity {
-        cert: read(rel::agent_cert())?,
-        key: read(rel::agent_key())?,
-        ca: read(rel::ca_file())?,
-    })
-}
-
-/// Split an absolute path into its directory, opened without following symlinks (every
-/// level owned by root or `owner`), and its file name.
-fn dir_and_name(
-    p: &Path,
-    owner: Option<pki_ops::Owner>,
-) -> Result<(pki_ops::Tree, &Path), StepError> {
-    match (p.parent(), p.file_name()) {
-        (Some(d), Some(n)) => Ok((pki_ops::Tree::open(d, owner)?, Path::new(n))),
-        _ => Err(StepError::Invalid {
-            what: p.display().to_string(),
-            reason: "not a file path".into(),
-        }),
-    }
-}
-
-/// A file outside the apps' homes (a client bundle; with `owner`, a file of the Vault
-/// server's such as its client CA file or pid file), read without following a symlink or
-/// opening a FIFO; `None` when absent.
-pub(crate) fn read_root_file(
-    p: &Path,
-    owner: Option<pki_ops::Owner>,
-) -> Result<Option<zeroize::Zeroizing<Vec<u8>>>, StepError> {
-    let (tree, name) = dir_and_name(p, owner)?;
-    Ok(tree.read(name)?)
-}
-
-/// A file the config names, read without following symlinks as the tree it lies in
-/// allows: inside an app's or the proxy's home, as that user's tree (their bundle, say);
-/// anywhere else, as root's ([`read_root_file`]).
-pub(crate) fn read_managed_file(
-    cfg: &Config,
-    p: &Path,
-) -> Result<Option<zeroize::Zeroizing<Vec<u8>>>, StepError> {
-    let tenant = cfg
-        .apps
-        .iter()
-        .map(|a| (a.home.as_path(), owner_of(a)))
-        .chain(cfg.proxy.iter().filter_map(|px| {
-            let home = px.home.as_deref()?;
-            Some((
-                home,
-                owner_of_user(&format!("[proxy] {}", px.name), px.user(), None),
-            ))
-        }))
-        .find(|(home, _)| p.starts_with(home));
-    match tenant {
-        Some((home, owner)) => {
-            let rel = p.strip_prefix(home).unwrap_or(p);
-            Ok(pki_ops::Tree::open(home, Some(owner?))?.read(rel)?)
-        }
-        None => read_root_file(p, None),
-    }
-}
-
-/// [`read_root_file`]'s metadata (mode, owner, size, mtime); `None` when absent.
-pub(crate) fn stat_root_file(
-    p: &Path,
-    owner: Option<pki_ops::Owner>,
-) -> Result<Option<pki_ops::FileMeta>, StepError> {
-    let (tree, name) = dir_and_name(p, owner)?;
-    Ok(tree.stat(name)?)
-}
-
-/// The Vault server's user and group (`[listener] owner`/`group`), whose directories hold
-/// its certificate, client CA file and pid file; `None` without `[listener]`.
-pub(crate) fn vault_owner(cfg: &Config) -> Result<Option<pki_ops::Owner>, StepError> {
-    cfg.listener
-        .as_ref()
-        .map(|l| owner_of_user("[listener] owner", &l.owner, l.group.as_deref()))
-        .transpose()
-}
-
-/// The admin's files (`[vault] client_cert`, `client_key`, `ca_cert`): how every gate
-/// reaches the listener. `why` says which step needs them.
-pub(crate) fn admin_files<'c>(
-    cfg: &'c Config,
-    why: &str,
-) -> Result<(&'c Path, &'c Path, &'c Path), StepError> {
-    let v = &cfg.vault;
-    match (&v.client_cert, &v.client_key, &v.ca_cert) {
-        (Some(c), Some(k), Some(ca)) => Ok((c, k, ca)),
-        _ => Err(StepError::Invalid {
-            what: "[vault] client_cert, client_key, ca_cert".into(),
-            reason: format!("{why} through the admin's identity: set all three"),
-        }),
-    }
-}
-
-/// The app user's uid and gid (NSS, through `nix`: the one lookup of the workspace).
-pub(crate) fn owner_of(app: &AppConfig) -> Result<pki_ops::Owner, StepError> {
-    owner_of_user(&format!("app {}", app.name), app.user(), app.group())
-}
-
-/// `user`'s uid and `group`'s gid (default: the user's primary group), for `what`.
-pub(crate) fn owner_of_user(
-    what: &str,
-    user: &str,
-    group: Option<&str>,
-) -> Result<pki_ops::Owner, StepError> {
-    let invalid = |reason: String| StepError::Invalid {
-        what: format!("{what} user {user:?}"),
-        reason,
-    };
-    let u = nix::unistd::User::from_name(user)
-        .map_err(|e| invalid(format!("look up: {e}")))?
-        .ok_or_else(|| invalid("no such user (create it, or set the user in the config)".into()))?;
-    let gid = match group {
-        Some(g) => nix::unistd::Group::from_name(g)
-            .map_err(|e| invalid(format!("look up group {g}: {e}")))?
-            .ok_or_else(|| invalid(format!("no such group {g}")))?
-            .gid
-            .as_raw(),
-        None => u.gid.as_raw(),
-    };
-    Ok(pki_ops::Owner {
-        uid: u.uid.as_raw(),
-        gid,
-    })
-}
+use crate::error::StepError;
 
 pub(crate) fn key_algorithm(mode: KeyMode) -> KeyAlgorithm {
     match mode {
@@ -405,7 +128,7 @@ pub(crate) async fn issue_journaled(
     mode: IssueMode,
     clock: &(dyn Fn() -> i64 + Send + Sync),
 ) -> Result<pki_ops::IssuedMaterial, StepError> {
-    use crate::engine::undo::UndoAction;
+    use crate::state::undo::UndoAction;
     let intent = tx.record_indexed(UndoAction::RevokeIssued {
         mount: mount.to_owned(),
         cn: req.common_name.clone(),
@@ -774,7 +497,7 @@ mod tests {
     /// revocation journaled before the error comes back.
     #[tokio::test]
     async fn a_certificate_rejected_after_issuance_is_journaled_for_revocation() {
-        use crate::engine::journal::{Journal, RunRequest, StepId};
+        use crate::state::journal::{Journal, RunRequest, StepId};
         let (ca, evil) = ca_and_leaf("PrivSec Intermediate CA (prod)");
         let mut pki = vault_client::MockPkiApi::new();
         pki.expect_sign().returning(move |_, _, _, _| {
@@ -838,7 +561,7 @@ mod tests {
         let record = journal.record();
         let undo = &record.target(StepId::Agents, "a").unwrap().undo;
         // The intent first (done once the precise revocation is recorded), then that.
-        use crate::engine::undo::UndoAction;
+        use crate::state::undo::UndoAction;
         assert!(
             matches!(&undo[..], [i, r]
                 if matches!(&i.action, UndoAction::RevokeIssued { cn, .. } if cn == "agent-a.prod.privsec.ch") && i.done

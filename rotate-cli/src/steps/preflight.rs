@@ -9,10 +9,12 @@ use serde::Serialize;
 use vault_client::HealthState;
 
 use crate::config::{AppConfig, Config};
-use crate::engine::journal::{RunRequest, StepId};
+use crate::engine::context::Deps;
+use crate::error::StepError;
 use crate::exit::Exit;
-use crate::rotation::Deps;
-use crate::steps::{StepError, names::Names, owner_of};
+use crate::host::owner_of;
+use crate::state::journal::{RunRequest, StepId};
+use crate::topology::Names;
 
 /// One check.
 #[derive(Debug, Clone, Serialize)]
@@ -483,7 +485,7 @@ async fn check_tls_files(
                 Exit::Config,
                 "step 5 needs [proxy] name, home and ca_bundle".to_owned(),
             )),
-            Some((p, home)) => crate::steps::owner_of_user("[proxy]", p.user(), None)
+            Some((p, home)) => crate::host::owner_of_user("[proxy]", p.user(), None)
                 .map_err(|e| (Exit::Config, e.to_string()))
                 .and_then(|o| {
                     pki_ops::Tree::open(home, Some(o))

@@ -23,18 +23,18 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 use vault_client::IssueRequest;
 
+use crate::change::{Change, ChangeKind};
 use crate::config::{Config, KeyMode, ProxyIdentity, ProxySection};
 use crate::deps::TlsIdentity;
-use crate::engine::change::{Change, ChangeKind};
-use crate::engine::journal::StepId;
-use crate::engine::undo::UndoAction;
+use crate::engine::context::Deps;
 use crate::engine::{Singleton, Step, TargetPlan, Tx};
-use crate::rotation::Deps;
+use crate::error::StepError;
+use crate::host::{admin_files, owner_of_user};
 use crate::served::look;
-use crate::steps::names::rel;
-use crate::steps::{
-    StepError, admin_files, issue_mode, key_algorithm, merged_bundle, owner_of_user, plan_role,
-};
+use crate::state::journal::StepId;
+use crate::state::undo::UndoAction;
+use crate::steps::{issue_mode, key_algorithm, merged_bundle, plan_role};
+use crate::topology::rel;
 
 /// Step 5.
 pub struct ProxyStep<'a> {
@@ -125,7 +125,7 @@ impl<'a> ProxyStep<'a> {
         )];
         for app in &self.cfg.apps {
             // An app whose home cannot be read safely is not silently left out.
-            let tree = Tree::open(&app.home, Some(crate::steps::owner_of(app)?))?;
+            let tree = Tree::open(&app.home, Some(crate::host::owner_of(app)?))?;
             let f = rel::fullchain(app);
             if let Some(pem) = tree.read(&f)? {
                 out.push((
@@ -166,7 +166,7 @@ impl<'a> ProxyStep<'a> {
         };
         let until = tokio::time::Instant::now() + self.cfg.duration(&self.p.probe_timeout);
         let (mut in_a_row, mut tries) = (0u32, 0u32);
-        let mut pause = crate::engine::Pause::new();
+        let mut pause = crate::pause::Pause::new();
         loop {
             tries += 1;
             // A new client (and connection) each time: a reloading proxy may serve a

@@ -21,16 +21,17 @@ use std::time::Duration;
 use async_trait::async_trait;
 use serde::{Deserialize, Serialize};
 
+use crate::change::{Change, ChangeKind};
 use crate::config::{Config, RestartsSection, VaultWhen};
-use crate::engine::change::{Change, ChangeKind};
-use crate::engine::journal::StepId;
-use crate::engine::undo::UndoAction;
+use crate::engine::context::Deps;
 use crate::engine::{Singleton, Step, TargetPlan, Tx};
-use crate::rotation::Deps;
+use crate::error::StepError;
+use crate::host::{admin_files, owner_of};
 use crate::served::{ClientCaDrift, HealthProof, client_ca_drift, look};
+use crate::state::journal::StepId;
+use crate::state::undo::UndoAction;
 use crate::steps::health::HealthStep;
-use crate::steps::names::rel;
-use crate::steps::{StepError, admin_files, owner_of};
+use crate::topology::rel;
 
 /// Step 6.
 pub struct RestartsStep<'a> {
@@ -116,7 +117,7 @@ impl<'a> RestartsStep<'a> {
                 file.display()
             )
         };
-        let bundle = crate::steps::read_root_file(file, crate::steps::vault_owner(self.cfg)?)?
+        let bundle = crate::host::read_root_file(file, crate::host::vault_owner(self.cfg)?)?
             .ok_or_else(|| StepError::Invalid {
                 what: what(),
                 reason: "the file is missing".into(),
@@ -147,8 +148,7 @@ impl<'a> RestartsStep<'a> {
         if let Some(p) = &self.cfg.proxy
             && let (Some(home), Some(id)) = (&p.home, p.identity(&self.cfg.agents.domain))
         {
-            let owner =
-                crate::steps::owner_of_user(&format!("[proxy] {}", p.name), p.user(), None)?;
+            let owner = crate::host::owner_of_user(&format!("[proxy] {}", p.name), p.user(), None)?;
             in_home(home, owner, &id.cert)?;
         }
         for (label, pem) in &checks {

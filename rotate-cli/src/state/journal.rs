@@ -20,6 +20,7 @@ use std::sync::Mutex;
 use serde::{Deserialize, Serialize};
 
 use super::undo::UndoAction;
+pub use crate::step_id::StepId;
 
 /// A failure of the journal itself (the state directory cannot be used).
 #[derive(Debug, thiserror::Error)]
@@ -60,11 +61,11 @@ impl JournalError {
     /// The exit code: 3 for a state directory that cannot be trusted; 8 for a journal
     /// that could not be written for lack of space (the run stopped where it was: free
     /// space, then `rotate run --resume`); 1 otherwise.
-    pub fn exit(&self) -> crate::Exit {
+    pub fn exit(&self) -> crate::exit::Exit {
         match self {
-            JournalError::Untrusted { .. } => crate::Exit::Config,
-            JournalError::Io { source, .. } if is_full(source) => crate::Exit::ResumeNeeded,
-            _ => crate::Exit::Failure,
+            JournalError::Untrusted { .. } => crate::exit::Exit::Config,
+            JournalError::Io { source, .. } if is_full(source) => crate::exit::Exit::ResumeNeeded,
+            _ => crate::exit::Exit::Failure,
         }
     }
 
@@ -85,64 +86,6 @@ fn is_full(e: &std::io::Error) -> bool {
         e.raw_os_error(),
         Some(nix::libc::ENOSPC) | Some(nix::libc::EDQUOT)
     )
-}
-
-/// The steps of the order (MISSION.md), as the journal names them.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum StepId {
-    /// Step 0: checks before the first write.
-    Preflight,
-    /// Step 1: the admin's client certificate.
-    Admin,
-    /// Step 2: the Vault listener's certificate.
-    Listener,
-    /// Step 3: agent login mTLS certs + cert auth mappings.
-    Agents,
-    /// Step 4: app leaf certs via the agent, post-hook, agent restart.
-    Leaf,
-    /// Step 5: the proxy's CA chain + trust material.
-    Proxy,
-    /// Step 6: restarts (proxy stack, then Vault when configured).
-    Restarts,
-    /// Step 7: the final healthcheck (reads only).
-    Health,
-}
-
-impl StepId {
-    /// The step's number in the order.
-    pub fn number(self) -> u8 {
-        match self {
-            StepId::Preflight => 0,
-            StepId::Admin => 1,
-            StepId::Listener => 2,
-            StepId::Agents => 3,
-            StepId::Leaf => 4,
-            StepId::Proxy => 5,
-            StepId::Restarts => 6,
-            StepId::Health => 7,
-        }
-    }
-
-    /// The name used on the command line and in reports.
-    pub fn name(self) -> &'static str {
-        match self {
-            StepId::Preflight => "preflight",
-            StepId::Admin => "admin",
-            StepId::Listener => "listener",
-            StepId::Agents => "agents",
-            StepId::Leaf => "leaf",
-            StepId::Proxy => "proxy",
-            StepId::Restarts => "restarts",
-            StepId::Health => "health",
-        }
-    }
-}
-
-impl std::fmt::Display for StepId {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "step {} ({})", self.number(), self.name())
-    }
 }
 
 /// Where one target (an app, within a step) is.

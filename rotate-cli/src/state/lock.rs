@@ -97,7 +97,7 @@ impl StateLock {
             file,
             "pid {} started {} (unix {now}): {what}",
             std::process::id(),
-            super::utc(now),
+            crate::text::utc(now),
         )
         .map_err(io)?;
         file.sync_data().map_err(io)?;

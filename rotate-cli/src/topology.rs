@@ -1,5 +1,7 @@
-//! Every name, path and policy text derived from the config, in one place (the steps and
-//! the preflight read them from here; no step module depends on another for a name).
+//! The topology: every app's names, file layout and policy texts, derived from the config
+//! in one place. The only definition of where an app's files are: the steps, preflight,
+//! verify, repair and the hooks' specs all take their paths from here (relative to the
+//! app's home in [`rel`], absolute through [`home_path`]).
 
 use std::path::{Path, PathBuf};
 
@@ -87,9 +89,49 @@ pub(crate) mod rel {
     pub(crate) fn leaf_key(app: &AppConfig) -> PathBuf {
         PathBuf::from(format!("tls/{}.key", app.name))
     }
+    /// `.vault-agent-<app>/token`: the agent's token sink.
+    pub(crate) fn sink(app: &AppConfig) -> PathBuf {
+        agent_dir(app).join("token")
+    }
+    /// `.vault-agent-<app>/agent.pid`.
+    pub(crate) fn agent_pid(app: &AppConfig) -> PathBuf {
+        agent_dir(app).join("agent.pid")
+    }
+    /// The directories the leaf step needs and their modes: the agent's (private), its
+    /// `bin/` (the hook), its `render/`, and `tls/` (group-readable, for the web server).
+    pub(crate) fn leaf_dirs(app: &AppConfig) -> [(PathBuf, u32); 4] {
+        let agent_dir = agent_dir(app);
+        [
+            (agent_dir.clone(), 0o700),
+            (parent(&post_hook(app)), 0o755),
+            (agent_dir.join("render"), 0o700),
+            (parent(&fullchain(app)), 0o750),
+        ]
+    }
     /// A relative path's parent (`""` for a bare name).
     pub(crate) fn parent(p: &Path) -> PathBuf {
         p.parent().map(Path::to_path_buf).unwrap_or_default()
+    }
+}
+
+/// `rel` inside the app's home, as an absolute path.
+pub(crate) fn home_path(app: &AppConfig, rel: impl AsRef<Path>) -> PathBuf {
+    app.home.join(rel)
+}
+
+/// Where the app's agent finds and puts its files (for its config, `hooks::AgentFiles`).
+pub(crate) fn agent_files(app: &AppConfig) -> hooks::AgentFiles {
+    let p = |r: PathBuf| home_path(app, r);
+    hooks::AgentFiles {
+        ca_cert: p(rel::ca_file()),
+        client_cert: p(rel::agent_cert()),
+        client_key: p(rel::agent_key()),
+        fullchain: p(rel::fullchain(app)),
+        key: p(rel::leaf_key(app)),
+        rendered: p(rel::leaf_render(app)),
+        post_hook: p(rel::post_hook(app)),
+        pid_file: p(rel::agent_pid(app)),
+        token_sink: p(rel::sink(app)),
     }
 }
 

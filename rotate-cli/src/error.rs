@@ -1,0 +1,144 @@
+//! Why a step (or one target within it) failed, and the exit class of each failure.
+
+use crate::exit::Exit;
+use crate::state::journal::JournalError;
+
+/// Why a step (or one app within it) failed.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum StepError {
+    /// A Vault call failed.
+    #[error("{what}: {source}")]
+    Vault {
+        /// Which call, in words.
+        what: String,
+        /// Method, path, status, Vault's message.
+        source: vault_client::Error,
+    },
+    /// A PKI operation or check failed (role, issuance, X.509 check, file write).
+    #[error(transparent)]
+    Pki(#[from] pki_ops::Error),
+    /// A cert auth operation failed.
+    #[error(transparent)]
+    CertAuth(Box<cert_auth::Error>),
+    /// A hook, reload or rendering failed.
+    #[error(transparent)]
+    Hook(Box<hooks::Error>),
+    /// An input is invalid (missing home, bad CA chain, ...).
+    #[error("{what}: {reason}")]
+    Invalid {
+        /// What, with its path or name.
+        what: String,
+        /// Why.
+        reason: String,
+    },
+    /// The journal could not record an undo or a state: the write was not made.
+    #[error(transparent)]
+    Journal(Box<JournalError>),
+    /// What this target needs is made by an earlier step that has not run yet (e.g. the
+    /// mapping of step 3 for step 4). A failure in a run; in a plan of both steps, the
+    /// target is planned "after step N".
+    #[error("{what}: missing; {step} creates it: run it first")]
+    NeedsEarlier {
+        /// What is missing.
+        what: String,
+        /// The step that makes it.
+        step: crate::state::journal::StepId,
+    },
+    /// Vault answered sealed after the step's writes (e.g. it restarted): the step is
+    /// kept as applied, not undone; after unsealing, `rotate run --resume` re-gates it.
+    #[error("Vault is sealed: {reason}")]
+    Sealed {
+        /// What was seen, and what to do.
+        reason: String,
+    },
+    /// Vault stopped answering after the step's writes (a restart, a failover): like
+    /// [`StepError::Sealed`], the step is kept as applied for `rotate run --resume`.
+    #[error("Vault is unreachable: {reason}")]
+    VaultGone {
+        /// What was seen, and what to do.
+        reason: String,
+    },
+    /// The step's gate failed.
+    #[error("gate of step {step} failed for {app}: {reason}")]
+    Gate {
+        /// Step name.
+        step: &'static str,
+        /// App.
+        app: String,
+        /// What the gate saw.
+        reason: String,
+    },
+}
+
+impl StepError {
+    pub(crate) fn vault(what: impl Into<String>, source: vault_client::Error) -> Self {
+        StepError::Vault {
+            what: what.into(),
+            source,
+        }
+    }
+
+    /// The exit code this failure maps to.
+    pub fn exit(&self) -> Exit {
+        match self {
+            StepError::Vault { source, .. } => vault_exit(source),
+            StepError::CertAuth(e) => match &**e {
+                cert_auth::Error::Vault { source, .. } => vault_exit(source),
+                // Found while planning: the operator must decide, nothing was written.
+                cert_auth::Error::WrongAuthType { .. }
+                | cert_auth::Error::EmptyCa { .. }
+                | cert_auth::Error::UnmanagedConstraint { .. } => Exit::Config,
+                _ => Exit::GateFailed,
+            },
+            StepError::Pki(pki_ops::Error::Vault { source, .. }) => vault_exit(source),
+            StepError::Pki(pki_ops::Error::RoleMissing { .. })
+            | StepError::Pki(pki_ops::Error::Io { .. })
+            | StepError::Pki(pki_ops::Error::Unsafe { .. })
+            | StepError::Invalid { .. } => Exit::Config,
+            StepError::Hook(e) => match **e {
+                hooks::Error::BadOwner { .. }
+                | hooks::Error::UnknownUser { .. }
+                | hooks::Error::InvalidSpec { .. }
+                | hooks::Error::InvalidReloader { .. } => Exit::Config,
+                _ => Exit::GateFailed,
+            },
+            StepError::Pki(_) | StepError::Gate { .. } => Exit::GateFailed,
+            StepError::Journal(_) => Exit::Failure,
+            StepError::Sealed { .. } => Exit::Sealed,
+            StepError::VaultGone { .. } => Exit::ResumeNeeded,
+            StepError::NeedsEarlier { .. } => Exit::Config,
+        }
+    }
+
+    /// A gate failure that keeps the target applied (journaled) for `--resume` instead of
+    /// undoing it: Vault came back sealed.
+    pub fn awaits_resume(&self) -> bool {
+        matches!(self, StepError::Sealed { .. } | StepError::VaultGone { .. })
+    }
+}
+
+impl From<cert_auth::Error> for StepError {
+    fn from(e: cert_auth::Error) -> Self {
+        StepError::CertAuth(Box::new(e))
+    }
+}
+
+impl From<hooks::Error> for StepError {
+    fn from(e: hooks::Error) -> Self {
+        StepError::Hook(Box::new(e))
+    }
+}
+
+fn vault_exit(e: &vault_client::Error) -> Exit {
+    match e.status() {
+        Some(503 | 501) => Exit::Sealed,
+        _ => Exit::Vault,
+    }
+}
+
+impl From<JournalError> for StepError {
+    fn from(e: JournalError) -> Self {
+        StepError::Journal(Box::new(e))
+    }
+}
