@@ -858,7 +858,7 @@ impl Config {
                 ));
             }
         }
-        Ok(())
+        self.validate_common_names()
     }
 
     /// Every name that becomes part of a Vault API path or of a file or unit name, with
@@ -1108,6 +1108,48 @@ impl Config {
                     "{cn:?} is not [vault] tls_server_name {sni:?}, which clients verify the listener as: make it the CN or add it to alt_names"
                 ),
             ));
+        }
+        Ok(())
+    }
+
+    /// Every certificate rotate issues has a common name no other has: an undo revokes
+    /// what a run issued by common name, and must never reach another's (an app called
+    /// `agent-x` would have the leaf name of app `x`'s agent when both domains agree).
+    fn validate_common_names(&self) -> Result<(), ConfigError> {
+        let mut names: Vec<(String, String)> = Vec::new();
+        if let Some(a) = &self.admin {
+            names.push((
+                "admin.common_name".into(),
+                a.common_name.to_ascii_lowercase(),
+            ));
+        }
+        if let Some(cn) = self.listener_cn() {
+            names.push(("listener.common_name".into(), cn.to_ascii_lowercase()));
+        }
+        for (i, app) in self.apps.iter().enumerate() {
+            names.push((
+                format!("apps[{i}] (agent certificate)"),
+                format!("agent-{}.{}", app.name, self.agents.domain).to_ascii_lowercase(),
+            ));
+            names.push((
+                format!("apps[{i}] (leaf)"),
+                format!("{}.{}", app.name, self.leaf.cn_domain).to_ascii_lowercase(),
+            ));
+        }
+        if let Some(id) = self
+            .proxy
+            .as_ref()
+            .and_then(|p| p.identity(&self.agents.domain))
+        {
+            names.push(("proxy.client_cn".into(), id.cn.to_ascii_lowercase()));
+        }
+        for (i, (a, cn)) in names.iter().enumerate() {
+            if let Some((b, _)) = names[..i].iter().find(|(_, other)| other == cn) {
+                return Err(self.invalid(
+                    a.clone(),
+                    format!("its common name {cn} is also {b}'s: each certificate rotate issues needs its own name"),
+                ));
+            }
         }
         Ok(())
     }
@@ -1932,6 +1974,21 @@ mod tests {
                 "{setting}: {err}"
             );
         }
+    }
+
+    #[test]
+    fn two_certificates_with_one_common_name_are_refused() {
+        let p = Path::new("/etc/rotate/prod.toml");
+        let text = PROD.replace(
+            "[agents]\n",
+            "[leaf]\ncn_domain = \"prod.privsec.ch\"\n\n[agents]\n",
+        ) + "\n[[apps]]\nname = \"agent-ncprd1\"\nhome = \"/home/agent-ncprd1\"\n";
+        let err = Config::parse(&text, p).unwrap_err().to_string();
+        assert!(
+            err.contains("agent-ncprd1.prod.privsec.ch")
+                && err.contains("apps[0] (agent certificate)"),
+            "{err}"
+        );
     }
 
     #[test]

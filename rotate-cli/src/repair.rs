@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 
 use crate::config::Config;
 use crate::rotation::RotationError;
-use crate::state::journal::{self, Event, Journal, RunRecord, TargetRecord};
+use crate::state::journal::{self, Event, Journal, RunRecord, TargetRecord, TargetState};
 use crate::state::lock::StateLock;
 use crate::state::undo::UndoAction;
 
@@ -66,11 +66,13 @@ fn pairs_of(
     t: &TargetRecord,
 ) -> Vec<(TornPair, pki_ops::FileUndo, Option<pki_ops::Owner>)> {
     let named = named_pairs(cfg);
+    // Only what rotate itself replaced (staged, with a temp): a pair an agent's hook
+    // installs is the hook's to heal, and it may be mid-render.
     let files: Vec<(&pki_ops::FileUndo, Option<pki_ops::Owner>)> = t
         .undo
         .iter()
         .filter_map(|e| match &e.action {
-            UndoAction::File { undo, owner } => Some((undo, *owner)),
+            UndoAction::File { undo, owner } if undo.temp.is_some() => Some((undo, *owner)),
             _ => None,
         })
         .collect();
@@ -140,9 +142,16 @@ fn torn(pair: &TornPair, key: &pki_ops::FileUndo, owner: Option<pki_ops::Owner>)
 
 /// The torn pairs an unfinished run left, per target.
 fn torn_targets<'r>(cfg: &Config, rec: &'r RunRecord) -> Vec<(&'r TargetRecord, Vec<TornPair>)> {
+    // Interrupted while writing, or while unwinding: an applied target finished its
+    // writes (its pairs were whole when it said so).
     rec.targets
         .iter()
-        .filter(|t| t.state.is_unfinished())
+        .filter(|t| {
+            matches!(
+                t.state,
+                TargetState::Applying | TargetState::RollingBack | TargetState::RollbackIncomplete
+            )
+        })
         .filter_map(|t| {
             let pairs: Vec<TornPair> = pairs_of(cfg, t)
                 .into_iter()
@@ -163,6 +172,11 @@ pub fn refuse_if_torn(cfg: &Config) -> Result<(), RotationError> {
         return Ok(());
     };
     if !rec.needs_resume() {
+        return Ok(());
+    }
+    // A run under way (it holds the lock) is between two writes, not interrupted.
+    if let Some(holder) = crate::state::lock::StateLock::holder(&state_dir) {
+        tracing::warn!(%holder, "a run is under way: what it is replacing may not match yet");
         return Ok(());
     }
     let torn = torn_targets(cfg, &rec);
@@ -203,6 +217,10 @@ pub fn repair_torn_pairs(cfg: &Config, now: i64) -> Result<Vec<String>, Rotation
     let mut done = Vec::new();
     for (t, pairs) in torn_targets(cfg, &rec) {
         tracing::warn!(step = %t.step, target = %t.target, "repairing {}", pairs.iter().map(ToString::to_string).collect::<Vec<_>>().join("; "));
+        // From here it is being unwound: nothing re-gates it half undone.
+        if t.state != TargetState::RollingBack {
+            journal.set_state(t.step, &t.target, TargetState::RollingBack, None)?;
+        }
         for (index, entry) in t.undo.iter().enumerate().rev() {
             if let (UndoAction::File { undo, owner }, false) = (&entry.action, entry.done) {
                 pki_ops::undo_file(undo, *owner).map_err(|e| {

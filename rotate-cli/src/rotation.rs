@@ -525,8 +525,9 @@ async fn execute_mode(
     mark_step_3_live(&mut report);
     let interrupted = deps.cancel.is_cancelled()
         || report
-            .steps
+            .recovered
             .iter()
+            .chain(&report.steps)
             .flat_map(|s| &s.targets)
             .any(|t| matches!(t.outcome, Outcome::NotStarted | Outcome::AwaitingResume));
     journal.append(Event::RunEnded {
@@ -972,7 +973,16 @@ fn prune_earlier_runs(state_dir: &std::path::Path, current: &str) -> Result<(), 
         if rec.run_id == current {
             continue;
         }
-        for t in rec.targets.iter().filter(|t| !t.pruned) {
+        // A target whose undo is unfinished still needs its previous versions.
+        for t in rec.targets.iter().filter(|t| !t.state.is_unfinished()) {
+            // Marked first: a kill while discarding leaves a target that no rollback
+            // would pretend to restore; discarding again is harmless.
+            if !t.pruned {
+                j.append(Event::Pruned {
+                    step: t.step,
+                    target: t.target.clone(),
+                })?;
+            }
             for u in &t.undo {
                 if let UndoAction::File { undo, owner } = &u.action
                     && undo.prev.is_some()
@@ -982,10 +992,6 @@ fn prune_earlier_runs(state_dir: &std::path::Path, current: &str) -> Result<(), 
                     tracing::warn!(error = %e, "could not remove a kept previous version");
                 }
             }
-            j.append(Event::Pruned {
-                step: t.step,
-                target: t.target.clone(),
-            })?;
         }
         if rec.committed_any() {
             break;
@@ -994,21 +1000,31 @@ fn prune_earlier_runs(state_dir: &std::path::Path, current: &str) -> Result<(), 
     Ok(())
 }
 
-/// The run `rotate rollback` unwinds: the current one when it has anything to unwind,
-/// else the newest earlier run that committed something (a no-op run since does not
-/// hide it); `None` when the newest committing run was already rolled back or pruned.
-fn rollback_journal(state_dir: &std::path::Path) -> Result<Option<Journal>, JournalError> {
+/// Which run `rotate rollback` unwinds.
+enum RollbackCandidate {
+    /// The current run.
+    Current(Journal),
+    /// An earlier run, in `runs/`: made current again before anything is undone.
+    Archived(std::path::PathBuf),
+}
+
+/// The run `rotate rollback` unwinds: the current one when it has anything to unwind
+/// (or its rollback was under way), else the newest earlier run that committed something
+/// (a no-op run since does not hide it); `None` when the newest committing run was
+/// already rolled back or pruned.
+fn rollback_candidate(
+    state_dir: &std::path::Path,
+) -> Result<Option<RollbackCandidate>, JournalError> {
     if let Some(current) = Journal::reopen(state_dir)? {
         let rec = current.record();
-        if rollback_work(&rec) || rec.committed_any() {
-            return Ok(Some(current));
+        if rollback_work(&rec) || rec.committed_any() || rec.state == RunState::RollingBack {
+            return Ok(Some(RollbackCandidate::Current(current)));
         }
     }
     for path in archived_runs(state_dir)? {
-        let j = Journal::open_file(&path)?;
-        let rec = j.record();
-        if rollback_work(&rec) {
-            return Ok(Some(j));
+        let rec = Journal::open_file(&path)?.record();
+        if rollback_work(&rec) || rec.state == RunState::RollingBack {
+            return Ok(Some(RollbackCandidate::Archived(path)));
         }
         if rec.committed_any() || rec.state == RunState::RolledBack {
             break;
@@ -1024,14 +1040,28 @@ async fn rollback(
     deps: Deps<'_>,
     mut report: RunReport,
 ) -> Result<RunReport, RotationError> {
-    let journal = rollback_journal(&cfg.state_dir())?.ok_or_else(|| {
-        RotationError::NothingToDo(
-            "nothing to roll back: no run since the last rollback committed anything (or its previous versions were discarded when a later run committed)".into(),
-        )
-    })?;
+    let state_dir = cfg.state_dir();
+    let journal = match rollback_candidate(&state_dir)? {
+        Some(RollbackCandidate::Current(j)) => j,
+        // Current again: every guard (a new run, status, repair) sees its rollback.
+        Some(RollbackCandidate::Archived(path)) => Journal::promote(&state_dir, &path)?,
+        None => {
+            return Err(RotationError::NothingToDo(
+                "nothing to roll back: no run since the last rollback committed anything (or its previous versions were discarded when a later run committed)".into(),
+            ));
+        }
+    };
     let rec = journal.record();
     report.run_id = Some(rec.run_id.clone());
     if !rollback_work(&rec) {
+        if rec.state == RunState::RollingBack {
+            // Killed after its last undo, before it said so: say so now.
+            journal.append(Event::RunEnded {
+                state: RunState::RolledBack,
+            })?;
+            report.summary = format!("finished the rollback of run {}", rec.run_id);
+            return Ok(report);
+        }
         return Err(RotationError::NothingToDo(format!(
             "run {} was already rolled back",
             rec.run_id
@@ -1073,9 +1103,13 @@ async fn rollback(
         .rolled_back
         .iter()
         .any(|t| t.outcome == Outcome::RollbackIncomplete);
-    journal.append(Event::RunEnded {
-        state: RunState::RolledBack,
-    })?;
+    // An incomplete rollback stays under way: `rotate rollback` (or `--resume`) retries
+    // it, and nothing re-runs the run's steps meanwhile.
+    if !incomplete {
+        journal.append(Event::RunEnded {
+            state: RunState::RolledBack,
+        })?;
+    }
     report.exit_code = if incomplete {
         Exit::RollbackIncomplete
     } else {

@@ -355,3 +355,103 @@ async fn a_relative_config_plans_like_an_absolute_one() {
         String::from_utf8_lossy(&out.stdout)
     );
 }
+
+#[tokio::test]
+async fn a_killed_rollback_of_an_earlier_run_blocks_new_runs_and_rollback_finishes_it() {
+    let lab = shared();
+    let app = "intrarch";
+    let (dir, cfg) = after_step_3(lab, "intr-arch", &[app], "").await;
+    let home = dir.join("home").join(app);
+    let before = snapshot(&home);
+    let (exit, v) = rotate(&cfg, &["run", "--step", "agents"]).await;
+    assert_eq!(exit, Exit::Ok, "{v:#}");
+    let run = v["run_id"].as_str().unwrap().to_owned();
+    // A no-op run since: the run to roll back is an earlier one, in runs/.
+    let (exit, _) = rotate(&cfg, &["run", "--step", "agents", "--if-due"]).await;
+    assert_eq!(exit, Exit::Ok);
+    let out = rotate_process(&cfg, &["rollback"], Some("unwind-after-file#1"), &[]);
+    assert_eq!(
+        out.status.signal(),
+        Some(9),
+        "the failpoint was not reached"
+    );
+    // Every guard sees the unfinished rollback of that run.
+    let (exit, v) = rotate(&cfg, &["run", "--step", "agents"]).await;
+    assert_eq!(exit, Exit::ResumeNeeded, "{v:#}");
+    let err = v["error"].as_str().unwrap();
+    assert!(
+        err.contains(&run) && err.contains("rotate rollback"),
+        "{err}"
+    );
+    let (exit, v) = rotate(&cfg, &["rollback"]).await;
+    assert_eq!(exit, Exit::Ok, "{v:#}");
+    assert_eq!(v["run_id"], run.as_str());
+    assert_eq!(snapshot(&home), before, "restored byte for byte");
+    let (exit, v) = rotate(&cfg, &["run", "--step", "agents"]).await;
+    assert_eq!(exit, Exit::Ok, "new runs are allowed again: {v:#}");
+}
+
+#[tokio::test]
+async fn a_rollback_killed_before_it_said_it_ended_is_finished_not_stuck() {
+    let lab = shared();
+    let app = "intrend";
+    let (dir, cfg) = after_step_3(lab, "intr-end", &[app], "").await;
+    let (exit, v) = rotate(&cfg, &["rollback"]).await;
+    assert_eq!(exit, Exit::Ok, "{v:#}");
+    // As if killed after the last undo, before `run_ended: rolled_back` reached the disk.
+    let journal = dir.join("state/journal.jsonl");
+    let text = std::fs::read_to_string(&journal).unwrap();
+    let cut: Vec<&str> = text
+        .lines()
+        .filter(|l| !l.contains(r#""state":"rolled_back"}"#) || !l.contains("run_ended"))
+        .collect();
+    std::fs::write(&journal, cut.join("\n") + "\n").unwrap();
+    let (exit, v) = rotate(&cfg, &["run", "--step", "agents"]).await;
+    assert_eq!(exit, Exit::ResumeNeeded, "{v:#}");
+    let (exit, v) = rotate(&cfg, &["rollback"]).await;
+    assert_eq!(exit, Exit::Ok, "{v:#}");
+    assert!(
+        v["summary"]
+            .as_str()
+            .unwrap()
+            .contains("finished the rollback"),
+        "{v:#}"
+    );
+    let (exit, v) = rotate(&cfg, &["run", "--step", "agents"]).await;
+    assert_eq!(exit, Exit::Ok, "{v:#}");
+}
+
+#[tokio::test]
+async fn resume_after_an_incomplete_rollback_retries_the_undo_and_never_reapplies_the_run() {
+    let lab = shared();
+    let app = "intrinc";
+    let (dir, cfg) = after_step_3(lab, "intr-inc", &[app], "").await;
+    // A rollback that cannot finish: the journal's proxy reload is not the config's.
+    let state = dir.join("state");
+    let j = rotate_cli::Journal::reopen(&state).unwrap().unwrap();
+    use rotate_cli::{StepId, TargetState, UndoAction};
+    j.set_state(StepId::Proxy, "proxy", TargetState::Applying, None)
+        .unwrap();
+    j.record_undo(
+        StepId::Proxy,
+        "proxy",
+        UndoAction::Reload {
+            reload: "podman:elsewhere".into(),
+            setting: "proxy.reload".into(),
+        },
+    )
+    .unwrap();
+    j.set_state(StepId::Proxy, "proxy", TargetState::Committed, None)
+        .unwrap();
+    drop(j);
+    let (exit, v) = rotate(&cfg, &["rollback"]).await;
+    assert_eq!(exit, Exit::RollbackIncomplete, "{v:#}");
+    let (exit, v) = rotate(&cfg, &["run", "--resume"]).await;
+    assert_eq!(exit, Exit::RollbackIncomplete, "{v:#}");
+    assert!(
+        v["steps"].as_array().is_none_or(|s| s.is_empty()),
+        "the resume ran the run's steps again: {v:#}"
+    );
+    let (exit, v) = rotate(&cfg, &["run", "--step", "agents"]).await;
+    assert_eq!(exit, Exit::ResumeNeeded, "{v:#}");
+}

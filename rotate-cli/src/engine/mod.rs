@@ -446,7 +446,15 @@ pub(crate) async fn vault_down(deps: UndoDeps<'_>) -> Option<&'static str> {
     match deps.vault.sys.seal_status().await {
         Ok(s) if s.sealed => Some("sealed"),
         Ok(_) => None,
-        Err(vault_client::Error::Transport { .. }) => Some("unreachable"),
+        // Gone (refused, reset, no answer): not a TLS or trust failure, which an undo
+        // of local files (a listener certificate) may be the very thing to fix.
+        Err(vault_client::Error::Transport {
+            kind:
+                vault_client::TransportKind::ConnectionRefused
+                | vault_client::TransportKind::ConnectionReset
+                | vault_client::TransportKind::Timeout,
+            ..
+        }) => Some("unreachable"),
         Err(e) if e.status() == Some(503) => Some("sealed"),
         Err(_) => None,
     }

@@ -45,13 +45,15 @@ impl IssuedIndex {
     }
 }
 
-/// Revokes the certificates of `mount` for `cn` issued since `after` (notBefore at or
-/// after `after` - 60 s): the mount's serials are listed, each one not seen yet read once.
+/// Revokes the certificates of `mount` for `cn` issued from `after` to `until` (notBefore
+/// in [`after` - 60 s, `until`]): the mount's serials are listed, each one not seen yet
+/// read once.
 async fn revoke_issued(
     deps: UndoDeps<'_>,
     mount: &str,
     cn: &str,
     after: i64,
+    until: i64,
 ) -> Result<Vec<String>, String> {
     use futures_util::StreamExt as _;
     let pki = deps.vault.pki;
@@ -95,8 +97,9 @@ async fn revoke_issued(
         .iter()
         .filter(|((m, _), v)| {
             m == mount
-                && v.as_ref()
-                    .is_some_and(|(c, nb, revoked)| c == cn && *nb >= after - 60 && *revoked == 0)
+                && v.as_ref().is_some_and(|(c, nb, revoked)| {
+                    c == cn && *nb >= after - 60 && *nb <= until && *revoked == 0
+                })
         })
         .map(|((_, s), _)| s.clone())
         .collect();
@@ -208,8 +211,13 @@ pub async fn carry_out(deps: UndoDeps<'_>, action: &UndoAction) -> Result<(), St
         UndoAction::Revoke { mount, serial, .. } => {
             v.pki.revoke(mount, serial).await.map_err(|e| e.to_string())
         }
-        UndoAction::RevokeIssued { mount, cn, after } => {
-            let revoked = revoke_issued(deps, mount, cn, *after).await?;
+        UndoAction::RevokeIssued {
+            mount,
+            cn,
+            after,
+            until,
+        } => {
+            let revoked = revoke_issued(deps, mount, cn, *after, *until).await?;
             if !revoked.is_empty() {
                 tracing::info!(%mount, %cn, serials = %revoked.join(", "), "revoked what the run issued");
             }
@@ -421,10 +429,20 @@ pub async fn unwind(
         _ => 1,
     });
     let mut out = UnwindOutcome::default();
+    // A revocation in this pass of a target whose unit was already restarted (an earlier,
+    // interrupted pass) may hit what the restarted unit issued: restart it once more.
+    let mut revoked = false;
     for i in order {
         let entry = &t.undo[i];
-        if entry.done {
+        let again = revoked && matches!(entry.action, UndoAction::RestartUnit { .. });
+        if entry.done && !again {
             continue;
+        }
+        if matches!(
+            entry.action,
+            UndoAction::Revoke { .. } | UndoAction::RevokeIssued { .. }
+        ) {
+            revoked = true;
         }
         let what = entry.action.describe();
         match carry_out(deps, &entry.action).await {

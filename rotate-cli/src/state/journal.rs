@@ -73,7 +73,7 @@ impl JournalError {
     pub fn hint(&self) -> Option<String> {
         match self {
             JournalError::Io { path, source, .. } if is_full(source) => Some(format!(
-                "the state directory's disk is full: free space there ({}), then `rotate run --resume` finishes the run",
+                "the state directory's disk is full: free space there ({}), then run again (`rotate run --resume` when a run was under way)",
                 path.parent().unwrap_or(path).display()
             )),
             _ => None,
@@ -383,7 +383,15 @@ pub struct Journal {
 struct Inner {
     file: File,
     record: RunRecord,
+    /// The length of the complete lines written: a failed append is cut back to it.
+    len: u64,
+    /// An append failed and could not be cut back: no more appends from this process
+    /// (the next one reopens the journal, which cuts the torn line).
+    poisoned: bool,
 }
+
+/// Why a journal whose first line never reached the disk is not a run.
+const NO_RUN: &str = "holds no run";
 
 /// The current journal file of a state directory.
 fn journal_path(state_dir: &Path) -> PathBuf {
@@ -643,7 +651,12 @@ impl Journal {
         };
         let j = Journal {
             path: path.clone(),
-            inner: Mutex::new(Inner { file, record }),
+            inner: Mutex::new(Inner {
+                file,
+                record,
+                len: 0,
+                poisoned: false,
+            }),
         };
         let started = j
             .append_raw(&Event::RunStarted {
@@ -678,8 +691,33 @@ impl Journal {
             {
                 Ok(None)
             }
+            // Its first line never reached the disk: no run.
+            Err(JournalError::Corrupt {
+                line: 1, reason, ..
+            }) if reason == NO_RUN => Ok(None),
             other => other.map(Some),
         }
+    }
+
+    /// Make the earlier run at `archived` (in `runs/`) the current one again, moving the
+    /// current journal to `runs/` (under the lock): its rollback is then what every guard
+    /// sees. The current run is archived first; a crash between the two renames leaves no
+    /// current journal and both runs in `runs/`, each as finished as it was.
+    pub(crate) fn promote(state_dir: &Path, archived: &Path) -> Result<Journal, JournalError> {
+        let current = journal_path(state_dir);
+        let io = |op, path: &Path, source| JournalError::Io {
+            path: path.to_owned(),
+            op,
+            source,
+        };
+        if let Some(r) = last_run(state_dir)? {
+            let to = state_dir.join("runs").join(format!("{}.jsonl", r.run_id));
+            std::fs::rename(&current, &to).map_err(|e| io("archive current journal", &to, e))?;
+        }
+        std::fs::rename(archived, &current).map_err(|e| io("make current again", archived, e))?;
+        sync_dir(&state_dir.join("runs"))?;
+        sync_dir(state_dir)?;
+        Journal::open_file(&current)
     }
 
     /// Open the journal at `path` (in a checked state directory, e.g. an earlier run in
@@ -698,7 +736,7 @@ impl Journal {
         let record = record.ok_or_else(|| JournalError::Corrupt {
             path: path.to_owned(),
             line: 1,
-            reason: "holds no run".into(),
+            reason: NO_RUN.into(),
         })?;
         let len = file
             .metadata()
@@ -720,7 +758,12 @@ impl Journal {
         }
         Ok(Journal {
             path: path.to_owned(),
-            inner: Mutex::new(Inner { file, record }),
+            inner: Mutex::new(Inner {
+                file,
+                record,
+                len: complete,
+                poisoned: false,
+            }),
         })
     }
 
@@ -761,9 +804,36 @@ impl Journal {
             op,
             source,
         };
-        inner.file.write_all(&line).map_err(|e| io("append", e))?;
-        inner.file.sync_data().map_err(|e| io("fdatasync", e))?;
-        Ok(())
+        if inner.poisoned {
+            return Err(io(
+                "append",
+                std::io::Error::other("an earlier append failed and could not be cut back"),
+            ));
+        }
+        let written = inner
+            .file
+            .write_all(&line)
+            .map_err(|e| io("append", e))
+            .and_then(|()| inner.file.sync_data().map_err(|e| io("fdatasync", e)));
+        match written {
+            Ok(()) => {
+                inner.len += line.len() as u64;
+                Ok(())
+            }
+            Err(e) => {
+                // Half a line must never have the next append fused onto it: cut it off
+                // (a full disk may free room for the next one meanwhile).
+                if inner
+                    .file
+                    .set_len(inner.len)
+                    .and_then(|()| inner.file.sync_data())
+                    .is_err()
+                {
+                    inner.poisoned = true;
+                }
+                Err(e)
+            }
+        }
     }
 
     /// Append `e` durably, then apply it to the in-memory record.

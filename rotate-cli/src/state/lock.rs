@@ -40,6 +40,23 @@ pub struct StateLock {
 }
 
 impl StateLock {
+    /// Who holds the lock of `state_dir` now, if anyone (what the holder wrote); `None`
+    /// when it is free or the directory has no lock file. Takes nothing.
+    pub fn holder(state_dir: &Path) -> Option<String> {
+        let path = state_dir.join("lock");
+        let mut file =
+            super::journal::open_state_file(OpenOptions::new().read(true), &path, "open lock")
+                .ok()?;
+        match file.try_lock_shared() {
+            Err(TryLockError::WouldBlock) => {
+                let mut holder = String::new();
+                let _ = file.read_to_string(&mut holder);
+                Some(holder.trim().to_owned())
+            }
+            _ => None,
+        }
+    }
+
     /// Take the lock of `state_dir` (created `0700` if missing) or fail within half a
     /// second naming the holder. `what` describes this run (written for the next contender to read).
     pub fn acquire(state_dir: &Path, what: &str, now: i64) -> Result<StateLock, LockError> {

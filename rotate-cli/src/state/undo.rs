@@ -96,6 +96,11 @@ pub enum UndoAction {
         cn: String,
         /// Unix seconds when it was recorded (Vault backdates notBefore by 30 s).
         after: i64,
+        /// Unix seconds after which nothing issued is this run's (the issuance's own
+        /// time limit; for an agent, its render wait): a later renewal by the agent, or a
+        /// certificate someone else issued for the CN later, is left alone.
+        #[serde(default = "forever")]
+        until: i64,
     },
     /// Make the listener load its restored files and prove it serves the previous
     /// certificate again (runs after the files are back). Undo runs the config's
@@ -207,9 +212,15 @@ impl UndoAction {
             UndoAction::Revoke { mount, serial, cn } => {
                 format!("revoke certificate {serial} ({cn}) on {mount}")
             }
-            UndoAction::RevokeIssued { mount, cn, after } => format!(
-                "revoke every certificate for {cn} that {mount} issued since {}",
-                crate::text::utc(*after)
+            UndoAction::RevokeIssued {
+                mount,
+                cn,
+                after,
+                until,
+            } => format!(
+                "revoke every certificate for {cn} that {mount} issued from {} to {}",
+                crate::text::utc(*after),
+                crate::text::utc(*until)
             ),
             UndoAction::ReloadListener {
                 reload,
@@ -242,6 +253,10 @@ impl UndoAction {
 
 fn yes() -> bool {
     true
+}
+
+fn forever() -> i64 {
+    i64::MAX
 }
 
 fn proxy_reload_setting() -> String {

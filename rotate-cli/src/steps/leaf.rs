@@ -589,10 +589,16 @@ impl Step for LeafStep<'_> {
         }
         // Every leaf the agent issues from now on is revoked by undo (rotate never sees
         // their serials; the mount's certificates are scanned for the CN).
+        let now = (self.deps.clock)();
+        let wait =
+            cfg.duration(&cfg.leaf.render_timeout) + 2 * cfg.duration(&cfg.leaf.command_timeout);
         tx.record(UndoAction::RevokeIssued {
             mount: cfg.pki.mount.clone(),
             cn: n.leaf_cn.clone(),
-            after: (self.deps.clock)(),
+            after: now,
+            // What the agent issues while this step waits on it; its later renewals
+            // (after a commit) are its own.
+            until: now + wait.as_secs() as i64 + 120,
         })?;
         tx.record(UndoAction::StopUnit {
             unit: unit.clone(),
@@ -874,7 +880,15 @@ impl VaultWatch {
             Ok(s) if s.sealed => Err(StepError::Sealed {
                 reason: "while waiting for the agent: unseal it, then `rotate run --resume` re-gates this step".into(),
             }),
-            Err(e @ vault_client::Error::Transport { .. }) => Err(StepError::VaultGone {
+            Err(
+                e @ vault_client::Error::Transport {
+                    kind:
+                        vault_client::TransportKind::ConnectionRefused
+                        | vault_client::TransportKind::ConnectionReset
+                        | vault_client::TransportKind::Timeout,
+                    ..
+                },
+            ) => Err(StepError::VaultGone {
                 reason: format!(
                     "while waiting for the agent ({e}): once it is back, `rotate run --resume` re-gates this step"
                 ),

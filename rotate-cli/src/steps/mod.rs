@@ -129,10 +129,13 @@ pub(crate) async fn issue_journaled(
     clock: &(dyn Fn() -> i64 + Send + Sync),
 ) -> Result<pki_ops::IssuedMaterial, StepError> {
     use crate::state::undo::UndoAction;
+    let now = clock();
     let intent = tx.record_indexed(UndoAction::RevokeIssued {
         mount: mount.to_owned(),
         cn: req.common_name.clone(),
-        after: clock(),
+        after: now,
+        // Longer than any one issuance (request timeout and retries) takes.
+        until: now + 600,
     })?;
     let revoke = |serial: &str| -> Result<(), StepError> {
         tx.record(UndoAction::Revoke {
