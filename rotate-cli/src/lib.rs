@@ -57,6 +57,7 @@ mod error;
 mod exit;
 mod host;
 mod pause;
+mod policy_fix;
 mod render;
 mod repair;
 mod rotation;
@@ -65,6 +66,8 @@ mod state;
 mod status;
 mod step_id;
 mod steps;
+#[cfg(test)]
+mod testing;
 mod text;
 mod topology;
 mod verify;
@@ -81,7 +84,7 @@ pub use deps::{AdminApi, FreshClients, GateConnector, TlsIdentity, Vault};
 pub use engine::context::Deps;
 pub use engine::unwind::{IssuedIndex, UndoDeps, UnwindOutcome, carry_out, unwind};
 pub use engine::{
-    Cancel, Outcome, Singleton, Step, StepReport, Target, TargetPlan, TargetReport, Tx,
+    Cancel, Fact, Outcome, Singleton, Step, StepReport, Target, TargetPlan, TargetReport, Tx,
 };
 pub use error::StepError;
 pub use exit::Exit;

@@ -10,23 +10,14 @@ use serde::Serialize;
 use crate::config::{AppConfig, Config};
 use crate::engine::context::Deps;
 use crate::engine::unwind::{IssuedIndex, UndoDeps, unwind};
-use crate::engine::{
-    Outcome, RunCtx, Singleton, StepReport, TargetReport, recover_target, run_step,
-};
+use crate::engine::{DynStep, Fact, Outcome, RunCtx, StepReport, TargetReport};
 use crate::exit::Exit;
 use crate::state::journal::{
     self, Event, Journal, JournalError, RunRequest, RunState, StepId, TargetState,
 };
 use crate::state::lock::{LockError, StateLock};
 use crate::state::undo::UndoAction;
-use crate::steps::admin::AdminStep;
-use crate::steps::agents::AgentsStep;
-use crate::steps::health::HealthStep;
-use crate::steps::leaf::LeafStep;
-use crate::steps::listener::ListenerStep;
 use crate::steps::preflight::{PreflightReport, preflight};
-use crate::steps::proxy::ProxyStep;
-use crate::steps::restarts::RestartsStep;
 
 /// What to do.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -84,6 +75,26 @@ pub struct RunReport {
 }
 
 impl RunReport {
+    /// An empty report of `mode` over `cfg`'s environment, exit 0 until judged.
+    fn new(cfg: &Config, mode: Mode, state_dir: &std::path::Path) -> Self {
+        RunReport {
+            env: cfg.env.clone(),
+            mode,
+            run_id: None,
+            state_dir: state_dir.to_owned(),
+            preflight: None,
+            recovered: Vec::new(),
+            steps: Vec::new(),
+            rolled_back: Vec::new(),
+            repaired: Vec::new(),
+            not_run: Vec::new(),
+            exit_code: 0,
+            summary: String::new(),
+            attention: Vec::new(),
+            security_fixes: Vec::new(),
+        }
+    }
+
     /// The exit code.
     pub fn exit(&self) -> Exit {
         Exit::from_code(self.exit_code).unwrap_or(Exit::Failure)
@@ -177,17 +188,6 @@ impl RotationError {
     }
 }
 
-/// The steps as objects, built once per invocation.
-struct Steps<'a> {
-    admin: Option<AdminStep<'a>>,
-    listener: Option<ListenerStep<'a>>,
-    agents: AgentsStep<'a>,
-    leaf: LeafStep<'a>,
-    proxy: Option<ProxyStep<'a>>,
-    restarts: Option<RestartsStep<'a>>,
-    health: HealthStep<'a>,
-}
-
 fn undo_deps<'a>(cfg: &'a Config, deps: Deps<'a>, issued: &'a IssuedIndex) -> UndoDeps<'a> {
     UndoDeps {
         cfg,
@@ -241,31 +241,15 @@ async fn execute_mode(
     deps: Deps<'_>,
 ) -> Result<RunReport, RotationError> {
     let state_dir = cfg.state_dir();
-    let mut report = RunReport {
-        env: cfg.env.clone(),
-        mode,
-        run_id: None,
-        state_dir: state_dir.clone(),
-        preflight: None,
-        recovered: Vec::new(),
-        steps: Vec::new(),
-        rolled_back: Vec::new(),
-        repaired: Vec::new(),
-        not_run: Vec::new(),
-        exit_code: 0,
-        summary: String::new(),
-        attention: Vec::new(),
-        security_fixes: Vec::new(),
-    };
+    let mut report = RunReport::new(cfg, mode, &state_dir);
     let now = (deps.clock)();
-    let _lock = if mode == Mode::Plan {
-        None
-    } else {
-        Some(StateLock::acquire(
+    let _lock = match mode {
+        Mode::Plan => None,
+        _ => Some(StateLock::acquire(
             &state_dir,
             &format!("rotate {mode:?} {:?}", request.steps).to_lowercase(),
             now,
-        )?)
+        )?),
     };
     let last = journal::last_run(&state_dir)?;
     match mode {
@@ -293,12 +277,11 @@ async fn execute_mode(
         Mode::Plan => {}
     }
 
-    // Step 0: every check before the first write.
+    // A resume continues the run as it was asked: its steps and apps.
     let request = match (&mode, &last) {
         (Mode::Resume, Some(r)) => r.request.clone(),
         _ => request,
     };
-    // A resume continues the run as it was asked: its apps, not every configured one.
     let resumed_apps: Vec<&AppConfig>;
     let apps = if mode == Mode::Resume && !request.apps.is_empty() {
         resumed_apps = apps
@@ -310,53 +293,122 @@ async fn execute_mode(
     } else {
         apps
     };
+
+    // Step 0: every check before the first write.
     let pre = preflight(cfg, apps, &request, deps).await;
-    let ready = pre.ready();
-    let chain = pre.ca_chain.clone();
+    let chain = pre.ca_chain.clone().filter(|_| pre.ready());
     let pre_exit = pre.exit();
     report.preflight = Some(pre);
-    let Some(chain) = chain.filter(|_| ready) else {
+    let Some(chain) = chain else {
         report.exit_code = pre_exit.code();
         report.summary = "preflight failed: nothing was written".into();
         return Ok(report);
     };
-    let steps = Steps {
-        admin: AdminStep::new(cfg, deps, chain.clone()),
-        listener: ListenerStep::new(cfg, deps, chain.clone()),
-        agents: AgentsStep::new(cfg, deps, chain.clone()),
-        leaf: LeafStep::new(cfg, deps, chain.clone(), request.kv_access, request.kv_seed),
-        proxy: ProxyStep::new(cfg, deps, chain),
-        restarts: RestartsStep::new(cfg, deps),
-        health: HealthStep::new(cfg, deps),
-    };
+
+    let registry = crate::steps::registry(cfg, deps, &chain, &request);
     let issued = IssuedIndex::new();
     let undo = undo_deps(cfg, deps, &issued);
-    let if_due = request.if_due;
     let planned = request.steps.clone();
-    let ctx = |journal| RunCtx {
-        journal,
+    let run = Run {
+        registry: &registry,
+        request: &request,
+        apps,
         undo,
-        concurrency: cfg.run.concurrency,
-        cancel: deps.cancel,
-        if_due,
-        steps: &planned,
+        ctx: RunCtx {
+            journal: None,
+            undo,
+            concurrency: cfg.run.concurrency,
+            cancel: deps.cancel,
+            if_due: request.if_due,
+            steps: &planned,
+        },
     };
-
     if mode == Mode::Plan {
-        for id in &request.steps {
+        run.plan(&mut report).await?;
+        return Ok(report);
+    }
+
+    let journal = match mode {
+        Mode::Resume => Journal::reopen(&state_dir)?
+            .ok_or_else(|| RotationError::NothingToDo("nothing to resume: no journal".into()))?,
+        _ => {
+            // Unique even for runs of one process within one second (an embedder, the
+            // demo): the id names kept previous versions and archived journals.
+            static SEQ: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+            let seq = SEQ.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            let run_id = format!("{}-{}-{seq}", now, std::process::id());
+            Journal::start(&state_dir, &run_id, &cfg.env, now, request.clone())?
+        }
+    };
+    report.run_id = Some(journal.record().run_id);
+    let mut failed = Failed::default();
+    if mode == Mode::Resume {
+        run.recover(&journal, &mut report, &mut failed).await?;
+    }
+    run.steps(&journal, &mut report, &mut failed).await?;
+    finish(cfg, &run, &journal, deps, &mut report).await?;
+    Ok(report)
+}
+
+/// What failed so far: a global step (every later step depends on it), or apps (skipped
+/// by the later per-app steps).
+#[derive(Default)]
+struct Failed {
+    global: bool,
+    apps: Vec<String>,
+}
+
+impl Failed {
+    /// Note a target that did not end committed or unchanged (or was not cleanly
+    /// recovered).
+    fn note(&mut self, global: bool, t: &TargetReport, bad: &[Outcome]) {
+        if bad.contains(&t.outcome) {
+            if global {
+                self.global = true;
+            } else {
+                self.apps.push(t.app.clone());
+            }
+        }
+    }
+}
+
+/// One invocation over the registry: its steps in order, for its apps.
+struct Run<'r, 'a> {
+    registry: &'r [Box<dyn DynStep + 'a>],
+    request: &'r RunRequest,
+    apps: &'r [&'r AppConfig],
+    undo: UndoDeps<'a>,
+    ctx: RunCtx<'r>,
+}
+
+impl Run<'_, '_> {
+    /// The registry's step `id`, in the order `request.steps` asks for (step 0 is not in
+    /// the registry: preflight runs before it).
+    fn step(&self, id: StepId) -> Option<&dyn DynStep> {
+        self.registry
+            .iter()
+            .find(|s| s.id() == id)
+            .map(|s| &**s as &dyn DynStep)
+    }
+
+    /// `plan`: every step, reading only; exit 10 when anything would change.
+    async fn plan(&self, report: &mut RunReport) -> Result<(), JournalError> {
+        for id in &self.request.steps {
+            let Some(step) = self.step(*id) else { continue };
+            // As the run decides: nothing rotated, nothing restarted.
             let rotating_planned = report
                 .steps
                 .iter()
                 .flat_map(|s| &s.targets)
                 .any(|t| t.changes.iter().any(|c| c.is_change()));
-            // As the run decides: nothing rotated, nothing restarted.
-            if *id == StepId::Restarts && !rotating_planned && request.steps.iter().any(rotates) {
+            if *id == StepId::Restarts
+                && !rotating_planned
+                && self.request.steps.iter().any(|s| s.rotates())
+            {
                 report.steps.push(nothing_to_restart(*id));
                 continue;
             }
-            report
-                .steps
-                .push(step_dispatch(&steps, *id, apps, ctx(None)).await?);
+            report.steps.push(step.run(self.apps, self.ctx).await?);
         }
         let changes = report
             .steps
@@ -379,63 +431,36 @@ async fn execute_mode(
             Some(_) => "plan found problems (listed); nothing was written".into(),
             None => format!("plan: {changes} change(s); nothing was written"),
         };
-        return Ok(report);
+        Ok(())
     }
 
-    let journal = match mode {
-        Mode::Resume => Journal::reopen(&state_dir)?
-            .ok_or_else(|| RotationError::NothingToDo("nothing to resume: no journal".into()))?,
-        _ => {
-            // Unique even for runs of one process within one second (an embedder, the
-            // demo): the id names kept previous versions and archived journals.
-            static SEQ: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
-            let seq = SEQ.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-            let run_id = format!("{}-{}-{seq}", now, std::process::id());
-            Journal::start(&state_dir, &run_id, &cfg.env, now, request.clone())?
-        }
-    };
-    report.run_id = Some(journal.record().run_id);
-
-    // An app that failed a step is skipped by the later ones; an app whose recovery left
-    // something behind is not run again.
-    let mut failed_apps: Vec<String> = Vec::new();
-    if mode == Mode::Resume {
+    /// `--resume`: every target the interrupted run left unfinished, in step order,
+    /// re-gated or unwound, configured or not.
+    async fn recover(
+        &self,
+        journal: &Journal,
+        report: &mut RunReport,
+        failed: &mut Failed,
+    ) -> Result<(), JournalError> {
         let rec = journal.record();
-        for id in &request.steps {
+        for id in &self.request.steps {
+            let Some(step) = self.step(*id) else { continue };
             let mut targets = Vec::new();
-            if let Some(name) = global_target(*id)
-                && rec
-                    .target(*id, name.0)
-                    .is_some_and(|t| t.state.is_unfinished())
-            {
-                let t = recover_global(&steps, *id, &journal, undo).await?;
-                // Still waiting (sealed) or not cleanly unwound: the run stops here, and
-                // the step is not run a second time over what it left.
-                if matches!(
-                    t.outcome,
-                    Outcome::RollbackIncomplete | Outcome::AwaitingResume
-                ) {
-                    failed_apps.push(GLOBAL.into());
-                }
-                targets.push(t);
-            }
-            // Every unfinished target of this step the journal holds, configured or not.
-            let unfinished = rec
+            for rt in rec
                 .targets
                 .iter()
-                .filter(|t| t.step == *id && global_target(*id).is_none())
-                .filter(|t| t.state.is_unfinished());
-            for rt in unfinished {
-                let t = match apps.iter().find(|a| a.name == rt.target) {
-                    Some(app) => recover_dispatch(&steps, *id, app, &journal, undo).await?,
-                    None => unwind_unlisted(&journal, undo, *id, &rt.target).await?,
-                };
-                if matches!(
-                    t.outcome,
-                    Outcome::RollbackIncomplete | Outcome::AwaitingResume
-                ) {
-                    failed_apps.push(t.app.clone());
-                }
+                .filter(|t| t.step == *id && t.state.is_unfinished())
+            {
+                let t = step
+                    .recover(&rt.target, self.apps, journal, self.undo)
+                    .await?;
+                // Still waiting (sealed) or not cleanly unwound: not run a second time
+                // over what it left.
+                failed.note(
+                    step.global().is_some(),
+                    &t,
+                    &[Outcome::RollbackIncomplete, Outcome::AwaitingResume],
+                );
                 targets.push(t);
             }
             if !targets.is_empty() {
@@ -446,83 +471,104 @@ async fn execute_mode(
                 });
             }
         }
+        Ok(())
     }
 
-    // The steps, in order. A global step (admin, listener) that fails stops the run:
-    // every later step depends on it.
-    for id in &request.steps {
-        if deps.cancel.is_cancelled() {
-            break;
-        }
-        if failed_apps.iter().any(|a| a == GLOBAL) {
-            report.not_run.push(*id);
-            continue;
-        }
-        let rec = journal.record();
-        if let Some(single) = global_target(*id) {
-            let sr = if rec
-                .target(*id, single.0)
-                .is_some_and(|t| t.state == TargetState::Committed)
-            {
-                StepReport {
-                    step: *id,
-                    targets: vec![TargetReport {
-                        error: None,
-                        ..TargetReport::new(single.0, Outcome::Committed)
-                    }],
-                    millis: 0,
-                }
-            } else if *id == StepId::Restarts && !renewed(&journal, &request.steps) {
-                nothing_to_restart(*id)
-            } else {
-                step_dispatch(&steps, *id, &[], ctx(Some(&journal))).await?
+    /// The steps, in order. A global step (admin, listener) that fails stops the run:
+    /// every later step depends on it; an app that fails a step is skipped by the later
+    /// ones.
+    async fn steps(
+        &self,
+        journal: &Journal,
+        report: &mut RunReport,
+        failed: &mut Failed,
+    ) -> Result<(), JournalError> {
+        let ctx = RunCtx {
+            journal: Some(journal),
+            ..self.ctx
+        };
+        for id in &self.request.steps {
+            if self.ctx.cancel.is_cancelled() {
+                break;
+            }
+            let Some(step) = self.step(*id) else { continue };
+            if failed.global {
+                report.not_run.push(*id);
+                continue;
+            }
+            let rec = journal.record();
+            let committed = |name: &str| {
+                rec.target(*id, name)
+                    .is_some_and(|t| t.state == TargetState::Committed)
             };
-            if sr
-                .targets
-                .iter()
-                .any(|t| !matches!(t.outcome, Outcome::Committed | Outcome::Unchanged))
-            {
-                failed_apps.push(GLOBAL.into());
+            let sr = match step.global() {
+                Some(name) if committed(name) => StepReport {
+                    step: *id,
+                    targets: vec![TargetReport::new(name, Outcome::Committed)],
+                    millis: 0,
+                },
+                Some(_) if *id == StepId::Restarts && !renewed(journal, &self.request.steps) => {
+                    nothing_to_restart(*id)
+                }
+                Some(_) => step.run(&[], ctx).await?,
+                None => {
+                    let todo: Vec<&AppConfig> = self
+                        .apps
+                        .iter()
+                        .copied()
+                        .filter(|a| !failed.apps.contains(&a.name) && !committed(&a.name))
+                        .collect();
+                    let mut sr = step.run(&todo, ctx).await?;
+                    for a in self.apps.iter().filter(|a| failed.apps.contains(&a.name)) {
+                        sr.targets.push(skipped(a, *id));
+                    }
+                    sr
+                }
+            };
+            let bad = [
+                Outcome::Planned,
+                Outcome::FailedNothingWritten,
+                Outcome::RolledBack,
+                Outcome::RollbackIncomplete,
+                Outcome::NotStarted,
+                Outcome::Skipped,
+                Outcome::AwaitingResume,
+            ];
+            for t in &sr.targets {
+                failed.note(step.global().is_some(), t, &bad);
             }
             report.steps.push(sr);
-            continue;
         }
-        let todo: Vec<&AppConfig> = apps
-            .iter()
-            .copied()
-            .filter(|a| !failed_apps.contains(&a.name))
-            .filter(|a| {
-                !rec.target(*id, &a.name)
-                    .is_some_and(|t| t.state == TargetState::Committed)
-            })
-            .collect();
-        let mut sr = step_dispatch(&steps, *id, &todo, ctx(Some(&journal))).await?;
-        for a in apps.iter().filter(|a| failed_apps.contains(&a.name)) {
-            sr.targets.push(skipped(a, *id));
-        }
-        for t in &sr.targets {
-            if !matches!(t.outcome, Outcome::Committed | Outcome::Unchanged) {
-                failed_apps.push(t.app.clone());
-            }
-        }
-        report.steps.push(sr);
+        Ok(())
     }
+}
 
-    if request
-        .steps
+/// After the steps: the security fix no app can veto, step 3 marked live where step 4
+/// proved it, the run's end journaled, earlier runs' backups pruned once this one
+/// committed, the exit code and summary.
+async fn finish(
+    cfg: &Config,
+    run: &Run<'_, '_>,
+    journal: &Journal,
+    deps: Deps<'_>,
+    report: &mut RunReport,
+) -> Result<(), JournalError> {
+    let steps = &run.request.steps;
+    if steps
         .iter()
         .any(|s| matches!(s, StepId::Agents | StepId::Leaf))
     {
-        let pending: Vec<&AppConfig> = apps
+        let pending: Vec<&AppConfig> = run
+            .apps
             .iter()
             .copied()
-            .filter(|a| !converged_mapping(&journal, &a.name))
+            .filter(|a| !crate::policy_fix::converged_mapping(journal, &a.name))
             .collect();
-        let (fixed, left) = strip_removed_policies(cfg, &pending, deps).await;
+        let (fixed, left) = crate::policy_fix::strip_removed_policies(cfg, &pending, deps).await;
         report.security_fixes = fixed;
         report.attention.extend(left);
     }
-    mark_step_3_live(&mut report);
+    mark_step_3_live(report);
     let interrupted = deps.cancel.is_cancelled()
         || report
             .recovered
@@ -541,89 +587,12 @@ async fn execute_mode(
     // go only once this run has committed something (a run that commits nothing leaves
     // the last committed run undoable).
     if journal.record().committed_any() {
-        prune_earlier_runs(&state_dir, &journal.run_id())?;
+        prune_earlier_runs(&cfg.state_dir(), &journal.run_id())?;
     }
-    let (exit, summary) = judge(&report, interrupted);
+    let (exit, summary) = judge(report, interrupted);
     report.exit_code = exit.code();
     report.summary = summary;
-    Ok(report)
-}
-
-/// Whether this run's step 3 or 4 committed `app` (its mapping then holds exactly the
-/// agent policies).
-fn converged_mapping(journal: &Journal, app: &str) -> bool {
-    journal.record().targets.iter().any(|t| {
-        matches!(t.step, StepId::Agents | StepId::Leaf)
-            && t.target == app
-            && t.state == TargetState::Committed
-    })
-}
-
-/// For each of `apps` whose mapping still carries a policy `[leaf] remove_policies`
-/// names: write it back without them, whatever happened to the app's own rotation (an
-/// app must not keep `debug-policy` by making its rotation fail). Returns what was
-/// removed, and what could not be (for the operator's attention).
-async fn strip_removed_policies(
-    cfg: &Config,
-    apps: &[&AppConfig],
-    deps: Deps<'_>,
-) -> (Vec<String>, Vec<String>) {
-    use futures_util::StreamExt as _;
-    let remove = &cfg.leaf.remove_policies;
-    if remove.is_empty() {
-        return (Vec::new(), Vec::new());
-    }
-    let mount = cfg.agents.cert_auth_mount.as_str();
-    let cert = deps.vault.cert;
-    let results: Vec<Result<Option<String>, String>> =
-        futures_util::stream::iter(apps)
-            .map(|app| async move {
-                let name = crate::topology::Names::new(cfg, app).mapping;
-                let path = format!("auth/{mount}/certs/{name}");
-                let current = cert.read_cert_role(mount, &name).await.map_err(|e| {
-                    format!(
-                        "{path} could not be read to remove {}: {e}",
-                        remove.join(", ")
-                    )
-                })?;
-                let Some(mut role) = current else {
-                    return Ok(None);
-                };
-                let found: Vec<String> = role
-                    .token_policies
-                    .iter()
-                    .filter(|p| remove.contains(p))
-                    .cloned()
-                    .collect();
-                if found.is_empty() {
-                    return Ok(None);
-                }
-                role.token_policies.retain(|p| !remove.contains(p));
-                cert.write_cert_role(mount, &name, &role).await.map_err(|e| {
-                format!(
-                    "{path} STILL CARRIES {} ([leaf] remove_policies): removing failed: {e}",
-                    found.join(", ")
-                )
-            })?;
-                Ok(Some(format!(
-                    "removed {} from {path} (app {}; a security fix, never undone)",
-                    found.join(", "),
-                    app.name
-                )))
-            })
-            .buffered(cfg.run.concurrency.max(1))
-            .collect()
-            .await;
-    let mut fixed = Vec::new();
-    let mut left = Vec::new();
-    for r in results {
-        match r {
-            Ok(Some(f)) => fixed.push(f),
-            Ok(None) => {}
-            Err(e) => left.push(e),
-        }
-    }
-    (fixed, left)
+    Ok(())
 }
 
 fn skipped(app: &AppConfig, id: StepId) -> TargetReport {
@@ -716,34 +685,6 @@ fn judge(report: &RunReport, interrupted: bool) -> (Exit, String) {
     (exit, parts.join(", "))
 }
 
-async fn step_dispatch(
-    steps: &Steps<'_>,
-    id: StepId,
-    apps: &[&AppConfig],
-    ctx: RunCtx<'_>,
-) -> Result<StepReport, JournalError> {
-    let single = global_target(id).unwrap_or(Singleton("?"));
-    let one = [&single];
-    let global = RunCtx {
-        concurrency: 1,
-        ..ctx
-    };
-    match id {
-        StepId::Agents => run_step(&steps.agents, apps, ctx).await,
-        StepId::Leaf => run_step(&steps.leaf, apps, ctx).await,
-        StepId::Admin => run_opt(steps.admin.as_ref(), id, &one, global).await,
-        StepId::Listener => run_opt(steps.listener.as_ref(), id, &one, global).await,
-        StepId::Proxy => run_opt(steps.proxy.as_ref(), id, &one, global).await,
-        StepId::Restarts => run_opt(steps.restarts.as_ref(), id, &one, global).await,
-        StepId::Health => run_step(&steps.health, &one, global).await,
-        StepId::Preflight => Ok(StepReport {
-            step: id,
-            targets: Vec::new(),
-            millis: 0,
-        }),
-    }
-}
-
 /// Step 3 is live only once step 4's restarted agent logged in with its certificate: for
 /// each app whose leaf gate proved that in this run, step 3's "pending" becomes a fact.
 fn mark_step_3_live(report: &mut RunReport) {
@@ -753,9 +694,10 @@ fn mark_step_3_live(report: &mut RunReport) {
         .filter(|s| s.step == StepId::Leaf)
         .flat_map(|s| &s.targets)
         .filter(|t| t.outcome == Outcome::Committed)
-        .filter_map(|t| {
-            let serial = t.proof.as_ref()?.get("agent_login_serial")?.as_str()?;
-            Some((t.app.clone(), serial.to_owned()))
+        .flat_map(|t| {
+            t.facts.iter().map(|f| match f {
+                Fact::AgentLoggedIn { serial } => (t.app.clone(), serial.clone()),
+            })
         })
         .collect();
     for t in report
@@ -771,14 +713,6 @@ fn mark_step_3_live(report: &mut RunReport) {
             ));
         }
     }
-}
-
-/// A step that rotates material (what a restart is for).
-fn rotates(s: &StepId) -> bool {
-    matches!(
-        s,
-        StepId::Admin | StepId::Listener | StepId::Agents | StepId::Leaf | StepId::Proxy
-    )
 }
 
 /// Step 6's report when nothing was (or would be) rotated.
@@ -798,133 +732,14 @@ fn nothing_to_restart(id: StepId) -> StepReport {
 /// Whether this run (its journal: resumed parts included) committed a rotation a restart
 /// is for. A run asked for restarts alone (`--step restarts`) always restarts.
 fn renewed(journal: &Journal, steps: &[StepId]) -> bool {
-    if !steps.iter().any(rotates) {
+    if !steps.iter().any(|s| s.rotates()) {
         return true;
     }
-    journal.record().targets.iter().any(|t| {
-        rotates(&t.step)
-            && t.state == TargetState::Committed
-            && t.data
-                .as_ref()
-                .is_none_or(|d| d.get("changed") != Some(&serde_json::Value::Bool(false)))
-    })
-}
-
-/// Run a global step when configured; report it absent (exit 3, nothing written) if not.
-async fn run_opt<S: crate::engine::Step<Target = Singleton>>(
-    step: Option<&S>,
-    id: StepId,
-    one: &[&Singleton],
-    ctx: RunCtx<'_>,
-) -> Result<StepReport, JournalError> {
-    match step {
-        Some(s) => run_step(s, one, ctx).await,
-        None => Ok(absent(id)),
-    }
-}
-
-/// The name of a global step's single target; `None` for per-app steps.
-fn global_target(id: StepId) -> Option<Singleton> {
-    match id {
-        StepId::Admin => Some(Singleton("admin")),
-        StepId::Listener => Some(Singleton("listener")),
-        StepId::Proxy => Some(Singleton("proxy")),
-        StepId::Restarts => Some(Singleton("restarts")),
-        StepId::Health => Some(Singleton("vault")),
-        StepId::Preflight | StepId::Agents | StepId::Leaf => None,
-    }
-}
-
-/// Marks a failed global step in the list of failed targets.
-const GLOBAL: &str = "\u{0}global";
-
-async fn recover_global(
-    steps: &Steps<'_>,
-    id: StepId,
-    journal: &Journal,
-    undo: UndoDeps<'_>,
-) -> Result<TargetReport, JournalError> {
-    let args = (journal, undo);
-    match id {
-        StepId::Admin => recover_opt(steps.admin.as_ref(), id, args).await,
-        StepId::Listener => recover_opt(steps.listener.as_ref(), id, args).await,
-        StepId::Proxy => recover_opt(steps.proxy.as_ref(), id, args).await,
-        StepId::Restarts => recover_opt(steps.restarts.as_ref(), id, args).await,
-        StepId::Health => recover_opt(Some(&steps.health), id, args).await,
-        StepId::Preflight | StepId::Agents | StepId::Leaf => {
-            recover_opt::<HealthStep<'_>>(None, id, args).await
-        }
-    }
-}
-
-/// Recover the single target of a global step; a step no longer configured is unwound.
-async fn recover_opt<S: crate::engine::Step<Target = Singleton>>(
-    step: Option<&S>,
-    id: StepId,
-    (journal, undo): (&Journal, UndoDeps<'_>),
-) -> Result<TargetReport, JournalError> {
-    let single = global_target(id).unwrap_or(Singleton("?"));
-    match step {
-        Some(s) => recover_target(s, &single, journal, undo).await,
-        None => Ok(TargetReport {
-            error: Some(format!("{id} is no longer configured; unwinding it")),
-            rollback: Some(unwind(journal, undo, id, single.0).await?),
-            ..TargetReport::new(single.0, Outcome::RolledBack)
-        }),
-    }
-}
-
-fn absent(id: StepId) -> StepReport {
-    StepReport {
-        step: id,
-        targets: vec![absent_target(id)],
-        millis: 0,
-    }
-}
-
-fn absent_target(id: StepId) -> TargetReport {
-    TargetReport {
-        error: Some(format!("{id} is not configured")),
-        error_class: Some(Exit::Config.code()),
-        ..TargetReport::new(id.name(), Outcome::FailedNothingWritten)
-    }
-}
-
-/// A target the journal holds but the config no longer lists (or this invocation did not
-/// select): nothing can re-gate it, so it is unwound from the journal alone.
-async fn unwind_unlisted(
-    journal: &Journal,
-    undo: UndoDeps<'_>,
-    id: StepId,
-    target: &str,
-) -> Result<TargetReport, JournalError> {
-    let out = unwind(journal, undo, id, target).await?;
-    Ok(TargetReport {
-        error: Some(format!(
-            "{target} is not among the configured apps any more: unwound from the journal"
-        )),
-        outcome: if out.complete() {
-            Outcome::RolledBack
-        } else {
-            Outcome::RollbackIncomplete
-        },
-        rollback: Some(out),
-        ..TargetReport::new(target, Outcome::RolledBack)
-    })
-}
-
-async fn recover_dispatch(
-    steps: &Steps<'_>,
-    id: StepId,
-    app: &AppConfig,
-    journal: &Journal,
-    undo: UndoDeps<'_>,
-) -> Result<TargetReport, JournalError> {
-    match id {
-        StepId::Agents => recover_target(&steps.agents, app, journal, undo).await,
-        StepId::Leaf => recover_target(&steps.leaf, app, journal, undo).await,
-        _ => Ok(skipped(app, id)),
-    }
+    journal
+        .record()
+        .targets
+        .iter()
+        .any(|t| t.step.rotates() && t.state == TargetState::Committed && t.changed != Some(false))
 }
 
 /// The earlier runs of `state_dir` (archived journals), newest first.

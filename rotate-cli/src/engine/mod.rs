@@ -147,6 +147,172 @@ pub trait Step: Send + Sync {
     fn pending(&self, _app: &Self::Target) -> Option<String> {
         None
     }
+    /// The targets among `apps`: the apps for a per-app step, its one target for a
+    /// global step.
+    fn targets<'t>(&'t self, apps: &[&'t AppConfig]) -> Vec<&'t Self::Target>;
+    /// The name of a global step's one target (`admin`, `listener`, ...); `None` for a
+    /// per-app step.
+    fn global(&self) -> Option<&'static str> {
+        None
+    }
+    /// Whether what `apply` made changed anything a restart is for (default: yes).
+    fn changed(&self, _applied: &Self::Applied) -> bool {
+        true
+    }
+    /// What the gate proved that later steps build on (kept typed until the report).
+    fn facts(&self, _proof: &Self::Proof) -> Vec<Fact> {
+        Vec::new()
+    }
+}
+
+/// What one step proved that another builds on, typed (never read back from JSON).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Fact {
+    /// Step 4: the restarted agent logged in with the certificate of this serial
+    /// (`aa:bb` hex), so step 3's certificate is live.
+    AgentLoggedIn {
+        /// The serial.
+        serial: String,
+    },
+}
+
+/// A step of the order as the run drives it: object-safe, so every step fits in one
+/// ordered registry ([`crate::steps::registry`]), whatever it works on. Every [`Step`] is
+/// one.
+#[async_trait]
+pub(crate) trait DynStep: Send + Sync {
+    /// Which step.
+    fn id(&self) -> StepId;
+    /// The name of a global step's one target; `None` for a per-app step.
+    fn global(&self) -> Option<&'static str>;
+    /// Plan (without a journal) or run its targets among `apps`.
+    async fn run(&self, apps: &[&AppConfig], ctx: RunCtx<'_>) -> Result<StepReport, JournalError>;
+    /// Finish the target `name` an interrupted run left: re-gate or unwind it; one no
+    /// longer among `apps` (or configured) is unwound from the journal alone.
+    async fn recover(
+        &self,
+        name: &str,
+        apps: &[&AppConfig],
+        journal: &Journal,
+        undo: UndoDeps<'_>,
+    ) -> Result<TargetReport, JournalError>;
+}
+
+#[async_trait]
+impl<S> DynStep for S
+where
+    S: Step,
+    S::Target: Target,
+{
+    fn id(&self) -> StepId {
+        Step::id(self)
+    }
+
+    fn global(&self) -> Option<&'static str> {
+        Step::global(self)
+    }
+
+    async fn run(&self, apps: &[&AppConfig], ctx: RunCtx<'_>) -> Result<StepReport, JournalError> {
+        let targets = self.targets(apps);
+        let ctx = match Step::global(self) {
+            Some(_) => RunCtx {
+                concurrency: 1,
+                ..ctx
+            },
+            None => ctx,
+        };
+        run_step(self, &targets, ctx).await
+    }
+
+    async fn recover(
+        &self,
+        name: &str,
+        apps: &[&AppConfig],
+        journal: &Journal,
+        undo: UndoDeps<'_>,
+    ) -> Result<TargetReport, JournalError> {
+        match self.targets(apps).into_iter().find(|t| t.name() == name) {
+            Some(t) => recover_target(self, t, journal, undo).await,
+            None => {
+                unwind_unlisted(
+                    journal,
+                    undo,
+                    Step::id(self),
+                    name,
+                    "is not configured any more",
+                )
+                .await
+            }
+        }
+    }
+}
+
+/// A global step the config does not set up: running it is an error naming the missing
+/// section (exit 3, nothing written); what an earlier run left of it is unwound.
+pub(crate) struct Absent {
+    /// Which step.
+    pub(crate) id: StepId,
+    /// Its one target's name.
+    pub(crate) target: &'static str,
+}
+
+#[async_trait]
+impl DynStep for Absent {
+    fn id(&self) -> StepId {
+        self.id
+    }
+
+    fn global(&self) -> Option<&'static str> {
+        Some(self.target)
+    }
+
+    async fn run(
+        &self,
+        _apps: &[&AppConfig],
+        _ctx: RunCtx<'_>,
+    ) -> Result<StepReport, JournalError> {
+        Ok(StepReport {
+            step: self.id,
+            targets: vec![TargetReport {
+                error: Some(format!("{} is not configured", self.id)),
+                error_class: Some(crate::exit::Exit::Config.code()),
+                ..TargetReport::new(self.id.name(), Outcome::FailedNothingWritten)
+            }],
+            millis: 0,
+        })
+    }
+
+    async fn recover(
+        &self,
+        name: &str,
+        _apps: &[&AppConfig],
+        journal: &Journal,
+        undo: UndoDeps<'_>,
+    ) -> Result<TargetReport, JournalError> {
+        unwind_unlisted(journal, undo, self.id, name, "is no longer configured").await
+    }
+}
+
+/// A target the journal holds that nothing can re-gate any more (its app or its section
+/// is gone from the config): unwound from the journal alone.
+pub(crate) async fn unwind_unlisted(
+    journal: &Journal,
+    undo: UndoDeps<'_>,
+    id: StepId,
+    target: &str,
+    why: &str,
+) -> Result<TargetReport, JournalError> {
+    let out = unwind(journal, undo, id, target).await?;
+    Ok(TargetReport {
+        error: Some(format!("{id} {target} {why}: unwound from the journal")),
+        outcome: if out.complete() {
+            Outcome::RolledBack
+        } else {
+            Outcome::RollbackIncomplete
+        },
+        rollback: Some(out),
+        ..TargetReport::new(target, Outcome::RolledBack)
+    })
 }
 
 /// The outcome of one target.
@@ -206,6 +372,9 @@ pub struct TargetReport {
     /// The unwind, when there was one.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub rollback: Option<UnwindOutcome>,
+    /// What its gate proved that later steps build on.
+    #[serde(skip)]
+    pub facts: Vec<Fact>,
     /// Milliseconds spent.
     pub millis: u64,
 }
@@ -224,10 +393,10 @@ pub struct StepReport {
 /// Run one step over `apps`: plan each (bounded concurrency), then, unless `dry_run`,
 /// apply, gate and commit or unwind each. Stops starting new targets once `cancel` is
 /// set.
-pub(crate) async fn run_step<S: Step>(
-    step: &S,
-    apps: &[&S::Target],
-    ctx: RunCtx<'_>,
+pub(crate) async fn run_step<'a, S: Step>(
+    step: &'a S,
+    apps: &'a [&'a S::Target],
+    ctx: RunCtx<'a>,
 ) -> Result<StepReport, JournalError> {
     let started = std::time::Instant::now();
     tracing::info!(
@@ -237,7 +406,39 @@ pub(crate) async fn run_step<S: Step>(
         apps.len(),
         if ctx.journal.is_none() { ", plan only" } else { "" }
     );
-    let results = bounded(apps, ctx.concurrency, |app| async move {
+    // At most `concurrency` targets at once, reports in the order of `apps`. Boxed
+    // futures in a plain loop (no closure held across an await): what the registry's
+    // `async_trait` can prove `Send` for every lifetime.
+    let mut queue = apps.iter().copied();
+    let mut running = futures_util::stream::FuturesOrdered::new();
+    for app in queue.by_ref().take(ctx.concurrency.max(1)) {
+        running.push_back(target_future(step, app, ctx));
+    }
+    let mut results = Vec::with_capacity(apps.len());
+    while let Some(r) = running.next().await {
+        results.push(r);
+        if let Some(app) = queue.next() {
+            running.push_back(target_future(step, app, ctx));
+        }
+    }
+    let mut targets = Vec::with_capacity(results.len());
+    for r in results {
+        targets.push(r?);
+    }
+    Ok(StepReport {
+        step: step.id(),
+        targets,
+        millis: started.elapsed().as_millis() as u64,
+    })
+}
+
+/// One target of a step, run and logged, as a boxed `Send` future.
+fn target_future<'a, S: Step>(
+    step: &'a S,
+    app: &'a S::Target,
+    ctx: RunCtx<'a>,
+) -> std::pin::Pin<Box<dyn Future<Output = Result<TargetReport, JournalError>> + Send + 'a>> {
+    Box::pin(async move {
         let r = run_target(step, app, ctx).await;
         if let Ok(t) = &r {
             tracing::info!(
@@ -252,32 +453,6 @@ pub(crate) async fn run_step<S: Step>(
         }
         r
     })
-    .await;
-    let mut targets = Vec::with_capacity(results.len());
-    for r in results {
-        targets.push(r?);
-    }
-    Ok(StepReport {
-        step: step.id(),
-        targets,
-        millis: started.elapsed().as_millis() as u64,
-    })
-}
-
-/// `f` over `items` with at most `n` at a time; results in the order of `items`.
-pub(crate) async fn bounded<'a, T: ?Sized + 'a, F, Fut, R>(
-    items: &'a [&'a T],
-    n: usize,
-    f: F,
-) -> Vec<R>
-where
-    F: Fn(&'a T) -> Fut,
-    Fut: Future<Output = R>,
-{
-    futures_util::stream::iter(items.iter().map(|item| f(item)))
-        .buffered(n.max(1))
-        .collect()
-        .await
 }
 
 fn blank<T: Target + ?Sized>(app: &T, outcome: Outcome) -> TargetReport {
@@ -298,6 +473,7 @@ impl TargetReport {
             error: None,
             error_class: None,
             rollback: None,
+            facts: Vec::new(),
             millis: 0,
         }
     }
@@ -384,6 +560,7 @@ async fn run_target<S: Step>(
             state: TargetState::Applied,
             note: None,
             data: r.applied.clone(),
+            changed: Some(step.changed(&applied)),
         })?;
         step.gate(app, &applied).await
     }
@@ -391,6 +568,7 @@ async fn run_target<S: Step>(
     match result {
         Ok(proof) => {
             journal.set_state(id, app.name(), TargetState::Committed, None)?;
+            r.facts = step.facts(&proof);
             // Proven; "unchanged" when its plan had nothing to change (e.g. a bundle that
             // was already right, the healthcheck).
             r.outcome = if r.changes.iter().any(Change::is_change) {
@@ -497,6 +675,7 @@ pub(crate) async fn recover_target<S: Step>(
         }
         Some(Ok((data, proof))) => {
             journal.set_state(id, app.name(), TargetState::Committed, None)?;
+            r.facts = step.facts(&proof);
             r.applied = Some(data);
             r.proof = serde_json::to_value(&proof).ok();
             r.pending = step.pending(app);
@@ -538,27 +717,163 @@ pub(crate) async fn recover_target<S: Step>(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::testing::{Mocks, prod_config};
+    use std::sync::atomic::{AtomicUsize, Ordering};
 
-    #[tokio::test]
-    async fn bounded_keeps_order_and_limits_concurrency() {
-        use std::sync::atomic::{AtomicUsize, Ordering};
-        let items: Vec<usize> = (0..20).collect();
-        let refs: Vec<&usize> = items.iter().collect();
-        let live = AtomicUsize::new(0);
-        let peak = AtomicUsize::new(0);
-        let out = bounded(&refs, 3, |i| {
-            let (live, peak) = (&live, &peak);
-            async move {
-                let now = live.fetch_add(1, Ordering::SeqCst) + 1;
-                peak.fetch_max(now, Ordering::SeqCst);
-                tokio::task::yield_now().await;
-                tokio::time::sleep(std::time::Duration::from_millis((20 - i) as u64)).await;
-                live.fetch_sub(1, Ordering::SeqCst);
-                *i * 2
+    /// A target of the fake step.
+    struct Named(String);
+
+    impl Target for Named {
+        fn name(&self) -> &str {
+            &self.0
+        }
+    }
+
+    /// Writes two policies per target (each journaled first), tracks how many targets
+    /// run at once, and fails the gate of `bad`.
+    struct Fake {
+        targets: Vec<Named>,
+        bad: &'static str,
+        live: AtomicUsize,
+        peak: AtomicUsize,
+    }
+
+    #[async_trait]
+    impl Step for Fake {
+        type Target = Named;
+        type Plan = ();
+        type Applied = String;
+        type Proof = String;
+
+        fn id(&self) -> StepId {
+            StepId::Agents
+        }
+        async fn plan(&self, t: &Named) -> Result<TargetPlan<()>, StepError> {
+            Ok(TargetPlan {
+                changes: vec![Change::new(change::ChangeKind::Create, &t.0)],
+                data: (),
+            })
+        }
+        async fn apply(
+            &self,
+            t: &Named,
+            _: TargetPlan<()>,
+            tx: &Tx<'_>,
+        ) -> Result<String, StepError> {
+            let now = self.live.fetch_add(1, Ordering::SeqCst) + 1;
+            self.peak.fetch_max(now, Ordering::SeqCst);
+            for (n, previous) in [(1, None), (2, Some("old".to_owned()))] {
+                tx.record(UndoAction::Policy {
+                    name: format!("{}-{n}", t.0),
+                    previous,
+                })?;
+                tokio::time::sleep(std::time::Duration::from_millis(5)).await;
             }
-        })
-        .await;
-        assert_eq!(out, (0..20).map(|i| i * 2).collect::<Vec<_>>());
-        assert_eq!(peak.load(Ordering::SeqCst), 3);
+            self.live.fetch_sub(1, Ordering::SeqCst);
+            Ok(t.0.clone())
+        }
+        async fn gate(&self, t: &Named, applied: &String) -> Result<String, StepError> {
+            if t.0 == self.bad {
+                return Err(StepError::Gate {
+                    step: "fake",
+                    app: t.0.clone(),
+                    reason: "the client saw the old serial".into(),
+                });
+            }
+            Ok(format!("{applied} proven"))
+        }
+        fn targets<'t>(&'t self, _apps: &[&'t AppConfig]) -> Vec<&'t Named> {
+            self.targets.iter().collect()
+        }
+    }
+
+    /// Targets run at most `concurrency` at once and report in order; the one whose gate
+    /// fails is unwound newest write first, reported rolled back with the gate's exit
+    /// class, and journaled as such; the others commit.
+    #[tokio::test]
+    async fn a_failed_gate_unwinds_its_target_newest_first_and_the_others_commit() {
+        let cfg = prod_config();
+        let mut mocks = Mocks::default();
+        mocks.unsealed();
+        let mut seq = mockall::Sequence::new();
+        mocks
+            .sys
+            .expect_write_policy()
+            .withf(|name, text| name == "c-2" && text == "old")
+            .times(1)
+            .in_sequence(&mut seq)
+            .returning(|_, _| Ok(()));
+        mocks
+            .sys
+            .expect_delete_policy()
+            .withf(|name| name == "c-1")
+            .times(1)
+            .in_sequence(&mut seq)
+            .returning(|_| Ok(()));
+        let runner = hooks::MockCommandRunner::new();
+        let issued = unwind::IssuedIndex::new();
+        let undo = UndoDeps {
+            cfg: &cfg,
+            vault: mocks.vault(),
+            runner: &runner,
+            timeout: std::time::Duration::from_secs(1),
+            issued: &issued,
+        };
+        let dir = tempfile::tempdir().unwrap();
+        let request = journal::RunRequest {
+            steps: vec![StepId::Agents],
+            apps: vec![],
+            kv_access: false,
+            kv_seed: false,
+            if_due: false,
+        };
+        let journal = Journal::start(dir.path(), "r1", "test", 1, request).unwrap();
+        let cancel = Cancel::new();
+        let step = Fake {
+            targets: ["a", "b", "c", "d", "e"].map(|n| Named(n.into())).into(),
+            bad: "c",
+            live: AtomicUsize::new(0),
+            peak: AtomicUsize::new(0),
+        };
+        let ctx = RunCtx {
+            journal: Some(&journal),
+            undo,
+            concurrency: 2,
+            cancel: &cancel,
+            if_due: false,
+            steps: &[StepId::Agents],
+        };
+        let report = DynStep::run(&step, &[], ctx).await.unwrap();
+
+        let seen: Vec<(&str, Outcome)> = report
+            .targets
+            .iter()
+            .map(|t| (t.app.as_str(), t.outcome))
+            .collect();
+        use Outcome::{Committed, RolledBack};
+        assert_eq!(
+            seen,
+            [
+                ("a", Committed),
+                ("b", Committed),
+                ("c", RolledBack),
+                ("d", Committed),
+                ("e", Committed)
+            ]
+        );
+        let c = &report.targets[2];
+        assert_eq!(c.error_class, Some(crate::exit::Exit::GateFailed.code()));
+        assert!(c.rollback.as_ref().is_some_and(|o| o.complete()));
+        assert_eq!(report.targets[0].proof, Some(serde_json::json!("a proven")));
+        assert_eq!(step.peak.load(Ordering::SeqCst), 2);
+        let record = journal.record();
+        assert_eq!(
+            record.target(StepId::Agents, "c").unwrap().state,
+            TargetState::RolledBack
+        );
+        assert_eq!(
+            record.target(StepId::Agents, "e").unwrap().state,
+            TargetState::Committed
+        );
     }
 }

@@ -198,6 +198,9 @@ pub enum Event {
         /// For `applied`: what the gate needs (serials, paths), so a resume can re-gate.
         #[serde(default, skip_serializing_if = "Option::is_none")]
         data: Option<serde_json::Value>,
+        /// For `applied`: whether the writes changed anything a restart is for.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        changed: Option<bool>,
     },
     /// How to undo the next write of a target: appended before the write is made.
     Undo {
@@ -253,6 +256,9 @@ pub struct TargetRecord {
     pub note: Option<String>,
     /// What `apply` produced (for re-gating on resume).
     pub data: Option<serde_json::Value>,
+    /// Whether its writes changed anything a restart is for (`None`: not recorded, as by
+    /// versions before it was).
+    pub changed: Option<bool>,
     /// Undo log, in the order the writes were made.
     pub undo: Vec<UndoEntry>,
     /// The kept previous versions were discarded (nothing left to roll back to).
@@ -300,6 +306,7 @@ impl RunRecord {
                     state: TargetState::Planned,
                     note: None,
                     data: None,
+                    changed: None,
                     undo: Vec::new(),
                     pruned: false,
                 });
@@ -335,6 +342,7 @@ impl RunRecord {
                 state,
                 note,
                 data,
+                changed,
             } => {
                 let t = self.target_mut(step, &target);
                 t.state = state;
@@ -343,6 +351,9 @@ impl RunRecord {
                 }
                 if data.is_some() {
                     t.data = data;
+                }
+                if changed.is_some() {
+                    t.changed = changed;
                 }
             }
             Event::Undo {
@@ -865,6 +876,7 @@ impl Journal {
             state,
             note,
             data: None,
+            changed: None,
         })
     }
 

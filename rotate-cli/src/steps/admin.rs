@@ -23,7 +23,7 @@ use serde_json::{Map, Value};
 use vault_client::IssueRequest;
 
 use crate::change::{Change, ChangeKind};
-use crate::config::{AdminSection, Config};
+use crate::config::{AdminSection, AppConfig, Config};
 use crate::engine::context::Deps;
 use crate::engine::{Singleton, Step, TargetPlan, Tx};
 use crate::error::StepError;
@@ -189,6 +189,15 @@ impl Step for AdminStep<'_> {
 
     fn id(&self) -> StepId {
         StepId::Admin
+    }
+
+    fn targets<'t>(&'t self, _apps: &[&'t AppConfig]) -> Vec<&'t Singleton> {
+        static TARGET: Singleton = Singleton("admin");
+        vec![&TARGET]
+    }
+
+    fn global(&self) -> Option<&'static str> {
+        Some("admin")
     }
 
     async fn not_due(&self, _t: &Singleton) -> Result<Option<String>, StepError> {

@@ -143,6 +143,10 @@ impl Step for AgentsStep<'_> {
         StepId::Agents
     }
 
+    fn targets<'t>(&'t self, apps: &[&'t AppConfig]) -> Vec<&'t AppConfig> {
+        apps.to_vec()
+    }
+
     async fn plan(&self, app: &AppConfig) -> Result<TargetPlan<AgentPlan>, StepError> {
         let (cfg, v) = (self.cfg, self.vault());
         let n = Names::new(cfg, app);

@@ -6,7 +6,7 @@
 use async_trait::async_trait;
 use serde::{Deserialize, Serialize};
 
-use crate::config::Config;
+use crate::config::{AppConfig, Config};
 use crate::engine::context::Deps;
 use crate::engine::{Singleton, Step, TargetPlan, Tx};
 use crate::error::StepError;
@@ -62,6 +62,15 @@ impl Step for HealthStep<'_> {
 
     fn id(&self) -> StepId {
         StepId::Health
+    }
+
+    fn targets<'t>(&'t self, _apps: &[&'t AppConfig]) -> Vec<&'t Singleton> {
+        static TARGET: Singleton = Singleton("vault");
+        vec![&TARGET]
+    }
+
+    fn global(&self) -> Option<&'static str> {
+        Some("vault")
     }
 
     async fn plan(&self, _t: &Singleton) -> Result<TargetPlan<()>, StepError> {

@@ -241,6 +241,16 @@ impl Step for LeafStep<'_> {
         StepId::Leaf
     }
 
+    fn targets<'t>(&'t self, apps: &[&'t AppConfig]) -> Vec<&'t AppConfig> {
+        apps.to_vec()
+    }
+
+    fn facts(&self, proof: &LeafProof) -> Vec<crate::engine::Fact> {
+        vec![crate::engine::Fact::AgentLoggedIn {
+            serial: proof.agent_login_serial.clone(),
+        }]
+    }
+
     async fn not_due(&self, app: &AppConfig) -> Result<Option<String>, StepError> {
         let tree = Tree::open(&app.home, Some(owner_of(app)?))?;
         let what = format!("leaf of {}", app.name);

@@ -22,7 +22,7 @@ use serde_json::{Map, Value};
 use vault_client::IssueRequest;
 
 use crate::change::{Change, ChangeKind};
-use crate::config::{Config, ListenerSection};
+use crate::config::{AppConfig, Config, ListenerSection};
 use crate::engine::context::Deps;
 use crate::engine::{Singleton, Step, TargetPlan, Tx};
 use crate::error::StepError;
@@ -289,6 +289,15 @@ impl Step for ListenerStep<'_> {
 
     fn id(&self) -> StepId {
         StepId::Listener
+    }
+
+    fn targets<'t>(&'t self, _apps: &[&'t AppConfig]) -> Vec<&'t Singleton> {
+        static TARGET: Singleton = Singleton("listener");
+        vec![&TARGET]
+    }
+
+    fn global(&self) -> Option<&'static str> {
+        Some("listener")
     }
 
     async fn not_due(&self, _t: &Singleton) -> Result<Option<String>, StepError> {

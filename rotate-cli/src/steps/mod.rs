@@ -17,7 +17,63 @@ pub(crate) mod preflight;
 pub(crate) mod proxy;
 pub(crate) mod restarts;
 
+use crate::engine::context::Deps;
+use crate::engine::{Absent, DynStep};
 use crate::error::StepError;
+use crate::state::journal::{RunRequest, StepId};
+
+/// The order, steps 1–7 (step 0, preflight, runs before them and is not a [`DynStep`]):
+/// one line per step. A global step the config does not set up is [`Absent`]: asking for
+/// it is a config error, and what an earlier run left of it is still unwound.
+pub(crate) fn registry<'a>(
+    cfg: &'a Config,
+    deps: Deps<'a>,
+    chain: &str,
+    request: &RunRequest,
+) -> Vec<Box<dyn DynStep + 'a>> {
+    fn or_absent<'a, S: DynStep + 'a>(
+        step: Option<S>,
+        id: StepId,
+        target: &'static str,
+    ) -> Box<dyn DynStep + 'a> {
+        match step {
+            Some(s) => Box::new(s),
+            None => Box::new(Absent { id, target }),
+        }
+    }
+    let chain = || chain.to_owned();
+    vec![
+        or_absent(
+            admin::AdminStep::new(cfg, deps, chain()),
+            StepId::Admin,
+            "admin",
+        ),
+        or_absent(
+            listener::ListenerStep::new(cfg, deps, chain()),
+            StepId::Listener,
+            "listener",
+        ),
+        Box::new(agents::AgentsStep::new(cfg, deps, chain())),
+        Box::new(leaf::LeafStep::new(
+            cfg,
+            deps,
+            chain(),
+            request.kv_access,
+            request.kv_seed,
+        )),
+        or_absent(
+            proxy::ProxyStep::new(cfg, deps, chain()),
+            StepId::Proxy,
+            "proxy",
+        ),
+        or_absent(
+            restarts::RestartsStep::new(cfg, deps),
+            StepId::Restarts,
+            "restarts",
+        ),
+        Box::new(health::HealthStep::new(cfg, deps)),
+    ]
+}
 
 pub(crate) fn key_algorithm(mode: KeyMode) -> KeyAlgorithm {
     match mode {
@@ -502,8 +558,8 @@ mod tests {
     async fn a_certificate_rejected_after_issuance_is_journaled_for_revocation() {
         use crate::state::journal::{Journal, RunRequest, StepId};
         let (ca, evil) = ca_and_leaf("PrivSec Intermediate CA (prod)");
-        let mut pki = vault_client::MockPkiApi::new();
-        pki.expect_sign().returning(move |_, _, _, _| {
+        let mut mocks = crate::testing::Mocks::default();
+        mocks.pki.expect_sign().returning(move |_, _, _, _| {
             Ok(vault_client::IssuedCert {
                 certificate: evil.clone(),
                 issuing_ca: ca.clone(),
@@ -514,25 +570,7 @@ mod tests {
                 expiration: 0,
             })
         });
-        let (sys, cert, token, kv) = (
-            vault_client::MockSysApi::new(),
-            vault_client::MockCertAuthApi::new(),
-            vault_client::MockTokenApi::new(),
-            vault_client::MockKvApi::new(),
-        );
-        let (identity, gate) = (
-            vault_client::MockReconnect::new(),
-            crate::deps::MockGateConnector::new(),
-        );
-        let vault = Vault {
-            sys: &sys,
-            pki: &pki,
-            cert: &cert,
-            token: &token,
-            kv: &kv,
-            identity: &identity,
-            gate: &gate,
-        };
+        let vault = mocks.vault();
         let dir = tempfile::tempdir().unwrap();
         let request = RunRequest {
             steps: vec![StepId::Agents],

@@ -24,7 +24,7 @@ use serde_json::{Map, Value};
 use vault_client::IssueRequest;
 
 use crate::change::{Change, ChangeKind};
-use crate::config::{Config, KeyMode, ProxyIdentity, ProxySection};
+use crate::config::{AppConfig, Config, KeyMode, ProxyIdentity, ProxySection};
 use crate::deps::TlsIdentity;
 use crate::engine::context::Deps;
 use crate::engine::{Singleton, Step, TargetPlan, Tx};
@@ -241,6 +241,19 @@ impl Step for ProxyStep<'_> {
 
     fn id(&self) -> StepId {
         StepId::Proxy
+    }
+
+    fn targets<'t>(&'t self, _apps: &[&'t AppConfig]) -> Vec<&'t Singleton> {
+        static TARGET: Singleton = Singleton("proxy");
+        vec![&TARGET]
+    }
+
+    fn global(&self) -> Option<&'static str> {
+        Some("proxy")
+    }
+
+    fn changed(&self, applied: &ProxyApplied) -> bool {
+        applied.changed
     }
 
     async fn not_due(&self, _t: &Singleton) -> Result<Option<String>, StepError> {

@@ -22,7 +22,7 @@ use async_trait::async_trait;
 use serde::{Deserialize, Serialize};
 
 use crate::change::{Change, ChangeKind};
-use crate::config::{Config, RestartsSection, VaultWhen};
+use crate::config::{AppConfig, Config, RestartsSection, VaultWhen};
 use crate::engine::context::Deps;
 use crate::engine::{Singleton, Step, TargetPlan, Tx};
 use crate::error::StepError;
@@ -173,6 +173,15 @@ impl Step for RestartsStep<'_> {
 
     fn id(&self) -> StepId {
         StepId::Restarts
+    }
+
+    fn targets<'t>(&'t self, _apps: &[&'t AppConfig]) -> Vec<&'t Singleton> {
+        static TARGET: Singleton = Singleton("restarts");
+        vec![&TARGET]
+    }
+
+    fn global(&self) -> Option<&'static str> {
+        Some("restarts")
     }
 
     async fn plan(&self, _t: &Singleton) -> Result<TargetPlan<RestartsPlan>, StepError> {
