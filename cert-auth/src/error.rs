@@ -98,6 +98,26 @@ pub enum Error {
     },
 }
 
+impl Error {
+    /// This failure's class (see [`vault_client::ErrorClass`]): a Vault call's own; a
+    /// mount, CA or constraint the operator must decide about is `Input`; a mapping,
+    /// policy or login that does not prove what it must is `Rejected`.
+    pub fn class(&self) -> vault_client::ErrorClass {
+        use vault_client::ErrorClass;
+        match self {
+            Error::Vault { source, .. } => source.class(),
+            Error::WrongAuthType { .. }
+            | Error::EmptyCa { .. }
+            | Error::UnmanagedConstraint { .. } => ErrorClass::Input,
+            Error::PolicyMismatch { .. }
+            | Error::WrongCertificate { .. }
+            | Error::WrongMapping { .. }
+            | Error::MissingCapabilities { .. }
+            | Error::IdentityPolicies { .. } => ErrorClass::Rejected,
+        }
+    }
+}
+
 /// Result alias.
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 

@@ -154,6 +154,20 @@ pub enum Error {
     },
 }
 
+impl Error {
+    /// Whether an input is wrong (an owner, a user, a spec or a reloader as given): fix
+    /// it; nothing ran. Any other error is a command, reload or restart that failed.
+    pub fn is_input(&self) -> bool {
+        matches!(
+            self,
+            Error::BadOwner { .. }
+                | Error::UnknownUser { .. }
+                | Error::InvalidSpec { .. }
+                | Error::InvalidReloader { .. }
+        )
+    }
+}
+
 /// A shorthand for results of this crate.
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 

@@ -242,6 +242,35 @@ pub enum Error {
 }
 
 impl Error {
+    /// This failure's class (see [`vault_client::ErrorClass`]): a Vault call's own; a
+    /// missing role, an input refused before use, an unreadable or unsafe file are
+    /// `Input`; a certificate that fails its checks is `Rejected`; a crypto-library
+    /// failure or a full disk is `Local`.
+    pub fn class(&self) -> vault_client::ErrorClass {
+        use vault_client::ErrorClass;
+        match self {
+            Error::Vault { source, .. } => source.class(),
+            Error::RoleMissing { .. }
+            | Error::Io { .. }
+            | Error::Unsafe { .. }
+            | Error::Invalid { .. } => ErrorClass::Input,
+            Error::Crypto { .. } | Error::NoSpace { .. } => ErrorClass::Local,
+            Error::Parse { .. }
+            | Error::WrongSubject { .. }
+            | Error::WrongIssuer { .. }
+            | Error::Expired { .. }
+            | Error::NotYetValid { .. }
+            | Error::ExpiresTooSoon { .. }
+            | Error::LifetimeTooLong { .. }
+            | Error::MissingEku { .. }
+            | Error::KeyMismatch { .. }
+            | Error::ChainInvalid { .. }
+            | Error::Rejected { .. }
+            | Error::CnMismatch { .. }
+            | Error::MissingKey { .. } => ErrorClass::Rejected,
+        }
+    }
+
     pub(crate) fn io(op: &'static str, path: impl Into<PathBuf>, source: std::io::Error) -> Self {
         Self::Io {
             op,

@@ -195,25 +195,7 @@ struct Failure(anyhow::Error);
 
 impl Failure {
     fn exit(&self) -> Exit {
-        if self.0.downcast_ref::<ConfigError>().is_some() {
-            return Exit::Config;
-        }
-        if let Some(e) = self.0.downcast_ref::<RotationError>() {
-            return e.exit();
-        }
-        if let Some(e) = self.0.downcast_ref::<crate::JournalError>() {
-            return e.exit();
-        }
-        if let Some(e) = self.0.downcast_ref::<vault_client::Error>() {
-            return match e {
-                vault_client::Error::Config { .. }
-                | vault_client::Error::ReadFile { .. }
-                | vault_client::Error::BadPem { .. } => Exit::Config,
-                vault_client::Error::Api { status: 503, .. } => Exit::Sealed,
-                _ => Exit::Vault,
-            };
-        }
-        Exit::Failure
+        crate::exit::of_error(self.0.as_ref())
     }
 }
 

@@ -1,6 +1,5 @@
 //! Why a step (or one target within it) failed, and the exit class of each failure.
 
-use crate::exit::Exit;
 use crate::state::journal::JournalError;
 
 /// Why a step (or one app within it) failed.
@@ -59,6 +58,13 @@ pub enum StepError {
         /// What was seen, and what to do.
         reason: String,
     },
+    /// The healthcheck failed: Vault does not answer as healthy (nothing was written by
+    /// the check; exit 4 when nothing else was).
+    #[error("Vault is not healthy: {reason}")]
+    Unhealthy {
+        /// The last failure, with its diagnosis and the next action.
+        reason: String,
+    },
     /// The step's gate failed.
     #[error("gate of step {step} failed for {app}: {reason}")]
     Gate {
@@ -79,38 +85,6 @@ impl StepError {
         }
     }
 
-    /// The exit code this failure maps to.
-    pub fn exit(&self) -> Exit {
-        match self {
-            StepError::Vault { source, .. } => vault_exit(source),
-            StepError::CertAuth(e) => match &**e {
-                cert_auth::Error::Vault { source, .. } => vault_exit(source),
-                // Found while planning: the operator must decide, nothing was written.
-                cert_auth::Error::WrongAuthType { .. }
-                | cert_auth::Error::EmptyCa { .. }
-                | cert_auth::Error::UnmanagedConstraint { .. } => Exit::Config,
-                _ => Exit::GateFailed,
-            },
-            StepError::Pki(pki_ops::Error::Vault { source, .. }) => vault_exit(source),
-            StepError::Pki(pki_ops::Error::RoleMissing { .. })
-            | StepError::Pki(pki_ops::Error::Io { .. })
-            | StepError::Pki(pki_ops::Error::Unsafe { .. })
-            | StepError::Invalid { .. } => Exit::Config,
-            StepError::Hook(e) => match **e {
-                hooks::Error::BadOwner { .. }
-                | hooks::Error::UnknownUser { .. }
-                | hooks::Error::InvalidSpec { .. }
-                | hooks::Error::InvalidReloader { .. } => Exit::Config,
-                _ => Exit::GateFailed,
-            },
-            StepError::Pki(_) | StepError::Gate { .. } => Exit::GateFailed,
-            StepError::Journal(_) => Exit::Failure,
-            StepError::Sealed { .. } => Exit::Sealed,
-            StepError::VaultGone { .. } => Exit::ResumeNeeded,
-            StepError::NeedsEarlier { .. } => Exit::Config,
-        }
-    }
-
     /// A gate failure that keeps the target applied (journaled) for `--resume` instead of
     /// undoing it: Vault came back sealed.
     pub fn awaits_resume(&self) -> bool {
@@ -127,13 +101,6 @@ impl From<cert_auth::Error> for StepError {
 impl From<hooks::Error> for StepError {
     fn from(e: hooks::Error) -> Self {
         StepError::Hook(Box::new(e))
-    }
-}
-
-fn vault_exit(e: &vault_client::Error) -> Exit {
-    match e.status() {
-        Some(503 | 501) => Exit::Sealed,
-        _ => Exit::Vault,
     }
 }
 

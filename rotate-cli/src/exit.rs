@@ -1,4 +1,14 @@
-//! Exit codes of the `rotate` binary. Scripts branch on these; they never change meaning.
+//! Exit codes of the `rotate` binary, and the one place failures map to them. Scripts
+//! branch on these; they never change meaning.
+
+use vault_client::ErrorClass;
+
+#[cfg(feature = "cli")]
+use crate::config::ConfigError;
+use crate::error::StepError;
+use crate::rotation::RotationError;
+use crate::state::journal::{JournalError, is_full};
+use crate::state::lock::LockError;
 
 /// Exit codes, one per outcome class.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -95,9 +105,139 @@ impl From<Exit> for std::process::ExitCode {
     }
 }
 
+/// Every failure's exit code is decided here, from its type and class: the crates below
+/// say what class a failure is ([`ErrorClass`]); nothing reads a message to decide.
+impl From<ErrorClass> for Exit {
+    fn from(c: ErrorClass) -> Exit {
+        match c {
+            ErrorClass::Input => Exit::Config,
+            ErrorClass::Vault => Exit::Vault,
+            ErrorClass::Sealed => Exit::Sealed,
+            ErrorClass::Rejected => Exit::GateFailed,
+            _ => Exit::Failure,
+        }
+    }
+}
+
+impl StepError {
+    /// The exit code this failure maps to.
+    pub fn exit(&self) -> Exit {
+        match self {
+            StepError::Vault { source, .. } => source.class().into(),
+            StepError::CertAuth(e) => e.class().into(),
+            StepError::Pki(e) => e.class().into(),
+            StepError::Hook(e) if e.is_input() => Exit::Config,
+            StepError::Hook(_) | StepError::Gate { .. } => Exit::GateFailed,
+            StepError::Invalid { .. } | StepError::NeedsEarlier { .. } => Exit::Config,
+            StepError::Journal(e) => e.exit(),
+            StepError::Sealed { .. } => Exit::Sealed,
+            StepError::Unhealthy { .. } => Exit::Vault,
+            StepError::VaultGone { .. } => Exit::ResumeNeeded,
+        }
+    }
+}
+
+impl JournalError {
+    /// The exit code: 3 for a state directory that cannot be trusted; 8 for a journal
+    /// that could not be written for lack of space (the run stopped where it was: free
+    /// space, then `rotate run --resume`); 1 otherwise.
+    pub fn exit(&self) -> Exit {
+        match self {
+            JournalError::Untrusted { .. } => Exit::Config,
+            JournalError::Io { source, .. } if is_full(source) => Exit::ResumeNeeded,
+            _ => Exit::Failure,
+        }
+    }
+}
+
+impl RotationError {
+    /// The exit code.
+    pub fn exit(&self) -> Exit {
+        match self {
+            RotationError::Locked(LockError::Held { .. }) => Exit::Locked,
+            RotationError::Locked(LockError::State(e)) | RotationError::Journal(e) => e.exit(),
+            RotationError::Locked(_) => Exit::Failure,
+            RotationError::ResumeNeeded { .. } => Exit::ResumeNeeded,
+            RotationError::NothingToDo(_) => Exit::Ok,
+            RotationError::Repair(_) => Exit::RollbackIncomplete,
+        }
+    }
+}
+
+/// The exit code of an error that ended a command: the first error in its chain whose
+/// type has a class; 1 when none has.
+#[cfg(feature = "cli")]
+pub(crate) fn of_error(e: &(dyn std::error::Error + 'static)) -> Exit {
+    let mut next = Some(e);
+    while let Some(e) = next {
+        if e.is::<ConfigError>() {
+            return Exit::Config;
+        }
+        if let Some(e) = e.downcast_ref::<RotationError>() {
+            return e.exit();
+        }
+        if let Some(e) = e.downcast_ref::<JournalError>() {
+            return e.exit();
+        }
+        if let Some(e) = e.downcast_ref::<StepError>() {
+            return e.exit();
+        }
+        if let Some(e) = e.downcast_ref::<vault_client::Error>() {
+            return e.class().into();
+        }
+        next = e.source();
+    }
+    Exit::Failure
+}
+
 #[cfg(test)]
 mod tests {
     use super::Exit;
+    use crate::error::StepError;
+
+    fn api(status: u16) -> vault_client::Error {
+        vault_client::Error::Api {
+            method: "GET".into(),
+            path: "pki/cert/ca_chain".into(),
+            status,
+            errors: vec!["no handler for route \"pki/cert/ca_chain\"".into()],
+        }
+    }
+
+    /// One mapping, whichever crate or layer the failure comes through: the status
+    /// decides, never the message.
+    #[test]
+    fn a_failure_maps_to_one_exit_code_through_every_layer() {
+        for (status, exit) in [
+            (404, Exit::Config),
+            (403, Exit::Vault),
+            (500, Exit::Vault),
+            (503, Exit::Sealed),
+            (501, Exit::Sealed),
+        ] {
+            let step = StepError::vault("read CA chain", api(status));
+            let pki = StepError::Pki(pki_ops::Error::Vault {
+                step: "issue".into(),
+                source: api(status),
+            });
+            let cert = StepError::from(cert_auth::Error::Vault {
+                what: "login".into(),
+                source: api(status),
+            });
+            for e in [&step, &pki, &cert] {
+                assert_eq!(e.exit(), exit, "{status}: {e}");
+            }
+            // What the binary ends with: the chain is walked to the typed cause.
+            #[cfg(feature = "cli")]
+            let wrapped = anyhow::Error::new(step).context("rotate verify");
+            #[cfg(feature = "cli")]
+            assert_eq!(super::of_error(wrapped.as_ref()), exit, "{status}");
+        }
+        let unhealthy = StepError::Unhealthy {
+            reason: "standby".into(),
+        };
+        assert_eq!(unhealthy.exit(), Exit::Vault);
+    }
 
     /// Scripts depend on these numbers: changing one is a breaking change.
     #[test]

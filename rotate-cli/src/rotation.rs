@@ -174,18 +174,6 @@ impl RotationError {
             journal: state_dir.join("journal.jsonl").display().to_string(),
         }
     }
-
-    /// The exit code.
-    pub fn exit(&self) -> Exit {
-        match self {
-            RotationError::Locked(LockError::Held { .. }) => Exit::Locked,
-            RotationError::Locked(LockError::State(e)) | RotationError::Journal(e) => e.exit(),
-            RotationError::Locked(_) => Exit::Failure,
-            RotationError::ResumeNeeded { .. } => Exit::ResumeNeeded,
-            RotationError::NothingToDo(_) => Exit::Ok,
-            RotationError::Repair(_) => Exit::RollbackIncomplete,
-        }
-    }
 }
 
 fn undo_deps<'a>(cfg: &'a Config, deps: Deps<'a>, issued: &'a IssuedIndex) -> UndoDeps<'a> {

@@ -84,7 +84,41 @@ fn fmt_errors(errors: &[String]) -> String {
     }
 }
 
+/// What kind of failure an error is, for a caller that maps failures to outcomes (exit
+/// codes, retries): the error types of `pki-ops` and `cert-auth` say theirs too, so no
+/// caller reads a message to decide.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum ErrorClass {
+    /// An input is wrong: a setting, a file, or a name Vault does not have (404, e.g. a
+    /// mount or role that does not exist). Fix the input; nothing was changed.
+    Input,
+    /// Vault could not be reached, or refused the request (TLS, 403, a server error).
+    Vault,
+    /// Vault is sealed (503) or not initialised (501).
+    Sealed,
+    /// The result was checked and is not what it must be (a certificate, a mapping, a
+    /// login that did not prove what it should).
+    Rejected,
+    /// A local failure with no better class (I/O, the crypto library).
+    Local,
+}
+
 impl Error {
+    /// This failure's class.
+    pub fn class(&self) -> ErrorClass {
+        match self {
+            Error::Config { .. } | Error::ReadFile { .. } | Error::BadPem { .. } => {
+                ErrorClass::Input
+            }
+            Error::Api {
+                status: 503 | 501, ..
+            } => ErrorClass::Sealed,
+            Error::Api { status: 404, .. } => ErrorClass::Input,
+            Error::Api { .. } | Error::Transport { .. } | Error::Decode { .. } => ErrorClass::Vault,
+        }
+    }
+
     /// The HTTP status, when Vault answered.
     pub fn status(&self) -> Option<u16> {
         match self {

@@ -54,7 +54,7 @@ pub use api::sys::{Health, HealthBody, HealthState, InitResponse, MountInfo, Sea
 pub use api::token::{TokenApi, TokenInfo};
 pub use client::{Reconnect, VaultClient};
 pub use config::{ClientConfig, DEFAULT_ADDR};
-pub use error::{Error, Result, TransportKind};
+pub use error::{Error, ErrorClass, Result, TransportKind};
 pub use path::{check_mount, check_name};
 pub use probe::{Handshake, tls_handshake};
 pub use retry::{Idempotency, RetryPolicy};

@@ -633,7 +633,7 @@ pub(crate) async fn vault_down(deps: UndoDeps<'_>) -> Option<&'static str> {
                 | vault_client::TransportKind::Timeout,
             ..
         }) => Some("unreachable"),
-        Err(e) if e.status() == Some(503) => Some("sealed"),
+        Err(e) if e.class() == vault_client::ErrorClass::Sealed => Some("sealed"),
         Err(_) => None,
     }
 }

@@ -58,17 +58,6 @@ pub enum JournalError {
 }
 
 impl JournalError {
-    /// The exit code: 3 for a state directory that cannot be trusted; 8 for a journal
-    /// that could not be written for lack of space (the run stopped where it was: free
-    /// space, then `rotate run --resume`); 1 otherwise.
-    pub fn exit(&self) -> crate::exit::Exit {
-        match self {
-            JournalError::Untrusted { .. } => crate::exit::Exit::Config,
-            JournalError::Io { source, .. } if is_full(source) => crate::exit::Exit::ResumeNeeded,
-            _ => crate::exit::Exit::Failure,
-        }
-    }
-
     /// What to do about it, when there is more to say than the message.
     pub fn hint(&self) -> Option<String> {
         match self {
@@ -81,7 +70,7 @@ impl JournalError {
     }
 }
 
-fn is_full(e: &std::io::Error) -> bool {
+pub(crate) fn is_full(e: &std::io::Error) -> bool {
     matches!(
         e.raw_os_error(),
         Some(nix::libc::ENOSPC) | Some(nix::libc::EDQUOT)

@@ -43,11 +43,7 @@ impl<'a> HealthStep<'a> {
             if f.sealed {
                 StepError::Sealed { reason: f.reason }
             } else {
-                StepError::Gate {
-                    step: "health",
-                    app: "vault".into(),
-                    reason: f.reason,
-                }
+                StepError::Unhealthy { reason: f.reason }
             }
         })
     }
@@ -126,14 +122,7 @@ impl HealthReport {
     ) -> Self {
         let (proof, error, exit) = match result {
             Ok(p) => (Some(p), None, crate::exit::Exit::Ok),
-            Err(e) => {
-                let exit = match &e {
-                    StepError::Sealed { .. } => crate::exit::Exit::Sealed,
-                    StepError::Invalid { .. } => crate::exit::Exit::Config,
-                    _ => crate::exit::Exit::Vault,
-                };
-                (None, Some(format!("{e:#}")), exit)
-            }
+            Err(e) => (None, Some(format!("{e:#}")), e.exit()),
         };
         HealthReport {
             env: cfg.env.clone(),

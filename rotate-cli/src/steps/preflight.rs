@@ -153,13 +153,9 @@ pub async fn preflight(
             r.ca_chain = Some(chain);
         }
         Err(e) => {
-            let class = match e.exit() {
-                Exit::Vault if e.to_string().contains("404") => Exit::Config,
-                other => other,
-            };
             r.push(
                 format!("PKI mount {} and issuer", cfg.pki.mount),
-                Err((class, format!("{e:#}"))),
+                Err((e.exit(), format!("{e:#}"))),
             );
         }
     }
