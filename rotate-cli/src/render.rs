@@ -93,42 +93,8 @@ impl fmt::Display for TargetReport {
         for c in &self.changes {
             writeln!(f, "    {c}")?;
         }
-        if let Some(a) = &self.applied {
-            for key in [
-                "serial_hex",
-                "not_after",
-                "previous_serial",
-                "removed_policies",
-            ] {
-                if let Some(v) = a.get(key).filter(|v| !v.is_null()) {
-                    writeln!(f, "    {key}: {}", plain(v))?;
-                }
-            }
-        }
-        if let Some(p) = &self.proof {
-            if let Some(l) = p.get("leaf") {
-                writeln!(
-                    f,
-                    "    leaf: CN {}  serial {}  notAfter {}",
-                    plain(&l["subject_cn"]),
-                    plain(&l["serial_hex"]),
-                    plain(&l["not_after_human"])
-                )?;
-            }
-            if let Some(s) = p.get("agent_login_serial") {
-                writeln!(
-                    f,
-                    "    agent logged in with certificate serial {} (step 3 live)",
-                    plain(s)
-                )?;
-            }
-            if let Some(l) = p.get("login") {
-                writeln!(
-                    f,
-                    "    gate: cert login OK, policies {}",
-                    plain(&l["token_policies"])
-                )?;
-            }
+        for line in &self.summary {
+            writeln!(f, "    {line}")?;
         }
         if let Some(l) = &self.live {
             writeln!(f, "    {l}")?;
@@ -148,13 +114,5 @@ impl fmt::Display for TargetReport {
             }
         }
         Ok(())
-    }
-}
-
-fn plain(v: &serde_json::Value) -> String {
-    match v {
-        serde_json::Value::String(s) => s.clone(),
-        serde_json::Value::Array(a) => a.iter().map(plain).collect::<Vec<_>>().join(","),
-        other => other.to_string(),
     }
 }

@@ -163,6 +163,11 @@ pub trait Step: Send + Sync {
     fn facts(&self, _proof: &Self::Proof) -> Vec<Fact> {
         Vec::new()
     }
+    /// The lines a human report shows for what `apply` made and, once proven, what the
+    /// gate proved (the JSON report carries both whole).
+    fn summary(&self, _applied: &Self::Applied, _proof: Option<&Self::Proof>) -> Vec<String> {
+        Vec::new()
+    }
 }
 
 /// What one step proved that another builds on, typed (never read back from JSON).
@@ -375,6 +380,9 @@ pub struct TargetReport {
     /// What its gate proved that later steps build on.
     #[serde(skip)]
     pub facts: Vec<Fact>,
+    /// The human report's lines about what was made and proven ([`Step::summary`]).
+    #[serde(skip)]
+    pub summary: Vec<String>,
     /// Milliseconds spent.
     pub millis: u64,
 }
@@ -474,6 +482,7 @@ impl TargetReport {
             error_class: None,
             rollback: None,
             facts: Vec::new(),
+            summary: Vec::new(),
             millis: 0,
         }
     }
@@ -554,6 +563,7 @@ async fn run_target<S: Step>(
         let applied = step.apply(app, plan, &tx).await?;
         applied_ok = true;
         r.applied = serde_json::to_value(&applied).ok();
+        r.summary = step.summary(&applied, None);
         journal.append(journal::Event::Target {
             step: id,
             target: app.name().to_owned(),
@@ -562,13 +572,15 @@ async fn run_target<S: Step>(
             data: r.applied.clone(),
             changed: Some(step.changed(&applied)),
         })?;
-        step.gate(app, &applied).await
+        let proof = step.gate(app, &applied).await?;
+        Ok::<_, StepError>((applied, proof))
     }
     .await;
     match result {
-        Ok(proof) => {
+        Ok((applied, proof)) => {
             journal.set_state(id, app.name(), TargetState::Committed, None)?;
             r.facts = step.facts(&proof);
+            r.summary = step.summary(&applied, Some(&proof));
             // Proven; "unchanged" when its plan had nothing to change (e.g. a bundle that
             // was already right, the healthcheck).
             r.outcome = if r.changes.iter().any(Change::is_change) {
@@ -657,7 +669,11 @@ pub(crate) async fn recover_target<S: Step>(
     let regate = match (t.state, &t.data) {
         (TargetState::Applied, Some(data)) => {
             match serde_json::from_value::<S::Applied>(data.clone()) {
-                Ok(applied) => Some(step.gate(app, &applied).await.map(|p| (data.clone(), p))),
+                Ok(applied) => Some(
+                    step.gate(app, &applied)
+                        .await
+                        .map(|p| (data.clone(), step.summary(&applied, Some(&p)), p)),
+                ),
                 Err(e) => Some(Err(StepError::Invalid {
                     what: format!("journal data of {id} for {}", app.name()),
                     reason: e.to_string(),
@@ -673,9 +689,10 @@ pub(crate) async fn recover_target<S: Step>(
             r.error_class = Some(e.exit().code());
             r.pending = Some("unseal Vault, then `rotate run --resume` again".into());
         }
-        Some(Ok((data, proof))) => {
+        Some(Ok((data, summary, proof))) => {
             journal.set_state(id, app.name(), TargetState::Committed, None)?;
             r.facts = step.facts(&proof);
+            r.summary = summary;
             r.applied = Some(data);
             r.proof = serde_json::to_value(&proof).ok();
             r.pending = step.pending(app);

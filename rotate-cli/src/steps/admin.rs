@@ -191,6 +191,13 @@ impl Step for AdminStep<'_> {
         StepId::Admin
     }
 
+    fn summary(&self, a: &Self::Applied, _proof: Option<&Self::Proof>) -> Vec<String> {
+        vec![
+            format!("serial_hex: {}", a.serial_hex),
+            format!("not_after: {}", a.not_after),
+        ]
+    }
+
     fn targets<'t>(&'t self, _apps: &[&'t AppConfig]) -> Vec<&'t Singleton> {
         static TARGET: Singleton = Singleton("admin");
         vec![&TARGET]

@@ -143,6 +143,20 @@ impl Step for AgentsStep<'_> {
         StepId::Agents
     }
 
+    fn summary(&self, a: &AgentApplied, proof: Option<&AgentProof>) -> Vec<String> {
+        let mut lines = vec![
+            format!("serial_hex: {}", a.serial_hex),
+            format!("not_after: {}", a.not_after),
+        ];
+        if let Some(p) = proof {
+            lines.push(format!(
+                "gate: cert login OK, policies {}",
+                p.login.token_policies.join(",")
+            ));
+        }
+        lines
+    }
+
     fn targets<'t>(&'t self, apps: &[&'t AppConfig]) -> Vec<&'t AppConfig> {
         apps.to_vec()
     }

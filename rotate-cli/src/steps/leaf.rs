@@ -241,6 +241,36 @@ impl Step for LeafStep<'_> {
         StepId::Leaf
     }
 
+    fn summary(&self, a: &LeafApplied, proof: Option<&LeafProof>) -> Vec<String> {
+        let mut lines = Vec::new();
+        if let Some(s) = &a.previous_serial {
+            lines.push(format!("previous_serial: {s}"));
+        }
+        if !a.removed_policies.is_empty() {
+            lines.push(format!(
+                "removed_policies: {}",
+                a.removed_policies.join(",")
+            ));
+        }
+        if let Some(p) = proof {
+            lines.push(format!(
+                "leaf: CN {}  serial {}  notAfter {}",
+                p.leaf.subject_cn.as_deref().unwrap_or("<none>"),
+                p.leaf.serial_hex,
+                p.leaf.not_after_human
+            ));
+            lines.push(format!(
+                "agent logged in with certificate serial {} (step 3 live)",
+                p.agent_login_serial
+            ));
+            lines.push(format!(
+                "gate: cert login OK, policies {}",
+                p.login.token_policies.join(",")
+            ));
+        }
+        lines
+    }
+
     fn targets<'t>(&'t self, apps: &[&'t AppConfig]) -> Vec<&'t AppConfig> {
         apps.to_vec()
     }

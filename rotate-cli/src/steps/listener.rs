@@ -291,6 +291,14 @@ impl Step for ListenerStep<'_> {
         StepId::Listener
     }
 
+    fn summary(&self, a: &Self::Applied, _proof: Option<&Self::Proof>) -> Vec<String> {
+        vec![
+            format!("serial_hex: {}", a.serial_hex),
+            format!("not_after: {}", a.not_after),
+            format!("previous_serial: {}", a.previous_serial),
+        ]
+    }
+
     fn targets<'t>(&'t self, _apps: &[&'t AppConfig]) -> Vec<&'t Singleton> {
         static TARGET: Singleton = Singleton("listener");
         vec![&TARGET]
