@@ -123,14 +123,13 @@ pub async fn run(cli: Cli, out: &mut dyn Write) -> Exit {
         Err(e) => {
             let exit = e.exit();
             let mut text = chain_text(&e.0);
-            let journal = e.0.downcast_ref::<crate::JournalError>().or_else(|| match e
-                .0
-                .downcast_ref::<RotationError>(
-            ) {
-                Some(RotationError::Journal(j)) => Some(j),
-                _ => None,
-            });
-            if let Some(hint) = journal.and_then(crate::JournalError::hint) {
+            let journal =
+                e.0.downcast_ref::<crate::state::journal::JournalError>()
+                    .or_else(|| match e.0.downcast_ref::<RotationError>() {
+                        Some(RotationError::Journal(j)) => Some(j),
+                        _ => None,
+                    });
+            if let Some(hint) = journal.and_then(crate::state::journal::JournalError::hint) {
                 text.push_str(&format!("; {hint}"));
             }
             if let Some(RotationError::NothingToDo(what)) = e.0.downcast_ref::<RotationError>() {
@@ -139,7 +138,7 @@ pub async fn run(cli: Cli, out: &mut dyn Write) -> Exit {
                     let doc = serde_json::json!({"summary": what, "exit_code": exit.code()});
                     let _ = writeln!(out, "{doc}");
                 } else {
-                    let _ = writeln!(out, "{}", crate::escape_controls(what));
+                    let _ = writeln!(out, "{}", crate::text::escape_controls(what));
                 }
                 return exit;
             }
@@ -147,7 +146,7 @@ pub async fn run(cli: Cli, out: &mut dyn Write) -> Exit {
                 let doc = serde_json::json!({"error": text, "exit_code": exit.code()});
                 let _ = writeln!(out, "{doc}");
             }
-            eprintln!("rotate: error: {}", crate::escape_controls(&text));
+            eprintln!("rotate: error: {}", crate::text::escape_controls(&text));
             exit
         }
     }
@@ -164,7 +163,7 @@ impl Write for LogWriter {
         // One event per write: its text, escaped as the reports are (C1 controls and
         // bidi overrides included), keeping its line breaks.
         let text = String::from_utf8_lossy(buf);
-        let out: Vec<String> = text.split('\n').map(crate::escape_controls).collect();
+        let out: Vec<String> = text.split('\n').map(crate::text::escape_controls).collect();
         std::io::stderr()
             .lock()
             .write_all(out.join("\n").as_bytes())?;
@@ -190,12 +189,37 @@ fn chain_text(e: &anyhow::Error) -> String {
     text
 }
 
+/// The exit code of an error that ended a command: the first error in its chain whose
+/// type has a class; 1 when none has.
+fn of_error(e: &(dyn std::error::Error + 'static)) -> Exit {
+    let mut next = Some(e);
+    while let Some(e) = next {
+        if e.is::<ConfigError>() {
+            return Exit::Config;
+        }
+        if let Some(e) = e.downcast_ref::<RotationError>() {
+            return e.exit();
+        }
+        if let Some(e) = e.downcast_ref::<crate::state::journal::JournalError>() {
+            return e.exit();
+        }
+        if let Some(e) = e.downcast_ref::<crate::error::StepError>() {
+            return e.exit();
+        }
+        if let Some(e) = e.downcast_ref::<vault_client::Error>() {
+            return e.class().into();
+        }
+        next = e.source();
+    }
+    Exit::Failure
+}
+
 /// An error with the exit code it maps to.
 struct Failure(anyhow::Error);
 
 impl Failure {
     fn exit(&self) -> Exit {
-        crate::exit::of_error(self.0.as_ref())
+        of_error(self.0.as_ref())
     }
 }
 
@@ -257,7 +281,7 @@ async fn dispatch(cli: &Cli, out: &mut dyn Write, cancel: &Cancel) -> Result<Exi
     for what in &repaired {
         eprintln!(
             "rotate: before connecting: restored {} (an interrupted run left a key and certificate that did not belong together)",
-            crate::escape_controls(what)
+            crate::text::escape_controls(what)
         );
     }
     let conn = Connection::open(&config)?;
@@ -276,7 +300,7 @@ async fn dispatch(cli: &Cli, out: &mut dyn Write, cancel: &Cancel) -> Result<Exi
     report.repaired = repaired;
     emit(cli.output, out, &report)?;
     if cli.output == Output::Human && report.exit() != Exit::Ok && report.exit() != Exit::Changes {
-        eprintln!("rotate: {}", crate::escape_controls(&report.summary));
+        eprintln!("rotate: {}", crate::text::escape_controls(&report.summary));
     }
     Ok(report.exit())
 }

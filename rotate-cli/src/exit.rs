@@ -3,12 +3,8 @@
 
 use vault_client::ErrorClass;
 
-#[cfg(feature = "cli")]
-use crate::config::ConfigError;
 use crate::error::StepError;
-use crate::rotation::RotationError;
 use crate::state::journal::{JournalError, is_full};
-use crate::state::lock::LockError;
 
 /// Exit codes, one per outcome class.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -150,46 +146,6 @@ impl JournalError {
     }
 }
 
-impl RotationError {
-    /// The exit code.
-    pub fn exit(&self) -> Exit {
-        match self {
-            RotationError::Locked(LockError::Held { .. }) => Exit::Locked,
-            RotationError::Locked(LockError::State(e)) | RotationError::Journal(e) => e.exit(),
-            RotationError::Locked(_) => Exit::Failure,
-            RotationError::ResumeNeeded { .. } => Exit::ResumeNeeded,
-            RotationError::NothingToDo(_) => Exit::Ok,
-            RotationError::Repair(_) => Exit::RollbackIncomplete,
-        }
-    }
-}
-
-/// The exit code of an error that ended a command: the first error in its chain whose
-/// type has a class; 1 when none has.
-#[cfg(feature = "cli")]
-pub(crate) fn of_error(e: &(dyn std::error::Error + 'static)) -> Exit {
-    let mut next = Some(e);
-    while let Some(e) = next {
-        if e.is::<ConfigError>() {
-            return Exit::Config;
-        }
-        if let Some(e) = e.downcast_ref::<RotationError>() {
-            return e.exit();
-        }
-        if let Some(e) = e.downcast_ref::<JournalError>() {
-            return e.exit();
-        }
-        if let Some(e) = e.downcast_ref::<StepError>() {
-            return e.exit();
-        }
-        if let Some(e) = e.downcast_ref::<vault_client::Error>() {
-            return e.class().into();
-        }
-        next = e.source();
-    }
-    Exit::Failure
-}
-
 #[cfg(test)]
 mod tests {
     use super::Exit;
@@ -227,11 +183,6 @@ mod tests {
             for e in [&step, &pki, &cert] {
                 assert_eq!(e.exit(), exit, "{status}: {e}");
             }
-            // What the binary ends with: the chain is walked to the typed cause.
-            #[cfg(feature = "cli")]
-            let wrapped = anyhow::Error::new(step).context("rotate verify");
-            #[cfg(feature = "cli")]
-            assert_eq!(super::of_error(wrapped.as_ref()), exit, "{status}");
         }
         let unhealthy = StepError::Unhealthy {
             reason: "standby".into(),

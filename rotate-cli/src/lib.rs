@@ -48,6 +48,7 @@
 #![deny(missing_docs)]
 
 mod change;
+mod checks;
 #[cfg(feature = "cli")]
 mod cli;
 mod config;
@@ -73,6 +74,7 @@ mod topology;
 mod verify;
 
 pub use change::{Change, ChangeKind, FieldDiff};
+pub use checks::{Check, Material, PreflightReport, VerifyReport};
 #[cfg(feature = "cli")]
 pub use cli::{Cli, Command, KvFlags, LogWriter, Output, Selection, run};
 pub use config::{
@@ -106,9 +108,9 @@ pub use steps::agents::{AgentApplied, AgentProof, AgentsStep};
 pub use steps::health::{HealthApplied, HealthReport, HealthStep};
 pub use steps::leaf::{LeafApplied, LeafExpectation, LeafProof, LeafStep, verify_leaf};
 pub use steps::listener::{ListenerApplied, ListenerPlan, ListenerProof, ListenerStep};
-pub use steps::preflight::{Check, PreflightReport, preflight};
+pub use steps::preflight::preflight;
 pub use steps::proxy::{ProxyApplied, ProxyPlan, ProxyProof, ProxyStep};
 pub use steps::restarts::{RestartsApplied, RestartsPlan, RestartsProof, RestartsStep};
 pub use text::escape_controls;
 pub use topology::kv_policy_name;
-pub use verify::{Material, VerifyReport, verify};
+pub use verify::verify;

@@ -7,6 +7,7 @@ use std::path::PathBuf;
 
 use serde::Serialize;
 
+use crate::checks::PreflightReport;
 use crate::config::{AppConfig, Config};
 use crate::engine::context::Deps;
 use crate::engine::unwind::{IssuedIndex, UndoDeps, unwind};
@@ -17,7 +18,7 @@ use crate::state::journal::{
 };
 use crate::state::lock::{LockError, StateLock};
 use crate::state::undo::UndoAction;
-use crate::steps::preflight::{PreflightReport, preflight};
+use crate::steps::preflight::preflight;
 
 /// What to do.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -176,6 +177,20 @@ impl RotationError {
     }
 }
 
+impl RotationError {
+    /// The exit code.
+    pub fn exit(&self) -> Exit {
+        match self {
+            RotationError::Locked(LockError::Held { .. }) => Exit::Locked,
+            RotationError::Locked(LockError::State(e)) | RotationError::Journal(e) => e.exit(),
+            RotationError::Locked(_) => Exit::Failure,
+            RotationError::ResumeNeeded { .. } => Exit::ResumeNeeded,
+            RotationError::NothingToDo(_) => Exit::Ok,
+            RotationError::Repair(_) => Exit::RollbackIncomplete,
+        }
+    }
+}
+
 fn undo_deps<'a>(cfg: &'a Config, deps: Deps<'a>, issued: &'a IssuedIndex) -> UndoDeps<'a> {
     UndoDeps {
         cfg,
@@ -293,7 +308,7 @@ async fn execute_mode(
         return Ok(report);
     };
 
-    let registry = crate::steps::registry(cfg, deps, &chain, &request);
+    let registry = crate::steps::build(cfg, deps, &chain, &request);
     let issued = IssuedIndex::new();
     let undo = undo_deps(cfg, deps, &issued);
     let planned = request.steps.clone();

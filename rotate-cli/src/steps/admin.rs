@@ -23,14 +23,18 @@ use serde_json::{Map, Value};
 use vault_client::IssueRequest;
 
 use crate::change::{Change, ChangeKind};
+use crate::checks::PreflightReport;
+use crate::checks::VerifyReport;
 use crate::config::{AdminSection, AppConfig, Config};
 use crate::engine::context::Deps;
-use crate::engine::{Singleton, Step, TargetPlan, Tx};
+use crate::engine::{DynStep, Singleton, Step, TargetPlan, Tx};
 use crate::error::StepError;
+use crate::exit::Exit;
 use crate::served::{AdminIdentity, look, prove_admin};
-use crate::state::journal::StepId;
+use crate::state::journal::{RunRequest, StepId};
 use crate::state::undo::UndoAction;
-use crate::steps::{issue_mode, key_algorithm, merged_bundle, mount_chain};
+use crate::steps::common::{issue_mode, key_algorithm, merged_bundle, mount_chain};
+use crate::steps::def::{Ctx, Needs, Seen, StepDef, absent_unless};
 
 /// How long one identity proof may take.
 const PROOF_TIMEOUT: Duration = Duration::from_secs(10);
@@ -212,7 +216,7 @@ impl Step for AdminStep<'_> {
         let (tree, name) = root_tree(&f.cert)?;
         let (_, key_name) = split(&f.key)?;
         let chain = mount_chain(self.deps.vault, self.mount(), None).await?;
-        crate::steps::pair_in_tree_not_due(
+        crate::steps::common::pair_in_tree_not_due(
             self.cfg,
             (self.deps.clock)(),
             "admin certificate",
@@ -227,7 +231,7 @@ impl Step for AdminStep<'_> {
         let f = self.files()?;
         let mount = self.mount();
         let mut changes = Vec::new();
-        let (change, role) = crate::steps::plan_role(
+        let (change, role) = crate::steps::common::plan_role(
             v,
             mount,
             &self.admin.role,
@@ -245,7 +249,7 @@ impl Step for AdminStep<'_> {
             )
             .ok()
         });
-        changes.push(crate::steps::new_cert_change(
+        changes.push(crate::steps::common::new_cert_change(
             format!(
                 "admin certificate {} ({})",
                 self.admin.common_name, self.admin.ttl
@@ -305,7 +309,7 @@ impl Step for AdminStep<'_> {
             ..Default::default()
         };
         let own_chain = mount_chain(v, mount, None).await?;
-        let issued = crate::steps::issue_client(
+        let issued = crate::steps::common::issue_client(
             v,
             tx,
             mount,
@@ -478,5 +482,121 @@ impl Step for AdminStep<'_> {
                 None => format!("new admin identity {} works", a.serial_hex),
             },
         })
+    }
+}
+
+/// Step 1 in the registry.
+pub(crate) struct Def;
+
+#[async_trait]
+impl StepDef for Def {
+    fn id(&self) -> StepId {
+        StepId::Admin
+    }
+
+    fn build<'a>(
+        &self,
+        cfg: &'a Config,
+        deps: Deps<'a>,
+        chain: &str,
+        _request: &RunRequest,
+    ) -> Box<dyn DynStep + 'a> {
+        absent_unless(
+            AdminStep::new(cfg, deps, chain.to_owned()),
+            StepId::Admin,
+            "admin",
+        )
+    }
+
+    fn needs(&self, ctx: &Ctx<'_>, needs: &mut Needs) {
+        if let Some(a) = &ctx.cfg.admin {
+            let m = ctx.cfg.admin_mount();
+            needs.issuer(m, &a.role, a.key_mode);
+            needs.cap(format!("{m}/revoke"), "update");
+        }
+    }
+
+    async fn preflight(&self, ctx: &Ctx<'_>, r: &mut PreflightReport) {
+        let cfg = ctx.cfg;
+        if cfg.admin.is_none() {
+            r.push(
+                "step 1 (admin) configured",
+                Err((Exit::Config, "add an [admin] section to the config".into())),
+            );
+            return;
+        }
+        let m = cfg.admin_mount();
+        let chain = mount_chain(ctx.deps.vault, m, None).await;
+        r.push(
+            format!("admin PKI mount {m}"),
+            chain
+                .map(|_| "CA chain readable".to_owned())
+                .map_err(|e| (Exit::Config, format!("{e:#}"))),
+        );
+        let dir_of = |p: &Path| p.parent().map(Path::to_path_buf).unwrap_or_default();
+        let mut dirs: Vec<PathBuf> = [&cfg.vault.client_cert, &cfg.vault.ca_cert]
+            .into_iter()
+            .flatten()
+            .map(|p| dir_of(p))
+            .collect();
+        dirs.extend(
+            cfg.admin
+                .iter()
+                .filter_map(|a| a.env_file.as_deref())
+                .map(dir_of),
+        );
+        dirs.sort();
+        dirs.dedup();
+        for d in dirs {
+            r.push(
+                format!("admin directory {}", d.display()),
+                Tree::open(&d, Some(Owner::current()))
+                    .map(|_| "no symlinks, owned by root".to_owned())
+                    .map_err(|e| (Exit::Config, e.to_string())),
+            );
+        }
+    }
+
+    /// The admin identity works (and what the listener serves to it, for step 2's
+    /// checks), whether or not step 1 is set up.
+    async fn verify(&self, ctx: &Ctx<'_>, seen: &mut Seen, r: &mut VerifyReport) {
+        let vs = &ctx.cfg.vault;
+        let (Some(cert), Some(key), Some(ca)) = (&vs.client_cert, &vs.client_key, &vs.ca_cert)
+        else {
+            return;
+        };
+        let (gate, now) = (ctx.deps.vault.gate, ctx.now());
+        let pair = pki_ops::key_matches_cert_files(key, cert).map_err(|x| format!("{x:#}"));
+        r.check(
+            "admin key matches its certificate",
+            pair.map(|()| cert.display().to_string()),
+        );
+        if let Ok(c) = pki_ops::CertInfo::from_pem_file(cert) {
+            r.material("admin certificate", cert.display().to_string(), &c, now);
+        }
+        match prove_admin(gate, cert, key, ca, Duration::from_secs(10)).await {
+            Ok(id) => {
+                r.check(
+                    "admin identity",
+                    Ok(format!(
+                        "sys/seal-status and token lookup work; policies {:?}",
+                        id.policies
+                    )),
+                );
+                r.served(
+                    "listener certificate",
+                    "served by the listener",
+                    &id.listener,
+                    now,
+                );
+                seen.served = Some(id.listener);
+            }
+            Err(why) => r.check("admin identity", Err(why)),
+        }
+        if let Ok(s) = look(gate, Some((cert, key)), ca, Duration::from_secs(10)).await
+            && s.sealed
+        {
+            r.check("vault unsealed", Err("sealed: unseal it".into()));
+        }
     }
 }

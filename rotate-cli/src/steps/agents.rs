@@ -17,15 +17,17 @@ use serde_json::{Map, Value};
 use vault_client::IssueRequest;
 
 use crate::change::{Change, ChangeKind};
+use crate::checks::VerifyReport;
 use crate::config::{AppConfig, Config};
 use crate::deps::Vault;
 use crate::engine::context::Deps;
-use crate::engine::{Step, TargetPlan, Tx};
+use crate::engine::{DynStep, Step, TargetPlan, Tx};
 use crate::error::StepError;
 use crate::host::owner_of;
-use crate::state::journal::StepId;
+use crate::state::journal::{RunRequest, StepId};
 use crate::state::undo::UndoAction;
-use crate::steps::{issue_mode, key_algorithm, policy_change};
+use crate::steps::common::{issue_mode, key_algorithm, policy_change, role_drift};
+use crate::steps::def::{AppView, Ctx, Needs, Seen, StepDef};
 use crate::topology::{Names, rel};
 
 /// Step 3 over the apps of one invocation.
@@ -191,7 +193,7 @@ impl Step for AgentsStep<'_> {
             }
         };
 
-        let (change, role) = crate::steps::plan_role(
+        let (change, role) = crate::steps::common::plan_role(
             v,
             &cfg.pki.mount,
             &n.agent_role,
@@ -246,13 +248,13 @@ impl Step for AgentsStep<'_> {
                 },
                 &outcome.path,
             )
-            .fields(crate::steps::drift_fields(&outcome.drift)),
+            .fields(crate::steps::common::drift_fields(&outcome.drift)),
         );
 
         let current_cert = tree.read(&rel::agent_cert())?.and_then(|pem| {
             pki_ops::CertInfo::from_pem_labeled(&String::from_utf8_lossy(&pem), "agent.crt").ok()
         });
-        changes.push(crate::steps::new_cert_change(
+        changes.push(crate::steps::common::new_cert_change(
             format!("certificate {} ({})", n.agent_cn, cfg.agents.ttl),
             current_cert.as_ref(),
             false,
@@ -344,7 +346,7 @@ impl Step for AgentsStep<'_> {
                 .map_err(|e| StepError::vault(format!("write policy {name}"), e))?;
         }
 
-        let issued = crate::steps::issue_client(
+        let issued = crate::steps::common::issue_client(
             v,
             tx,
             &cfg.pki.mount,
@@ -441,7 +443,7 @@ impl Step for AgentsStep<'_> {
             .map(|b| String::from_utf8_lossy(&b).into_owned());
         let key = tree.read(&rel::agent_key())?;
         let key = key.as_deref().map(|k| k.as_slice());
-        if crate::steps::pair_broken(&what, key, cert.as_deref()).is_some() {
+        if crate::steps::common::pair_broken(&what, key, cert.as_deref()).is_some() {
             return Ok(None);
         }
         // A drifted mapping (e.g. debug-policy re-attached) is converged, not left alone.
@@ -458,7 +460,7 @@ impl Step for AgentsStep<'_> {
             return Ok(None);
         }
         let now = (self.deps.clock)();
-        Ok(crate::steps::pair_not_due(
+        Ok(crate::steps::common::pair_not_due(
             self.cfg,
             now,
             &what,
@@ -474,4 +476,184 @@ impl Step for AgentsStep<'_> {
             app.unit()
         ))
     }
+}
+
+/// Step 3 in the list.
+pub(crate) struct Def;
+
+#[async_trait]
+impl StepDef for Def {
+    fn id(&self) -> StepId {
+        StepId::Agents
+    }
+
+    fn build<'a>(
+        &self,
+        cfg: &'a Config,
+        deps: Deps<'a>,
+        chain: &str,
+        _request: &RunRequest,
+    ) -> Box<dyn DynStep + 'a> {
+        Box::new(AgentsStep::new(cfg, deps, chain.to_owned()))
+    }
+
+    fn needs(&self, ctx: &Ctx<'_>, needs: &mut Needs) {
+        let (cfg, pki) = (ctx.cfg, &ctx.cfg.pki.mount);
+        for app in ctx.apps {
+            let n = Names::new(cfg, app);
+            needs.cap(format!("{pki}/roles/{}", n.agent_role), "update");
+            needs.cap(format!("{pki}/sign/{}", n.agent_role), "update");
+            needs.cap(format!("sys/policies/acl/{}", n.issue_policy), "update");
+            needs.cap(
+                format!("auth/{}/certs/{}", cfg.agents.cert_auth_mount, n.mapping),
+                "update",
+            );
+            needs.roles.push((pki.clone(), n.agent_role));
+        }
+    }
+
+    /// The agent's login pair, its mapping (drift, and no `[leaf] remove_policies`), its
+    /// role, and a cert login with its files giving the mapping's policies.
+    async fn verify_app(
+        &self,
+        ctx: &Ctx<'_>,
+        view: &AppView<'_>,
+        seen: &Seen,
+        r: &mut VerifyReport,
+    ) {
+        let (cfg, app, n, now) = (ctx.cfg, view.app, &view.names, ctx.now());
+        let a = &app.name;
+        let agent = (|| {
+            let crt = view.read(&rel::agent_cert())?;
+            let key = view.read(&rel::agent_key())?;
+            let e = |x: &dyn std::fmt::Display| format!("{x:#}");
+            pki_ops::key_matches_cert(&key, &crt).map_err(|x| e(&x))?;
+            let info = pki_ops::CertInfo::from_pem_labeled(&crt, "agent.crt").map_err(|x| e(&x))?;
+            info.expect_cn(&n.agent_cn).map_err(|x| e(&x))?;
+            info.expect_validity(now, std::time::Duration::from_secs(3600), None)
+                .map_err(|x| e(&x))?;
+            Ok(info)
+        })();
+        match agent {
+            Ok(info) => {
+                r.check(
+                    format!("agent certificate of {a}"),
+                    Ok(format!(
+                        "serial {}, key matches, not after {}",
+                        info.serial_hex, info.not_after_human
+                    )),
+                );
+                let location = app.home.join(rel::agent_cert()).display().to_string();
+                r.material(format!("agent certificate of {a}"), location, &info, now);
+            }
+            Err(why) => r.check(format!("agent certificate of {a}"), Err(why)),
+        }
+        let expected = match &seen.chain {
+            Some(chain) => verify_mapping(ctx, app, chain, r).await,
+            None => None,
+        };
+        let role = format!("{}/roles/{}", cfg.pki.mount, n.agent_role);
+        let drift = role_drift(
+            ctx.deps.vault,
+            &cfg.pki.mount,
+            &n.agent_role,
+            &role_spec(cfg, n),
+        )
+        .await;
+        r.check(format!("role {role}"), drift);
+        if let Some(expected) = expected {
+            r.check(
+                format!("cert login of {a}"),
+                cert_login(ctx, app, n, &expected).await,
+            );
+        }
+    }
+}
+
+/// The mapping of `app` has not drifted and carries none of `[leaf] remove_policies`;
+/// its policies, when it is as rotate manages it.
+async fn verify_mapping(
+    ctx: &Ctx<'_>,
+    app: &AppConfig,
+    chain: &str,
+    r: &mut VerifyReport,
+) -> Option<Vec<String>> {
+    let (cfg, a) = (ctx.cfg, &app.name);
+    let spec = mapping_spec(cfg, app, chain);
+    let outcome = upsert_mapping(
+        ctx.deps.vault.cert,
+        &cfg.agents.cert_auth_mount,
+        &spec,
+        true,
+    )
+    .await;
+    if let Ok(o) = &outcome {
+        let dangerous: Vec<&str> = o
+            .previous
+            .iter()
+            .flat_map(|m| &m.token_policies)
+            .filter(|p| cfg.leaf.remove_policies.contains(p))
+            .map(String::as_str)
+            .collect();
+        if !dangerous.is_empty() {
+            r.check(
+                format!("mapping {} of {a} carries no [leaf] remove_policies", o.path),
+                Err(format!(
+                    "it carries {}: every token of this agent has it; `rotate run --app {a}` removes it",
+                    dangerous.join(", ")
+                )),
+            );
+        }
+    }
+    match outcome {
+        Ok(o) if o.drift.is_empty() => {
+            r.check(
+                format!("mapping {} of {a}", o.path),
+                Ok(format!("policies {:?}", o.token_policies)),
+            );
+            Some(o.token_policies)
+        }
+        Ok(o) => {
+            r.check(
+                format!("mapping {} of {a}", o.path),
+                Err(format!(
+                    "drifted: {}; `rotate run --step agents --app {a}` converges it",
+                    o.drift
+                        .iter()
+                        .map(|d| format!("{} is {} (want {})", d.field, d.actual, d.desired))
+                        .collect::<Vec<_>>()
+                        .join("; ")
+                )),
+            );
+            None
+        }
+        Err(x) => {
+            r.check(format!("mapping agent-{a}"), Err(format!("{x:#}")));
+            None
+        }
+    }
+}
+
+/// A cert login as the agent would make it, with its files: exactly `expected`.
+async fn cert_login(
+    ctx: &Ctx<'_>,
+    app: &AppConfig,
+    n: &Names,
+    expected: &[String],
+) -> Result<String, String> {
+    let v = ctx.deps.vault;
+    let e = |x: &dyn std::fmt::Display| format!("{x:#}");
+    let id = crate::host::agent_identity(app).map_err(|x| e(&x))?;
+    let c = v.gate.connect(&id).map_err(|x| e(&x))?;
+    login_gate(
+        c.as_ref(),
+        Some(v.token),
+        &ctx.cfg.agents.cert_auth_mount,
+        &n.mapping,
+        expected,
+        None,
+    )
+    .await
+    .map(|p| format!("policies {:?}", p.token_policies))
+    .map_err(|x| e(&x))
 }

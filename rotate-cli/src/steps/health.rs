@@ -175,3 +175,23 @@ impl std::fmt::Display for HealthReport {
         })
     }
 }
+
+/// Step 7 in the registry.
+pub(crate) struct Def;
+
+#[async_trait]
+impl crate::steps::def::StepDef for Def {
+    fn id(&self) -> StepId {
+        StepId::Health
+    }
+
+    fn build<'a>(
+        &self,
+        cfg: &'a Config,
+        deps: Deps<'a>,
+        _chain: &str,
+        _request: &crate::state::journal::RunRequest,
+    ) -> Box<dyn crate::engine::DynStep + 'a> {
+        Box::new(HealthStep::new(cfg, deps))
+    }
+}

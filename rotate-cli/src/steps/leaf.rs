@@ -22,17 +22,20 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value, json};
 
 use crate::change::{Change, ChangeKind};
+use crate::checks::{PreflightReport, VerifyReport};
 use crate::config::{AppConfig, Config};
 use crate::deps::Vault;
 use crate::engine::context::Deps;
-use crate::engine::{Step, TargetPlan, Tx};
+use crate::engine::{DynStep, Step, TargetPlan, Tx};
 use crate::error::StepError;
+use crate::exit::Exit;
 use crate::host::owner_of;
-use crate::state::journal::StepId;
+use crate::state::journal::{RunRequest, StepId};
 use crate::state::undo::UndoAction;
 use crate::steps::agents::mapping_spec;
-use crate::steps::key_algorithm;
-use crate::steps::policy_change;
+use crate::steps::common::policy_change;
+use crate::steps::common::{key_algorithm, role_drift};
+use crate::steps::def::{AppView, Ctx, Needs, Seen, StepDef};
 use crate::topology::{Names, home_path, rel};
 
 /// Step 4 over the apps of one invocation.
@@ -284,7 +287,7 @@ impl Step for LeafStep<'_> {
     async fn not_due(&self, app: &AppConfig) -> Result<Option<String>, StepError> {
         let tree = Tree::open(&app.home, Some(owner_of(app)?))?;
         let what = format!("leaf of {}", app.name);
-        crate::steps::pair_in_tree_not_due(
+        crate::steps::common::pair_in_tree_not_due(
             self.cfg,
             (self.deps.clock)(),
             &what,
@@ -341,7 +344,9 @@ impl Step for LeafStep<'_> {
         let mut role_change = match &diff {
             None => Change::new(ChangeKind::Create, &path),
             Some(d) if d.is_empty() => Change::new(ChangeKind::Unchanged, &path),
-            Some(d) => Change::new(ChangeKind::Update, &path).fields(crate::steps::role_fields(d)),
+            Some(d) => {
+                Change::new(ChangeKind::Update, &path).fields(crate::steps::common::role_fields(d))
+            }
         };
         if cfg.leaf.allow_subdomains {
             role_change = role_change.needs_attention().note(format!(
@@ -436,7 +441,7 @@ impl Step for LeafStep<'_> {
             },
             &outcome.path,
         )
-        .fields(crate::steps::drift_fields(&outcome.drift));
+        .fields(crate::steps::common::drift_fields(&outcome.drift));
         if !removed.is_empty() {
             mc = mc.note(format!("removes {}", removed.join(", ")));
         }
@@ -966,4 +971,168 @@ impl From<StepError> for GateWait {
     fn from(e: StepError) -> Self {
         GateWait::Fatal(e.to_string())
     }
+}
+
+/// Step 4 in the list.
+pub(crate) struct Def;
+
+#[async_trait]
+impl StepDef for Def {
+    fn id(&self) -> StepId {
+        StepId::Leaf
+    }
+
+    fn build<'a>(
+        &self,
+        cfg: &'a Config,
+        deps: Deps<'a>,
+        chain: &str,
+        request: &RunRequest,
+    ) -> Box<dyn DynStep + 'a> {
+        Box::new(LeafStep::new(
+            cfg,
+            deps,
+            chain.to_owned(),
+            request.kv_access,
+            request.kv_seed,
+        ))
+    }
+
+    fn needs(&self, ctx: &Ctx<'_>, needs: &mut Needs) {
+        let (cfg, pki) = (ctx.cfg, &ctx.cfg.pki.mount);
+        let (kv_access, kv_seed) = kv_switches(ctx);
+        let kv = cfg.leaf.kv_mount.trim_matches('/');
+        for app in ctx.apps {
+            let n = Names::new(cfg, app);
+            needs.cap(format!("{pki}/roles/{}", n.leaf_role), "update");
+            needs.cap(
+                format!("auth/{}/certs/{}", cfg.agents.cert_auth_mount, n.mapping),
+                "update",
+            );
+            if kv_access {
+                needs.cap(format!("sys/policies/acl/{}", n.kv_policy), "update");
+            }
+            if kv_seed {
+                needs.cap(format!("{kv}/data/{}", app.name), "create");
+            }
+            needs.roles.push((pki.clone(), n.leaf_role));
+        }
+        needs.program(cfg, "systemctl (agent units)".into(), "systemctl");
+        needs.program(
+            cfg,
+            "runuser (agent units, as the app user)".into(),
+            "runuser",
+        );
+    }
+
+    /// The agent binary exists; with KV access or seeding, the KV mount is v2.
+    async fn preflight(&self, ctx: &Ctx<'_>, r: &mut PreflightReport) {
+        let cfg = ctx.cfg;
+        r.push(
+            "agent binary",
+            match hooks::resolve_program(&cfg.commands.agent) {
+                Ok(p) if p.is_file() => Ok(p.display().to_string()),
+                Ok(p) => Err((
+                    Exit::Config,
+                    format!("{} does not exist; set [commands] agent", p.display()),
+                )),
+                Err(e) => Err((Exit::Config, format!("{e}; set [commands] agent"))),
+            },
+        );
+        let (kv_access, kv_seed) = kv_switches(ctx);
+        if !(kv_access || kv_seed) {
+            return;
+        }
+        let kv = cfg.leaf.kv_mount.trim_matches('/').to_owned();
+        let res = match ctx.deps.vault.sys.list_mounts().await {
+            Ok(m) => match m.get(&format!("{kv}/")).map(|m| (m.kv_version(), m)) {
+                Some((Some(2), _)) => Ok("KV v2".into()),
+                Some((Some(ver), _)) => Err((
+                    Exit::Config,
+                    format!("KV v{ver}; v2 is required: `bao kv enable-versioning {kv}`"),
+                )),
+                Some((None, m)) => {
+                    Err((Exit::Config, format!("a {} engine, not KV", m.mount_type)))
+                }
+                None => Err((Exit::Config, "no such secrets engine".into())),
+            },
+            Err(e) => Err((e.class().into(), e.to_string())),
+        };
+        r.push(format!("KV mount {kv}"), res);
+    }
+
+    /// The write-up's checklist for the leaf (CN, issuer, expiry, key), its role, and
+    /// the agent unit active.
+    async fn verify_app(
+        &self,
+        ctx: &Ctx<'_>,
+        view: &AppView<'_>,
+        seen: &Seen,
+        r: &mut VerifyReport,
+    ) {
+        let (cfg, app, n, now) = (ctx.cfg, view.app, &view.names, ctx.now());
+        let a = &app.name;
+        let location = app.home.join(rel::fullchain(app)).display().to_string();
+        let leaf = (|| {
+            let full = view.read(&rel::fullchain(app))?;
+            let key = view.read(&rel::leaf_key(app))?;
+            let chain = seen
+                .chain
+                .as_deref()
+                .ok_or("no PKI chain to verify against")?;
+            let want = LeafExpectation {
+                cn: &n.leaf_cn,
+                issuer: &cfg.pki.issuer_name,
+                min_remaining: cfg.duration(&cfg.leaf.min_remaining),
+                max_lifetime: cfg.duration(&cfg.leaf.max_lifetime),
+            };
+            verify_leaf(&full, &key, chain, &want, now).map_err(|x| format!("{x:#}"))
+        })();
+        match leaf {
+            Ok(info) => {
+                r.check(
+                    format!("leaf of {a}"),
+                    Ok(format!(
+                        "{location}: CN {}, issuer {:?}, not after {}, key matches",
+                        n.leaf_cn,
+                        info.issuer_cn.clone().unwrap_or_default(),
+                        info.not_after_human
+                    )),
+                );
+                r.material(format!("leaf of {a}"), location, &info, now);
+            }
+            Err(why) => r.check(format!("leaf of {a}"), Err(why)),
+        }
+        let role = format!("{}/roles/{}", cfg.pki.mount, n.leaf_role);
+        let drift = role_drift(
+            ctx.deps.vault,
+            &cfg.pki.mount,
+            &n.leaf_role,
+            &leaf_role_spec(cfg, n),
+        )
+        .await;
+        r.check(format!("role {role}"), drift);
+        let unit = app.unit();
+        let timeout = cfg.duration(&cfg.leaf.command_timeout);
+        r.check(
+            format!("agent unit {unit}"),
+            match hooks::unit_state(ctx.deps.runner, &unit, Some(app.user()), timeout).await {
+                Ok(s) if s == "active" => Ok("active".into()),
+                Ok(s) => Err(format!(
+                    "{s}: `systemctl --user status {unit}` as {}",
+                    app.user()
+                )),
+                Err(x) => Err(format!("{x:#}")),
+            },
+        );
+    }
+}
+
+/// Whether this run grants KV access and seeds KV (the command line or the config).
+fn kv_switches(ctx: &Ctx<'_>) -> (bool, bool) {
+    let (cfg, request) = (ctx.cfg, ctx.request);
+    (
+        request.kv_access || cfg.leaf.kv_access,
+        request.kv_seed || cfg.leaf.kv_seed,
+    )
 }

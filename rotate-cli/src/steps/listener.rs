@@ -22,14 +22,18 @@ use serde_json::{Map, Value};
 use vault_client::IssueRequest;
 
 use crate::change::{Change, ChangeKind};
+use crate::checks::PreflightReport;
+use crate::checks::VerifyReport;
 use crate::config::{AppConfig, Config, ListenerSection};
 use crate::engine::context::Deps;
-use crate::engine::{Singleton, Step, TargetPlan, Tx};
+use crate::engine::{DynStep, Singleton, Step, TargetPlan, Tx};
 use crate::error::StepError;
+use crate::exit::Exit;
 use crate::served::{Served, prove_admin, wait_for_serial};
-use crate::state::journal::StepId;
+use crate::state::journal::{RunRequest, StepId};
 use crate::state::undo::UndoAction;
-use crate::steps::{issue_mode, key_algorithm};
+use crate::steps::common::{issue_mode, key_algorithm};
+use crate::steps::def::{Ctx, Needs, Seen, StepDef, absent_unless};
 use crate::topology::rel;
 
 const PROOF_TIMEOUT: Duration = Duration::from_secs(10);
@@ -330,7 +334,7 @@ impl Step for ListenerStep<'_> {
             tracing::info!("due: the listener serves another certificate than its file");
             return Ok(None);
         }
-        Ok(crate::steps::pair_not_due(
+        Ok(crate::steps::common::pair_not_due(
             self.cfg,
             (self.deps.clock)(),
             "listener certificate",
@@ -356,7 +360,7 @@ impl Step for ListenerStep<'_> {
             })?;
         let served_before = identity.listener;
         let mut changes = Vec::new();
-        let (change, role) = crate::steps::plan_role(
+        let (change, role) = crate::steps::common::plan_role(
             v,
             mount,
             &self.l.role,
@@ -490,7 +494,7 @@ impl Step for ListenerStep<'_> {
             exclude_cn_from_sans: false,
             ..Default::default()
         };
-        let issued = crate::steps::issue_journaled(
+        let issued = crate::steps::common::issue_journaled(
             v,
             tx,
             mount,
@@ -651,5 +655,177 @@ impl Step for ListenerStep<'_> {
             served,
             verified_with,
         })
+    }
+}
+
+/// Step 2 in the registry.
+pub(crate) struct Def;
+
+#[async_trait]
+impl StepDef for Def {
+    fn id(&self) -> StepId {
+        StepId::Listener
+    }
+
+    fn build<'a>(
+        &self,
+        cfg: &'a Config,
+        deps: Deps<'a>,
+        chain: &str,
+        _request: &RunRequest,
+    ) -> Box<dyn DynStep + 'a> {
+        absent_unless(
+            ListenerStep::new(cfg, deps, chain.to_owned()),
+            StepId::Listener,
+            "listener",
+        )
+    }
+
+    fn needs(&self, ctx: &Ctx<'_>, needs: &mut Needs) {
+        if let Some(l) = &ctx.cfg.listener {
+            needs.issuer(&ctx.cfg.pki.mount, &l.role, l.key_mode);
+        }
+    }
+
+    async fn preflight(&self, ctx: &Ctx<'_>, r: &mut PreflightReport) {
+        let cfg = ctx.cfg;
+        let Some(l) = &cfg.listener else {
+            r.push(
+                "step 2 (listener) configured",
+                Err((
+                    Exit::Config,
+                    "add a [listener] section to the config".into(),
+                )),
+            );
+            return;
+        };
+        let Some(u) = nix::unistd::User::from_name(&l.owner).ok().flatten() else {
+            r.push(
+                format!("listener owner {}", l.owner),
+                Err((Exit::Config, "no such user ([listener] owner)".into())),
+            );
+            return;
+        };
+        let o = Owner {
+            uid: u.uid.as_raw(),
+            gid: u.gid.as_raw(),
+        };
+        let d = l
+            .cert_file
+            .parent()
+            .map(Path::to_path_buf)
+            .unwrap_or_default();
+        r.push(
+            format!("listener directory {}", d.display()),
+            Tree::open(&d, Some(o))
+                .map(|_| format!("no symlinks, owner {} or root", l.owner))
+                .map_err(|e| (Exit::Config, e.to_string())),
+        );
+        let res = match l.reload.parse::<hooks::Reloader>() {
+            // Root signals only the Vault server: a stale or planted pid file must not
+            // make it signal anything else.
+            Ok(hooks::Reloader::Signal { pid_file, .. }) => {
+                hooks::open_pid_file(&pid_file, &cfg.vault_process())
+                    .map(|(_, info)| format!("{} names the server: {info}", pid_file.display()))
+                    .map_err(|e| (Exit::Config, format!("{e}: fix [listener] reload")))
+            }
+            Ok(other) => Ok(other.to_string()),
+            Err(e) => Err((Exit::Config, e.to_string())),
+        };
+        r.push("listener reload", res);
+        if cfg.vault.client_cert.is_none() || cfg.vault.ca_cert.is_none() {
+            r.push(
+                "listener gate identity",
+                Err((
+                    Exit::Config,
+                    "[vault] client_cert, client_key and ca_cert are needed to prove the listener"
+                        .into(),
+                )),
+            );
+        }
+    }
+
+    /// The listener serves the certificate its file holds, its pair matches, every
+    /// client bundle verifies the served chain, and its client CA file is loaded.
+    async fn verify(&self, ctx: &Ctx<'_>, seen: &mut Seen, r: &mut VerifyReport) {
+        let cfg = ctx.cfg;
+        let (Some(l), Some(s), Some(ca)) = (&cfg.listener, &seen.served, &cfg.vault.ca_cert) else {
+            return;
+        };
+        let now = ctx.now();
+        // The listener's directory belongs to the Vault user: read without following
+        // symlinks.
+        let read = |p: &Path| -> Result<String, String> {
+            let dir = p.parent().unwrap_or(Path::new("/"));
+            let name = Path::new(p.file_name().unwrap_or_default());
+            match Tree::open(dir, None).and_then(|t| t.read(name)) {
+                Ok(Some(b)) => Ok(String::from_utf8_lossy(&b).into_owned()),
+                Ok(None) => Err(format!("{} is missing", p.display())),
+                Err(x) => Err(format!("{x:#}")),
+            }
+        };
+        let file = read(&l.cert_file).and_then(|pem| {
+            pki_ops::CertInfo::from_pem_labeled(&pem, &l.cert_file.display().to_string())
+                .map_err(|x| format!("{x:#}"))
+        });
+        r.check(
+            "listener serves the certificate its file holds",
+            match file {
+                Ok(f) if f.serial_hex.eq_ignore_ascii_case(&s.serial_hex) => Ok(format!(
+                    "serial {} ({}), verified with {}",
+                    s.serial_hex,
+                    l.cert_file.display(),
+                    ca.display()
+                )),
+                Ok(f) => Err(format!(
+                    "{} holds {} but the listener serves {}: reload it",
+                    l.cert_file.display(),
+                    f.serial_hex,
+                    s.serial_hex
+                )),
+                Err(x) => Err(x),
+            },
+        );
+        let pair = read(&l.cert_file).and_then(|c| {
+            let k = read(&l.key_file)?;
+            pki_ops::key_matches_cert(&k, &c).map_err(|x| format!("{x:#}"))
+        });
+        r.check(
+            "listener key matches its certificate",
+            pair.map(|()| l.key_file.display().to_string()),
+        );
+        for b in &l.client_bundles {
+            // Possibly in the proxy's or an app's tree: read as that tree's.
+            let res = match crate::host::read_managed_file(cfg, b) {
+                Ok(Some(bytes)) => Ok(String::from_utf8_lossy(&bytes).into_owned()),
+                Ok(None) => Err(format!("{} is missing", b.display())),
+                Err(x) => Err(x.to_string()),
+            }
+            .and_then(|bundle| {
+                pki_ops::verify_chain_labeled(
+                    &s.chain_pem,
+                    "the served listener chain",
+                    &s.chain_pem,
+                    &bundle,
+                    &b.display().to_string(),
+                    now,
+                )
+                .map(|()| "verifies the served listener chain".to_owned())
+                .map_err(|x| format!("{x:#}"))
+            });
+            r.check(format!("client bundle {}", b.display()), res);
+        }
+        if let Some(f) = &l.client_ca_file {
+            let loaded = crate::served::client_ca_drift(s, cfg, f).and_then(|d| {
+                if d.is_empty() {
+                    Ok(d.to_string())
+                } else {
+                    Err(format!(
+                        "{d}: check the file, then restart Vault (step 6 does with [restarts] vault)"
+                    ))
+                }
+            });
+            r.check("listener has loaded its client CA file", loaded);
+        }
     }
 }

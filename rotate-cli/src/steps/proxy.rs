@@ -24,16 +24,19 @@ use serde_json::{Map, Value};
 use vault_client::IssueRequest;
 
 use crate::change::{Change, ChangeKind};
+use crate::checks::{PreflightReport, VerifyReport};
 use crate::config::{AppConfig, Config, KeyMode, ProxyIdentity, ProxySection};
 use crate::deps::TlsIdentity;
 use crate::engine::context::Deps;
-use crate::engine::{Singleton, Step, TargetPlan, Tx};
+use crate::engine::{DynStep, Singleton, Step, TargetPlan, Tx};
 use crate::error::StepError;
-use crate::host::{admin_files, owner_of_user};
+use crate::exit::Exit;
+use crate::host::{admin_files, owner_of, owner_of_user};
 use crate::served::look;
-use crate::state::journal::StepId;
+use crate::state::journal::{RunRequest, StepId};
 use crate::state::undo::UndoAction;
-use crate::steps::{issue_mode, key_algorithm, merged_bundle, plan_role};
+use crate::steps::common::{issue_mode, key_algorithm, merged_bundle, plan_role};
+use crate::steps::def::{Ctx, Needs, Seen, StepDef, absent_unless};
 use crate::topology::rel;
 
 /// Step 5.
@@ -268,7 +271,7 @@ impl Step for ProxyStep<'_> {
             tracing::info!("due: the proxy's CA bundle lacks the current chain");
             return Ok(None);
         }
-        crate::steps::pair_in_tree_not_due(
+        crate::steps::common::pair_in_tree_not_due(
             self.cfg,
             (self.deps.clock)(),
             "proxy client certificate",
@@ -315,7 +318,7 @@ impl Step for ProxyStep<'_> {
             let old = tree.read(&id.cert)?.and_then(|pem| {
                 pki_ops::CertInfo::from_pem_labeled(&String::from_utf8_lossy(&pem), "current").ok()
             });
-            changes.push(crate::steps::new_cert_change(
+            changes.push(crate::steps::common::new_cert_change(
                 format!("proxy client certificate {} ({})", id.cn, self.p.client_ttl),
                 old.as_ref(),
                 true,
@@ -393,7 +396,7 @@ impl Step for ProxyStep<'_> {
                 ttl: Some(self.p.client_ttl.clone()),
                 ..Default::default()
             };
-            let issued = crate::steps::issue_client(
+            let issued = crate::steps::common::issue_client(
                 v,
                 tx,
                 mount,
@@ -562,5 +565,183 @@ impl Step for ProxyStep<'_> {
             client_accepted,
             probe,
         })
+    }
+}
+
+/// Step 5 in the list.
+pub(crate) struct Def;
+
+#[async_trait]
+impl StepDef for Def {
+    fn id(&self) -> StepId {
+        StepId::Proxy
+    }
+
+    fn build<'a>(
+        &self,
+        cfg: &'a Config,
+        deps: Deps<'a>,
+        chain: &str,
+        _request: &RunRequest,
+    ) -> Box<dyn DynStep + 'a> {
+        absent_unless(
+            ProxyStep::new(cfg, deps, chain.to_owned()),
+            StepId::Proxy,
+            "proxy",
+        )
+    }
+
+    fn needs(&self, ctx: &Ctx<'_>, needs: &mut Needs) {
+        let cfg = ctx.cfg;
+        if let Some(id) = cfg
+            .proxy
+            .as_ref()
+            .and_then(|p| p.identity(&cfg.agents.domain))
+        {
+            let m = &cfg.pki.mount;
+            needs.cap(format!("{m}/roles/{}", id.role), "update");
+            needs.cap(format!("{m}/sign/{}", id.role), "update");
+            needs.roles.push((m.clone(), id.role));
+        }
+    }
+
+    /// The proxy's home: no symlinks, owned by its user or root.
+    async fn preflight(&self, ctx: &Ctx<'_>, r: &mut PreflightReport) {
+        let res = match ctx
+            .cfg
+            .proxy
+            .as_ref()
+            .and_then(|p| Some((p, p.home.as_ref()?)))
+        {
+            None => Err((
+                Exit::Config,
+                "step 5 needs [proxy] name, home and ca_bundle".to_owned(),
+            )),
+            Some((p, home)) => owner_of_user("[proxy]", p.user(), None)
+                .map_err(|e| (Exit::Config, e.to_string()))
+                .and_then(|o| {
+                    Tree::open(home, Some(o))
+                        .map(|_| {
+                            format!(
+                                "{} (no symlinks, owner {} or root)",
+                                home.display(),
+                                p.user()
+                            )
+                        })
+                        .map_err(|e| (Exit::Config, e.to_string()))
+                }),
+        };
+        r.push("proxy home", res);
+    }
+
+    async fn verify(&self, ctx: &Ctx<'_>, seen: &mut Seen, r: &mut VerifyReport) {
+        if let (Some(served), Some(p)) = (&seen.served, &ctx.cfg.proxy) {
+            verify_proxy(ctx.cfg, p, ctx.apps, &served.chain_pem, ctx.deps, r).await;
+        }
+    }
+}
+
+/// The proxy's bundle (step 5) verifies the served listener chain and every app leaf.
+async fn verify_proxy(
+    cfg: &Config,
+    p: &crate::config::ProxySection,
+    apps: &[&AppConfig],
+    served: &str,
+    deps: Deps<'_>,
+    r: &mut VerifyReport,
+) {
+    let now = (deps.clock)();
+    let (Some(home), Some(bundle)) = (&p.home, &p.ca_bundle) else {
+        return;
+    };
+    let name = format!("proxy bundle {}", home.join(bundle).display());
+    let tree = match crate::host::owner_of_user("[proxy]", p.user(), None)
+        .and_then(|o| pki_ops::Tree::open(home, Some(o)).map_err(Into::into))
+    {
+        Ok(t) => t,
+        Err(x) => return r.check(name, Err(format!("{x:#}"))),
+    };
+    let text = match tree.read(bundle) {
+        Ok(Some(b)) => String::from_utf8_lossy(&b).into_owned(),
+        Ok(None) => return r.check(name, Err("missing: run step 5".into())),
+        Err(x) => return r.check(name, Err(format!("{x:#}"))),
+    };
+    let label = home.join(bundle).display().to_string();
+    let mut what = vec![("the served listener chain".to_owned(), served.to_owned())];
+    for app in apps {
+        let leaf = owner_of(app)
+            .ok()
+            .and_then(|o| pki_ops::Tree::open(&app.home, Some(o)).ok())
+            .and_then(|t| t.read(&rel::fullchain(app)).ok().flatten());
+        if let Some(b) = leaf {
+            what.push((
+                format!("the leaf of {}", app.name),
+                String::from_utf8_lossy(&b).into_owned(),
+            ));
+        }
+    }
+    let res = what
+        .iter()
+        .map(|(n, pem)| {
+            pki_ops::verify_chain_as(p.trust.model(), pem, n, pem, &text, &label, now)
+                .map(|()| n.clone())
+                .map_err(|x| format!("does not verify {n}: {x:#}"))
+        })
+        .collect::<Result<Vec<_>, _>>()
+        .map(|ok| format!("verifies {}", ok.join(", ")));
+    r.check(name, res);
+
+    if let Some(id) = p.identity(&cfg.agents.domain) {
+        let what = format!("proxy client certificate {}", home.join(&id.cert).display());
+        let pair = (|| -> Result<String, String> {
+            let read = |f: &std::path::Path| match tree.read(f) {
+                Ok(Some(b)) => Ok(b),
+                Ok(None) => Err(format!("{} is missing: run step 5", home.join(f).display())),
+                Err(x) => Err(format!("{x:#}")),
+            };
+            let cert = String::from_utf8_lossy(&read(&id.cert)?).into_owned();
+            let key = read(&id.key)?;
+            let key =
+                std::str::from_utf8(&key).map_err(|_| "the key is not PEM text".to_owned())?;
+            pki_ops::key_matches_cert(key, &cert).map_err(|x| format!("{x:#}"))?;
+            let c =
+                pki_ops::CertInfo::from_pem_labeled(&cert, &what).map_err(|x| format!("{x:#}"))?;
+            c.expect_validity(now, Duration::from_secs(0), None)
+                .map_err(|x| format!("{x:#}"))?;
+            pki_ops::verify_chain_labeled(&cert, &what, &cert, &text, &label, now)
+                .map_err(|x| format!("{x:#}"))?;
+            r.material(
+                "proxy client certificate",
+                home.join(&id.cert).display().to_string(),
+                &c,
+                now,
+            );
+            Ok(format!(
+                "serial {}: key matches, valid, verifies with the proxy's bundle",
+                c.serial_hex
+            ))
+        })();
+        r.check(what, pair);
+    }
+    if let Some(addr) = &p.probe {
+        let ca = p.probe_ca.as_ref().or(cfg.vault.ca_cert.as_ref());
+        let res = match ca {
+            None => Err("no [proxy] probe_ca or [vault] ca_cert".to_owned()),
+            Some(ca) => {
+                match deps
+                    .vault
+                    .gate
+                    .through_proxy(addr, p.probe_server_name.clone(), ca)
+                {
+                    Err(x) => Err(format!("{x:#}")),
+                    Ok(c) => c
+                        .seal_status()
+                        .await
+                        .map(|s| format!("Vault {} answered sys/seal-status through it", s.version))
+                        .map_err(|x| format!("{x:#}; {}", x.next_action())),
+                }
+            }
+        };
+        r.check(format!("Vault through the proxy at {addr}"), res);
     }
 }

@@ -294,3 +294,23 @@ impl Step for RestartsStep<'_> {
         Ok(RestartsProof { health, client_cas })
     }
 }
+
+/// Step 6 in the registry.
+pub(crate) struct Def;
+
+#[async_trait]
+impl crate::steps::def::StepDef for Def {
+    fn id(&self) -> StepId {
+        StepId::Restarts
+    }
+
+    fn build<'a>(
+        &self,
+        cfg: &'a Config,
+        deps: Deps<'a>,
+        _chain: &str,
+        _request: &crate::state::journal::RunRequest,
+    ) -> Box<dyn crate::engine::DynStep + 'a> {
+        crate::steps::def::absent_unless(RestartsStep::new(cfg, deps), StepId::Restarts, "restarts")
+    }
+}
