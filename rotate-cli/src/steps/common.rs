@@ -495,28 +495,7 @@ pub(crate) fn policy_change(
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    /// A CA named `cn` (with a fresh key) and a leaf it signs, valid for January 2026.
-    fn ca_and_leaf(cn: &str) -> (String, String) {
-        use rcgen::{
-            BasicConstraints, CertificateParams, DnType, IsCa, Issuer, KeyPair, date_time_ymd,
-        };
-        let key = KeyPair::generate().unwrap();
-        let mut p = CertificateParams::default();
-        p.distinguished_name.push(DnType::CommonName, cn);
-        p.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-        p.not_before = date_time_ymd(2025, 1, 1);
-        p.not_after = date_time_ymd(2030, 1, 1);
-        let ca = p.self_signed(&key).unwrap();
-        let issuer = Issuer::new(p, key);
-        let mut l = CertificateParams::new(vec!["a.int.privsec.ch".to_owned()]).unwrap();
-        l.distinguished_name
-            .push(DnType::CommonName, "a.int.privsec.ch");
-        l.not_before = date_time_ymd(2026, 1, 1);
-        l.not_after = date_time_ymd(2026, 1, 31);
-        let leaf = l.signed_by(&KeyPair::generate().unwrap(), &issuer).unwrap();
-        (ca.pem(), leaf.pem())
-    }
+    use crate::testing::ca_and_leaf;
 
     /// A certificate Vault issued but for another CN than asked: refused, and its
     /// revocation journaled before the error comes back.

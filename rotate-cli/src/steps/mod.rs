@@ -12,6 +12,8 @@ pub(crate) mod def;
 pub(crate) mod health;
 pub(crate) mod leaf;
 pub(crate) mod listener;
+#[cfg(test)]
+mod plan_tests;
 pub(crate) mod preflight;
 pub(crate) mod proxy;
 pub(crate) mod restarts;
