@@ -757,17 +757,26 @@ impl Config {
     fn validate(&self) -> Result<(), ConfigError> {
         self.validate_names()?;
         self.check_aliases()?;
-        let name_ok = |s: &str| {
-            !s.is_empty()
-                && s.chars()
-                    .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
-        };
         if !name_ok(&self.pki.mount) {
             return Err(self.invalid(
                 "pki.mount",
                 format!("{:?} is not a mount name", self.pki.mount),
             ));
         }
+        self.validate_durations()?;
+        self.validate_tls_steps()?;
+        self.validate_lifetimes()?;
+        self.validate_programs()?;
+        if !name_ok(&self.agents.cert_auth_mount) {
+            return Err(self.invalid("agents.cert_auth_mount", "not a mount name"));
+        }
+        self.validate_run()?;
+        self.validate_apps()?;
+        self.validate_common_names()
+    }
+
+    /// `[leaf]` and `[agents]`: every duration parses.
+    fn validate_durations(&self) -> Result<(), ConfigError> {
         for (setting, v) in [
             ("leaf.ttl", &self.leaf.ttl),
             ("leaf.max_ttl", &self.leaf.max_ttl),
@@ -786,8 +795,12 @@ impl Config {
                 ));
             }
         }
-        self.validate_tls_steps()?;
-        self.validate_lifetimes()?;
+        Ok(())
+    }
+
+    /// `[commands]` overrides only known programs; `[leaf] proxy_reload` is a reloader
+    /// the app user can run.
+    fn validate_programs(&self) -> Result<(), ConfigError> {
         for name in self.commands.overrides.keys() {
             if !OVERRIDABLE.contains(&name.as_str()) {
                 return Err(self.invalid(
@@ -808,9 +821,11 @@ impl Config {
                 Ok(_) => {}
             }
         }
-        if !name_ok(&self.agents.cert_auth_mount) {
-            return Err(self.invalid("agents.cert_auth_mount", "not a mount name"));
-        }
+        Ok(())
+    }
+
+    /// `[run]`: a renewal share strictly between 0 and 1, a concurrency of at least 1.
+    fn validate_run(&self) -> Result<(), ConfigError> {
         if !(self.run.renew_share > 0.0 && self.run.renew_share < 1.0) {
             return Err(self.invalid(
                 "run.renew_share",
@@ -823,6 +838,12 @@ impl Config {
         if self.run.concurrency == 0 {
             return Err(self.invalid("run.concurrency", "must be at least 1"));
         }
+        Ok(())
+    }
+
+    /// `[[apps]]`: a safe home of its own, a plain user name, a plain name that appears
+    /// once.
+    fn validate_apps(&self) -> Result<(), ConfigError> {
         let mut seen = std::collections::BTreeSet::new();
         let mut homes = std::collections::BTreeMap::new();
         for (i, app) in self.apps.iter().enumerate() {
@@ -858,7 +879,7 @@ impl Config {
                 ));
             }
         }
-        self.validate_common_names()
+        Ok(())
     }
 
     /// Every name that becomes part of a Vault API path or of a file or unit name, with
@@ -1177,174 +1198,211 @@ impl Config {
 
     /// `[admin]` and `[listener]`: durations, one directory per pair, a reloader.
     fn validate_tls_steps(&self) -> Result<(), ConfigError> {
-        let dur = |setting: &str, v: &str| match pki_ops::parse_duration_secs(v) {
-            Some(_) => Ok(()),
-            None => Err(self.invalid(setting, format!("{v:?} is not a duration (e.g. 72h)"))),
-        };
         if let Some(a) = &self.admin {
-            dur("admin.ttl", &a.ttl)?;
-            dur("admin.max_ttl", &a.max_ttl)?;
-            let (Some(cert), Some(key)) = (&self.vault.client_cert, &self.vault.client_key) else {
-                return Err(self.invalid(
-                    "vault.client_cert",
-                    "[admin] rotates the admin's client certificate: set [vault] client_cert and client_key",
-                ));
-            };
-            if cert.parent() != key.parent() {
-                return Err(self.invalid(
-                    "vault.client_key",
-                    "must be in the same directory as client_cert (the pair is replaced together)",
-                ));
-            }
-            if a.write_ca && self.vault.ca_cert.is_none() {
-                return Err(self.invalid(
-                    "admin.write_ca",
-                    "needs [vault] ca_cert (the bundle to write)",
-                ));
-            }
+            self.validate_admin(a)?;
         }
         if let Some(p) = &self.proxy {
-            for (setting, rel) in [
-                ("proxy.ca_bundle", &p.ca_bundle),
-                ("proxy.client_cert", &p.client_cert),
-                ("proxy.client_key", &p.client_key),
-            ] {
-                let Some(b) = rel else { continue };
-                if p.home.is_none() {
-                    return Err(self.invalid(
-                        "proxy.home",
-                        format!("step 5 ({setting}) needs the proxy's home"),
-                    ));
-                }
-                if b.is_absolute()
-                    || b.components()
-                        .any(|c| !matches!(c, std::path::Component::Normal(_)))
-                {
-                    return Err(self.invalid(
-                        setting,
-                        format!(
-                            "{} must be a plain path relative to proxy.home",
-                            b.display()
-                        ),
-                    ));
-                }
-            }
-            match (&p.client_cert, &p.client_key) {
-                (Some(_), None) => {
-                    return Err(self.invalid("proxy.client_key", "client_cert needs client_key"));
-                }
-                (None, Some(_)) => {
-                    return Err(self.invalid("proxy.client_cert", "client_key needs client_cert"));
-                }
-                (Some(c), Some(k))
-                    if c == k || p.ca_bundle.as_ref().is_some_and(|b| b == c || b == k) =>
-                {
-                    return Err(self.invalid(
-                        "proxy.client_key",
-                        "client_cert, client_key and ca_bundle must be three different files",
-                    ));
-                }
-                _ => {}
-            }
-            if (p.client_cert.is_some() || p.probe.is_some()) && p.ca_bundle.is_none() {
-                return Err(self.invalid(
-                    "proxy.ca_bundle",
-                    "step 5 (client identity, probe) needs the proxy's CA bundle",
-                ));
-            }
-            dur("proxy.client_ttl", &p.client_ttl)?;
-            dur("proxy.probe_timeout", &p.probe_timeout)?;
-            if let Some(u) = &p.probe {
-                vault_client::ClientConfig::new(u)
-                    .map_err(|e| self.invalid("proxy.probe", e.to_string()))?;
-            }
-            if let Some(ca) = &p.probe_ca
-                && !ca.is_absolute()
-            {
-                return Err(self.invalid(
-                    "proxy.probe_ca",
-                    format!("{} must be an absolute path", ca.display()),
-                ));
-            }
-            if p.probe.is_some() && p.probe_ca.is_none() && self.vault.ca_cert.is_none() {
-                return Err(self.invalid(
-                    "proxy.probe_ca",
-                    "the probe verifies the proxy with it (or [vault] ca_cert): set one",
-                ));
-            }
-            if let Some(h) = &p.home {
-                hooks::check_safe_path("home", h)
-                    .map_err(|e| self.invalid("proxy.home", e.to_string()))?;
-            }
-            if !p.reload.is_empty() {
-                p.reload
-                    .parse::<hooks::Reloader>()
-                    .map_err(|e| self.invalid("proxy.reload", e.to_string()))?;
-            }
+            self.validate_proxy(p)?;
         }
         if let Some(r) = &self.restarts {
-            for (i, spec) in r.proxy.iter().enumerate() {
-                spec.parse::<hooks::Reloader>()
-                    .map_err(|e| self.invalid(format!("restarts.proxy[{i}]"), e.to_string()))?;
-            }
-            if let Some(v) = &r.vault {
-                match v.parse::<hooks::Reloader>() {
-                    Err(e) => return Err(self.invalid("restarts.vault", e.to_string())),
-                    Ok(hooks::Reloader::Signal { .. }) => {
-                        return Err(self.invalid(
-                            "restarts.vault",
-                            "a signal does not restart Vault (SIGHUP leaves tls_client_ca_file as it was): use systemd-restart:<unit>, podman-restart:<container> or cmd:",
-                        ));
-                    }
-                    Ok(_) => {}
-                }
-            }
-            if r.vault_when == VaultWhen::Always && r.vault.is_none() {
-                return Err(self.invalid("restarts.vault_when", "\"always\" needs restarts.vault"));
-            }
+            self.validate_restarts(r)?;
         }
-        dur("health.window", &self.health.window)?;
+        self.tls_duration("health.window", &self.health.window)?;
         if self.health.consecutive == 0 {
             return Err(self.invalid("health.consecutive", "must be at least 1"));
         }
         if let Some(l) = &self.listener {
-            dur("listener.ttl", &l.ttl)?;
-            dur("listener.max_ttl", &l.max_ttl)?;
-            dur("listener.reload_timeout", &l.reload_timeout)?;
-            if l.cert_file.parent() != l.key_file.parent() {
+            self.validate_listener(l)?;
+        }
+        Ok(())
+    }
+
+    /// `v` parses as a duration; else an error naming `setting`.
+    fn tls_duration(&self, setting: &str, v: &str) -> Result<(), ConfigError> {
+        match pki_ops::parse_duration_secs(v) {
+            Some(_) => Ok(()),
+            None => Err(self.invalid(setting, format!("{v:?} is not a duration (e.g. 72h)"))),
+        }
+    }
+
+    /// `[admin]`: durations, and a `[vault]` client pair (and CA bundle) it can replace.
+    fn validate_admin(&self, a: &AdminSection) -> Result<(), ConfigError> {
+        self.tls_duration("admin.ttl", &a.ttl)?;
+        self.tls_duration("admin.max_ttl", &a.max_ttl)?;
+        let (Some(cert), Some(key)) = (&self.vault.client_cert, &self.vault.client_key) else {
+            return Err(self.invalid(
+                "vault.client_cert",
+                "[admin] rotates the admin's client certificate: set [vault] client_cert and client_key",
+            ));
+        };
+        if cert.parent() != key.parent() {
+            return Err(self.invalid(
+                "vault.client_key",
+                "must be in the same directory as client_cert (the pair is replaced together)",
+            ));
+        }
+        if a.write_ca && self.vault.ca_cert.is_none() {
+            return Err(self.invalid(
+                "admin.write_ca",
+                "needs [vault] ca_cert (the bundle to write)",
+            ));
+        }
+        Ok(())
+    }
+
+    /// `[proxy]`: its files, durations, probe, home and reloader.
+    fn validate_proxy(&self, p: &ProxySection) -> Result<(), ConfigError> {
+        self.validate_proxy_files(p)?;
+        self.tls_duration("proxy.client_ttl", &p.client_ttl)?;
+        self.tls_duration("proxy.probe_timeout", &p.probe_timeout)?;
+        if let Some(u) = &p.probe {
+            vault_client::ClientConfig::new(u)
+                .map_err(|e| self.invalid("proxy.probe", e.to_string()))?;
+        }
+        if let Some(ca) = &p.probe_ca
+            && !ca.is_absolute()
+        {
+            return Err(self.invalid(
+                "proxy.probe_ca",
+                format!("{} must be an absolute path", ca.display()),
+            ));
+        }
+        if p.probe.is_some() && p.probe_ca.is_none() && self.vault.ca_cert.is_none() {
+            return Err(self.invalid(
+                "proxy.probe_ca",
+                "the probe verifies the proxy with it (or [vault] ca_cert): set one",
+            ));
+        }
+        if let Some(h) = &p.home {
+            hooks::check_safe_path("home", h)
+                .map_err(|e| self.invalid("proxy.home", e.to_string()))?;
+        }
+        if !p.reload.is_empty() {
+            p.reload
+                .parse::<hooks::Reloader>()
+                .map_err(|e| self.invalid("proxy.reload", e.to_string()))?;
+        }
+        Ok(())
+    }
+
+    /// `[proxy]` files: plain paths under its home, a whole client pair, three different
+    /// files, and the CA bundle step 5 needs.
+    fn validate_proxy_files(&self, p: &ProxySection) -> Result<(), ConfigError> {
+        for (setting, rel) in [
+            ("proxy.ca_bundle", &p.ca_bundle),
+            ("proxy.client_cert", &p.client_cert),
+            ("proxy.client_key", &p.client_key),
+        ] {
+            let Some(b) = rel else { continue };
+            if p.home.is_none() {
                 return Err(self.invalid(
-                    "listener.key_file",
-                    "must be in the same directory as cert_file (the pair is replaced together)",
+                    "proxy.home",
+                    format!("step 5 ({setting}) needs the proxy's home"),
                 ));
             }
-            if l.cert_file == l.key_file {
-                return Err(self.invalid("listener.key_file", "is the same file as cert_file"));
+            if b.is_absolute()
+                || b.components()
+                    .any(|c| !matches!(c, std::path::Component::Normal(_)))
+            {
+                return Err(self.invalid(
+                    setting,
+                    format!(
+                        "{} must be a plain path relative to proxy.home",
+                        b.display()
+                    ),
+                ));
             }
-            match l.reload.parse::<hooks::Reloader>() {
-                Err(e) => return Err(self.invalid("listener.reload", e.to_string())),
-                Ok(hooks::Reloader::Signal { signal, .. })
-                    if signal.strip_prefix("SIG").unwrap_or(&signal) != "HUP" =>
-                {
+        }
+        match (&p.client_cert, &p.client_key) {
+            (Some(_), None) => {
+                return Err(self.invalid("proxy.client_key", "client_cert needs client_key"));
+            }
+            (None, Some(_)) => {
+                return Err(self.invalid("proxy.client_cert", "client_key needs client_cert"));
+            }
+            (Some(c), Some(k))
+                if c == k || p.ca_bundle.as_ref().is_some_and(|b| b == c || b == k) =>
+            {
+                return Err(self.invalid(
+                    "proxy.client_key",
+                    "client_cert, client_key and ca_bundle must be three different files",
+                ));
+            }
+            _ => {}
+        }
+        if (p.client_cert.is_some() || p.probe.is_some()) && p.ca_bundle.is_none() {
+            return Err(self.invalid(
+                "proxy.ca_bundle",
+                "step 5 (client identity, probe) needs the proxy's CA bundle",
+            ));
+        }
+        Ok(())
+    }
+
+    /// `[restarts]`: reloaders that parse, a Vault restart that is no signal, and one set
+    /// when it must always run.
+    fn validate_restarts(&self, r: &RestartsSection) -> Result<(), ConfigError> {
+        for (i, spec) in r.proxy.iter().enumerate() {
+            spec.parse::<hooks::Reloader>()
+                .map_err(|e| self.invalid(format!("restarts.proxy[{i}]"), e.to_string()))?;
+        }
+        if let Some(v) = &r.vault {
+            match v.parse::<hooks::Reloader>() {
+                Err(e) => return Err(self.invalid("restarts.vault", e.to_string())),
+                Ok(hooks::Reloader::Signal { .. }) => {
                     return Err(self.invalid(
-                        "listener.reload",
-                        format!(
-                            "SIG{signal} is not how the server reloads its listener certificate: use signal:<pid file>:HUP"
-                        ),
+                        "restarts.vault",
+                        "a signal does not restart Vault (SIGHUP leaves tls_client_ca_file as it was): use systemd-restart:<unit>, podman-restart:<container> or cmd:",
                     ));
                 }
                 Ok(_) => {}
             }
-            if l.common_name.is_none() && self.vault.tls_server_name.is_none() {
+        }
+        if r.vault_when == VaultWhen::Always && r.vault.is_none() {
+            return Err(self.invalid("restarts.vault_when", "\"always\" needs restarts.vault"));
+        }
+        Ok(())
+    }
+
+    /// `[listener]`: durations, one directory for two files, a SIGHUP reloader, a name
+    /// clients verify, IP addresses.
+    fn validate_listener(&self, l: &ListenerSection) -> Result<(), ConfigError> {
+        self.tls_duration("listener.ttl", &l.ttl)?;
+        self.tls_duration("listener.max_ttl", &l.max_ttl)?;
+        self.tls_duration("listener.reload_timeout", &l.reload_timeout)?;
+        if l.cert_file.parent() != l.key_file.parent() {
+            return Err(self.invalid(
+                "listener.key_file",
+                "must be in the same directory as cert_file (the pair is replaced together)",
+            ));
+        }
+        if l.cert_file == l.key_file {
+            return Err(self.invalid("listener.key_file", "is the same file as cert_file"));
+        }
+        match l.reload.parse::<hooks::Reloader>() {
+            Err(e) => return Err(self.invalid("listener.reload", e.to_string())),
+            Ok(hooks::Reloader::Signal { signal, .. })
+                if signal.strip_prefix("SIG").unwrap_or(&signal) != "HUP" =>
+            {
                 return Err(self.invalid(
-                    "listener.common_name",
-                    "set it, or [vault] tls_server_name (the SNI name clients verify)",
+                    "listener.reload",
+                    format!(
+                        "SIG{signal} is not how the server reloads its listener certificate: use signal:<pid file>:HUP"
+                    ),
                 ));
             }
-            for ip in &l.ip_sans {
-                ip.parse::<std::net::IpAddr>().map_err(|_| {
-                    self.invalid("listener.ip_sans", format!("{ip:?} is not an IP address"))
-                })?;
-            }
+            Ok(_) => {}
+        }
+        if l.common_name.is_none() && self.vault.tls_server_name.is_none() {
+            return Err(self.invalid(
+                "listener.common_name",
+                "set it, or [vault] tls_server_name (the SNI name clients verify)",
+            ));
+        }
+        for ip in &l.ip_sans {
+            ip.parse::<std::net::IpAddr>().map_err(|_| {
+                self.invalid("listener.ip_sans", format!("{ip:?} is not an IP address"))
+            })?;
         }
         Ok(())
     }
@@ -1464,6 +1522,13 @@ impl Config {
     pub fn client_config(&self) -> Result<ClientConfig, ConfigError> {
         self.vault.client_config()
     }
+}
+
+/// Whether `s` is a plain name: not empty, only ASCII letters, digits, '-' or '_'.
+fn name_ok(s: &str) -> bool {
+    !s.is_empty()
+        && s.chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
 }
 
 /// `p` with `.` and `..` folded away, without touching the file system.

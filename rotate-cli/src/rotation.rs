@@ -246,38 +246,10 @@ async fn execute_mode(
     let state_dir = cfg.state_dir();
     let mut report = RunReport::new(cfg, mode, &state_dir);
     let now = (deps.clock)();
-    let _lock = match mode {
-        Mode::Plan => None,
-        _ => Some(StateLock::acquire(
-            &state_dir,
-            &format!("rotate {mode:?} {:?}", request.steps).to_lowercase(),
-            now,
-        )?),
-    };
+    let _lock = lock_unless_plan(mode, &state_dir, &request, now)?;
     let last = journal::last_run(&state_dir)?;
-    match mode {
-        Mode::Rollback => return rollback(cfg, deps, report).await,
-        Mode::Resume => {
-            if !last.as_ref().is_some_and(|r| r.needs_resume()) {
-                return Err(RotationError::NothingToDo(
-                    "nothing to resume: the last run finished".into(),
-                ));
-            }
-            // A rollback was under way: finishing it means unwinding, never running the
-            // run's steps again.
-            if last
-                .as_ref()
-                .is_some_and(|r| r.state == RunState::RollingBack)
-            {
-                return rollback(cfg, deps, report).await;
-            }
-        }
-        Mode::Run => {
-            if let Some(r) = last.as_ref().filter(|r| r.needs_resume()) {
-                return Err(RotationError::resume_needed(r, &state_dir));
-            }
-        }
-        Mode::Plan => {}
+    if rolls_back(mode, last.as_ref(), &state_dir)? {
+        return rollback(cfg, deps, report).await;
     }
 
     // A resume continues the run as it was asked: its steps and apps.
@@ -331,18 +303,7 @@ async fn execute_mode(
         return Ok(report);
     }
 
-    let journal = match mode {
-        Mode::Resume => Journal::reopen(&state_dir)?
-            .ok_or_else(|| RotationError::NothingToDo("nothing to resume: no journal".into()))?,
-        _ => {
-            // Unique even for runs of one process within one second (an embedder, the
-            // demo): the id names kept previous versions and archived journals.
-            static SEQ: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
-            let seq = SEQ.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-            let run_id = format!("{}-{}-{seq}", now, std::process::id());
-            Journal::start(&state_dir, &run_id, &cfg.env, now, request.clone())?
-        }
-    };
+    let journal = open_journal(cfg, mode, &state_dir, now, &request)?;
     report.run_id = Some(journal.record().run_id);
     let mut failed = Failed::default();
     if mode == Mode::Resume {
@@ -351,6 +312,77 @@ async fn execute_mode(
     run.steps(&journal, &mut report, &mut failed).await?;
     finish(cfg, &run, &journal, deps, &mut report).await?;
     Ok(report)
+}
+
+/// The state directory's lock, taken for every mode but a plan (which writes nothing).
+fn lock_unless_plan(
+    mode: Mode,
+    state_dir: &std::path::Path,
+    request: &RunRequest,
+    now: i64,
+) -> Result<Option<StateLock>, RotationError> {
+    Ok(match mode {
+        Mode::Plan => None,
+        _ => Some(StateLock::acquire(
+            state_dir,
+            &format!("rotate {mode:?} {:?}", request.steps).to_lowercase(),
+            now,
+        )?),
+    })
+}
+
+/// Whether `mode` given the `last` run means unwinding (a rollback, or a resume of an
+/// interrupted rollback); refuses a resume with nothing to resume and a run over an
+/// unfinished one.
+fn rolls_back(
+    mode: Mode,
+    last: Option<&journal::RunRecord>,
+    state_dir: &std::path::Path,
+) -> Result<bool, RotationError> {
+    match mode {
+        Mode::Rollback => return Ok(true),
+        Mode::Resume => {
+            if !last.is_some_and(|r| r.needs_resume()) {
+                return Err(RotationError::NothingToDo(
+                    "nothing to resume: the last run finished".into(),
+                ));
+            }
+            // A rollback was under way: finishing it means unwinding, never running the
+            // run's steps again.
+            if last.is_some_and(|r| r.state == RunState::RollingBack) {
+                return Ok(true);
+            }
+        }
+        Mode::Run => {
+            if let Some(r) = last.filter(|r| r.needs_resume()) {
+                return Err(RotationError::resume_needed(r, state_dir));
+            }
+        }
+        Mode::Plan => {}
+    }
+    Ok(false)
+}
+
+/// The journal of this run: reopened for a resume, started afresh otherwise.
+fn open_journal(
+    cfg: &Config,
+    mode: Mode,
+    state_dir: &std::path::Path,
+    now: i64,
+    request: &RunRequest,
+) -> Result<Journal, RotationError> {
+    Ok(match mode {
+        Mode::Resume => Journal::reopen(state_dir)?
+            .ok_or_else(|| RotationError::NothingToDo("nothing to resume: no journal".into()))?,
+        _ => {
+            // Unique even for runs of one process within one second (an embedder, the
+            // demo): the id names kept previous versions and archived journals.
+            static SEQ: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+            let seq = SEQ.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            let run_id = format!("{}-{}-{seq}", now, std::process::id());
+            Journal::start(state_dir, &run_id, &cfg.env, now, request.clone())?
+        }
+    })
 }
 
 /// What failed so far: a global step (every later step depends on it), or apps (skipped

@@ -502,47 +502,11 @@ async fn run_target<S: Step>(
     } = ctx;
     let started = std::time::Instant::now();
     let mut r = blank(app, Outcome::Planned);
-    let fail = |r: &mut TargetReport, e: &StepError| {
-        r.error = Some(format!("{e:#}"));
-        r.error_class = Some(e.exit().code());
-    };
-    if if_due {
-        match step.not_due(app).await {
-            Ok(Some(why)) => {
-                r.outcome = Outcome::Unchanged;
-                r.changes = vec![
-                    Change::new(change::ChangeKind::Unchanged, app.name().to_owned()).note(why),
-                ];
-                r.millis = started.elapsed().as_millis() as u64;
-                return Ok(r);
-            }
-            Ok(None) => {}
-            Err(e) => {
-                r.outcome = Outcome::FailedNothingWritten;
-                fail(&mut r, &e);
-                return Ok(r);
-            }
-        }
+    if if_due && !check_due(step, app, &mut r, started).await {
+        return Ok(r);
     }
-    let plan = match step.plan(app).await {
-        Ok(p) => p,
-        Err(StepError::NeedsEarlier {
-            what,
-            step: earlier,
-        }) if journal.is_none() && ctx.steps.contains(&earlier) => {
-            r.changes = vec![
-                Change::new(change::ChangeKind::Create, app.name().to_owned())
-                    .note(format!("planned after {earlier}, which creates {what}")),
-            ];
-            r.millis = started.elapsed().as_millis() as u64;
-            return Ok(r);
-        }
-        Err(e) => {
-            r.outcome = Outcome::FailedNothingWritten;
-            fail(&mut r, &e);
-            r.millis = started.elapsed().as_millis() as u64;
-            return Ok(r);
-        }
+    let Some(plan) = plan_target(step, app, &mut r, ctx, started).await else {
+        return Ok(r);
     };
     r.changes = plan.changes.clone();
     let Some(journal) = journal else {
@@ -577,20 +541,7 @@ async fn run_target<S: Step>(
     }
     .await;
     match result {
-        Ok((applied, proof)) => {
-            journal.set_state(id, app.name(), TargetState::Committed, None)?;
-            r.facts = step.facts(&proof);
-            r.summary = step.summary(&applied, Some(&proof));
-            // Proven; "unchanged" when its plan had nothing to change (e.g. a bundle that
-            // was already right, the healthcheck).
-            r.outcome = if r.changes.iter().any(Change::is_change) {
-                Outcome::Committed
-            } else {
-                Outcome::Unchanged
-            };
-            r.proof = serde_json::to_value(&proof).ok();
-            r.pending = step.pending(app);
-        }
+        Ok((applied, proof)) => commit_target(step, app, journal, &mut r, &applied, &proof)?,
         Err(e) if applied_ok && e.awaits_resume() => {
             fail(&mut r, &e);
             r.outcome = Outcome::AwaitingResume;
@@ -598,36 +549,134 @@ async fn run_target<S: Step>(
         }
         Err(e) => {
             fail(&mut r, &e);
-            let wrote = journal
-                .record()
-                .target(id, app.name())
-                .is_some_and(|t| !t.undo.is_empty());
-            // A Vault that went away after the writes (sealed by a restart, unreachable)
-            // can neither prove nor undo them: keep them as they are, for `--resume`.
-            if wrote && let Some(why) = vault_down(undo_deps).await {
-                r.outcome = Outcome::AwaitingResume;
-                r.error_class = Some(crate::exit::Exit::ResumeNeeded.code());
-                r.pending = Some(format!(
-                    "Vault is {why} after this target's writes: kept as it is, neither proven nor undone; once Vault is back (unsealed), `rotate run --resume` re-gates it (or undoes it)"
-                ));
-                r.millis = started.elapsed().as_millis() as u64;
-                return Ok(r);
-            }
-            let out = unwind(journal, undo_deps, id, app.name()).await?;
-            r.outcome = if !wrote {
-                Outcome::FailedNothingWritten
-            } else if out.complete() {
-                Outcome::RolledBack
-            } else {
-                Outcome::RollbackIncomplete
-            };
-            if wrote {
-                r.rollback = Some(out);
-            }
+            keep_or_unwind(id, app.name(), journal, undo_deps, &mut r).await?;
         }
     }
     r.millis = started.elapsed().as_millis() as u64;
     Ok(r)
+}
+
+/// Puts the failure `e` (its message and exit class) into `r`.
+fn fail(r: &mut TargetReport, e: &StepError) {
+    r.error = Some(format!("{e:#}"));
+    r.error_class = Some(e.exit().code());
+}
+
+/// For an `--if-due` run: whether `app` is due; when it is not (or asking failed), `r` is
+/// its whole report.
+async fn check_due<S: Step>(
+    step: &S,
+    app: &S::Target,
+    r: &mut TargetReport,
+    started: std::time::Instant,
+) -> bool {
+    match step.not_due(app).await {
+        Ok(Some(why)) => {
+            r.outcome = Outcome::Unchanged;
+            r.changes =
+                vec![Change::new(change::ChangeKind::Unchanged, app.name().to_owned()).note(why)];
+            r.millis = started.elapsed().as_millis() as u64;
+            false
+        }
+        Ok(None) => true,
+        Err(e) => {
+            r.outcome = Outcome::FailedNothingWritten;
+            fail(r, &e);
+            false
+        }
+    }
+}
+
+/// Plans `app`; `None` when `r` is then its whole report (a plan only run that plans it
+/// after the earlier step creating what it needs, or a failed plan).
+async fn plan_target<S: Step>(
+    step: &S,
+    app: &S::Target,
+    r: &mut TargetReport,
+    ctx: RunCtx<'_>,
+    started: std::time::Instant,
+) -> Option<TargetPlan<S::Plan>> {
+    match step.plan(app).await {
+        Ok(p) => Some(p),
+        Err(StepError::NeedsEarlier {
+            what,
+            step: earlier,
+        }) if ctx.journal.is_none() && ctx.steps.contains(&earlier) => {
+            r.changes = vec![
+                Change::new(change::ChangeKind::Create, app.name().to_owned())
+                    .note(format!("planned after {earlier}, which creates {what}")),
+            ];
+            r.millis = started.elapsed().as_millis() as u64;
+            None
+        }
+        Err(e) => {
+            r.outcome = Outcome::FailedNothingWritten;
+            fail(r, &e);
+            r.millis = started.elapsed().as_millis() as u64;
+            None
+        }
+    }
+}
+
+/// Journals `app` committed and reports what its gate proved.
+fn commit_target<S: Step>(
+    step: &S,
+    app: &S::Target,
+    journal: &Journal,
+    r: &mut TargetReport,
+    applied: &S::Applied,
+    proof: &S::Proof,
+) -> Result<(), JournalError> {
+    journal.set_state(step.id(), app.name(), TargetState::Committed, None)?;
+    r.facts = step.facts(proof);
+    r.summary = step.summary(applied, Some(proof));
+    // Proven; "unchanged" when its plan had nothing to change (e.g. a bundle that
+    // was already right, the healthcheck).
+    r.outcome = if r.changes.iter().any(Change::is_change) {
+        Outcome::Committed
+    } else {
+        Outcome::Unchanged
+    };
+    r.proof = serde_json::to_value(proof).ok();
+    r.pending = step.pending(app);
+    Ok(())
+}
+
+/// A failed target: kept as it is for `--resume` when Vault went away after its writes,
+/// else unwound; `r` gets the outcome.
+async fn keep_or_unwind(
+    id: StepId,
+    target: &str,
+    journal: &Journal,
+    undo_deps: UndoDeps<'_>,
+    r: &mut TargetReport,
+) -> Result<(), JournalError> {
+    let wrote = journal
+        .record()
+        .target(id, target)
+        .is_some_and(|t| !t.undo.is_empty());
+    // A Vault that went away after the writes (sealed by a restart, unreachable)
+    // can neither prove nor undo them: keep them as they are, for `--resume`.
+    if wrote && let Some(why) = vault_down(undo_deps).await {
+        r.outcome = Outcome::AwaitingResume;
+        r.error_class = Some(crate::exit::Exit::ResumeNeeded.code());
+        r.pending = Some(format!(
+            "Vault is {why} after this target's writes: kept as it is, neither proven nor undone; once Vault is back (unsealed), `rotate run --resume` re-gates it (or undoes it)"
+        ));
+        return Ok(());
+    }
+    let out = unwind(journal, undo_deps, id, target).await?;
+    r.outcome = if !wrote {
+        Outcome::FailedNothingWritten
+    } else if out.complete() {
+        Outcome::RolledBack
+    } else {
+        Outcome::RollbackIncomplete
+    };
+    if wrote {
+        r.rollback = Some(out);
+    }
+    Ok(())
 }
 
 /// `Some("sealed")` or `Some("unreachable")` when Vault cannot serve a proof or an undo

@@ -149,65 +149,15 @@ pub async fn carry_out(deps: UndoDeps<'_>, action: &UndoAction) -> Result<(), St
             mount,
             name,
             previous,
-        } => match previous {
-            // A security fix an app cannot veto: the policies `[leaf] remove_policies`
-            // names (e.g. `debug-policy`, read on `*`) never come back through an undo,
-            // even when the app made its own rotation fail.
-            Some(role) => {
-                let mut role = role.clone();
-                role.token_policies
-                    .retain(|p| !deps.cfg.leaf.remove_policies.contains(p));
-                v.cert.write_cert_role(mount, name, &role).await
-            }
-            None => v.cert.delete_cert_role(mount, name).await,
-        }
-        .map_err(|e| e.to_string()),
+        } => restore_mapping(deps, mount, name, previous.as_ref()).await,
         UndoAction::DisableAuth { mount, description } => {
-            // Only the mount this run enabled (someone else may have won the race to
-            // enable it), and only when no mapping is left there (targets run
-            // concurrently); else it stays, harmless without mappings of ours.
-            let ours = v
-                .sys
-                .list_auth()
-                .await
-                .map_err(|e| e.to_string())?
-                .get(&format!("{}/", mount.trim_matches('/')))
-                .is_some_and(|m| !description.is_empty() && m.description == *description);
-            if !ours {
-                return Ok(());
-            }
-            let left = v
-                .cert
-                .list_cert_roles(mount)
-                .await
-                .map_err(|e| e.to_string())?;
-            if left.is_empty() {
-                v.sys.disable_auth(mount).await.map_err(|e| e.to_string())
-            } else {
-                Ok(())
-            }
+            disable_auth_if_ours(deps, mount, description).await
         }
         UndoAction::DeleteKvSecret {
             mount,
             path,
             run_id,
-        } => {
-            let current =
-                v.kv.kv2_read(mount, path)
-                    .await
-                    .map_err(|e| e.to_string())?;
-            let ours = current.as_ref().is_some_and(|s| {
-                s.data.get("rotate_run").and_then(|r| r.as_str()) == Some(run_id.as_str())
-            });
-            if ours {
-                v.kv.kv2_delete_metadata(mount, path)
-                    .await
-                    .map_err(|e| e.to_string())
-            } else {
-                // Absent, or not our seed (created concurrently): nothing of ours to undo.
-                Ok(())
-            }
-        }
+        } => delete_kv_secret_if_ours(deps, mount, path, run_id).await,
         UndoAction::Revoke { mount, serial, .. } => {
             v.pki.revoke(mount, serial).await.map_err(|e| e.to_string())
         }
@@ -216,45 +166,13 @@ pub async fn carry_out(deps: UndoDeps<'_>, action: &UndoAction) -> Result<(), St
             cn,
             after,
             until,
-        } => {
-            let revoked = revoke_issued(deps, mount, cn, *after, *until).await?;
-            if !revoked.is_empty() {
-                tracing::info!(%mount, %cn, serials = %revoked.join(", "), "revoked what the run issued");
-            }
-            Ok(())
-        }
+        } => revoke_issued_logged(deps, mount, cn, *after, *until).await,
         UndoAction::ReloadListener {
             reload,
             previous_serial,
             timeout_secs,
             ..
-        } => {
-            let r = configured_reloader(deps.cfg, "listener.reload", reload)?;
-            let c = &deps.cfg.vault;
-            let (Some(cert), Some(key), Some(ca)) = (&c.client_cert, &c.client_key, &c.ca_cert)
-            else {
-                return Err("[vault] client_cert, client_key and ca_cert are needed to prove the listener serves its previous certificate".into());
-            };
-            // Whatever the reload command says, what counts is what is served.
-            let reloaded =
-                hooks::reload_expecting(deps.runner, &r, deps.timeout, &deps.cfg.vault_process())
-                    .await;
-            let served = crate::served::wait_for_serial(
-                v.gate,
-                Some((cert, key)),
-                ca,
-                previous_serial,
-                Duration::from_secs(*timeout_secs),
-            )
-            .await;
-            match (served, reloaded) {
-                (Ok(_), _) => Ok(()),
-                (Err(e), Ok(_)) => Err(format!("after restoring the files: {e}")),
-                (Err(e), Err(r)) => Err(format!(
-                    "after restoring the files the reload failed ({r}) and {e}"
-                )),
-            }
-        }
+        } => reload_listener_back(deps, reload, previous_serial, *timeout_secs).await,
         UndoAction::ReconnectAdmin => v.identity.reconnect().map_err(|e| e.to_string()),
         UndoAction::Irreversible { .. } => Ok(()),
         UndoAction::Reload { reload, setting } => {
@@ -264,70 +182,211 @@ pub async fn carry_out(deps: UndoDeps<'_>, action: &UndoAction) -> Result<(), St
                 .map(drop)
                 .map_err(|e| e.to_string())
         }
-        UndoAction::RestartUnit { unit, user, .. }
-            if deps
-                .cfg
-                .apps
-                .iter()
-                .any(|a| a.unit() == *unit && Some(a.user()) != user.as_deref()) =>
-        {
-            Err(format!(
-                "the journal says {unit} runs as {}, the config says otherwise: restart it by hand",
-                user.as_deref().unwrap_or("the caller")
-            ))
-        }
+        UndoAction::StopUnit { unit, user } => stop_unit_back(deps, unit, user.as_deref()).await,
         UndoAction::RestartUnit {
             unit,
             user,
-            was_active: false,
-        } => {
-            let state = hooks::unit_state(deps.runner, unit, user.as_deref(), deps.timeout)
+            was_active,
+        } => restart_unit_back(deps, unit, user.as_deref(), *was_active).await,
+    }
+}
+
+/// Puts a cert auth mapping back as it was (minus the policies `[leaf] remove_policies`
+/// names), or deletes it when the run created it.
+async fn restore_mapping(
+    deps: UndoDeps<'_>,
+    mount: &str,
+    name: &str,
+    previous: Option<&vault_client::CertRole>,
+) -> Result<(), String> {
+    let v = deps.vault;
+    match previous {
+        // A security fix an app cannot veto: the policies `[leaf] remove_policies`
+        // names (e.g. `debug-policy`, read on `*`) never come back through an undo,
+        // even when the app made its own rotation fail.
+        Some(role) => {
+            let mut role = role.clone();
+            role.token_policies
+                .retain(|p| !deps.cfg.leaf.remove_policies.contains(p));
+            v.cert.write_cert_role(mount, name, &role).await
+        }
+        None => v.cert.delete_cert_role(mount, name).await,
+    }
+    .map_err(|e| e.to_string())
+}
+
+/// Disables the auth mount at `mount` when this run enabled it (its description is
+/// `description`) and no mapping is left there.
+async fn disable_auth_if_ours(
+    deps: UndoDeps<'_>,
+    mount: &str,
+    description: &str,
+) -> Result<(), String> {
+    let v = deps.vault;
+    // Only the mount this run enabled (someone else may have won the race to
+    // enable it), and only when no mapping is left there (targets run
+    // concurrently); else it stays, harmless without mappings of ours.
+    let ours = v
+        .sys
+        .list_auth()
+        .await
+        .map_err(|e| e.to_string())?
+        .get(&format!("{}/", mount.trim_matches('/')))
+        .is_some_and(|m| !description.is_empty() && m.description == *description);
+    if !ours {
+        return Ok(());
+    }
+    let left = v
+        .cert
+        .list_cert_roles(mount)
+        .await
+        .map_err(|e| e.to_string())?;
+    if left.is_empty() {
+        v.sys.disable_auth(mount).await.map_err(|e| e.to_string())
+    } else {
+        Ok(())
+    }
+}
+
+/// Deletes the KV v2 secret at `mount`/`path` (all versions) when it still carries the
+/// marker of run `run_id`.
+async fn delete_kv_secret_if_ours(
+    deps: UndoDeps<'_>,
+    mount: &str,
+    path: &str,
+    run_id: &str,
+) -> Result<(), String> {
+    let v = deps.vault;
+    let current =
+        v.kv.kv2_read(mount, path)
+            .await
+            .map_err(|e| e.to_string())?;
+    let ours = current
+        .as_ref()
+        .is_some_and(|s| s.data.get("rotate_run").and_then(|r| r.as_str()) == Some(run_id));
+    if ours {
+        v.kv.kv2_delete_metadata(mount, path)
+            .await
+            .map_err(|e| e.to_string())
+    } else {
+        // Absent, or not our seed (created concurrently): nothing of ours to undo.
+        Ok(())
+    }
+}
+
+/// [`revoke_issued`], logging the serials it revoked.
+async fn revoke_issued_logged(
+    deps: UndoDeps<'_>,
+    mount: &str,
+    cn: &str,
+    after: i64,
+    until: i64,
+) -> Result<(), String> {
+    let revoked = revoke_issued(deps, mount, cn, after, until).await?;
+    if !revoked.is_empty() {
+        tracing::info!(%mount, %cn, serials = %revoked.join(", "), "revoked what the run issued");
+    }
+    Ok(())
+}
+
+/// Runs the configured `[listener] reload` (still the `reload` recorded) and waits until
+/// the listener serves `previous_serial` again.
+async fn reload_listener_back(
+    deps: UndoDeps<'_>,
+    reload: &str,
+    previous_serial: &str,
+    timeout_secs: u64,
+) -> Result<(), String> {
+    let r = configured_reloader(deps.cfg, "listener.reload", reload)?;
+    let c = &deps.cfg.vault;
+    let (Some(cert), Some(key), Some(ca)) = (&c.client_cert, &c.client_key, &c.ca_cert) else {
+        return Err("[vault] client_cert, client_key and ca_cert are needed to prove the listener serves its previous certificate".into());
+    };
+    // Whatever the reload command says, what counts is what is served.
+    let reloaded =
+        hooks::reload_expecting(deps.runner, &r, deps.timeout, &deps.cfg.vault_process()).await;
+    let served = crate::served::wait_for_serial(
+        deps.vault.gate,
+        Some((cert, key)),
+        ca,
+        previous_serial,
+        Duration::from_secs(timeout_secs),
+    )
+    .await;
+    match (served, reloaded) {
+        (Ok(_), _) => Ok(()),
+        (Err(e), Ok(_)) => Err(format!("after restoring the files: {e}")),
+        (Err(e), Err(r)) => Err(format!(
+            "after restoring the files the reload failed ({r}) and {e}"
+        )),
+    }
+}
+
+/// Stops the user unit `unit` while it runs (active, reloading or activating).
+async fn stop_unit_back(deps: UndoDeps<'_>, unit: &str, user: Option<&str>) -> Result<(), String> {
+    let state = hooks::unit_state(deps.runner, unit, user, deps.timeout)
+        .await
+        .map_err(|e| e.to_string())?;
+    if matches!(state.as_str(), "active" | "reloading" | "activating") {
+        hooks::stop_unit(deps.runner, unit, user, deps.timeout)
+            .await
+            .map_err(|e| e.to_string())?;
+    }
+    Ok(())
+}
+
+/// Puts the user unit `unit` back as it was: restarted on its previous config if it ran
+/// before (`was_active`), stopped again if not; refused when the config now says it runs
+/// as another user than the journal does.
+async fn restart_unit_back(
+    deps: UndoDeps<'_>,
+    unit: &str,
+    user: Option<&str>,
+    was_active: bool,
+) -> Result<(), String> {
+    if deps
+        .cfg
+        .apps
+        .iter()
+        .any(|a| a.unit() == unit && Some(a.user()) != user)
+    {
+        return Err(format!(
+            "the journal says {unit} runs as {}, the config says otherwise: restart it by hand",
+            user.unwrap_or("the caller")
+        ));
+    }
+    if !was_active {
+        let state = hooks::unit_state(deps.runner, unit, user, deps.timeout)
+            .await
+            .map_err(|e| e.to_string())?;
+        if state == "active" {
+            hooks::stop_unit(deps.runner, unit, user, deps.timeout)
                 .await
                 .map_err(|e| e.to_string())?;
-            if state == "active" {
-                hooks::stop_unit(deps.runner, unit, user.as_deref(), deps.timeout)
-                    .await
-                    .map_err(|e| e.to_string())?;
-            }
-            Ok(())
         }
-        UndoAction::StopUnit { unit, user } => {
-            let state = hooks::unit_state(deps.runner, unit, user.as_deref(), deps.timeout)
-                .await
-                .map_err(|e| e.to_string())?;
-            if matches!(state.as_str(), "active" | "reloading" | "activating") {
-                hooks::stop_unit(deps.runner, unit, user.as_deref(), deps.timeout)
-                    .await
-                    .map_err(|e| e.to_string())?;
-            }
-            Ok(())
-        }
-        UndoAction::RestartUnit { unit, user, .. } => {
-            let r = hooks::Reloader::SystemdUser {
-                unit: unit.clone(),
-                user: user.clone(),
-                xdg_runtime_dir: None,
-            };
-            hooks::reload(deps.runner, &r, deps.timeout)
-                .await
-                .map_err(|e| e.to_string())?;
-            // Running right after the restart is not running: an agent whose post-hook
-            // fails (with exit_on_retry_failure) dies seconds later.
-            let settle = deps.cfg.duration(&deps.cfg.leaf.settle);
-            tokio::time::sleep(settle).await;
-            let state = hooks::unit_state(deps.runner, unit, user.as_deref(), deps.timeout)
-                .await
-                .map_err(|e| {
-                    format!("restarted, but its state after {settle:?} is unknown: {e}")
-                })?;
-            if state == "active" {
-                Ok(())
-            } else {
-                Err(format!(
-                    "restarted on its previous config, but {settle:?} later it is {state}: see its log (journalctl --user -u {unit})"
-                ))
-            }
-        }
+        return Ok(());
+    }
+    let r = hooks::Reloader::SystemdUser {
+        unit: unit.to_owned(),
+        user: user.map(str::to_owned),
+        xdg_runtime_dir: None,
+    };
+    hooks::reload(deps.runner, &r, deps.timeout)
+        .await
+        .map_err(|e| e.to_string())?;
+    // Running right after the restart is not running: an agent whose post-hook
+    // fails (with exit_on_retry_failure) dies seconds later.
+    let settle = deps.cfg.duration(&deps.cfg.leaf.settle);
+    tokio::time::sleep(settle).await;
+    let state = hooks::unit_state(deps.runner, unit, user, deps.timeout)
+        .await
+        .map_err(|e| format!("restarted, but its state after {settle:?} is unknown: {e}"))?;
+    if state == "active" {
+        Ok(())
+    } else {
+        Err(format!(
+            "restarted on its previous config, but {settle:?} later it is {state}: see its log (journalctl --user -u {unit})"
+        ))
     }
 }
 
