@@ -1196,7 +1196,8 @@ impl Config {
         })
     }
 
-    /// `[admin]` and `[listener]`: durations, one directory per pair, a reloader.
+    /// The sections of steps 1, 2, 5, 6 and 7 (`[admin]`, `[listener]`, `[proxy]`,
+    /// `[restarts]`, `[health]`): durations, one directory per pair, reloaders.
     fn validate_tls_steps(&self) -> Result<(), ConfigError> {
         if let Some(a) = &self.admin {
             self.validate_admin(a)?;

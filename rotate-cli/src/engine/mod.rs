@@ -503,6 +503,7 @@ async fn run_target<S: Step>(
     let started = std::time::Instant::now();
     let mut r = blank(app, Outcome::Planned);
     if if_due && !check_due(step, app, &mut r, started).await {
+        r.millis = started.elapsed().as_millis() as u64;
         return Ok(r);
     }
     let Some(plan) = plan_target(step, app, &mut r, ctx, started).await else {
@@ -515,6 +516,7 @@ async fn run_target<S: Step>(
     };
     if cancel.is_cancelled() {
         r.outcome = Outcome::NotStarted;
+        r.millis = started.elapsed().as_millis() as u64;
         return Ok(r);
     }
     let id = step.id();

@@ -324,6 +324,12 @@ async fn reload_listener_back(
 
 /// Stops the user unit `unit` while it runs (active, reloading or activating).
 async fn stop_unit_back(deps: UndoDeps<'_>, unit: &str, user: Option<&str>) -> Result<(), String> {
+    same_user(deps, unit, user)?;
+    stop_if_running(deps, unit, user).await
+}
+
+/// Stops user unit `unit` when it runs (or is starting, or reloading).
+async fn stop_if_running(deps: UndoDeps<'_>, unit: &str, user: Option<&str>) -> Result<(), String> {
     let state = hooks::unit_state(deps.runner, unit, user, deps.timeout)
         .await
         .map_err(|e| e.to_string())?;
@@ -331,6 +337,23 @@ async fn stop_unit_back(deps: UndoDeps<'_>, unit: &str, user: Option<&str>) -> R
         hooks::stop_unit(deps.runner, unit, user, deps.timeout)
             .await
             .map_err(|e| e.to_string())?;
+    }
+    Ok(())
+}
+
+/// Refuses to act on `unit` as the journal's `user` when the config now says it runs as
+/// another: undo never acts on a unit as a user the config does not name for it.
+fn same_user(deps: UndoDeps<'_>, unit: &str, user: Option<&str>) -> Result<(), String> {
+    if deps
+        .cfg
+        .apps
+        .iter()
+        .any(|a| a.unit() == unit && Some(a.user()) != user)
+    {
+        return Err(format!(
+            "the journal says {unit} runs as {}, the config says otherwise: put it back by hand",
+            user.unwrap_or("the caller")
+        ));
     }
     Ok(())
 }
@@ -344,27 +367,9 @@ async fn restart_unit_back(
     user: Option<&str>,
     was_active: bool,
 ) -> Result<(), String> {
-    if deps
-        .cfg
-        .apps
-        .iter()
-        .any(|a| a.unit() == unit && Some(a.user()) != user)
-    {
-        return Err(format!(
-            "the journal says {unit} runs as {}, the config says otherwise: restart it by hand",
-            user.unwrap_or("the caller")
-        ));
-    }
+    same_user(deps, unit, user)?;
     if !was_active {
-        let state = hooks::unit_state(deps.runner, unit, user, deps.timeout)
-            .await
-            .map_err(|e| e.to_string())?;
-        if state == "active" {
-            hooks::stop_unit(deps.runner, unit, user, deps.timeout)
-                .await
-                .map_err(|e| e.to_string())?;
-        }
-        return Ok(());
+        return stop_if_running(deps, unit, user).await;
     }
     let r = hooks::Reloader::SystemdUser {
         unit: unit.to_owned(),
