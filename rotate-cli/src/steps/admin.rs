@@ -17,7 +17,9 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use async_trait::async_trait;
-use pki_ops::{CreatePolicy, FileSpec, MaterialSet, Owner, RoleSpec, Staged, Tree, upsert_role};
+use pki_ops::{
+    CreatePolicy, FileSpec, IssuedMaterial, MaterialSet, Owner, RoleSpec, Staged, Tree, upsert_role,
+};
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 use vault_client::IssueRequest;
@@ -88,6 +90,60 @@ struct Files {
     write_ca: bool,
 }
 
+/// The admin's files as apply staged them, nothing replaced yet.
+struct StagedFiles {
+    // In the order apply dropped them as locals: dropping a `Staged` removes its temps.
+    env: Option<Staged>,
+    staged_ca: Option<Staged>,
+    staged: Staged,
+    same_dir: bool,
+    ca_rel: PathBuf,
+    ca_tree: Tree,
+    key_rel: PathBuf,
+    cert_rel: PathBuf,
+    tree: Tree,
+}
+
+impl StagedFiles {
+    /// Journals how to undo every staged file.
+    fn record_undo(&self, tx: &Tx<'_>) -> Result<(), StepError> {
+        // Journal how to undo every file now: the staged temps (a key among them) are
+        // named by the records, so a crash from here on leaves nothing unaccounted for.
+        let owner = Some(Owner::current());
+        let mut records = self.staged.undo_records();
+        records.extend(self.staged_ca.iter().flat_map(Staged::undo_records));
+        records.extend(self.env.iter().flat_map(Staged::undo_records));
+        for u in records {
+            tx.record(UndoAction::File { undo: u, owner })?;
+        }
+        Ok(())
+    }
+
+    /// Journals the reconnect, then replaces the files with the staged ones; the files written.
+    fn replace(self, env_file: Option<&PathBuf>, tx: &Tx<'_>) -> Result<Vec<PathBuf>, StepError> {
+        // Proven: replace.
+        tx.record(UndoAction::ReconnectAdmin)?;
+        let tree = &self.tree;
+        let mut files: Vec<PathBuf> = self
+            .staged
+            .commit()?
+            .files
+            .into_iter()
+            .map(|o| tree.root().join(o.path))
+            .collect();
+        for (s, t) in [(self.staged_ca, &self.ca_tree)] {
+            if let Some(s) = s {
+                files.extend(s.commit()?.files.into_iter().map(|o| t.root().join(o.path)));
+            }
+        }
+        if let (Some(s), Some(p)) = (self.env, env_file) {
+            s.commit()?;
+            files.push(p.clone());
+        }
+        Ok(files)
+    }
+}
+
 impl<'a> AdminStep<'a> {
     /// Step 1, when `[admin]` is configured. `listener_chain` is `[pki] mount`'s CA chain.
     pub fn new(cfg: &'a Config, deps: Deps<'a>, listener_chain: String) -> Option<Self> {
@@ -125,6 +181,178 @@ impl<'a> AdminStep<'a> {
 
     fn mount(&self) -> &str {
         self.cfg.admin_mount()
+    }
+
+    /// Writes the admin role, its previous state journaled first.
+    async fn write_role(
+        &self,
+        previous: Option<Map<String, Value>>,
+        tx: &Tx<'_>,
+    ) -> Result<(), StepError> {
+        let (v, a, mount) = (self.deps.vault, self.admin, self.mount());
+        tx.record(UndoAction::Role {
+            mount: mount.to_owned(),
+            name: a.role.clone(),
+            previous,
+        })?;
+        upsert_role(
+            v.pki,
+            mount,
+            &a.role,
+            &self.role_spec(),
+            CreatePolicy::CreateIfMissing,
+            false,
+        )
+        .await?;
+        Ok(())
+    }
+
+    /// Issues the new admin certificate (revoked on undo), checked against its mount's chain.
+    async fn issue(&self, tx: &Tx<'_>) -> Result<IssuedMaterial, StepError> {
+        let (v, a, mount) = (self.deps.vault, self.admin, self.mount());
+        let req = IssueRequest {
+            common_name: a.common_name.clone(),
+            ttl: Some(a.ttl.clone()),
+            exclude_cn_from_sans: false,
+            ..Default::default()
+        };
+        let own_chain = mount_chain(v, mount, None).await?;
+        crate::steps::common::issue_client(
+            v,
+            tx,
+            mount,
+            &a.role,
+            &req,
+            issue_mode(a.key_mode),
+            &own_chain,
+            self.deps.clock,
+            Duration::from_secs(600),
+        )
+        .await
+    }
+
+    /// Stages key, certificate, CA bundle and env file completely, replacing nothing.
+    fn stage_files(
+        &self,
+        f: &Files,
+        issued: &IssuedMaterial,
+        tx: &Tx<'_>,
+    ) -> Result<StagedFiles, StepError> {
+        // Stage everything (key 0600 from creation), replace nothing yet.
+        let (tree, cert_rel) = root_tree(&f.cert)?;
+        let (_, key_rel) = split(&f.key)?;
+        let mut set = MaterialSet::new()
+            .with(
+                FileSpec::private_key(&key_rel),
+                issued.key_pem.as_bytes().to_vec(),
+            )
+            .with(
+                FileSpec::public(&cert_rel),
+                issued.fullchain_pem().into_bytes(),
+            );
+        let (ca_tree, ca_rel) = root_tree(&f.ca)?;
+        let ca_bytes = if f.write_ca {
+            let current = ca_tree.read(&ca_rel)?;
+            Some(
+                merged_bundle(&self.listener_chain, current.as_ref().map(|b| b.as_slice()))?
+                    .into_bytes(),
+            )
+        } else {
+            None
+        };
+        let same_dir = ca_tree.root() == tree.root();
+        let mut ca_set = None;
+        if let Some(bytes) = ca_bytes {
+            if same_dir {
+                set = set.with(FileSpec::public(&ca_rel), bytes);
+            } else {
+                ca_set = Some(MaterialSet::new().with(FileSpec::public(&ca_rel), bytes));
+            }
+        }
+        let run_id = tx.run_id();
+        let staged = set.stage(&tree, &run_id)?;
+        let staged_ca = ca_set.map(|s| s.stage(&ca_tree, &run_id)).transpose()?;
+        let env = match &self.admin.env_file {
+            Some(p) => {
+                let (t, rel) = root_tree(p)?;
+                let s = MaterialSet::new()
+                    .with(
+                        FileSpec::new(&rel, 0o600),
+                        env_text(self.cfg, f).into_bytes(),
+                    )
+                    .stage(&t, &run_id)?;
+                Some(s)
+            }
+            None => None,
+        };
+        Ok(StagedFiles {
+            env,
+            staged_ca,
+            staged,
+            same_dir,
+            ca_rel,
+            ca_tree,
+            key_rel,
+            cert_rel,
+            tree,
+        })
+    }
+
+    /// The lockout guard: refuses staged files a brand-new client cannot use Vault with.
+    async fn lockout_guard(
+        &self,
+        f: &Files,
+        s: &StagedFiles,
+        issued: &IssuedMaterial,
+    ) -> Result<(), StepError> {
+        let (v, mount) = (self.deps.vault, self.mount());
+        // The lockout guard: the staged files must work, as a new client, before they
+        // replace the identity this run (and the operator) depends on.
+        let ca_now = match &s.staged_ca {
+            Some(sc) => staged_path(sc, &s.ca_tree, &s.ca_rel),
+            None if s.same_dir && f.write_ca => staged_path(&s.staged, &s.tree, &s.ca_rel),
+            None => f.ca.clone(),
+        };
+        let proof = prove_admin(
+            v.gate,
+            &staged_path(&s.staged, &s.tree, &s.cert_rel),
+            &staged_path(&s.staged, &s.tree, &s.key_rel),
+            &ca_now,
+            PROOF_TIMEOUT,
+        )
+        .await;
+        if let Err(why) = proof {
+            let accepted = self.accepted_issuers(f).await;
+            return Err(StepError::Gate {
+                step: "admin",
+                app: "admin".into(),
+                reason: format!(
+                    "lockout guard: a brand-new client with the new certificate (serial {}, issued by {:?} on mount {mount}) cannot use Vault: {why}. Nothing was replaced: the current admin identity is untouched.{accepted} If the listener rejected the certificate, its tls_client_ca_file does not trust that issuer: add the chain of {mount} to it and restart the server (SIGHUP never reloads that file; step 6 does with [listener] client_ca_file and [restarts] vault), or issue from a mount it trusts ([admin] mount)",
+                    issued.info.serial_hex,
+                    issued.info.issuer_cn.clone().unwrap_or_default(),
+                ),
+            });
+        }
+        Ok(())
+    }
+
+    /// The sentence naming the issuers the running listener accepts (empty if not seen).
+    async fn accepted_issuers(&self, f: &Files) -> String {
+        let v = self.deps.vault;
+        // What the listener does accept, as the current identity sees it.
+        match look(v.gate, Some((&f.cert, &f.key)), &f.ca, PROOF_TIMEOUT)
+            .await
+            .map(|s| s.client_cas)
+        {
+            Ok(Some(names)) => format!(
+                " The running listener accepts client certificates issued by {:?}.",
+                names
+                    .iter()
+                    .map(|d| pki_ops::distinguished_name(d).unwrap_or_default())
+                    .collect::<Vec<_>>()
+            ),
+            _ => String::new(),
+        }
     }
 }
 
@@ -282,159 +510,17 @@ impl Step for AdminStep<'_> {
         plan: TargetPlan<AdminPlan>,
         tx: &Tx<'_>,
     ) -> Result<AdminApplied, StepError> {
-        let (cfg, v) = (self.cfg, self.deps.vault);
+        let v = self.deps.vault;
         let a = self.admin;
         let f = self.files()?;
-        let mount = self.mount();
         if let Some(previous) = plan.data.role {
-            tx.record(UndoAction::Role {
-                mount: mount.to_owned(),
-                name: a.role.clone(),
-                previous,
-            })?;
-            upsert_role(
-                v.pki,
-                mount,
-                &a.role,
-                &self.role_spec(),
-                CreatePolicy::CreateIfMissing,
-                false,
-            )
-            .await?;
+            self.write_role(previous, tx).await?;
         }
-        let req = IssueRequest {
-            common_name: a.common_name.clone(),
-            ttl: Some(a.ttl.clone()),
-            exclude_cn_from_sans: false,
-            ..Default::default()
-        };
-        let own_chain = mount_chain(v, mount, None).await?;
-        let issued = crate::steps::common::issue_client(
-            v,
-            tx,
-            mount,
-            &a.role,
-            &req,
-            issue_mode(a.key_mode),
-            &own_chain,
-            self.deps.clock,
-            Duration::from_secs(600),
-        )
-        .await?;
-
-        // Stage everything (key 0600 from creation), replace nothing yet.
-        let (tree, cert_rel) = root_tree(&f.cert)?;
-        let (_, key_rel) = split(&f.key)?;
-        let mut set = MaterialSet::new()
-            .with(
-                FileSpec::private_key(&key_rel),
-                issued.key_pem.as_bytes().to_vec(),
-            )
-            .with(
-                FileSpec::public(&cert_rel),
-                issued.fullchain_pem().into_bytes(),
-            );
-        let (ca_tree, ca_rel) = root_tree(&f.ca)?;
-        let ca_bytes = if f.write_ca {
-            let current = ca_tree.read(&ca_rel)?;
-            Some(
-                merged_bundle(&self.listener_chain, current.as_ref().map(|b| b.as_slice()))?
-                    .into_bytes(),
-            )
-        } else {
-            None
-        };
-        let same_dir = ca_tree.root() == tree.root();
-        let mut ca_set = None;
-        if let Some(bytes) = ca_bytes {
-            if same_dir {
-                set = set.with(FileSpec::public(&ca_rel), bytes);
-            } else {
-                ca_set = Some(MaterialSet::new().with(FileSpec::public(&ca_rel), bytes));
-            }
-        }
-        let run_id = tx.run_id();
-        let staged = set.stage(&tree, &run_id)?;
-        let staged_ca = ca_set.map(|s| s.stage(&ca_tree, &run_id)).transpose()?;
-        let env = match &a.env_file {
-            Some(p) => {
-                let (t, rel) = root_tree(p)?;
-                let s = MaterialSet::new()
-                    .with(FileSpec::new(&rel, 0o600), env_text(cfg, &f).into_bytes())
-                    .stage(&t, &run_id)?;
-                Some(s)
-            }
-            None => None,
-        };
-
-        // Journal how to undo every file now: the staged temps (a key among them) are
-        // named by the records, so a crash from here on leaves nothing unaccounted for.
-        let owner = Some(Owner::current());
-        let mut records = staged.undo_records();
-        records.extend(staged_ca.iter().flat_map(Staged::undo_records));
-        records.extend(env.iter().flat_map(Staged::undo_records));
-        for u in records {
-            tx.record(UndoAction::File { undo: u, owner })?;
-        }
-
-        // The lockout guard: the staged files must work, as a new client, before they
-        // replace the identity this run (and the operator) depends on.
-        let ca_now = match &staged_ca {
-            Some(s) => staged_path(s, &ca_tree, &ca_rel),
-            None if same_dir && f.write_ca => staged_path(&staged, &tree, &ca_rel),
-            None => f.ca.clone(),
-        };
-        let proof = prove_admin(
-            v.gate,
-            &staged_path(&staged, &tree, &cert_rel),
-            &staged_path(&staged, &tree, &key_rel),
-            &ca_now,
-            PROOF_TIMEOUT,
-        )
-        .await;
-        if let Err(why) = proof {
-            // What the listener does accept, as the current identity sees it.
-            let accepted = match look(v.gate, Some((&f.cert, &f.key)), &f.ca, PROOF_TIMEOUT)
-                .await
-                .map(|s| s.client_cas)
-            {
-                Ok(Some(names)) => format!(
-                    " The running listener accepts client certificates issued by {:?}.",
-                    names
-                        .iter()
-                        .map(|d| pki_ops::distinguished_name(d).unwrap_or_default())
-                        .collect::<Vec<_>>()
-                ),
-                _ => String::new(),
-            };
-            return Err(StepError::Gate {
-                step: "admin",
-                app: "admin".into(),
-                reason: format!(
-                    "lockout guard: a brand-new client with the new certificate (serial {}, issued by {:?} on mount {mount}) cannot use Vault: {why}. Nothing was replaced: the current admin identity is untouched.{accepted} If the listener rejected the certificate, its tls_client_ca_file does not trust that issuer: add the chain of {mount} to it and restart the server (SIGHUP never reloads that file; step 6 does with [listener] client_ca_file and [restarts] vault), or issue from a mount it trusts ([admin] mount)",
-                    issued.info.serial_hex,
-                    issued.info.issuer_cn.clone().unwrap_or_default(),
-                ),
-            });
-        }
-
-        // Proven: replace.
-        tx.record(UndoAction::ReconnectAdmin)?;
-        let mut files: Vec<PathBuf> = staged
-            .commit()?
-            .files
-            .into_iter()
-            .map(|o| tree.root().join(o.path))
-            .collect();
-        for (s, t) in [(staged_ca, &ca_tree)] {
-            if let Some(s) = s {
-                files.extend(s.commit()?.files.into_iter().map(|o| t.root().join(o.path)));
-            }
-        }
-        if let (Some(s), Some(p)) = (env, &a.env_file) {
-            s.commit()?;
-            files.push(p.clone());
-        }
+        let issued = self.issue(tx).await?;
+        let staged = self.stage_files(&f, &issued, tx)?;
+        staged.record_undo(tx)?;
+        self.lockout_guard(&f, &staged, &issued).await?;
+        let files = staged.replace(a.env_file.as_ref(), tx)?;
         // From here on the run uses the new identity.
         v.identity
             .reconnect()

@@ -11,7 +11,10 @@
 
 use async_trait::async_trait;
 use cert_auth::{LoginProof, MappingSpec, Unmanaged, login_gate, upsert_mapping};
-use pki_ops::{CreatePolicy, FileSpec, MaterialSet, Owner, RoleSpec, Tree, upsert_role};
+use pki_ops::{
+    CreatePolicy, FileSpec, IssuedMaterial, MaterialSet, Owner, RoleSpec, Tree, WriteReport,
+    upsert_role,
+};
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 use vault_client::IssueRequest;
@@ -88,6 +91,266 @@ impl<'a> AgentsStep<'a> {
 
     fn vault(&self) -> Vault<'a> {
         self.deps.vault
+    }
+
+    /// Plans cert auth at `[agents] cert_auth_mount`: whether apply must enable it.
+    async fn plan_cert_auth(&self, changes: &mut Vec<Change>) -> Result<bool, StepError> {
+        let v = self.vault();
+        let mount = &self.cfg.agents.cert_auth_mount;
+        let auths = v
+            .sys
+            .list_auth()
+            .await
+            .map_err(|e| StepError::vault("list auth methods (sys/auth)", e))?;
+        let enable_auth = match auths.get(&format!("{mount}/")) {
+            Some(m) if m.mount_type == "cert" => false,
+            Some(m) => {
+                return Err(StepError::Invalid {
+                    what: format!("auth/{mount}"),
+                    reason: format!("is a {} auth method, not cert", m.mount_type),
+                });
+            }
+            None => {
+                changes.push(Change::new(
+                    ChangeKind::Create,
+                    format!("auth/{mount} (cert)"),
+                ));
+                true
+            }
+        };
+        Ok(enable_auth)
+    }
+
+    /// Plans the issue and marker policies: those apply must write, with their current text.
+    async fn plan_policies(
+        &self,
+        app: &AppConfig,
+        n: &Names,
+        changes: &mut Vec<Change>,
+    ) -> Result<Vec<(String, String, Option<String>)>, StepError> {
+        let (cfg, v) = (self.cfg, self.vault());
+        let mut policies = Vec::new();
+        for (name, text, create_only) in [
+            (
+                n.issue_policy.clone(),
+                crate::topology::issue_policy_text(cfg, app),
+                false,
+            ),
+            (
+                cfg.agents.marker_policy.clone(),
+                crate::topology::marker_policy_text(),
+                true,
+            ),
+        ] {
+            let previous = v
+                .sys
+                .read_policy(&name)
+                .await
+                .map_err(|e| StepError::vault(format!("read policy {name}"), e))?;
+            let change = policy_change(&name, previous.as_deref(), &text, create_only);
+            if change.kind == ChangeKind::Create {
+                policies.push((name, text, previous));
+            }
+            changes.push(change);
+        }
+        Ok(policies)
+    }
+
+    /// Plans mapping `agent-<app>`: its spec, its current state, whether apply writes it.
+    async fn plan_mapping(
+        &self,
+        app: &AppConfig,
+        n: &Names,
+        changes: &mut Vec<Change>,
+    ) -> Result<(MappingSpec, Option<vault_client::CertRole>, bool), StepError> {
+        let (cfg, v) = (self.cfg, self.vault());
+        let mount = &cfg.agents.cert_auth_mount;
+        let mapping = mapping_spec(cfg, app, &self.chain);
+        let mapping_previous = v
+            .cert
+            .read_cert_role(mount, &n.mapping)
+            .await
+            .map_err(|e| StepError::vault(format!("read auth/{mount}/certs/{}", n.mapping), e))?;
+        let outcome = upsert_mapping(v.cert, mount, &mapping, true).await?;
+        let mapping_changes = outcome.action != cert_auth::MappingAction::Unchanged;
+        changes.push(
+            Change::new(
+                match outcome.action {
+                    cert_auth::MappingAction::Unchanged => ChangeKind::Unchanged,
+                    cert_auth::MappingAction::Created | cert_auth::MappingAction::WouldCreate => {
+                        ChangeKind::Create
+                    }
+                    _ => ChangeKind::Update,
+                },
+                &outcome.path,
+            )
+            .fields(crate::steps::common::drift_fields(&outcome.drift)),
+        );
+        Ok((mapping, mapping_previous, mapping_changes))
+    }
+
+    /// Plans the new certificate and the files it goes to in the app's tree.
+    fn plan_files(
+        &self,
+        app: &AppConfig,
+        n: &Names,
+        tree: &Tree,
+        changes: &mut Vec<Change>,
+    ) -> Result<(), StepError> {
+        let current_cert = tree.read(&rel::agent_cert())?.and_then(|pem| {
+            pki_ops::CertInfo::from_pem_labeled(&String::from_utf8_lossy(&pem), "agent.crt").ok()
+        });
+        changes.push(crate::steps::common::new_cert_change(
+            format!("certificate {} ({})", n.agent_cn, self.cfg.agents.ttl),
+            current_cert.as_ref(),
+            false,
+        ));
+        for f in [rel::agent_key(), rel::agent_cert(), rel::ca_file()] {
+            tree.check_dir(&rel::parent(&f))?;
+            let kind = match tree.stat(&f)? {
+                Some(_) => ChangeKind::Update,
+                None => ChangeKind::Create,
+            };
+            changes.push(Change::new(kind, app.home.join(f).display().to_string()));
+        }
+        Ok(())
+    }
+
+    /// Enables cert auth unless another app's apply just did, its disabling journaled first.
+    async fn enable_cert_auth(&self, tx: &Tx<'_>) -> Result<(), StepError> {
+        let v = self.vault();
+        let mount = &self.cfg.agents.cert_auth_mount;
+        let _one_at_a_time = self.enabling.lock().await;
+        let auths = v
+            .sys
+            .list_auth()
+            .await
+            .map_err(|e| StepError::vault("list auth methods (sys/auth)", e))?;
+        if !auths.contains_key(&format!("{mount}/")) {
+            let description = format!(
+                "cert auth for Vault Agents, enabled by rotate run {}",
+                tx.run_id()
+            );
+            tx.record(UndoAction::DisableAuth {
+                mount: mount.clone(),
+                description: description.clone(),
+            })?;
+            cert_auth::ensure_enabled(v.sys, mount, &description, false).await?;
+        }
+        Ok(())
+    }
+
+    /// Writes role `agent-mtls-<app>`, its previous state journaled first.
+    async fn write_role(
+        &self,
+        n: &Names,
+        previous: Option<Map<String, Value>>,
+        tx: &Tx<'_>,
+    ) -> Result<(), StepError> {
+        let (cfg, v) = (self.cfg, self.vault());
+        tx.record(UndoAction::Role {
+            mount: cfg.pki.mount.clone(),
+            name: n.agent_role.clone(),
+            previous,
+        })?;
+        upsert_role(
+            v.pki,
+            &cfg.pki.mount,
+            &n.agent_role,
+            &role_spec(cfg, n),
+            CreatePolicy::CreateIfMissing,
+            false,
+        )
+        .await?;
+        Ok(())
+    }
+
+    /// Writes the policies the plan found missing, each one's previous text journaled first.
+    async fn write_policies(
+        &self,
+        policies: Vec<(String, String, Option<String>)>,
+        tx: &Tx<'_>,
+    ) -> Result<(), StepError> {
+        let v = self.vault();
+        for (name, text, previous) in policies {
+            tx.record(UndoAction::Policy {
+                name: name.clone(),
+                previous,
+            })?;
+            v.sys
+                .write_policy(&name, &text)
+                .await
+                .map_err(|e| StepError::vault(format!("write policy {name}"), e))?;
+        }
+        Ok(())
+    }
+
+    /// Issues the agent certificate (revoked on undo) and checks it, in memory.
+    async fn issue(&self, n: &Names, tx: &Tx<'_>) -> Result<IssuedMaterial, StepError> {
+        let (cfg, v) = (self.cfg, self.vault());
+        // Issue and check in memory first: nothing is written for a bad certificate.
+        let req = IssueRequest {
+            common_name: n.agent_cn.clone(),
+            ttl: Some(cfg.agents.ttl.clone()),
+            exclude_cn_from_sans: false,
+            ..Default::default()
+        };
+        let issued = crate::steps::common::issue_client(
+            v,
+            tx,
+            &cfg.pki.mount,
+            &n.agent_role,
+            &req,
+            issue_mode(cfg.agents.key_mode),
+            &self.chain,
+            self.deps.clock,
+            std::time::Duration::from_secs(3600),
+        )
+        .await?;
+        issued.info.expect_issuer_cn(&cfg.pki.issuer_name)?;
+        Ok(issued)
+    }
+
+    /// Stages `agent.key`, `agent.crt`, `ca.pem` (undo journaled), then replaces them.
+    fn write_files(
+        &self,
+        app: &AppConfig,
+        owner: Owner,
+        issued: &IssuedMaterial,
+        tx: &Tx<'_>,
+    ) -> Result<WriteReport, StepError> {
+        // Stage the whole set, then replace: a full disk fails before any rename.
+        let tree = Tree::open(&app.home, Some(owner))?;
+        let mut created = tree.ensure_dir(&rel::parent(&rel::agent_key()), 0o700)?;
+        created.extend(tree.ensure_dir(&rel::parent(&rel::ca_file()), 0o755)?);
+        if !created.is_empty() {
+            tx.record(UndoAction::Dirs {
+                root: app.home.clone(),
+                dirs: created,
+                owner: Some(owner),
+            })?;
+        }
+        let set = MaterialSet::new()
+            .with(
+                FileSpec::private_key(rel::agent_key()),
+                issued.key_pem.as_bytes().to_vec(),
+            )
+            .with(
+                FileSpec::public(rel::agent_cert()),
+                issued.fullchain_pem().into_bytes(),
+            )
+            .with(
+                FileSpec::public(rel::ca_file()),
+                self.chain.as_bytes().to_vec(),
+            );
+        let staged = set.stage(&tree, &tx.run_id())?;
+        for u in staged.undo_records() {
+            tx.record(UndoAction::File {
+                undo: u,
+                owner: Some(owner),
+            })?;
+        }
+        Ok(staged.commit()?)
     }
 }
 
@@ -168,30 +431,9 @@ impl Step for AgentsStep<'_> {
         let n = Names::new(cfg, app);
         let owner = owner_of(app)?;
         let tree = Tree::open(&app.home, Some(owner))?;
-        let mount = &cfg.agents.cert_auth_mount;
         let mut changes = Vec::new();
 
-        let auths = v
-            .sys
-            .list_auth()
-            .await
-            .map_err(|e| StepError::vault("list auth methods (sys/auth)", e))?;
-        let enable_auth = match auths.get(&format!("{mount}/")) {
-            Some(m) if m.mount_type == "cert" => false,
-            Some(m) => {
-                return Err(StepError::Invalid {
-                    what: format!("auth/{mount}"),
-                    reason: format!("is a {} auth method, not cert", m.mount_type),
-                });
-            }
-            None => {
-                changes.push(Change::new(
-                    ChangeKind::Create,
-                    format!("auth/{mount} (cert)"),
-                ));
-                true
-            }
-        };
+        let enable_auth = self.plan_cert_auth(&mut changes).await?;
 
         let (change, role) = crate::steps::common::plan_role(
             v,
@@ -204,69 +446,12 @@ impl Step for AgentsStep<'_> {
         .await?;
         changes.push(change);
 
-        let mut policies = Vec::new();
-        for (name, text, create_only) in [
-            (
-                n.issue_policy.clone(),
-                crate::topology::issue_policy_text(cfg, app),
-                false,
-            ),
-            (
-                cfg.agents.marker_policy.clone(),
-                crate::topology::marker_policy_text(),
-                true,
-            ),
-        ] {
-            let previous = v
-                .sys
-                .read_policy(&name)
-                .await
-                .map_err(|e| StepError::vault(format!("read policy {name}"), e))?;
-            let change = policy_change(&name, previous.as_deref(), &text, create_only);
-            if change.kind == ChangeKind::Create {
-                policies.push((name, text, previous));
-            }
-            changes.push(change);
-        }
+        let policies = self.plan_policies(app, &n, &mut changes).await?;
 
-        let mapping = mapping_spec(cfg, app, &self.chain);
-        let mapping_previous = v
-            .cert
-            .read_cert_role(mount, &n.mapping)
-            .await
-            .map_err(|e| StepError::vault(format!("read auth/{mount}/certs/{}", n.mapping), e))?;
-        let outcome = upsert_mapping(v.cert, mount, &mapping, true).await?;
-        let mapping_changes = outcome.action != cert_auth::MappingAction::Unchanged;
-        changes.push(
-            Change::new(
-                match outcome.action {
-                    cert_auth::MappingAction::Unchanged => ChangeKind::Unchanged,
-                    cert_auth::MappingAction::Created | cert_auth::MappingAction::WouldCreate => {
-                        ChangeKind::Create
-                    }
-                    _ => ChangeKind::Update,
-                },
-                &outcome.path,
-            )
-            .fields(crate::steps::common::drift_fields(&outcome.drift)),
-        );
+        let (mapping, mapping_previous, mapping_changes) =
+            self.plan_mapping(app, &n, &mut changes).await?;
 
-        let current_cert = tree.read(&rel::agent_cert())?.and_then(|pem| {
-            pki_ops::CertInfo::from_pem_labeled(&String::from_utf8_lossy(&pem), "agent.crt").ok()
-        });
-        changes.push(crate::steps::common::new_cert_change(
-            format!("certificate {} ({})", n.agent_cn, cfg.agents.ttl),
-            current_cert.as_ref(),
-            false,
-        ));
-        for f in [rel::agent_key(), rel::agent_cert(), rel::ca_file()] {
-            tree.check_dir(&rel::parent(&f))?;
-            let kind = match tree.stat(&f)? {
-                Some(_) => ChangeKind::Update,
-                None => ChangeKind::Create,
-            };
-            changes.push(Change::new(kind, app.home.join(f).display().to_string()));
-        }
+        self.plan_files(app, &n, &tree, &mut changes)?;
         Ok(TargetPlan {
             changes,
             data: AgentPlan {
@@ -293,105 +478,17 @@ impl Step for AgentsStep<'_> {
         let n = &p.names;
         let mount = &cfg.agents.cert_auth_mount;
 
-        // Issue and check in memory first: nothing is written for a bad certificate.
-        let req = IssueRequest {
-            common_name: n.agent_cn.clone(),
-            ttl: Some(cfg.agents.ttl.clone()),
-            exclude_cn_from_sans: false,
-            ..Default::default()
-        };
         if p.enable_auth {
-            let _one_at_a_time = self.enabling.lock().await;
-            let auths = v
-                .sys
-                .list_auth()
-                .await
-                .map_err(|e| StepError::vault("list auth methods (sys/auth)", e))?;
-            if !auths.contains_key(&format!("{mount}/")) {
-                let description = format!(
-                    "cert auth for Vault Agents, enabled by rotate run {}",
-                    tx.run_id()
-                );
-                tx.record(UndoAction::DisableAuth {
-                    mount: mount.clone(),
-                    description: description.clone(),
-                })?;
-                cert_auth::ensure_enabled(v.sys, mount, &description, false).await?;
-            }
+            self.enable_cert_auth(tx).await?;
         }
         if let Some(previous) = p.role {
-            tx.record(UndoAction::Role {
-                mount: cfg.pki.mount.clone(),
-                name: n.agent_role.clone(),
-                previous,
-            })?;
-            upsert_role(
-                v.pki,
-                &cfg.pki.mount,
-                &n.agent_role,
-                &role_spec(cfg, n),
-                CreatePolicy::CreateIfMissing,
-                false,
-            )
-            .await?;
+            self.write_role(n, previous, tx).await?;
         }
-        for (name, text, previous) in p.policies {
-            tx.record(UndoAction::Policy {
-                name: name.clone(),
-                previous,
-            })?;
-            v.sys
-                .write_policy(&name, &text)
-                .await
-                .map_err(|e| StepError::vault(format!("write policy {name}"), e))?;
-        }
+        self.write_policies(p.policies, tx).await?;
 
-        let issued = crate::steps::common::issue_client(
-            v,
-            tx,
-            &cfg.pki.mount,
-            &n.agent_role,
-            &req,
-            issue_mode(cfg.agents.key_mode),
-            &self.chain,
-            self.deps.clock,
-            std::time::Duration::from_secs(3600),
-        )
-        .await?;
-        issued.info.expect_issuer_cn(&cfg.pki.issuer_name)?;
+        let issued = self.issue(n, tx).await?;
 
-        // Stage the whole set, then replace: a full disk fails before any rename.
-        let tree = Tree::open(&app.home, Some(p.owner))?;
-        let mut created = tree.ensure_dir(&rel::parent(&rel::agent_key()), 0o700)?;
-        created.extend(tree.ensure_dir(&rel::parent(&rel::ca_file()), 0o755)?);
-        if !created.is_empty() {
-            tx.record(UndoAction::Dirs {
-                root: app.home.clone(),
-                dirs: created,
-                owner: Some(p.owner),
-            })?;
-        }
-        let set = MaterialSet::new()
-            .with(
-                FileSpec::private_key(rel::agent_key()),
-                issued.key_pem.as_bytes().to_vec(),
-            )
-            .with(
-                FileSpec::public(rel::agent_cert()),
-                issued.fullchain_pem().into_bytes(),
-            )
-            .with(
-                FileSpec::public(rel::ca_file()),
-                self.chain.as_bytes().to_vec(),
-            );
-        let staged = set.stage(&tree, &tx.run_id())?;
-        for u in staged.undo_records() {
-            tx.record(UndoAction::File {
-                undo: u,
-                owner: Some(p.owner),
-            })?;
-        }
-        let written = staged.commit()?;
+        let written = self.write_files(app, p.owner, &issued, tx)?;
 
         if p.mapping_changes {
             tx.record(UndoAction::Mapping {

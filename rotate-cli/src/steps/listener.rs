@@ -16,7 +16,10 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use async_trait::async_trait;
-use pki_ops::{CreatePolicy, FileSpec, MaterialSet, Owner, RoleSpec, Tree, upsert_role};
+use pki_ops::{
+    CreatePolicy, FileSpec, IssuedMaterial, MaterialSet, Owner, RoleSpec, Tree, WriteReport,
+    upsert_role,
+};
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 use vault_client::IssueRequest;
@@ -215,6 +218,238 @@ impl<'a> ListenerStep<'a> {
     fn timeout(&self) -> Duration {
         self.cfg.duration(&self.l.reload_timeout)
     }
+
+    /// What the listener serves now, seen through a proven admin identity (the precondition).
+    async fn proven_admin_served(&self) -> Result<Served, StepError> {
+        let v = self.deps.vault;
+        let (cert, key, ca) = self.admin_files()?;
+        // Never touch the listener without a working admin identity.
+        let identity = prove_admin(v.gate, &cert, &key, &ca, PROOF_TIMEOUT)
+            .await
+            .map_err(|why| StepError::Gate {
+                step: "listener",
+                app: "listener".into(),
+                reason: format!(
+                    "precondition: no proven admin identity ({why}); step 2 is not attempted without one"
+                ),
+            })?;
+        Ok(identity.listener)
+    }
+
+    /// Every client bundle (and warnings), checked to verify the new certificate's issuer.
+    fn bundles_verifying_issuer(&self) -> Result<(Vec<ClientBundle>, Vec<String>), StepError> {
+        let mount = &self.cfg.pki.mount;
+        // Every client bundle must verify the chain that will sign the new certificate,
+        // before anything is written.
+        let now = (self.deps.clock)();
+        let (bundles, mut warnings) = self.client_bundles()?;
+        let certs = pki_ops::parse_bundle(&self.chain, &format!("{mount}/cert/ca_chain"))?;
+        let issuer_pem = self
+            .chain
+            .split_inclusive("-----END CERTIFICATE-----")
+            .next()
+            .unwrap_or_default()
+            .to_owned();
+        let issuer_label = format!(
+            "the issuer {:?} of {mount}",
+            certs.first().map(|c| c.cn().to_owned()).unwrap_or_default()
+        );
+        verify_with_all(
+            &issuer_pem,
+            &issuer_label,
+            &self.chain,
+            &bundles,
+            now,
+            &mut warnings,
+        )?;
+        Ok((bundles, warnings))
+    }
+
+    /// Refuses a certificate file that holds another serial than the listener serves.
+    fn files_hold_served(
+        &self,
+        tree: &Tree,
+        cert_rel: &Path,
+        served_before: &Served,
+    ) -> Result<(), StepError> {
+        // The undo proves the *previous* serial is served again after restoring the files:
+        // that only means something when the files hold what is served now.
+        if let Some(pem) = tree.read(cert_rel)? {
+            let file = pki_ops::CertInfo::from_pem_labeled(
+                &String::from_utf8_lossy(&pem),
+                &self.l.cert_file.display().to_string(),
+            )?;
+            if !file
+                .serial_hex
+                .eq_ignore_ascii_case(&served_before.serial_hex)
+            {
+                return Err(StepError::Invalid {
+                    what: format!("listener {}", self.l.cert_file.display()),
+                    reason: format!(
+                        "holds serial {} but the listener serves {}: a reload is pending, or this is not the server's tls_cert_file; reload or fix [listener] cert_file first",
+                        file.serial_hex, served_before.serial_hex
+                    ),
+                });
+            }
+        }
+        Ok(())
+    }
+
+    /// The planned swap: the new certificate, its two files, the reload.
+    fn swap_changes(
+        &self,
+        tree: &Tree,
+        files: [&PathBuf; 2],
+        served_before: &Served,
+        bundle_count: usize,
+    ) -> Result<Vec<Change>, StepError> {
+        let mut changes = vec![
+            Change::new(
+                ChangeKind::Create,
+                format!(
+                    "listener certificate {} ({})",
+                    self.dns_names().join(", "),
+                    self.l.ttl
+                ),
+            )
+            .note(format!(
+                "replaces served serial {} (not after {})",
+                served_before.serial_hex, served_before.not_after
+            )),
+        ];
+        for r in files {
+            let kind = match tree.stat(r)? {
+                Some(_) => ChangeKind::Update,
+                None => ChangeKind::Create,
+            };
+            changes.push(Change::new(kind, tree.root().join(r).display().to_string()));
+        }
+        changes.push(
+            Change::new(ChangeKind::Update, format!("reload ({})", self.l.reload)).note(format!(
+                "then wait up to {} for the new serial; {} client bundle(s) verified",
+                self.l.reload_timeout, bundle_count
+            )),
+        );
+        Ok(changes)
+    }
+
+    /// Writes the listener role, its previous state journaled first.
+    async fn write_role(
+        &self,
+        previous: Option<Map<String, Value>>,
+        tx: &Tx<'_>,
+    ) -> Result<(), StepError> {
+        let (v, l, mount) = (self.deps.vault, self.l, &self.cfg.pki.mount);
+        tx.record(UndoAction::Role {
+            mount: mount.clone(),
+            name: l.role.clone(),
+            previous,
+        })?;
+        upsert_role(
+            v.pki,
+            mount,
+            &l.role,
+            &self.role_spec(),
+            CreatePolicy::CreateIfMissing,
+            false,
+        )
+        .await?;
+        Ok(())
+    }
+
+    /// Issues the new certificate (revoked on undo) and checks it in memory; with its SANs.
+    async fn issue_checked(
+        &self,
+        bundles: &[ClientBundle],
+        tx: &Tx<'_>,
+    ) -> Result<(IssuedMaterial, Vec<String>), StepError> {
+        let (v, l, mount) = (self.deps.vault, self.l, &self.cfg.pki.mount);
+        let names = self.dns_names();
+        let req = IssueRequest {
+            common_name: self.cn(),
+            alt_names: names[1..].to_vec(),
+            ip_sans: l.ip_sans.clone(),
+            ttl: Some(l.ttl.clone()),
+            exclude_cn_from_sans: false,
+            ..Default::default()
+        };
+        let issued = crate::steps::common::issue_journaled(
+            v,
+            tx,
+            mount,
+            &l.role,
+            &req,
+            issue_mode(l.key_mode),
+            self.deps.clock,
+        )
+        .await?;
+        let now = (self.deps.clock)();
+        let info = &issued.info;
+        info.expect_cn(&self.cn())?;
+        info.expect_issuer_cn(&self.cfg.pki.issuer_name)?;
+        info.expect_server_auth()?;
+        info.expect_validity(now, Duration::from_secs(3600), None)?;
+        let mut sans: Vec<String> = info.dns_sans.clone();
+        sans.extend(info.ip_sans.iter().map(|ip| ip.to_string()));
+        for want in names.iter().chain(&l.ip_sans) {
+            if !sans.iter().any(|s| s == want) {
+                return Err(StepError::Gate {
+                    step: "listener",
+                    app: "listener".into(),
+                    reason: format!("the issued certificate lacks SAN {want} (has {sans:?})"),
+                });
+            }
+        }
+        pki_ops::key_matches_cert(&issued.key_pem, &issued.cert_pem)?;
+        verify_with_all(
+            &issued.cert_pem,
+            "the new listener certificate",
+            &issued.chain_pem,
+            bundles,
+            now,
+            &mut Vec::new(),
+        )?;
+        Ok((issued, sans))
+    }
+
+    /// Stages chain + key, journals their undo and the reload's, replaces; the tree, the report.
+    fn replace_files(
+        &self,
+        owner: Owner,
+        served_before: &Served,
+        issued: &IssuedMaterial,
+        tx: &Tx<'_>,
+    ) -> Result<(Tree, WriteReport), StepError> {
+        let l = self.l;
+        let (tree, cert_rel, key_rel) = self.tree(owner)?;
+        let staged = MaterialSet::new()
+            .with(
+                FileSpec::public(&cert_rel),
+                issued.fullchain_pem().into_bytes(),
+            )
+            .with(
+                FileSpec::private_key(&key_rel),
+                issued.key_pem.as_bytes().to_vec(),
+            )
+            .stage(&tree, &tx.run_id())?;
+        for u in staged.undo_records() {
+            tx.record(UndoAction::File {
+                undo: u,
+                owner: Some(owner),
+            })?;
+        }
+        let (cert, key, ca) = self.admin_files()?;
+        tx.record(UndoAction::ReloadListener {
+            reload: l.reload.clone(),
+            previous_serial: served_before.serial_hex.clone(),
+            ca,
+            cert,
+            key,
+            timeout_secs: self.timeout().as_secs().max(1),
+        })?;
+        let written = staged.commit()?;
+        Ok((tree, written))
+    }
 }
 
 /// `leaf_pem` (plus `chain`) verifies with every bundle; the error names the first that
@@ -347,18 +582,7 @@ impl Step for ListenerStep<'_> {
     async fn plan(&self, _t: &Singleton) -> Result<TargetPlan<ListenerPlan>, StepError> {
         let v = self.deps.vault;
         let mount = &self.cfg.pki.mount;
-        let (cert, key, ca) = self.admin_files()?;
-        // Never touch the listener without a working admin identity.
-        let identity = prove_admin(v.gate, &cert, &key, &ca, PROOF_TIMEOUT)
-            .await
-            .map_err(|why| StepError::Gate {
-                step: "listener",
-                app: "listener".into(),
-                reason: format!(
-                    "precondition: no proven admin identity ({why}); step 2 is not attempted without one"
-                ),
-            })?;
-        let served_before = identity.listener;
+        let served_before = self.proven_admin_served().await?;
         let mut changes = Vec::new();
         let (change, role) = crate::steps::common::plan_role(
             v,
@@ -370,80 +594,17 @@ impl Step for ListenerStep<'_> {
         )
         .await?;
         changes.push(change);
-        // Every client bundle must verify the chain that will sign the new certificate,
-        // before anything is written.
-        let now = (self.deps.clock)();
-        let (bundles, mut warnings) = self.client_bundles()?;
-        let certs = pki_ops::parse_bundle(&self.chain, &format!("{mount}/cert/ca_chain"))?;
-        let issuer_pem = self
-            .chain
-            .split_inclusive("-----END CERTIFICATE-----")
-            .next()
-            .unwrap_or_default()
-            .to_owned();
-        let issuer_label = format!(
-            "the issuer {:?} of {mount}",
-            certs.first().map(|c| c.cn().to_owned()).unwrap_or_default()
-        );
-        verify_with_all(
-            &issuer_pem,
-            &issuer_label,
-            &self.chain,
-            &bundles,
-            now,
-            &mut warnings,
-        )?;
+        let (bundles, warnings) = self.bundles_verifying_issuer()?;
 
         let owner = self.owner()?;
         let (tree, cert_rel, key_rel) = self.tree(owner)?;
-        // The undo proves the *previous* serial is served again after restoring the files:
-        // that only means something when the files hold what is served now.
-        if let Some(pem) = tree.read(&cert_rel)? {
-            let file = pki_ops::CertInfo::from_pem_labeled(
-                &String::from_utf8_lossy(&pem),
-                &self.l.cert_file.display().to_string(),
-            )?;
-            if !file
-                .serial_hex
-                .eq_ignore_ascii_case(&served_before.serial_hex)
-            {
-                return Err(StepError::Invalid {
-                    what: format!("listener {}", self.l.cert_file.display()),
-                    reason: format!(
-                        "holds serial {} but the listener serves {}: a reload is pending, or this is not the server's tls_cert_file; reload or fix [listener] cert_file first",
-                        file.serial_hex, served_before.serial_hex
-                    ),
-                });
-            }
-        }
-        changes.push(
-            Change::new(
-                ChangeKind::Create,
-                format!(
-                    "listener certificate {} ({})",
-                    self.dns_names().join(", "),
-                    self.l.ttl
-                ),
-            )
-            .note(format!(
-                "replaces served serial {} (not after {})",
-                served_before.serial_hex, served_before.not_after
-            )),
-        );
-        for r in [&cert_rel, &key_rel] {
-            let kind = match tree.stat(r)? {
-                Some(_) => ChangeKind::Update,
-                None => ChangeKind::Create,
-            };
-            changes.push(Change::new(kind, tree.root().join(r).display().to_string()));
-        }
-        changes.push(
-            Change::new(ChangeKind::Update, format!("reload ({})", self.l.reload)).note(format!(
-                "then wait up to {} for the new serial; {} client bundle(s) verified",
-                self.l.reload_timeout,
-                bundles.len()
-            )),
-        );
+        self.files_hold_served(&tree, &cert_rel, &served_before)?;
+        changes.extend(self.swap_changes(
+            &tree,
+            [&cert_rel, &key_rel],
+            &served_before,
+            bundles.len(),
+        )?);
         changes.extend(warnings.into_iter().map(|w| {
             Change::new(ChangeKind::Kept, "client CA bundle of an app")
                 .note(w)
@@ -466,98 +627,15 @@ impl Step for ListenerStep<'_> {
         plan: TargetPlan<ListenerPlan>,
         tx: &Tx<'_>,
     ) -> Result<ListenerApplied, StepError> {
-        let v = self.deps.vault;
-        let (l, mount) = (self.l, &self.cfg.pki.mount);
+        let l = self.l;
         let p = plan.data;
         if let Some(previous) = p.role {
-            tx.record(UndoAction::Role {
-                mount: mount.clone(),
-                name: l.role.clone(),
-                previous,
-            })?;
-            upsert_role(
-                v.pki,
-                mount,
-                &l.role,
-                &self.role_spec(),
-                CreatePolicy::CreateIfMissing,
-                false,
-            )
-            .await?;
+            self.write_role(previous, tx).await?;
         }
-        let names = self.dns_names();
-        let req = IssueRequest {
-            common_name: self.cn(),
-            alt_names: names[1..].to_vec(),
-            ip_sans: l.ip_sans.clone(),
-            ttl: Some(l.ttl.clone()),
-            exclude_cn_from_sans: false,
-            ..Default::default()
-        };
-        let issued = crate::steps::common::issue_journaled(
-            v,
-            tx,
-            mount,
-            &l.role,
-            &req,
-            issue_mode(l.key_mode),
-            self.deps.clock,
-        )
-        .await?;
-        let now = (self.deps.clock)();
+        let (issued, sans) = self.issue_checked(&p.bundles, tx).await?;
         let info = &issued.info;
-        info.expect_cn(&self.cn())?;
-        info.expect_issuer_cn(&self.cfg.pki.issuer_name)?;
-        info.expect_server_auth()?;
-        info.expect_validity(now, Duration::from_secs(3600), None)?;
-        let mut sans: Vec<String> = info.dns_sans.clone();
-        sans.extend(info.ip_sans.iter().map(|ip| ip.to_string()));
-        for want in names.iter().chain(&l.ip_sans) {
-            if !sans.iter().any(|s| s == want) {
-                return Err(StepError::Gate {
-                    step: "listener",
-                    app: "listener".into(),
-                    reason: format!("the issued certificate lacks SAN {want} (has {sans:?})"),
-                });
-            }
-        }
-        pki_ops::key_matches_cert(&issued.key_pem, &issued.cert_pem)?;
-        verify_with_all(
-            &issued.cert_pem,
-            "the new listener certificate",
-            &issued.chain_pem,
-            &p.bundles,
-            now,
-            &mut Vec::new(),
-        )?;
 
-        let (tree, cert_rel, key_rel) = self.tree(p.owner)?;
-        let staged = MaterialSet::new()
-            .with(
-                FileSpec::public(&cert_rel),
-                issued.fullchain_pem().into_bytes(),
-            )
-            .with(
-                FileSpec::private_key(&key_rel),
-                issued.key_pem.as_bytes().to_vec(),
-            )
-            .stage(&tree, &tx.run_id())?;
-        for u in staged.undo_records() {
-            tx.record(UndoAction::File {
-                undo: u,
-                owner: Some(p.owner),
-            })?;
-        }
-        let (cert, key, ca) = self.admin_files()?;
-        tx.record(UndoAction::ReloadListener {
-            reload: l.reload.clone(),
-            previous_serial: p.served_before.serial_hex.clone(),
-            ca,
-            cert,
-            key,
-            timeout_secs: self.timeout().as_secs().max(1),
-        })?;
-        let written = staged.commit()?;
+        let (tree, written) = self.replace_files(p.owner, &p.served_before, &issued, tx)?;
         let reloader: hooks::Reloader = l.reload.parse()?;
         let report = hooks::reload_expecting(
             self.deps.runner,

@@ -18,10 +18,13 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use pki_ops::{CreatePolicy, FileSpec, MaterialSet, Owner, RoleSpec, Tree, upsert_role};
+use pki_ops::{
+    CreatePolicy, FileSpec, IssuedMaterial, MaterialSet, Owner, RoleSpec, Tree, upsert_role,
+};
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 use vault_client::IssueRequest;
+use zeroize::Zeroizing;
 
 use crate::change::{Change, ChangeKind};
 use crate::checks::{PreflightReport, VerifyReport};
@@ -233,6 +236,194 @@ impl<'a> ProxyStep<'a> {
             })
             .collect()
     }
+
+    /// Writes the client identity's role, its previous state journaled first.
+    async fn write_role(
+        &self,
+        id: &ProxyIdentity,
+        previous: Option<Map<String, Value>>,
+        tx: &Tx<'_>,
+    ) -> Result<(), StepError> {
+        let (v, mount) = (self.deps.vault, &self.cfg.pki.mount);
+        tx.record(UndoAction::Role {
+            mount: mount.clone(),
+            name: id.role.clone(),
+            previous,
+        })?;
+        upsert_role(
+            v.pki,
+            mount,
+            &id.role,
+            &self.role_spec(id),
+            CreatePolicy::CreateIfMissing,
+            false,
+        )
+        .await?;
+        Ok(())
+    }
+
+    /// Issues the proxy's client certificate (revoked on undo), checked against the chain.
+    async fn issue_client_cert(
+        &self,
+        id: &ProxyIdentity,
+        tx: &Tx<'_>,
+    ) -> Result<IssuedMaterial, StepError> {
+        let (v, mount) = (self.deps.vault, &self.cfg.pki.mount);
+        let req = IssueRequest {
+            common_name: id.cn.clone(),
+            ttl: Some(self.p.client_ttl.clone()),
+            ..Default::default()
+        };
+        crate::steps::common::issue_client(
+            v,
+            tx,
+            mount,
+            &id.role,
+            &req,
+            issue_mode(KeyMode::default()),
+            &self.chain,
+            self.deps.clock,
+            Duration::from_secs(600),
+        )
+        .await
+    }
+
+    /// Stages `set`, journals each file's undo (and the reload's), replaces and reloads.
+    async fn replace_and_reload(
+        &self,
+        owner: Owner,
+        set: MaterialSet,
+        tx: &Tx<'_>,
+    ) -> Result<Option<String>, StepError> {
+        // Everything staged (key 0600 from creation) before anything is replaced.
+        let tree = Tree::open(&self.home, Some(owner))?;
+        let staged = set.stage(&tree, &tx.run_id())?;
+        for u in staged.undo_records() {
+            tx.record(UndoAction::File {
+                undo: u,
+                owner: Some(owner),
+            })?;
+        }
+        let reload = if self.p.reload.is_empty() {
+            staged.commit()?;
+            None
+        } else {
+            tx.record(UndoAction::Reload {
+                reload: self.p.reload.clone(),
+                setting: "proxy.reload".into(),
+            })?;
+            staged.commit()?;
+            let r: hooks::Reloader = self.p.reload.parse()?;
+            let report = hooks::reload(
+                self.deps.runner,
+                &r,
+                self.cfg.duration(&self.cfg.leaf.command_timeout),
+            )
+            .await
+            .map_err(|e| StepError::Gate {
+                step: "proxy",
+                app: "proxy".into(),
+                reason: format!("[proxy] reload ({}) failed: {e}", self.p.reload),
+            })?;
+            Some(format!("{report:?}"))
+        };
+        Ok(reload)
+    }
+
+    /// Reads the installed client pair as the proxy would; it must match and hold the serial.
+    fn installed_identity(
+        &self,
+        tree: &Tree,
+        id: &ProxyIdentity,
+        a: &ProxyApplied,
+        bundle: Zeroizing<Vec<u8>>,
+    ) -> Result<(TlsIdentity, String, pki_ops::CertInfo), StepError> {
+        let read = |r: &PathBuf| -> Result<_, StepError> {
+            let path = self.home.join(r);
+            let c = tree
+                .read(r)?
+                .ok_or_else(|| self.gate_err(format!("{} is missing", path.display())))?;
+            Ok((path, c))
+        };
+        let identity = TlsIdentity {
+            cert: read(&id.cert)?,
+            key: read(&id.key)?,
+            ca: (a.bundle.clone(), bundle),
+        };
+        let cert_pem = String::from_utf8_lossy(&identity.cert.1).into_owned();
+        let key_pem = std::str::from_utf8(&identity.key.1)
+            .map_err(|_| self.gate_err(format!("{} is not PEM text", identity.key.0.display())))?;
+        pki_ops::key_matches_cert(key_pem, &cert_pem).map_err(|e| self.gate_err(e.to_string()))?;
+        let info =
+            pki_ops::CertInfo::from_pem_labeled(&cert_pem, &identity.cert.0.display().to_string())?;
+        if let Some(want) = &a.client_serial
+            && !info.serial_hex.eq_ignore_ascii_case(want)
+        {
+            return Err(self.gate_err(format!(
+                "{} holds serial {}, not the issued {want}",
+                identity.cert.0.display(),
+                info.serial_hex
+            )));
+        }
+        Ok((identity, cert_pem, info))
+    }
+
+    /// Proves the listener accepts `identity` on a new handshake; what it accepted.
+    async fn listener_accepts(
+        &self,
+        identity: &TlsIdentity,
+        cert_pem: &str,
+        info: &pki_ops::CertInfo,
+    ) -> Result<String, StepError> {
+        let h = self
+            .deps
+            .vault
+            .gate
+            .handshake_as(identity, Duration::from_secs(10))
+            .await
+            .map_err(|e| {
+                self.gate_err(format!(
+                    "the listener refused the proxy's new client certificate: {e}; {}",
+                    e.next_action()
+                ))
+            })?;
+        // A 200 proves the certificate was verified only if the listener asked for
+        // one from the issuers of the proxy's chain.
+        let chain = pki_ops::parse_bundle(cert_pem, "proxy client certificate")?;
+        let names = h.acceptable_client_cas.clone().unwrap_or_default();
+        if !chain
+            .iter()
+            .any(|c| names.contains(&c.issuer_der) || names.contains(&c.subject_der))
+        {
+            return Err(self.gate_err(format!(
+                "the listener does not name the issuer of the proxy's certificate ({}) among the CAs it accepts client certificates from ({:?}): its answer would not prove it verified the certificate",
+                info.issuer,
+                names
+                    .iter()
+                    .map(|d| pki_ops::distinguished_name(d).unwrap_or_default())
+                    .collect::<Vec<_>>()
+            )));
+        }
+        match h.seal_status {
+            Ok(200) => {}
+            Ok(code) => {
+                return Err(self.gate_err(format!(
+                    "sys/seal-status with the proxy's client certificate answered HTTP {code}"
+                )));
+            }
+            Err((kind, msg)) => {
+                return Err(self.gate_err(format!(
+                    "the listener refused the proxy's new client certificate: {kind}: {msg}; {}",
+                    kind.next_action()
+                )));
+            }
+        }
+        Ok(format!(
+            "serial {} ({}) accepted by the listener",
+            info.serial_hex,
+            info.cn()
+        ))
+    }
 }
 
 #[async_trait]
@@ -374,40 +565,10 @@ impl Step for ProxyStep<'_> {
         }
         let mut client = None;
         if let Some(id) = &identity {
-            let (v, mount) = (self.deps.vault, &self.cfg.pki.mount);
             if let Some(previous) = p.role {
-                tx.record(UndoAction::Role {
-                    mount: mount.clone(),
-                    name: id.role.clone(),
-                    previous,
-                })?;
-                upsert_role(
-                    v.pki,
-                    mount,
-                    &id.role,
-                    &self.role_spec(id),
-                    CreatePolicy::CreateIfMissing,
-                    false,
-                )
-                .await?;
+                self.write_role(id, previous, tx).await?;
             }
-            let req = IssueRequest {
-                common_name: id.cn.clone(),
-                ttl: Some(self.p.client_ttl.clone()),
-                ..Default::default()
-            };
-            let issued = crate::steps::common::issue_client(
-                v,
-                tx,
-                mount,
-                &id.role,
-                &req,
-                issue_mode(KeyMode::default()),
-                &self.chain,
-                self.deps.clock,
-                Duration::from_secs(600),
-            )
-            .await?;
+            let issued = self.issue_client_cert(id, tx).await?;
             set = set
                 .with(
                     FileSpec::private_key(&id.key),
@@ -419,38 +580,7 @@ impl Step for ProxyStep<'_> {
                 );
             client = Some(issued.info.clone());
         }
-        // Everything staged (key 0600 from creation) before anything is replaced.
-        let tree = Tree::open(&self.home, Some(p.owner))?;
-        let staged = set.stage(&tree, &tx.run_id())?;
-        for u in staged.undo_records() {
-            tx.record(UndoAction::File {
-                undo: u,
-                owner: Some(p.owner),
-            })?;
-        }
-        let reload = if self.p.reload.is_empty() {
-            staged.commit()?;
-            None
-        } else {
-            tx.record(UndoAction::Reload {
-                reload: self.p.reload.clone(),
-                setting: "proxy.reload".into(),
-            })?;
-            staged.commit()?;
-            let r: hooks::Reloader = self.p.reload.parse()?;
-            let report = hooks::reload(
-                self.deps.runner,
-                &r,
-                self.cfg.duration(&self.cfg.leaf.command_timeout),
-            )
-            .await
-            .map_err(|e| StepError::Gate {
-                step: "proxy",
-                app: "proxy".into(),
-                reason: format!("[proxy] reload ({}) failed: {e}", self.p.reload),
-            })?;
-            Some(format!("{report:?}"))
-        };
+        let reload = self.replace_and_reload(p.owner, set, tx).await?;
         Ok(ProxyApplied {
             bundle,
             certificates,
@@ -476,85 +606,8 @@ impl Step for ProxyStep<'_> {
         if let Some(id) = self.identity() {
             // Read as the proxy would (no symlink followed), then presented to the
             // listener on a new handshake that trusts only the proxy's bundle.
-            let read = |r: &PathBuf| -> Result<_, StepError> {
-                let path = self.home.join(r);
-                let c = tree
-                    .read(r)?
-                    .ok_or_else(|| self.gate_err(format!("{} is missing", path.display())))?;
-                Ok((path, c))
-            };
-            let identity = TlsIdentity {
-                cert: read(&id.cert)?,
-                key: read(&id.key)?,
-                ca: (a.bundle.clone(), on_disk),
-            };
-            let cert_pem = String::from_utf8_lossy(&identity.cert.1).into_owned();
-            let key_pem = std::str::from_utf8(&identity.key.1).map_err(|_| {
-                self.gate_err(format!("{} is not PEM text", identity.key.0.display()))
-            })?;
-            pki_ops::key_matches_cert(key_pem, &cert_pem)
-                .map_err(|e| self.gate_err(e.to_string()))?;
-            let info = pki_ops::CertInfo::from_pem_labeled(
-                &cert_pem,
-                &identity.cert.0.display().to_string(),
-            )?;
-            if let Some(want) = &a.client_serial
-                && !info.serial_hex.eq_ignore_ascii_case(want)
-            {
-                return Err(self.gate_err(format!(
-                    "{} holds serial {}, not the issued {want}",
-                    identity.cert.0.display(),
-                    info.serial_hex
-                )));
-            }
-            let h = self
-                .deps
-                .vault
-                .gate
-                .handshake_as(&identity, Duration::from_secs(10))
-                .await
-                .map_err(|e| {
-                    self.gate_err(format!(
-                        "the listener refused the proxy's new client certificate: {e}; {}",
-                        e.next_action()
-                    ))
-                })?;
-            // A 200 proves the certificate was verified only if the listener asked for
-            // one from the issuers of the proxy's chain.
-            let chain = pki_ops::parse_bundle(&cert_pem, "proxy client certificate")?;
-            let names = h.acceptable_client_cas.clone().unwrap_or_default();
-            if !chain
-                .iter()
-                .any(|c| names.contains(&c.issuer_der) || names.contains(&c.subject_der))
-            {
-                return Err(self.gate_err(format!(
-                    "the listener does not name the issuer of the proxy's certificate ({}) among the CAs it accepts client certificates from ({:?}): its answer would not prove it verified the certificate",
-                    info.issuer,
-                    names
-                        .iter()
-                        .map(|d| pki_ops::distinguished_name(d).unwrap_or_default())
-                        .collect::<Vec<_>>()
-                )));
-            }
-            match h.seal_status {
-                Ok(200) => {}
-                Ok(code) => {
-                    return Err(self.gate_err(format!(
-                        "sys/seal-status with the proxy's client certificate answered HTTP {code}"
-                    )));
-                }
-                Err((kind, msg)) => {
-                    return Err(self.gate_err(format!(
-                        "the listener refused the proxy's new client certificate: {kind}: {msg}; {}",
-                        kind.next_action()
-                    )));
-                }
-            }
-            client_accepted = Some(format!(
-                "serial {} ({}) accepted by the listener",
-                info.serial_hex,
-                info.cn()
-            ));
+            let (identity, cert_pem, info) = self.installed_identity(&tree, &id, a, on_disk)?;
+            client_accepted = Some(self.listener_accepts(&identity, &cert_pem, &info).await?);
         }
         let probe = match &self.p.probe {
             Some(addr) => Some(self.probe(addr).await?),
@@ -655,18 +708,52 @@ async fn verify_proxy(
         return;
     };
     let name = format!("proxy bundle {}", home.join(bundle).display());
+    let (tree, text) = match read_proxy_bundle(p, home, bundle) {
+        Ok(read) => read,
+        Err(why) => return r.check(name, Err(why)),
+    };
+    let label = home.join(bundle).display().to_string();
+    let res = bundle_verifies(p, apps, served, &text, &label, now);
+    r.check(name, res);
+
+    if let Some(id) = p.identity(&cfg.agents.domain) {
+        check_client_pair(home, &tree, &id, &text, &label, now, r);
+    }
+    if let Some(addr) = &p.probe {
+        let res = probe_through(cfg, p, addr, deps).await;
+        r.check(format!("Vault through the proxy at {addr}"), res);
+    }
+}
+
+/// The proxy's home as its user's tree, and the text of its bundle (why not, for the report).
+fn read_proxy_bundle(
+    p: &crate::config::ProxySection,
+    home: &std::path::Path,
+    bundle: &std::path::Path,
+) -> Result<(Tree, String), String> {
     let tree = match crate::host::owner_of_user("[proxy]", p.user(), None)
         .and_then(|o| pki_ops::Tree::open(home, Some(o)).map_err(Into::into))
     {
         Ok(t) => t,
-        Err(x) => return r.check(name, Err(format!("{x:#}"))),
+        Err(x) => return Err(format!("{x:#}")),
     };
     let text = match tree.read(bundle) {
         Ok(Some(b)) => String::from_utf8_lossy(&b).into_owned(),
-        Ok(None) => return r.check(name, Err("missing: run step 5".into())),
-        Err(x) => return r.check(name, Err(format!("{x:#}"))),
+        Ok(None) => return Err("missing: run step 5".into()),
+        Err(x) => return Err(format!("{x:#}")),
     };
-    let label = home.join(bundle).display().to_string();
+    Ok((tree, text))
+}
+
+/// Whether bundle `text` verifies the served listener chain and every app leaf present.
+fn bundle_verifies(
+    p: &crate::config::ProxySection,
+    apps: &[&AppConfig],
+    served: &str,
+    text: &str,
+    label: &str,
+    now: i64,
+) -> Result<String, String> {
     let mut what = vec![("the served listener chain".to_owned(), served.to_owned())];
     for app in apps {
         let leaf = owner_of(app)
@@ -680,68 +767,79 @@ async fn verify_proxy(
             ));
         }
     }
-    let res = what
-        .iter()
+    what.iter()
         .map(|(n, pem)| {
-            pki_ops::verify_chain_as(p.trust.model(), pem, n, pem, &text, &label, now)
+            pki_ops::verify_chain_as(p.trust.model(), pem, n, pem, text, label, now)
                 .map(|()| n.clone())
                 .map_err(|x| format!("does not verify {n}: {x:#}"))
         })
         .collect::<Result<Vec<_>, _>>()
-        .map(|ok| format!("verifies {}", ok.join(", ")));
-    r.check(name, res);
+        .map(|ok| format!("verifies {}", ok.join(", ")))
+}
 
-    if let Some(id) = p.identity(&cfg.agents.domain) {
-        let what = format!("proxy client certificate {}", home.join(&id.cert).display());
-        let pair = (|| -> Result<String, String> {
-            let read = |f: &std::path::Path| match tree.read(f) {
-                Ok(Some(b)) => Ok(b),
-                Ok(None) => Err(format!("{} is missing: run step 5", home.join(f).display())),
-                Err(x) => Err(format!("{x:#}")),
-            };
-            let cert = String::from_utf8_lossy(&read(&id.cert)?).into_owned();
-            let key = read(&id.key)?;
-            let key =
-                std::str::from_utf8(&key).map_err(|_| "the key is not PEM text".to_owned())?;
-            pki_ops::key_matches_cert(key, &cert).map_err(|x| format!("{x:#}"))?;
-            let c =
-                pki_ops::CertInfo::from_pem_labeled(&cert, &what).map_err(|x| format!("{x:#}"))?;
-            c.expect_validity(now, Duration::from_secs(0), None)
-                .map_err(|x| format!("{x:#}"))?;
-            pki_ops::verify_chain_labeled(&cert, &what, &cert, &text, &label, now)
-                .map_err(|x| format!("{x:#}"))?;
-            r.material(
-                "proxy client certificate",
-                home.join(&id.cert).display().to_string(),
-                &c,
-                now,
-            );
-            Ok(format!(
-                "serial {}: key matches, valid, verifies with the proxy's bundle",
-                c.serial_hex
-            ))
-        })();
-        r.check(what, pair);
-    }
-    if let Some(addr) = &p.probe {
-        let ca = p.probe_ca.as_ref().or(cfg.vault.ca_cert.as_ref());
-        let res = match ca {
-            None => Err("no [proxy] probe_ca or [vault] ca_cert".to_owned()),
-            Some(ca) => {
-                match deps
-                    .vault
-                    .gate
-                    .through_proxy(addr, p.probe_server_name.clone(), ca)
-                {
-                    Err(x) => Err(format!("{x:#}")),
-                    Ok(c) => c
-                        .seal_status()
-                        .await
-                        .map(|s| format!("Vault {} answered sys/seal-status through it", s.version))
-                        .map_err(|x| format!("{x:#}; {}", x.next_action())),
-                }
-            }
+/// Checks the proxy's client pair: key matches, valid now, verifies with the proxy's bundle.
+fn check_client_pair(
+    home: &std::path::Path,
+    tree: &Tree,
+    id: &ProxyIdentity,
+    text: &str,
+    label: &str,
+    now: i64,
+    r: &mut VerifyReport,
+) {
+    let what = format!("proxy client certificate {}", home.join(&id.cert).display());
+    let pair = (|| -> Result<String, String> {
+        let read = |f: &std::path::Path| match tree.read(f) {
+            Ok(Some(b)) => Ok(b),
+            Ok(None) => Err(format!("{} is missing: run step 5", home.join(f).display())),
+            Err(x) => Err(format!("{x:#}")),
         };
-        r.check(format!("Vault through the proxy at {addr}"), res);
+        let cert = String::from_utf8_lossy(&read(&id.cert)?).into_owned();
+        let key = read(&id.key)?;
+        let key = std::str::from_utf8(&key).map_err(|_| "the key is not PEM text".to_owned())?;
+        pki_ops::key_matches_cert(key, &cert).map_err(|x| format!("{x:#}"))?;
+        let c = pki_ops::CertInfo::from_pem_labeled(&cert, &what).map_err(|x| format!("{x:#}"))?;
+        c.expect_validity(now, Duration::from_secs(0), None)
+            .map_err(|x| format!("{x:#}"))?;
+        pki_ops::verify_chain_labeled(&cert, &what, &cert, text, label, now)
+            .map_err(|x| format!("{x:#}"))?;
+        r.material(
+            "proxy client certificate",
+            home.join(&id.cert).display().to_string(),
+            &c,
+            now,
+        );
+        Ok(format!(
+            "serial {}: key matches, valid, verifies with the proxy's bundle",
+            c.serial_hex
+        ))
+    })();
+    r.check(what, pair);
+}
+
+/// Asks Vault `sys/seal-status` through the proxy at `addr`, once.
+async fn probe_through(
+    cfg: &Config,
+    p: &crate::config::ProxySection,
+    addr: &str,
+    deps: Deps<'_>,
+) -> Result<String, String> {
+    let ca = p.probe_ca.as_ref().or(cfg.vault.ca_cert.as_ref());
+    match ca {
+        None => Err("no [proxy] probe_ca or [vault] ca_cert".to_owned()),
+        Some(ca) => {
+            match deps
+                .vault
+                .gate
+                .through_proxy(addr, p.probe_server_name.clone(), ca)
+            {
+                Err(x) => Err(format!("{x:#}")),
+                Ok(c) => c
+                    .seal_status()
+                    .await
+                    .map(|s| format!("Vault {} answered sys/seal-status through it", s.version))
+                    .map_err(|x| format!("{x:#}; {}", x.next_action())),
+            }
+        }
     }
 }
