@@ -288,7 +288,9 @@ impl<'a> AgentsStep<'a> {
     /// Issues the agent certificate (revoked on undo) and checks it, in memory.
     async fn issue(&self, n: &Names, tx: &Tx<'_>) -> Result<IssuedMaterial, StepError> {
         let (cfg, v) = (self.cfg, self.vault());
-        // Issue and check in memory first: nothing is written for a bad certificate.
+        // Issue and check in memory before any file is written: a bad certificate never
+        // reaches the agent's files (what was written to Vault before is undone with the
+        // target).
         let req = IssueRequest {
             common_name: n.agent_cn.clone(),
             ttl: Some(cfg.agents.ttl.clone()),

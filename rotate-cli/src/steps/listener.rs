@@ -101,8 +101,11 @@ impl<'a> ListenerStep<'a> {
 
     fn dns_names(&self) -> Vec<String> {
         let mut names = vec![self.cn()];
-        names.extend(self.l.alt_names.iter().cloned());
-        names.dedup();
+        for n in &self.l.alt_names {
+            if !names.contains(n) {
+                names.push(n.clone());
+            }
+        }
         names
     }
 
@@ -711,8 +714,13 @@ impl Step for ListenerStep<'_> {
         }
         // And the served certificate is the one in the files (a matching pair on disk).
         let (tree, cert_rel, key_rel) = self.tree(self.owner()?)?;
-        let on_disk = tree.read(&cert_rel)?.unwrap_or_default();
-        let key_pem = tree.read(&key_rel)?.unwrap_or_default();
+        let missing = |p: &Path| gate_err(format!("{} is missing", p.display()));
+        let on_disk = tree
+            .read(&cert_rel)?
+            .ok_or_else(|| missing(&self.l.cert_file))?;
+        let key_pem = tree
+            .read(&key_rel)?
+            .ok_or_else(|| missing(&self.l.key_file))?;
         let file = pki_ops::CertInfo::from_pem_labeled(
             &String::from_utf8_lossy(&on_disk),
             &self.l.cert_file.display().to_string(),
