@@ -298,154 +298,26 @@ impl Step for LeafStep<'_> {
     }
 
     async fn plan(&self, app: &AppConfig) -> Result<TargetPlan<LeafPlan>, StepError> {
-        let (cfg, v) = (self.cfg, self.vault());
+        let cfg = self.cfg;
         let n = Names::new(cfg, app);
         let owner = owner_of(app)?;
         let tree = Tree::open(&app.home, Some(owner))?;
-        let mount = &cfg.agents.cert_auth_mount;
         let mut changes = Vec::new();
 
-        let current = v
-            .cert
-            .read_cert_role(mount, &n.mapping)
-            .await
-            .map_err(|e| StepError::vault(format!("read auth/{mount}/certs/{}", n.mapping), e))?
-            .ok_or_else(|| StepError::NeedsEarlier {
-                what: format!("mapping auth/{mount}/certs/{}", n.mapping),
-                step: StepId::Agents,
-            })?;
-
-        for (dir, _) in rel::leaf_dirs(app) {
-            tree.check_dir(&dir)?;
-        }
-        // Render first: a spec the renderers refuse stops us before any write.
-        let hook = hooks::render_post_hook(&post_hook_spec(cfg, app))?;
-        let agent = hooks::render_agent_config(&agent_spec(cfg, app, &n))?;
-        changes.push(text_change(
-            &app.home.join(rel::post_hook(app)),
-            read_text(&tree, &rel::post_hook(app))?.as_deref(),
-            &hook,
-        ));
-        changes.push(text_change(
-            &app.home.join(rel::agent_config(app)),
-            read_text(&tree, &rel::agent_config(app))?.as_deref(),
-            &agent,
-        ));
-
-        let path = format!("{}/roles/{}", cfg.pki.mount, n.leaf_role);
-        let previous = v
-            .pki
-            .read_role(&cfg.pki.mount, &n.leaf_role)
-            .await
-            .map_err(|e| StepError::vault(format!("read {path}"), e))?;
-        let diff = previous
-            .as_ref()
-            .map(|p| pki_ops::diff_role(&self.role_spec(&n), p));
-        let mut role_change = match &diff {
-            None => Change::new(ChangeKind::Create, &path),
-            Some(d) if d.is_empty() => Change::new(ChangeKind::Unchanged, &path),
-            Some(d) => {
-                Change::new(ChangeKind::Update, &path).fields(crate::steps::common::role_fields(d))
-            }
-        };
-        if cfg.leaf.allow_subdomains {
-            role_change = role_change.needs_attention().note(format!(
-                "WARNING: [leaf] allow_subdomains: this agent may issue for any name under {}, including other apps and Vault's own name",
-                cfg.leaf.allowed_domains.join(", ")
-            ));
-        }
-        let role = (role_change.kind != ChangeKind::Unchanged).then(|| previous.clone());
-        changes.push(role_change);
-
+        let current = self.step3_mapping(&n).await?;
+        let (hook, agent) = plan_agent_files(cfg, app, &n, &tree, &mut changes)?;
+        let role = self.plan_role(&n, &mut changes).await?;
         let kv_policy = if self.kv_access {
-            let prev = v
-                .sys
-                .read_policy(&n.kv_policy)
-                .await
-                .map_err(|e| StepError::vault(format!("read policy {}", n.kv_policy), e))?;
-            let c = policy_change(
-                &n.kv_policy,
-                prev.as_deref(),
-                &crate::topology::kv_policy_text(self.kv_mount(), &app.name),
-                false,
-            );
-            let create = c.kind == ChangeKind::Create;
-            changes.push(c);
-            create.then_some(prev)
+            self.plan_kv_policy(app, &n, &mut changes).await?
         } else {
             None
         };
         let seed = if self.kv_access || self.kv_seed {
-            let exists = v
-                .kv
-                .kv2_read_metadata(self.kv_mount(), &app.name)
-                .await
-                .map_err(|e| {
-                    StepError::vault(format!("read {}/metadata/{}", self.kv_mount(), app.name), e)
-                })?
-                .is_some();
-            let object = format!("{}/{}", self.kv_mount(), app.name);
-            changes.push(match (exists, self.kv_seed) {
-                (true, _) => {
-                    Change::new(ChangeKind::Unchanged, object).note("exists, never overwritten")
-                }
-                (false, true) => {
-                    Change::new(ChangeKind::Create, object).note("seed (check-and-set 0)")
-                }
-                (false, false) => Change::new(ChangeKind::Unchanged, object)
-                    .note("missing; no seed (--with-kv-seed not set)"),
-            });
-            !exists && self.kv_seed
+            self.plan_seed(app, &mut changes).await?
         } else {
             false
         };
-
-        // Mapping: exactly the agent policies; `remove_policies` removed; anything else
-        // unexpected is refused rather than silently dropped.
-        let mut spec = mapping_spec(cfg, app, &self.chain);
-        if self.kv_access && !spec.token_policies.contains(&n.kv_policy) {
-            spec.token_policies.push(n.kv_policy.clone());
-        }
-        let unknown: Vec<&String> = current
-            .token_policies
-            .iter()
-            .filter(|p| !spec.token_policies.contains(p) && !spec.keep_if_present.contains(p))
-            .filter(|p| !cfg.leaf.remove_policies.contains(p))
-            .collect();
-        if !unknown.is_empty() {
-            return Err(StepError::Invalid {
-                what: format!("mapping auth/{mount}/certs/{}", n.mapping),
-                reason: format!(
-                    "carries policies rotate does not manage: {}; add them to [leaf] remove_policies to have them removed, or remove them by hand",
-                    unknown
-                        .iter()
-                        .map(|s| s.as_str())
-                        .collect::<Vec<_>>()
-                        .join(", ")
-                ),
-            });
-        }
-        let outcome = upsert_mapping(v.cert, mount, &spec, true).await?;
-        let mapping_changes = outcome.action != cert_auth::MappingAction::Unchanged;
-        let removed: Vec<String> = current
-            .token_policies
-            .iter()
-            .filter(|p| !outcome.token_policies.contains(p))
-            .cloned()
-            .collect();
-        let mut mc = Change::new(
-            if mapping_changes {
-                ChangeKind::Update
-            } else {
-                ChangeKind::Unchanged
-            },
-            &outcome.path,
-        )
-        .fields(crate::steps::common::drift_fields(&outcome.drift));
-        if !removed.is_empty() {
-            mc = mc.note(format!("removes {}", removed.join(", ")));
-        }
-        changes.push(mc);
+        let (spec, mapping_changes) = self.plan_mapping(app, &n, &current, &mut changes).await?;
         changes.push(
             Change::new(ChangeKind::Update, format!("unit {}", app.unit())).note(
                 "restart: the agent renders a new leaf and logs in with the step-3 certificate",
@@ -475,126 +347,31 @@ impl Step for LeafStep<'_> {
         plan: TargetPlan<LeafPlan>,
         tx: &Tx<'_>,
     ) -> Result<LeafApplied, StepError> {
-        let (cfg, v) = (self.cfg, self.vault());
         let p = plan.data;
         let n = &p.names;
-        let mount = &cfg.agents.cert_auth_mount;
         let tree = Tree::open(&app.home, Some(p.owner))?;
         // Whether the agent runs now decides what undo does with it: a state that cannot
         // be read is unknown, never a guess, and stops here, before any write.
         let unit = app.unit();
-        let state = hooks::unit_state(
-            self.deps.runner,
-            &unit,
-            Some(app.user()),
-            cfg.duration(&cfg.leaf.command_timeout),
-        )
-        .await
-        .map_err(|e| StepError::Invalid {
-            what: format!("state of {unit} (user {})", app.user()),
-            reason: format!("cannot tell whether it runs ({e}); nothing was written"),
-        })?;
-        let was_active = matches!(state.as_str(), "active" | "reloading" | "activating");
+        let was_active = self.agent_was_active(app, &unit).await?;
 
         if let Some(previous) = p.role {
-            tx.record(UndoAction::Role {
-                mount: cfg.pki.mount.clone(),
-                name: n.leaf_role.clone(),
-                previous,
-            })?;
-            upsert_role(
-                v.pki,
-                &cfg.pki.mount,
-                &n.leaf_role,
-                &self.role_spec(n),
-                CreatePolicy::CreateIfMissing,
-                false,
-            )
-            .await?;
+            self.write_role(n, previous, tx).await?;
         }
         if let Some(previous) = p.kv_policy {
-            tx.record(UndoAction::Policy {
-                name: n.kv_policy.clone(),
-                previous,
-            })?;
-            v.sys
-                .write_policy(
-                    &n.kv_policy,
-                    &crate::topology::kv_policy_text(self.kv_mount(), &app.name),
-                )
-                .await
-                .map_err(|e| StepError::vault(format!("write policy {}", n.kv_policy), e))?;
+            self.write_kv_policy(app, n, previous, tx).await?;
         }
-        let mut seeded = false;
-        if p.seed {
-            let run_id = tx.run_id();
-            tx.record(UndoAction::DeleteKvSecret {
-                mount: self.kv_mount().to_owned(),
-                path: app.name.clone(),
-                run_id: run_id.clone(),
-            })?;
-            let data = json!({"app": app.name, "seeded_by": "rotate", "rotate_run": run_id});
-            let data = data.as_object().cloned().unwrap_or_default();
-            match v
-                .kv
-                .kv2_write(self.kv_mount(), &app.name, data, Some(0))
-                .await
-            {
-                Ok(_) => seeded = true,
-                // Someone created it meanwhile: never an overwrite (the undo leaves it,
-                // as it is not ours).
-                Err(vault_client::Error::Api {
-                    status: 400,
-                    errors,
-                    ..
-                }) if errors.iter().any(|m| m.contains("check-and-set")) => {}
-                Err(e) => {
-                    return Err(StepError::vault(
-                        format!("seed {}/data/{}", self.kv_mount(), app.name),
-                        e,
-                    ));
-                }
-            }
-        }
-        if p.mapping_changes {
-            tx.record(UndoAction::Mapping {
-                mount: mount.clone(),
-                name: n.mapping.clone(),
-                previous: p.mapping_previous.clone(),
-            })?;
-        }
-        let outcome = upsert_mapping(v.cert, mount, &p.mapping, false).await?;
+        let seeded = if p.seed {
+            self.seed_kv(app, tx).await?
+        } else {
+            false
+        };
+        let outcome = self
+            .write_mapping(n, p.mapping_changes, &p.mapping_previous, &p.mapping, tx)
+            .await?;
 
         // Agent files: directories, then hook + config staged together, then replaced.
-        let mut created = Vec::new();
-        for (dir, mode) in rel::leaf_dirs(app) {
-            created.extend(tree.ensure_dir(&dir, mode)?);
-        }
-        if !created.is_empty() {
-            tx.record(UndoAction::Dirs {
-                root: app.home.clone(),
-                dirs: created,
-                owner: Some(p.owner),
-            })?;
-        }
-        tree.sweep_temps(&rel::parent(&rel::post_hook(app)))?;
-        let set = MaterialSet::new()
-            .with(
-                FileSpec::new(rel::post_hook(app), 0o755),
-                p.hook.into_bytes(),
-            )
-            .with(
-                FileSpec::public(rel::agent_config(app)),
-                p.agent.into_bytes(),
-            );
-        let staged = set.stage(&tree, &tx.run_id())?;
-        for u in staged.undo_records() {
-            tx.record(UndoAction::File {
-                undo: u,
-                owner: Some(p.owner),
-            })?;
-        }
-        staged.commit()?;
+        write_agent_files(app, &tree, p.owner, p.hook, p.agent, tx)?;
 
         let previous_hook_status = tree
             .read(&rel::post_hook_status(app))?
@@ -605,33 +382,334 @@ impl Step for LeafStep<'_> {
                 CertInfo::from_pem_labeled(&String::from_utf8_lossy(&b), "fullchain").ok()
             })
             .map(|c| c.serial_hex);
-        let agent_serial = tree
-            .read(&rel::agent_cert())?
-            .map(|b| CertInfo::from_pem_labeled(&String::from_utf8_lossy(&b), "agent.crt"))
-            .transpose()?
-            .map(|c| c.serial_decimal)
-            .ok_or_else(|| StepError::Invalid {
-                what: format!("{}", app.home.join(rel::agent_cert()).display()),
-                reason: "missing: run step 3 first".into(),
-            })?;
-        // What the agent and its post-hook replace (each by a rename) or create from here:
-        // the leaf pair, the render, the token, the hook's status. Kept, so undo puts back
-        // exactly what was there and removes what was not. (The pid file is the agent's
-        // runtime state: the restart on undo rewrites it.)
-        for rel in [
-            rel::leaf_key(app),
-            rel::fullchain(app),
-            rel::leaf_render(app),
-            rel::sink(app),
-            rel::post_hook_status(app),
-        ] {
-            let u = pki_ops::plan_keep(&tree, &rel, &tx.run_id())?;
-            tx.record(UndoAction::File {
-                undo: u.clone(),
-                owner: Some(p.owner),
-            })?;
-            pki_ops::keep_previous(&tree, &u)?;
+        let agent_serial = agent_cert_serial(app, &tree)?;
+        keep_agent_outputs(app, &tree, p.owner, tx)?;
+        self.restart_agent(app, n, unit, was_active, tx).await?;
+        Ok(LeafApplied {
+            previous_serial,
+            previous_hook_status,
+            policies: outcome.token_policies,
+            removed_policies: p
+                .mapping_previous
+                .map(|m| m.token_policies)
+                .unwrap_or_default()
+                .into_iter()
+                .filter(|x| !p.mapping.token_policies.contains(x))
+                .collect(),
+            seeded,
+            agent_serial,
+        })
+    }
+
+    async fn gate(&self, app: &AppConfig, a: &LeafApplied) -> Result<LeafProof, StepError> {
+        let cfg = self.cfg;
+        let n = Names::new(cfg, app);
+        let owner = owner_of(app)?;
+        let tree = Tree::open(&app.home, Some(owner))?;
+        let deadline = Instant::now() + cfg.duration(&cfg.leaf.render_timeout);
+        let want = LeafExpectation {
+            cn: &n.leaf_cn,
+            issuer: &cfg.pki.issuer_name,
+            min_remaining: cfg.duration(&cfg.leaf.min_remaining),
+            max_lifetime: cfg.duration(&cfg.leaf.max_lifetime),
+        };
+        let ca = read_text(&tree, &rel::ca_file())?.unwrap_or_default();
+
+        // A new leaf whose post-hook reported success for exactly these bytes.
+        let mut watch = VaultWatch::new();
+        let leaf = self
+            .await_new_leaf(app, a, &tree, &ca, &want, deadline, &mut watch)
+            .await?;
+        check_leaf_key(app, &tree, owner)?;
+        self.agent_still_active(app).await?;
+        let login = self.cert_login(app, &n, a).await?;
+        let agent_login_serial = self
+            .await_agent_login(app, a, &n, &tree, deadline, &mut watch)
+            .await?;
+        Ok(LeafProof {
+            leaf,
+            login,
+            agent_login_serial,
+        })
+    }
+}
+
+/// Plan's and apply's phases, one per helper.
+impl LeafStep<'_> {
+    /// Step 3's mapping, which step 4 amends: its absence means step 3 has not run.
+    async fn step3_mapping(&self, n: &Names) -> Result<vault_client::CertRole, StepError> {
+        let mount = &self.cfg.agents.cert_auth_mount;
+        self.vault()
+            .cert
+            .read_cert_role(mount, &n.mapping)
+            .await
+            .map_err(|e| StepError::vault(format!("read auth/{mount}/certs/{}", n.mapping), e))?
+            .ok_or_else(|| StepError::NeedsEarlier {
+                what: format!("mapping auth/{mount}/certs/{}", n.mapping),
+                step: StepId::Agents,
+            })
+    }
+
+    /// Plans the role `nginx-<app>`: the previous role when it must be written (the undo).
+    async fn plan_role(
+        &self,
+        n: &Names,
+        changes: &mut Vec<Change>,
+    ) -> Result<Option<Option<Map<String, Value>>>, StepError> {
+        let cfg = self.cfg;
+        let path = format!("{}/roles/{}", cfg.pki.mount, n.leaf_role);
+        let previous = self
+            .vault()
+            .pki
+            .read_role(&cfg.pki.mount, &n.leaf_role)
+            .await
+            .map_err(|e| StepError::vault(format!("read {path}"), e))?;
+        let diff = previous
+            .as_ref()
+            .map(|p| pki_ops::diff_role(&self.role_spec(n), p));
+        let mut role_change = match &diff {
+            None => Change::new(ChangeKind::Create, &path),
+            Some(d) if d.is_empty() => Change::new(ChangeKind::Unchanged, &path),
+            Some(d) => {
+                Change::new(ChangeKind::Update, &path).fields(crate::steps::common::role_fields(d))
+            }
+        };
+        if cfg.leaf.allow_subdomains {
+            role_change = role_change.needs_attention().note(format!(
+                "WARNING: [leaf] allow_subdomains: this agent may issue for any name under {}, including other apps and Vault's own name",
+                cfg.leaf.allowed_domains.join(", ")
+            ));
         }
+        let role = (role_change.kind != ChangeKind::Unchanged).then(|| previous.clone());
+        changes.push(role_change);
+        Ok(role)
+    }
+
+    /// Plans the app's KV policy: its undo if it is to be created (an existing one is kept).
+    async fn plan_kv_policy(
+        &self,
+        app: &AppConfig,
+        n: &Names,
+        changes: &mut Vec<Change>,
+    ) -> Result<Option<Option<String>>, StepError> {
+        let prev = self
+            .vault()
+            .sys
+            .read_policy(&n.kv_policy)
+            .await
+            .map_err(|e| StepError::vault(format!("read policy {}", n.kv_policy), e))?;
+        let c = policy_change(
+            &n.kv_policy,
+            prev.as_deref(),
+            &crate::topology::kv_policy_text(self.kv_mount(), &app.name),
+            false,
+        );
+        let create = c.kind == ChangeKind::Create;
+        changes.push(c);
+        Ok(create.then_some(prev))
+    }
+
+    /// Plans the KV seed: whether this run creates it (an existing secret is never touched).
+    async fn plan_seed(
+        &self,
+        app: &AppConfig,
+        changes: &mut Vec<Change>,
+    ) -> Result<bool, StepError> {
+        let exists = self
+            .vault()
+            .kv
+            .kv2_read_metadata(self.kv_mount(), &app.name)
+            .await
+            .map_err(|e| {
+                StepError::vault(format!("read {}/metadata/{}", self.kv_mount(), app.name), e)
+            })?
+            .is_some();
+        let object = format!("{}/{}", self.kv_mount(), app.name);
+        changes.push(match (exists, self.kv_seed) {
+            (true, _) => {
+                Change::new(ChangeKind::Unchanged, object).note("exists, never overwritten")
+            }
+            (false, true) => Change::new(ChangeKind::Create, object).note("seed (check-and-set 0)"),
+            (false, false) => Change::new(ChangeKind::Unchanged, object)
+                .note("missing; no seed (--with-kv-seed not set)"),
+        });
+        Ok(!exists && self.kv_seed)
+    }
+
+    /// Plans the mapping with exactly step 4's policies: the spec, and whether it changes.
+    async fn plan_mapping(
+        &self,
+        app: &AppConfig,
+        n: &Names,
+        current: &vault_client::CertRole,
+        changes: &mut Vec<Change>,
+    ) -> Result<(cert_auth::MappingSpec, bool), StepError> {
+        let cfg = self.cfg;
+        let mount = &cfg.agents.cert_auth_mount;
+        // Mapping: exactly the agent policies; `remove_policies` removed; anything else
+        // unexpected is refused rather than silently dropped.
+        let mut spec = mapping_spec(cfg, app, &self.chain);
+        if self.kv_access && !spec.token_policies.contains(&n.kv_policy) {
+            spec.token_policies.push(n.kv_policy.clone());
+        }
+        refuse_unmanaged_policies(cfg, n, &spec, current)?;
+        let outcome = upsert_mapping(self.vault().cert, mount, &spec, true).await?;
+        let mapping_changes = outcome.action != cert_auth::MappingAction::Unchanged;
+        let removed: Vec<String> = current
+            .token_policies
+            .iter()
+            .filter(|p| !outcome.token_policies.contains(p))
+            .cloned()
+            .collect();
+        let mut mc = Change::new(
+            if mapping_changes {
+                ChangeKind::Update
+            } else {
+                ChangeKind::Unchanged
+            },
+            &outcome.path,
+        )
+        .fields(crate::steps::common::drift_fields(&outcome.drift));
+        if !removed.is_empty() {
+            mc = mc.note(format!("removes {}", removed.join(", ")));
+        }
+        changes.push(mc);
+        Ok((spec, mapping_changes))
+    }
+
+    /// Whether the agent runs before the restart, so undo leaves it as it found it.
+    async fn agent_was_active(&self, app: &AppConfig, unit: &str) -> Result<bool, StepError> {
+        let cfg = self.cfg;
+        let state = hooks::unit_state(
+            self.deps.runner,
+            unit,
+            Some(app.user()),
+            cfg.duration(&cfg.leaf.command_timeout),
+        )
+        .await
+        .map_err(|e| StepError::Invalid {
+            what: format!("state of {unit} (user {})", app.user()),
+            reason: format!("cannot tell whether it runs ({e}); nothing was written"),
+        })?;
+        Ok(matches!(
+            state.as_str(),
+            "active" | "reloading" | "activating"
+        ))
+    }
+
+    /// Writes the role `nginx-<app>`, its previous state journaled first.
+    async fn write_role(
+        &self,
+        n: &Names,
+        previous: Option<Map<String, Value>>,
+        tx: &Tx<'_>,
+    ) -> Result<(), StepError> {
+        let cfg = self.cfg;
+        tx.record(UndoAction::Role {
+            mount: cfg.pki.mount.clone(),
+            name: n.leaf_role.clone(),
+            previous,
+        })?;
+        upsert_role(
+            self.vault().pki,
+            &cfg.pki.mount,
+            &n.leaf_role,
+            &self.role_spec(n),
+            CreatePolicy::CreateIfMissing,
+            false,
+        )
+        .await?;
+        Ok(())
+    }
+
+    /// Writes the app's KV policy, its previous text journaled first.
+    async fn write_kv_policy(
+        &self,
+        app: &AppConfig,
+        n: &Names,
+        previous: Option<String>,
+        tx: &Tx<'_>,
+    ) -> Result<(), StepError> {
+        tx.record(UndoAction::Policy {
+            name: n.kv_policy.clone(),
+            previous,
+        })?;
+        self.vault()
+            .sys
+            .write_policy(
+                &n.kv_policy,
+                &crate::topology::kv_policy_text(self.kv_mount(), &app.name),
+            )
+            .await
+            .map_err(|e| StepError::vault(format!("write policy {}", n.kv_policy), e))?;
+        Ok(())
+    }
+
+    /// Seeds the app's KV secret unless it exists: whether this run created it.
+    async fn seed_kv(&self, app: &AppConfig, tx: &Tx<'_>) -> Result<bool, StepError> {
+        let mut seeded = false;
+        let run_id = tx.run_id();
+        tx.record(UndoAction::DeleteKvSecret {
+            mount: self.kv_mount().to_owned(),
+            path: app.name.clone(),
+            run_id: run_id.clone(),
+        })?;
+        let data = json!({"app": app.name, "seeded_by": "rotate", "rotate_run": run_id});
+        let data = data.as_object().cloned().unwrap_or_default();
+        match self
+            .vault()
+            .kv
+            .kv2_write(self.kv_mount(), &app.name, data, Some(0))
+            .await
+        {
+            Ok(_) => seeded = true,
+            // Someone created it meanwhile: never an overwrite (the undo leaves it,
+            // as it is not ours).
+            Err(vault_client::Error::Api {
+                status: 400,
+                errors,
+                ..
+            }) if errors.iter().any(|m| m.contains("check-and-set")) => {}
+            Err(e) => {
+                return Err(StepError::vault(
+                    format!("seed {}/data/{}", self.kv_mount(), app.name),
+                    e,
+                ));
+            }
+        }
+        Ok(seeded)
+    }
+
+    /// Writes the mapping as planned, its previous state journaled first when it changes.
+    async fn write_mapping(
+        &self,
+        n: &Names,
+        changes: bool,
+        previous: &Option<vault_client::CertRole>,
+        spec: &cert_auth::MappingSpec,
+        tx: &Tx<'_>,
+    ) -> Result<cert_auth::MappingOutcome, StepError> {
+        let mount = &self.cfg.agents.cert_auth_mount;
+        if changes {
+            tx.record(UndoAction::Mapping {
+                mount: mount.clone(),
+                name: n.mapping.clone(),
+                previous: previous.clone(),
+            })?;
+        }
+        Ok(upsert_mapping(self.vault().cert, mount, spec, false).await?)
+    }
+
+    /// Restarts the agent so it renders a new leaf and logs in with the step-3 certificate.
+    async fn restart_agent(
+        &self,
+        app: &AppConfig,
+        n: &Names,
+        unit: String,
+        was_active: bool,
+        tx: &Tx<'_>,
+    ) -> Result<(), StepError> {
+        let cfg = self.cfg;
         // Every leaf the agent issues from now on is revoked by undo (rotate never sees
         // their serials; the mount's certificates are scanned for the CN).
         let now = (self.deps.clock)();
@@ -661,113 +739,34 @@ impl Step for LeafStep<'_> {
         )
         .await
         .map_err(|e| gate_err(app, format!("restart of {} failed: {e}", app.unit())))?;
-        Ok(LeafApplied {
-            previous_serial,
-            previous_hook_status,
-            policies: outcome.token_policies,
-            removed_policies: p
-                .mapping_previous
-                .map(|m| m.token_policies)
-                .unwrap_or_default()
-                .into_iter()
-                .filter(|x| !p.mapping.token_policies.contains(x))
-                .collect(),
-            seeded,
-            agent_serial,
-        })
+        Ok(())
     }
+}
 
-    async fn gate(&self, app: &AppConfig, a: &LeafApplied) -> Result<LeafProof, StepError> {
-        let (cfg, v) = (self.cfg, self.vault());
-        let n = Names::new(cfg, app);
-        let owner = owner_of(app)?;
-        let tree = Tree::open(&app.home, Some(owner))?;
-        let deadline = Instant::now() + cfg.duration(&cfg.leaf.render_timeout);
+/// The gate's phases, one per helper.
+impl LeafStep<'_> {
+    /// Waits for the new, valid leaf the post-hook installed: the render's proof.
+    #[allow(clippy::too_many_arguments)]
+    async fn await_new_leaf(
+        &self,
+        app: &AppConfig,
+        a: &LeafApplied,
+        tree: &Tree,
+        ca: &str,
+        want: &LeafExpectation<'_>,
+        deadline: Instant,
+        watch: &mut VaultWatch,
+    ) -> Result<CertInfo, StepError> {
+        let cfg = self.cfg;
         let mut pause = crate::pause::Pause::new();
-        let want = LeafExpectation {
-            cn: &n.leaf_cn,
-            issuer: &cfg.pki.issuer_name,
-            min_remaining: cfg.duration(&cfg.leaf.min_remaining),
-            max_lifetime: cfg.duration(&cfg.leaf.max_lifetime),
-        };
-        let fullchain_rel = rel::fullchain(app);
-        let key_rel = rel::leaf_key(app);
-        let ca = read_text(&tree, &rel::ca_file())?.unwrap_or_default();
-
-        // A new leaf whose post-hook reported success for exactly these bytes.
-        let mut watch = VaultWatch::new();
         let mut last;
-        let leaf = loop {
-            // A failure report of the post-hook written since the restart is this render's
-            // failure (it could not install the pair, it found them mismatched): at once.
-            let new_failure = || -> Result<Option<String>, StepError> {
-                let line = tree
-                    .read(&rel::post_hook_status(app))?
-                    .map(|b| String::from_utf8_lossy(&b).trim().to_owned());
-                Ok(line
-                    .filter(|l| Some(l) != a.previous_hook_status.as_ref())
-                    .and_then(|l| match hooks::parse_status(&l) {
-                        Some(hooks::HookStatus::Failed { reason, .. }) => Some(reason),
-                        _ => None,
-                    }))
-            };
-            let attempt = async {
-                let fc = tree.read(&fullchain_rel)?.ok_or("no fullchain yet")?;
-                let fc_text = String::from_utf8_lossy(&fc).into_owned();
-                let key = tree.read(&key_rel)?.ok_or("no key yet")?;
-                let info = match verify_leaf(
-                    &fc_text,
-                    &String::from_utf8_lossy(&key),
-                    &ca,
-                    &want,
-                    (self.deps.clock)(),
-                ) {
-                    Ok(info) => info,
-                    Err(e) => {
-                        if let Some(reason) = new_failure()? {
-                            return Err(GateWait::Fatal(format!("the post-hook failed: {reason}")));
-                        }
-                        return Err(e.to_string().into());
-                    }
-                };
-                if a.previous_serial.as_deref() == Some(info.serial_hex.as_str()) {
-                    if let Some(reason) = new_failure()? {
-                        return Err(GateWait::Fatal(format!(
-                            "the post-hook could not install the new leaf: {reason}"
-                        )));
-                    }
-                    return Err::<_, GateWait>("the leaf is still the previous one".into());
-                }
-                // The post-hook checked these exact bytes and reloaded.
-                let sum = pki_ops::sha256_hex(&fc);
-                let status = tree
-                    .read(&rel::post_hook_status(app))?
-                    .map(|b| String::from_utf8_lossy(&b).into_owned());
-                match status.as_deref().and_then(hooks::parse_status) {
-                    Some(hooks::HookStatus::Ok { fullchain_sha256 }) if fullchain_sha256 == sum => {
-                        Ok(info)
-                    }
-                    Some(hooks::HookStatus::Failed {
-                        fullchain_sha256: Some(s),
-                        reason,
-                    }) if s == sum => Err(GateWait::Fatal(format!(
-                        "the post-hook failed for the new leaf (serial {}): {reason}",
-                        info.serial_hex
-                    ))),
-                    _ => Err(format!(
-                        "the post-hook has not reported success for the new leaf (serial {}) yet",
-                        info.serial_hex
-                    )
-                    .into()),
-                }
-            }
-            .await;
-            match attempt {
-                Ok(x) => break x,
+        loop {
+            match self.check_render(app, a, tree, ca, want) {
+                Ok(x) => return Ok(x),
                 Err(GateWait::Fatal(e)) => return Err(gate_err(app, e)),
                 Err(GateWait::Retry(e)) => last = e,
             }
-            watch.check(v.sys).await?;
+            watch.check(self.vault().sys).await?;
             if Instant::now() > deadline {
                 return Err(gate_err(
                     app,
@@ -780,40 +779,69 @@ impl Step for LeafStep<'_> {
                 ));
             }
             tokio::time::sleep(pause.next()).await;
-        };
-
-        // The leaf key: 0600, owned by the app (lstat: never through a link).
-        let meta = tree
-            .stat(&key_rel)
-            .map_err(|e| {
-                gate_err(
-                    app,
-                    format!("stat {}: {e}", home_path(app, rel::leaf_key(app)).display()),
-                )
-            })?
-            .ok_or_else(|| {
-                gate_err(
-                    app,
-                    format!(
-                        "{} is missing",
-                        home_path(app, rel::leaf_key(app)).display()
-                    ),
-                )
-            })?;
-        if meta.mode != 0o600 || meta.owner.uid != owner.uid {
-            return Err(gate_err(
-                app,
-                format!(
-                    "{} must be mode 0600, owned by {} (uid {}); it is mode {:04o}, uid {}",
-                    home_path(app, rel::leaf_key(app)).display(),
-                    app.user(),
-                    owner.uid,
-                    meta.mode,
-                    meta.owner.uid
-                ),
-            ));
         }
+    }
 
+    /// One look at the render: the new leaf once installed, else why not (yet).
+    fn check_render(
+        &self,
+        app: &AppConfig,
+        a: &LeafApplied,
+        tree: &Tree,
+        ca: &str,
+        want: &LeafExpectation<'_>,
+    ) -> Result<CertInfo, GateWait> {
+        let fc = tree.read(&rel::fullchain(app))?.ok_or("no fullchain yet")?;
+        let fc_text = String::from_utf8_lossy(&fc).into_owned();
+        let key = tree.read(&rel::leaf_key(app))?.ok_or("no key yet")?;
+        let info = match verify_leaf(
+            &fc_text,
+            &String::from_utf8_lossy(&key),
+            ca,
+            want,
+            (self.deps.clock)(),
+        ) {
+            Ok(info) => info,
+            Err(e) => {
+                if let Some(reason) = new_hook_failure(tree, app, a)? {
+                    return Err(GateWait::Fatal(format!("the post-hook failed: {reason}")));
+                }
+                return Err(e.to_string().into());
+            }
+        };
+        if a.previous_serial.as_deref() == Some(info.serial_hex.as_str()) {
+            if let Some(reason) = new_hook_failure(tree, app, a)? {
+                return Err(GateWait::Fatal(format!(
+                    "the post-hook could not install the new leaf: {reason}"
+                )));
+            }
+            return Err::<_, GateWait>("the leaf is still the previous one".into());
+        }
+        // The post-hook checked these exact bytes and reloaded.
+        let sum = pki_ops::sha256_hex(&fc);
+        let status = tree
+            .read(&rel::post_hook_status(app))?
+            .map(|b| String::from_utf8_lossy(&b).into_owned());
+        match status.as_deref().and_then(hooks::parse_status) {
+            Some(hooks::HookStatus::Ok { fullchain_sha256 }) if fullchain_sha256 == sum => Ok(info),
+            Some(hooks::HookStatus::Failed {
+                fullchain_sha256: Some(s),
+                reason,
+            }) if s == sum => Err(GateWait::Fatal(format!(
+                "the post-hook failed for the new leaf (serial {}): {reason}",
+                info.serial_hex
+            ))),
+            _ => Err(format!(
+                "the post-hook has not reported success for the new leaf (serial {}) yet",
+                info.serial_hex
+            )
+            .into()),
+        }
+    }
+
+    /// Fails the gate unless the agent is still running after rendering.
+    async fn agent_still_active(&self, app: &AppConfig) -> Result<(), StepError> {
+        let cfg = self.cfg;
         // The agent is still running after rendering.
         match hooks::unit_state(
             self.deps.runner,
@@ -832,22 +860,44 @@ impl Step for LeafStep<'_> {
             }
             Err(e) => return Err(gate_err(app, format!("{} state unknown: {e}", app.unit()))),
         }
+        Ok(())
+    }
 
+    /// Proves a cert login with the agent's own files gives exactly the expected policies.
+    async fn cert_login(
+        &self,
+        app: &AppConfig,
+        n: &Names,
+        a: &LeafApplied,
+    ) -> Result<LoginProof, StepError> {
+        let v = self.vault();
         let fresh = v
             .gate
             .connect(&crate::host::agent_identity(app)?)
             .map_err(|e| StepError::vault("build the gate client from the agent's files", e))?;
-        let login = login_gate(
+        login_gate(
             fresh.as_ref(),
             Some(v.token),
-            &cfg.agents.cert_auth_mount,
+            &self.cfg.agents.cert_auth_mount,
             &n.mapping,
             &a.policies,
             Some(&a.agent_serial),
         )
         .await
-        .map_err(|e| gate_err(app, format!("cert login with the agent's files: {e}")))?;
+        .map_err(|e| gate_err(app, format!("cert login with the agent's files: {e}")))
+    }
 
+    /// Waits for the agent's sink token to prove step 3 live: the serial it logged in with.
+    async fn await_agent_login(
+        &self,
+        app: &AppConfig,
+        a: &LeafApplied,
+        n: &Names,
+        tree: &Tree,
+        deadline: Instant,
+        watch: &mut VaultWatch,
+    ) -> Result<String, StepError> {
+        let cfg = self.cfg;
         // Step 3 is live only when the restarted agent logged in with the new certificate:
         // its sink token's metadata names the serial it presented; and that token may
         // issue the leaf (an operator-edited policy is kept, so prove it still grants).
@@ -859,38 +909,12 @@ impl Step for LeafStep<'_> {
             if let Some(token) = tree.read(&sink_rel)? {
                 let token =
                     zeroize::Zeroizing::new(String::from_utf8_lossy(&token).trim().to_owned());
-                match v.gate.token_client(&token) {
-                    Ok(c) => match c.lookup_self().await {
-                        Ok(info) => {
-                            let serial = info
-                                .meta
-                                .as_ref()
-                                .and_then(|m| m.get("serial_number").cloned())
-                                .unwrap_or_default();
-                            if serial == a.agent_serial {
-                                cert_auth::require_capabilities(
-                                    c.as_ref(),
-                                    &[(issue_path.clone(), vec!["update".into()])],
-                                )
-                                .await
-                                .map_err(|e| gate_err(app, format!("the agent's token: {e}")))?;
-                                return Ok(LeafProof {
-                                    leaf,
-                                    login,
-                                    agent_login_serial: serial,
-                                });
-                            }
-                            last = format!(
-                                "the agent's token was issued for certificate serial {serial}, not the new {}",
-                                a.agent_serial
-                            );
-                        }
-                        Err(e) => last = format!("look up the agent's token: {e}"),
-                    },
-                    Err(e) => last = e.to_string(),
+                match self.check_sink_token(app, a, &issue_path, &token).await? {
+                    Ok(serial) => return Ok(serial),
+                    Err(why) => last = why,
                 }
             }
-            watch.check(v.sys).await?;
+            watch.check(self.vault().sys).await?;
             if Instant::now() > deadline {
                 return Err(gate_err(
                     app,
@@ -900,6 +924,229 @@ impl Step for LeafStep<'_> {
             tokio::time::sleep(pause.next()).await;
         }
     }
+
+    /// One look at the sink token: `Ok(serial)` once it proves step 3 live, else why not.
+    async fn check_sink_token(
+        &self,
+        app: &AppConfig,
+        a: &LeafApplied,
+        issue_path: &str,
+        token: &str,
+    ) -> Result<Result<String, String>, StepError> {
+        match self.vault().gate.token_client(token) {
+            Ok(c) => match c.lookup_self().await {
+                Ok(info) => {
+                    let serial = info
+                        .meta
+                        .as_ref()
+                        .and_then(|m| m.get("serial_number").cloned())
+                        .unwrap_or_default();
+                    if serial == a.agent_serial {
+                        cert_auth::require_capabilities(
+                            c.as_ref(),
+                            &[(issue_path.to_owned(), vec!["update".into()])],
+                        )
+                        .await
+                        .map_err(|e| gate_err(app, format!("the agent's token: {e}")))?;
+                        return Ok(Ok(serial));
+                    }
+                    Ok(Err(format!(
+                        "the agent's token was issued for certificate serial {serial}, not the new {}",
+                        a.agent_serial
+                    )))
+                }
+                Err(e) => Ok(Err(format!("look up the agent's token: {e}"))),
+            },
+            Err(e) => Ok(Err(e.to_string())),
+        }
+    }
+}
+
+/// Plans the post-hook and agent config: their texts, refused specs stopping the plan.
+fn plan_agent_files(
+    cfg: &Config,
+    app: &AppConfig,
+    n: &Names,
+    tree: &Tree,
+    changes: &mut Vec<Change>,
+) -> Result<(String, String), StepError> {
+    for (dir, _) in rel::leaf_dirs(app) {
+        tree.check_dir(&dir)?;
+    }
+    // Render first: a spec the renderers refuse stops us before any write.
+    let hook = hooks::render_post_hook(&post_hook_spec(cfg, app))?;
+    let agent = hooks::render_agent_config(&agent_spec(cfg, app, n))?;
+    changes.push(text_change(
+        &app.home.join(rel::post_hook(app)),
+        read_text(tree, &rel::post_hook(app))?.as_deref(),
+        &hook,
+    ));
+    changes.push(text_change(
+        &app.home.join(rel::agent_config(app)),
+        read_text(tree, &rel::agent_config(app))?.as_deref(),
+        &agent,
+    ));
+    Ok((hook, agent))
+}
+
+/// Refuses a mapping's unmanaged policies rather than silently dropping them.
+fn refuse_unmanaged_policies(
+    cfg: &Config,
+    n: &Names,
+    spec: &cert_auth::MappingSpec,
+    current: &vault_client::CertRole,
+) -> Result<(), StepError> {
+    let mount = &cfg.agents.cert_auth_mount;
+    let unknown: Vec<&String> = current
+        .token_policies
+        .iter()
+        .filter(|p| !spec.token_policies.contains(p) && !spec.keep_if_present.contains(p))
+        .filter(|p| !cfg.leaf.remove_policies.contains(p))
+        .collect();
+    if !unknown.is_empty() {
+        return Err(StepError::Invalid {
+            what: format!("mapping auth/{mount}/certs/{}", n.mapping),
+            reason: format!(
+                "carries policies rotate does not manage: {}; add them to [leaf] remove_policies to have them removed, or remove them by hand",
+                unknown
+                    .iter()
+                    .map(|s| s.as_str())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ),
+        });
+    }
+    Ok(())
+}
+
+/// Installs the agent config and post-hook as one set, so undo restores both together.
+fn write_agent_files(
+    app: &AppConfig,
+    tree: &Tree,
+    owner: Owner,
+    hook: String,
+    agent: String,
+    tx: &Tx<'_>,
+) -> Result<(), StepError> {
+    let mut created = Vec::new();
+    for (dir, mode) in rel::leaf_dirs(app) {
+        created.extend(tree.ensure_dir(&dir, mode)?);
+    }
+    if !created.is_empty() {
+        tx.record(UndoAction::Dirs {
+            root: app.home.clone(),
+            dirs: created,
+            owner: Some(owner),
+        })?;
+    }
+    tree.sweep_temps(&rel::parent(&rel::post_hook(app)))?;
+    let set = MaterialSet::new()
+        .with(FileSpec::new(rel::post_hook(app), 0o755), hook.into_bytes())
+        .with(FileSpec::public(rel::agent_config(app)), agent.into_bytes());
+    let staged = set.stage(tree, &tx.run_id())?;
+    for u in staged.undo_records() {
+        tx.record(UndoAction::File {
+            undo: u,
+            owner: Some(owner),
+        })?;
+    }
+    staged.commit()?;
+    Ok(())
+}
+
+/// The serial of step 3's agent certificate, which the agent's token must name.
+fn agent_cert_serial(app: &AppConfig, tree: &Tree) -> Result<String, StepError> {
+    tree.read(&rel::agent_cert())?
+        .map(|b| CertInfo::from_pem_labeled(&String::from_utf8_lossy(&b), "agent.crt"))
+        .transpose()?
+        .map(|c| c.serial_decimal)
+        .ok_or_else(|| StepError::Invalid {
+            what: format!("{}", app.home.join(rel::agent_cert()).display()),
+            reason: "missing: run step 3 first".into(),
+        })
+}
+
+/// Keeps what the restarted agent and its post-hook will replace, for undo to put back.
+fn keep_agent_outputs(
+    app: &AppConfig,
+    tree: &Tree,
+    owner: Owner,
+    tx: &Tx<'_>,
+) -> Result<(), StepError> {
+    // What the agent and its post-hook replace (each by a rename) or create from here:
+    // the leaf pair, the render, the token, the hook's status. Kept, so undo puts back
+    // exactly what was there and removes what was not. (The pid file is the agent's
+    // runtime state: the restart on undo rewrites it.)
+    for rel in [
+        rel::leaf_key(app),
+        rel::fullchain(app),
+        rel::leaf_render(app),
+        rel::sink(app),
+        rel::post_hook_status(app),
+    ] {
+        let u = pki_ops::plan_keep(tree, &rel, &tx.run_id())?;
+        tx.record(UndoAction::File {
+            undo: u.clone(),
+            owner: Some(owner),
+        })?;
+        pki_ops::keep_previous(tree, &u)?;
+    }
+    Ok(())
+}
+
+/// A post-hook failure reported since the restart: this render's own, so fatal at once.
+fn new_hook_failure(
+    tree: &Tree,
+    app: &AppConfig,
+    a: &LeafApplied,
+) -> Result<Option<String>, StepError> {
+    // A failure report of the post-hook written since the restart is this render's
+    // failure (it could not install the pair, it found them mismatched): at once.
+    let line = tree
+        .read(&rel::post_hook_status(app))?
+        .map(|b| String::from_utf8_lossy(&b).trim().to_owned());
+    Ok(line
+        .filter(|l| Some(l) != a.previous_hook_status.as_ref())
+        .and_then(|l| match hooks::parse_status(&l) {
+            Some(hooks::HookStatus::Failed { reason, .. }) => Some(reason),
+            _ => None,
+        }))
+}
+
+/// Fails the gate unless the leaf key is `0600` and owned by the app.
+fn check_leaf_key(app: &AppConfig, tree: &Tree, owner: Owner) -> Result<(), StepError> {
+    // The leaf key: 0600, owned by the app (lstat: never through a link).
+    let meta = tree
+        .stat(&rel::leaf_key(app))
+        .map_err(|e| {
+            gate_err(
+                app,
+                format!("stat {}: {e}", home_path(app, rel::leaf_key(app)).display()),
+            )
+        })?
+        .ok_or_else(|| {
+            gate_err(
+                app,
+                format!(
+                    "{} is missing",
+                    home_path(app, rel::leaf_key(app)).display()
+                ),
+            )
+        })?;
+    if meta.mode != 0o600 || meta.owner.uid != owner.uid {
+        return Err(gate_err(
+            app,
+            format!(
+                "{} must be mode 0600, owned by {} (uid {}); it is mode {:04o}, uid {}",
+                home_path(app, rel::leaf_key(app)).display(),
+                app.user(),
+                owner.uid,
+                meta.mode,
+                meta.owner.uid
+            ),
+        ));
+    }
+    Ok(())
 }
 
 /// While a gate waits on the agent: whether Vault is still there to be waited for, asked
