@@ -92,9 +92,7 @@ pub struct LeafPlan {
     role: Option<Option<Map<String, Value>>>,
     kv_policy: Option<Option<String>>,
     seed: bool,
-    mapping_previous: Option<vault_client::CertRole>,
     mapping: cert_auth::MappingSpec,
-    mapping_changes: bool,
     hook: String,
     agent: String,
 }
@@ -305,6 +303,12 @@ impl Step for LeafStep<'_> {
         let mut changes = Vec::new();
 
         let current = self.step3_mapping(&n).await?;
+        if tree.read(&rel::agent_cert())?.is_none() {
+            return Err(StepError::NeedsEarlier {
+                what: format!("{}", app.home.join(rel::agent_cert()).display()),
+                step: StepId::Agents,
+            });
+        }
         let (hook, agent) = plan_agent_files(cfg, app, &n, &tree, &mut changes)?;
         let role = self.plan_role(&n, &mut changes).await?;
         let kv_policy = if self.kv_access {
@@ -317,7 +321,7 @@ impl Step for LeafStep<'_> {
         } else {
             false
         };
-        let (spec, mapping_changes) = self.plan_mapping(app, &n, &current, &mut changes).await?;
+        let spec = self.plan_mapping(app, &n, &current, &mut changes).await?;
         changes.push(
             Change::new(ChangeKind::Update, format!("unit {}", app.unit())).note(
                 "restart: the agent renders a new leaf and logs in with the step-3 certificate",
@@ -332,9 +336,7 @@ impl Step for LeafStep<'_> {
                 role,
                 kv_policy,
                 seed,
-                mapping_previous: Some(current),
                 mapping: spec,
-                mapping_changes,
                 hook,
                 agent,
             },
@@ -366,9 +368,7 @@ impl Step for LeafStep<'_> {
         } else {
             false
         };
-        let outcome = self
-            .write_mapping(n, p.mapping_changes, &p.mapping_previous, &p.mapping, tx)
-            .await?;
+        let (outcome, mapping_before) = self.write_mapping(n, &p.mapping, tx).await?;
 
         // Agent files: directories, then hook + config staged together, then replaced.
         write_agent_files(app, &tree, p.owner, p.hook, p.agent, tx)?;
@@ -388,14 +388,13 @@ impl Step for LeafStep<'_> {
         Ok(LeafApplied {
             previous_serial,
             previous_hook_status,
-            policies: outcome.token_policies,
-            removed_policies: p
-                .mapping_previous
+            removed_policies: mapping_before
                 .map(|m| m.token_policies)
                 .unwrap_or_default()
                 .into_iter()
-                .filter(|x| !p.mapping.token_policies.contains(x))
+                .filter(|x| !outcome.token_policies.contains(x))
                 .collect(),
+            policies: outcome.token_policies,
             seeded,
             agent_serial,
         })
@@ -543,7 +542,7 @@ impl LeafStep<'_> {
         n: &Names,
         current: &vault_client::CertRole,
         changes: &mut Vec<Change>,
-    ) -> Result<(cert_auth::MappingSpec, bool), StepError> {
+    ) -> Result<cert_auth::MappingSpec, StepError> {
         let cfg = self.cfg;
         let mount = &cfg.agents.cert_auth_mount;
         // Mapping: exactly the agent policies; `remove_policies` removed; anything else
@@ -574,7 +573,7 @@ impl LeafStep<'_> {
             mc = mc.note(format!("removes {}", removed.join(", ")));
         }
         changes.push(mc);
-        Ok((spec, mapping_changes))
+        Ok(spec)
     }
 
     /// Whether the agent runs before the restart, so undo leaves it as it found it.
@@ -680,24 +679,27 @@ impl LeafStep<'_> {
         Ok(seeded)
     }
 
-    /// Writes the mapping as planned, its previous state journaled first when it changes.
+    /// Writes the mapping when it differs *now* (read again at apply: it may have changed
+    /// since the plan), its state just before journaled first; what it is now and what it
+    /// was.
     async fn write_mapping(
         &self,
         n: &Names,
-        changes: bool,
-        previous: &Option<vault_client::CertRole>,
         spec: &cert_auth::MappingSpec,
         tx: &Tx<'_>,
-    ) -> Result<cert_auth::MappingOutcome, StepError> {
-        let mount = &self.cfg.agents.cert_auth_mount;
-        if changes {
-            tx.record(UndoAction::Mapping {
-                mount: mount.clone(),
-                name: n.mapping.clone(),
-                previous: previous.clone(),
-            })?;
+    ) -> Result<(cert_auth::MappingOutcome, Option<vault_client::CertRole>), StepError> {
+        let (cert, mount) = (self.vault().cert, &self.cfg.agents.cert_auth_mount);
+        let before = upsert_mapping(cert, mount, spec, true).await?;
+        if before.action == cert_auth::MappingAction::Unchanged {
+            return Ok((before.clone(), before.previous));
         }
-        Ok(upsert_mapping(self.vault().cert, mount, spec, false).await?)
+        tx.record(UndoAction::Mapping {
+            mount: mount.clone(),
+            name: n.mapping.clone(),
+            previous: before.previous.clone(),
+        })?;
+        let written = upsert_mapping(cert, mount, spec, false).await?;
+        Ok((written, before.previous))
     }
 
     /// Restarts the agent so it renders a new leaf and logs in with the step-3 certificate.

@@ -158,11 +158,19 @@ async fn plan(id: StepId) -> StepReport {
     let dir = tempfile::tempdir().unwrap();
     let root = dir.path();
     let (ca, leaf) = ca_and_leaf(ISSUER);
-    for d in ["admin", "listener", "home-a", "proxy/tls", "state"] {
+    for d in [
+        "admin",
+        "listener",
+        "home-a/vault/mtls",
+        "proxy/tls",
+        "state",
+    ] {
         std::fs::create_dir_all(root.join(d)).unwrap();
     }
     std::fs::write(root.join("admin/ca.pem"), &ca).unwrap();
     std::fs::write(root.join("listener/tls.crt"), format!("{leaf}{ca}")).unwrap();
+    // Step 3 ran before: the agent has its login certificate.
+    std::fs::write(root.join("home-a/vault/mtls/agent.crt"), &leaf).unwrap();
     let bundle = match id {
         StepId::Proxy => ca_and_leaf("Old CA").0,
         _ => ca.clone(),
