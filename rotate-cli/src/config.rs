@@ -185,10 +185,13 @@ pub struct ListenerSection {
     /// IP SANs, e.g. `["127.0.0.1"]`.
     #[serde(default)]
     pub ip_sans: Vec<String>,
-    /// The server's `tls_cert_file` (certificate + chain).
-    pub cert_file: PathBuf,
+    /// The server's `tls_cert_file` (certificate + chain), for a single server; a
+    /// cluster sets it per node (`[[listener.nodes]]`).
+    #[serde(default)]
+    pub cert_file: Option<PathBuf>,
     /// The server's `tls_key_file` (0600; same directory as `cert_file`).
-    pub key_file: PathBuf,
+    #[serde(default)]
+    pub key_file: Option<PathBuf>,
     /// Owner of both files: the Vault server's user.
     #[serde(default = "default_listener_owner")]
     pub owner: String,
@@ -210,8 +213,9 @@ pub struct ListenerSection {
     /// How the server loads the new files: `signal:<pid file>:HUP` (OpenBao reloads the
     /// listener certificate and key on SIGHUP), `podman-restart:<container>`, or
     /// `systemd:openbao.service` (`systemctl reload`: its `ExecReload` sends SIGHUP), or
-    /// `cmd:...`.
-    pub reload: String,
+    /// `cmd:...`. For a single server; a cluster sets it per node.
+    #[serde(default)]
+    pub reload: Option<String>,
     /// How long the gate waits for the new serial to be served.
     #[serde(default = "default_reload_timeout")]
     pub reload_timeout: String,
@@ -232,6 +236,119 @@ pub struct ListenerSection {
     /// not trust the admin or an agent certificate; `rotate verify` checks it.
     #[serde(default)]
     pub client_ca_file: Option<PathBuf>,
+    /// The nodes of a raft cluster, each its own server with its own listener
+    /// certificate (step 2 rotates them one at a time, each proven at its own address).
+    /// Empty: one server, described by `cert_file`, `key_file` and `reload` above.
+    #[serde(default)]
+    pub nodes: Vec<NodeSection>,
+}
+
+/// `[[listener.nodes]]`: one server of a cluster. What it does not set comes from
+/// `[listener]`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NodeSection {
+    /// Its name in reports and the journal, e.g. `vault-1`.
+    pub name: String,
+    /// Its own API address (not the load balancer's), e.g. `https://10.0.0.11:8200`: its
+    /// gates handshake *this* server.
+    pub addr: String,
+    /// Its `tls_cert_file`.
+    pub cert_file: PathBuf,
+    /// Its `tls_key_file` (same directory).
+    pub key_file: PathBuf,
+    /// How it reloads (as `[listener] reload`), e.g. `signal:/run/openbao/vault-1.pid:HUP`.
+    pub reload: String,
+    /// Owner of its files (default `[listener] owner`).
+    #[serde(default)]
+    pub owner: Option<String>,
+    /// Their group (default `[listener] group`).
+    #[serde(default)]
+    pub group: Option<String>,
+    /// DNS SANs besides `[listener]`'s, e.g. `vault-1.prod.privsec.ch`.
+    #[serde(default)]
+    pub alt_names: Vec<String>,
+    /// Its IP SANs (default `[listener] ip_sans`).
+    #[serde(default)]
+    pub ip_sans: Option<Vec<String>>,
+    /// The port its process listens on (default: the port of `addr`).
+    #[serde(default)]
+    pub server_port: Option<u16>,
+}
+
+/// One server's listener, resolved: a node of `[[listener.nodes]]` with `[listener]`'s
+/// defaults, or the single server `[listener]` describes (named `listener`, reached at
+/// `[vault] addr`). The only definition of where a node's files are.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ListenerNode {
+    /// `listener` for a single server; the node's name in a cluster.
+    pub name: String,
+    /// Its own address; `None`: `[vault] addr`.
+    pub addr: Option<String>,
+    /// Its `tls_cert_file`.
+    pub cert_file: PathBuf,
+    /// Its `tls_key_file`.
+    pub key_file: PathBuf,
+    /// How it reloads.
+    pub reload: String,
+    /// The setting `reload` comes from (`listener.reload`, `listener.nodes[vault-1].reload`).
+    pub reload_setting: String,
+    /// Owner of its files.
+    pub owner: String,
+    /// Their group.
+    pub group: Option<String>,
+    /// Its DNS SANs besides the CN.
+    pub alt_names: Vec<String>,
+    /// Its IP SANs.
+    pub ip_sans: Vec<String>,
+    /// The port its process listens on, when not its address's.
+    pub server_port: Option<u16>,
+}
+
+impl ListenerSection {
+    /// Its servers: every node, or the one server its own fields describe.
+    pub fn servers(&self) -> Vec<ListenerNode> {
+        if self.nodes.is_empty() {
+            return vec![ListenerNode {
+                name: "listener".into(),
+                addr: None,
+                cert_file: self.cert_file.clone().unwrap_or_default(),
+                key_file: self.key_file.clone().unwrap_or_default(),
+                reload: self.reload.clone().unwrap_or_default(),
+                reload_setting: "listener.reload".into(),
+                owner: self.owner.clone(),
+                group: self.group.clone(),
+                alt_names: self.alt_names.clone(),
+                ip_sans: self.ip_sans.clone(),
+                server_port: self.server_port,
+            }];
+        }
+        self.nodes
+            .iter()
+            .map(|n| {
+                let mut alt_names = self.alt_names.clone();
+                alt_names.extend(
+                    n.alt_names
+                        .iter()
+                        .filter(|a| !self.alt_names.contains(a))
+                        .cloned(),
+                );
+                ListenerNode {
+                    name: n.name.clone(),
+                    addr: Some(n.addr.clone()),
+                    cert_file: n.cert_file.clone(),
+                    key_file: n.key_file.clone(),
+                    reload: n.reload.clone(),
+                    reload_setting: format!("listener.nodes[{}].reload", n.name),
+                    owner: n.owner.clone().unwrap_or_else(|| self.owner.clone()),
+                    group: n.group.clone().or_else(|| self.group.clone()),
+                    alt_names,
+                    ip_sans: n.ip_sans.clone().unwrap_or_else(|| self.ip_sans.clone()),
+                    server_port: n.server_port,
+                }
+            })
+            .collect()
+    }
 }
 
 fn default_listener_role() -> String {
@@ -674,22 +791,27 @@ impl Config {
     pub(crate) fn reloaders(
         &self,
     ) -> impl Iterator<Item = (String, Result<hooks::Reloader, hooks::Error>)> + '_ {
-        let mut v: Vec<(String, &str)> = Vec::new();
-        if let Some(l) = &self.listener {
-            v.push(("listener.reload".into(), &l.reload));
-        }
+        let mut v: Vec<(String, String)> = self
+            .listener
+            .iter()
+            .flat_map(ListenerSection::servers)
+            .map(|n| (n.reload_setting, n.reload))
+            .collect();
         if let Some(p) = self.proxy.as_ref().filter(|p| !p.reload.is_empty()) {
-            v.push(("proxy.reload".into(), &p.reload));
+            v.push(("proxy.reload".into(), p.reload.clone()));
         }
         if let Some(r) = &self.restarts {
             for (i, spec) in r.proxy.iter().enumerate() {
-                v.push((format!("restarts.proxy[{i}]"), spec));
+                v.push((format!("restarts.proxy[{i}]"), spec.clone()));
             }
             if let Some(vault) = &r.vault {
-                v.push(("restarts.vault".into(), vault));
+                v.push(("restarts.vault".into(), vault.clone()));
             }
         }
-        v.into_iter().map(|(k, s)| (k, s.parse()))
+        v.into_iter().map(|(k, s)| {
+            let parsed = s.parse();
+            (k, parsed)
+        })
     }
 
     /// Parse and validate `text` (from `path`, for messages; relative paths in the file
@@ -727,8 +849,13 @@ impl Config {
             abs(p);
         }
         if let Some(l) = &mut cfg.listener {
-            abs(&mut l.cert_file);
-            abs(&mut l.key_file);
+            for f in [&mut l.cert_file, &mut l.key_file].into_iter().flatten() {
+                abs(f);
+            }
+            for n in &mut l.nodes {
+                abs(&mut n.cert_file);
+                abs(&mut n.key_file);
+            }
             if let Some(f) = &mut l.client_ca_file {
                 abs(f);
             }
@@ -953,8 +1080,21 @@ impl Config {
             root_files.push(("admin.env_file".into(), f));
         }
         if let Some(l) = &self.listener {
-            root_files.push(("listener.cert_file".into(), &l.cert_file));
-            root_files.push(("listener.key_file".into(), &l.key_file));
+            for (setting, f) in [
+                ("listener.cert_file", &l.cert_file),
+                ("listener.key_file", &l.key_file),
+            ] {
+                if let Some(f) = f {
+                    root_files.push((setting.into(), f));
+                }
+            }
+            for n in &l.nodes {
+                root_files.push((
+                    format!("listener.nodes[{}].cert_file", n.name),
+                    &n.cert_file,
+                ));
+                root_files.push((format!("listener.nodes[{}].key_file", n.name), &n.key_file));
+            }
             if let Some(f) = &l.client_ca_file {
                 root_files.push(("listener.client_ca_file".into(), f));
             }
@@ -1371,28 +1511,9 @@ impl Config {
         self.tls_duration("listener.ttl", &l.ttl)?;
         self.tls_duration("listener.max_ttl", &l.max_ttl)?;
         self.tls_duration("listener.reload_timeout", &l.reload_timeout)?;
-        if l.cert_file.parent() != l.key_file.parent() {
-            return Err(self.invalid(
-                "listener.key_file",
-                "must be in the same directory as cert_file (the pair is replaced together)",
-            ));
-        }
-        if l.cert_file == l.key_file {
-            return Err(self.invalid("listener.key_file", "is the same file as cert_file"));
-        }
-        match l.reload.parse::<hooks::Reloader>() {
-            Err(e) => return Err(self.invalid("listener.reload", e.to_string())),
-            Ok(hooks::Reloader::Signal { signal, .. })
-                if signal.strip_prefix("SIG").unwrap_or(&signal) != "HUP" =>
-            {
-                return Err(self.invalid(
-                    "listener.reload",
-                    format!(
-                        "SIG{signal} is not how the server reloads its listener certificate: use signal:<pid file>:HUP"
-                    ),
-                ));
-            }
-            Ok(_) => {}
+        self.validate_listener_shape(l)?;
+        for n in l.servers() {
+            self.validate_server(&n)?;
         }
         if l.common_name.is_none() && self.vault.tls_server_name.is_none() {
             return Err(self.invalid(
@@ -1404,6 +1525,95 @@ impl Config {
             ip.parse::<std::net::IpAddr>().map_err(|_| {
                 self.invalid("listener.ip_sans", format!("{ip:?} is not an IP address"))
             })?;
+        }
+        Ok(())
+    }
+
+    /// One server (`cert_file`, `key_file`, `reload`) or nodes, never both; nodes named
+    /// uniquely, each at its own address with its own files.
+    fn validate_listener_shape(&self, l: &ListenerSection) -> Result<(), ConfigError> {
+        let single = [
+            ("listener.cert_file", l.cert_file.is_some()),
+            ("listener.key_file", l.key_file.is_some()),
+            ("listener.reload", l.reload.is_some()),
+        ];
+        if !l.nodes.is_empty() {
+            if let Some((setting, _)) = single.iter().find(|(_, set)| *set) {
+                return Err(self.invalid(
+                    *setting,
+                    "set per node in [[listener.nodes]] (a cluster), not in [listener]",
+                ));
+            }
+        } else if let Some((setting, _)) = single.iter().find(|(_, set)| !*set) {
+            return Err(self.invalid(
+                *setting,
+                "missing: set cert_file, key_file and reload (one server), or [[listener.nodes]] (a cluster)",
+            ));
+        }
+        for (i, n) in l.nodes.iter().enumerate() {
+            let setting = format!("listener.nodes[{i}]");
+            if !name_ok(&n.name) || n.name == "listener" {
+                return Err(self.invalid(
+                    format!("{setting}.name"),
+                    format!(
+                        "{:?}: letters, digits, '-' or '_', and not \"listener\"",
+                        n.name
+                    ),
+                ));
+            }
+            ClientConfig::new(&n.addr)
+                .map_err(|e| self.invalid(format!("{setting}.addr"), e.to_string()))?;
+            if let Some(o) = l.nodes[..i].iter().find(|o| {
+                o.name == n.name
+                    || o.addr == n.addr
+                    || o.cert_file == n.cert_file
+                    || o.key_file == n.key_file
+            }) {
+                return Err(self.invalid(
+                    setting,
+                    format!("{} shares its name, address or files with node {}: each node is its own server", n.name, o.name),
+                ));
+            }
+            for ip in n.ip_sans.iter().flatten() {
+                ip.parse::<std::net::IpAddr>().map_err(|_| {
+                    self.invalid(
+                        format!("{setting}.ip_sans"),
+                        format!("{ip:?} is not an IP address"),
+                    )
+                })?;
+            }
+        }
+        Ok(())
+    }
+
+    /// One server's files (one directory, two files) and its SIGHUP reloader.
+    fn validate_server(&self, n: &ListenerNode) -> Result<(), ConfigError> {
+        let at = |field: &str| match n.reload_setting.strip_suffix(".reload") {
+            Some(prefix) => format!("{prefix}.{field}"),
+            None => format!("listener.{field}"),
+        };
+        if n.cert_file.parent() != n.key_file.parent() {
+            return Err(self.invalid(
+                at("key_file"),
+                "must be in the same directory as cert_file (the pair is replaced together)",
+            ));
+        }
+        if n.cert_file == n.key_file {
+            return Err(self.invalid(at("key_file"), "is the same file as cert_file"));
+        }
+        match n.reload.parse::<hooks::Reloader>() {
+            Err(e) => return Err(self.invalid(n.reload_setting.clone(), e.to_string())),
+            Ok(hooks::Reloader::Signal { signal, .. })
+                if signal.strip_prefix("SIG").unwrap_or(&signal) != "HUP" =>
+            {
+                return Err(self.invalid(
+                    n.reload_setting.clone(),
+                    format!(
+                        "SIG{signal} is not how the server reloads its listener certificate: use signal:<pid file>:HUP"
+                    ),
+                ));
+            }
+            Ok(_) => {}
         }
         Ok(())
     }
@@ -1493,7 +1703,27 @@ impl Config {
     /// `[commands] agent`) listening on `[listener] server_port`, by default the port of
     /// `[vault] addr`.
     pub fn vault_process(&self) -> hooks::ExpectProcess {
-        let addr = match &self.vault.addr {
+        let single = self
+            .listener
+            .as_ref()
+            .and_then(|l| l.servers().into_iter().next());
+        match single {
+            Some(n) => self.server_process(&n),
+            None => self.process_on(self.vault.addr.as_deref(), None),
+        }
+    }
+
+    /// What a `signal:` reloader of server `n` must find behind its pid file: a Vault
+    /// executable listening on its `server_port`, by default its address's port.
+    pub fn server_process(&self, n: &ListenerNode) -> hooks::ExpectProcess {
+        let configured = n
+            .server_port
+            .or_else(|| self.listener.as_ref().and_then(|l| l.server_port));
+        self.process_on(n.addr.as_deref().or(self.vault.addr.as_deref()), configured)
+    }
+
+    fn process_on(&self, addr: Option<&str>, configured: Option<u16>) -> hooks::ExpectProcess {
+        let addr = match addr {
             Some(a) => ClientConfig::new(a).ok(),
             None => ClientConfig::from_env().ok(),
         };
@@ -1504,7 +1734,6 @@ impl Config {
                 exe_names.push(n);
             }
         }
-        let configured = self.listener.as_ref().and_then(|l| l.server_port);
         hooks::ExpectProcess {
             exe_names,
             listens_on: configured.or_else(|| addr.and_then(|c| c.addr.port_or_known_default())),

@@ -54,6 +54,11 @@ pub trait GateConnector: Send + Sync {
         timeout: Duration,
     ) -> vault_client::Result<Handshake>;
 
+    /// The same connector reaching `addr` (one node of a cluster) instead of the admin's
+    /// address, with the same TLS server name: for gates that must see what *that*
+    /// server serves.
+    fn at(&self, addr: &str) -> vault_client::Result<Box<dyn GateConnector>>;
+
     /// An anonymous client of Vault *through a proxy* at `addr` (which forwards `/v1/`),
     /// verifying the proxy as `server_name` with `ca`.
     fn through_proxy(
@@ -62,6 +67,36 @@ pub trait GateConnector: Send + Sync {
         server_name: Option<String>,
         ca: &Path,
     ) -> vault_client::Result<Box<dyn SysApi>>;
+}
+
+/// A gate connector to one server: the admin's own ([`GateConnector`] as given), or one
+/// made for a node's address ([`GateConnector::at`]).
+pub(crate) enum NodeGate<'a> {
+    /// The admin's address.
+    Admin(&'a dyn GateConnector),
+    /// A node's own address.
+    Node(Box<dyn GateConnector>),
+}
+
+impl<'a> NodeGate<'a> {
+    /// `gate`, reaching `addr` when given.
+    pub(crate) fn new(
+        gate: &'a dyn GateConnector,
+        addr: Option<&str>,
+    ) -> vault_client::Result<Self> {
+        Ok(match addr {
+            None => NodeGate::Admin(gate),
+            Some(a) => NodeGate::Node(gate.at(a)?),
+        })
+    }
+
+    /// The connector.
+    pub(crate) fn get(&self) -> &dyn GateConnector {
+        match self {
+            NodeGate::Admin(g) => *g,
+            NodeGate::Node(g) => g.as_ref(),
+        }
+    }
 }
 
 /// A client identity (certificate, key) and the CA bundle to trust, each read into
@@ -164,6 +199,14 @@ impl GateConnector for FreshClients {
     ) -> vault_client::Result<Handshake> {
         let cfg = Self::with_identity(self.base.clone(), id);
         vault_client::tls_handshake(&cfg, timeout).await
+    }
+
+    fn at(&self, addr: &str) -> vault_client::Result<Box<dyn GateConnector>> {
+        let addr = ClientConfig::new(addr)?.addr;
+        let mut c = self.clone();
+        c.base.addr = addr.clone();
+        c.admin.addr = addr;
+        Ok(Box::new(c))
     }
 
     fn through_proxy(

@@ -41,8 +41,8 @@ fn named_pairs(cfg: &Config) -> Vec<(String, String)> {
     if let (Some(c), Some(k)) = (&cfg.vault.client_cert, &cfg.vault.client_key) {
         v.push((name(k), name(c)));
     }
-    if let Some(l) = &cfg.listener {
-        v.push((name(&l.key_file), name(&l.cert_file)));
+    for n in cfg.listener.iter().flat_map(|l| l.servers()) {
+        v.push((name(&n.key_file), name(&n.cert_file)));
     }
     if let Some(p) = &cfg.proxy
         && let (Some(c), Some(k)) = (&p.client_cert, &p.client_key)

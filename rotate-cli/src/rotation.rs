@@ -443,7 +443,9 @@ impl Run<'_, '_> {
                 report.steps.push(nothing_to_restart(*id));
                 continue;
             }
-            report.steps.push(step.run(self.apps, self.ctx).await?);
+            report
+                .steps
+                .push(step.run(self.apps, self.ctx, &|_| false).await?);
         }
         let changes = report
             .steps
@@ -492,7 +494,7 @@ impl Run<'_, '_> {
                 // Still waiting (sealed) or not cleanly unwound: not run a second time
                 // over what it left.
                 failed.note(
-                    step.global().is_some(),
+                    step.global(),
                     &t,
                     &[Outcome::RollbackIncomplete, Outcome::AwaitingResume],
                 );
@@ -537,23 +539,21 @@ impl Run<'_, '_> {
                     .is_some_and(|t| t.state == TargetState::Committed)
             };
             let sr = match step.global() {
-                Some(name) if committed(name) => StepReport {
-                    step: *id,
-                    targets: vec![TargetReport::new(name, Outcome::Committed)],
-                    millis: 0,
-                },
-                Some(_) if *id == StepId::Restarts && !renewed(journal, &self.request.steps) => {
+                true if *id == StepId::Restarts
+                    && !committed("restarts")
+                    && !renewed(journal, &self.request.steps) =>
+                {
                     nothing_to_restart(*id)
                 }
-                Some(_) => step.run(&[], ctx).await?,
-                None => {
+                true => step.run(&[], ctx, &committed).await?,
+                false => {
                     let todo: Vec<&AppConfig> = self
                         .apps
                         .iter()
                         .copied()
                         .filter(|a| !failed.apps.contains(&a.name) && !committed(&a.name))
                         .collect();
-                    let mut sr = step.run(&todo, ctx).await?;
+                    let mut sr = step.run(&todo, ctx, &|_| false).await?;
                     for a in self.apps.iter().filter(|a| failed.apps.contains(&a.name)) {
                         sr.targets.push(skipped(a, *id));
                     }
@@ -570,7 +570,7 @@ impl Run<'_, '_> {
                 Outcome::AwaitingResume,
             ];
             for t in &sr.targets {
-                failed.note(step.global().is_some(), t, &bad);
+                failed.note(step.global(), t, &bad);
             }
             report.steps.push(sr);
         }

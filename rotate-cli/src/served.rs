@@ -143,10 +143,12 @@ impl std::fmt::Display for ClientCaDrift {
 pub(crate) fn server_started(
     cfg: &crate::config::Config,
 ) -> Option<(std::time::SystemTime, std::path::PathBuf)> {
+    // A single server's (step 6 restarts a cluster node by node).
     let reload = cfg
         .listener
         .as_ref()?
         .reload
+        .as_deref()?
         .parse::<hooks::Reloader>()
         .ok()?;
     let hooks::Reloader::Signal { pid_file, .. } = reload else {

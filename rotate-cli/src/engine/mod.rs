@@ -150,10 +150,12 @@ pub trait Step: Send + Sync {
     /// The targets among `apps`: the apps for a per-app step, its one target for a
     /// global step.
     fn targets<'t>(&'t self, apps: &[&'t AppConfig]) -> Vec<&'t Self::Target>;
-    /// The name of a global step's one target (`admin`, `listener`, ...); `None` for a
-    /// per-app step.
-    fn global(&self) -> Option<&'static str> {
-        None
+    /// Whether it works on the server side (the admin identity, the listeners, the
+    /// proxy, restarts, health) rather than on apps: its targets run one at a time, the
+    /// first that fails stops the rest (a cluster is rotated node by node), and every
+    /// later step waits on it.
+    fn global(&self) -> bool {
+        false
     }
     /// Whether what `apply` made changed anything a restart is for (default: yes).
     fn changed(&self, _applied: &Self::Applied) -> bool {
@@ -188,10 +190,16 @@ pub enum Fact {
 pub(crate) trait DynStep: Send + Sync {
     /// Which step.
     fn id(&self) -> StepId;
-    /// The name of a global step's one target; `None` for a per-app step.
-    fn global(&self) -> Option<&'static str>;
-    /// Plan (without a journal) or run its targets among `apps`.
-    async fn run(&self, apps: &[&AppConfig], ctx: RunCtx<'_>) -> Result<StepReport, JournalError>;
+    /// See [`Step::global`].
+    fn global(&self) -> bool;
+    /// Plan (without a journal) or run its targets among `apps`; a target `done` names
+    /// (committed by the run being resumed) is reported committed, not run again.
+    async fn run(
+        &self,
+        apps: &[&AppConfig],
+        ctx: RunCtx<'_>,
+        done: &(dyn for<'n> Fn(&'n str) -> bool + Sync),
+    ) -> Result<StepReport, JournalError>;
     /// Finish the target `name` an interrupted run left: re-gate or unwind it; one no
     /// longer among `apps` (or configured) is unwound from the journal alone.
     async fn recover(
@@ -213,20 +221,35 @@ where
         Step::id(self)
     }
 
-    fn global(&self) -> Option<&'static str> {
+    fn global(&self) -> bool {
         Step::global(self)
     }
 
-    async fn run(&self, apps: &[&AppConfig], ctx: RunCtx<'_>) -> Result<StepReport, JournalError> {
-        let targets = self.targets(apps);
-        let ctx = match Step::global(self) {
-            Some(_) => RunCtx {
+    async fn run(
+        &self,
+        apps: &[&AppConfig],
+        ctx: RunCtx<'_>,
+        done: &(dyn for<'n> Fn(&'n str) -> bool + Sync),
+    ) -> Result<StepReport, JournalError> {
+        let (done, todo): (Vec<_>, Vec<_>) =
+            self.targets(apps).into_iter().partition(|t| done(t.name()));
+        let rolling = Step::global(self);
+        let ctx = if rolling {
+            RunCtx {
                 concurrency: 1,
                 ..ctx
-            },
-            None => ctx,
+            }
+        } else {
+            ctx
         };
-        run_step(self, &targets, ctx).await
+        let mut report = run_step(self, &todo, ctx, rolling).await?;
+        let mut committed: Vec<TargetReport> = done
+            .iter()
+            .map(|t| TargetReport::new(t.name(), Outcome::Committed))
+            .collect();
+        committed.append(&mut report.targets);
+        report.targets = committed;
+        Ok(report)
     }
 
     async fn recover(
@@ -257,8 +280,6 @@ where
 pub(crate) struct Absent {
     /// Which step.
     pub(crate) id: StepId,
-    /// Its one target's name.
-    pub(crate) target: &'static str,
 }
 
 #[async_trait]
@@ -267,14 +288,15 @@ impl DynStep for Absent {
         self.id
     }
 
-    fn global(&self) -> Option<&'static str> {
-        Some(self.target)
+    fn global(&self) -> bool {
+        true
     }
 
     async fn run(
         &self,
         _apps: &[&AppConfig],
         _ctx: RunCtx<'_>,
+        _done: &(dyn for<'n> Fn(&'n str) -> bool + Sync),
     ) -> Result<StepReport, JournalError> {
         Ok(StepReport {
             step: self.id,
@@ -405,6 +427,7 @@ pub(crate) async fn run_step<'a, S: Step>(
     step: &'a S,
     apps: &'a [&'a S::Target],
     ctx: RunCtx<'a>,
+    stop_on_failure: bool,
 ) -> Result<StepReport, JournalError> {
     let started = std::time::Instant::now();
     tracing::info!(
@@ -422,16 +445,32 @@ pub(crate) async fn run_step<'a, S: Step>(
     for app in queue.by_ref().take(ctx.concurrency.max(1)) {
         running.push_back(target_future(step, app, ctx));
     }
-    let mut results = Vec::with_capacity(apps.len());
+    let mut targets = Vec::with_capacity(apps.len());
+    let mut failed: Option<String> = None;
     while let Some(r) = running.next().await {
-        results.push(r);
-        if let Some(app) = queue.next() {
+        let t = r?;
+        let ok = matches!(
+            t.outcome,
+            Outcome::Committed | Outcome::Unchanged | Outcome::Planned
+        );
+        if stop_on_failure && ctx.journal.is_some() && !ok && failed.is_none() {
+            failed = Some(t.app.clone());
+        }
+        targets.push(t);
+        if failed.is_none()
+            && let Some(app) = queue.next()
+        {
             running.push_back(target_future(step, app, ctx));
         }
     }
-    let mut targets = Vec::with_capacity(results.len());
-    for r in results {
-        targets.push(r?);
+    // What a rolling step did not start after its first failure: left as it is.
+    for app in queue {
+        targets.push(TargetReport {
+            error: failed.as_ref().map(|first| {
+                format!("not started: {first} failed first (one at a time; the first failure stops the rest)")
+            }),
+            ..blank(app, Outcome::NotStarted)
+        });
     }
     Ok(StepReport {
         step: step.id(),
@@ -911,7 +950,7 @@ mod tests {
             if_due: false,
             steps: &[StepId::Agents],
         };
-        let report = DynStep::run(&step, &[], ctx).await.unwrap();
+        let report = DynStep::run(&step, &[], ctx, &|_| false).await.unwrap();
 
         let seen: Vec<(&str, Outcome)> = report
             .targets

@@ -171,8 +171,13 @@ pub async fn carry_out(deps: UndoDeps<'_>, action: &UndoAction) -> Result<(), St
             reload,
             previous_serial,
             timeout_secs,
+            node,
+            addr,
             ..
-        } => reload_listener_back(deps, reload, previous_serial, *timeout_secs).await,
+        } => {
+            let at = node.as_deref().zip(addr.as_deref());
+            reload_listener_back(deps, reload, previous_serial, *timeout_secs, at).await
+        }
         UndoAction::ReconnectAdmin => v.identity.reconnect().map_err(|e| e.to_string()),
         UndoAction::Irreversible { .. } => Ok(()),
         UndoAction::Reload { reload, setting } => {
@@ -296,17 +301,33 @@ async fn reload_listener_back(
     reload: &str,
     previous_serial: &str,
     timeout_secs: u64,
+    node: Option<(&str, &str)>,
 ) -> Result<(), String> {
-    let r = configured_reloader(deps.cfg, "listener.reload", reload)?;
+    let setting = match node {
+        Some((name, _)) => format!("listener.nodes[{name}].reload"),
+        None => "listener.reload".to_owned(),
+    };
+    let r = configured_reloader(deps.cfg, &setting, reload)?;
+    let server = deps
+        .cfg
+        .listener
+        .iter()
+        .flat_map(|l| l.servers())
+        .find(|s| s.reload_setting == setting);
+    let expect = match &server {
+        Some(s) => deps.cfg.server_process(s),
+        None => deps.cfg.vault_process(),
+    };
+    let gate = crate::deps::NodeGate::new(deps.vault.gate, node.map(|(_, addr)| addr))
+        .map_err(|e| e.to_string())?;
     let c = &deps.cfg.vault;
     let (Some(cert), Some(key), Some(ca)) = (&c.client_cert, &c.client_key, &c.ca_cert) else {
         return Err("[vault] client_cert, client_key and ca_cert are needed to prove the listener serves its previous certificate".into());
     };
     // Whatever the reload command says, what counts is what is served.
-    let reloaded =
-        hooks::reload_expecting(deps.runner, &r, deps.timeout, &deps.cfg.vault_process()).await;
+    let reloaded = hooks::reload_expecting(deps.runner, &r, deps.timeout, &expect).await;
     let served = crate::served::wait_for_serial(
-        deps.vault.gate,
+        gate.get(),
         Some((cert, key)),
         ca,
         previous_serial,
@@ -422,9 +443,19 @@ fn configured_reloader(
 /// The text of the reloader setting `setting`.
 fn cfg_string<'c>(cfg: &'c Config, setting: &str) -> Option<&'c str> {
     match setting {
-        "listener.reload" => cfg.listener.as_ref().map(|l| l.reload.as_str()),
+        "listener.reload" => cfg.listener.as_ref()?.reload.as_deref(),
         "proxy.reload" => cfg.proxy.as_ref().map(|p| p.reload.as_str()),
         "restarts.vault" => cfg.restarts.as_ref().and_then(|r| r.vault.as_deref()),
+        s if s.starts_with("listener.nodes[") => {
+            let name = s
+                .strip_prefix("listener.nodes[")?
+                .strip_suffix("].reload")?;
+            let l = cfg.listener.as_ref()?;
+            l.nodes
+                .iter()
+                .find(|n| n.name == name)
+                .map(|n| n.reload.as_str())
+        }
         s => {
             let i: usize = s
                 .strip_prefix("restarts.proxy[")?

@@ -119,6 +119,13 @@ pub enum UndoAction {
         key: PathBuf,
         /// How long to wait for the previous serial, seconds.
         timeout_secs: u64,
+        /// The cluster node whose listener it is (`None`: the single server of
+        /// `[listener]`, reloaded by `listener.reload`).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        node: Option<String>,
+        /// That node's own address, where the previous serial must be served again.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        addr: Option<String>,
     },
     /// Reload a service again, so it runs on its restored files (after they are back).
     /// Undo runs the reloader the config sets at `setting`, only if it is still the one

@@ -435,8 +435,8 @@ impl Step for AdminStep<'_> {
         vec![&TARGET]
     }
 
-    fn global(&self) -> Option<&'static str> {
-        Some("admin")
+    fn global(&self) -> bool {
+        true
     }
 
     async fn not_due(&self, _t: &Singleton) -> Result<Option<String>, StepError> {
@@ -587,11 +587,7 @@ impl StepDef for Def {
         chain: &str,
         _request: &RunRequest,
     ) -> Box<dyn DynStep + 'a> {
-        absent_unless(
-            AdminStep::new(cfg, deps, chain.to_owned()),
-            StepId::Admin,
-            "admin",
-        )
+        absent_unless(AdminStep::new(cfg, deps, chain.to_owned()), StepId::Admin)
     }
 
     fn needs(&self, ctx: &Ctx<'_>, needs: &mut Needs) {

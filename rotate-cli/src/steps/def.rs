@@ -145,10 +145,9 @@ impl AppView<'_> {
 pub(crate) fn absent_unless<'a, S: DynStep + 'a>(
     step: Option<S>,
     id: StepId,
-    target: &'static str,
 ) -> Box<dyn DynStep + 'a> {
     match step {
         Some(s) => Box::new(s),
-        None => Box::new(Absent { id, target }),
+        None => Box::new(Absent { id }),
     }
 }

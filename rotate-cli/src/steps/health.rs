@@ -65,8 +65,8 @@ impl Step for HealthStep<'_> {
         vec![&TARGET]
     }
 
-    fn global(&self) -> Option<&'static str> {
-        Some("vault")
+    fn global(&self) -> bool {
+        true
     }
 
     async fn plan(&self, _t: &Singleton) -> Result<TargetPlan<()>, StepError> {

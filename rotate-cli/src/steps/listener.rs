@@ -27,9 +27,10 @@ use vault_client::IssueRequest;
 use crate::change::{Change, ChangeKind};
 use crate::checks::PreflightReport;
 use crate::checks::VerifyReport;
-use crate::config::{AppConfig, Config, ListenerSection};
+use crate::config::{AppConfig, Config, ListenerNode, ListenerSection};
+use crate::deps::NodeGate;
 use crate::engine::context::Deps;
-use crate::engine::{DynStep, Singleton, Step, TargetPlan, Tx};
+use crate::engine::{DynStep, Step, Target, TargetPlan, Tx};
 use crate::error::StepError;
 use crate::exit::Exit;
 use crate::served::{Served, prove_admin, wait_for_serial};
@@ -45,8 +46,15 @@ const PROOF_TIMEOUT: Duration = Duration::from_secs(10);
 pub struct ListenerStep<'a> {
     cfg: &'a Config,
     l: &'a ListenerSection,
+    nodes: Vec<ListenerNode>,
     deps: Deps<'a>,
     chain: String,
+}
+
+impl Target for ListenerNode {
+    fn name(&self) -> &str {
+        &self.name
+    }
 }
 
 /// What the plan hands to apply.
@@ -90,6 +98,7 @@ impl<'a> ListenerStep<'a> {
         Some(ListenerStep {
             cfg,
             l,
+            nodes: l.servers(),
             deps,
             chain,
         })
@@ -99,9 +108,10 @@ impl<'a> ListenerStep<'a> {
         self.cfg.listener_cn().unwrap_or_default().to_owned()
     }
 
-    fn dns_names(&self) -> Vec<String> {
+    /// The DNS names of `node`'s certificate: the CN first, then its SANs.
+    fn dns_names(&self, node: &ListenerNode) -> Vec<String> {
         let mut names = vec![self.cn()];
-        for n in &self.l.alt_names {
+        for n in &node.alt_names {
             if !names.contains(n) {
                 names.push(n.clone());
             }
@@ -109,10 +119,33 @@ impl<'a> ListenerStep<'a> {
         names
     }
 
+    /// The role: server certificates for exactly the names of every node.
     fn role_spec(&self) -> RoleSpec {
-        RoleSpec::server_leaf(self.dns_names(), &self.l.ttl, &self.l.max_ttl)
-            .set("allow_ip_sans", !self.l.ip_sans.is_empty())
+        let mut names: Vec<String> = Vec::new();
+        for n in self.nodes.iter().flat_map(|node| self.dns_names(node)) {
+            if !names.contains(&n) {
+                names.push(n);
+            }
+        }
+        let ips = self.nodes.iter().any(|n| !n.ip_sans.is_empty());
+        RoleSpec::server_leaf(names, &self.l.ttl, &self.l.max_ttl)
+            .set("allow_ip_sans", ips)
             .with_key(key_algorithm(self.l.key_mode))
+    }
+
+    /// A gate connector reaching `node` itself.
+    fn gate(&self, node: &ListenerNode) -> Result<NodeGate<'a>, StepError> {
+        NodeGate::new(self.deps.vault.gate, node.addr.as_deref())
+            .map_err(|e| StepError::vault(format!("reach {}", node.name), e))
+    }
+
+    /// A gate failure of `node`.
+    fn gate_err(node: &ListenerNode, reason: String) -> StepError {
+        StepError::Gate {
+            step: "listener",
+            app: node.name.clone(),
+            reason,
+        }
     }
 
     /// The admin's files: how every gate reaches the listener.
@@ -121,18 +154,22 @@ impl<'a> ListenerStep<'a> {
             .map(|(c, k, ca)| (c.to_owned(), k.to_owned(), ca.to_owned()))
     }
 
-    fn tree(&self, owner: Owner) -> Result<(Tree, PathBuf, PathBuf), StepError> {
-        let dir = self.l.cert_file.parent().unwrap_or(Path::new("/"));
+    fn tree(
+        &self,
+        node: &ListenerNode,
+        owner: Owner,
+    ) -> Result<(Tree, PathBuf, PathBuf), StepError> {
+        let dir = node.cert_file.parent().unwrap_or(Path::new("/"));
         let name = |p: &Path| PathBuf::from(p.file_name().unwrap_or_default());
         Ok((
             Tree::open(dir, Some(owner))?,
-            name(&self.l.cert_file),
-            name(&self.l.key_file),
+            name(&node.cert_file),
+            name(&node.key_file),
         ))
     }
 
-    fn owner(&self) -> Result<Owner, StepError> {
-        crate::host::owner_of_user("[listener] owner", &self.l.owner, self.l.group.as_deref())
+    fn owner(&self, node: &ListenerNode) -> Result<Owner, StepError> {
+        crate::host::owner_of_user("[listener] owner", &node.owner, node.group.as_deref())
     }
 
     /// Every CA bundle clients use, by name, with its text: the admin's, each app's
@@ -222,19 +259,21 @@ impl<'a> ListenerStep<'a> {
         self.cfg.duration(&self.l.reload_timeout)
     }
 
-    /// What the listener serves now, seen through a proven admin identity (the precondition).
-    async fn proven_admin_served(&self) -> Result<Served, StepError> {
-        let v = self.deps.vault;
+    /// What `node` serves now, seen through a proven admin identity at its own address
+    /// (the precondition).
+    async fn proven_admin_served(&self, node: &ListenerNode) -> Result<Served, StepError> {
         let (cert, key, ca) = self.admin_files()?;
-        // Never touch the listener without a working admin identity.
-        let identity = prove_admin(v.gate, &cert, &key, &ca, PROOF_TIMEOUT)
+        let gate = self.gate(node)?;
+        // Never touch a listener without a working admin identity.
+        let identity = prove_admin(gate.get(), &cert, &key, &ca, PROOF_TIMEOUT)
             .await
-            .map_err(|why| StepError::Gate {
-                step: "listener",
-                app: "listener".into(),
-                reason: format!(
-                    "precondition: no proven admin identity ({why}); step 2 is not attempted without one"
-                ),
+            .map_err(|why| {
+                Self::gate_err(
+                    node,
+                    format!(
+                        "precondition: no proven admin identity ({why}); step 2 is not attempted without one"
+                    ),
+                )
             })?;
         Ok(identity.listener)
     }
@@ -271,6 +310,7 @@ impl<'a> ListenerStep<'a> {
     /// Refuses a certificate file that holds another serial than the listener serves.
     fn files_hold_served(
         &self,
+        node: &ListenerNode,
         tree: &Tree,
         cert_rel: &Path,
         served_before: &Served,
@@ -280,14 +320,14 @@ impl<'a> ListenerStep<'a> {
         if let Some(pem) = tree.read(cert_rel)? {
             let file = pki_ops::CertInfo::from_pem_labeled(
                 &String::from_utf8_lossy(&pem),
-                &self.l.cert_file.display().to_string(),
+                &node.cert_file.display().to_string(),
             )?;
             if !file
                 .serial_hex
                 .eq_ignore_ascii_case(&served_before.serial_hex)
             {
                 return Err(StepError::Invalid {
-                    what: format!("listener {}", self.l.cert_file.display()),
+                    what: format!("listener {} of {}", node.cert_file.display(), node.name),
                     reason: format!(
                         "holds serial {} but the listener serves {}: a reload is pending, or this is not the server's tls_cert_file; reload or fix [listener] cert_file first",
                         file.serial_hex, served_before.serial_hex
@@ -301,6 +341,7 @@ impl<'a> ListenerStep<'a> {
     /// The planned swap: the new certificate, its two files, the reload.
     fn swap_changes(
         &self,
+        node: &ListenerNode,
         tree: &Tree,
         files: [&PathBuf; 2],
         served_before: &Served,
@@ -311,7 +352,7 @@ impl<'a> ListenerStep<'a> {
                 ChangeKind::Create,
                 format!(
                     "listener certificate {} ({})",
-                    self.dns_names().join(", "),
+                    self.dns_names(node).join(", "),
                     self.l.ttl
                 ),
             )
@@ -328,7 +369,7 @@ impl<'a> ListenerStep<'a> {
             changes.push(Change::new(kind, tree.root().join(r).display().to_string()));
         }
         changes.push(
-            Change::new(ChangeKind::Update, format!("reload ({})", self.l.reload)).note(format!(
+            Change::new(ChangeKind::Update, format!("reload ({})", node.reload)).note(format!(
                 "then wait up to {} for the new serial; {} client bundle(s) verified",
                 self.l.reload_timeout, bundle_count
             )),
@@ -363,15 +404,16 @@ impl<'a> ListenerStep<'a> {
     /// Issues the new certificate (revoked on undo) and checks it in memory; with its SANs.
     async fn issue_checked(
         &self,
+        node: &ListenerNode,
         bundles: &[ClientBundle],
         tx: &Tx<'_>,
     ) -> Result<(IssuedMaterial, Vec<String>), StepError> {
         let (v, l, mount) = (self.deps.vault, self.l, &self.cfg.pki.mount);
-        let names = self.dns_names();
+        let names = self.dns_names(node);
         let req = IssueRequest {
             common_name: self.cn(),
             alt_names: names[1..].to_vec(),
-            ip_sans: l.ip_sans.clone(),
+            ip_sans: node.ip_sans.clone(),
             ttl: Some(l.ttl.clone()),
             exclude_cn_from_sans: false,
             ..Default::default()
@@ -394,13 +436,12 @@ impl<'a> ListenerStep<'a> {
         info.expect_validity(now, Duration::from_secs(3600), None)?;
         let mut sans: Vec<String> = info.dns_sans.clone();
         sans.extend(info.ip_sans.iter().map(|ip| ip.to_string()));
-        for want in names.iter().chain(&l.ip_sans) {
+        for want in names.iter().chain(&node.ip_sans) {
             if !sans.iter().any(|s| s == want) {
-                return Err(StepError::Gate {
-                    step: "listener",
-                    app: "listener".into(),
-                    reason: format!("the issued certificate lacks SAN {want} (has {sans:?})"),
-                });
+                return Err(Self::gate_err(
+                    node,
+                    format!("the issued certificate lacks SAN {want} (has {sans:?})"),
+                ));
             }
         }
         pki_ops::key_matches_cert(&issued.key_pem, &issued.cert_pem)?;
@@ -418,13 +459,13 @@ impl<'a> ListenerStep<'a> {
     /// Stages chain + key, journals their undo and the reload's, replaces; the tree, the report.
     fn replace_files(
         &self,
+        node: &ListenerNode,
         owner: Owner,
         served_before: &Served,
         issued: &IssuedMaterial,
         tx: &Tx<'_>,
     ) -> Result<(Tree, WriteReport), StepError> {
-        let l = self.l;
-        let (tree, cert_rel, key_rel) = self.tree(owner)?;
+        let (tree, cert_rel, key_rel) = self.tree(node, owner)?;
         let staged = MaterialSet::new()
             .with(
                 FileSpec::public(&cert_rel),
@@ -443,12 +484,14 @@ impl<'a> ListenerStep<'a> {
         }
         let (cert, key, ca) = self.admin_files()?;
         tx.record(UndoAction::ReloadListener {
-            reload: l.reload.clone(),
+            reload: node.reload.clone(),
             previous_serial: served_before.serial_hex.clone(),
             ca,
             cert,
             key,
             timeout_secs: self.timeout().as_secs().max(1),
+            node: node.addr.as_ref().map(|_| node.name.clone()),
+            addr: node.addr.clone(),
         })?;
         let written = staged.commit()?;
         Ok((tree, written))
@@ -524,7 +567,7 @@ impl ClientBundle {
 
 #[async_trait]
 impl Step for ListenerStep<'_> {
-    type Target = Singleton;
+    type Target = ListenerNode;
     type Plan = ListenerPlan;
     type Applied = ListenerApplied;
     type Proof = ListenerProof;
@@ -541,29 +584,28 @@ impl Step for ListenerStep<'_> {
         ]
     }
 
-    fn targets<'t>(&'t self, _apps: &[&'t AppConfig]) -> Vec<&'t Singleton> {
-        static TARGET: Singleton = Singleton("listener");
-        vec![&TARGET]
+    /// Every server, one at a time (rolling): a node is proven before the next starts.
+    fn targets<'t>(&'t self, _apps: &[&'t AppConfig]) -> Vec<&'t ListenerNode> {
+        self.nodes.iter().collect()
     }
 
-    fn global(&self) -> Option<&'static str> {
-        Some("listener")
+    fn global(&self) -> bool {
+        true
     }
 
-    async fn not_due(&self, _t: &Singleton) -> Result<Option<String>, StepError> {
-        let (tree, cert_rel, key_rel) = self.tree(self.owner()?)?;
+    async fn not_due(&self, node: &ListenerNode) -> Result<Option<String>, StepError> {
+        let (tree, cert_rel, key_rel) = self.tree(node, self.owner(node)?)?;
         let cert = tree
             .read(&cert_rel)?
             .map(|b| String::from_utf8_lossy(&b).into_owned());
         let key = tree.read(&key_rel)?;
         // The file is what the listener serves (else a reload is pending: not "not due").
         let (c, k, ca) = self.admin_files()?;
-        let served = crate::served::look(self.deps.vault.gate, Some((&c, &k)), &ca, PROOF_TIMEOUT)
+        let gate = self.gate(node)?;
+        let served = crate::served::look(gate.get(), Some((&c, &k)), &ca, PROOF_TIMEOUT)
             .await
-            .map_err(|why| StepError::Gate {
-                step: "listener",
-                app: "listener".into(),
-                reason: format!("cannot see what the listener serves: {why}"),
+            .map_err(|why| {
+                Self::gate_err(node, format!("cannot see what {} serves: {why}", node.name))
             })?;
         let file = cert
             .as_deref()
@@ -575,17 +617,17 @@ impl Step for ListenerStep<'_> {
         Ok(crate::steps::common::pair_not_due(
             self.cfg,
             (self.deps.clock)(),
-            "listener certificate",
+            &format!("listener certificate of {}", node.name),
             key.as_deref().map(|k| k.as_slice()),
             cert.as_deref(),
             &self.chain,
         ))
     }
 
-    async fn plan(&self, _t: &Singleton) -> Result<TargetPlan<ListenerPlan>, StepError> {
+    async fn plan(&self, node: &ListenerNode) -> Result<TargetPlan<ListenerPlan>, StepError> {
         let v = self.deps.vault;
         let mount = &self.cfg.pki.mount;
-        let served_before = self.proven_admin_served().await?;
+        let served_before = self.proven_admin_served(node).await?;
         let mut changes = Vec::new();
         let (change, role) = crate::steps::common::plan_role(
             v,
@@ -599,10 +641,11 @@ impl Step for ListenerStep<'_> {
         changes.push(change);
         let (bundles, warnings) = self.bundles_verifying_issuer()?;
 
-        let owner = self.owner()?;
-        let (tree, cert_rel, key_rel) = self.tree(owner)?;
-        self.files_hold_served(&tree, &cert_rel, &served_before)?;
+        let owner = self.owner(node)?;
+        let (tree, cert_rel, key_rel) = self.tree(node, owner)?;
+        self.files_hold_served(node, &tree, &cert_rel, &served_before)?;
         changes.extend(self.swap_changes(
+            node,
             &tree,
             [&cert_rel, &key_rel],
             &served_before,
@@ -626,25 +669,24 @@ impl Step for ListenerStep<'_> {
 
     async fn apply(
         &self,
-        _t: &Singleton,
+        node: &ListenerNode,
         plan: TargetPlan<ListenerPlan>,
         tx: &Tx<'_>,
     ) -> Result<ListenerApplied, StepError> {
-        let l = self.l;
         let p = plan.data;
         if let Some(previous) = p.role {
             self.write_role(previous, tx).await?;
         }
-        let (issued, sans) = self.issue_checked(&p.bundles, tx).await?;
+        let (issued, sans) = self.issue_checked(node, &p.bundles, tx).await?;
         let info = &issued.info;
 
-        let (tree, written) = self.replace_files(p.owner, &p.served_before, &issued, tx)?;
-        let reloader: hooks::Reloader = l.reload.parse()?;
+        let (tree, written) = self.replace_files(node, p.owner, &p.served_before, &issued, tx)?;
+        let reloader: hooks::Reloader = node.reload.parse()?;
         let report = hooks::reload_expecting(
             self.deps.runner,
             &reloader,
             self.cfg.duration(&self.cfg.leaf.command_timeout),
-            &self.cfg.vault_process(),
+            &self.cfg.server_process(node),
         )
         .await?;
         Ok(ListenerApplied {
@@ -661,15 +703,16 @@ impl Step for ListenerStep<'_> {
         })
     }
 
-    async fn gate(&self, _t: &Singleton, a: &ListenerApplied) -> Result<ListenerProof, StepError> {
+    async fn gate(
+        &self,
+        node: &ListenerNode,
+        a: &ListenerApplied,
+    ) -> Result<ListenerProof, StepError> {
         let (cert, key, ca) = self.admin_files()?;
-        let gate_err = |reason: String| StepError::Gate {
-            step: "listener",
-            app: "listener".into(),
-            reason,
-        };
+        let gate_err = |reason: String| Self::gate_err(node, reason);
+        let gate = self.gate(node)?;
         let served = wait_for_serial(
-            self.deps.vault.gate,
+            gate.get(),
             Some((&cert, &key)),
             &ca,
             &a.serial_hex,
@@ -713,22 +756,22 @@ impl Step for ListenerStep<'_> {
             tracing::warn!("{w}");
         }
         // And the served certificate is the one in the files (a matching pair on disk).
-        let (tree, cert_rel, key_rel) = self.tree(self.owner()?)?;
+        let (tree, cert_rel, key_rel) = self.tree(node, self.owner(node)?)?;
         let missing = |p: &Path| gate_err(format!("{} is missing", p.display()));
         let on_disk = tree
             .read(&cert_rel)?
-            .ok_or_else(|| missing(&self.l.cert_file))?;
+            .ok_or_else(|| missing(&node.cert_file))?;
         let key_pem = tree
             .read(&key_rel)?
-            .ok_or_else(|| missing(&self.l.key_file))?;
+            .ok_or_else(|| missing(&node.key_file))?;
         let file = pki_ops::CertInfo::from_pem_labeled(
             &String::from_utf8_lossy(&on_disk),
-            &self.l.cert_file.display().to_string(),
+            &node.cert_file.display().to_string(),
         )?;
         if !file.serial_hex.eq_ignore_ascii_case(&a.serial_hex) {
             return Err(gate_err(format!(
                 "{} holds serial {}, not the new {} that is served",
-                self.l.cert_file.display(),
+                node.cert_file.display(),
                 file.serial_hex,
                 a.serial_hex
             )));
@@ -763,7 +806,6 @@ impl StepDef for Def {
         absent_unless(
             ListenerStep::new(cfg, deps, chain.to_owned()),
             StepId::Listener,
-            "listener",
         )
     }
 
@@ -785,40 +827,11 @@ impl StepDef for Def {
             );
             return;
         };
-        let Some(u) = nix::unistd::User::from_name(&l.owner).ok().flatten() else {
-            r.push(
-                format!("listener owner {}", l.owner),
-                Err((Exit::Config, "no such user ([listener] owner)".into())),
-            );
-            return;
-        };
-        let o = Owner {
-            uid: u.uid.as_raw(),
-            gid: u.gid.as_raw(),
-        };
-        let d = l
-            .cert_file
-            .parent()
-            .map(Path::to_path_buf)
-            .unwrap_or_default();
-        r.push(
-            format!("listener directory {}", d.display()),
-            Tree::open(&d, Some(o))
-                .map(|_| format!("no symlinks, owner {} or root", l.owner))
-                .map_err(|e| (Exit::Config, e.to_string())),
-        );
-        let res = match l.reload.parse::<hooks::Reloader>() {
-            // Root signals only the Vault server: a stale or planted pid file must not
-            // make it signal anything else.
-            Ok(hooks::Reloader::Signal { pid_file, .. }) => {
-                hooks::open_pid_file(&pid_file, &cfg.vault_process())
-                    .map(|(_, info)| format!("{} names the server: {info}", pid_file.display()))
-                    .map_err(|e| (Exit::Config, format!("{e}: fix [listener] reload")))
-            }
-            Ok(other) => Ok(other.to_string()),
-            Err(e) => Err((Exit::Config, e.to_string())),
-        };
-        r.push("listener reload", res);
+        let servers = l.servers();
+        let several = servers.len() > 1;
+        for node in &servers {
+            preflight_server(cfg, node, several, r);
+        }
         if cfg.vault.client_cert.is_none() || cfg.vault.ca_cert.is_none() {
             r.push(
                 "listener gate identity",
@@ -831,87 +844,192 @@ impl StepDef for Def {
         }
     }
 
-    /// The listener serves the certificate its file holds, its pair matches, every
-    /// client bundle verifies the served chain, and its client CA file is loaded.
+    /// Each server serves the certificate its file holds (seen at its own address), its
+    /// pair matches, every client bundle verifies its served chain, and it has loaded its
+    /// client CA file; each server's certificate goes into the inventory.
     async fn verify(&self, ctx: &Ctx<'_>, seen: &mut Seen, r: &mut VerifyReport) {
         let cfg = ctx.cfg;
-        let (Some(l), Some(s), Some(ca)) = (&cfg.listener, &seen.served, &cfg.vault.ca_cert) else {
+        let (Some(l), Some(ca)) = (&cfg.listener, &cfg.vault.ca_cert) else {
             return;
         };
-        let now = ctx.now();
-        // The listener's directory belongs to the Vault user: read without following
-        // symlinks.
-        let read = |p: &Path| -> Result<String, String> {
-            let dir = p.parent().unwrap_or(Path::new("/"));
-            let name = Path::new(p.file_name().unwrap_or_default());
-            match Tree::open(dir, None).and_then(|t| t.read(name)) {
-                Ok(Some(b)) => Ok(String::from_utf8_lossy(&b).into_owned()),
-                Ok(None) => Err(format!("{} is missing", p.display())),
-                Err(x) => Err(format!("{x:#}")),
+        let servers = l.servers();
+        for node in &servers {
+            let served = match &node.addr {
+                None => seen.served.clone(),
+                Some(_) => served_by(ctx, node, r).await,
+            };
+            if let Some(s) = served {
+                verify_server(ctx, l, node, &s, ca, servers.len() > 1, r);
             }
-        };
-        let file = read(&l.cert_file).and_then(|pem| {
-            pki_ops::CertInfo::from_pem_labeled(&pem, &l.cert_file.display().to_string())
-                .map_err(|x| format!("{x:#}"))
+        }
+    }
+}
+
+/// Step 0 for one server: its owner, its directory, and a reloader that signals only it.
+fn preflight_server(cfg: &Config, node: &ListenerNode, several: bool, r: &mut PreflightReport) {
+    let of = if several {
+        format!(" of {}", node.name)
+    } else {
+        String::new()
+    };
+    let Some(u) = nix::unistd::User::from_name(&node.owner).ok().flatten() else {
+        r.push(
+            format!("listener owner {}{of}", node.owner),
+            Err((Exit::Config, "no such user ([listener] owner)".into())),
+        );
+        return;
+    };
+    let o = Owner {
+        uid: u.uid.as_raw(),
+        gid: u.gid.as_raw(),
+    };
+    let d = node
+        .cert_file
+        .parent()
+        .map(Path::to_path_buf)
+        .unwrap_or_default();
+    r.push(
+        format!("listener directory {}{of}", d.display()),
+        Tree::open(&d, Some(o))
+            .map(|_| format!("no symlinks, owner {} or root", node.owner))
+            .map_err(|e| (Exit::Config, e.to_string())),
+    );
+    let res = match node.reload.parse::<hooks::Reloader>() {
+        // Root signals only the Vault server: a stale or planted pid file must not make
+        // it signal anything else.
+        Ok(hooks::Reloader::Signal { pid_file, .. }) => {
+            hooks::open_pid_file(&pid_file, &cfg.server_process(node))
+                .map(|(_, info)| format!("{} names the server: {info}", pid_file.display()))
+                .map_err(|e| (Exit::Config, format!("{e}: fix [{}]", node.reload_setting)))
+        }
+        Ok(other) => Ok(other.to_string()),
+        Err(e) => Err((Exit::Config, e.to_string())),
+    };
+    r.push(format!("listener reload{of}"), res);
+}
+
+/// What `node` serves to the admin identity at its own address (into the inventory);
+/// `None`, with a failed check, when it cannot be seen.
+async fn served_by(ctx: &Ctx<'_>, node: &ListenerNode, r: &mut VerifyReport) -> Option<Served> {
+    let v = &ctx.cfg.vault;
+    let (cert, key, ca) = (
+        v.client_cert.as_ref()?,
+        v.client_key.as_ref()?,
+        v.ca_cert.as_ref()?,
+    );
+    let seen = match NodeGate::new(ctx.deps.vault.gate, node.addr.as_deref()) {
+        Ok(g) => crate::served::look(g.get(), Some((cert, key)), ca, PROOF_TIMEOUT).await,
+        Err(e) => Err(format!("{e:#}")),
+    };
+    match seen {
+        Ok(s) => {
+            let what = format!("listener certificate of {}", node.name);
+            let at = format!(
+                "served by {}",
+                node.addr.as_deref().unwrap_or("the listener")
+            );
+            r.served(&what, &at, &s, ctx.now());
+            Some(s)
+        }
+        Err(why) => {
+            r.check(format!("listener of {}", node.name), Err(why));
+            None
+        }
+    }
+}
+
+/// `rotate verify` of one server, given what it serves.
+fn verify_server(
+    ctx: &Ctx<'_>,
+    l: &ListenerSection,
+    node: &ListenerNode,
+    s: &Served,
+    ca: &Path,
+    several: bool,
+    r: &mut VerifyReport,
+) {
+    let (cfg, now) = (ctx.cfg, ctx.now());
+    let of = if several {
+        format!(" of {}", node.name)
+    } else {
+        String::new()
+    };
+    // The listener's directory belongs to the Vault user: read without following
+    // symlinks.
+    let read = |p: &Path| -> Result<String, String> {
+        let dir = p.parent().unwrap_or(Path::new("/"));
+        let name = Path::new(p.file_name().unwrap_or_default());
+        match Tree::open(dir, None).and_then(|t| t.read(name)) {
+            Ok(Some(b)) => Ok(String::from_utf8_lossy(&b).into_owned()),
+            Ok(None) => Err(format!("{} is missing", p.display())),
+            Err(x) => Err(format!("{x:#}")),
+        }
+    };
+    let file = read(&node.cert_file).and_then(|pem| {
+        pki_ops::CertInfo::from_pem_labeled(&pem, &node.cert_file.display().to_string())
+            .map_err(|x| format!("{x:#}"))
+    });
+    r.check(
+        format!("listener{of} serves the certificate its file holds"),
+        match file {
+            Ok(f) if f.serial_hex.eq_ignore_ascii_case(&s.serial_hex) => Ok(format!(
+                "serial {} ({}), verified with {}",
+                s.serial_hex,
+                node.cert_file.display(),
+                ca.display()
+            )),
+            Ok(f) => Err(format!(
+                "{} holds {} but {} serves {}: reload it",
+                node.cert_file.display(),
+                f.serial_hex,
+                node.addr.as_deref().unwrap_or("the listener"),
+                s.serial_hex
+            )),
+            Err(x) => Err(x),
+        },
+    );
+    let pair = read(&node.cert_file).and_then(|c| {
+        let k = read(&node.key_file)?;
+        pki_ops::key_matches_cert(&k, &c).map_err(|x| format!("{x:#}"))
+    });
+    r.check(
+        format!("listener key{of} matches its certificate"),
+        pair.map(|()| node.key_file.display().to_string()),
+    );
+    for b in &l.client_bundles {
+        // Possibly in the proxy's or an app's tree: read as that tree's.
+        let res = match crate::host::read_managed_file(cfg, b) {
+            Ok(Some(bytes)) => Ok(String::from_utf8_lossy(&bytes).into_owned()),
+            Ok(None) => Err(format!("{} is missing", b.display())),
+            Err(x) => Err(x.to_string()),
+        }
+        .and_then(|bundle| {
+            pki_ops::verify_chain_labeled(
+                &s.chain_pem,
+                "the served listener chain",
+                &s.chain_pem,
+                &bundle,
+                &b.display().to_string(),
+                now,
+            )
+            .map(|()| "verifies the served listener chain".to_owned())
+            .map_err(|x| format!("{x:#}"))
+        });
+        r.check(format!("client bundle {}{of}", b.display()), res);
+    }
+    if let Some(f) = &l.client_ca_file {
+        let loaded = crate::served::client_ca_drift(s, cfg, f).and_then(|d| {
+            if d.is_empty() {
+                Ok(d.to_string())
+            } else {
+                Err(format!(
+                    "{d}: check the file, then restart Vault (step 6 does with [restarts] vault)"
+                ))
+            }
         });
         r.check(
-            "listener serves the certificate its file holds",
-            match file {
-                Ok(f) if f.serial_hex.eq_ignore_ascii_case(&s.serial_hex) => Ok(format!(
-                    "serial {} ({}), verified with {}",
-                    s.serial_hex,
-                    l.cert_file.display(),
-                    ca.display()
-                )),
-                Ok(f) => Err(format!(
-                    "{} holds {} but the listener serves {}: reload it",
-                    l.cert_file.display(),
-                    f.serial_hex,
-                    s.serial_hex
-                )),
-                Err(x) => Err(x),
-            },
+            format!("listener{of} has loaded its client CA file"),
+            loaded,
         );
-        let pair = read(&l.cert_file).and_then(|c| {
-            let k = read(&l.key_file)?;
-            pki_ops::key_matches_cert(&k, &c).map_err(|x| format!("{x:#}"))
-        });
-        r.check(
-            "listener key matches its certificate",
-            pair.map(|()| l.key_file.display().to_string()),
-        );
-        for b in &l.client_bundles {
-            // Possibly in the proxy's or an app's tree: read as that tree's.
-            let res = match crate::host::read_managed_file(cfg, b) {
-                Ok(Some(bytes)) => Ok(String::from_utf8_lossy(&bytes).into_owned()),
-                Ok(None) => Err(format!("{} is missing", b.display())),
-                Err(x) => Err(x.to_string()),
-            }
-            .and_then(|bundle| {
-                pki_ops::verify_chain_labeled(
-                    &s.chain_pem,
-                    "the served listener chain",
-                    &s.chain_pem,
-                    &bundle,
-                    &b.display().to_string(),
-                    now,
-                )
-                .map(|()| "verifies the served listener chain".to_owned())
-                .map_err(|x| format!("{x:#}"))
-            });
-            r.check(format!("client bundle {}", b.display()), res);
-        }
-        if let Some(f) = &l.client_ca_file {
-            let loaded = crate::served::client_ca_drift(s, cfg, f).and_then(|d| {
-                if d.is_empty() {
-                    Ok(d.to_string())
-                } else {
-                    Err(format!(
-                        "{d}: check the file, then restart Vault (step 6 does with [restarts] vault)"
-                    ))
-                }
-            });
-            r.check("listener has loaded its client CA file", loaded);
-        }
     }
 }

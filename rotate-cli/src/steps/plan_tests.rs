@@ -212,7 +212,7 @@ async fn plan(id: StepId) -> StepReport {
         if_due: false,
         steps: &request.steps,
     };
-    let report = step.run(&apps, ctx).await.unwrap();
+    let report = step.run(&apps, ctx, &|_| false).await.unwrap();
     assert_eq!(snapshot(root), before, "{id}: the plan changed a file");
     report
 }

@@ -442,8 +442,8 @@ impl Step for ProxyStep<'_> {
         vec![&TARGET]
     }
 
-    fn global(&self) -> Option<&'static str> {
-        Some("proxy")
+    fn global(&self) -> bool {
+        true
     }
 
     fn changed(&self, applied: &ProxyApplied) -> bool {
@@ -637,11 +637,7 @@ impl StepDef for Def {
         chain: &str,
         _request: &RunRequest,
     ) -> Box<dyn DynStep + 'a> {
-        absent_unless(
-            ProxyStep::new(cfg, deps, chain.to_owned()),
-            StepId::Proxy,
-            "proxy",
-        )
+        absent_unless(ProxyStep::new(cfg, deps, chain.to_owned()), StepId::Proxy)
     }
 
     fn needs(&self, ctx: &Ctx<'_>, needs: &mut Needs) {

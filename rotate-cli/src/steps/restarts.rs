@@ -180,8 +180,8 @@ impl Step for RestartsStep<'_> {
         vec![&TARGET]
     }
 
-    fn global(&self) -> Option<&'static str> {
-        Some("restarts")
+    fn global(&self) -> bool {
+        true
     }
 
     async fn plan(&self, _t: &Singleton) -> Result<TargetPlan<RestartsPlan>, StepError> {
@@ -311,6 +311,6 @@ impl crate::steps::def::StepDef for Def {
         _chain: &str,
         _request: &crate::state::journal::RunRequest,
     ) -> Box<dyn crate::engine::DynStep + 'a> {
-        crate::steps::def::absent_unless(RestartsStep::new(cfg, deps), StepId::Restarts, "restarts")
+        crate::steps::def::absent_unless(RestartsStep::new(cfg, deps), StepId::Restarts)
     }
 }
