@@ -12,10 +12,12 @@
 
 #![deny(missing_docs)]
 
+mod cluster;
 mod lab;
 mod pki;
 mod units;
 
+pub use cluster::{Cluster, Node};
 pub use lab::{
     KV_MOUNT, Lab, LabPaths, PKI_MOUNT, SERVER_NAME, bao_binary, spawn_tied, spawn_tied_with,
 };
@@ -43,6 +45,62 @@ pub fn tls_lab() -> &'static Lab {
 pub async fn tls_lab_turn() -> tokio::sync::MutexGuard<'static, ()> {
     static TURN: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
     TURN.lock().await
+}
+
+/// The 3-node raft cluster shared by the cluster tests of one test binary (started on
+/// first use, like [`shared`]). Its tests take [`cluster_turn`].
+pub fn cluster() -> &'static Cluster {
+    static CLUSTER: OnceLock<&'static Cluster> = OnceLock::new();
+    CLUSTER.get_or_init(|| {
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("../target/lab-tests")
+            .join(format!("{}-cluster", std::process::id()));
+        in_lab_thread("openbao-cluster", move || async move {
+            Cluster::start(&dir, 3).await
+        })
+    })
+}
+
+/// One test at a time on [`cluster`].
+pub async fn cluster_turn() -> tokio::sync::MutexGuard<'static, ()> {
+    static TURN: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+    TURN.lock().await
+}
+
+/// Run `start` on a thread that lives as long as the process (servers are tied to the
+/// thread that spawned them), and leak what it started.
+fn in_lab_thread<T, F, Fut>(name: &str, start: F) -> &'static T
+where
+    T: Send + Sync + 'static,
+    F: FnOnce() -> Fut + Send + 'static,
+    Fut: std::future::Future<Output = anyhow::Result<T>>,
+{
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::Builder::new()
+        .name(name.to_owned())
+        .spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .map_err(anyhow::Error::from);
+            match rt.and_then(|rt| rt.block_on(start())) {
+                Ok(t) => {
+                    let _ = tx.send(Ok(&*Box::leak(Box::new(t))));
+                    loop {
+                        std::thread::park();
+                    }
+                }
+                Err(e) => {
+                    let _ = tx.send(Err(format!("{e:#}")));
+                }
+            }
+        })
+        .expect("spawn lab thread");
+    match rx.recv() {
+        Ok(Ok(t)) => t,
+        Ok(Err(e)) => panic!("{name} failed to start: {e}"),
+        Err(_) => panic!("{name} thread died"),
+    }
 }
 
 fn start_for_process(tag: &str) -> &'static Lab {

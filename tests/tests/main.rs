@@ -7,6 +7,7 @@ mod agents;
 mod attacks;
 mod cli;
 mod client;
+mod cluster;
 mod crash;
 mod faults;
 mod interrupted;

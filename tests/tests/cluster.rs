@@ -1,0 +1,234 @@
+//! A real 3-node raft cluster (`rotate_tests::cluster`): every node's listener is a
+//! target of step 2, rotated one at a time and proven at its own address, and `verify`
+//! looks at every node.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+
+use rotate_cli::Exit;
+use rotate_tests::{
+    Cluster, INTERMEDIATE_CN, KV_MOUNT, PKI_MOUNT, SERVER_NAME, cluster, cluster_turn,
+};
+
+use crate::support::{rotate, tempdir};
+
+/// The serial `node` serves, as `openssl s_client` sees it at that node's own port
+/// (`AABB...`), presenting the admin identity and verifying with the cluster's bundle.
+fn served_serial(c: &Cluster, node: usize) -> String {
+    let s_client = Command::new("openssl")
+        .args([
+            "s_client",
+            "-connect",
+            &format!("127.0.0.1:{}", c.nodes[node].port),
+        ])
+        .args(["-servername", SERVER_NAME, "-verify_return_error"])
+        .arg("-CAfile")
+        .arg(&c.ca_bundle)
+        .arg("-cert")
+        .arg(&c.admin_cert)
+        .arg("-key")
+        .arg(&c.admin_key)
+        .stdin(Stdio::null())
+        .output()
+        .expect("run openssl s_client");
+    let mut x509 = Command::new("openssl")
+        .args(["x509", "-noout", "-serial"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    use std::io::Write;
+    x509.stdin
+        .take()
+        .unwrap()
+        .write_all(&s_client.stdout)
+        .unwrap();
+    let out = x509.wait_with_output().unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    text.trim()
+        .strip_prefix("serial=")
+        .unwrap_or_else(|| {
+            panic!(
+                "openssl s_client to {} showed no certificate: {}",
+                c.nodes[node].name,
+                String::from_utf8_lossy(&s_client.stderr)
+            )
+        })
+        .to_owned()
+}
+
+/// The serial in `file` (`AABB...`), by `openssl x509`.
+fn file_serial(file: &Path) -> String {
+    let out = Command::new("openssl")
+        .args(["x509", "-noout", "-serial", "-in"])
+        .arg(file)
+        .output()
+        .unwrap();
+    String::from_utf8_lossy(&out.stdout)
+        .trim()
+        .trim_start_matches("serial=")
+        .to_owned()
+}
+
+/// A `rotate` config for the cluster: the admin reaches Vault at the first node, step 2
+/// names every node with its own address, files and pid file.
+fn cluster_config(c: &Cluster, dir: &Path) -> PathBuf {
+    let d = |p: &Path| p.display().to_string();
+    let mut nodes = String::new();
+    for n in &c.nodes {
+        nodes.push_str(&format!(
+            r#"
+[[listener.nodes]]
+name = "{name}"
+addr = "{addr}"
+cert_file = "{cert}"
+key_file = "{key}"
+reload = "signal:{pid}:HUP"
+alt_names = ["{name}.prod.privsec.ch"]
+"#,
+            name = n.name,
+            addr = n.addr,
+            cert = d(&n.cert),
+            key = d(&n.key),
+            pid = d(&n.pid_file),
+        ));
+    }
+    let text = format!(
+        r#"env = "cluster"
+
+[vault]
+addr = "{addr}"
+tls_server_name = "{SERVER_NAME}"
+ca_cert = "{ca}"
+client_cert = "{cert}"
+client_key = "{key}"
+token_file = "{token}"
+
+[pki]
+mount = "{PKI_MOUNT}"
+issuer_name = "{INTERMEDIATE_CN}"
+
+[agents]
+domain = "prod.privsec.ch"
+
+[leaf]
+kv_mount = "{KV_MOUNT}"
+
+[run]
+state_dir = "{state}"
+
+[listener]
+role = "vault-server"
+ip_sans = ["127.0.0.1"]
+owner = "root"
+reload_timeout = "10s"
+{nodes}"#,
+        addr = c.nodes[0].addr,
+        ca = d(&c.ca_bundle),
+        cert = d(&c.admin_cert),
+        key = d(&c.admin_key),
+        token = d(&c.token_file),
+        state = d(&dir.join("state")),
+    );
+    let path = dir.join("rotate.toml");
+    std::fs::write(&path, text).unwrap();
+    path
+}
+
+/// The whole of step 2 on a cluster: each node's listener is replaced and proven at its
+/// own address, one node after the other, standbys like the active node; `openssl
+/// s_client` to each node sees its new serial, each node its own; `verify` checks every
+/// node and fails, naming the node, when one serves what its file does not hold.
+#[tokio::test]
+async fn step_2_rotates_every_node_of_a_raft_cluster_and_verify_checks_each() {
+    let c = cluster();
+    let _turn = cluster_turn().await;
+    let dir = tempdir("cluster-step2");
+    let cfg = cluster_config(c, &dir);
+    let before: Vec<String> = (0..c.nodes.len()).map(|i| served_serial(c, i)).collect();
+
+    let (exit, report) = rotate(&cfg, &["run", "--step", "listener"]).await;
+    assert_eq!(exit, Exit::Ok, "{report:#}");
+    let targets = report["steps"][0]["targets"].as_array().unwrap();
+    let names: Vec<&str> = targets.iter().map(|t| t["app"].as_str().unwrap()).collect();
+    assert_eq!(names, ["vault-1", "vault-2", "vault-3"], "{report:#}");
+    assert!(
+        targets.iter().all(|t| t["outcome"] == "committed"),
+        "{report:#}"
+    );
+
+    let after: Vec<String> = (0..c.nodes.len()).map(|i| served_serial(c, i)).collect();
+    for (i, n) in c.nodes.iter().enumerate() {
+        assert_ne!(
+            after[i], before[i],
+            "{} still serves its old certificate",
+            n.name
+        );
+        assert_eq!(
+            after[i],
+            file_serial(&n.cert),
+            "{} serves what its file holds",
+            n.name
+        );
+        let proof = &targets[i]["proof"]["served"]["serial_hex"];
+        assert_eq!(
+            proof.as_str().unwrap().replace(':', "").to_uppercase(),
+            after[i],
+            "the gate of {} proved the serial openssl sees at that node",
+            n.name
+        );
+    }
+    assert!(
+        after[0] != after[1] && after[1] != after[2],
+        "each node its own certificate"
+    );
+
+    let (exit, report) = rotate(&cfg, &["verify"]).await;
+    assert_eq!(exit, Exit::Ok, "{report:#}");
+    let inventory = report["inventory"].as_array().unwrap();
+    for n in &c.nodes {
+        assert!(
+            inventory
+                .iter()
+                .any(|m| m["what"] == format!("listener certificate of {}", n.name)),
+            "{} in the inventory: {report:#}",
+            n.name
+        );
+    }
+
+    // vault-2's file now holds a certificate it does not serve (a reload that never
+    // happened): verify names that node.
+    let keep = std::fs::read(&c.nodes[1].cert).unwrap();
+    let other =
+        c.ca.leaf(
+            SERVER_NAME,
+            &[SERVER_NAME],
+            &[std::net::IpAddr::V4(std::net::Ipv4Addr::LOCALHOST)],
+            true,
+            time::Duration::days(2),
+        )
+        .unwrap();
+    std::fs::write(&c.nodes[1].cert, other.cert_pem.as_bytes()).unwrap();
+    let (exit, report) = rotate(&cfg, &["verify"]).await;
+    std::fs::write(&c.nodes[1].cert, keep).unwrap();
+    assert_eq!(exit, Exit::VerifyFailed, "{report:#}");
+    let failed: Vec<&serde_json::Value> = report["checks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|c| c["ok"] == false)
+        .collect();
+    assert!(
+        failed
+            .iter()
+            .any(|c| c["name"].as_str().unwrap().contains("vault-2")),
+        "{failed:#?}"
+    );
+    assert!(
+        failed
+            .iter()
+            .all(|c| !c["name"].as_str().unwrap().contains("vault-1")
+                && !c["name"].as_str().unwrap().contains("vault-3")),
+        "{failed:#?}"
+    );
+}
