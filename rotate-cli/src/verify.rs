@@ -37,11 +37,13 @@ pub async fn verify(cfg: &Config, apps: &[&AppConfig], deps: Deps<'_>) -> Verify
         request: &request,
         deps,
     };
-    let mut seen = Seen::default();
+    let mut seen = Seen {
+        chain: pki_chain(&ctx, &mut r).await,
+        ..Seen::default()
+    };
     for def in ORDER {
         def.verify(&ctx, &mut seen, &mut r).await;
     }
-    seen.chain = pki_chain(&ctx, &mut r).await;
     for app in apps {
         let Some(view) = open_app(cfg, app, &mut r) else {
             continue;

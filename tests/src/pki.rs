@@ -117,6 +117,27 @@ impl LabCa {
         server: bool,
         valid_for: Duration,
     ) -> Result<Leaf> {
+        let now = OffsetDateTime::now_utc();
+        self.leaf_between(
+            cn,
+            dns,
+            ips,
+            server,
+            now - Duration::minutes(5),
+            now + valid_for,
+        )
+    }
+
+    /// [`LabCa::leaf`] valid from `not_before` to `not_after` (e.g. one about to expire).
+    pub fn leaf_between(
+        &self,
+        cn: &str,
+        dns: &[&str],
+        ips: &[std::net::IpAddr],
+        server: bool,
+        not_before: OffsetDateTime,
+        not_after: OffsetDateTime,
+    ) -> Result<Leaf> {
         let mut p = CertificateParams::new(dns.iter().map(|s| s.to_string()).collect::<Vec<_>>())?;
         p.subject_alt_names
             .extend(ips.iter().map(|ip| SanType::IpAddress(*ip)));
@@ -130,9 +151,8 @@ impl LabCa {
         } else {
             ExtendedKeyUsagePurpose::ClientAuth
         }];
-        let now = OffsetDateTime::now_utc();
-        p.not_before = now - Duration::minutes(5);
-        p.not_after = now + valid_for;
+        p.not_before = not_before;
+        p.not_after = not_after;
         let key = KeyPair::generate()?;
         let cert = p.signed_by(&key, &self.intermediate)?;
         Ok(Leaf {

@@ -196,6 +196,55 @@ async fn step_2_rotates_every_node_of_a_raft_cluster_and_verify_checks_each() {
         );
     }
 
+    // vault-3 serves a certificate with a day of its 90 left (as if it had been missed):
+    // verify names it, and a scheduled `--if-due` renews that node alone.
+    let now = time::OffsetDateTime::now_utc();
+    let day = time::Duration::days(1);
+    let old =
+        c.ca.leaf_between(
+            SERVER_NAME,
+            &[SERVER_NAME, "vault-3.prod.privsec.ch"],
+            &[std::net::IpAddr::V4(std::net::Ipv4Addr::LOCALHOST)],
+            true,
+            now - day * 89,
+            now + day,
+        )
+        .unwrap();
+    let n3 = &c.nodes[2];
+    let chain = format!("{}{}", old.cert_pem, c.ca.intermediate_pem());
+    rotate_tests::write_file(&n3.cert, chain.as_bytes(), 0o644).unwrap();
+    rotate_tests::write_file(&n3.key, old.key_pem.as_bytes(), 0o600).unwrap();
+    let expiring = file_serial(&n3.cert);
+    sighup(&n3.pid_file);
+    wait_served(c, 2, &expiring);
+    let (exit, report) = rotate(&cfg, &["verify"]).await;
+    assert_eq!(exit, Exit::VerifyFailed, "{report:#}");
+    let failed = failed_checks(&report);
+    assert!(
+        failed
+            .iter()
+            .any(|n| n.contains("vault-3") && n.contains("current")),
+        "{failed:?}"
+    );
+    assert!(failed.iter().all(|n| n.contains("vault-3")), "{failed:?}");
+    let (exit, report) = rotate(&cfg, &["run", "--if-due", "--step", "listener"]).await;
+    assert_eq!(exit, Exit::Ok, "{report:#}");
+    let outcomes: Vec<&str> = report["steps"][0]["targets"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| t["outcome"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        outcomes,
+        ["unchanged", "unchanged", "committed"],
+        "{report:#}"
+    );
+    assert_ne!(served_serial(c, 2), expiring);
+    assert_eq!(served_serial(c, 0), after[0], "vault-1 left alone");
+    let (exit, report) = rotate(&cfg, &["verify"]).await;
+    assert_eq!(exit, Exit::Ok, "{report:#}");
+
     // vault-2's file now holds a certificate it does not serve (a reload that never
     // happened): verify names that node.
     let keep = std::fs::read(&c.nodes[1].cert).unwrap();
@@ -212,23 +261,41 @@ async fn step_2_rotates_every_node_of_a_raft_cluster_and_verify_checks_each() {
     let (exit, report) = rotate(&cfg, &["verify"]).await;
     std::fs::write(&c.nodes[1].cert, keep).unwrap();
     assert_eq!(exit, Exit::VerifyFailed, "{report:#}");
-    let failed: Vec<&serde_json::Value> = report["checks"]
+    let failed = failed_checks(&report);
+    assert!(failed.iter().any(|n| n.contains("vault-2")), "{failed:?}");
+    assert!(failed.iter().all(|n| n.contains("vault-2")), "{failed:?}");
+}
+
+/// The names of the checks of a verify report that failed.
+fn failed_checks(report: &serde_json::Value) -> Vec<String> {
+    report["checks"]
         .as_array()
         .unwrap()
         .iter()
         .filter(|c| c["ok"] == false)
-        .collect();
-    assert!(
-        failed
-            .iter()
-            .any(|c| c["name"].as_str().unwrap().contains("vault-2")),
-        "{failed:#?}"
-    );
-    assert!(
-        failed
-            .iter()
-            .all(|c| !c["name"].as_str().unwrap().contains("vault-1")
-                && !c["name"].as_str().unwrap().contains("vault-3")),
-        "{failed:#?}"
-    );
+        .map(|c| c["name"].as_str().unwrap().to_owned())
+        .collect()
+}
+
+/// SIGHUP the server whose pid `pid_file` holds (it reloads its listener certificate).
+fn sighup(pid_file: &Path) {
+    let pid = std::fs::read_to_string(pid_file).unwrap();
+    let st = Command::new("kill")
+        .args(["-HUP", pid.trim()])
+        .status()
+        .unwrap();
+    assert!(st.success());
+}
+
+/// Wait (5 s at most) until node `i` serves `serial`.
+fn wait_served(c: &Cluster, i: usize, serial: &str) {
+    let start = std::time::Instant::now();
+    while served_serial(c, i) != serial {
+        assert!(
+            start.elapsed() < std::time::Duration::from_secs(5),
+            "{} does not serve {serial} after a SIGHUP",
+            c.nodes[i].name
+        );
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
 }

@@ -859,7 +859,8 @@ impl StepDef for Def {
                 Some(_) => served_by(ctx, node, r).await,
             };
             if let Some(s) = served {
-                verify_server(ctx, l, node, &s, ca, servers.len() > 1, r);
+                let chain = seen.chain.as_deref();
+                verify_server(ctx, l, node, &s, ca, chain, servers.len() > 1, r);
             }
         }
     }
@@ -939,12 +940,14 @@ async fn served_by(ctx: &Ctx<'_>, node: &ListenerNode, r: &mut VerifyReport) -> 
 }
 
 /// `rotate verify` of one server, given what it serves.
+#[allow(clippy::too_many_arguments)]
 fn verify_server(
     ctx: &Ctx<'_>,
     l: &ListenerSection,
     node: &ListenerNode,
     s: &Served,
     ca: &Path,
+    chain: Option<&str>,
     several: bool,
     r: &mut VerifyReport,
 ) {
@@ -1016,6 +1019,26 @@ fn verify_server(
             .map_err(|x| format!("{x:#}"))
         });
         r.check(format!("client bundle {}{of}", b.display()), res);
+    }
+    if let Some(chain) = chain {
+        // Expiring, or signed by a CA that does not sign now: what `--if-due` renews.
+        let what = format!("the listener certificate{of}");
+        let leaf = s
+            .chain_pem
+            .split_inclusive("-----END CERTIFICATE-----")
+            .next()
+            .unwrap_or_default();
+        let renewal =
+            crate::steps::common::renewal(&what, Some(leaf), chain, now, cfg.run.renew_share);
+        r.check(
+            format!("listener{of} certificate is current"),
+            match renewal {
+                crate::steps::common::Renewal::NotDue(why) => Ok(why),
+                crate::steps::common::Renewal::Due(why) => {
+                    Err(format!("{why}: `rotate run --step listener` renews it"))
+                }
+            },
+        );
     }
     if let Some(f) = &l.client_ca_file {
         let loaded = crate::served::client_ca_drift(s, cfg, f).and_then(|d| {
