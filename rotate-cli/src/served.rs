@@ -349,6 +349,43 @@ pub struct HealthProof {
     pub transient_failures: Vec<String>,
     /// `sys/health` as the admin identity sees it (`active`, `standby`, ...).
     pub state: String,
+    /// Every node of a cluster (`[[listener.nodes]]`), each seen at its own address.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cluster: Option<ClusterHealth>,
+}
+
+/// A cluster as the healthcheck saw it: each node at its own address, and raft as
+/// autopilot sees it.
+#[derive(Debug, Clone, Serialize)]
+pub struct ClusterHealth {
+    /// Each node.
+    pub nodes: Vec<NodeHealth>,
+    /// How many voters may fail with a quorum kept (autopilot), when readable.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub failure_tolerance: Option<u32>,
+    /// The raft servers (`<id>: <node status> <status>, healthy|UNHEALTHY`).
+    pub raft: Vec<String>,
+    /// What needs the operator: a node down or sealed, an unhealthy raft server.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub attention: Vec<String>,
+}
+
+/// One node of a cluster, seen at its own address.
+#[derive(Debug, Clone, Serialize)]
+pub struct NodeHealth {
+    /// Its name.
+    pub name: String,
+    /// Its address.
+    pub addr: String,
+    /// The serial it serves, when it answered.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub serial: Option<String>,
+    /// Sealed, when it answered.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub sealed: Option<bool>,
+    /// Why it did not answer.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
 }
 
 /// Why a healthcheck failed.
@@ -420,6 +457,7 @@ pub async fn healthcheck(
                         attempts,
                         transient_failures: failures,
                         state,
+                        cluster: None,
                     });
                 }
                 None

@@ -227,10 +227,15 @@ listener "tcp" {{
         Ok(c)
     }
 
-    /// Start node `i`'s server (from this thread: the server dies with it).
+    /// Start node `i`'s server (sealed, when it was initialised before). It is spawned by
+    /// a thread that lives as long as the process: the server dies with the process, not
+    /// with the caller's thread.
     pub fn spawn(&self, i: usize) -> Result<()> {
         let node = &self.nodes[i];
-        let log = std::fs::File::create(&node.log)?;
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&node.log)?;
         let mut cmd = Command::new(&self.bao);
         cmd.arg("server")
             .arg(format!("-config={}", node.config.display()))
@@ -240,7 +245,19 @@ listener "tcp" {{
             .stdin(Stdio::null())
             .stdout(log.try_clone()?)
             .stderr(log);
-        let child = spawn_tied(&mut cmd).with_context(|| format!("start {}", node.name))?;
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::Builder::new()
+            .name(format!("keeper-{}", node.name))
+            .spawn(move || {
+                let _ = tx.send(spawn_tied(&mut cmd));
+                loop {
+                    std::thread::park();
+                }
+            })?;
+        let child = rx
+            .recv()
+            .context("keeper thread died")?
+            .with_context(|| format!("start {}", node.name))?;
         *node.child.lock().unwrap_or_else(|e| e.into_inner()) = Some(child);
         let start = Instant::now();
         while TcpStream::connect(("127.0.0.1", node.port)).is_err() {
@@ -368,35 +385,30 @@ impl Cluster {
         None
     }
 
-    /// Wait until the raft configuration lists every node as a voter.
-    async fn wait_voters(&self) -> Result<()> {
+    /// Wait until autopilot counts every node as a healthy voter (it promotes a joined
+    /// node only after its stabilization time), i.e. the cluster tolerates the loss of
+    /// a minority.
+    pub async fn wait_voters(&self) -> Result<()> {
         let start = Instant::now();
+        let want = (self.nodes.len() as u32 - 1) / 2;
+        let mut last = String::new();
         loop {
-            let leader = self.leader().await;
-            if let Some(l) = leader {
-                let c = self.client(l, true)?;
-                let conf: serde_json::Value = c
-                    .request(
-                        Method::Get,
-                        "sys/storage/raft/configuration",
-                        None,
-                        vault_client::Idempotency::Idempotent,
-                    )
-                    .await
-                    .ok()
-                    .flatten()
-                    .unwrap_or_default();
-                let voters = conf["data"]["config"]["servers"]
-                    .as_array()
-                    .map(|s| s.iter().filter(|x| x["voter"] == json!(true)).count())
-                    .unwrap_or(0);
-                if voters == self.nodes.len() {
-                    return Ok(());
+            if let Some(l) = self.leader().await {
+                match self.client(l, true)?.raft_autopilot_state().await {
+                    Ok(Some(s))
+                        if s.healthy
+                            && s.failure_tolerance >= want
+                            && s.servers.len() == self.nodes.len()
+                            && s.servers.values().all(|v| v.status != "non-voter") =>
+                    {
+                        return Ok(());
+                    }
+                    other => last = format!("{other:?}"),
                 }
             }
-            if start.elapsed() > Duration::from_secs(60) {
+            if start.elapsed() > Duration::from_secs(90) {
                 bail!(
-                    "the cluster has not {} voters after 60 s; logs:\n{}",
+                    "the cluster is not {} healthy voters after 90 s (last autopilot state: {last}); logs:\n{}",
                     self.nodes.len(),
                     self.nodes
                         .iter()

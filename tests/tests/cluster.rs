@@ -299,3 +299,48 @@ fn wait_served(c: &Cluster, i: usize, serial: &str) {
         std::thread::sleep(std::time::Duration::from_millis(100));
     }
 }
+
+/// `rotate health` on a cluster: every node at its own address and raft's failure
+/// tolerance; with one of three nodes down the tolerance is 0 and health fails (exit
+/// 4), naming the node; back and unsealed, healthy again.
+#[tokio::test]
+async fn health_sees_every_node_and_fails_when_a_lost_node_leaves_no_tolerance() {
+    let c = cluster();
+    let _turn = cluster_turn().await;
+    let dir = tempdir("cluster-health");
+    let cfg = cluster_config(c, &dir);
+    let (exit, report) = rotate(&cfg, &["health"]).await;
+    assert_eq!(exit, Exit::Ok, "{report:#}");
+    let cluster = &report["proof"]["cluster"];
+    assert_eq!(cluster["nodes"].as_array().unwrap().len(), 3, "{report:#}");
+    assert_eq!(cluster["failure_tolerance"], 1, "{report:#}");
+    assert!(
+        cluster["nodes"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|n| n["serial"].is_string() && n["sealed"] == false),
+        "{report:#}"
+    );
+
+    // Never the node [vault] addr names: the admin's own healthcheck goes there.
+    c.kill(2);
+    let (exit, report) = rotate(&cfg, &["health"]).await;
+    c.spawn(2).unwrap();
+    c.unseal(2).await.unwrap();
+    assert_eq!(exit, Exit::Vault, "{report:#}");
+    let error = report["error"].as_str().unwrap();
+    assert!(
+        error.contains("failure tolerance is 0") && error.contains("vault-3"),
+        "{error}"
+    );
+
+    // Back, unsealed, rejoined (autopilot counts it again): healthy.
+    c.wait_voters().await.unwrap();
+    let (exit, report) = rotate(&cfg, &["health"]).await;
+    assert_eq!(exit, Exit::Ok, "{report:#}");
+    assert_eq!(
+        report["proof"]["cluster"]["failure_tolerance"], 1,
+        "{report:#}"
+    );
+}

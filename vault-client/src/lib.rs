@@ -50,7 +50,10 @@ mod transport;
 pub use api::cert_auth::{AuthInfo, CertAuthApi, CertRole};
 pub use api::kv::{KvApi, KvMetadata, KvSecret, KvVersion};
 pub use api::pki::{CertRecord, IssueRequest, IssuedCert, IssuerInfo, PkiApi};
-pub use api::sys::{Health, HealthBody, HealthState, InitResponse, MountInfo, SealStatus, SysApi};
+pub use api::sys::{
+    AutopilotServer, AutopilotState, Health, HealthBody, HealthState, InitResponse, MountInfo,
+    SealStatus, SysApi,
+};
 pub use api::token::{TokenApi, TokenInfo};
 pub use client::{Reconnect, VaultClient};
 pub use config::{ClientConfig, DEFAULT_ADDR};

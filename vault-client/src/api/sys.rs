@@ -218,6 +218,46 @@ pub trait SysApi: Send + Sync {
     /// `DELETE /sys/auth/:path`: disable an auth method (absent is not an error).
     /// <https://openbao.org/api-docs/system/auth/#disable-auth-method>
     async fn disable_auth(&self, path: &str) -> Result<()>;
+
+    /// `GET /sys/storage/raft/autopilot/state`: the raft cluster as autopilot sees it;
+    /// `None` when the storage is not raft.
+    /// <https://openbao.org/api-docs/system/storage/raftautopilot/>
+    async fn raft_autopilot_state(&self) -> Result<Option<AutopilotState>>;
+}
+
+/// `sys/storage/raft/autopilot/state`.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
+pub struct AutopilotState {
+    /// Every server healthy.
+    pub healthy: bool,
+    /// How many voters may fail with the cluster still keeping a quorum.
+    pub failure_tolerance: u32,
+    /// The leader's node id.
+    #[serde(default)]
+    pub leader: String,
+    /// Every server, by node id.
+    #[serde(default)]
+    pub servers: BTreeMap<String, AutopilotServer>,
+}
+
+/// One server in [`AutopilotState`].
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
+pub struct AutopilotServer {
+    /// Node id.
+    #[serde(default)]
+    pub id: String,
+    /// Its cluster address.
+    #[serde(default)]
+    pub address: String,
+    /// `alive`, `left`, `failed`.
+    #[serde(default)]
+    pub node_status: String,
+    /// `leader`, `voter`, `non-voter`.
+    #[serde(default)]
+    pub status: String,
+    /// Heartbeats and replication keep up.
+    #[serde(default)]
+    pub healthy: bool,
 }
 
 #[derive(Deserialize)]
@@ -359,6 +399,32 @@ impl SysApi for VaultClient {
         )
         .await?;
         Ok(())
+    }
+
+    async fn raft_autopilot_state(&self) -> Result<Option<AutopilotState>> {
+        let v: Option<serde_json::Value> = match self
+            .request(
+                Method::Get,
+                "sys/storage/raft/autopilot/state",
+                None,
+                Idempotent,
+            )
+            .await
+        {
+            Ok(v) => v,
+            // Not raft storage (or no autopilot): nothing to report.
+            Err(e) if matches!(e.status(), Some(400 | 404 | 405 | 501)) => return Ok(None),
+            Err(e) => return Err(e),
+        };
+        let Some(v) = v else { return Ok(None) };
+        let data = v.get("data").cloned().unwrap_or(v);
+        serde_json::from_value(data)
+            .map(Some)
+            .map_err(|e| Error::Decode {
+                method: "GET".into(),
+                path: "sys/storage/raft/autopilot/state".into(),
+                reason: e.to_string(),
+            })
     }
 }
 
