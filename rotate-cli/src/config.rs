@@ -123,6 +123,12 @@ pub struct VaultSection {
     pub client_key: Option<PathBuf>,
     /// File holding the admin token (else `VAULT_TOKEN`).
     pub token_file: Option<PathBuf>,
+    /// How long a request rides out an unreachable or restarting Vault (refused, reset,
+    /// no answer, a 5xx or 429 while a new leader is elected) before it fails, e.g.
+    /// `"30s"`. Default: 30 s for a cluster (`[[listener.nodes]]`, comfortably above an
+    /// election), else a few quick retries (about 1.5 s).
+    #[serde(default)]
+    pub retry_window: Option<String>,
 }
 
 /// `[admin]`: step 1, the admin's client certificate. Its files are `[vault]
@@ -1187,6 +1193,9 @@ impl Config {
         if let Some(l) = &self.listener {
             waits.push(("listener.reload_timeout", &l.reload_timeout));
         }
+        if let Some(w) = &self.vault.retry_window {
+            waits.push(("vault.retry_window", w));
+        }
         if let Some(p) = &self.proxy {
             waits.push(("proxy.probe_timeout", &p.probe_timeout));
         }
@@ -1750,7 +1759,22 @@ impl Config {
 
     /// The admin's Vault client configuration: the environment, overlaid with `[vault]`.
     pub fn client_config(&self) -> Result<ClientConfig, ConfigError> {
-        self.vault.client_config()
+        let cfg = self.vault.client_config()?;
+        Ok(match self.retry_window() {
+            Some(w) => cfg.retry(vault_client::RetryPolicy::window(w)),
+            None => cfg,
+        })
+    }
+
+    /// `[vault] retry_window`, or 30 s for a cluster; `None`: the client's default.
+    pub fn retry_window(&self) -> Option<std::time::Duration> {
+        match &self.vault.retry_window {
+            Some(w) => Some(self.duration(w)),
+            None if self.listener.as_ref().is_some_and(|l| !l.nodes.is_empty()) => {
+                Some(std::time::Duration::from_secs(30))
+            }
+            None => None,
+        }
     }
 }
 

@@ -335,6 +335,13 @@ pub async fn prove_admin(
     })
 }
 
+/// The active node's address, as the node the admin reaches says (`sys/leader`).
+async fn c_leader(gate: &dyn GateConnector, cert: &Path, key: &Path, ca: &Path) -> Option<String> {
+    let c = gate.admin_client(cert, key, ca).ok()?;
+    let l = c.leader().await.ok()?;
+    (!l.leader_address.is_empty()).then_some(l.leader_address)
+}
+
 /// What a passed healthcheck saw.
 #[derive(Debug, Clone, Serialize)]
 pub struct HealthProof {
@@ -443,14 +450,33 @@ pub async fn healthcheck(
                             });
                         }
                     };
-                    if state != "active" {
-                        return Err(HealthFailure {
-                            sealed: state == "sealed",
-                            reason: format!(
-                                "sys/health says {state}: point [vault] addr at the active node (or unseal it)"
-                            ),
-                        });
-                    }
+                    let state = match state.as_str() {
+                        "active" => state,
+                        // A standby forwards to the active node: healthy, saying which.
+                        "standby" | "performancestandby" => match c_leader(gate, cert, key, ca).await {
+                            Some(active) => format!("{state}, forwarding to the active node {active}"),
+                            None => {
+                                return Err(HealthFailure {
+                                    sealed: false,
+                                    reason: format!(
+                                        "sys/health says {state} and no active node is elected (sys/leader): the cluster has lost its quorum or is electing; check every node"
+                                    ),
+                                });
+                            }
+                        },
+                        _ => {
+                            return Err(HealthFailure {
+                                sealed: state == "sealed",
+                                reason: format!(
+                                    "sys/health says {state}: point [vault] addr at the active node{} (or unseal it)",
+                                    c_leader(gate, cert, key, ca)
+                                        .await
+                                        .map(|a| format!(" ({a})"))
+                                        .unwrap_or_default()
+                                ),
+                            });
+                        }
+                    };
                     return Ok(HealthProof {
                         listener: s,
                         consecutive: in_a_row,

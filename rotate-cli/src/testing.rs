@@ -66,6 +66,7 @@ mockall::mock! {
         async fn delete_policy(&self, name: &str) -> vault_client::Result<()>;
         async fn disable_auth(&self, path: &str) -> vault_client::Result<()>;
         async fn raft_autopilot_state(&self) -> vault_client::Result<Option<vault_client::AutopilotState>>;
+        async fn leader(&self) -> vault_client::Result<vault_client::Leader>;
     }
     #[async_trait::async_trait]
     impl vault_client::TokenApi for Admin {

@@ -73,6 +73,15 @@ fn file_serial(file: &Path) -> String {
 /// A `rotate` config for the cluster: the admin reaches Vault at the first node, step 2
 /// names every node with its own address, files and pid file.
 fn cluster_config(c: &Cluster, dir: &Path) -> PathBuf {
+    let path = cluster_config_at(c, dir, &c.nodes[0].addr);
+    let text = std::fs::read_to_string(&path).unwrap();
+    let cut = text.find("\n[[apps]]").unwrap();
+    std::fs::write(&path, &text[..cut]).unwrap();
+    path
+}
+
+/// [`cluster_config`] with `[vault] addr` at `addr`, and one app (`app1`, run as root).
+fn cluster_config_at(c: &Cluster, dir: &Path, addr: &str) -> PathBuf {
     let d = |p: &Path| p.display().to_string();
     let mut nodes = String::new();
     for n in &c.nodes {
@@ -122,8 +131,17 @@ role = "vault-server"
 ip_sans = ["127.0.0.1"]
 owner = "root"
 reload_timeout = "10s"
-{nodes}"#,
-        addr = c.nodes[0].addr,
+{nodes}
+[[apps]]
+name = "app1"
+home = "{home}"
+user = "root"
+"#,
+        home = d(&{
+            let h = dir.join("home/app1");
+            std::fs::create_dir_all(&h).unwrap();
+            h
+        }),
         ca = d(&c.ca_bundle),
         cert = d(&c.admin_cert),
         key = d(&c.admin_key),
@@ -342,5 +360,40 @@ async fn health_sees_every_node_and_fails_when_a_lost_node_leaves_no_tolerance()
     assert_eq!(
         report["proof"]["cluster"]["failure_tolerance"], 1,
         "{report:#}"
+    );
+}
+
+/// Through a standby, every command works: preflight and health say it is a standby and
+/// name the active node (a standby forwards to it).
+#[tokio::test]
+async fn a_standby_serves_every_command_and_names_the_active_node() {
+    let c = cluster();
+    let _turn = cluster_turn().await;
+    let leader = c.leader().await.expect("an active node");
+    let standby = (leader + 1) % c.nodes.len();
+    let dir = tempdir("cluster-standby");
+    let cfg = cluster_config_at(c, &dir, &c.nodes[standby].addr);
+    let active = &c.nodes[leader].addr;
+
+    let (exit, report) = rotate(&cfg, &["plan", "--step", "agents"]).await;
+    assert_eq!(exit, Exit::Changes, "{report:#}");
+    let up = report["preflight"]["checks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["name"] == "vault reachable and unsealed")
+        .unwrap();
+    let detail = up["detail"].as_str().unwrap();
+    assert!(
+        detail.contains("standby") && detail.contains(active.as_str()),
+        "{detail}"
+    );
+
+    let (exit, report) = rotate(&cfg, &["health"]).await;
+    assert_eq!(exit, Exit::Ok, "{report:#}");
+    let state = report["proof"]["state"].as_str().unwrap();
+    assert!(
+        state.contains("standby") && state.contains(active.as_str()),
+        "{state}"
     );
 }

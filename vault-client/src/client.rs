@@ -159,6 +159,7 @@ impl VaultClient {
                     Some(Outcome::KvUpgrading)
                 }
                 Ok(resp) => Some(Outcome::Status(resp.status)),
+                Err(f) if f.not_sent => Some(Outcome::NotSent(f.kind)),
                 Err(f) => Some(Outcome::Transport(f.kind)),
             };
             let wait = self.retry.delay(attempt);
@@ -311,6 +312,7 @@ mod tests {
     fn failure(kind: TransportKind) -> std::result::Result<HttpResponse, TransportFailure> {
         Err(TransportFailure {
             kind,
+            not_sent: false,
             message: format!("{kind}"),
             source: "mock".into(),
         })
@@ -387,6 +389,44 @@ mod tests {
         let err = r.unwrap_err();
         assert!(err.is_connection_reset());
         assert!(err.to_string().contains("after 3 attempt(s)"), "{err}");
+    }
+
+    /// A node that resets during the TLS handshake (it is restarting, or an election is
+    /// under way) never got the request: even an issuance is retried, for as long as the
+    /// failover window allows.
+    #[tokio::test(start_paused = true)]
+    async fn a_reset_during_the_handshake_is_retried_even_for_a_write_within_the_window() {
+        let not_sent = |kind| {
+            Err(TransportFailure {
+                kind,
+                not_sent: true,
+                message: format!("{kind}"),
+                source: "mock".into(),
+            })
+        };
+        let mut script: Vec<_> = (0..12)
+            .map(|_| not_sent(TransportKind::ConnectionReset))
+            .collect();
+        script.push(status(200));
+        let mut mock = MockTransport::new();
+        let calls = Arc::new(std::sync::atomic::AtomicU32::new(0));
+        let c = calls.clone();
+        let mut script = script.into_iter();
+        mock.expect_send().returning(move |_| {
+            c.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            script.next().expect("more calls than scripted")
+        });
+        let client = VaultClient::with_transport(
+            Arc::new(mock),
+            RetryPolicy::window(Duration::from_secs(30)),
+        );
+        let start = tokio::time::Instant::now();
+        let r = client
+            .send(Method::Post, "pki/sign/x", None, Idempotency::NonIdempotent)
+            .await;
+        assert_eq!(r.unwrap().status, 200);
+        assert_eq!(calls.load(std::sync::atomic::Ordering::SeqCst), 13);
+        assert!(start.elapsed() < Duration::from_secs(30));
     }
 
     #[tokio::test(start_paused = true)]

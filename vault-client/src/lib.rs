@@ -51,8 +51,8 @@ pub use api::cert_auth::{AuthInfo, CertAuthApi, CertRole};
 pub use api::kv::{KvApi, KvMetadata, KvSecret, KvVersion};
 pub use api::pki::{CertRecord, IssueRequest, IssuedCert, IssuerInfo, PkiApi};
 pub use api::sys::{
-    AutopilotServer, AutopilotState, Health, HealthBody, HealthState, InitResponse, MountInfo,
-    SealStatus, SysApi,
+    AutopilotServer, AutopilotState, Health, HealthBody, HealthState, InitResponse, Leader,
+    MountInfo, SealStatus, SysApi,
 };
 pub use api::token::{TokenApi, TokenInfo};
 pub use client::{Reconnect, VaultClient};

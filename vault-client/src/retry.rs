@@ -35,6 +35,17 @@ impl Default for RetryPolicy {
 }
 
 impl RetryPolicy {
+    /// Retry transient failures for up to `window` (no attempt cap), backing off to at
+    /// most 2 s between attempts: riding out a leader election or a restarting server.
+    pub fn window(window: Duration) -> Self {
+        RetryPolicy {
+            max_attempts: u32::MAX,
+            max_elapsed: window,
+            base_delay: Duration::from_millis(200),
+            max_delay: Duration::from_secs(2),
+        }
+    }
+
     /// One attempt, no retry.
     pub fn none() -> Self {
         RetryPolicy {
@@ -72,11 +83,16 @@ pub(crate) enum Outcome {
     /// data" for a moment: transient.
     KvUpgrading,
     Transport(TransportKind),
+    /// The connection was never established (refused, or reset or timed out during the
+    /// TLS handshake): the request was not sent.
+    NotSent(TransportKind),
 }
 
 /// Should this outcome be retried (budget permitting)?
 pub(crate) fn is_retryable(idem: Idempotency, outcome: Outcome) -> bool {
     match outcome {
+        // A rejected client certificate or an untrusted server will not change by waiting.
+        Outcome::NotSent(kind) => kind.transient(),
         Outcome::Transport(kind) if kind.request_not_sent() => true,
         Outcome::Transport(kind) => idem == Idempotency::Idempotent && kind.transient(),
         Outcome::KvUpgrading => idem == Idempotency::Idempotent,
@@ -95,6 +111,21 @@ mod tests {
         let t = |k| Outcome::Transport(k);
         assert!(is_retryable(NonIdempotent, t(ConnectionRefused)));
         assert!(!is_retryable(NonIdempotent, t(ConnectionReset)));
+        // A reset during the TLS handshake (a restarting node): never sent, so even a
+        // certificate issuance is retried; a refused client certificate is not.
+        assert!(is_retryable(
+            NonIdempotent,
+            Outcome::NotSent(ConnectionReset)
+        ));
+        assert!(is_retryable(NonIdempotent, Outcome::NotSent(Timeout)));
+        assert!(!is_retryable(
+            Idempotent,
+            Outcome::NotSent(ClientCertRejected)
+        ));
+        assert!(!is_retryable(
+            Idempotent,
+            Outcome::NotSent(ServerCertUntrusted)
+        ));
         assert!(!is_retryable(NonIdempotent, t(Timeout)));
         assert!(!is_retryable(NonIdempotent, Outcome::Status(502)));
         assert!(is_retryable(Idempotent, t(ConnectionReset)));

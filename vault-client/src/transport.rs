@@ -80,6 +80,9 @@ impl std::fmt::Debug for HttpResponse {
 #[derive(Debug)]
 pub(crate) struct TransportFailure {
     pub(crate) kind: TransportKind,
+    /// The connection (TCP and TLS handshake) was never established: the request was
+    /// certainly not sent, whatever the kind (a reset during the handshake included).
+    pub(crate) not_sent: bool,
     pub(crate) message: String,
     pub(crate) source: Box<dyn std::error::Error + Send + Sync>,
 }
@@ -166,6 +169,7 @@ impl Transport for ReqwestTransport {
             .join(&format!("v1/{}", req.path.trim_start_matches('/')))
             .map_err(|e| TransportFailure {
                 kind: TransportKind::Other,
+                not_sent: false,
                 message: format!("bad path {:?}: {e}", req.path),
                 source: Box::new(e),
             })?;
@@ -185,6 +189,7 @@ impl Transport for ReqwestTransport {
                 reqwest::header::HeaderValue::from_str(token.as_str()).map_err(|e| {
                     TransportFailure {
                         kind: TransportKind::Other,
+                        not_sent: false,
                         message: "token is not a valid header value".into(),
                         source: Box::new(e),
                     }
@@ -273,6 +278,7 @@ fn classify(err: reqwest::Error) -> TransportFailure {
     }
     TransportFailure {
         kind,
+        not_sent: err.is_connect() || kind == TransportKind::ConnectionRefused,
         message: chain_text(&err),
         source: Box::new(err),
     }

@@ -88,11 +88,30 @@ fn admin_cert_valid(ctx: &Ctx<'_>, r: &mut PreflightReport) -> bool {
 
 /// Vault reachable, initialised, unsealed, active.
 async fn vault_up(ctx: &Ctx<'_>, r: &mut PreflightReport) -> bool {
+    let sys = ctx.deps.vault.sys;
+    let leader = || async {
+        sys.leader()
+            .await
+            .ok()
+            .map(|l| l.leader_address)
+            .filter(|a| !a.is_empty())
+    };
     r.push(
         "vault reachable and unsealed",
-        match ctx.deps.vault.sys.health().await {
+        match sys.health().await {
             Ok(h) => match h.state {
                 HealthState::Active => Ok(format!("active, version {}", h.body.version)),
+                // A standby forwards every request to the active node.
+                HealthState::Standby | HealthState::PerformanceStandby => match leader().await {
+                    Some(active) => Ok(format!(
+                        "standby (version {}), forwarding to the active node {active}",
+                        h.body.version
+                    )),
+                    None => Err((
+                        Exit::Vault,
+                        "a standby, and no active node is elected (sys/leader): the cluster has lost its quorum or is electing; check every node".into(),
+                    )),
+                },
                 HealthState::Sealed => Err((
                     Exit::Sealed,
                     "sealed: unseal it (`bao operator unseal`), then run again".into(),
@@ -100,7 +119,10 @@ async fn vault_up(ctx: &Ctx<'_>, r: &mut PreflightReport) -> bool {
                 HealthState::NotInitialized => Err((Exit::Sealed, "not initialised".into())),
                 other => Err((
                     Exit::Vault,
-                    format!("{other:?}: point [vault] addr at the active node"),
+                    format!(
+                        "{other:?}: point [vault] addr at the active node{}",
+                        leader().await.map(|a| format!(" ({a})")).unwrap_or_default()
+                    ),
                 )),
             },
             Err(e) => Err((e.class().into(), e.to_string())),

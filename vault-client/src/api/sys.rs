@@ -223,6 +223,24 @@ pub trait SysApi: Send + Sync {
     /// `None` when the storage is not raft.
     /// <https://openbao.org/api-docs/system/storage/raftautopilot/>
     async fn raft_autopilot_state(&self) -> Result<Option<AutopilotState>>;
+
+    /// `GET /sys/leader`: whether this node leads, and the active node's address.
+    /// <https://openbao.org/api-docs/system/leader/>
+    async fn leader(&self) -> Result<Leader>;
+}
+
+/// `sys/leader`.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
+pub struct Leader {
+    /// HA is enabled (a cluster).
+    #[serde(default)]
+    pub ha_enabled: bool,
+    /// The node that answered is the active one.
+    #[serde(default)]
+    pub is_self: bool,
+    /// The active node's API address (empty while none is elected).
+    #[serde(default)]
+    pub leader_address: String,
 }
 
 /// `sys/storage/raft/autopilot/state`.
@@ -399,6 +417,11 @@ impl SysApi for VaultClient {
         )
         .await?;
         Ok(())
+    }
+
+    async fn leader(&self) -> Result<Leader> {
+        self.request_some(Method::Get, "sys/leader", None, Idempotent)
+            .await
     }
 
     async fn raft_autopilot_state(&self) -> Result<Option<AutopilotState>> {
