@@ -1766,6 +1766,18 @@ impl Config {
         })
     }
 
+    /// Whether Vault is a cluster of several servers (`[[listener.nodes]]`).
+    pub fn is_cluster(&self) -> bool {
+        self.listener.as_ref().is_some_and(|l| l.nodes.len() > 1)
+    }
+
+    /// How long a step waits out a failover (a leader election): [`Config::retry_window`],
+    /// else 5 s.
+    pub fn failover_window(&self) -> std::time::Duration {
+        self.retry_window()
+            .unwrap_or(std::time::Duration::from_secs(5))
+    }
+
     /// `[vault] retry_window`, or 30 s for a cluster; `None`: the client's default.
     pub fn retry_window(&self) -> Option<std::time::Duration> {
         match &self.vault.retry_window {

@@ -245,6 +245,32 @@ pub struct Vault<'a> {
 }
 
 impl<'a> Vault<'a> {
+    /// A gate connector reaching the active node. A standby forwards requests, but not
+    /// the client certificate of a cert login (OpenBao answers 400 "no client certificate
+    /// supplied"), so a login gate must reach the active node itself: the address
+    /// `sys/leader` names, for a `cluster` always (a load balancer may route the next
+    /// connection elsewhere), else when the admin's address answered from a standby.
+    /// While a leader is being elected, waits for one (up to `within`).
+    pub(crate) async fn active_gate(&self, cluster: bool, within: Duration) -> NodeGate<'a> {
+        let until = tokio::time::Instant::now() + within;
+        loop {
+            match self.sys.leader().await {
+                Ok(l) if l.ha_enabled && !l.leader_address.is_empty() => {
+                    if (cluster || !l.is_self)
+                        && let Ok(g) = NodeGate::new(self.gate, Some(&l.leader_address))
+                    {
+                        return g;
+                    }
+                    return NodeGate::Admin(self.gate);
+                }
+                Ok(l) if l.ha_enabled && tokio::time::Instant::now() < until => {
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                }
+                _ => return NodeGate::Admin(self.gate),
+            }
+        }
+    }
+
     /// Every capability from one client.
     pub fn from_client(client: &'a VaultClient, gate: &'a dyn GateConnector) -> Self {
         Vault {

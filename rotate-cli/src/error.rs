@@ -90,6 +90,31 @@ impl StepError {
     pub fn awaits_resume(&self) -> bool {
         matches!(self, StepError::Sealed { .. } | StepError::VaultGone { .. })
     }
+
+    /// Vault went away mid-request: no answer, a reset, or a 5xx or 429 left after the
+    /// retry window (a leader change, a restart). Whether a write took effect is unknown,
+    /// so the target's writes are kept for `--resume`, never unwound in the dark.
+    pub fn lost_vault(&self) -> bool {
+        use vault_client::TransportKind as K;
+        fn lost(e: &vault_client::Error, reset_too: bool) -> bool {
+            matches!(e.transport_kind(), Some(K::ConnectionRefused | K::Timeout))
+                || (reset_too && e.is_connection_reset())
+                || matches!(e.status(), Some(429 | 500 | 502 | 503 | 504))
+        }
+        match self {
+            // The admin's own requests: its identity was proven, so a reset is the
+            // server going away.
+            StepError::Vault { source, .. }
+            | StepError::Pki(pki_ops::Error::Vault { source, .. }) => lost(source, true),
+            // A login with someone else's certificate (a gate): a reset may be the
+            // listener refusing that certificate, which unwinding must answer.
+            StepError::CertAuth(e) => {
+                matches!(&**e, cert_auth::Error::Vault { source, .. } if lost(source, false))
+            }
+            StepError::VaultGone { .. } => true,
+            _ => false,
+        }
+    }
 }
 
 impl From<cert_auth::Error> for StepError {

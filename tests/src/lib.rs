@@ -14,6 +14,7 @@
 
 mod cluster;
 mod lab;
+mod lb;
 mod pki;
 mod units;
 
@@ -21,6 +22,7 @@ pub use cluster::{Cluster, Node};
 pub use lab::{
     KV_MOUNT, Lab, LabPaths, PKI_MOUNT, SERVER_NAME, bao_binary, spawn_tied, spawn_tied_with,
 };
+pub use lb::Balancer;
 pub use pki::{INTERMEDIATE_CN, LabCa, Leaf, ROOT_CN, write_file};
 pub use units::{UnitDef, Units};
 
@@ -58,6 +60,41 @@ pub fn cluster() -> &'static Cluster {
         in_lab_thread("openbao-cluster", move || async move {
             Cluster::start(&dir, 3).await
         })
+    })
+}
+
+/// The load balancer in front of [`cluster`] (started on first use).
+pub fn balancer() -> &'static Balancer {
+    static LB: OnceLock<&'static Balancer> = OnceLock::new();
+    LB.get_or_init(|| {
+        let c = cluster();
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::Builder::new()
+            .name("cluster-balancer".into())
+            .spawn(move || {
+                let rt = tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                    .expect("balancer runtime");
+                // The runtime keeps running the balancer's tasks for the process's life.
+                rt.block_on(async move {
+                    match Balancer::start(c).await {
+                        Ok(b) => {
+                            let _ = tx.send(Ok(&*Box::leak(Box::new(b))));
+                            std::future::pending::<()>().await;
+                        }
+                        Err(e) => {
+                            let _ = tx.send(Err(format!("{e:#}")));
+                        }
+                    }
+                });
+            })
+            .expect("spawn balancer thread");
+        match rx.recv() {
+            Ok(Ok(b)) => b,
+            Ok(Err(e)) => panic!("balancer failed to start: {e}"),
+            Err(_) => panic!("balancer thread died"),
+        }
     })
 }
 

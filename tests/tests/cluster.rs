@@ -7,7 +7,7 @@ use std::process::{Command, Stdio};
 
 use rotate_cli::Exit;
 use rotate_tests::{
-    Cluster, INTERMEDIATE_CN, KV_MOUNT, PKI_MOUNT, SERVER_NAME, cluster, cluster_turn,
+    Cluster, INTERMEDIATE_CN, KV_MOUNT, PKI_MOUNT, SERVER_NAME, balancer, cluster, cluster_turn,
 };
 
 use crate::support::{rotate, tempdir};
@@ -82,6 +82,11 @@ fn cluster_config(c: &Cluster, dir: &Path) -> PathBuf {
 
 /// [`cluster_config`] with `[vault] addr` at `addr`, and one app (`app1`, run as root).
 fn cluster_config_at(c: &Cluster, dir: &Path, addr: &str) -> PathBuf {
+    cluster_config_apps(c, dir, addr, &["app1"])
+}
+
+/// [`cluster_config_at`] with `apps` (run as root, homes under `dir`).
+fn cluster_config_apps(c: &Cluster, dir: &Path, addr: &str, apps: &[&str]) -> PathBuf {
     let d = |p: &Path| p.display().to_string();
     let mut nodes = String::new();
     for n in &c.nodes {
@@ -131,17 +136,18 @@ role = "vault-server"
 ip_sans = ["127.0.0.1"]
 owner = "root"
 reload_timeout = "10s"
-{nodes}
-[[apps]]
-name = "app1"
-home = "{home}"
-user = "root"
-"#,
-        home = d(&{
-            let h = dir.join("home/app1");
-            std::fs::create_dir_all(&h).unwrap();
-            h
-        }),
+{nodes}{apps}"#,
+        apps = apps
+            .iter()
+            .map(|a| {
+                let h = dir.join("home").join(a);
+                std::fs::create_dir_all(&h).unwrap();
+                format!(
+                    "\n[[apps]]\nname = \"{a}\"\nhome = \"{}\"\nuser = \"root\"\n",
+                    d(&h)
+                )
+            })
+            .collect::<String>(),
         ca = d(&c.ca_bundle),
         cert = d(&c.admin_cert),
         key = d(&c.admin_key),
@@ -364,7 +370,8 @@ async fn health_sees_every_node_and_fails_when_a_lost_node_leaves_no_tolerance()
 }
 
 /// Through a standby, every command works: preflight and health say it is a standby and
-/// name the active node (a standby forwards to it).
+/// name the active node (a standby forwards to it), and step 3 commits (its login gate
+/// goes to the active node).
 #[tokio::test]
 async fn a_standby_serves_every_command_and_names_the_active_node() {
     let c = cluster();
@@ -389,11 +396,152 @@ async fn a_standby_serves_every_command_and_names_the_active_node() {
         "{detail}"
     );
 
+    // A standby does not forward a cert login's client certificate: step 3's gate logs
+    // in at the active node sys/leader names.
+    let (exit, report) = rotate(&cfg, &["run", "--step", "agents"]).await;
+    assert_eq!(exit, Exit::Ok, "{report:#}");
+
     let (exit, report) = rotate(&cfg, &["health"]).await;
     assert_eq!(exit, Exit::Ok, "{report:#}");
     let state = report["proof"]["state"].as_str().unwrap();
     assert!(
         state.contains("standby") && state.contains(active.as_str()),
         "{state}"
+    );
+}
+
+/// The active node SIGKILLed in the middle of step 3 and of step 2, five times, behind a
+/// load balancer (the cluster address agents and the admin use): each run ends committed
+/// or in a clean exit 8 that `--resume` completes, once the node is back; then every
+/// agent's pair matches and logs in (`bao login -method=cert` through the balancer) and
+/// every node serves what its file holds.
+#[tokio::test]
+async fn killing_the_active_node_mid_run_ends_committed_or_in_a_resume_that_completes() {
+    let c = cluster();
+    let lb = balancer();
+    let _turn = cluster_turn().await;
+    let dir = tempdir("cluster-kill");
+    let apps = ["k1", "k2", "k3", "k4"];
+    let cfg = cluster_config_apps(c, &dir, &lb.addr, &apps);
+    // Kills land inside the runs (a run takes ~0.2 s unhurt); only those count, until
+    // five have.
+    let plan = [
+        ("agents", 60),
+        ("listener", 40),
+        ("agents", 120),
+        ("listener", 100),
+        ("agents", 30),
+        ("listener", 150),
+        ("agents", 90),
+        ("listener", 70),
+        ("agents", 10),
+        ("listener", 20),
+    ];
+    let mut exits = Vec::new();
+    for (step, after_ms) in plan {
+        if exits
+            .iter()
+            .filter(|e: &&(&str, u64, u128, Exit)| e.2 > u128::from(e.1))
+            .count()
+            >= 5
+        {
+            break;
+        }
+        let leader = c.leader().await.expect("an active node");
+        let killer = tokio::spawn(async move {
+            tokio::time::sleep(std::time::Duration::from_millis(after_ms)).await;
+            c.kill(leader);
+        });
+        let started = std::time::Instant::now();
+        let (exit, report) = rotate(&cfg, &["run", "--step", step]).await;
+        let took = started.elapsed();
+        killer.await.unwrap();
+        // The node comes back (sealed, as after a crash) and is unsealed.
+        c.spawn(leader).unwrap();
+        c.unseal(leader).await.unwrap();
+        c.wait_voters().await.unwrap();
+        let outcomes: Vec<String> = report["steps"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .flat_map(|s| s["targets"].as_array().into_iter().flatten())
+            .map(|t| {
+                format!(
+                    "{}={}",
+                    t["app"].as_str().unwrap_or("?"),
+                    t["outcome"].as_str().unwrap_or("?")
+                )
+            })
+            .collect();
+        eprintln!(
+            "{step} kill after {after_ms} ms: took {took:?}, {exit:?}, {outcomes:?} {}",
+            report["summary"]
+        );
+        // A kill during step 0 does not count as one mid-run.
+        let wrote = !report["steps"].as_array().is_none_or(|s| s.is_empty());
+        let took = if wrote { took.as_millis() } else { 0 };
+        exits.push((step, after_ms, took, exit));
+        match exit {
+            Exit::Ok => {}
+            // Killed during step 0: nothing written; the same command once it is back.
+            Exit::Vault if !wrote => {
+                let (exit, again) = rotate(&cfg, &["run", "--step", step]).await;
+                assert_eq!(exit, Exit::Ok, "{again:#}");
+            }
+            Exit::ResumeNeeded => {
+                let (exit, resumed) = rotate(&cfg, &["run", "--resume"]).await;
+                assert_eq!(
+                    exit,
+                    Exit::Ok,
+                    "resume after killing {}: {resumed:#}\nthe run: {report:#}",
+                    c.nodes[leader].name
+                );
+            }
+            other => panic!(
+                "{step} with {} killed after {after_ms} ms: exit {other:?}: {report:#}",
+                c.nodes[leader].name
+            ),
+        }
+        for app in apps {
+            let home = dir.join("home").join(app);
+            let (crt, key) = (
+                home.join("vault/mtls/agent.crt"),
+                home.join("vault/mtls/agent.key"),
+            );
+            if !crt.exists() {
+                continue;
+            }
+            pki_ops::key_matches_cert_files(&key, &crt).unwrap();
+            let out = Command::new(&c.bao)
+                .env_clear()
+                .env("VAULT_ADDR", &lb.addr)
+                .env("VAULT_CACERT", home.join("vault/ca/ca.pem"))
+                .env("VAULT_TLS_SERVER_NAME", SERVER_NAME)
+                .env("HOME", &home)
+                .args(["login", "-method=cert", "-format=json", "-no-store"])
+                .arg(format!("-client-cert={}", crt.display()))
+                .arg(format!("-client-key={}", key.display()))
+                .output()
+                .unwrap();
+            assert!(
+                out.status.success(),
+                "{app} cannot log in after the kill: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        for (i, n) in c.nodes.iter().enumerate() {
+            assert_eq!(
+                served_serial(c, i),
+                file_serial(&n.cert),
+                "{} serves its file",
+                n.name
+            );
+        }
+    }
+    eprintln!("kills: {exits:?}");
+    let mid_run = exits.iter().filter(|e| e.2 > u128::from(e.1)).count();
+    assert!(
+        mid_run >= 5,
+        "only {mid_run} kills landed mid-run: {exits:?}"
     );
 }

@@ -590,7 +590,8 @@ async fn run_target<S: Step>(
         }
         Err(e) => {
             fail(&mut r, &e);
-            keep_or_unwind(id, app.name(), journal, undo_deps, &mut r).await?;
+            let lost = e.lost_vault();
+            keep_or_unwind(id, app.name(), journal, undo_deps, lost, &mut r).await?;
         }
     }
     r.millis = started.elapsed().as_millis() as u64;
@@ -650,6 +651,19 @@ async fn plan_target<S: Step>(
             r.millis = started.elapsed().as_millis() as u64;
             None
         }
+        // Vault (or the server this target is) went away before anything was written:
+        // not a failure of the target; the run is left to `--resume`.
+        Err(e) if ctx.journal.is_some() && e.lost_vault() => {
+            r.outcome = Outcome::NotStarted;
+            fail(r, &e);
+            r.error_class = Some(crate::exit::Exit::ResumeNeeded.code());
+            r.pending = Some(
+                "Vault did not answer before this target's first write: `rotate run --resume` once it is back"
+                    .into(),
+            );
+            r.millis = started.elapsed().as_millis() as u64;
+            None
+        }
         Err(e) => {
             r.outcome = Outcome::FailedNothingWritten;
             fail(r, &e);
@@ -690,15 +704,21 @@ async fn keep_or_unwind(
     target: &str,
     journal: &Journal,
     undo_deps: UndoDeps<'_>,
+    lost: bool,
     r: &mut TargetReport,
 ) -> Result<(), JournalError> {
     let wrote = journal
         .record()
         .target(id, target)
         .is_some_and(|t| !t.undo.is_empty());
-    // A Vault that went away after the writes (sealed by a restart, unreachable)
-    // can neither prove nor undo them: keep them as they are, for `--resume`.
-    if wrote && let Some(why) = vault_down(undo_deps).await {
+    // A Vault that went away after the writes (sealed by a restart, unreachable, or
+    // gone mid-request: a leader change) can neither prove nor undo them now, or left
+    // a write's outcome unknown: keep them as they are, for `--resume`.
+    let down = match lost {
+        true => Some("lost mid-request (a leader change, a restart)"),
+        false => vault_down(undo_deps).await,
+    };
+    if wrote && let Some(why) = down {
         r.outcome = Outcome::AwaitingResume;
         r.error_class = Some(crate::exit::Exit::ResumeNeeded.code());
         r.pending = Some(format!(

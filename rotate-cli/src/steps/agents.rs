@@ -518,8 +518,9 @@ impl Step for AgentsStep<'_> {
         let (cfg, v) = (self.cfg, self.vault());
         let n = Names::new(cfg, app);
         let mount = &cfg.agents.cert_auth_mount;
-        let fresh = v
-            .gate
+        let gate = v.active_gate(cfg.is_cluster(), cfg.failover_window()).await;
+        let fresh = gate
+            .get()
             .connect(&crate::host::agent_identity(app)?)
             .map_err(|e| StepError::vault("build the gate client from the new files", e))?;
         let login = login_gate(
@@ -743,7 +744,10 @@ async fn cert_login(
     let v = ctx.deps.vault;
     let e = |x: &dyn std::fmt::Display| format!("{x:#}");
     let id = crate::host::agent_identity(app).map_err(|x| e(&x))?;
-    let c = v.gate.connect(&id).map_err(|x| e(&x))?;
+    let gate = v
+        .active_gate(ctx.cfg.is_cluster(), ctx.cfg.failover_window())
+        .await;
+    let c = gate.get().connect(&id).map_err(|x| e(&x))?;
     login_gate(
         c.as_ref(),
         Some(v.token),

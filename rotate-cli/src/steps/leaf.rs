@@ -873,8 +873,11 @@ impl LeafStep<'_> {
         a: &LeafApplied,
     ) -> Result<LoginProof, StepError> {
         let v = self.vault();
-        let fresh = v
-            .gate
+        let gate = v
+            .active_gate(self.cfg.is_cluster(), self.cfg.failover_window())
+            .await;
+        let fresh = gate
+            .get()
             .connect(&crate::host::agent_identity(app)?)
             .map_err(|e| StepError::vault("build the gate client from the agent's files", e))?;
         login_gate(

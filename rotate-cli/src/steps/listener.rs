@@ -139,6 +139,28 @@ impl<'a> ListenerStep<'a> {
             .map_err(|e| StepError::vault(format!("reach {}", node.name), e))
     }
 
+    /// Whether `node` is gone (nothing listens, or no answer): a node down, not a
+    /// certificate problem.
+    async fn gone(&self, node: &ListenerNode) -> Option<StepError> {
+        let (cert, key, ca) = self.admin_files().ok()?;
+        let gate = self.gate(node).ok()?;
+        let e = gate
+            .get()
+            .handshake(Some((cert, key)), &ca, PROOF_TIMEOUT)
+            .await
+            .err()?;
+        use vault_client::TransportKind as K;
+        matches!(e.transport_kind(), Some(K::ConnectionRefused | K::Timeout)).then(|| {
+            StepError::VaultGone {
+                reason: format!(
+                    "{} at {} does not answer ({e}): once it is back, `rotate run --resume`",
+                    node.name,
+                    node.addr.as_deref().unwrap_or("[vault] addr")
+                ),
+            }
+        })
+    }
+
     /// A gate failure of `node`.
     fn gate_err(node: &ListenerNode, reason: String) -> StepError {
         StepError::Gate {
@@ -265,17 +287,18 @@ impl<'a> ListenerStep<'a> {
         let (cert, key, ca) = self.admin_files()?;
         let gate = self.gate(node)?;
         // Never touch a listener without a working admin identity.
-        let identity = prove_admin(gate.get(), &cert, &key, &ca, PROOF_TIMEOUT)
-            .await
-            .map_err(|why| {
-                Self::gate_err(
+        match prove_admin(gate.get(), &cert, &key, &ca, PROOF_TIMEOUT).await {
+            Ok(identity) => Ok(identity.listener),
+            Err(why) => Err(match self.gone(node).await {
+                Some(gone) => gone,
+                None => Self::gate_err(
                     node,
                     format!(
                         "precondition: no proven admin identity ({why}); step 2 is not attempted without one"
                     ),
-                )
-            })?;
-        Ok(identity.listener)
+                ),
+            }),
+        }
     }
 
     /// Every client bundle (and warnings), checked to verify the new certificate's issuer.
@@ -711,20 +734,30 @@ impl Step for ListenerStep<'_> {
         let (cert, key, ca) = self.admin_files()?;
         let gate_err = |reason: String| Self::gate_err(node, reason);
         let gate = self.gate(node)?;
-        let served = wait_for_serial(
+        let waited = wait_for_serial(
             gate.get(),
             Some((&cert, &key)),
             &ca,
             &a.serial_hex,
             self.timeout(),
         )
-        .await
-        .map_err(|e| {
-            gate_err(format!(
-                "new serial {} not served within {}: {e}",
-                a.serial_hex, self.l.reload_timeout
-            ))
-        })?;
+        .await;
+        let served = match waited {
+            Ok(s) => s,
+            // A node that went down (killed, restarting) is kept applied for `--resume`,
+            // never "undone" through a server that is not there.
+            Err(crate::served::WaitError::Unreachable { .. })
+                if let Some(gone) = self.gone(node).await =>
+            {
+                return Err(gone);
+            }
+            Err(e) => {
+                return Err(gate_err(format!(
+                    "new serial {} not served within {}: {e}",
+                    a.serial_hex, self.l.reload_timeout
+                )));
+            }
+        };
         if served.sealed {
             return Err(StepError::Sealed {
                 reason: format!(
@@ -901,12 +934,38 @@ fn preflight_server(cfg: &Config, node: &ListenerNode, several: bool, r: &mut Pr
         Ok(hooks::Reloader::Signal { pid_file, .. }) => {
             hooks::open_pid_file(&pid_file, &cfg.server_process(node))
                 .map(|(_, info)| format!("{} names the server: {info}", pid_file.display()))
-                .map_err(|e| (Exit::Config, format!("{e}: fix [{}]", node.reload_setting)))
+                .map_err(|e| match node.addr.as_deref().filter(|a| !listening(a)) {
+                    // A node that is down is not a config problem: start it (unseal
+                    // it), then run again.
+                    Some(addr) => (
+                        Exit::Vault,
+                        format!(
+                            "{} is down: nothing listens at {addr} and {e}; start it (and unseal it), then run again",
+                            node.name
+                        ),
+                    ),
+                    None => (Exit::Config, format!("{e}: fix [{}]", node.reload_setting)),
+                })
         }
         Ok(other) => Ok(other.to_string()),
         Err(e) => Err((Exit::Config, e.to_string())),
     };
     r.push(format!("listener reload{of}"), res);
+}
+
+/// Whether something accepts TCP connections at `addr` (`https://host:port`) within 2 s.
+fn listening(addr: &str) -> bool {
+    use std::net::ToSocketAddrs as _;
+    let Ok(cfg) = vault_client::ClientConfig::new(addr) else {
+        return false;
+    };
+    let (Some(host), Some(port)) = (cfg.addr.host_str(), cfg.addr.port_or_known_default()) else {
+        return false;
+    };
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    (host, port).to_socket_addrs().is_ok_and(|mut a| {
+        a.any(|a| std::net::TcpStream::connect_timeout(&a, Duration::from_secs(2)).is_ok())
+    })
 }
 
 /// What `node` serves to the admin identity at its own address (into the inventory);
