@@ -1894,6 +1894,49 @@ mod tests {
 
     const PROD: &str = include_str!("../examples/prod.toml");
 
+    const CLUSTER: &str = include_str!("../examples/cluster.toml");
+
+    /// The 3-node example: three servers, each at its own address with its own files and
+    /// reloader; agents and the admin at the balancer; a failover window.
+    #[test]
+    fn cluster_example_resolves_every_node() {
+        let c = Config::parse(CLUSTER, Path::new("/etc/rotate/cluster.toml")).unwrap();
+        assert!(c.is_cluster());
+        let servers = c.listener.as_ref().unwrap().servers();
+        let names: Vec<_> = servers.iter().map(|n| n.name.as_str()).collect();
+        assert_eq!(names, ["vault-1", "vault-2", "vault-3"]);
+        let n2 = &servers[1];
+        assert_eq!(n2.addr.as_deref(), Some("https://10.20.0.12:8200"));
+        assert_eq!(n2.reload_setting, "listener.nodes[vault-2].reload");
+        assert_eq!(n2.owner, "openbao");
+        assert_eq!(n2.ip_sans, ["10.20.0.12"]);
+        assert_eq!(n2.alt_names, ["vault-2.prod.privsec.ch"]);
+        assert_eq!(c.server_process(n2).listens_on, Some(8200));
+        assert_eq!(c.retry_window(), Some(std::time::Duration::from_secs(30)));
+        let reloaders: Vec<String> = c.reloaders().map(|(s, _)| s).collect();
+        assert!(reloaders.contains(&"listener.nodes[vault-3].reload".to_owned()));
+    }
+
+    /// A cluster's nodes and a single server's files never mix; nodes are their own.
+    #[test]
+    fn cluster_shape_errors_name_the_setting() {
+        let with = |needle: &str, replace: &str| {
+            let text = CLUSTER.replacen(needle, replace, 1);
+            Config::parse(&text, Path::new("/etc/rotate/cluster.toml"))
+                .unwrap_err()
+                .to_string()
+        };
+        let e = with("[listener]\n", "[listener]\ncert_file = \"/opt/x.crt\"\n");
+        assert!(
+            e.contains("listener.cert_file") && e.contains("per node"),
+            "{e}"
+        );
+        let e = with("https://10.20.0.12:8200", "https://10.20.0.11:8200");
+        assert!(e.contains("vault-2") && e.contains("vault-1"), "{e}");
+        let e = with("name = \"vault-3\"", "name = \"listener\"");
+        assert!(e.contains("listener.nodes[2].name"), "{e}");
+    }
+
     #[test]
     fn prod_example_expresses_the_seed_topology() {
         let c = Config::parse(PROD, Path::new("/etc/rotate/prod.toml")).unwrap();
