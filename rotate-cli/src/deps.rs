@@ -69,6 +69,25 @@ pub trait GateConnector: Send + Sync {
     ) -> vault_client::Result<Box<dyn SysApi>>;
 }
 
+/// Whether something accepts TCP connections at `addr` (`https://host:port`) within 2 s.
+pub(crate) async fn listening(addr: &str) -> bool {
+    let Ok(cfg) = vault_client::ClientConfig::new(addr) else {
+        return false;
+    };
+    let (Some(host), Some(port)) = (cfg.addr.host_str(), cfg.addr.port_or_known_default()) else {
+        return false;
+    };
+    let host = host
+        .trim_start_matches('[')
+        .trim_end_matches(']')
+        .to_owned();
+    let connect = tokio::net::TcpStream::connect((host, port));
+    matches!(
+        tokio::time::timeout(Duration::from_secs(2), connect).await,
+        Ok(Ok(_))
+    )
+}
+
 /// A gate connector to one server: the admin's own ([`GateConnector`] as given), or one
 /// made for a node's address ([`GateConnector::at`]).
 pub(crate) enum NodeGate<'a> {
@@ -255,6 +274,15 @@ impl<'a> Vault<'a> {
         let until = tokio::time::Instant::now() + within;
         loop {
             match self.sys.leader().await {
+                // A standby may still name the leader that just died: wait for the next.
+                Ok(l)
+                    if l.ha_enabled
+                        && !l.leader_address.is_empty()
+                        && !listening(&l.leader_address).await
+                        && tokio::time::Instant::now() < until =>
+                {
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                }
                 Ok(l) if l.ha_enabled && !l.leader_address.is_empty() => {
                     if (cluster || !l.is_self)
                         && let Ok(g) = NodeGate::new(self.gate, Some(&l.leader_address))

@@ -712,7 +712,7 @@ fn judge(report: &RunReport, interrupted: bool) -> (Exit, String) {
     let waiting = count(Outcome::AwaitingResume);
     if waiting > 0 {
         parts.push(format!(
-            "{waiting} WAITING: Vault is sealed after the step's writes; unseal it, then `rotate run --resume`"
+            "{waiting} WAITING: Vault was sealed or unreachable after the step's writes; once it is back (unsealed), `rotate run --resume`"
         ));
     } else if interrupted {
         parts.push("interrupted: run `rotate run --resume` to finish".into());

@@ -15,6 +15,7 @@ use vault_client::{ClientConfig, Method, PkiApi, SysApi, VaultClient};
 use zeroize::Zeroizing;
 
 use crate::lab::{KV_MOUNT, PKI_MOUNT, SERVER_NAME, bao_binary, spawn_tied};
+use crate::pki::INTERMEDIATE_CN;
 use crate::pki::{LabCa, write_file};
 
 /// One server of the cluster.
@@ -296,6 +297,97 @@ listener "tcp" {{
             cfg = cfg.token(&self.token)?;
         }
         Ok(VaultClient::new(&cfg)?)
+    }
+
+    /// A `rotate` config for this cluster in `dir`: Vault at `addr` (a node, or the
+    /// balancer), step 2 over every node (own address, files, pid file), `apps` run as
+    /// root with homes under `dir`.
+    pub fn rotate_config(&self, dir: &Path, addr: &str, apps: &[&str]) -> Result<PathBuf> {
+        let c = self;
+        std::fs::create_dir_all(dir)?;
+        let dir = &dir.canonicalize()?;
+        let d = |p: &Path| p.display().to_string();
+        let mut nodes = String::new();
+        for n in &c.nodes {
+            nodes.push_str(&format!(
+                r#"
+[[listener.nodes]]
+name = "{name}"
+addr = "{addr}"
+cert_file = "{cert}"
+key_file = "{key}"
+reload = "signal:{pid}:HUP"
+alt_names = ["{name}.prod.privsec.ch"]
+"#,
+                name = n.name,
+                addr = n.addr,
+                cert = d(&n.cert),
+                key = d(&n.key),
+                pid = d(&n.pid_file),
+            ));
+        }
+        let text = format!(
+            r#"env = "cluster"
+
+[vault]
+addr = "{addr}"
+tls_server_name = "{SERVER_NAME}"
+ca_cert = "{ca}"
+client_cert = "{cert}"
+client_key = "{key}"
+token_file = "{token}"
+
+[pki]
+mount = "{PKI_MOUNT}"
+issuer_name = "{INTERMEDIATE_CN}"
+
+[agents]
+domain = "prod.privsec.ch"
+
+[leaf]
+kv_mount = "{KV_MOUNT}"
+allowed_domains = ["int.privsec.ch", "prod.privsec.ch"]
+cn_domain = "int.privsec.ch"
+ttl = "24h"
+reload_tls_label = ""
+render_timeout = "30s"
+
+[commands]
+agent = "{bao}"
+# The fake systemctl of `rotate_tests::Units::start(dir)` (agents as real processes).
+systemctl = "{systemctl}"
+
+[run]
+state_dir = "{state}"
+
+[listener]
+role = "vault-server"
+ip_sans = ["127.0.0.1"]
+owner = "root"
+reload_timeout = "10s"
+{nodes}{apps}"#,
+            apps = apps
+                .iter()
+                .map(|a| {
+                    let h = dir.join("home").join(a);
+                    let _ = std::fs::create_dir_all(&h);
+                    format!(
+                        "\n[[apps]]\nname = \"{a}\"\nhome = \"{}\"\nuser = \"root\"\n",
+                        d(&h)
+                    )
+                })
+                .collect::<String>(),
+            ca = d(&c.ca_bundle),
+            cert = d(&c.admin_cert),
+            key = d(&c.admin_key),
+            token = d(&c.token_file),
+            state = d(&dir.join("state")),
+            bao = d(&c.bao),
+            systemctl = d(&dir.join("bin/systemctl")),
+        );
+        let path = dir.join("rotate.toml");
+        std::fs::write(&path, text)?;
+        Ok(path)
     }
 
     /// The root token.

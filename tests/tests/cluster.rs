@@ -6,9 +6,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
 use rotate_cli::Exit;
-use rotate_tests::{
-    Cluster, INTERMEDIATE_CN, KV_MOUNT, PKI_MOUNT, SERVER_NAME, balancer, cluster, cluster_turn,
-};
+use rotate_tests::{Cluster, SERVER_NAME, balancer, cluster, cluster_turn};
 
 use crate::support::{rotate, tempdir};
 
@@ -87,76 +85,7 @@ fn cluster_config_at(c: &Cluster, dir: &Path, addr: &str) -> PathBuf {
 
 /// [`cluster_config_at`] with `apps` (run as root, homes under `dir`).
 fn cluster_config_apps(c: &Cluster, dir: &Path, addr: &str, apps: &[&str]) -> PathBuf {
-    let d = |p: &Path| p.display().to_string();
-    let mut nodes = String::new();
-    for n in &c.nodes {
-        nodes.push_str(&format!(
-            r#"
-[[listener.nodes]]
-name = "{name}"
-addr = "{addr}"
-cert_file = "{cert}"
-key_file = "{key}"
-reload = "signal:{pid}:HUP"
-alt_names = ["{name}.prod.privsec.ch"]
-"#,
-            name = n.name,
-            addr = n.addr,
-            cert = d(&n.cert),
-            key = d(&n.key),
-            pid = d(&n.pid_file),
-        ));
-    }
-    let text = format!(
-        r#"env = "cluster"
-
-[vault]
-addr = "{addr}"
-tls_server_name = "{SERVER_NAME}"
-ca_cert = "{ca}"
-client_cert = "{cert}"
-client_key = "{key}"
-token_file = "{token}"
-
-[pki]
-mount = "{PKI_MOUNT}"
-issuer_name = "{INTERMEDIATE_CN}"
-
-[agents]
-domain = "prod.privsec.ch"
-
-[leaf]
-kv_mount = "{KV_MOUNT}"
-
-[run]
-state_dir = "{state}"
-
-[listener]
-role = "vault-server"
-ip_sans = ["127.0.0.1"]
-owner = "root"
-reload_timeout = "10s"
-{nodes}{apps}"#,
-        apps = apps
-            .iter()
-            .map(|a| {
-                let h = dir.join("home").join(a);
-                std::fs::create_dir_all(&h).unwrap();
-                format!(
-                    "\n[[apps]]\nname = \"{a}\"\nhome = \"{}\"\nuser = \"root\"\n",
-                    d(&h)
-                )
-            })
-            .collect::<String>(),
-        ca = d(&c.ca_bundle),
-        cert = d(&c.admin_cert),
-        key = d(&c.admin_key),
-        token = d(&c.token_file),
-        state = d(&dir.join("state")),
-    );
-    let path = dir.join("rotate.toml");
-    std::fs::write(&path, text).unwrap();
-    path
+    c.rotate_config(dir, addr, apps).unwrap()
 }
 
 /// The whole of step 2 on a cluster: each node's listener is replaced and proven at its
@@ -544,4 +473,112 @@ async fn killing_the_active_node_mid_run_ends_committed_or_in_a_resume_that_comp
         mid_run >= 5,
         "only {mid_run} kills landed mid-run: {exits:?}"
     );
+}
+
+/// Step 4 on the cluster with real `bao agent`s reaching Vault through the balancer, the
+/// active node SIGKILLed while the agents restart and render: the run ends committed or
+/// in exit 8 that `--resume` completes; then every leaf pair matches, every agent logs
+/// in, and each agent's sink token was issued for its step-3 certificate.
+#[tokio::test]
+async fn killing_the_active_node_during_step_4_ends_committed_or_in_a_resume_that_completes() {
+    let c = cluster();
+    let lb = balancer();
+    let _turn = cluster_turn().await;
+    let dir = tempdir("cluster-leaf-kill");
+    let units = rotate_tests::Units::start(&dir).unwrap();
+    let apps = ["l1", "l2"];
+    let cfg = cluster_config_apps(c, &dir, &lb.addr, &apps);
+    for app in apps {
+        let home = dir.join("home").join(app);
+        units.define(
+            &format!("vault-agent-{app}.service"),
+            rotate_tests::UnitDef {
+                argv: vec![
+                    c.bao.display().to_string(),
+                    "agent".into(),
+                    format!(
+                        "-config={}",
+                        home.join(format!(".vault-agent-{app}/agent.hcl")).display()
+                    ),
+                ],
+                env: vec![
+                    ("PATH".into(), std::env::var("PATH").unwrap_or_default()),
+                    ("HOME".into(), home.display().to_string()),
+                ],
+                log: home.join(format!("agent-{app}.log")),
+            },
+        );
+    }
+    let (exit, report) = rotate(&cfg, &["run", "--step", "agents"]).await;
+    assert_eq!(exit, Exit::Ok, "{report:#}");
+    let mut mid_run = 0;
+    for after_ms in [400, 900, 250] {
+        let leader = c.leader().await.expect("an active node");
+        let killer = tokio::spawn(async move {
+            tokio::time::sleep(std::time::Duration::from_millis(after_ms)).await;
+            c.kill(leader);
+        });
+        let started = std::time::Instant::now();
+        let (exit, report) = rotate(&cfg, &["run", "--step", "leaf"]).await;
+        let took = started.elapsed();
+        killer.await.unwrap();
+        c.spawn(leader).unwrap();
+        c.unseal(leader).await.unwrap();
+        c.wait_voters().await.unwrap();
+        eprintln!(
+            "leaf kill after {after_ms} ms: took {took:?}, {exit:?}: {}",
+            report["summary"]
+        );
+        if took > std::time::Duration::from_millis(after_ms) {
+            mid_run += 1;
+        }
+        match exit {
+            Exit::Ok => {}
+            Exit::ResumeNeeded => {
+                let (exit, resumed) = rotate(&cfg, &["run", "--resume"]).await;
+                assert_eq!(exit, Exit::Ok, "{resumed:#}\nthe run: {report:#}");
+            }
+            other => panic!(
+                "step 4 with {} killed after {after_ms} ms: exit {other:?}: {report:#}",
+                c.nodes[leader].name
+            ),
+        }
+        for app in apps {
+            let home = dir.join("home").join(app);
+            let tls = home.join("tls");
+            pki_ops::key_matches_cert_files(
+                &tls.join(format!("{app}.key")),
+                &tls.join(format!("{app}.fullchain.pem")),
+            )
+            .unwrap();
+            let out = Command::new(&c.bao)
+                .env_clear()
+                .env("VAULT_ADDR", &lb.addr)
+                .env("VAULT_CACERT", home.join("vault/ca/ca.pem"))
+                .env("VAULT_TLS_SERVER_NAME", SERVER_NAME)
+                .env("HOME", &home)
+                .args(["login", "-method=cert", "-format=json", "-no-store"])
+                .arg(format!(
+                    "-client-cert={}",
+                    home.join("vault/mtls/agent.crt").display()
+                ))
+                .arg(format!(
+                    "-client-key={}",
+                    home.join("vault/mtls/agent.key").display()
+                ))
+                .output()
+                .unwrap();
+            assert!(
+                out.status.success(),
+                "{app}: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+    }
+    for app in apps {
+        let _ = Command::new(dir.join("bin/systemctl"))
+            .args(["--user", "stop", &format!("vault-agent-{app}.service")])
+            .status();
+    }
+    assert!(mid_run >= 2, "only {mid_run} kills landed inside step 4");
 }

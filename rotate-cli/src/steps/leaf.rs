@@ -768,7 +768,9 @@ impl LeafStep<'_> {
                 Err(GateWait::Fatal(e)) => return Err(gate_err(app, e)),
                 Err(GateWait::Retry(e)) => last = e,
             }
-            watch.check(self.vault().sys).await?;
+            watch
+                .check(self.vault().sys, &self.cfg.vault_addr())
+                .await?;
             if Instant::now() > deadline {
                 return Err(gate_err(
                     app,
@@ -919,7 +921,9 @@ impl LeafStep<'_> {
                     Err(why) => last = why,
                 }
             }
-            watch.check(self.vault().sys).await?;
+            watch
+                .check(self.vault().sys, &self.cfg.vault_addr())
+                .await?;
             if Instant::now() > deadline {
                 return Err(gate_err(
                     app,
@@ -1168,7 +1172,7 @@ impl VaultWatch {
         }
     }
 
-    async fn check(&mut self, sys: &dyn vault_client::SysApi) -> Result<(), StepError> {
+    async fn check(&mut self, sys: &dyn vault_client::SysApi, addr: &str) -> Result<(), StepError> {
         if Instant::now() < self.next {
             return Ok(());
         }
@@ -1187,7 +1191,7 @@ impl VaultWatch {
                 },
             ) => Err(StepError::VaultGone {
                 reason: format!(
-                    "while waiting for the agent ({e}): once it is back, `rotate run --resume` re-gates this step"
+                    "Vault at {addr} is unreachable while the agent waits on it, not the agent's fault ({e}): once it is back, `rotate run --resume` re-gates this step"
                 ),
             }),
             _ => Ok(()),

@@ -863,7 +863,7 @@ impl StepDef for Def {
         let servers = l.servers();
         let several = servers.len() > 1;
         for node in &servers {
-            preflight_server(cfg, node, several, r);
+            preflight_server(cfg, node, several, r).await;
         }
         if cfg.vault.client_cert.is_none() || cfg.vault.ca_cert.is_none() {
             r.push(
@@ -900,7 +900,12 @@ impl StepDef for Def {
 }
 
 /// Step 0 for one server: its owner, its directory, and a reloader that signals only it.
-fn preflight_server(cfg: &Config, node: &ListenerNode, several: bool, r: &mut PreflightReport) {
+async fn preflight_server(
+    cfg: &Config,
+    node: &ListenerNode,
+    several: bool,
+    r: &mut PreflightReport,
+) {
     let of = if several {
         format!(" of {}", node.name)
     } else {
@@ -928,13 +933,17 @@ fn preflight_server(cfg: &Config, node: &ListenerNode, several: bool, r: &mut Pr
             .map(|_| format!("no symlinks, owner {} or root", node.owner))
             .map_err(|e| (Exit::Config, e.to_string())),
     );
+    let down = match &node.addr {
+        Some(a) => (!crate::deps::listening(a).await).then_some(a.as_str()),
+        None => None,
+    };
     let res = match node.reload.parse::<hooks::Reloader>() {
         // Root signals only the Vault server: a stale or planted pid file must not make
         // it signal anything else.
         Ok(hooks::Reloader::Signal { pid_file, .. }) => {
             hooks::open_pid_file(&pid_file, &cfg.server_process(node))
                 .map(|(_, info)| format!("{} names the server: {info}", pid_file.display()))
-                .map_err(|e| match node.addr.as_deref().filter(|a| !listening(a)) {
+                .map_err(|e| match down {
                     // A node that is down is not a config problem: start it (unseal
                     // it), then run again.
                     Some(addr) => (
@@ -951,21 +960,6 @@ fn preflight_server(cfg: &Config, node: &ListenerNode, several: bool, r: &mut Pr
         Err(e) => Err((Exit::Config, e.to_string())),
     };
     r.push(format!("listener reload{of}"), res);
-}
-
-/// Whether something accepts TCP connections at `addr` (`https://host:port`) within 2 s.
-fn listening(addr: &str) -> bool {
-    use std::net::ToSocketAddrs as _;
-    let Ok(cfg) = vault_client::ClientConfig::new(addr) else {
-        return false;
-    };
-    let (Some(host), Some(port)) = (cfg.addr.host_str(), cfg.addr.port_or_known_default()) else {
-        return false;
-    };
-    let host = host.trim_start_matches('[').trim_end_matches(']');
-    (host, port).to_socket_addrs().is_ok_and(|mut a| {
-        a.any(|a| std::net::TcpStream::connect_timeout(&a, Duration::from_secs(2)).is_ok())
-    })
 }
 
 /// What `node` serves to the admin identity at its own address (into the inventory);

@@ -20,6 +20,9 @@ struct Args {
     /// Repetitions of the cheap measurements (the expensive ones use a fifth).
     #[arg(long, default_value_t = 200)]
     n: usize,
+    /// Skip the failover measurement (it starts a 3-node raft cluster).
+    #[arg(long)]
+    no_cluster: bool,
 }
 
 struct Stats {
@@ -263,11 +266,85 @@ async fn main() -> Result<()> {
             }
         }
     }
+    let cost = if args.no_cluster {
+        None
+    } else {
+        Some(failover(&args.dir.join("cluster"), &mut rows).await?)
+    };
     println!("| operation | n | mean ms | p50 ms | p95 ms |\n| --- | --- | --- | --- | --- |");
     for r in &mut rows {
         println!("{}", r.row());
     }
+    if let Some(cost) = cost {
+        println!(
+            "\nfailover cost (killed minus unhurt, mean): {:.0} ms",
+            cost.as_secs_f64() * 1e3
+        );
+    }
     Ok(())
+}
+
+/// What a leader change costs a run: `rotate run --step agents` for 10 apps through a
+/// load balancer in front of a 3-node raft cluster, unhurt, and with the active node
+/// SIGKILLed 30 ms into the run (restarted, unsealed and rejoined between runs). Returns
+/// the difference of the means: the time from the kill to the run continuing.
+async fn failover(dir: &Path, rows: &mut Vec<Stats>) -> Result<Duration> {
+    let cluster: &'static rotate_tests::Cluster =
+        Box::leak(Box::new(rotate_tests::Cluster::start(dir, 3).await?));
+    let lb = rotate_tests::Balancer::start(cluster).await?;
+    let apps: Vec<String> = (0..10).map(|i| format!("f{i}")).collect();
+    let names: Vec<&str> = apps.iter().map(String::as_str).collect();
+    let config = cluster.rotate_config(dir, &lb.addr, &names)?;
+    let config = config.display().to_string();
+    let run = || {
+        let config = config.clone();
+        async move {
+            let cli = <rotate_cli::Cli as Parser>::parse_from([
+                "rotate", "--config", &config, "-o", "json", "run", "--step", "agents",
+            ]);
+            let exit = rotate_cli::run(cli, &mut std::io::sink()).await;
+            anyhow::ensure!(
+                exit == rotate_cli::Exit::Ok,
+                "agents: rotate exited {exit:?}"
+            );
+            Ok(())
+        }
+    };
+    let mut unhurt = measure(
+        "`rotate run --step agents`, 10 apps, 3-node cluster behind a balancer",
+        3,
+        run,
+    )
+    .await?;
+    let mut samples = Vec::new();
+    for _ in 0..3 {
+        let leader = cluster
+            .leader()
+            .await
+            .ok_or_else(|| anyhow::anyhow!("no active node"))?;
+        let killer = tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_millis(30)).await;
+            cluster.kill(leader);
+        });
+        let t = Instant::now();
+        run().await?;
+        samples.push(t.elapsed());
+        killer.await?;
+        cluster.spawn(leader)?;
+        cluster.unseal(leader).await?;
+        cluster.wait_voters().await?;
+    }
+    let mean = |s: &Stats| s.samples.iter().sum::<Duration>() / s.samples.len() as u32;
+    let killed = Stats {
+        name: "the same, the active node SIGKILLed 30 ms into the run".into(),
+        n: samples.len(),
+        samples,
+    };
+    let cost = mean(&killed).saturating_sub(mean(&unhurt));
+    unhurt.samples.sort();
+    rows.push(unhurt);
+    rows.push(killed);
+    Ok(cost)
 }
 
 /// A lab config for `homes` with its own state directory and `[run] concurrency`,
