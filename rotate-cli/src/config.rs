@@ -280,6 +280,11 @@ pub struct NodeSection {
     /// The port its process listens on (default: the port of `addr`).
     #[serde(default)]
     pub server_port: Option<u16>,
+    /// How step 6 restarts it when its listener must load its client CA file (a
+    /// cluster restarts one node at a time, each back, unsealed and rejoined before the
+    /// next), e.g. `systemd-restart:openbao.service` on its host, or `cmd:...`.
+    #[serde(default)]
+    pub restart: Option<String>,
 }
 
 /// One server's listener, resolved: a node of `[[listener.nodes]]` with `[listener]`'s
@@ -309,6 +314,8 @@ pub struct ListenerNode {
     pub ip_sans: Vec<String>,
     /// The port its process listens on, when not its address's.
     pub server_port: Option<u16>,
+    /// How step 6 restarts it (a cluster's node; a single server uses `[restarts] vault`).
+    pub restart: Option<String>,
 }
 
 impl ListenerSection {
@@ -327,6 +334,7 @@ impl ListenerSection {
                 alt_names: self.alt_names.clone(),
                 ip_sans: self.ip_sans.clone(),
                 server_port: self.server_port,
+                restart: None,
             }];
         }
         self.nodes
@@ -351,6 +359,7 @@ impl ListenerSection {
                     alt_names,
                     ip_sans: n.ip_sans.clone().unwrap_or_else(|| self.ip_sans.clone()),
                     server_port: n.server_port,
+                    restart: n.restart.clone(),
                 }
             })
             .collect()
@@ -797,12 +806,13 @@ impl Config {
     pub(crate) fn reloaders(
         &self,
     ) -> impl Iterator<Item = (String, Result<hooks::Reloader, hooks::Error>)> + '_ {
-        let mut v: Vec<(String, String)> = self
-            .listener
-            .iter()
-            .flat_map(ListenerSection::servers)
-            .map(|n| (n.reload_setting, n.reload))
-            .collect();
+        let mut v: Vec<(String, String)> = Vec::new();
+        for n in self.listener.iter().flat_map(ListenerSection::servers) {
+            if let Some(r) = &n.restart {
+                v.push((format!("listener.nodes[{}].restart", n.name), r.clone()));
+            }
+            v.push((n.reload_setting, n.reload));
+        }
         if let Some(p) = self.proxy.as_ref().filter(|p| !p.reload.is_empty()) {
             v.push(("proxy.reload".into(), p.reload.clone()));
         }
@@ -1508,8 +1518,16 @@ impl Config {
                 Ok(_) => {}
             }
         }
-        if r.vault_when == VaultWhen::Always && r.vault.is_none() {
-            return Err(self.invalid("restarts.vault_when", "\"always\" needs restarts.vault"));
+        let node_restarts = self
+            .listener
+            .iter()
+            .flat_map(|l| &l.nodes)
+            .any(|n| n.restart.is_some());
+        if r.vault_when == VaultWhen::Always && r.vault.is_none() && !node_restarts {
+            return Err(self.invalid(
+                "restarts.vault_when",
+                "\"always\" needs restarts.vault (or, for a cluster, restart on its nodes)",
+            ));
         }
         Ok(())
     }
@@ -1559,8 +1577,18 @@ impl Config {
                 "missing: set cert_file, key_file and reload (one server), or [[listener.nodes]] (a cluster)",
             ));
         }
+        if !l.nodes.is_empty() && self.restarts.as_ref().is_some_and(|r| r.vault.is_some()) {
+            return Err(self.invalid(
+                "restarts.vault",
+                "a cluster restarts its nodes one at a time: set restart per node in [[listener.nodes]]",
+            ));
+        }
         for (i, n) in l.nodes.iter().enumerate() {
             let setting = format!("listener.nodes[{i}]");
+            if let Some(r) = &n.restart {
+                r.parse::<hooks::Reloader>()
+                    .map_err(|e| self.invalid(format!("{setting}.restart"), e.to_string()))?;
+            }
             if !name_ok(&n.name) || n.name == "listener" {
                 return Err(self.invalid(
                     format!("{setting}.name"),

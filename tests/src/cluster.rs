@@ -274,6 +274,70 @@ listener "tcp" {{
         Ok(())
     }
 
+    /// A command that restarts node `i` the way a unit restart with auto-unseal would
+    /// (`<dir>/bin/restart-vault-N`, for `restart = "cmd:..."`): the node is stopped,
+    /// started and unsealed by a thread of this process (so it stays tied to it), woken
+    /// by the request file the script creates and waits on. Each restart is logged to
+    /// `<dir>/restarts.log` as `<name> down <ms>` / `<name> up <ms>` (ms since the epoch).
+    pub fn restart_command(&'static self, i: usize) -> Result<PathBuf> {
+        let node = &self.nodes[i];
+        let req = self.dir.join(format!("{}/restart.request", node.name));
+        let script = self.dir.join(format!("bin/restart-{}", node.name));
+        std::fs::create_dir_all(self.dir.join("bin"))?;
+        if script.exists() {
+            return Ok(script);
+        }
+        write_file(
+            &script,
+            format!(
+                "#!/bin/sh\n# Restart {name} (auto-unsealed).\nreq='{req}'\n: > \"$req\"\ni=0\nwhile [ -e \"$req\" ]; do\n  sleep 0.05; i=$((i + 1))\n  [ $i -gt 1200 ] && {{ echo '{name} did not restart' >&2; exit 1; }}\ndone\nexit 0\n",
+                name = node.name,
+                req = req.display()
+            )
+            .as_bytes(),
+            0o755,
+        )?;
+        let log = self.dir.join("restarts.log");
+        std::thread::Builder::new()
+            .name(format!("restarts-{}", node.name))
+            .spawn(move || {
+                let rt = tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                    .expect("runtime");
+                let ms = || {
+                    std::time::SystemTime::now()
+                        .duration_since(std::time::UNIX_EPOCH)
+                        .unwrap_or_default()
+                        .as_millis()
+                };
+                let note = |what: &str| {
+                    use std::io::Write as _;
+                    if let Ok(mut f) = std::fs::OpenOptions::new()
+                        .create(true)
+                        .append(true)
+                        .open(&log)
+                    {
+                        let _ = writeln!(f, "{} {what} {}", self.nodes[i].name, ms());
+                    }
+                };
+                loop {
+                    if req.exists() {
+                        note("down");
+                        self.kill(i);
+                        let back = self.spawn(i).and_then(|()| rt.block_on(self.unseal(i)));
+                        if let Err(e) = back {
+                            eprintln!("restart of {} failed: {e:#}", self.nodes[i].name);
+                        }
+                        note("up");
+                        let _ = std::fs::remove_file(&req);
+                    }
+                    std::thread::sleep(Duration::from_millis(50));
+                }
+            })?;
+        Ok(script)
+    }
+
     /// SIGKILL node `i` (it comes back sealed when started again).
     pub fn kill(&self, i: usize) {
         if let Some(mut child) = self.nodes[i]

@@ -582,3 +582,80 @@ async fn killing_the_active_node_during_step_4_ends_committed_or_in_a_resume_tha
     }
     assert!(mid_run >= 2, "only {mid_run} kills landed inside step 4");
 }
+
+/// Step 6 on a cluster: after step 2, each node is restarted by its own `restart`, one
+/// at a time, each back, unsealed and rejoined (raft healthy) before the next: the
+/// restarts never overlap, and the cluster is healthy after.
+#[tokio::test]
+async fn step_6_restarts_the_nodes_one_at_a_time() {
+    let c = cluster();
+    let _turn = cluster_turn().await;
+    let dir = tempdir("cluster-restarts");
+    let cfg = cluster_config(c, &dir);
+    let mut text = std::fs::read_to_string(&cfg).unwrap();
+    for (i, n) in c.nodes.iter().enumerate() {
+        let script = c.restart_command(i).unwrap();
+        let reload = format!("reload = \"signal:{}:HUP\"\n", n.pid_file.display());
+        text = text.replacen(
+            &reload,
+            &format!("{reload}restart = \"cmd:{}\"\n", script.display()),
+            1,
+        );
+    }
+    text.push_str("\n[restarts]\nvault_when = \"always\"\n");
+    std::fs::write(&cfg, &text).unwrap();
+    let log = c.dir.join("restarts.log");
+    let _ = std::fs::remove_file(&log);
+
+    let (exit, report) = rotate(&cfg, &["run", "--step", "listener", "--step", "restarts"]).await;
+    assert_eq!(exit, Exit::Ok, "{report:#}");
+    let restarts = report["steps"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["step"] == "restarts")
+        .unwrap();
+    let names: Vec<(&str, &str)> = restarts["targets"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| (t["app"].as_str().unwrap(), t["outcome"].as_str().unwrap()))
+        .collect();
+    assert_eq!(
+        &names[1..],
+        [
+            ("vault-1", "committed"),
+            ("vault-2", "committed"),
+            ("vault-3", "committed")
+        ],
+        "{report:#}"
+    );
+    // Each node down and up again before the next goes down.
+    let events: Vec<(String, String, u128)> = std::fs::read_to_string(&log)
+        .unwrap()
+        .lines()
+        .map(|l| {
+            let f: Vec<&str> = l.split(' ').collect();
+            (f[0].to_owned(), f[1].to_owned(), f[2].parse().unwrap())
+        })
+        .collect();
+    let order: Vec<String> = events.iter().map(|(n, w, _)| format!("{n} {w}")).collect();
+    assert_eq!(
+        order,
+        [
+            "vault-1 down",
+            "vault-1 up",
+            "vault-2 down",
+            "vault-2 up",
+            "vault-3 down",
+            "vault-3 up"
+        ],
+        "{events:?}"
+    );
+    let (exit, report) = rotate(&cfg, &["health"]).await;
+    assert_eq!(exit, Exit::Ok, "{report:#}");
+    assert_eq!(
+        report["proof"]["cluster"]["failure_tolerance"], 1,
+        "{report:#}"
+    );
+}

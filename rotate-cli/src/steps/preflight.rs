@@ -294,6 +294,8 @@ fn programs(ctx: &Ctx<'_>, mut programs: Vec<(String, String)>, r: &mut Prefligh
 /// Whether the reloader at `setting` is used by the steps `request` runs.
 fn step_runs(request: &RunRequest, setting: &str) -> bool {
     let step = match setting.split('.').next() {
+        // A cluster node's restart is step 6's.
+        Some("listener") if setting.ends_with(".restart") => StepId::Restarts,
         Some("listener") => StepId::Listener,
         Some("proxy") => StepId::Proxy,
         _ => StepId::Restarts,

@@ -22,9 +22,10 @@ use async_trait::async_trait;
 use serde::{Deserialize, Serialize};
 
 use crate::change::{Change, ChangeKind};
-use crate::config::{AppConfig, Config, RestartsSection, VaultWhen};
+use crate::config::{AppConfig, Config, ListenerNode, RestartsSection, VaultWhen};
+use crate::deps::NodeGate;
 use crate::engine::context::Deps;
-use crate::engine::{Singleton, Step, TargetPlan, Tx};
+use crate::engine::{Step, Target, TargetPlan, Tx};
 use crate::error::StepError;
 use crate::host::{admin_files, owner_of};
 use crate::served::{ClientCaDrift, HealthProof, client_ca_drift, look};
@@ -38,6 +39,26 @@ pub struct RestartsStep<'a> {
     cfg: &'a Config,
     r: &'a RestartsSection,
     deps: Deps<'a>,
+    targets: Vec<RestartTarget>,
+}
+
+/// What step 6 restarts: the proxy stack (and a single Vault server), then each node of
+/// a cluster, one at a time.
+#[derive(Debug, Clone)]
+pub enum RestartTarget {
+    /// `[restarts] proxy`, and `[restarts] vault` for a single server.
+    Stack,
+    /// One node of a cluster, by its own `restart`.
+    Node(Box<ListenerNode>),
+}
+
+impl Target for RestartTarget {
+    fn name(&self) -> &str {
+        match self {
+            RestartTarget::Stack => "restarts",
+            RestartTarget::Node(n) => &n.name,
+        }
+    }
 }
 
 /// What step 6 will restart.
@@ -61,8 +82,12 @@ pub struct RestartsApplied {
 /// What a passed step 6 proved.
 #[derive(Debug, Clone, Serialize)]
 pub struct RestartsProof {
-    /// Vault is back and healthy.
-    pub health: HealthProof,
+    /// Vault is back and healthy (the stack; a node: the cluster through it).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub health: Option<HealthProof>,
+    /// A restarted node: what it serves, unsealed, and raft healthy again.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub node: Option<String>,
     /// The listener accepts exactly the issuers of `[listener] client_ca_file`.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub client_cas: Option<ClientCaDrift>,
@@ -71,10 +96,20 @@ pub struct RestartsProof {
 impl<'a> RestartsStep<'a> {
     /// Step 6, when `[restarts]` is configured.
     pub fn new(cfg: &'a Config, deps: Deps<'a>) -> Option<Self> {
+        let mut targets = vec![RestartTarget::Stack];
+        if cfg.is_cluster() {
+            targets.extend(
+                cfg.listener
+                    .iter()
+                    .flat_map(|l| l.servers())
+                    .map(|n| RestartTarget::Node(Box::new(n))),
+            );
+        }
         Some(RestartsStep {
             cfg,
             r: cfg.restarts.as_ref()?,
             deps,
+            targets,
         })
     }
 
@@ -83,23 +118,24 @@ impl<'a> RestartsStep<'a> {
     }
 
     /// How the running listener's client CAs differ from `[listener] client_ca_file`
-    /// (`None` when that is not set), seen through the admin identity.
-    async fn client_ca_drift(&self) -> Result<Option<ClientCaDrift>, StepError> {
+    /// (`None` when that is not set), seen through the admin identity at `addr` (a
+    /// node's own; `None`: `[vault] addr`).
+    async fn client_ca_drift(
+        &self,
+        addr: Option<&str>,
+    ) -> Result<Option<ClientCaDrift>, StepError> {
         let Some(file) = self.client_ca_file() else {
             return Ok(None);
         };
         let (cert, key, ca) = admin_files(self.cfg, "step 6 reads the listener's client CAs")?;
-        let served = look(
-            self.deps.vault.gate,
-            Some((cert, key)),
-            ca,
-            Duration::from_secs(5),
-        )
-        .await
-        .map_err(|reason| StepError::Invalid {
-            what: "the listener's client CAs".into(),
-            reason,
-        })?;
+        let gate = NodeGate::new(self.deps.vault.gate, addr)
+            .map_err(|e| StepError::vault("reach the node", e))?;
+        let served = look(gate.get(), Some((cert, key)), ca, Duration::from_secs(5))
+            .await
+            .map_err(|reason| StepError::Invalid {
+                what: "the listener's client CAs".into(),
+                reason,
+            })?;
         client_ca_drift(&served, self.cfg, file)
             .map(Some)
             .map_err(|reason| StepError::Invalid {
@@ -164,27 +200,9 @@ impl<'a> RestartsStep<'a> {
     }
 }
 
-#[async_trait]
-impl Step for RestartsStep<'_> {
-    type Target = Singleton;
-    type Plan = RestartsPlan;
-    type Applied = RestartsApplied;
-    type Proof = RestartsProof;
-
-    fn id(&self) -> StepId {
-        StepId::Restarts
-    }
-
-    fn targets<'t>(&'t self, _apps: &[&'t AppConfig]) -> Vec<&'t Singleton> {
-        static TARGET: Singleton = Singleton("restarts");
-        vec![&TARGET]
-    }
-
-    fn global(&self) -> bool {
-        true
-    }
-
-    async fn plan(&self, _t: &Singleton) -> Result<TargetPlan<RestartsPlan>, StepError> {
+impl RestartsStep<'_> {
+    /// The proxy stack, and a single server's Vault when it must load its client CAs.
+    async fn plan_stack(&self) -> Result<TargetPlan<RestartsPlan>, StepError> {
         let mut restarts = self.r.proxy.clone();
         let mut changes: Vec<Change> = restarts
             .iter()
@@ -193,7 +211,7 @@ impl Step for RestartsStep<'_> {
         // What the listener has loaded. Only a restart that would happen needs it for
         // sure; otherwise (vault_when = "never", no [restarts] vault) it is reported.
         let decides = self.r.vault.is_some() && self.r.vault_when == VaultWhen::WhenNeeded;
-        let drift = match self.client_ca_drift().await {
+        let drift = match self.client_ca_drift(None).await {
             Ok(d) => d,
             Err(e) if decides => return Err(e),
             Err(e) => {
@@ -244,30 +262,8 @@ impl Step for RestartsStep<'_> {
         })
     }
 
-    async fn apply(
-        &self,
-        _t: &Singleton,
-        plan: TargetPlan<RestartsPlan>,
-        tx: &Tx<'_>,
-    ) -> Result<RestartsApplied, StepError> {
-        let timeout = self.cfg.duration(&self.cfg.leaf.command_timeout);
-        let mut restarted = Vec::new();
-        for spec in &plan.data.restarts {
-            let r: hooks::Reloader = spec.parse()?;
-            // Journaled first, so a failure after it never reads "nothing written".
-            tx.record(UndoAction::Irreversible {
-                what: format!("restart ({spec})"),
-            })?;
-            let report = hooks::reload(self.deps.runner, &r, timeout).await?;
-            restarted.push(format!("{spec}: {report:?}"));
-        }
-        Ok(RestartsApplied {
-            restarted,
-            vault: plan.data.vault_because.is_some(),
-        })
-    }
-
-    async fn gate(&self, _t: &Singleton, a: &RestartsApplied) -> Result<RestartsProof, StepError> {
+    /// Vault back and healthy; a restarted single server has loaded its client CAs.
+    async fn gate_stack(&self, a: &RestartsApplied) -> Result<RestartsProof, StepError> {
         let health = HealthStep::new(self.cfg, self.deps).check().await?;
         let client_cas = match self.client_ca_file() {
             Some(file) if a.vault => {
@@ -291,7 +287,215 @@ impl Step for RestartsStep<'_> {
             }
             _ => None,
         };
-        Ok(RestartsProof { health, client_cas })
+        Ok(RestartsProof {
+            health: Some(health),
+            node: None,
+            client_cas,
+        })
+    }
+
+    /// One node: restarted when its listener has not loaded the client CA file (or
+    /// always), by its own `restart`.
+    async fn plan_node(&self, node: &ListenerNode) -> Result<TargetPlan<RestartsPlan>, StepError> {
+        let decides = self.r.vault_when == VaultWhen::WhenNeeded;
+        let drift = match self.client_ca_drift(node.addr.as_deref()).await {
+            Ok(d) => d,
+            Err(e) if decides && node.restart.is_some() => return Err(e),
+            Err(_) => None,
+        };
+        let stale = drift.as_ref().filter(|d| !d.is_empty());
+        let because = match (self.r.vault_when, stale) {
+            (VaultWhen::Always, _) => Some("vault_when = \"always\"".to_owned()),
+            (VaultWhen::WhenNeeded, Some(d)) => Some(d.to_string()),
+            _ => None,
+        };
+        let mut changes = Vec::new();
+        let mut restarts = Vec::new();
+        match (&node.restart, &because) {
+            (Some(spec), Some(why)) => {
+                if let Some(file) = self.client_ca_file() {
+                    self.guard(file)?;
+                }
+                restarts.push(spec.clone());
+                changes.push(
+                    Change::new(ChangeKind::Update, format!("restart {} ({spec})", node.name))
+                        .note(format!("{why}; back, unsealed and rejoined before the next node")),
+                );
+            }
+            (None, Some(why)) => changes.push(
+                Change::new(ChangeKind::Kept, format!("restart of {}", node.name))
+                    .needs_attention()
+                    .note(format!(
+                        "{why}; its restart is not set ([[listener.nodes]] restart): restart it yourself, one node at a time, then `rotate verify`"
+                    )),
+            ),
+            (_, None) => changes.push(Change::new(
+                ChangeKind::Unchanged,
+                format!("restart of {}", node.name),
+            )),
+        }
+        Ok(TargetPlan {
+            changes,
+            data: RestartsPlan {
+                vault_because: because.filter(|_| node.restart.is_some()),
+                restarts,
+            },
+        })
+    }
+
+    /// A restarted node is back at its own address, unsealed (else kept for `--resume`:
+    /// this tool never holds unseal keys), raft healthy with it, and has loaded its
+    /// client CAs; waits up to `[health] window`.
+    async fn gate_node(
+        &self,
+        node: &ListenerNode,
+        a: &RestartsApplied,
+    ) -> Result<RestartsProof, StepError> {
+        if !a.vault {
+            return Ok(RestartsProof {
+                health: None,
+                node: None,
+                client_cas: None,
+            });
+        }
+        let (cert, key, ca) = admin_files(self.cfg, "step 6 proves the restarted node")?;
+        let gate = NodeGate::new(self.deps.vault.gate, node.addr.as_deref())
+            .map_err(|e| StepError::vault("reach the node", e))?;
+        let until = tokio::time::Instant::now() + self.cfg.duration(&self.cfg.health.window);
+        let mut pause = crate::pause::Pause::new();
+        let served = loop {
+            let seen = look(gate.get(), Some((cert, key)), ca, Duration::from_secs(5)).await;
+            match seen {
+                Ok(s) if !s.sealed && s.seal_status == Some(200) => break s,
+                Ok(s) if s.sealed && tokio::time::Instant::now() >= until => {
+                    return Err(StepError::Sealed {
+                        reason: format!(
+                            "{} came back sealed after its restart: unseal it, then `rotate run --resume` (the next node is restarted only after)",
+                            node.name
+                        ),
+                    });
+                }
+                other if tokio::time::Instant::now() >= until => {
+                    return Err(StepError::VaultGone {
+                        reason: format!(
+                            "{} is not back after its restart within {} ({}): once it is, `rotate run --resume`",
+                            node.name,
+                            self.cfg.health.window,
+                            other.err().unwrap_or_else(|| "not answering".into())
+                        ),
+                    });
+                }
+                _ => tokio::time::sleep(pause.next()).await,
+            }
+        };
+        // Rejoined: raft healthy again, as autopilot sees it.
+        loop {
+            match self.deps.vault.sys.raft_autopilot_state().await {
+                Ok(Some(s)) if s.healthy => break,
+                Ok(None) => break,
+                _ if tokio::time::Instant::now() >= until => {
+                    return Err(StepError::Gate {
+                        step: "restarts",
+                        app: node.name.clone(),
+                        reason: format!(
+                            "{} is back, but raft is not healthy within {}: check `bao operator raft autopilot state`",
+                            node.name, self.cfg.health.window
+                        ),
+                    });
+                }
+                _ => tokio::time::sleep(pause.next()).await,
+            }
+        }
+        let client_cas = match self.client_ca_file() {
+            Some(file) => {
+                let d =
+                    client_ca_drift(&served, self.cfg, file).map_err(|reason| StepError::Gate {
+                        step: "restarts",
+                        app: node.name.clone(),
+                        reason,
+                    })?;
+                if !d.is_empty() {
+                    return Err(StepError::Gate {
+                        step: "restarts",
+                        app: node.name.clone(),
+                        reason: format!("after the restart {d}: did the restart reach this node?"),
+                    });
+                }
+                Some(d)
+            }
+            None => None,
+        };
+        Ok(RestartsProof {
+            health: None,
+            node: Some(format!(
+                "{} serves {}, unsealed, raft healthy",
+                node.name, served.serial_hex
+            )),
+            client_cas,
+        })
+    }
+}
+
+#[async_trait]
+impl Step for RestartsStep<'_> {
+    type Target = RestartTarget;
+    type Plan = RestartsPlan;
+    type Applied = RestartsApplied;
+    type Proof = RestartsProof;
+
+    fn id(&self) -> StepId {
+        StepId::Restarts
+    }
+
+    /// The stack first, then each node of a cluster, one at a time (the step is global:
+    /// the first failure stops the rest).
+    fn targets<'t>(&'t self, _apps: &[&'t AppConfig]) -> Vec<&'t RestartTarget> {
+        self.targets.iter().collect()
+    }
+
+    fn global(&self) -> bool {
+        true
+    }
+
+    async fn plan(&self, t: &RestartTarget) -> Result<TargetPlan<RestartsPlan>, StepError> {
+        match t {
+            RestartTarget::Stack => self.plan_stack().await,
+            RestartTarget::Node(n) => self.plan_node(n).await,
+        }
+    }
+
+    async fn apply(
+        &self,
+        _t: &RestartTarget,
+        plan: TargetPlan<RestartsPlan>,
+        tx: &Tx<'_>,
+    ) -> Result<RestartsApplied, StepError> {
+        let timeout = self.cfg.duration(&self.cfg.leaf.command_timeout);
+        let mut restarted = Vec::new();
+        for spec in &plan.data.restarts {
+            let r: hooks::Reloader = spec.parse()?;
+            // Journaled first, so a failure after it never reads "nothing written".
+            tx.record(UndoAction::Irreversible {
+                what: format!("restart ({spec})"),
+            })?;
+            let report = hooks::reload(self.deps.runner, &r, timeout).await?;
+            restarted.push(format!("{spec}: {report:?}"));
+        }
+        Ok(RestartsApplied {
+            restarted,
+            vault: plan.data.vault_because.is_some(),
+        })
+    }
+
+    async fn gate(
+        &self,
+        t: &RestartTarget,
+        a: &RestartsApplied,
+    ) -> Result<RestartsProof, StepError> {
+        match t {
+            RestartTarget::Stack => self.gate_stack(a).await,
+            RestartTarget::Node(n) => self.gate_node(n, a).await,
+        }
     }
 }
 
