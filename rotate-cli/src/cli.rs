@@ -333,13 +333,22 @@ async fn status(cli: &Cli, config: Option<Config>, out: &mut dyn Write) -> Resul
         None => vault_client::ClientConfig::from_env()?,
     };
     let vault = VaultClient::new(&client_cfg)?;
-    let report = crate::status::status(
+    let mut report = crate::status::status(
         &vault,
         client_cfg.addr.as_str(),
         client_cfg.tls_server_name.as_deref(),
         vault.has_token(),
     )
     .await?;
+    if let Some(c) = config.as_ref().filter(|c| c.is_cluster()) {
+        let nodes: Vec<(String, String)> = c
+            .listener
+            .iter()
+            .flat_map(|l| l.servers())
+            .filter_map(|n| Some((n.name, n.addr?)))
+            .collect();
+        report.nodes = crate::status::node_states(&client_cfg, &nodes).await;
+    }
     emit(cli.output, out, &report)?;
     Ok(match report.state {
         HealthState::Sealed | HealthState::NotInitialized => Exit::Sealed,

@@ -102,7 +102,7 @@ pub use state::journal::{
 };
 pub use state::lock::{LockError, StateLock};
 pub use state::undo::UndoAction;
-pub use status::{Identity, StatusReport, status};
+pub use status::{Identity, NodeStatus, StatusReport, status};
 pub use steps::admin::{AdminApplied, AdminPlan, AdminProof, AdminStep};
 pub use steps::agents::{AgentApplied, AgentProof, AgentsStep};
 pub use steps::health::{HealthApplied, HealthReport, HealthStep};

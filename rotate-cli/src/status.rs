@@ -26,6 +26,51 @@ pub struct StatusReport {
     pub cluster_name: Option<String>,
     /// The identity of our token, when one is configured and valid.
     pub identity: Option<Identity>,
+    /// Each node of a cluster (`[[listener.nodes]]`), asked at its own address.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub nodes: Vec<NodeStatus>,
+}
+
+/// One node of a cluster as `sys/health` at its own address answers.
+#[derive(Debug, Clone, Serialize)]
+pub struct NodeStatus {
+    /// Its name.
+    pub name: String,
+    /// Its address.
+    pub addr: String,
+    /// `active`, `standby`, `sealed`, ..., or why it did not answer.
+    pub state: String,
+}
+
+/// Each of `nodes` (name, address) asked `sys/health` at its own address with `base`'s
+/// identity and TLS settings.
+pub(crate) async fn node_states(
+    base: &vault_client::ClientConfig,
+    nodes: &[(String, String)],
+) -> Vec<NodeStatus> {
+    let mut out = Vec::new();
+    for (name, addr) in nodes {
+        let state = match vault_client::ClientConfig::new(addr) {
+            Ok(fresh) => {
+                let mut cfg = base.clone().retry(vault_client::RetryPolicy::none());
+                cfg.addr = fresh.addr;
+                match vault_client::VaultClient::new(&cfg) {
+                    Ok(c) => match c.health().await {
+                        Ok(h) => format!("{:?}", h.state).to_lowercase(),
+                        Err(e) => format!("DOWN: {e}"),
+                    },
+                    Err(e) => format!("DOWN: {e}"),
+                }
+            }
+            Err(e) => format!("bad address: {e}"),
+        };
+        out.push(NodeStatus {
+            name: name.clone(),
+            addr: addr.clone(),
+            state,
+        });
+    }
+    out
 }
 
 /// The token's identity (never the token).
@@ -69,6 +114,7 @@ pub async fn status<V: SysApi + TokenApi>(
         storage_type: seal.storage_type,
         cluster_name: seal.cluster_name,
         identity,
+        nodes: Vec::new(),
     })
 }
 
@@ -104,6 +150,9 @@ impl std::fmt::Display for StatusReport {
                         format!("{}s", id.ttl)
                     }
                 )?;
+            }
+            for n in &self.nodes {
+                writeln!(f, "Node         {} {} {}", n.name, n.addr, n.state)?;
             }
             Ok(())
         })

@@ -278,6 +278,20 @@ async fn health_sees_every_node_and_fails_when_a_lost_node_leaves_no_tolerance()
 
     // Never the node [vault] addr names: the admin's own healthcheck goes there.
     c.kill(2);
+    let (exit, status) = rotate(&cfg, &["status"]).await;
+    assert_eq!(exit, Exit::Ok, "{status:#}");
+    let states: Vec<(&str, &str)> = status["nodes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|n| (n["name"].as_str().unwrap(), n["state"].as_str().unwrap()))
+        .collect();
+    assert_eq!(states.len(), 3, "{status:#}");
+    assert!(states[2].1.starts_with("DOWN"), "{status:#}");
+    assert!(
+        states[..2].iter().any(|(_, s)| *s == "active"),
+        "{status:#}"
+    );
     let (exit, report) = rotate(&cfg, &["health"]).await;
     c.spawn(2).unwrap();
     c.unseal(2).await.unwrap();
@@ -574,6 +588,18 @@ async fn killing_the_active_node_during_step_4_ends_committed_or_in_a_resume_tha
                 String::from_utf8_lossy(&out.stderr)
             );
         }
+    }
+    // The whole order on the cluster (steps 2, 3, 4 and 7): every node's listener changes.
+    let before: Vec<String> = (0..c.nodes.len()).map(|i| served_serial(c, i)).collect();
+    let (exit, report) = rotate(&cfg, &["run"]).await;
+    assert_eq!(exit, Exit::Ok, "{report:#}");
+    for (i, n) in c.nodes.iter().enumerate() {
+        assert_ne!(
+            served_serial(c, i),
+            before[i],
+            "{} after the whole order",
+            n.name
+        );
     }
     for app in apps {
         let _ = Command::new(dir.join("bin/systemctl"))
