@@ -4,7 +4,7 @@
 use std::io::Write;
 use std::path::PathBuf;
 
-use clap::{Parser, Subcommand, ValueEnum};
+use clap::{CommandFactory as _, Parser, Subcommand, ValueEnum};
 use vault_client::{HealthState, VaultClient};
 
 use crate::config::{Config, ConfigError};
@@ -29,6 +29,17 @@ pub struct Cli {
     /// Output format. JSON never contains key material or tokens.
     #[arg(long, short = 'o', global = true, value_enum, default_value_t = Output::Human)]
     pub output: Output,
+
+    /// Print only what changed and what failed (nothing at all for a run that found
+    /// nothing to do) and no progress on stderr; the exit code tells the rest. For
+    /// scheduled runs. JSON output is unchanged.
+    #[arg(long, short = 'q', global = true)]
+    pub quiet: bool,
+
+    /// Colour in clap's help and usage errors: `auto` only on a terminal, and never
+    /// with `NO_COLOR` set or `TERM=dumb`. Reports and progress are never coloured.
+    #[arg(long, global = true, value_enum, default_value_t = clap::ColorChoice::Auto)]
+    pub color: clap::ColorChoice,
 
     /// What to do.
     #[command(subcommand)]
@@ -66,13 +77,32 @@ pub struct Selection {
 /// Subcommands.
 #[derive(Debug, Subcommand)]
 pub enum Command {
-    /// Show Vault's health, seal status, version and our identity, over mTLS.
+    /// Show Vault's state, version and our identity.
+    ///
+    /// Health, seal status, version, the token's identity and policies (never the token),
+    /// and on a cluster every node's state at its own address; over mTLS with the SNI name.
+    /// Without `--config`, the VAULT_*/BAO_* environment and `~/.vault-token` alone.
+    #[command(
+        after_long_help = "Examples:\n  rotate -c /etc/rotate/prod.toml status\n  VAULT_ADDR=https://vault:8200 rotate status -o json\n"
+    )]
     Status,
-    /// Show what a run would change (typed changes with field diffs); writes nothing, takes
-    /// no lock. Exits 10 when something would change.
+    /// Show what a run would change; writes nothing.
+    ///
+    /// Typed changes with field diffs per step and target, after the same preflight as a
+    /// run. Writes nothing, takes no lock. Exits 0 when nothing would change, 10 when
+    /// something would.
+    #[command(
+        after_long_help = "Examples:\n  rotate -c prod.toml plan\n  rotate -c prod.toml plan --step agents --app billing -o json\n"
+    )]
     Plan(Selection),
-    /// Run the steps: preflight, then per step and app write (journaled, undo recorded
-    /// first), gate, commit or undo.
+    /// Rotate: run the steps in order, proving each.
+    ///
+    /// Preflight, then per step and target: write (journaled, its undo recorded first),
+    /// prove it as a real client sees it, commit or undo. An interrupted run is finished
+    /// with `--resume` or unwound with `rollback`; the error names which.
+    #[command(
+        after_long_help = "Examples:\n  rotate -c prod.toml run\n  rotate -c prod.toml run --step agents --step leaf --app billing\n  rotate -c prod.toml --quiet run --if-due        # from a timer\n  rotate -c prod.toml run --resume\n"
+    )]
     Run {
         /// What to rotate.
         #[command(flatten)]
@@ -82,24 +112,46 @@ pub enum Command {
         #[arg(long, conflicts_with_all = ["step", "apps"])]
         resume: bool,
     },
-    /// Check everything rotate manages, changing nothing: per app the write-up's checklist
-    /// (fullchain exists, CN, issuer, sane expiry, key matches, agent unit active, cert
-    /// login with the agent's files gives exactly the expected policies), the agent pair,
-    /// mapping and role drift; the admin identity, the served listener certificate; an
-    /// expiry inventory. Exits 11 naming each failed item.
+    /// Check everything rotate manages; changes nothing.
+    ///
+    /// Per app the write-up's checklist (fullchain exists, CN, issuer, sane expiry, key
+    /// matches, agent unit active, cert login with the agent's files gives exactly the
+    /// expected policies), the agent pair, mapping and role drift; the admin identity, the
+    /// served listener certificate; an expiry inventory. Exits 11 naming each failed item.
+    #[command(
+        after_long_help = "Examples:\n  rotate -c prod.toml verify\n  rotate -c prod.toml verify --app billing -o json\n"
+    )]
     Verify {
         /// Only these apps (repeatable); default: every configured app.
         #[arg(long = "app", value_name = "NAME")]
         apps: Vec<String>,
     },
-    /// The final healthcheck alone (step 7): consecutive `sys/seal-status` answers over new
-    /// mTLS connections with the SNI name, retried through a restart window; on failure,
-    /// why (refused, reset / errno 104, client cert rejected, untrusted chain, name
-    /// mismatch, sealed, standby) and what to do. Writes nothing.
+    /// The final healthcheck alone (step 7); writes nothing.
+    ///
+    /// Consecutive `sys/seal-status` answers over new mTLS connections with the SNI name,
+    /// retried through a restart window; on failure, why (refused, reset / errno 104,
+    /// client cert rejected, untrusted chain, name mismatch, sealed, standby) and what to
+    /// do.
+    #[command(after_long_help = "Example:\n  rotate -c prod.toml health\n")]
     Health,
-    /// Unwind the last run: every target it committed (or left unfinished), the latest
-    /// step first; certificates it issued are revoked.
+    /// Unwind the last run.
+    ///
+    /// Every target it committed (or left unfinished), the latest step first;
+    /// certificates it issued are revoked.
+    #[command(after_long_help = "Example:\n  rotate -c prod.toml rollback\n")]
     Rollback,
+    /// Print shell completions.
+    #[command(
+        after_long_help = "Example:\n  rotate completions bash > /etc/bash_completion.d/rotate\n"
+    )]
+    Completions {
+        /// The shell.
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
+    /// Print the man page (roff).
+    #[command(after_long_help = "Example:\n  rotate man > /usr/local/share/man/man1/rotate.1\n")]
+    Man,
 }
 
 /// The seed's KV switches for step leaf (also settable in `[leaf]`).
@@ -230,6 +282,24 @@ impl<E: Into<anyhow::Error>> From<E> for Failure {
 }
 
 async fn dispatch(cli: &Cli, out: &mut dyn Write, cancel: &Cancel) -> Result<Exit, Failure> {
+    // Generated from the command line itself; no config needed.
+    let generated = match &cli.command {
+        Command::Completions { shell } => {
+            let mut text = Vec::new();
+            clap_complete::generate(*shell, &mut Cli::command(), "rotate", &mut text);
+            Some(text)
+        }
+        Command::Man => {
+            let mut text = Vec::new();
+            clap_mangen::Man::new(Cli::command()).render(&mut text)?;
+            Some(text)
+        }
+        _ => None,
+    };
+    if let Some(text) = generated {
+        quiet_on_closed_pipe(out.write_all(&text).and_then(|()| out.flush()))?;
+        return Ok(Exit::Ok);
+    }
     let config = cli.config.as_deref().map(Config::load).transpose()?;
     let (selection, mode) = match &cli.command {
         Command::Status => return status(cli, config, out).await,
@@ -242,6 +312,7 @@ async fn dispatch(cli: &Cli, out: &mut dyn Write, cancel: &Cancel) -> Result<Exi
         } => (Some(selection), Mode::Run),
         Command::Run { resume: true, .. } => (None, Mode::Resume),
         Command::Rollback => (None, Mode::Rollback),
+        Command::Completions { .. } | Command::Man => return Ok(Exit::Ok),
     };
     let config = config.ok_or(ConfigError::Missing)?;
     let empty = Vec::new();
@@ -298,6 +369,9 @@ async fn dispatch(cli: &Cli, out: &mut dyn Write, cancel: &Cancel) -> Result<Exi
         );
     }
     report.repaired = repaired;
+    if cli.quiet && cli.output == Output::Human && !report.retain_notable() {
+        return Ok(report.exit());
+    }
     emit(cli.output, out, &report)?;
     if cli.output == Output::Human && report.exit() != Exit::Ok && report.exit() != Exit::Changes {
         eprintln!("rotate: {}", crate::text::escape_controls(&report.summary));
@@ -330,7 +404,13 @@ async fn status(cli: &Cli, config: Option<Config>, out: &mut dyn Write) -> Resul
     }
     let client_cfg = match &config {
         Some(c) => c.client_config()?,
-        None => vault_client::ClientConfig::from_env()?,
+        None => {
+            let cfg = vault_client::ClientConfig::from_env()?;
+            match crate::config::home_token()? {
+                Some(t) if cfg.token.is_none() => cfg.token(&t)?,
+                _ => cfg,
+            }
+        }
     };
     let vault = VaultClient::new(&client_cfg)?;
     let mut report = crate::status::status(
@@ -349,11 +429,25 @@ async fn status(cli: &Cli, config: Option<Config>, out: &mut dyn Write) -> Resul
             .collect();
         report.nodes = crate::status::node_states(&client_cfg, &nodes).await;
     }
-    emit(cli.output, out, &report)?;
-    Ok(match report.state {
+    let exit = match report.state {
         HealthState::Sealed | HealthState::NotInitialized => Exit::Sealed,
         _ => Exit::Ok,
-    })
+    };
+    emit_unless_quiet(cli, out, &report, exit)?;
+    Ok(exit)
+}
+
+/// [`emit`], except that `--quiet` prints nothing for a command that found all well.
+fn emit_unless_quiet<T: serde::Serialize + std::fmt::Display>(
+    cli: &Cli,
+    out: &mut dyn Write,
+    report: &T,
+    exit: Exit,
+) -> std::io::Result<()> {
+    if cli.quiet && cli.output == Output::Human && exit == Exit::Ok {
+        return Ok(());
+    }
+    emit(cli.output, out, report)
 }
 
 async fn verify(
@@ -368,7 +462,7 @@ async fn verify(
     let conn = Connection::open(&config)?;
     let cancel = Cancel::new();
     let report = crate::verify::verify(&config, &apps, conn.deps(&cancel)).await;
-    emit(cli.output, out, &report)?;
+    emit_unless_quiet(cli, out, &report, report.exit())?;
     Ok(report.exit())
 }
 
@@ -378,11 +472,10 @@ async fn health(cli: &Cli, config: Option<Config>, out: &mut dyn Write) -> Resul
     let conn = Connection::open(&config)?;
     let cancel = Cancel::new();
     let started = std::time::Instant::now();
-    let result = crate::steps::health::HealthStep::new(&config, conn.deps(&cancel))
-        .check()
-        .await;
+    let step = crate::steps::health::HealthStep::new(&config, conn.deps(&cancel));
+    let result = crate::engine::with_heartbeat("health", step.check()).await;
     let report = crate::steps::health::HealthReport::new(&config, result, started.elapsed());
-    emit(cli.output, out, &report)?;
+    emit_unless_quiet(cli, out, &report, report.exit())?;
     Ok(report.exit())
 }
 
@@ -426,12 +519,22 @@ fn emit<T: serde::Serialize + std::fmt::Display>(
     out: &mut dyn Write,
     report: &T,
 ) -> std::io::Result<()> {
-    match output {
-        Output::Human => write!(out, "{report}"),
-        Output::Json => {
-            serde_json::to_writer_pretty(&mut *out, report)?;
-            writeln!(out)
-        }
+    let written = match output {
+        Output::Human => write!(out, "{report}").and_then(|()| out.flush()),
+        Output::Json => serde_json::to_writer_pretty(&mut *out, report)
+            .map_err(std::io::Error::from)
+            .and_then(|()| writeln!(out))
+            .and_then(|()| out.flush()),
+    };
+    quiet_on_closed_pipe(written)
+}
+
+/// A reader that stopped reading (`rotate plan | head -1`) is not a failure: the exit
+/// code still tells what happened.
+fn quiet_on_closed_pipe(written: std::io::Result<()>) -> std::io::Result<()> {
+    match written {
+        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => Ok(()),
+        other => other,
     }
 }
 

@@ -1787,7 +1787,12 @@ impl Config {
 
     /// The admin's Vault client configuration: the environment, overlaid with `[vault]`.
     pub fn client_config(&self) -> Result<ClientConfig, ConfigError> {
-        let cfg = self.vault.client_config()?;
+        let mut cfg = self.vault.client_config()?;
+        if cfg.token.is_none()
+            && let Some(token) = home_token()?
+        {
+            cfg = cfg.token(&token)?;
+        }
         Ok(match self.retry_window() {
             Some(w) => cfg.retry(vault_client::RetryPolicy::window(w)),
             None => cfg,
@@ -1816,6 +1821,50 @@ impl Config {
             None => None,
         }
     }
+}
+
+/// The token `bao login` leaves in `~/.vault-token` (as `bao` itself falls back to it),
+/// when no other is set: only a regular file of the caller's own that nobody else may
+/// write (else an error naming it: root must not use a token someone else planted).
+pub(crate) fn home_token() -> Result<Option<zeroize::Zeroizing<String>>, ConfigError> {
+    match std::env::var_os("HOME").filter(|h| !h.is_empty()) {
+        Some(home) => token_file_of_caller(&Path::new(&home).join(".vault-token")),
+        None => Ok(None),
+    }
+}
+
+/// The token in `path` if it exists and is the caller's own regular file, not writable by
+/// group or others; `None` if absent or empty.
+fn token_file_of_caller(path: &Path) -> Result<Option<zeroize::Zeroizing<String>>, ConfigError> {
+    use std::os::unix::fs::MetadataExt as _;
+    let meta = match std::fs::symlink_metadata(path) {
+        Ok(m) => m,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(source) => return Err(token_read_error(path, source)),
+    };
+    let refuse = |reason: &str| {
+        ConfigError::from(vault_client::Error::Config {
+            setting: path.display().to_string(),
+            reason: format!("{reason}: refusing the token in it (set [vault] token_file)"),
+        })
+    };
+    if !meta.is_file() {
+        return Err(refuse("not a regular file"));
+    }
+    if meta.uid() != nix::unistd::geteuid().as_raw() || meta.mode() & 0o022 != 0 {
+        return Err(refuse("owned by another user or writable by others"));
+    }
+    let text = std::fs::read_to_string(path).map_err(|e| token_read_error(path, e))?;
+    let token = zeroize::Zeroizing::new(text.trim().to_owned());
+    Ok((!token.is_empty()).then_some(token))
+}
+
+fn token_read_error(path: &Path, source: std::io::Error) -> ConfigError {
+    ConfigError::from(vault_client::Error::ReadFile {
+        what: "token file (~/.vault-token)".into(),
+        path: path.to_path_buf(),
+        source,
+    })
 }
 
 /// Whether `s` is a plain name: not empty, only ASCII letters, digits, '-' or '_'.
@@ -1923,6 +1972,39 @@ mod tests {
     const PROD: &str = include_str!("../examples/prod.toml");
 
     const CLUSTER: &str = include_str!("../examples/cluster.toml");
+
+    #[test]
+    fn home_token_is_read_only_from_the_callers_own_unshared_regular_file() {
+        use std::os::unix::fs::PermissionsExt as _;
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join(".vault-token");
+        assert!(
+            token_file_of_caller(&path).unwrap().is_none(),
+            "absent: none"
+        );
+        std::fs::write(&path, "s.abc\n").unwrap();
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).unwrap();
+        assert_eq!(
+            token_file_of_caller(&path).unwrap().unwrap().as_str(),
+            "s.abc"
+        );
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o620)).unwrap();
+        let e = token_file_of_caller(&path).unwrap_err().to_string();
+        assert!(
+            e.contains(".vault-token") && e.contains("writable by others"),
+            "{e}"
+        );
+        std::fs::remove_file(&path).unwrap();
+        std::os::unix::fs::symlink("/etc/hostname", &path).unwrap();
+        let e = token_file_of_caller(&path).unwrap_err().to_string();
+        assert!(e.contains("not a regular file"), "{e}");
+        std::fs::remove_file(&path).unwrap();
+        std::fs::write(&path, " \n").unwrap();
+        assert!(
+            token_file_of_caller(&path).unwrap().is_none(),
+            "empty: none"
+        );
+    }
 
     /// The 3-node example: three servers, each at its own address with its own files and
     /// reloader; agents and the admin at the balancer; a failover window.

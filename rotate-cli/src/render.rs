@@ -65,6 +65,32 @@ impl fmt::Display for RunReport {
     }
 }
 
+impl RunReport {
+    /// `--quiet`: keeps only what changed or failed (targets neither unchanged nor
+    /// skipped, a failed preflight); whether anything is left worth printing (always when
+    /// the run did not end well).
+    pub fn retain_notable(&mut self) -> bool {
+        let notable = |t: &TargetReport| {
+            t.error.is_some() || !matches!(t.outcome, Outcome::Unchanged | Outcome::Skipped)
+        };
+        for s in self.steps.iter_mut().chain(self.recovered.iter_mut()) {
+            s.targets.retain(notable);
+        }
+        self.steps.retain(|s| !s.targets.is_empty());
+        self.recovered.retain(|s| !s.targets.is_empty());
+        if self.preflight.as_ref().is_some_and(|p| p.ready()) {
+            self.preflight = None;
+        }
+        self.exit() != crate::exit::Exit::Ok
+            || !self.steps.is_empty()
+            || !self.recovered.is_empty()
+            || !self.rolled_back.is_empty()
+            || !self.repaired.is_empty()
+            || !self.attention.is_empty()
+            || !self.security_fixes.is_empty()
+    }
+}
+
 impl fmt::Display for StepReport {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         writeln!(f, "{} — {} ms", self.step, self.millis)?;

@@ -138,6 +138,17 @@ impl std::fmt::Display for StatusReport {
             if let Some(c) = &self.cluster_name {
                 writeln!(f, "Cluster      {c}")?;
             }
+            if self.identity.is_none() {
+                writeln!(
+                    f,
+                    "Identity     {}",
+                    if self.sealed {
+                        "not checked: Vault is sealed"
+                    } else {
+                        "none: no token (set [vault] token_file or VAULT_TOKEN, or `bao login`, which writes ~/.vault-token)"
+                    }
+                )?;
+            }
             if let Some(id) = &self.identity {
                 writeln!(
                     f,

@@ -1096,6 +1096,27 @@ async fn the_whole_order_in_one_command_is_confirmed_by_real_clients_and_a_secon
         1,
         "nothing renewed, yet the proxy was restarted"
     );
+    // The same from a timer with --quiet: not a line of output, exit 0.
+    let argv = [
+        "rotate",
+        "--config",
+        cfg.to_str().unwrap(),
+        "--quiet",
+        "run",
+        "--if-due",
+    ];
+    let mut out = Vec::new();
+    let exit = rotate_cli::run(
+        <rotate_cli::Cli as clap::Parser>::parse_from(argv),
+        &mut out,
+    )
+    .await;
+    assert_eq!(exit, Exit::Ok);
+    assert_eq!(
+        String::from_utf8_lossy(&out),
+        "",
+        "a quiet no-op run printed"
+    );
 }
 
 /// The pairs of the whole order that do not belong together on disk now.

@@ -486,7 +486,8 @@ fn target_future<'a, S: Step>(
     ctx: RunCtx<'a>,
 ) -> std::pin::Pin<Box<dyn Future<Output = Result<TargetReport, JournalError>> + Send + 'a>> {
     Box::pin(async move {
-        let r = run_target(step, app, ctx).await;
+        let label = format!("{} {}", step.id(), app.name());
+        let r = with_heartbeat(&label, run_target(step, app, ctx)).await;
         if let Ok(t) = &r {
             tracing::info!(
                 target: "rotate::progress",
@@ -500,6 +501,28 @@ fn target_future<'a, S: Step>(
         }
         r
     })
+}
+
+/// How often a long wait says it is still waiting.
+const HEARTBEAT: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// `work`, with a progress line every [`HEARTBEAT`] while it runs (a listener serial
+/// wait, an agent's render, a healthcheck through a restart): a long wait is never silent.
+pub(crate) async fn with_heartbeat<F: Future>(label: &str, work: F) -> F::Output {
+    let started = tokio::time::Instant::now();
+    let mut tick = tokio::time::interval_at(started + HEARTBEAT, HEARTBEAT);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut work = std::pin::pin!(work);
+    loop {
+        tokio::select! {
+            out = &mut work => return out,
+            _ = tick.tick() => tracing::info!(
+                target: "rotate::progress",
+                "{label}: still under way ({} s)",
+                started.elapsed().as_secs()
+            ),
+        }
+    }
 }
 
 fn blank<T: Target + ?Sized>(app: &T, outcome: Outcome) -> TargetReport {
@@ -846,6 +869,55 @@ mod tests {
     use super::*;
     use crate::testing::{Mocks, prod_config};
     use std::sync::atomic::{AtomicUsize, Ordering};
+
+    /// Collects formatted log lines.
+    #[derive(Clone, Default)]
+    struct Lines(std::sync::Arc<std::sync::Mutex<Vec<u8>>>);
+
+    impl std::io::Write for Lines {
+        fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+            self.0.lock().unwrap().extend_from_slice(b);
+            Ok(b.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_long_wait_says_every_ten_seconds_that_it_is_still_under_way() {
+        let lines = Lines::default();
+        let sink = lines.clone();
+        let subscriber = tracing_subscriber::fmt()
+            .with_writer(move || sink.clone())
+            .with_ansi(false)
+            .finish();
+        let _guard = tracing::subscriber::set_default(subscriber);
+        let out = with_heartbeat("leaf billing", async {
+            tokio::time::sleep(std::time::Duration::from_secs(25)).await;
+            7
+        })
+        .await;
+        assert_eq!(out, 7);
+        let text = String::from_utf8(lines.0.lock().unwrap().clone()).unwrap();
+        let said: Vec<&str> = text
+            .lines()
+            .filter(|l| l.contains("still under way"))
+            .collect();
+        assert_eq!(said.len(), 2, "{text}");
+        assert!(
+            said[0].contains("leaf billing: still under way (10 s)"),
+            "{text}"
+        );
+        assert!(said[1].contains("(20 s)"), "{text}");
+        // A quick one says nothing.
+        with_heartbeat("quick", async {}).await;
+        assert!(
+            !String::from_utf8(lines.0.lock().unwrap().clone())
+                .unwrap()
+                .contains("quick")
+        );
+    }
 
     /// A target of the fake step.
     struct Named(String);
