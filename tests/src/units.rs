@@ -58,11 +58,11 @@ restart|start|stop)
 	i=0
 	while [ ! -e "$req.ack" ]; do
 		i=$((i + 1))
-		if [ "$i" -gt 400 ]; then
+		if [ "$i" -gt 1000 ]; then
 			echo "fake systemctl: $unit: no answer from the lab supervisor" >&2
 			exit 1
 		fi
-		sleep 0.05
+		sleep 0.02
 	done
 	ack=$(cat "$req.ack")
 	rm -f "$req.ack"
@@ -187,9 +187,50 @@ fn start_child(def: &UnitDef) -> Result<Child> {
     Ok(spawn_tied(&mut cmd)?)
 }
 
-/// The supervisor loop: serve requests, track exits. Children are tied to this thread.
-fn supervise(dir: &Path, defs: &Mutex<HashMap<String, UnitDef>>, stop: &AtomicBool) {
-    let mut running: HashMap<String, Child> = HashMap::new();
+/// The units now running, one lock per unit (its requests are served in order), and the
+/// thread that starts them: PR_SET_PDEATHSIG ties a child to the thread that spawned it,
+/// so children are spawned by one thread that lives as long as the supervisor.
+struct Running {
+    children: Mutex<HashMap<String, Child>>,
+    turns: Mutex<HashMap<String, Arc<Mutex<()>>>>,
+    spawner: Mutex<std::sync::mpsc::Sender<Spawn>>,
+}
+
+/// A child to start, and where its answer goes.
+type Spawn = (UnitDef, std::sync::mpsc::Sender<Result<Child>>);
+
+impl Running {
+    fn new() -> Running {
+        let (tx, rx) = std::sync::mpsc::channel::<Spawn>();
+        std::thread::spawn(move || {
+            for (def, answer) in rx {
+                let _ = answer.send(start_child(&def));
+            }
+        });
+        Running {
+            children: Mutex::default(),
+            turns: Mutex::default(),
+            spawner: Mutex::new(tx),
+        }
+    }
+
+    fn start(&self, def: UnitDef) -> Result<Child> {
+        let (tx, rx) = std::sync::mpsc::channel();
+        self.spawner
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .send((def, tx))
+            .map_err(|_| anyhow::anyhow!("the spawner thread is gone"))?;
+        rx.recv()
+            .map_err(|_| anyhow::anyhow!("the spawner thread is gone"))?
+    }
+}
+
+/// The supervisor loop: serve requests (each in its own thread, as systemd starts units
+/// in parallel; one unit's requests one at a time), track exits. Children are tied to
+/// the spawner thread, which ends with the process.
+fn supervise(dir: &Path, defs: &Arc<Mutex<HashMap<String, UnitDef>>>, stop: &AtomicBool) {
+    let running = Arc::new(Running::new());
     while !stop.load(Ordering::SeqCst) {
         if let Ok(entries) = std::fs::read_dir(dir) {
             for e in entries.flatten() {
@@ -206,48 +247,81 @@ fn supervise(dir: &Path, defs: &Mutex<HashMap<String, UnitDef>>, stop: &AtomicBo
                 let requester = std::fs::metadata(e.path()).map_or(0, |m| m.uid());
                 let req = std::fs::read_to_string(e.path()).unwrap_or_default();
                 let _ = std::fs::remove_file(e.path());
-                let def = defs
-                    .lock()
-                    .unwrap_or_else(|p| p.into_inner())
-                    .get(&unit)
-                    .cloned();
-                let ack = match def {
-                    None => format!("Unit {unit} not found."),
-                    Some(def) => {
-                        if let Some(mut child) = running.remove(&unit) {
-                            stop_child(&mut child);
-                        }
-                        let _ = std::fs::remove_file(dir.join(format!("{unit}.active")));
-                        if req.trim() == "stop" {
-                            "ok".to_owned()
-                        } else {
-                            match start_child(&def) {
-                                Ok(child) => {
-                                    running.insert(unit.clone(), child);
-                                    let _ = std::fs::write(dir.join(format!("{unit}.active")), "");
-                                    "ok".to_owned()
-                                }
-                                Err(e) => format!("failed to start: {e:#}"),
-                            }
-                        }
-                    }
-                };
-                let tmp = dir.join(format!("{unit}.{caller}.ack.tmp"));
-                let _ = std::fs::write(&tmp, ack);
-                let _ = std::os::unix::fs::chown(&tmp, Some(requester), None);
-                let _ = std::fs::rename(&tmp, dir.join(format!("{unit}.{caller}.ack")));
+                let (dir, defs, running) = (dir.to_owned(), defs.clone(), running.clone());
+                std::thread::spawn(move || {
+                    let ack = serve(&dir, &defs, &running, &unit, req.trim());
+                    let tmp = dir.join(format!("{unit}.{caller}.ack.tmp"));
+                    let _ = std::fs::write(&tmp, ack);
+                    let _ = std::os::unix::fs::chown(&tmp, Some(requester), None);
+                    let _ = std::fs::rename(&tmp, dir.join(format!("{unit}.{caller}.ack")));
+                });
             }
         }
-        running.retain(|unit, child| match child.try_wait() {
-            Ok(None) => true,
-            _ => {
-                let _ = std::fs::remove_file(dir.join(format!("{unit}.active")));
-                false
-            }
-        });
-        std::thread::sleep(Duration::from_millis(25));
+        running
+            .children
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .retain(|unit, child| match child.try_wait() {
+                Ok(None) => true,
+                _ => {
+                    let _ = std::fs::remove_file(dir.join(format!("{unit}.active")));
+                    false
+                }
+            });
+        std::thread::sleep(Duration::from_millis(10));
     }
-    for (_, mut child) in running {
+    let children = std::mem::take(&mut *running.children.lock().unwrap_or_else(|p| p.into_inner()));
+    for (_, mut child) in children {
         stop_child(&mut child);
+    }
+}
+
+/// One request (`restart`, `start`, `stop`) for `unit`: its answer (`ok` or why not).
+fn serve(
+    dir: &Path,
+    defs: &Mutex<HashMap<String, UnitDef>>,
+    running: &Running,
+    unit: &str,
+    req: &str,
+) -> String {
+    let Some(def) = defs
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .get(unit)
+        .cloned()
+    else {
+        return format!("Unit {unit} not found.");
+    };
+    let turn = running
+        .turns
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .entry(unit.to_owned())
+        .or_default()
+        .clone();
+    let _turn = turn.lock().unwrap_or_else(|p| p.into_inner());
+    let old = running
+        .children
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .remove(unit);
+    if let Some(mut child) = old {
+        stop_child(&mut child);
+    }
+    let _ = std::fs::remove_file(dir.join(format!("{unit}.active")));
+    if req == "stop" {
+        return "ok".to_owned();
+    }
+    match running.start(def) {
+        Ok(child) => {
+            running
+                .children
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .insert(unit.to_owned(), child);
+            let _ = std::fs::write(dir.join(format!("{unit}.active")), "");
+            "ok".to_owned()
+        }
+        Err(e) => format!("failed to start: {e:#}"),
     }
 }

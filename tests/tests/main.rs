@@ -14,6 +14,7 @@ mod interrupted;
 mod leaf;
 mod podman;
 mod proxy;
+mod scale;
 mod support;
 mod tls;
 mod verify;
