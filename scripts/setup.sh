@@ -4,8 +4,9 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-# Debian packages: OpenSSL headers for the `openssl` crate; real peers for the tests.
-apt_pkgs=(pkg-config libssl-dev openssl nginx podman runc busybox-static shellcheck)
+# Debian packages: OpenSSL headers for the `openssl` crate; real peers for the tests;
+# systemd for `systemd-analyze verify` of the shipped units (not run as PID 1).
+apt_pkgs=(pkg-config libssl-dev openssl nginx podman runc busybox-static shellcheck systemd)
 missing=()
 for p in "${apt_pkgs[@]}"; do
   dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p")

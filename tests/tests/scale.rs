@@ -8,7 +8,9 @@ use rotate_tests::shared;
 async fn a_thousand_apps_plan_and_run_step_3_through_preflight_and_commit() {
     let lab = shared();
     let dir = tempdir("scale");
-    let n: usize = std::env::var("SCALE_N").map(|v| v.parse().unwrap()).unwrap_or(1000);
+    let n: usize = std::env::var("SCALE_N")
+        .map(|v| v.parse().unwrap())
+        .unwrap_or(1000);
     let names: Vec<String> = (0..n).map(|i| format!("fleet{i:04}")).collect();
     let apps: Vec<&str> = names.iter().map(String::as_str).collect();
     let cfg = config_in(lab, &dir, &apps, "");
@@ -18,7 +20,13 @@ async fn a_thousand_apps_plan_and_run_step_3_through_preflight_and_commit() {
     let (exit, v) = rotate(&cfg, &["plan"]).await;
     let plan_time = t.elapsed();
     assert_eq!(exit, Exit::Changes, "{}", crate::support::errors(&v));
-    assert!(v["preflight"]["checks"].as_array().unwrap().iter().all(|c| c["ok"] == true));
+    assert!(
+        v["preflight"]["checks"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|c| c["ok"] == true)
+    );
     let per_app: Vec<&str> = v["steps"]
         .as_array()
         .unwrap()
@@ -26,7 +34,11 @@ async fn a_thousand_apps_plan_and_run_step_3_through_preflight_and_commit() {
         .filter(|s| s["targets"].as_array().unwrap().len() == n)
         .map(|s| s["step"].as_str().unwrap())
         .collect();
-    assert_eq!(per_app, ["agents", "leaf"], "every app planned in steps 3 and 4");
+    assert_eq!(
+        per_app,
+        ["agents", "leaf"],
+        "every app planned in steps 3 and 4"
+    );
     eprintln!("plan of 1,000 apps: {plan_time:?}");
 
     // Step 3 for all of them: passes preflight and commits every app.

@@ -23,7 +23,27 @@ struct Args {
     /// Skip the failover measurement (it starts a 3-node raft cluster).
     #[arg(long)]
     no_cluster: bool,
+    /// Only the fleet table (rotate vs floor vs baseline at --sizes/--agent-sizes).
+    #[arg(long)]
+    scale_only: bool,
+    /// Skip the fleet table.
+    #[arg(long)]
+    no_scale: bool,
+    /// Fleet sizes for `plan` and step 3.
+    #[arg(long, value_delimiter = ',', default_value = "10,200,1000")]
+    sizes: Vec<usize>,
+    /// Fleet sizes for step 4 with real agents.
+    #[arg(long, value_delimiter = ',', default_value = "10,50")]
+    agent_sizes: Vec<usize>,
+    /// The largest fleet the baseline (a process per operation) runs for.
+    #[arg(long, default_value_t = 200)]
+    baseline_max: usize,
+    /// `[run] concurrency` of the fleet table's runs.
+    #[arg(long, default_value_t = 4)]
+    concurrency: usize,
 }
+
+mod scale;
 
 struct Stats {
     name: String,
@@ -70,6 +90,29 @@ where
 async fn main() -> Result<()> {
     let args = Args::parse();
     let lab = rotate_tests::Lab::start(&args.dir).await?;
+    let scale_rows = if args.no_scale {
+        Vec::new()
+    } else {
+        let plan = scale::Plan {
+            sizes: args.sizes.clone(),
+            agent_sizes: args.agent_sizes.clone(),
+            baseline_max: args.baseline_max,
+            concurrency: args.concurrency,
+        };
+        scale::run(&lab, &std::path::absolute(&args.dir)?, &plan).await?
+    };
+    let print_scale = || {
+        if !scale_rows.is_empty() {
+            println!("\n{}", scale::Row::header());
+            for r in &scale_rows {
+                println!("{}", r.line());
+            }
+        }
+    };
+    if args.scale_only {
+        print_scale();
+        return Ok(());
+    }
     let admin = lab.admin_client()?;
     let cfg = lab.client_config(None)?;
     let few = (args.n / 5).max(5);
@@ -281,6 +324,7 @@ async fn main() -> Result<()> {
             cost.as_secs_f64() * 1e3
         );
     }
+    print_scale();
     Ok(())
 }
 
