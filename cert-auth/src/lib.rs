@@ -40,7 +40,7 @@ pub use enable::{EnableAction, ensure_enabled};
 pub use error::{Error, Result};
 pub use login::{LoginProof, login_gate, require_capabilities};
 pub use mapping::{
-    Drift, MappingAction, MappingOutcome, MappingSpec, Unmanaged, diff_mapping, restore_mapping,
-    upsert_mapping,
+    Drift, MappingAction, MappingOutcome, MappingSpec, Unmanaged, diff_mapping, plan_mapping,
+    restore_mapping, upsert_mapping,
 };
 pub use policy::{PolicyAction, PolicyMode, PolicyOutcome, ensure_policy};

@@ -227,6 +227,51 @@ pub fn diff_mapping(spec: &MappingSpec, actual: &CertRole) -> Vec<Drift> {
     drift
 }
 
+/// What [`upsert_mapping`] would do to a mapping that is now `previous` (as read by the
+/// caller): its drift and action (`Unchanged`, `WouldCreate`, `WouldUpdate`), without a
+/// request. Refuses unmanaged constraints as `upsert_mapping` does.
+// The crate's one error type, as its async functions return it.
+#[allow(clippy::result_large_err)]
+pub fn plan_mapping(
+    mount: &str,
+    spec: &MappingSpec,
+    previous: Option<CertRole>,
+) -> Result<MappingOutcome> {
+    if cert_set(&spec.ca_pem).is_empty() {
+        return Err(Error::EmptyCa {
+            mapping: spec.name.clone(),
+        });
+    }
+    let path = format!("auth/{}/certs/{}", mount.trim_matches('/'), spec.name);
+    let drift = match &previous {
+        Some(actual) => diff_mapping(spec, actual),
+        None => Vec::new(),
+    };
+    let foreign: Vec<&Drift> = drift.iter().filter(|d| !d.managed).collect();
+    if !foreign.is_empty() && spec.unmanaged == Unmanaged::Refuse {
+        return Err(Error::UnmanagedConstraint {
+            path,
+            fields: foreign
+                .iter()
+                .map(|d| format!("{} = {}", d.field, d.actual))
+                .collect::<Vec<_>>()
+                .join(", "),
+        });
+    }
+    let action = match (previous.is_some(), drift.is_empty()) {
+        (true, true) => MappingAction::Unchanged,
+        (true, false) => MappingAction::WouldUpdate,
+        (false, _) => MappingAction::WouldCreate,
+    };
+    Ok(MappingOutcome {
+        path,
+        action,
+        drift,
+        token_policies: spec.effective_policies(previous.as_ref()),
+        previous,
+    })
+}
+
 /// Read the mapping, report drift, and write it only if it differs (unless `dry_run`).
 /// Fields Vault keeps that we don't manage are preserved.
 pub async fn upsert_mapping(
@@ -246,6 +291,9 @@ pub async fn upsert_mapping(
         .read_cert_role(mount, &spec.name)
         .await
         .map_err(vault(format!("read mapping {path}")))?;
+    if dry_run {
+        return plan_mapping(mount, spec, previous);
+    }
     let (drift, exists) = match &previous {
         Some(actual) => (diff_mapping(spec, actual), true),
         None => (Vec::new(), false),

@@ -445,6 +445,10 @@ pub struct RunSection {
     pub state_dir: Option<PathBuf>,
     /// How many apps a step works on at once (reports keep config order).
     pub concurrency: usize,
+    /// How many apps step 4 works on at once: it mostly waits on the agents (restart,
+    /// render, post-hook, login), so its bound is what the agents and Vault can take at
+    /// once, not the cores. Default 16.
+    pub agent_concurrency: usize,
     /// Every run is `--if-due` (a scheduled renewer's config).
     pub if_due: bool,
     /// `--if-due` renews a certificate once less than this share of its lifetime is left.
@@ -456,6 +460,7 @@ impl Default for RunSection {
         RunSection {
             state_dir: None,
             concurrency: 4,
+            agent_concurrency: 16,
             if_due: false,
             renew_share: 1.0 / 3.0,
         }
@@ -980,6 +985,9 @@ impl Config {
         }
         if self.run.concurrency == 0 {
             return Err(self.invalid("run.concurrency", "must be at least 1"));
+        }
+        if self.run.agent_concurrency == 0 {
+            return Err(self.invalid("run.agent_concurrency", "must be at least 1"));
         }
         Ok(())
     }

@@ -6,14 +6,18 @@ use crate::config::{AppConfig, Config};
 use crate::engine::context::Deps;
 use crate::state::journal::{Journal, StepId, TargetState};
 
-/// Whether this run's step 3 or 4 committed `app` (its mapping then holds exactly the
-/// agent policies).
-pub(crate) fn converged_mapping(journal: &Journal, app: &str) -> bool {
-    journal.record().targets.iter().any(|t| {
-        matches!(t.step, StepId::Agents | StepId::Leaf)
-            && t.target == app
-            && t.state == TargetState::Committed
-    })
+/// The apps this run's step 3 or 4 committed (their mappings then hold exactly the agent
+/// policies): one look at the journal, however many apps.
+pub(crate) fn converged_mappings(journal: &Journal) -> std::collections::HashSet<String> {
+    journal
+        .record()
+        .targets
+        .into_iter()
+        .filter(|t| {
+            matches!(t.step, StepId::Agents | StepId::Leaf) && t.state == TargetState::Committed
+        })
+        .map(|t| t.target)
+        .collect()
 }
 
 /// For each of `apps` whose mapping still carries a policy `[leaf] remove_policies`

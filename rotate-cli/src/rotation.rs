@@ -593,11 +593,12 @@ async fn finish(
         .iter()
         .any(|s| matches!(s, StepId::Agents | StepId::Leaf))
     {
+        let converged = crate::policy_fix::converged_mappings(journal);
         let pending: Vec<&AppConfig> = run
             .apps
             .iter()
             .copied()
-            .filter(|a| !crate::policy_fix::converged_mapping(journal, &a.name))
+            .filter(|a| !converged.contains(&a.name))
             .collect();
         let (fixed, left) = crate::policy_fix::strip_removed_policies(cfg, &pending, deps).await;
         report.security_fixes = fixed;

@@ -157,6 +157,11 @@ pub trait Step: Send + Sync {
     fn global(&self) -> bool {
         false
     }
+    /// How many targets at once, given `[run] concurrency` (the default): a step that
+    /// mostly waits on something outside (step 4 on the agents) says its own bound.
+    fn concurrency(&self, configured: usize) -> usize {
+        configured
+    }
     /// Whether what `apply` made changed anything a restart is for (default: yes).
     fn changed(&self, _applied: &Self::Applied) -> bool {
         true
@@ -437,17 +442,22 @@ pub(crate) async fn run_step<'a, S: Step>(
         apps.len(),
         if ctx.journal.is_none() { ", plan only" } else { "" }
     );
-    // At most `concurrency` targets at once, reports in the order of `apps`. Boxed
+    // At most that many targets at once, each next one started as soon as any finishes
+    // (none waits behind a slower one), reports put back in the order of `apps`. Boxed
     // futures in a plain loop (no closure held across an await): what the registry's
     // `async_trait` can prove `Send` for every lifetime.
-    let mut queue = apps.iter().copied();
-    let mut running = futures_util::stream::FuturesOrdered::new();
-    for app in queue.by_ref().take(ctx.concurrency.max(1)) {
-        running.push_back(target_future(step, app, ctx));
+    let bound = match stop_on_failure {
+        true => 1,
+        false => step.concurrency(ctx.concurrency).max(1),
+    };
+    let mut queue = apps.iter().copied().enumerate();
+    let mut running = futures_util::stream::FuturesUnordered::new();
+    for (i, app) in queue.by_ref().take(bound) {
+        running.push(indexed(i, target_future(step, app, ctx)));
     }
-    let mut targets = Vec::with_capacity(apps.len());
+    let mut done = Vec::with_capacity(apps.len());
     let mut failed: Option<String> = None;
-    while let Some(r) = running.next().await {
+    while let Some((i, r)) = running.next().await {
         let t = r?;
         let ok = matches!(
             t.outcome,
@@ -456,15 +466,17 @@ pub(crate) async fn run_step<'a, S: Step>(
         if stop_on_failure && ctx.journal.is_some() && !ok && failed.is_none() {
             failed = Some(t.app.clone());
         }
-        targets.push(t);
+        done.push((i, t));
         if failed.is_none()
-            && let Some(app) = queue.next()
+            && let Some((i, app)) = queue.next()
         {
-            running.push_back(target_future(step, app, ctx));
+            running.push(indexed(i, target_future(step, app, ctx)));
         }
     }
+    done.sort_by_key(|(i, _)| *i);
+    let mut targets: Vec<TargetReport> = done.into_iter().map(|(_, t)| t).collect();
     // What a rolling step did not start after its first failure: left as it is.
-    for app in queue {
+    for (_, app) in queue {
         targets.push(TargetReport {
             error: failed.as_ref().map(|first| {
                 format!("not started: {first} failed first (one at a time; the first failure stops the rest)")
@@ -477,6 +489,11 @@ pub(crate) async fn run_step<'a, S: Step>(
         targets,
         millis: started.elapsed().as_millis() as u64,
     })
+}
+
+/// `work`'s output tagged with `i`, its place in the config order.
+async fn indexed<F: Future>(i: usize, work: F) -> (usize, F::Output) {
+    (i, work.await)
 }
 
 /// One target of a step, run and logged, as a boxed `Send` future.
@@ -730,10 +747,7 @@ async fn keep_or_unwind(
     lost: bool,
     r: &mut TargetReport,
 ) -> Result<(), JournalError> {
-    let wrote = journal
-        .record()
-        .target(id, target)
-        .is_some_and(|t| !t.undo.is_empty());
+    let wrote = journal.with_record(|r| r.target(id, target).is_some_and(|t| !t.undo.is_empty()));
     // A Vault that went away after the writes (sealed by a restart, unreachable, or
     // gone mid-request: a leader change) can neither prove nor undo them now, or left
     // a write's outcome unknown: keep them as they are, for `--resume`.
@@ -794,12 +808,14 @@ pub(crate) async fn recover_target<S: Step>(
 ) -> Result<TargetReport, JournalError> {
     let started = std::time::Instant::now();
     let id = step.id();
-    let rec = journal.record();
-    let Some(t) = rec.target(id, app.name()) else {
+    let Some((state, data)) = journal.with_record(|rec| {
+        rec.target(id, app.name())
+            .map(|t| (t.state, t.data.clone()))
+    }) else {
         return Ok(blank(app, Outcome::NotStarted));
     };
     let mut r = blank(app, Outcome::Committed);
-    let regate = match (t.state, &t.data) {
+    let regate = match (state, &data) {
         (TargetState::Applied, Some(data)) => {
             match serde_json::from_value::<S::Applied>(data.clone()) {
                 Ok(applied) => Some(
@@ -834,7 +850,7 @@ pub(crate) async fn recover_target<S: Step>(
             if let Some(Err(e)) = other {
                 r.error = Some(format!("re-gate after interruption: {e:#}"));
                 r.error_class = Some(e.exit().code());
-            } else if t.state.is_unwinding() {
+            } else if state.is_unwinding() {
                 r.error = Some("its unwind was interrupted or incomplete; finished it".to_owned());
             } else {
                 r.error = Some("interrupted while writing; unwound".to_owned());

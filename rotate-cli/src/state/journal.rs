@@ -782,6 +782,12 @@ impl Journal {
         self.lock().record.clone()
     }
 
+    /// `f` of the record as it stands, without copying it (appends wait meanwhile): for a
+    /// look at one target among thousands.
+    pub fn with_record<R>(&self, f: impl FnOnce(&RunRecord) -> R) -> R {
+        f(&self.lock().record)
+    }
+
     fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
         // A panic while holding the lock leaves a consistent record (apply is last).
         self.inner.lock().unwrap_or_else(|p| p.into_inner())

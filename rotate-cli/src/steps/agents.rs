@@ -40,6 +40,10 @@ pub struct AgentsStep<'a> {
     chain: String,
     /// Apps run concurrently: one of them enables cert auth, the others see it enabled.
     enabling: tokio::sync::Mutex<()>,
+    /// What this step already found in place and, as it never removes them, need not
+    /// ask again for the next app: cert auth enabled at the mount, the marker policy.
+    auth_seen: std::sync::atomic::AtomicBool,
+    marker_seen: std::sync::OnceLock<String>,
 }
 
 /// What the plan hands to apply.
@@ -86,6 +90,8 @@ impl<'a> AgentsStep<'a> {
             deps,
             chain,
             enabling: tokio::sync::Mutex::new(()),
+            auth_seen: std::sync::atomic::AtomicBool::new(false),
+            marker_seen: std::sync::OnceLock::new(),
         }
     }
 
@@ -97,13 +103,20 @@ impl<'a> AgentsStep<'a> {
     async fn plan_cert_auth(&self, changes: &mut Vec<Change>) -> Result<bool, StepError> {
         let v = self.vault();
         let mount = &self.cfg.agents.cert_auth_mount;
+        if self.auth_seen.load(std::sync::atomic::Ordering::Relaxed) {
+            return Ok(false);
+        }
         let auths = v
             .sys
             .list_auth()
             .await
             .map_err(|e| StepError::vault("list auth methods (sys/auth)", e))?;
         let enable_auth = match auths.get(&format!("{mount}/")) {
-            Some(m) if m.mount_type == "cert" => false,
+            Some(m) if m.mount_type == "cert" => {
+                self.auth_seen
+                    .store(true, std::sync::atomic::Ordering::Relaxed);
+                false
+            }
             Some(m) => {
                 return Err(StepError::Invalid {
                     what: format!("auth/{mount}"),
@@ -129,8 +142,7 @@ impl<'a> AgentsStep<'a> {
         changes: &mut Vec<Change>,
     ) -> Result<Vec<(String, String, Option<String>)>, StepError> {
         let (cfg, v) = (self.cfg, self.vault());
-        let mut policies = Vec::new();
-        for (name, text, create_only) in [
+        let wanted = [
             (
                 n.issue_policy.clone(),
                 crate::topology::issue_policy_text(cfg, app),
@@ -141,12 +153,26 @@ impl<'a> AgentsStep<'a> {
                 crate::topology::marker_policy_text(),
                 true,
             ),
-        ] {
-            let previous = v
-                .sys
+        ];
+        // Both read at once (the marker once it was seen: it is created, never changed).
+        let read = |name: String| async move {
+            v.sys
                 .read_policy(&name)
                 .await
-                .map_err(|e| StepError::vault(format!("read policy {name}"), e))?;
+                .map_err(|e| StepError::vault(format!("read policy {name}"), e))
+        };
+        let marker = async {
+            match self.marker_seen.get() {
+                Some(text) => Ok(Some(text.clone())),
+                None => read(wanted[1].0.clone()).await,
+            }
+        };
+        let (issue, marker) = tokio::try_join!(read(wanted[0].0.clone()), marker)?;
+        if let Some(text) = &marker {
+            let _ = self.marker_seen.set(text.clone());
+        }
+        let mut policies = Vec::new();
+        for ((name, text, create_only), previous) in wanted.into_iter().zip([issue, marker]) {
             let change = policy_change(&name, previous.as_deref(), &text, create_only);
             if change.kind == ChangeKind::Create {
                 policies.push((name, text, previous));
@@ -171,7 +197,7 @@ impl<'a> AgentsStep<'a> {
             .read_cert_role(mount, &n.mapping)
             .await
             .map_err(|e| StepError::vault(format!("read auth/{mount}/certs/{}", n.mapping), e))?;
-        let outcome = upsert_mapping(v.cert, mount, &mapping, true).await?;
+        let outcome = cert_auth::plan_mapping(mount, &mapping, mapping_previous.clone())?;
         let mapping_changes = outcome.action != cert_auth::MappingAction::Unchanged;
         changes.push(
             Change::new(
@@ -435,23 +461,29 @@ impl Step for AgentsStep<'_> {
         let tree = Tree::open(&app.home, Some(owner))?;
         let mut changes = Vec::new();
 
-        let enable_auth = self.plan_cert_auth(&mut changes).await?;
-
-        let (change, role) = crate::steps::common::plan_role(
-            v,
-            &cfg.pki.mount,
-            &n.agent_role,
-            &role_spec(cfg, &n),
-            cfg.agents.create_roles,
-            "[agents] create_roles",
-        )
-        .await?;
+        // Every read at once (each is a round trip; none depends on another), the
+        // changes reported in this order.
+        let (mut auth_changes, mut policy_changes, mut mapping_changes_list) =
+            (Vec::new(), Vec::new(), Vec::new());
+        let spec = role_spec(cfg, &n);
+        let (enable_auth, (change, role), policies, (mapping, mapping_previous, mapping_changes)) =
+            tokio::try_join!(
+                self.plan_cert_auth(&mut auth_changes),
+                crate::steps::common::plan_role(
+                    v,
+                    &cfg.pki.mount,
+                    &n.agent_role,
+                    &spec,
+                    cfg.agents.create_roles,
+                    "[agents] create_roles",
+                ),
+                self.plan_policies(app, &n, &mut policy_changes),
+                self.plan_mapping(app, &n, &mut mapping_changes_list),
+            )?;
+        changes.append(&mut auth_changes);
         changes.push(change);
-
-        let policies = self.plan_policies(app, &n, &mut changes).await?;
-
-        let (mapping, mapping_previous, mapping_changes) =
-            self.plan_mapping(app, &n, &mut changes).await?;
+        changes.append(&mut policy_changes);
+        changes.append(&mut mapping_changes_list);
 
         self.plan_files(app, &n, &tree, &mut changes)?;
         Ok(TargetPlan {

@@ -242,6 +242,10 @@ impl Step for LeafStep<'_> {
         StepId::Leaf
     }
 
+    fn concurrency(&self, _configured: usize) -> usize {
+        self.cfg.run.agent_concurrency
+    }
+
     fn summary(&self, a: &LeafApplied, proof: Option<&LeafProof>) -> Vec<String> {
         let mut lines = Vec::new();
         if let Some(s) = &a.previous_serial {
@@ -414,17 +418,22 @@ impl Step for LeafStep<'_> {
         };
         let ca = read_text(&tree, &rel::ca_file())?.unwrap_or_default();
 
-        // A new leaf whose post-hook reported success for exactly these bytes.
+        // Three proofs, awaited together (none waits on another; the first failure ends
+        // the gate): a new leaf whose post-hook reported success for exactly these bytes,
+        // from an agent still running; a cert login with the agent's own files; the
+        // restarted agent's own login with the step-3 certificate.
+        let rendered = async {
+            let leaf = self
+                .await_new_leaf(app, a, &tree, &ca, &want, deadline, &mut VaultWatch::new())
+                .await?;
+            check_leaf_key(app, &tree, owner)?;
+            self.agent_still_active(app).await?;
+            Ok::<_, StepError>(leaf)
+        };
         let mut watch = VaultWatch::new();
-        let leaf = self
-            .await_new_leaf(app, a, &tree, &ca, &want, deadline, &mut watch)
-            .await?;
-        check_leaf_key(app, &tree, owner)?;
-        self.agent_still_active(app).await?;
-        let login = self.cert_login(app, &n, a).await?;
-        let agent_login_serial = self
-            .await_agent_login(app, a, &n, &tree, deadline, &mut watch)
-            .await?;
+        let agent_login = self.await_agent_login(app, a, &n, &tree, deadline, &mut watch);
+        let (leaf, login, agent_login_serial) =
+            tokio::try_join!(rendered, self.cert_login(app, &n, a), agent_login)?;
         Ok(LeafProof {
             leaf,
             login,
@@ -912,13 +921,25 @@ impl LeafStep<'_> {
         let sink_rel = rel::sink(app);
         let mut last = String::from("no token in the sink yet");
         let mut pause = crate::pause::Pause::new();
+        // The token last found wanting, and when: the previous agent's token stays in the
+        // sink until the restarted one writes its own, and is asked about again only
+        // every second (each question is a new connection), not at every poll.
+        let mut wanting: Option<(zeroize::Zeroizing<String>, Instant)> = None;
         loop {
             if let Some(token) = tree.read(&sink_rel)? {
                 let token =
                     zeroize::Zeroizing::new(String::from_utf8_lossy(&token).trim().to_owned());
-                match self.check_sink_token(app, a, &issue_path, &token).await? {
-                    Ok(serial) => return Ok(serial),
-                    Err(why) => last = why,
+                let asked_lately = wanting
+                    .as_ref()
+                    .is_some_and(|(t, at)| *t == token && at.elapsed() < Duration::from_secs(1));
+                if !asked_lately {
+                    match self.check_sink_token(app, a, &issue_path, &token).await? {
+                        Ok(serial) => return Ok(serial),
+                        Err(why) => {
+                            last = why;
+                            wanting = Some((token, Instant::now()));
+                        }
+                    }
                 }
             }
             watch

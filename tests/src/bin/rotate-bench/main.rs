@@ -41,6 +41,9 @@ struct Args {
     /// `[run] concurrency` of the fleet table's runs.
     #[arg(long, default_value_t = 4)]
     concurrency: usize,
+    /// `[run] agent_concurrency` of the fleet table's runs (step 4).
+    #[arg(long, default_value_t = 16)]
+    agent_concurrency: usize,
 }
 
 mod scale;
@@ -98,6 +101,7 @@ async fn main() -> Result<()> {
             agent_sizes: args.agent_sizes.clone(),
             baseline_max: args.baseline_max,
             concurrency: args.concurrency,
+            agent_concurrency: args.agent_concurrency,
         };
         scale::run(&lab, &std::path::absolute(&args.dir)?, &plan).await?
     };
@@ -240,7 +244,7 @@ async fn main() -> Result<()> {
             for (_, home) in &homes {
                 std::fs::create_dir_all(home)?;
             }
-            let config = fleet_config(&lab, &base, "fleet", &homes, concurrency)?;
+            let config = fleet_config(&lab, &base, "fleet", &homes, concurrency, 16)?;
             std::fs::write("/proc/self/clear_refs", "5")?;
             let mut row = measure(
                 &format!(
@@ -259,54 +263,6 @@ async fn main() -> Result<()> {
             .await?;
             row.name = format!("{} (peak RSS {} MiB)", row.name, peak_rss_kib()? / 1024);
             rows.push(row);
-        }
-    }
-    // Step 4 with real agents (each a `bao agent` process behind the lab's systemctl):
-    // sequential (`[run] concurrency = 1`) vs concurrent (4), after one step 3.
-    for apps in [10usize, 50] {
-        for concurrency in [1usize, 4] {
-            let homes: Vec<(String, PathBuf)> = (0..apps)
-                .map(|i| {
-                    let name = format!("leaf{apps}c{concurrency}x{i}");
-                    (name.clone(), base.join("leaf-fleet").join(&name))
-                })
-                .collect();
-            for (name, home) in &homes {
-                std::fs::create_dir_all(home)?;
-                lab.define_agent_unit(name, home);
-            }
-            let config = fleet_config(&lab, &base, "leaf", &homes, concurrency)?;
-            let run = |step: &'static str| {
-                let config = config.clone();
-                async move {
-                    let cli = <rotate_cli::Cli as Parser>::parse_from([
-                        "rotate", "--config", &config, "-o", "json", "run", "--step", step,
-                    ]);
-                    let exit = rotate_cli::run(cli, &mut std::io::sink()).await;
-                    anyhow::ensure!(
-                        exit == rotate_cli::Exit::Ok,
-                        "{step}: rotate exited {exit:?}"
-                    );
-                    Ok(())
-                }
-            };
-            run("agents").await?;
-            std::fs::write("/proc/self/clear_refs", "5")?;
-            let mut row = measure(
-                &format!(
-                    "`rotate run --step leaf`, {apps} apps, real agents, concurrency {concurrency}"
-                ),
-                2,
-                || run("leaf"),
-            )
-            .await?;
-            row.name = format!("{} (peak RSS {} MiB)", row.name, peak_rss_kib()? / 1024);
-            rows.push(row);
-            for (name, _) in &homes {
-                let _ = std::process::Command::new(lab.paths.dir.join("bin/systemctl"))
-                    .args(["--user", "stop", &format!("vault-agent-{name}.service")])
-                    .status();
-            }
         }
     }
     let cost = if args.no_cluster {
@@ -399,6 +355,7 @@ fn fleet_config(
     kind: &str,
     homes: &[(String, PathBuf)],
     concurrency: usize,
+    agent_concurrency: usize,
 ) -> Result<String> {
     let tag = format!("{kind}-{}-{concurrency}", homes.len());
     let text = lab.rotate_config_for(homes).replace(
@@ -412,7 +369,12 @@ fn fleet_config(
     let path = base.join(format!("{tag}.toml"));
     std::fs::write(
         &path,
-        text.replace("[run]\n", &format!("[run]\nconcurrency = {concurrency}\n")),
+        text.replace(
+            "[run]\n",
+            &format!(
+                "[run]\nconcurrency = {concurrency}\nagent_concurrency = {agent_concurrency}\n"
+            ),
+        ),
     )?;
     Ok(path.display().to_string())
 }

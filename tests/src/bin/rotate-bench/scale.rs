@@ -70,22 +70,24 @@ pub(crate) struct Plan {
     pub(crate) baseline_max: usize,
     /// `[run] concurrency`.
     pub(crate) concurrency: usize,
+    /// `[run] agent_concurrency`.
+    pub(crate) agent_concurrency: usize,
 }
 
 /// The table for every size of `plan`.
 pub(crate) async fn run(lab: &Lab, base: &Path, plan: &Plan) -> Result<Vec<Row>> {
     let mut rows = Vec::new();
     for &n in &plan.sizes {
-        let fleet = Fleet::new(lab, base, &format!("s{n}"), n, plan.concurrency, false)?;
+        let fleet = Fleet::new(lab, base, &format!("s{n}"), n, plan, false)?;
         rows.push(fleet.plan_row().await?);
         rows.push(fleet.step3_row(plan.baseline_max).await?);
         eprintln!("scale: {n} apps: plan and step 3 measured");
     }
     for &n in &plan.agent_sizes {
-        let fleet = Fleet::new(lab, base, &format!("a{n}"), n, plan.concurrency, true)?;
-        let row = fleet.step4_row(plan.baseline_max).await;
+        let fleet = Fleet::new(lab, base, &format!("a{n}"), n, plan, true)?;
+        let measured = fleet.step4_rows(plan.baseline_max).await;
         fleet.stop_agents();
-        rows.push(row?);
+        rows.extend(measured?);
         eprintln!("scale: {n} apps: step 4 measured");
     }
     Ok(rows)
@@ -105,9 +107,10 @@ impl<'l> Fleet<'l> {
         base: &Path,
         tag: &str,
         n: usize,
-        concurrency: usize,
+        plan: &Plan,
         agents: bool,
     ) -> Result<Self> {
+        let concurrency = plan.concurrency;
         let apps: Vec<(String, PathBuf)> = (0..n)
             .map(|i| {
                 let name = format!("{tag}x{i}");
@@ -120,7 +123,14 @@ impl<'l> Fleet<'l> {
                 lab.define_agent_unit(name, home);
             }
         }
-        let config = crate::fleet_config(lab, base, &format!("scale-{tag}"), &apps, concurrency)?;
+        let config = crate::fleet_config(
+            lab,
+            base,
+            &format!("scale-{tag}"),
+            &apps,
+            concurrency,
+            plan.agent_concurrency,
+        )?;
         Ok(Fleet {
             lab,
             config,
@@ -129,11 +139,16 @@ impl<'l> Fleet<'l> {
         })
     }
 
+    /// Runs `rotate <args>` in this process; its JSON report is left beside the config
+    /// (`<config>.last.json`) for a look at where the time went.
     async fn rotate(&self, args: &[&str]) -> Result<rotate_cli::Exit> {
         let mut argv = vec!["rotate", "--config", &self.config, "-o", "json"];
         argv.extend_from_slice(args);
         let cli = <rotate_cli::Cli as clap::Parser>::parse_from(argv);
-        Ok(rotate_cli::run(cli, &mut std::io::sink()).await)
+        let mut out = Vec::new();
+        let exit = rotate_cli::run(cli, &mut out).await;
+        std::fs::write(format!("{}.last.json", self.config), out)?;
+        Ok(exit)
     }
 
     async fn rotate_ok(&self, args: &[&str]) -> Result<Duration> {
@@ -173,7 +188,7 @@ impl<'l> Fleet<'l> {
             took += self.rotate_ok(&["run", "--step", "agents"]).await?;
         }
         let rss = crate::peak_rss_kib()? / 1024;
-        let floor = self.step3_floor().await?;
+        let floor = (self.step3_floor().await? + self.step3_floor().await?) / 2;
         let baseline = if self.apps.len() <= baseline_max {
             Some(self.step3_baseline().await?)
         } else {
@@ -362,30 +377,46 @@ impl<'l> Fleet<'l> {
         Ok(out.stdout)
     }
 
-    /// Step 4 with real agents (after steps 3 and 4 ran once), the agents' own floor (all
-    /// restarted at once until each has rendered a new leaf), the baseline (restart each,
-    /// wait for its render, `openssl` checks, one app after another).
-    async fn step4_row(&self, baseline_max: usize) -> Result<Row> {
+    /// Step 4 with real agents (after steps 3 and 4 ran once), its floor (the agents'
+    /// own: all restarted at once until each has rendered and its post-hook installed the
+    /// leaf; stricter than adding step 4's bare Vault requests), its baseline (restart
+    /// each, wait for its render, `openssl` checks, one app after another); and steps 3+4
+    /// together against the sum of their floors.
+    async fn step4_rows(&self, baseline_max: usize) -> Result<Vec<Row>> {
         self.rotate_ok(&["run", "--step", "agents"]).await?;
         self.rotate_ok(&["run", "--step", "leaf"]).await?;
         std::fs::write("/proc/self/clear_refs", "5")?;
-        let took = self.rotate_ok(&["run", "--step", "leaf"]).await?;
+        let step3 = self.rotate_ok(&["run", "--step", "agents"]).await?;
+        let step4 = self.rotate_ok(&["run", "--step", "leaf"]).await?;
         let rss = crate::peak_rss_kib()? / 1024;
-        let floor = self.agents_floor().await?;
+        let floor3 = self.step3_floor().await?;
+        let floor4 = self.agents_floor().await?;
         let baseline = if self.apps.len() <= baseline_max {
             Some(self.step4_baseline().await?)
         } else {
             None
         };
-        Ok(Row {
-            n: self.apps.len(),
-            what: "step 4 (`run --step leaf`), real `bao agent`s, gates included".into(),
-            rotate: took,
-            baseline,
-            floor: Some(floor),
-            rss_mib: Some(rss),
-            note: "floor: every agent restarted at once until each rendered".into(),
-        })
+        let n = self.apps.len();
+        Ok(vec![
+            Row {
+                n,
+                what: "step 4 (`run --step leaf`), real `bao agent`s, gates included".into(),
+                rotate: step4,
+                baseline,
+                floor: Some(floor4),
+                rss_mib: Some(rss),
+                note: "floor: every agent restarted at once until each rendered".into(),
+            },
+            Row {
+                n,
+                what: "steps 3+4, real `bao agent`s, gates included".into(),
+                rotate: step3 + step4,
+                baseline: None,
+                floor: Some(floor3 + floor4),
+                rss_mib: Some(rss),
+                note: "floor: step 3's bare requests + the agents' floor".into(),
+            },
+        ])
     }
 
     fn fullchain(&self, name: &str, home: &Path) -> PathBuf {
