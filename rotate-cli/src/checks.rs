@@ -65,21 +65,163 @@ impl PreflightReport {
     }
 }
 
+/// Which certificate of the order a [`Material`] is (a metric label).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum MaterialKind {
+    /// The admin's client certificate (step 1).
+    Admin,
+    /// A listener's certificate, as served or on disk (step 2).
+    Listener,
+    /// An agent's login certificate (step 3).
+    Agent,
+    /// An app's leaf (step 4).
+    Leaf,
+    /// The proxy's client certificate (step 5).
+    Proxy,
+    /// A CA of the PKI mount's chain.
+    Ca,
+}
+
+impl MaterialKind {
+    /// The label value.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            MaterialKind::Admin => "admin",
+            MaterialKind::Listener => "listener",
+            MaterialKind::Agent => "agent",
+            MaterialKind::Leaf => "leaf",
+            MaterialKind::Proxy => "proxy",
+            MaterialKind::Ca => "ca",
+        }
+    }
+}
+
+/// What a [`Material`] belongs to: its kind, and the app or node it is of.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Labels {
+    /// Which certificate of the order.
+    pub kind: MaterialKind,
+    /// The app (agent and leaf certificates).
+    pub app: Option<String>,
+    /// The node (a cluster's listeners).
+    pub node: Option<String>,
+}
+
+impl Labels {
+    /// A certificate of the deployment as a whole.
+    pub fn of(kind: MaterialKind) -> Labels {
+        Labels {
+            kind,
+            app: None,
+            node: None,
+        }
+    }
+
+    /// A certificate of app `app`.
+    pub fn app(kind: MaterialKind, app: &str) -> Labels {
+        Labels {
+            app: Some(app.to_owned()),
+            ..Labels::of(kind)
+        }
+    }
+
+    /// A certificate of node `node`.
+    pub fn node(kind: MaterialKind, node: &str) -> Labels {
+        Labels {
+            node: Some(node.to_owned()),
+            ..Labels::of(kind)
+        }
+    }
+}
+
 /// One managed certificate and when it expires.
 #[derive(Debug, Clone, Serialize)]
 pub struct Material {
+    /// Which certificate of the order.
+    pub kind: MaterialKind,
+    /// The app it belongs to.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub app: Option<String>,
+    /// The node it belongs to.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub node: Option<String>,
     /// What it is (`admin certificate`, `leaf of ncprd1`, ...).
     pub what: String,
     /// Where it lives (a file, or `served by the listener`).
     pub location: String,
     /// Serial, `aa:bb` hex.
     pub serial_hex: String,
-    /// Not after.
+    /// Not after, as openssl prints it (`Jan  2 03:04:05 2027 GMT`).
     pub not_after: String,
+    /// Not after, unix seconds.
+    pub not_after_unix: i64,
+    /// Not after, RFC 3339 (UTC).
+    pub not_after_rfc3339: String,
     /// Days left (negative: expired).
     pub days_left: i64,
     /// Hours left (negative: expired).
     pub hours_left: i64,
+}
+
+impl Material {
+    /// Certificate `c` as `what` at `location`, its time left counted from `now`.
+    pub fn new(
+        labels: Labels,
+        what: impl Into<String>,
+        location: impl Into<String>,
+        c: &pki_ops::CertInfo,
+        now: i64,
+    ) -> Material {
+        Material {
+            not_after: c.not_after_human.clone(),
+            ..Material::at(labels, what, location, &c.serial_hex, c.not_after, now)
+        }
+    }
+
+    fn at(
+        labels: Labels,
+        what: impl Into<String>,
+        location: impl Into<String>,
+        serial_hex: &str,
+        not_after: i64,
+        now: i64,
+    ) -> Material {
+        Material {
+            kind: labels.kind,
+            app: labels.app,
+            node: labels.node,
+            what: what.into(),
+            location: location.into(),
+            serial_hex: serial_hex.to_owned(),
+            not_after: String::new(),
+            not_after_unix: not_after,
+            not_after_rfc3339: rfc3339(not_after),
+            days_left: (not_after - now).div_euclid(86_400),
+            hours_left: (not_after - now).div_euclid(3600),
+        }
+    }
+}
+
+/// Unix seconds as RFC 3339 in UTC (`2027-01-02T03:04:05Z`), proleptic Gregorian.
+pub(crate) fn rfc3339(unix: i64) -> String {
+    let (days, secs) = (unix.div_euclid(86_400), unix.rem_euclid(86_400));
+    // Civil from days (H. Hinnant's algorithm), days since 1970-01-01.
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    format!(
+        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}Z",
+        secs / 3600,
+        secs % 3600 / 60,
+        secs % 60
+    )
 }
 
 /// What `rotate verify` found.
@@ -115,34 +257,32 @@ impl VerifyReport {
 
     pub(crate) fn material(
         &mut self,
+        labels: Labels,
         what: impl Into<String>,
         location: impl Into<String>,
         c: &pki_ops::CertInfo,
         now: i64,
     ) {
-        self.inventory.push(Material {
-            what: what.into(),
-            location: location.into(),
-            serial_hex: c.serial_hex.clone(),
-            not_after: c.not_after_human.clone(),
-            days_left: (c.not_after - now).div_euclid(86_400),
-            hours_left: (c.not_after - now).div_euclid(3600),
-        });
+        self.inventory
+            .push(Material::new(labels, what, location, c, now));
     }
 
     /// The listener certificate as `served`, into the inventory.
-    pub(crate) fn served(&mut self, what: &str, location: &str, s: &Served, now: i64) {
-        let left = pki_ops::parse_bundle(&s.chain_pem, "served")
+    pub(crate) fn served(
+        &mut self,
+        labels: Labels,
+        what: &str,
+        location: &str,
+        s: &Served,
+        now: i64,
+    ) {
+        let not_after = pki_ops::parse_bundle(&s.chain_pem, "served")
             .ok()
-            .and_then(|c| c.first().map(|c| c.not_after - now))
+            .and_then(|c| c.first().map(|c| c.not_after))
             .unwrap_or_default();
         self.inventory.push(Material {
-            what: what.to_owned(),
-            location: location.to_owned(),
-            serial_hex: s.serial_hex.clone(),
             not_after: s.not_after.clone(),
-            days_left: left.div_euclid(86_400),
-            hours_left: left.div_euclid(3600),
+            ..Material::at(labels, what, location, &s.serial_hex, not_after, now)
         });
     }
 }

@@ -125,6 +125,28 @@ pub enum Command {
         /// Only these apps (repeatable); default: every configured app.
         #[arg(long = "app", value_name = "NAME")]
         apps: Vec<String>,
+        /// Also write the expiry inventory, the verdict and the last run as a
+        /// node_exporter textfile (atomically; the name must end in `.prom`).
+        #[arg(long, value_name = "PATH")]
+        metrics_file: Option<PathBuf>,
+    },
+    /// Every certificate file rotate manages and when it expires; reads files only.
+    ///
+    /// The admin's, each listener node's, each app's agent certificate and leaf, the
+    /// proxy's client certificate: read from disk without Vault (fast enough for a
+    /// minute timer at thousands of apps), soonest expiry first, with RFC 3339 and unix
+    /// timestamps in JSON. Exits 11 when a file is missing or unreadable.
+    #[command(
+        after_long_help = "Examples:\n  rotate -c prod.toml inventory\n  rotate -c prod.toml inventory --metrics-file /var/lib/node_exporter/textfile_collector/rotate.prom\n"
+    )]
+    Inventory {
+        /// Only these apps (repeatable); default: every configured app.
+        #[arg(long = "app", value_name = "NAME")]
+        apps: Vec<String>,
+        /// Also write it, with the last run, as a node_exporter textfile (atomically; the
+        /// name must end in `.prom`).
+        #[arg(long, value_name = "PATH")]
+        metrics_file: Option<PathBuf>,
     },
     /// The final healthcheck alone (step 7); writes nothing.
     ///
@@ -304,7 +326,12 @@ async fn dispatch(cli: &Cli, out: &mut dyn Write, cancel: &Cancel) -> Result<Exi
     let (selection, mode) = match &cli.command {
         Command::Status => return status(cli, config, out).await,
         Command::Health => return health(cli, config, out).await,
-        Command::Verify { apps } => return verify(cli, config, apps, out).await,
+        Command::Verify { apps, metrics_file } => {
+            return verify(cli, config, apps, metrics_file.as_deref(), out).await;
+        }
+        Command::Inventory { apps, metrics_file } => {
+            return inventory(cli, config, apps, metrics_file.as_deref(), out);
+        }
         Command::Plan(s) => (Some(s), Mode::Plan),
         Command::Run {
             selection,
@@ -315,6 +342,42 @@ async fn dispatch(cli: &Cli, out: &mut dyn Write, cancel: &Cancel) -> Result<Exi
         Command::Completions { .. } | Command::Man => return Ok(Exit::Ok),
     };
     let config = config.ok_or(ConfigError::Missing)?;
+    let mut run_id = None;
+    let result = run_steps(cli, &config, selection, mode, out, cancel, &mut run_id).await;
+    if mode != Mode::Plan {
+        // What the metrics textfile reports as the last run; its own failure is only said.
+        let exit = result.as_ref().map_or_else(Failure::exit, |e| *e);
+        let label = match mode {
+            Mode::Resume => "run --resume",
+            Mode::Rollback => "rollback",
+            _ => "run",
+        };
+        if let Err(e) = crate::state::outcome::record(
+            &config.state_dir(),
+            run_id.as_deref(),
+            label,
+            exit.code(),
+            unix_now(),
+        ) {
+            eprintln!(
+                "rotate: could not record how this run ended (for the metrics): {}",
+                crate::text::escape_controls(&e.to_string())
+            );
+        }
+    }
+    result
+}
+
+/// Plan, run, resume or roll back: the report on `out`, the run's id into `run_id`.
+async fn run_steps(
+    cli: &Cli,
+    config: &Config,
+    selection: Option<&Selection>,
+    mode: Mode,
+    out: &mut dyn Write,
+    cancel: &Cancel,
+    run_id: &mut Option<String>,
+) -> Result<Exit, Failure> {
     let empty = Vec::new();
     let names = selection.map(|s| &s.apps).unwrap_or(&empty);
     let apps = config.select_apps(names)?;
@@ -334,7 +397,7 @@ async fn dispatch(cli: &Cli, out: &mut dyn Write, cancel: &Cancel) -> Result<Exi
         if_due: selection.is_some_and(|s| s.if_due) || config.run.if_due,
     };
     let repaired = match mode {
-        Mode::Resume | Mode::Rollback => crate::repair::repair_torn_pairs(&config, unix_now())?,
+        Mode::Resume | Mode::Rollback => crate::repair::repair_torn_pairs(config, unix_now())?,
         // Nothing is built from files an unfinished run may have left torn.
         Mode::Run => {
             if let Some(r) =
@@ -345,7 +408,7 @@ async fn dispatch(cli: &Cli, out: &mut dyn Write, cancel: &Cancel) -> Result<Exi
             Vec::new()
         }
         Mode::Plan => {
-            crate::repair::refuse_if_torn(&config)?;
+            crate::repair::refuse_if_torn(config)?;
             Vec::new()
         }
     };
@@ -355,8 +418,8 @@ async fn dispatch(cli: &Cli, out: &mut dyn Write, cancel: &Cancel) -> Result<Exi
             crate::text::escape_controls(what)
         );
     }
-    let conn = Connection::open(&config)?;
-    let work = execute(&config, &apps, request, mode, conn.deps(cancel));
+    let conn = Connection::open(config)?;
+    let work = execute(config, &apps, request, mode, conn.deps(cancel));
     let mut report = tokio::select! {
         r = work => r?,
         never = stop_signal(cancel) => match never {},
@@ -369,6 +432,7 @@ async fn dispatch(cli: &Cli, out: &mut dyn Write, cancel: &Cancel) -> Result<Exi
         );
     }
     report.repaired = repaired;
+    run_id.clone_from(&report.run_id);
     if cli.quiet && cli.output == Output::Human && !report.retain_notable() {
         return Ok(report.exit());
     }
@@ -454,6 +518,7 @@ async fn verify(
     cli: &Cli,
     config: Option<Config>,
     names: &[String],
+    metrics: Option<&std::path::Path>,
     out: &mut dyn Write,
 ) -> Result<Exit, Failure> {
     let config = config.ok_or(ConfigError::Missing)?;
@@ -462,8 +527,55 @@ async fn verify(
     let conn = Connection::open(&config)?;
     let cancel = Cancel::new();
     let report = crate::verify::verify(&config, &apps, conn.deps(&cancel)).await;
+    if let Some(path) = metrics {
+        let failed = report.checks.iter().filter(|c| !c.ok).count();
+        write_metrics(&config, path, &report.inventory, Some(failed))?;
+    }
     emit_unless_quiet(cli, out, &report, report.exit())?;
     Ok(report.exit())
+}
+
+fn inventory(
+    cli: &Cli,
+    config: Option<Config>,
+    names: &[String],
+    metrics: Option<&std::path::Path>,
+    out: &mut dyn Write,
+) -> Result<Exit, Failure> {
+    let config = config.ok_or(ConfigError::Missing)?;
+    let apps = config.select_apps(names)?;
+    let inv = crate::metrics::inventory(&config, &apps, unix_now());
+    if let Some(path) = metrics {
+        write_metrics(&config, path, &inv.inventory, None)?;
+    }
+    let exit = match inv.unreadable.is_empty() {
+        true => Exit::Ok,
+        false => Exit::VerifyFailed,
+    };
+    emit_unless_quiet(cli, out, &inv, exit)?;
+    Ok(exit)
+}
+
+/// The textfile of `inventory` (and verify's verdict) with the last run of the config's
+/// state directory.
+fn write_metrics(
+    config: &Config,
+    path: &std::path::Path,
+    inventory: &[crate::checks::Material],
+    verify_failed: Option<usize>,
+) -> Result<(), Failure> {
+    let last = crate::state::outcome::last(&config.state_dir())?;
+    let text = crate::metrics::textfile(
+        &config.env,
+        inventory,
+        unix_now(),
+        &crate::metrics::Extra {
+            verify_failed,
+            last_run: last.as_ref(),
+        },
+    );
+    crate::metrics::write_textfile(path, &text)?;
+    Ok(())
 }
 
 async fn health(cli: &Cli, config: Option<Config>, out: &mut dyn Write) -> Result<Exit, Failure> {

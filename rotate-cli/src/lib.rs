@@ -57,6 +57,7 @@ mod engine;
 mod error;
 mod exit;
 mod host;
+mod metrics;
 mod pause;
 mod policy_fix;
 mod render;
@@ -74,7 +75,7 @@ mod topology;
 mod verify;
 
 pub use change::{Change, ChangeKind, FieldDiff};
-pub use checks::{Check, Material, PreflightReport, VerifyReport};
+pub use checks::{Check, Labels, Material, MaterialKind, PreflightReport, VerifyReport};
 #[cfg(feature = "cli")]
 pub use cli::{Cli, Command, KvFlags, LogWriter, Output, Selection, run};
 pub use config::{
@@ -90,6 +91,7 @@ pub use engine::{
 };
 pub use error::StepError;
 pub use exit::Exit;
+pub use metrics::{Extra, Inventory, inventory, textfile, write_textfile};
 pub use repair::{refuse_if_torn, repair_torn_pairs};
 pub use rotation::{Mode, RotationError, RunReport, execute};
 pub use served::{
@@ -101,6 +103,7 @@ pub use state::journal::{
     TargetState, check_state_dir, last_run,
 };
 pub use state::lock::{LockError, StateLock};
+pub use state::outcome::LastRun;
 pub use state::undo::UndoAction;
 pub use status::{Identity, NodeStatus, StatusReport, status};
 pub use steps::admin::{AdminApplied, AdminPlan, AdminProof, AdminStep};

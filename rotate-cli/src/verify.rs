@@ -66,7 +66,13 @@ async fn pki_chain(ctx: &Ctx<'_>, r: &mut VerifyReport) -> Option<String> {
             let certs = pki_ops::parse_bundle(&c, "PKI chain").unwrap_or_default();
             for (i, cert) in certs.iter().enumerate() {
                 let what = if i == 0 { "issuing CA" } else { "CA above it" };
-                r.material(what, format!("{}/cert/ca_chain", cfg.pki.mount), cert, now);
+                r.material(
+                    crate::checks::Labels::of(crate::checks::MaterialKind::Ca),
+                    what,
+                    format!("{}/cert/ca_chain", cfg.pki.mount),
+                    cert,
+                    now,
+                );
             }
             Some(c)
         }

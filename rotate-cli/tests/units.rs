@@ -283,7 +283,7 @@ fn each_services_command_line_means_what_it_says() {
     assert_eq!(cli.config.as_deref(), Some(Path::new(INSTALLED_CONFIG)));
     assert!(cli.quiet, "verify: --quiet (only the failed checks)");
     match &cli.command {
-        Sub::Verify { apps } => assert!(apps.is_empty(), "verify: every app"),
+        Sub::Verify { apps, .. } => assert!(apps.is_empty(), "verify: every app"),
         other => panic!("verify runs {other:?}, not `verify`"),
     }
 }

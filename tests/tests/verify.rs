@@ -38,6 +38,7 @@ async fn verify_passes_after_a_run_and_names_each_injected_drift() {
 
     let (exit, v) = rotate(&cfg, &["verify"]).await;
     assert_eq!(exit, Exit::Ok, "{:#?}", failed(&v));
+    metrics_and_inventory_agree_with_verify(&cfg, &dir, app, &v).await;
     let names: Vec<&str> = v["checks"]
         .as_array()
         .unwrap()
@@ -158,4 +159,88 @@ async fn verify_passes_after_a_run_and_names_each_injected_drift() {
     // Repaired: passes again.
     let (exit, v) = rotate(&cfg, &["verify"]).await;
     assert_eq!(exit, Exit::Ok, "{:#?}", failed(&v));
+}
+
+/// `verify --metrics-file` and `inventory` (files only) report the same certificates as
+/// verify's inventory: the textfile in the exposition format, with the last run.
+async fn metrics_and_inventory_agree_with_verify(
+    cfg: &std::path::Path,
+    dir: &std::path::Path,
+    app: &str,
+    verified: &serde_json::Value,
+) {
+    use std::os::unix::fs::PermissionsExt as _;
+    let textfile_dir = dir.join("textfile");
+    std::fs::create_dir_all(&textfile_dir).unwrap();
+    let prom = textfile_dir.join("rotate.prom");
+    let p = prom.to_str().unwrap();
+    let (exit, _) = rotate(cfg, &["verify", "--metrics-file", p]).await;
+    assert_eq!(exit, Exit::Ok);
+    let text = std::fs::read_to_string(&prom).unwrap();
+    assert_eq!(
+        std::fs::metadata(&prom).unwrap().permissions().mode() & 0o777,
+        0o644
+    );
+    // Every sample line: name{labels} value, after its family's TYPE.
+    let mut typed = Vec::new();
+    let mut samples = std::collections::BTreeMap::new();
+    for line in text.lines() {
+        if let Some(t) = line.strip_prefix("# TYPE ") {
+            typed.push(t.split(' ').next().unwrap().to_owned());
+            continue;
+        }
+        if line.starts_with("# HELP ") {
+            continue;
+        }
+        let (series, value) = line.rsplit_once("} ").unwrap_or_else(|| panic!("{line}"));
+        let name = series.split('{').next().unwrap();
+        assert!(
+            typed.iter().any(|t| t == name),
+            "sample before TYPE: {line}"
+        );
+        samples.insert(format!("{series}}}"), value.parse::<f64>().unwrap());
+    }
+    let find = |needle: &[&str]| {
+        samples
+            .iter()
+            .find(|(k, _)| needle.iter().all(|n| k.contains(n)))
+            .map(|(_, v)| *v)
+            .unwrap_or_else(|| panic!("no {needle:?} in\n{text}"))
+    };
+    assert_eq!(find(&["rotate_verify_success{"]), 1.0);
+    assert_eq!(find(&["rotate_last_run_exit_code{", "mode=\"run\""]), 0.0);
+    for kind in ["agent", "leaf"] {
+        let listed = verified["inventory"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|m| m["kind"] == kind && m["app"] == app)
+            .unwrap_or_else(|| panic!("no {kind} of {app} in verify's inventory"));
+        let unix = listed["not_after_unix"].as_i64().unwrap();
+        assert!(listed["not_after_rfc3339"].as_str().unwrap().ends_with('Z'));
+        let label = format!("app=\"{app}\"");
+        let kind_label = format!("kind=\"{kind}\"");
+        assert_eq!(
+            find(&[
+                "rotate_certificate_expiry_timestamp_seconds{",
+                &label,
+                &kind_label
+            ]),
+            unix as f64
+        );
+    }
+    // The same from the files alone.
+    let (exit, inv) = rotate(cfg, &["inventory", "--app", app]).await;
+    assert_eq!(exit, Exit::Ok, "{inv:#}");
+    let kinds: Vec<&str> = inv["inventory"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|m| m["app"] == app)
+        .map(|m| m["kind"].as_str().unwrap())
+        .collect();
+    assert!(
+        kinds.contains(&"agent") && kinds.contains(&"leaf"),
+        "{inv:#}"
+    );
 }

@@ -3,4 +3,5 @@
 
 pub(crate) mod journal;
 pub(crate) mod lock;
+pub(crate) mod outcome;
 pub(crate) mod undo;

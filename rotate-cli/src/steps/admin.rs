@@ -654,7 +654,13 @@ impl StepDef for Def {
             pair.map(|()| cert.display().to_string()),
         );
         if let Ok(c) = pki_ops::CertInfo::from_pem_file(cert) {
-            r.material("admin certificate", cert.display().to_string(), &c, now);
+            r.material(
+                crate::checks::Labels::of(crate::checks::MaterialKind::Admin),
+                "admin certificate",
+                cert.display().to_string(),
+                &c,
+                now,
+            );
         }
         match prove_admin(gate, cert, key, ca, Duration::from_secs(10)).await {
             Ok(id) => {
@@ -666,6 +672,7 @@ impl StepDef for Def {
                     )),
                 );
                 r.served(
+                    crate::checks::Labels::of(crate::checks::MaterialKind::Listener),
                     "listener certificate",
                     "served by the listener",
                     &id.listener,

@@ -676,7 +676,13 @@ impl StepDef for Def {
                     )),
                 );
                 let location = app.home.join(rel::agent_cert()).display().to_string();
-                r.material(format!("agent certificate of {a}"), location, &info, now);
+                r.material(
+                    crate::checks::Labels::app(crate::checks::MaterialKind::Agent, a),
+                    format!("agent certificate of {a}"),
+                    location,
+                    &info,
+                    now,
+                );
             }
             Err(why) => r.check(format!("agent certificate of {a}"), Err(why)),
         }

@@ -1376,7 +1376,13 @@ impl StepDef for Def {
                         info.not_after_human
                     )),
                 );
-                r.material(format!("leaf of {a}"), location, &info, now);
+                r.material(
+                    crate::checks::Labels::app(crate::checks::MaterialKind::Leaf, a),
+                    format!("leaf of {a}"),
+                    location,
+                    &info,
+                    now,
+                );
             }
             Err(why) => r.check(format!("leaf of {a}"), Err(why)),
         }

@@ -767,6 +767,12 @@ impl Step for ListenerStep<'_> {
             });
         }
         if served.seal_status != Some(200) {
+            // A reset because the node died under the request (killed, restarting) is
+            // not the certificate's fault: kept applied for `--resume`, like a wait that
+            // found it gone.
+            if let Some(gone) = self.gone(node).await {
+                return Err(gone);
+            }
             return Err(gate_err(format!(
                 "the listener serves the new certificate but sys/seal-status failed for the admin: {}",
                 served
@@ -982,7 +988,13 @@ async fn served_by(ctx: &Ctx<'_>, node: &ListenerNode, r: &mut VerifyReport) -> 
                 "served by {}",
                 node.addr.as_deref().unwrap_or("the listener")
             );
-            r.served(&what, &at, &s, ctx.now());
+            r.served(
+                crate::checks::Labels::node(crate::checks::MaterialKind::Listener, &node.name),
+                &what,
+                &at,
+                &s,
+                ctx.now(),
+            );
             Some(s)
         }
         Err(why) => {

@@ -800,6 +800,7 @@ fn check_client_pair(
         pki_ops::verify_chain_labeled(&cert, &what, &cert, text, label, now)
             .map_err(|x| format!("{x:#}"))?;
         r.material(
+            crate::checks::Labels::of(crate::checks::MaterialKind::Proxy),
             "proxy client certificate",
             home.join(&id.cert).display().to_string(),
             &c,
