@@ -1164,18 +1164,23 @@ impl Config {
         if let Some(h) = self.proxy.as_ref().and_then(|p| p.home.as_ref()) {
             trees.push(("proxy.home".into(), resolve(h)));
         }
-        for (i, (a, ta)) in trees.iter().enumerate() {
-            for (b, tb) in &trees[..i] {
-                if ta.starts_with(tb) || tb.starts_with(ta) {
-                    return Err(self.invalid(
-                        a.clone(),
-                        format!(
-                            "{} and {b} ({}) are one inside the other: each app needs its own tree",
-                            ta.display(),
-                            tb.display()
-                        ),
-                    ));
-                }
+        // In component order a tree's subtrees come right after it: if any two are one
+        // inside the other, two neighbours are (n log n, for thousands of apps). The
+        // error names the later one in the config.
+        let mut order: Vec<usize> = (0..trees.len()).collect();
+        order.sort_by(|&x, &y| trees[x].1.cmp(&trees[y].1).then(x.cmp(&y)));
+        for pair in order.windows(2) {
+            if trees[pair[1]].1.starts_with(&trees[pair[0]].1) {
+                let (first, later) = (pair[0].min(pair[1]), pair[0].max(pair[1]));
+                let ((a, ta), (b, tb)) = (&trees[later], &trees[first]);
+                return Err(self.invalid(
+                    a.clone(),
+                    format!(
+                        "{} and {b} ({}) are one inside the other: each app needs its own tree",
+                        ta.display(),
+                        tb.display()
+                    ),
+                ));
             }
         }
         let mut kept: Vec<(String, PathBuf)> = root_files
@@ -1980,6 +1985,33 @@ mod tests {
     const PROD: &str = include_str!("../examples/prod.toml");
 
     const CLUSTER: &str = include_str!("../examples/cluster.toml");
+
+    #[test]
+    fn homes_one_inside_another_are_refused_naming_the_later_one_and_neighbours_are_not() {
+        let with = |extra: &str| {
+            Config::parse(
+                &format!("{PROD}{extra}"),
+                Path::new("/etc/rotate/prod.toml"),
+            )
+        };
+        let app = |name: &str, home: &str| {
+            format!("\n[[apps]]\nname = \"{name}\"\nhome = \"{home}\"\nuser = \"{name}\"\n")
+        };
+        // A name that merely starts like another home is no nesting.
+        with(&app("ncprd1x", "/home/ncprd1-x")).unwrap();
+        let e = with(&(app("a", "/srv/z") + &app("b", "/srv/a") + &app("c", "/srv/z/inner")))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("apps[4].home") && e.contains("/srv/z/inner") && e.contains("apps[2].home"),
+            "{e}"
+        );
+        let e = with(&app("dup", "/home/ncprd1")).unwrap_err().to_string();
+        assert!(
+            e.contains("apps[2].home") && e.contains("apps[0].home"),
+            "{e}"
+        );
+    }
 
     #[test]
     fn home_token_is_read_only_from_the_callers_own_unshared_regular_file() {

@@ -44,6 +44,9 @@ struct Args {
     /// `[run] agent_concurrency` of the fleet table's runs (step 4).
     #[arg(long, default_value_t = 16)]
     agent_concurrency: usize,
+    /// Certificate files for the inventory row (0: none).
+    #[arg(long, default_value_t = 10_000)]
+    inventory_files: usize,
 }
 
 mod scale;
@@ -102,6 +105,7 @@ async fn main() -> Result<()> {
             baseline_max: args.baseline_max,
             concurrency: args.concurrency,
             agent_concurrency: args.agent_concurrency,
+            inventory_files: args.inventory_files,
         };
         scale::run(&lab, &std::path::absolute(&args.dir)?, &plan).await?
     };

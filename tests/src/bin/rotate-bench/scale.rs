@@ -72,6 +72,8 @@ pub(crate) struct Plan {
     pub(crate) concurrency: usize,
     /// `[run] agent_concurrency`.
     pub(crate) agent_concurrency: usize,
+    /// Certificate files for the inventory row (two per app).
+    pub(crate) inventory_files: usize,
 }
 
 /// The table for every size of `plan`.
@@ -83,6 +85,13 @@ pub(crate) async fn run(lab: &Lab, base: &Path, plan: &Plan) -> Result<Vec<Row>>
         rows.push(fleet.step3_row(plan.baseline_max).await?);
         eprintln!("scale: {n} apps: plan and step 3 measured");
     }
+    if plan.inventory_files > 0 {
+        rows.push(inventory_row(lab, base, plan).await?);
+        eprintln!(
+            "scale: inventory of {} files measured",
+            plan.inventory_files
+        );
+    }
     for &n in &plan.agent_sizes {
         let fleet = Fleet::new(lab, base, &format!("a{n}"), n, plan, true)?;
         let measured = fleet.step4_rows(plan.baseline_max).await;
@@ -91,6 +100,56 @@ pub(crate) async fn run(lab: &Lab, base: &Path, plan: &Plan) -> Result<Vec<Row>>
         eprintln!("scale: {n} apps: step 4 measured");
     }
     Ok(rows)
+}
+
+/// `rotate inventory` of homes holding `plan.inventory_files` certificate files (an agent
+/// certificate and a leaf each, real certificates issued by the lab), files only.
+async fn inventory_row(lab: &Lab, base: &Path, plan: &Plan) -> Result<Row> {
+    let n = plan.inventory_files.div_ceil(2);
+    let fleet = Fleet::new(lab, base, &format!("i{n}"), n, plan, false)?;
+    let admin = lab.admin_client()?;
+    pki_ops::upsert_role(
+        &admin,
+        PKI_MOUNT,
+        "bench-inventory",
+        &pki_ops::RoleSpec::agent_client("inventory.prod.privsec.ch", "1h", "1h"),
+        pki_ops::CreatePolicy::CreateIfMissing,
+        false,
+    )
+    .await?;
+    let req = IssueRequest {
+        common_name: "inventory.prod.privsec.ch".into(),
+        ttl: Some("1h".into()),
+        ..Default::default()
+    };
+    let cert = admin
+        .issue(PKI_MOUNT, "bench-inventory", &req)
+        .await?
+        .certificate;
+    for (name, home) in &fleet.apps {
+        for rel in [
+            "vault/mtls/agent.crt".to_owned(),
+            format!("tls/{name}.fullchain.pem"),
+        ] {
+            let path = home.join(rel);
+            std::fs::create_dir_all(path.parent().context("parent")?)?;
+            std::fs::write(&path, &cert)?;
+        }
+    }
+    std::fs::write("/proc/self/clear_refs", "5")?;
+    let t = Instant::now();
+    let exit = fleet.rotate(&["inventory"]).await?;
+    let took = t.elapsed();
+    anyhow::ensure!(exit == rotate_cli::Exit::Ok, "inventory exited {exit:?}");
+    Ok(Row {
+        n,
+        what: format!("`rotate inventory` of {} certificate files", 2 * n),
+        rotate: took,
+        baseline: None,
+        floor: None,
+        rss_mib: Some(crate::peak_rss_kib()? / 1024),
+        note: "files only, no Vault".into(),
+    })
 }
 
 /// N apps under one config, with their own homes and state directory.
