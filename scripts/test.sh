@@ -9,8 +9,11 @@ cargo fmt --all --check
 cargo fmt --manifest-path fuzz/Cargo.toml --all --check
 echo "== cargo clippy -D warnings"
 cargo clippy --workspace --all-targets --locked -- -D warnings
-echo "== cargo doc -D warnings"
+echo "== cargo doc -D warnings (with and without the cli feature)"
 RUSTDOCFLAGS=-Dwarnings cargo doc --workspace --no-deps --locked
+RUSTDOCFLAGS=-Dwarnings cargo doc -p rotate-cli --no-deps --no-default-features --locked
+echo "== the embedding example, built alone (rotate-cli without its command line)"
+cargo build -p rotate-embed-example --locked
 echo "== fuzz targets: build and smoke-run 5 s each"
 # Only a stable toolchain exists here; RUSTC_BOOTSTRAP lets cargo-fuzz pass its -Z flags.
 export PATH="$PWD/target/tools/cargo-fuzz/bin:$PATH"

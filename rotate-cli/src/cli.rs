@@ -8,13 +8,11 @@ use clap::{CommandFactory as _, Parser, Subcommand, ValueEnum};
 use vault_client::{HealthState, VaultClient};
 
 use crate::config::{Config, ConfigError};
-use crate::deps::{FreshClients, Vault};
 use crate::engine::Cancel;
-use crate::engine::context::Deps;
 use crate::exit::Exit;
-use crate::rotation::{Mode, RotationError, execute};
-use crate::state::journal::{RunRequest, StepId};
-use hooks::{ProcessRunner, ProgramOverrides};
+use crate::rotation::{Mode, RotationError};
+use crate::session::{Connection, Request, Session, unix_now};
+use crate::state::journal::StepId;
 
 /// Rotate every piece of TLS/mTLS material around a Vault/OpenBao deployment, in the order
 /// that cannot lock you out, proving each step before the next.
@@ -199,17 +197,18 @@ pub async fn run(cli: Cli, out: &mut dyn Write) -> Exit {
             let mut text = chain_text(&e.0);
             let journal =
                 e.0.downcast_ref::<crate::state::journal::JournalError>()
-                    .or_else(|| match e.0.downcast_ref::<RotationError>() {
+                    .or_else(|| match rotation_error(&e.0) {
                         Some(RotationError::Journal(j)) => Some(j),
                         _ => None,
                     });
             if let Some(hint) = journal.and_then(crate::state::journal::JournalError::hint) {
                 text.push_str(&format!("; {hint}"));
             }
-            if let Some(RotationError::NothingToDo(what)) = e.0.downcast_ref::<RotationError>() {
+            let (version, command) = (SCHEMA_VERSION, cli.command.name());
+            if let Some(RotationError::NothingToDo(what)) = rotation_error(&e.0) {
                 // Not an error: said as the answer it is.
                 if cli.output == Output::Json {
-                    let doc = serde_json::json!({"summary": what, "exit_code": exit.code()});
+                    let doc = serde_json::json!({"schema_version": version, "command": command, "summary": what, "exit_code": exit.code()});
                     let _ = writeln!(out, "{doc}");
                 } else {
                     let _ = writeln!(out, "{}", crate::text::escape_controls(what));
@@ -217,7 +216,7 @@ pub async fn run(cli: Cli, out: &mut dyn Write) -> Exit {
                 return exit;
             }
             if cli.output == Output::Json {
-                let doc = serde_json::json!({"error": text, "exit_code": exit.code()});
+                let doc = serde_json::json!({"schema_version": version, "command": command, "error": text, "exit_code": exit.code()});
                 let _ = writeln!(out, "{doc}");
             }
             eprintln!("rotate: error: {}", crate::text::escape_controls(&text));
@@ -249,6 +248,16 @@ impl Write for LogWriter {
     }
 }
 
+/// The run's own error in `e`, whether it came straight or through the session.
+fn rotation_error(e: &anyhow::Error) -> Option<&RotationError> {
+    e.downcast_ref::<RotationError>().or_else(|| {
+        match e.downcast_ref::<crate::session::SessionError>() {
+            Some(crate::session::SessionError::Rotation(r)) => Some(&**r),
+            _ => None,
+        }
+    })
+}
+
 /// An error and its causes on one line, each cause once: error types that already put
 /// their cause into their message (`cannot read X: <io error>`) would otherwise repeat it.
 fn chain_text(e: &anyhow::Error) -> String {
@@ -270,6 +279,9 @@ fn of_error(e: &(dyn std::error::Error + 'static)) -> Exit {
     while let Some(e) = next {
         if e.is::<ConfigError>() {
             return Exit::Config;
+        }
+        if let Some(e) = e.downcast_ref::<crate::session::SessionError>() {
+            return e.exit();
         }
         if let Some(e) = e.downcast_ref::<RotationError>() {
             return e.exit();
@@ -341,9 +353,10 @@ async fn dispatch(cli: &Cli, out: &mut dyn Write, cancel: &Cancel) -> Result<Exi
         Command::Rollback => (None, Mode::Rollback),
         Command::Completions { .. } | Command::Man => return Ok(Exit::Ok),
     };
-    let config = config.ok_or(ConfigError::Missing)?;
+    let session = Session::new(config.ok_or(ConfigError::Missing)?);
+    let config = session.config();
     let mut run_id = None;
-    let result = run_steps(cli, &config, selection, mode, out, cancel, &mut run_id).await;
+    let result = run_steps(cli, &session, selection, mode, out, cancel, &mut run_id).await;
     if mode != Mode::Plan {
         // What the metrics textfile reports as the last run; its own failure is only said.
         let exit = result.as_ref().map_or_else(Failure::exit, |e| *e);
@@ -371,72 +384,36 @@ async fn dispatch(cli: &Cli, out: &mut dyn Write, cancel: &Cancel) -> Result<Exi
 /// Plan, run, resume or roll back: the report on `out`, the run's id into `run_id`.
 async fn run_steps(
     cli: &Cli,
-    config: &Config,
+    session: &Session,
     selection: Option<&Selection>,
     mode: Mode,
     out: &mut dyn Write,
     cancel: &Cancel,
     run_id: &mut Option<String>,
 ) -> Result<Exit, Failure> {
-    let empty = Vec::new();
-    let names = selection.map(|s| &s.apps).unwrap_or(&empty);
-    let apps = config.select_apps(names)?;
-    let request = RunRequest {
-        steps: match selection {
-            Some(s) if !s.step.is_empty() => {
-                let mut v: Vec<StepId> = s.step.clone();
-                v.sort();
-                v.dedup();
-                v
-            }
-            _ => config.default_steps(),
-        },
-        apps: names.clone(),
+    let request = Request {
+        mode,
+        steps: selection.map(|s| s.step.clone()).unwrap_or_default(),
+        apps: selection.map(|s| s.apps.clone()).unwrap_or_default(),
         kv_access: selection.is_some_and(|s| s.kv.with_kv_access),
         kv_seed: selection.is_some_and(|s| s.kv.with_kv_seed),
-        if_due: selection.is_some_and(|s| s.if_due) || config.run.if_due,
+        if_due: selection.is_some_and(|s| s.if_due),
     };
-    let repaired = match mode {
-        Mode::Resume | Mode::Rollback => crate::repair::repair_torn_pairs(config, unix_now())?,
-        // Nothing is built from files an unfinished run may have left torn.
-        Mode::Run => {
-            if let Some(r) =
-                crate::state::journal::last_run(&config.state_dir())?.filter(|r| r.needs_resume())
-            {
-                return Err(RotationError::resume_needed(&r, &config.state_dir()).into());
-            }
-            Vec::new()
-        }
-        Mode::Plan => {
-            crate::repair::refuse_if_torn(config)?;
-            Vec::new()
-        }
+    let mut report = tokio::select! {
+        r = session.run(&request, cancel) => r?,
+        never = stop_signal(cancel) => match never {},
     };
-    for what in &repaired {
+    for what in &report.repaired {
         eprintln!(
             "rotate: before connecting: restored {} (an interrupted run left a key and certificate that did not belong together)",
             crate::text::escape_controls(what)
         );
     }
-    let conn = Connection::open(config)?;
-    let work = execute(config, &apps, request, mode, conn.deps(cancel));
-    let mut report = tokio::select! {
-        r = work => r?,
-        never = stop_signal(cancel) => match never {},
-    };
-    if !repaired.is_empty() {
-        report.summary = format!(
-            "{}; before connecting, {} file(s) an interrupted run left torn were restored from the journal",
-            report.summary,
-            repaired.len()
-        );
-    }
-    report.repaired = repaired;
     run_id.clone_from(&report.run_id);
     if cli.quiet && cli.output == Output::Human && !report.retain_notable() {
         return Ok(report.exit());
     }
-    emit(cli.output, out, &report)?;
+    emit(cli, out, &report)?;
     if cli.output == Output::Human && report.exit() != Exit::Ok && report.exit() != Exit::Changes {
         eprintln!("rotate: {}", crate::text::escape_controls(&report.summary));
     }
@@ -497,6 +474,7 @@ async fn status(cli: &Cli, config: Option<Config>, out: &mut dyn Write) -> Resul
         HealthState::Sealed | HealthState::NotInitialized => Exit::Sealed,
         _ => Exit::Ok,
     };
+    report.exit_code = exit.code();
     emit_unless_quiet(cli, out, &report, exit)?;
     Ok(exit)
 }
@@ -511,7 +489,7 @@ fn emit_unless_quiet<T: serde::Serialize + std::fmt::Display>(
     if cli.quiet && cli.output == Output::Human && exit == Exit::Ok {
         return Ok(());
     }
-    emit(cli.output, out, report)
+    emit(cli, out, report)
 }
 
 async fn verify(
@@ -548,10 +526,12 @@ fn inventory(
     if let Some(path) = metrics {
         write_metrics(&config, path, &inv.inventory, None)?;
     }
+    let mut inv = inv;
     let exit = match inv.unreadable.is_empty() {
         true => Exit::Ok,
         false => Exit::VerifyFailed,
     };
+    inv.exit_code = exit.code();
     emit_unless_quiet(cli, out, &inv, exit)?;
     Ok(exit)
 }
@@ -591,49 +571,49 @@ async fn health(cli: &Cli, config: Option<Config>, out: &mut dyn Write) -> Resul
     Ok(report.exit())
 }
 
-/// What a command needs to reach the world: the admin client, fresh clients for gates,
-/// the command runner (with `[commands]` overrides).
-struct Connection {
-    admin: VaultClient,
-    gate: FreshClients,
-    runner: ProgramOverrides<ProcessRunner>,
+/// The version of the JSON documents `--output json` prints (`schemas/rotate.schema.json`):
+/// raised when a field is removed or changes meaning; added fields keep it.
+pub const SCHEMA_VERSION: u32 = 1;
+
+/// Every JSON document: the schema version and the command, then the command's report.
+#[derive(serde::Serialize)]
+struct Envelope<'a, T: serde::Serialize> {
+    schema_version: u32,
+    command: &'static str,
+    #[serde(flatten)]
+    report: &'a T,
 }
 
-impl Connection {
-    fn open(config: &Config) -> Result<Connection, Failure> {
-        let client_cfg = config.client_config()?;
-        Ok(Connection {
-            admin: VaultClient::new(&client_cfg)?,
-            gate: FreshClients::new(&client_cfg),
-            runner: ProgramOverrides::new(ProcessRunner::new(), config.commands.overrides.clone()),
-        })
-    }
-
-    fn deps<'a>(&'a self, cancel: &'a Cancel) -> Deps<'a> {
-        Deps {
-            vault: Vault::from_client(&self.admin, &self.gate),
-            runner: &self.runner,
-            clock: &unix_now,
-            cancel,
+impl Command {
+    /// The command's name as the JSON documents carry it (`run --resume` is `run`).
+    pub fn name(&self) -> &'static str {
+        match self {
+            Command::Status => "status",
+            Command::Plan(_) => "plan",
+            Command::Run { .. } => "run",
+            Command::Verify { .. } => "verify",
+            Command::Inventory { .. } => "inventory",
+            Command::Health => "health",
+            Command::Rollback => "rollback",
+            Command::Completions { .. } => "completions",
+            Command::Man => "man",
         }
     }
 }
 
-fn unix_now() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_secs() as i64)
-        .unwrap_or_default()
-}
-
 fn emit<T: serde::Serialize + std::fmt::Display>(
-    output: Output,
+    cli: &Cli,
     out: &mut dyn Write,
     report: &T,
 ) -> std::io::Result<()> {
-    let written = match output {
+    let doc = Envelope {
+        schema_version: SCHEMA_VERSION,
+        command: cli.command.name(),
+        report,
+    };
+    let written = match cli.output {
         Output::Human => write!(out, "{report}").and_then(|()| out.flush()),
-        Output::Json => serde_json::to_writer_pretty(&mut *out, report)
+        Output::Json => serde_json::to_writer_pretty(&mut *out, &doc)
             .map_err(std::io::Error::from)
             .and_then(|()| writeln!(out))
             .and_then(|()| out.flush()),

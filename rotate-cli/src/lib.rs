@@ -26,23 +26,24 @@
 //! - Vault is reached through [`Vault`], a bundle of narrow traits, so steps run against
 //!   mocks in unit tests.
 //!
+//! The whole order from a config, as `rotate run` does it (see [`Session`]):
+//!
 //! ```no_run
-//! # async fn demo() -> Result<(), Box<dyn std::error::Error>> {
-//! use rotate_cli::{Cancel, Config, Deps, FreshClients, Mode, RunRequest, StepId, Vault, execute};
-//! let cfg = Config::load(std::path::Path::new("/etc/rotate/prod.toml"))?;
-//! let client_cfg = cfg.client_config()?;
-//! let admin = vault_client::VaultClient::new(&client_cfg)?;
-//! let gate = FreshClients::new(&client_cfg);
-//! let runner = hooks::ProcessRunner::new();
-//! let clock = || 1_766_391_140;
+//! # async fn demo() -> Result<(), rotate_cli::SessionError> {
+//! use rotate_cli::{Cancel, Exit, Request, Session};
+//! let session = Session::open("/etc/rotate/prod.toml")?;
 //! let cancel = Cancel::new();
-//! let deps = Deps { vault: Vault::from_client(&admin, &gate), runner: &runner, clock: &clock, cancel: &cancel };
-//! let apps = cfg.select_apps(&[])?;
-//! let request = RunRequest { steps: vec![StepId::Agents], apps: vec![], kv_access: false, kv_seed: false, if_due: false };
-//! let report = execute(&cfg, &apps, request, Mode::Plan, deps).await?;
+//! cancel.on_signals();
+//! let report = session.run(&Request::default(), &cancel).await?;
 //! println!("{report}");
+//! if report.exit() != Exit::Ok {
+//!     std::process::exit(report.exit().code().into());
+//! }
 //! # Ok(()) }
 //! ```
+//!
+//! Lower down, [`execute`] runs a request with dependencies of your own ([`Deps`]: a mocked
+//! Vault, a fixed clock, a recording runner), as the unit tests do.
 
 #![forbid(unsafe_code)]
 #![deny(missing_docs)]
@@ -64,6 +65,7 @@ mod render;
 mod repair;
 mod rotation;
 mod served;
+mod session;
 mod state;
 mod status;
 mod step_id;
@@ -77,7 +79,7 @@ mod verify;
 pub use change::{Change, ChangeKind, FieldDiff};
 pub use checks::{Check, Labels, Material, MaterialKind, PreflightReport, VerifyReport};
 #[cfg(feature = "cli")]
-pub use cli::{Cli, Command, KvFlags, LogWriter, Output, Selection, run};
+pub use cli::{Cli, Command, KvFlags, LogWriter, Output, SCHEMA_VERSION, Selection, run};
 pub use config::{
     AdminSection, AgentsSection, AppConfig, Config, ConfigError, HealthSection, KeyMode,
     LeafSection, ListenerSection, PkiSection, ProxyIdentity, ProxySection, ProxyTrust,
@@ -98,6 +100,7 @@ pub use served::{
     AdminIdentity, ClientCaDrift, HealthFailure, HealthProof, Served, WaitError, healthcheck, look,
     prove_admin, wait_for_serial,
 };
+pub use session::{Request, Session, SessionError};
 pub use state::journal::{
     Event, Journal, JournalError, RunRecord, RunRequest, RunState, StepId, TargetRecord,
     TargetState, check_state_dir, last_run,

@@ -38,6 +38,8 @@ pub struct Inventory {
     pub unreadable: Vec<String>,
     /// When it was taken, unix seconds.
     pub taken_unix: i64,
+    /// 0, or 11 when a file could not be read.
+    pub exit_code: u8,
 }
 
 impl std::fmt::Display for Inventory {

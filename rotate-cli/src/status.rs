@@ -29,6 +29,8 @@ pub struct StatusReport {
     /// Each node of a cluster (`[[listener.nodes]]`), asked at its own address.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub nodes: Vec<NodeStatus>,
+    /// 0, or 6 when Vault is sealed or not initialised.
+    pub exit_code: u8,
 }
 
 /// One node of a cluster as `sys/health` at its own address answers.
@@ -115,6 +117,7 @@ pub async fn status<V: SysApi + TokenApi>(
         cluster_name: seal.cluster_name,
         identity,
         nodes: Vec::new(),
+        exit_code: 0,
     })
 }
 

@@ -1767,3 +1767,57 @@ async fn the_prod_example_shape_runs_the_whole_order_with_a_real_proxy_user() {
     let (exit, v) = rotate(&cfg, &["verify"]).await;
     assert_eq!(exit, Exit::Ok, "{v:#}");
 }
+
+/// `examples/embed`: a tool that embeds the library with `default-features = false` (no
+/// clap, anyhow or tracing subscriber), built by `scripts/test.sh`.
+fn embed_example() -> PathBuf {
+    let target = std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../target"));
+    let bin = target.join("debug/rotate-embed-example");
+    assert!(
+        bin.exists(),
+        "{} is missing: build it with `cargo build -p rotate-embed-example` (scripts/test.sh does)",
+        bin.display()
+    );
+    bin
+}
+
+#[tokio::test]
+async fn a_tool_embedding_the_library_runs_the_whole_order_from_cron_through_its_entry_point() {
+    let _turn = tls_lab_turn().await;
+    let lab = tls_lab();
+    let p = &lab.paths;
+    let dir = tempdir("tls-embed");
+    let cfg = whole_order(lab, &dir);
+    // As a timer would start it: cron's PATH, no VAULT_*, no terminal.
+    let out = Command::new(embed_example())
+        .arg(&cfg)
+        .env_clear()
+        .env("PATH", "/usr/bin:/bin")
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    let said = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{said}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    for step in [
+        "admin", "listener", "agents", "leaf", "proxy", "restarts", "health",
+    ] {
+        assert!(
+            said.contains(&format!("({step}) —")),
+            "no step {step} in:\n{said}"
+        );
+    }
+    // Real clients agree, and so does rotate verify.
+    let (code, status) = bao_status(lab, &p.admin_cert, &p.admin_key, &p.ca_bundle);
+    assert_eq!(code, 0, "{status}");
+    let home = p.dir.join("home").join("ncprd1");
+    let login = crate::support::bao_login(lab, &home);
+    assert!(login["auth"]["client_token"].is_string(), "{login:#}");
+    let (exit, v) = rotate(&cfg, &["verify"]).await;
+    assert_eq!(exit, Exit::Ok, "{v:#}");
+}

@@ -21,14 +21,15 @@ pub struct Deps<'a> {
 }
 
 /// A cooperative stop request (SIGINT/SIGTERM): checked at safe points, i.e. before a
-/// target starts writing. A target that started finishes (commit or unwind).
-#[derive(Debug, Default)]
-pub struct Cancel(AtomicBool);
+/// target starts writing. A target that started finishes (commit or unwind). Clones share
+/// the request.
+#[derive(Debug, Default, Clone)]
+pub struct Cancel(std::sync::Arc<AtomicBool>);
 
 impl Cancel {
     /// Not cancelled.
     pub fn new() -> Self {
-        Cancel(AtomicBool::new(false))
+        Cancel::default()
     }
     /// Ask to stop at the next safe point.
     pub fn cancel(&self) {
@@ -37,6 +38,26 @@ impl Cancel {
     /// Whether a stop was asked.
     pub fn is_cancelled(&self) -> bool {
         self.0.load(Ordering::SeqCst)
+    }
+    /// Asks to stop on the process's first SIGINT or SIGTERM (from a task on the current
+    /// tokio runtime), as the `rotate` command does: the run finishes the targets under
+    /// way, then returns a report that names the command that continues it.
+    pub fn on_signals(&self) {
+        use tokio::signal::unix::{SignalKind, signal};
+        let me = self.clone();
+        if let (Ok(mut int), Ok(mut term)) = (
+            signal(SignalKind::interrupt()),
+            signal(SignalKind::terminate()),
+        ) {
+            tokio::spawn(async move {
+                tokio::select! {
+                    _ = int.recv() => {}
+                    _ = term.recv() => {}
+                }
+                tracing::warn!("stop requested: finishing the targets under way, then stopping");
+                me.cancel();
+            });
+        }
     }
 }
 
