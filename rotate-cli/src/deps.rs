@@ -16,7 +16,7 @@ impl<T: SysApi + TokenApi> AdminApi for T {}
 
 /// Builds brand-new clients (own connection, no shared pool) from given files: what an
 /// agent, or the admin with new files, would be. The gates prove effects through these.
-#[cfg_attr(test, mockall::automock)]
+#[cfg_attr(any(test, feature = "test-kit"), mockall::automock)]
 #[async_trait]
 pub trait GateConnector: Send + Sync {
     /// A fresh client for the cert login gate, presenting an identity read into memory

@@ -1,5 +1,7 @@
 //! The rotation workflow as a library, so other Rust tools can embed it; the `rotate`
-//! binary is a thin shell around [`run`] (feature `cli`, on by default).
+//! binary is a thin shell around `run` (the command line, default feature `cli`), which
+//! builds a [`Session`]. Feature `test-kit`: `testing`, mocks and fixtures for unit
+//! tests of code that embeds this crate.
 //!
 //! - [`Config`]: the TOML topology (Vault, PKI mount, agents, apps, run state).
 //! - [`execute`]: a whole rotation as a transaction. It takes the state directory's lock,
@@ -70,8 +72,8 @@ mod state;
 mod status;
 mod step_id;
 mod steps;
-#[cfg(test)]
-mod testing;
+#[cfg(any(test, feature = "test-kit"))]
+pub mod testing;
 mod text;
 mod topology;
 mod verify;

@@ -1,25 +1,42 @@
-//! Unit-test fixtures: a mocked Vault (every capability a `mockall` mock: a call nobody
-//! expected panics, so a test that sets only reads proves nothing writes) and the prod
-//! example config.
+//! A test kit (feature `test-kit`; the crate's own unit tests use it too): a mocked Vault
+//! (every capability a `mockall` mock: a call nobody expected panics, so a test that sets
+//! only reads proves nothing writes), answers to build its replies from, a CA that signs
+//! leaves, and the prod example config. A step's `plan` against mocks:
+//!
+//! ```
+//! # #[tokio::main(flavor = "current_thread")] async fn main() {
+//! use rotate_cli::testing::{Mocks, answers};
+//! let mut mocks = Mocks::default();
+//! mocks.sys.expect_list_auth().returning(|| Ok(answers::auth_methods(&[("cert/", "cert")])));
+//! let vault = mocks.vault();
+//! # let _ = vault; }
+//! ```
 
 use crate::config::Config;
 use crate::deps::{MockGateConnector, Vault};
 
 /// One mock per capability; set expectations, then borrow them as a [`Vault`].
 #[derive(Default)]
-pub(crate) struct Mocks {
-    pub(crate) sys: vault_client::MockSysApi,
-    pub(crate) pki: vault_client::MockPkiApi,
-    pub(crate) cert: vault_client::MockCertAuthApi,
-    pub(crate) token: vault_client::MockTokenApi,
-    pub(crate) kv: vault_client::MockKvApi,
-    pub(crate) identity: vault_client::MockReconnect,
-    pub(crate) gate: MockGateConnector,
+pub struct Mocks {
+    /// `sys/*`.
+    pub sys: vault_client::MockSysApi,
+    /// The PKI mount.
+    pub pki: vault_client::MockPkiApi,
+    /// Cert auth.
+    pub cert: vault_client::MockCertAuthApi,
+    /// The admin's token.
+    pub token: vault_client::MockTokenApi,
+    /// KV v2.
+    pub kv: vault_client::MockKvApi,
+    /// Reconnecting with a new admin identity.
+    pub identity: vault_client::MockReconnect,
+    /// Fresh clients for gates.
+    pub gate: MockGateConnector,
 }
 
 impl Mocks {
     /// The mocks as the steps see Vault.
-    pub(crate) fn vault(&self) -> Vault<'_> {
+    pub fn vault(&self) -> Vault<'_> {
         Vault {
             sys: &self.sys,
             pki: &self.pki,
@@ -32,20 +49,17 @@ impl Mocks {
     }
 
     /// `sys/seal-status` answers unsealed (what an engine asks before unwinding).
-    pub(crate) fn unsealed(&mut self) -> &mut Self {
-        self.sys.expect_seal_status().returning(|| {
-            Ok(serde_json::from_value(serde_json::json!({
-                "type": "shamir", "initialized": true, "sealed": false, "t": 1, "n": 1, "progress": 0
-            }))
-            .unwrap())
-        });
+    pub fn unsealed(&mut self) -> &mut Self {
+        self.sys
+            .expect_seal_status()
+            .returning(|| Ok(answers::seal_status(false)));
         self
     }
 }
 
 mockall::mock! {
     /// What the gates build as "the admin with these files": `sys/*` and token calls.
-    pub(crate) Admin {}
+    pub Admin {}
     #[async_trait::async_trait]
     impl vault_client::SysApi for Admin {
         async fn health(&self) -> vault_client::Result<vault_client::Health>;
@@ -80,32 +94,77 @@ mockall::mock! {
 }
 
 /// `examples/prod.toml`, as shipped.
-pub(crate) fn prod_config() -> Config {
+///
+/// # Panics
+/// Never: the example is tested to load.
+pub fn prod_config() -> Config {
     Config::parse(
         include_str!("../examples/prod.toml"),
         std::path::Path::new("/etc/rotate/prod.toml"),
     )
-    .unwrap()
+    .expect("examples/prod.toml loads")
 }
 
-/// A CA named `cn` (with a fresh key) and a leaf it signs, valid for January 2026.
-pub(crate) fn ca_and_leaf(cn: &str) -> (String, String) {
+/// A CA named `cn` (with a fresh key) and a leaf it signs, valid for January 2026: PEM
+/// of each.
+///
+/// # Panics
+/// When rcgen cannot make a key (it always can).
+pub fn ca_and_leaf(cn: &str) -> (String, String) {
     use rcgen::{
         BasicConstraints, CertificateParams, DnType, IsCa, Issuer, KeyPair, date_time_ymd,
     };
-    let key = KeyPair::generate().unwrap();
+    let key = KeyPair::generate().expect("a CA key");
     let mut p = CertificateParams::default();
     p.distinguished_name.push(DnType::CommonName, cn);
     p.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
     p.not_before = date_time_ymd(2025, 1, 1);
     p.not_after = date_time_ymd(2030, 1, 1);
-    let ca = p.self_signed(&key).unwrap();
+    let ca = p.self_signed(&key).expect("a self-signed CA");
     let issuer = Issuer::new(p, key);
-    let mut l = CertificateParams::new(vec!["a.int.privsec.ch".to_owned()]).unwrap();
+    let mut l =
+        CertificateParams::new(vec!["a.int.privsec.ch".to_owned()]).expect("leaf parameters");
     l.distinguished_name
         .push(DnType::CommonName, "a.int.privsec.ch");
     l.not_before = date_time_ymd(2026, 1, 1);
     l.not_after = date_time_ymd(2026, 1, 31);
-    let leaf = l.signed_by(&KeyPair::generate().unwrap(), &issuer).unwrap();
+    let leaf = l
+        .signed_by(&KeyPair::generate().expect("a leaf key"), &issuer)
+        .expect("a leaf the CA signs");
     (ca.pem(), leaf.pem())
+}
+
+/// Vault's answers, as the mocks return them.
+pub mod answers {
+    use std::collections::BTreeMap;
+
+    /// `sys/auth`: the given `(path, type)` auth methods, e.g. `("cert/", "cert")`.
+    pub fn auth_methods(methods: &[(&str, &str)]) -> BTreeMap<String, vault_client::MountInfo> {
+        methods
+            .iter()
+            .map(|(path, kind)| {
+                let info = serde_json::from_value(serde_json::json!({ "type": kind }))
+                    .expect("a mount info from its type");
+                ((*path).to_owned(), info)
+            })
+            .collect()
+    }
+
+    /// `sys/seal-status` of an unsealed (or sealed) single-key Shamir Vault.
+    pub fn seal_status(sealed: bool) -> vault_client::SealStatus {
+        serde_json::from_value(serde_json::json!({
+            "type": "shamir", "initialized": true, "sealed": sealed, "t": 1, "n": 1, "progress": 0
+        }))
+        .expect("a seal status")
+    }
+
+    /// A cert auth mapping: `ca_pem` trusted, `cn` allowed, `policies` attached.
+    pub fn mapping(ca_pem: &str, cn: &str, policies: &[&str]) -> vault_client::CertRole {
+        vault_client::CertRole {
+            certificate: ca_pem.to_owned(),
+            allowed_common_names: vec![cn.to_owned()],
+            token_policies: policies.iter().map(|p| (*p).to_owned()).collect(),
+            ..Default::default()
+        }
+    }
 }

@@ -11,6 +11,7 @@ mod cluster;
 mod crash;
 mod faults;
 mod interrupted;
+mod kit;
 mod leaf;
 mod podman;
 mod proxy;
