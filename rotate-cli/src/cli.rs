@@ -353,7 +353,7 @@ async fn dispatch(cli: &Cli, out: &mut dyn Write, cancel: &Cancel) -> Result<Exi
         Command::Rollback => (None, Mode::Rollback),
         Command::Completions { .. } | Command::Man => return Ok(Exit::Ok),
     };
-    let session = Session::new(config.ok_or(ConfigError::Missing)?);
+    let session = Session::new(config.ok_or(ConfigError::Missing)?)?.with_environment();
     let config = session.config();
     let mut run_id = None;
     let result = run_steps(cli, &session, selection, mode, out, cancel, &mut run_id).await;
@@ -502,7 +502,7 @@ async fn verify(
     let config = config.ok_or(ConfigError::Missing)?;
     let apps = config.select_apps(names)?;
     crate::repair::refuse_if_torn(&config)?;
-    let conn = Connection::open(&config)?;
+    let conn = Connection::open(&config, true)?;
     let cancel = Cancel::new();
     let report = crate::verify::verify(&config, &apps, conn.deps(&cancel)).await;
     if let Some(path) = metrics {
@@ -561,7 +561,7 @@ fn write_metrics(
 async fn health(cli: &Cli, config: Option<Config>, out: &mut dyn Write) -> Result<Exit, Failure> {
     let config = config.ok_or(ConfigError::Missing)?;
     crate::repair::refuse_if_torn(&config)?;
-    let conn = Connection::open(&config)?;
+    let conn = Connection::open(&config, true)?;
     let cancel = Cancel::new();
     let started = std::time::Instant::now();
     let step = crate::steps::health::HealthStep::new(&config, conn.deps(&cancel));

@@ -902,7 +902,10 @@ impl Config {
         }
     }
 
-    fn validate(&self) -> Result<(), ConfigError> {
+    /// Every check [`Config::parse`] makes, for a config built in code: names, durations,
+    /// paths (homes one inside another, files inside a tenant's tree), sections that
+    /// belong together. A bad duration is an error here, never silently 0 s.
+    pub fn validate(&self) -> Result<(), ConfigError> {
         self.validate_names()?;
         self.check_aliases()?;
         if !name_ok(&self.pki.mount) {
@@ -1798,10 +1801,22 @@ impl Config {
             .unwrap_or_else(|| PathBuf::from(format!("/var/lib/rotate/{}", self.env)))
     }
 
-    /// The admin's Vault client configuration: the environment, overlaid with `[vault]`.
+    /// The admin's Vault client configuration: the environment (`VAULT_*`/`BAO_*`, then
+    /// `~/.vault-token`), overlaid with `[vault]`, as the `rotate` command reads it.
     pub fn client_config(&self) -> Result<ClientConfig, ConfigError> {
-        let mut cfg = self.vault.client_config()?;
-        if cfg.token.is_none()
+        self.client_config_from(true)
+    }
+
+    /// The admin's Vault client configuration from `[vault]` alone (`environment`
+    /// false: nothing of the process's environment or home is read), or as
+    /// [`Config::client_config`].
+    pub fn client_config_from(&self, environment: bool) -> Result<ClientConfig, ConfigError> {
+        let mut cfg = match environment {
+            true => self.vault.client_config()?,
+            false => self.vault.client_config_alone()?,
+        };
+        if environment
+            && cfg.token.is_none()
             && let Some(token) = home_token()?
         {
             cfg = cfg.token(&token)?;
@@ -1936,6 +1951,11 @@ impl VaultSection {
     /// The environment (`VAULT_*`/`BAO_*`), overlaid with the values set here.
     pub fn client_config(&self) -> Result<ClientConfig, ConfigError> {
         self.overlay(ClientConfig::from_env()?)
+    }
+
+    /// The values set here alone: no environment variable is read.
+    pub fn client_config_alone(&self) -> Result<ClientConfig, ConfigError> {
+        self.overlay(ClientConfig::from_lookup(|_| None)?)
     }
 
     /// `cfg` (from the environment) overlaid with the values set here: a value set here

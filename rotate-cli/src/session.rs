@@ -99,17 +99,32 @@ impl Default for Request {
 #[derive(Debug)]
 pub struct Session {
     config: Config,
+    environment: bool,
 }
 
 impl Session {
-    /// A session over `config` (already validated: [`Config::load`] / [`Config::parse`]).
-    pub fn new(config: Config) -> Session {
-        Session { config }
+    /// A session over `config`, checked as [`Config::parse`] checks a file (a config
+    /// built in code gets the same errors). Vault is reached with `[vault]` alone: the
+    /// process's `VAULT_*`/`BAO_*` and `~/.vault-token` are read only
+    /// [`Session::with_environment`].
+    pub fn new(config: Config) -> Result<Session, SessionError> {
+        config.validate()?;
+        Ok(Session {
+            config,
+            environment: false,
+        })
     }
 
     /// A session over the config file at `path`.
     pub fn open(path: impl AsRef<Path>) -> Result<Session, SessionError> {
-        Ok(Session::new(Config::load(path.as_ref())?))
+        Session::new(Config::load(path.as_ref())?)
+    }
+
+    /// Also read the process's `VAULT_*`/`BAO_*` and `~/.vault-token` under `[vault]`,
+    /// as the `rotate` command does.
+    pub fn with_environment(mut self) -> Session {
+        self.environment = true;
+        self
     }
 
     /// The config.
@@ -152,7 +167,7 @@ impl Session {
                 Vec::new()
             }
         };
-        let conn = Connection::open(config)?;
+        let conn = Connection::open(config, self.environment)?;
         let mut report =
             execute(config, &apps, run_request, request.mode, conn.deps(cancel)).await?;
         if !repaired.is_empty() {
@@ -170,7 +185,7 @@ impl Session {
     pub async fn verify(&self, apps: &[String]) -> Result<VerifyReport, SessionError> {
         let apps = self.config.select_apps(apps)?;
         crate::repair::refuse_if_torn(&self.config)?;
-        let conn = Connection::open(&self.config)?;
+        let conn = Connection::open(&self.config, self.environment)?;
         let cancel = Cancel::new();
         Ok(crate::verify::verify(&self.config, &apps, conn.deps(&cancel)).await)
     }
@@ -185,8 +200,9 @@ pub(crate) struct Connection {
 }
 
 impl Connection {
-    pub(crate) fn open(config: &Config) -> Result<Connection, SessionError> {
-        let client_cfg = config.client_config()?;
+    /// With `environment`, `VAULT_*`/`BAO_*` and `~/.vault-token` under `[vault]`.
+    pub(crate) fn open(config: &Config, environment: bool) -> Result<Connection, SessionError> {
+        let client_cfg = config.client_config_from(environment)?;
         Ok(Connection {
             admin: VaultClient::new(&client_cfg)?,
             gate: FreshClients::new(&client_cfg),
@@ -210,4 +226,39 @@ pub(crate) fn unix_now() -> i64 {
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_secs() as i64)
         .unwrap_or_default()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_config_built_in_code_is_checked_like_a_file() {
+        let mut cfg = crate::testing::prod_config();
+        cfg.leaf.ttl = "a day".into();
+        let e = Session::new(cfg).unwrap_err();
+        assert_eq!(e.exit(), Exit::Config);
+        assert!(e.to_string().contains("leaf.ttl"), "{e}");
+        Session::new(crate::testing::prod_config()).unwrap();
+    }
+
+    #[test]
+    fn without_the_environment_vault_is_reached_with_the_config_alone() {
+        let mut cfg = crate::testing::prod_config();
+        cfg.vault.token_file = None;
+        let alone = cfg.client_config_from(false).unwrap();
+        assert_eq!(
+            alone.addr.as_str(),
+            cfg.vault
+                .addr
+                .as_deref()
+                .map(|a| format!("{}/", a.trim_end_matches('/')))
+                .unwrap()
+        );
+        assert_eq!(alone.tls_server_name, cfg.vault.tls_server_name);
+        assert!(
+            alone.token.is_none(),
+            "no token from the environment or ~/.vault-token"
+        );
+    }
 }

@@ -547,6 +547,13 @@ fn blank<T: Target + ?Sized>(app: &T, outcome: Outcome) -> TargetReport {
 }
 
 impl TargetReport {
+    /// Why it failed, typed: the exit code its failure maps to and the message; `None`
+    /// when it did not fail.
+    pub fn failure(&self) -> Option<(crate::exit::Exit, &str)> {
+        let class = crate::exit::Exit::from_code(self.error_class?)?;
+        Some((class, self.error.as_deref().unwrap_or_default()))
+    }
+
     /// An empty report of `app` with `outcome`.
     pub fn new(app: &str, outcome: Outcome) -> TargetReport {
         TargetReport {
