@@ -291,67 +291,42 @@ pub async fn upsert_mapping(
         .read_cert_role(mount, &spec.name)
         .await
         .map_err(vault(format!("read mapping {path}")))?;
-    if dry_run {
-        return plan_mapping(mount, spec, previous);
+    let planned = plan_mapping(mount, spec, previous)?;
+    if dry_run || planned.action == MappingAction::Unchanged {
+        return Ok(planned);
     }
-    let (drift, exists) = match &previous {
-        Some(actual) => (diff_mapping(spec, actual), true),
-        None => (Vec::new(), false),
-    };
-    let foreign: Vec<&Drift> = drift.iter().filter(|d| !d.managed).collect();
-    if !foreign.is_empty() && spec.unmanaged == Unmanaged::Refuse {
-        return Err(Error::UnmanagedConstraint {
-            path,
-            fields: foreign
-                .iter()
-                .map(|d| format!("{} = {}", d.field, d.actual))
-                .collect::<Vec<_>>()
-                .join(", "),
-        });
+    let previous = planned.previous.as_ref();
+    let mut role = previous.cloned().unwrap_or_default();
+    role.certificate = spec.ca_pem.clone();
+    role.allowed_common_names = spec.allowed_common_names.clone();
+    role.token_policies = spec.effective_policies(previous);
+    role.token_ttl = spec.token_ttl;
+    if let Some(max) = spec.token_max_ttl {
+        role.token_max_ttl = max;
     }
-    let action = match (exists, drift.is_empty(), dry_run) {
-        (true, true, _) => MappingAction::Unchanged,
-        (true, false, true) => MappingAction::WouldUpdate,
-        (false, _, true) => MappingAction::WouldCreate,
-        (exists, _, false) => {
-            let mut role = previous.clone().unwrap_or_default();
-            role.certificate = spec.ca_pem.clone();
-            role.allowed_common_names = spec.allowed_common_names.clone();
-            role.token_policies = spec.effective_policies(previous.as_ref());
-            role.token_ttl = spec.token_ttl;
-            if let Some(max) = spec.token_max_ttl {
-                role.token_max_ttl = max;
-            }
-            if spec.unmanaged == Unmanaged::Converge {
-                for (field, empty) in UNMANAGED {
-                    if role.other.get(*field).is_some_and(constrains) {
-                        role.other.insert((*field).to_owned(), empty());
-                    }
-                }
-            }
-            if role.display_name.is_empty() {
-                role.display_name = spec.name.clone();
-            }
-            // Deprecated aliases Vault echoes back would fight the token_* fields.
-            for k in ["policies", "ttl", "max_ttl", "period"] {
-                role.other.remove(k);
-            }
-            api.write_cert_role(mount, &spec.name, &role)
-                .await
-                .map_err(vault(format!("write mapping {path}")))?;
-            if exists {
-                MappingAction::Updated
-            } else {
-                MappingAction::Created
+    if spec.unmanaged == Unmanaged::Converge {
+        for (field, empty) in UNMANAGED {
+            if role.other.get(*field).is_some_and(constrains) {
+                role.other.insert((*field).to_owned(), empty());
             }
         }
-    };
+    }
+    if role.display_name.is_empty() {
+        role.display_name = spec.name.clone();
+    }
+    // Deprecated aliases Vault echoes back would fight the token_* fields.
+    for k in ["policies", "ttl", "max_ttl", "period"] {
+        role.other.remove(k);
+    }
+    api.write_cert_role(mount, &spec.name, &role)
+        .await
+        .map_err(vault(format!("write mapping {path}")))?;
     Ok(MappingOutcome {
-        path,
-        action,
-        drift,
-        token_policies: spec.effective_policies(previous.as_ref()),
-        previous,
+        action: match previous {
+            Some(_) => MappingAction::Updated,
+            None => MappingAction::Created,
+        },
+        ..planned
     })
 }
 
