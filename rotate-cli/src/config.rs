@@ -2,6 +2,7 @@
 //!
 //! See `rotate-cli/examples/prod.toml` for the production shape.
 
+pub use crate::topology::kv_policy_name;
 use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
@@ -164,7 +165,7 @@ impl Default for AdminSection {
         AdminSection {
             mount: None,
             role: "admin-mtls".into(),
-            common_name: "admin.prod.privsec.ch".into(),
+            common_name: String::new(),
             ttl: "72h".into(),
             max_ttl: "720h".into(),
             key_mode: KeyMode::default(),
@@ -520,7 +521,7 @@ pub struct AgentsSection {
 impl Default for AgentsSection {
     fn default() -> Self {
         AgentsSection {
-            domain: "prod.privsec.ch".into(),
+            domain: String::new(),
             cert_auth_mount: "cert".into(),
             marker_policy: "marker-cert-auth".into(),
             ttl: "720h".into(),
@@ -578,9 +579,9 @@ pub struct LeafSection {
 impl Default for LeafSection {
     fn default() -> Self {
         LeafSection {
-            allowed_domains: vec!["int.privsec.ch".into(), "prod.privsec.ch".into()],
+            allowed_domains: Vec::new(),
             allow_subdomains: false,
-            cn_domain: "int.privsec.ch".into(),
+            cn_domain: String::new(),
             ttl: "24h".into(),
             max_ttl: "72h".into(),
             min_remaining: "1h".into(),
@@ -890,8 +891,28 @@ impl Config {
         if let Some(h) = cfg.proxy.as_mut().and_then(|p| p.home.as_mut()) {
             abs(h);
         }
+        cfg.complete();
         cfg.validate()?;
         Ok(cfg)
+    }
+
+    /// Fills what follows from `[agents] domain` when it is not set: `[leaf] cn_domain`
+    /// (the domain), `[leaf] allowed_domains` (the CN domain), `[admin] common_name`
+    /// (`admin.<domain>`). No name of anyone's deployment is a default.
+    pub fn complete(&mut self) {
+        let domain = self.agents.domain.clone();
+        if self.leaf.cn_domain.is_empty() {
+            self.leaf.cn_domain.clone_from(&domain);
+        }
+        if self.leaf.allowed_domains.is_empty() && !self.leaf.cn_domain.is_empty() {
+            self.leaf.allowed_domains = vec![self.leaf.cn_domain.clone()];
+        }
+        if let Some(a) = &mut self.admin
+            && a.common_name.is_empty()
+            && !domain.is_empty()
+        {
+            a.common_name = format!("admin.{domain}");
+        }
     }
 
     fn invalid(&self, setting: impl Into<String>, reason: impl Into<String>) -> ConfigError {
@@ -906,6 +927,22 @@ impl Config {
     /// paths (homes one inside another, files inside a tenant's tree), sections that
     /// belong together. A bad duration is an error here, never silently 0 s.
     pub fn validate(&self) -> Result<(), ConfigError> {
+        if self.agents.domain.is_empty() && (!self.apps.is_empty() || self.proxy.is_some()) {
+            return Err(self.invalid(
+                "agents.domain",
+                "not set: agents log in as agent-<app>.<domain> (and the leaf and admin names follow from it unless set); e.g. domain = \"prod.example.com\"",
+            ));
+        }
+        if self
+            .admin
+            .as_ref()
+            .is_some_and(|a| a.common_name.is_empty())
+        {
+            return Err(self.invalid(
+                "admin.common_name",
+                "not set (nor [agents] domain, which would give admin.<domain>)",
+            ));
+        }
         self.validate_names()?;
         self.check_aliases()?;
         if !name_ok(&self.pki.mount) {
@@ -2007,6 +2044,42 @@ mod tests {
     const CLUSTER: &str = include_str!("../examples/cluster.toml");
 
     #[test]
+    fn no_default_names_a_deployment_the_names_follow_from_the_agents_domain() {
+        let p = Path::new("/etc/rotate/x.toml");
+        let base = "env = \"x\"\n[vault]\naddr = \"https://vault.example.org:8200\"\n[pki]\nmount = \"pki\"\nissuer_name = \"CA\"\n";
+        let app = "\n[[apps]]\nname = \"web\"\nhome = \"/srv/web\"\n";
+        let err = Config::parse(&format!("{base}{app}"), p)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("agents.domain") && err.contains("not set"),
+            "{err}"
+        );
+        let mut c = Config::parse(
+            &format!("{base}[agents]\ndomain = \"example.org\"\n{app}"),
+            p,
+        )
+        .unwrap();
+        assert_eq!(c.leaf.cn_domain, "example.org");
+        assert_eq!(c.leaf.allowed_domains, ["example.org"]);
+        c.admin = Some(AdminSection::default());
+        c.complete();
+        assert_eq!(c.admin.unwrap().common_name, "admin.example.org");
+        let (agents, leaf, admin) = (
+            AgentsSection::default(),
+            LeafSection::default(),
+            AdminSection::default(),
+        );
+        assert!(
+            [agents.domain, leaf.cn_domain, admin.common_name]
+                .iter()
+                .all(String::is_empty)
+                && leaf.allowed_domains.is_empty(),
+            "a default names no deployment"
+        );
+    }
+
+    #[test]
     fn homes_one_inside_another_are_refused_naming_the_later_one_and_neighbours_are_not() {
         let with = |extra: &str| {
             Config::parse(
@@ -2241,8 +2314,8 @@ mod tests {
             ),
             (
                 PROD.replace(
-                    "[agents]\n",
-                    "[leaf]\nproxy_reload = \"systemd:nginx.service\"\n\n[agents]\n",
+                    "[leaf]\n",
+                    "[leaf]\nproxy_reload = \"systemd:nginx.service\"\n",
                 ),
                 "leaf.proxy_reload",
             ),
@@ -2309,10 +2382,7 @@ mod tests {
                 "{setting}: {err}"
             );
         }
-        let text = PROD.replace(
-            "[agents]\n",
-            "[leaf]\nremove_policies = [\"x?y\"]\n\n[agents]\n",
-        );
+        let text = PROD.replace("[leaf]\n", "[leaf]\nremove_policies = [\"x?y\"]\n");
         let err = Config::parse(&text, p).unwrap_err().to_string();
         assert!(err.contains("leaf.remove_policies[0]"), "{err}");
     }
@@ -2504,8 +2574,8 @@ mod tests {
             ("renew_share = 0.33", "renew_share = 1.5", "run.renew_share"),
             ("concurrency = 4", "concurrency = 0", "run.concurrency"),
             (
-                "[agents]\n",
-                "[leaf]\nttl = \"30m\"\nmin_remaining = \"1h\"\n\n[agents]\n",
+                "[leaf]\n",
+                "[leaf]\nttl = \"30m\"\nmin_remaining = \"1h\"\n",
                 "leaf.ttl",
             ),
         ];
@@ -2524,8 +2594,8 @@ mod tests {
     fn two_certificates_with_one_common_name_are_refused() {
         let p = Path::new("/etc/rotate/prod.toml");
         let text = PROD.replace(
-            "[agents]\n",
-            "[leaf]\ncn_domain = \"prod.privsec.ch\"\n\n[agents]\n",
+            "cn_domain = \"int.privsec.ch\"",
+            "cn_domain = \"prod.privsec.ch\"",
         ) + "\n[[apps]]\nname = \"agent-ncprd1\"\nhome = \"/home/agent-ncprd1\"\n";
         let err = Config::parse(&text, p).unwrap_err().to_string();
         assert!(

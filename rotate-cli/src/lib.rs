@@ -3,32 +3,30 @@
 //! builds a [`Session`]. Feature `test-kit`: `testing`, mocks and fixtures for unit
 //! tests of code that embeds this crate.
 //!
-//! - [`Config`]: the TOML topology (Vault, PKI mount, agents, apps, run state).
-//! - [`execute`]: a whole rotation as a transaction. It takes the state directory's lock,
-//!   refuses to start over an unfinished run, runs step 0 ([`preflight`], reads only),
-//!   then each [`Step`] per app: `plan` (reads) → `apply` (every write preceded by a
-//!   durable undo record in the journal) → `gate` (proves the effect as a client sees
-//!   it) → commit, or unwind everything the app wrote (certificates it issued revoked).
-//!   [`Mode::Resume`] finishes an interrupted run; [`Mode::Rollback`] unwinds the last one.
-//! - Steps: [`AdminStep`] (step 1, the admin's client certificate, proven by a brand-new
-//!   client *before* it replaces the current identity), [`ListenerStep`] (step 2, the
-//!   listener certificate, proven by the served serial on new handshakes; restored and
-//!   re-proven on failure), [`AgentsStep`] (step 3, agent login certs + cert auth
-//!   mappings), [`LeafStep`] (step 4, app leaf certs through the agent, post-hook,
-//!   restart), [`ProxyStep`] (step 5, the proxy's CA bundle and client identity, proven
-//!   through the proxy), [`RestartsStep`] (step 6, the proxy stack, then Vault when its
-//!   listener has not loaded its client CAs: [`ClientCaDrift`], behind a lockout guard)
-//!   and [`HealthStep`] (step 7). Global steps have one [`Singleton`] target; per-app
-//!   steps run per app.
-//! - [`look`] / [`wait_for_serial`] / [`prove_admin`]: what the listener serves and
-//!   whether an identity works, as a new client sees it.
-//! - [`verify`]: the write-up's per-app checklist plus the admin identity, the served
-//!   listener certificate, drift and an expiry inventory; reads only.
-//! - [`RunReport`]: one report for human and JSON output; [`Exit`]: documented exit codes.
-//! - Vault is reached through [`Vault`], a bundle of narrow traits, so steps run against
-//!   mocks in unit tests.
+//! What an embedder needs is at the top: [`Session`] (everything the command builds from
+//! a [`Config`]), [`Request`], [`Cancel`], the [`RunReport`] it returns and its [`Exit`]
+//! code. The rest is grouped:
 //!
-//! The whole order from a config, as `rotate run` does it (see [`Session`]):
+//! - [`config`]: the TOML topology and its sections.
+//! - [`mod@run`]: a rotation as a transaction ([`run::execute`]: the state directory's lock,
+//!   step 0 ([`steps::preflight`], reads only), then each step per target: `plan` (reads)
+//!   → `apply` (every write preceded by a durable undo record in the [`journal`]) →
+//!   `gate` (proves the effect as a client sees it) → commit, or unwind everything it
+//!   wrote (certificates it issued revoked); [`Mode::Resume`], [`Mode::Rollback`]), and
+//!   the read-only commands ([`run::verify`], [`run::status`]).
+//! - [`steps`]: the [`steps::Step`] trait, the dependencies a step reaches the world
+//!   through ([`steps::Deps`], [`steps::Vault`]: narrow traits, so steps run against
+//!   mocks), and the seven steps: [`steps::AdminStep`] (1), [`steps::ListenerStep`] (2),
+//!   [`steps::AgentsStep`] (3), [`steps::LeafStep`] (4), [`steps::ProxyStep`] (5),
+//!   [`steps::RestartsStep`] (6), [`steps::HealthStep`] (7).
+//! - [`report`]: what the commands report, for humans and as JSON
+//!   (`schemas/rotate.schema.json`).
+//! - [`served`]: what the listener serves and whether an identity works, as a new client
+//!   sees it.
+//! - [`journal`]: the run's durable record, its undo vocabulary and lock.
+//! - [`metrics`]: the expiry inventory from files, and the node_exporter textfile.
+//!
+//! The whole order from a config, as `rotate run` does it:
 //!
 //! ```no_run
 //! # async fn demo() -> Result<(), rotate_cli::SessionError> {
@@ -43,9 +41,6 @@
 //! }
 //! # Ok(()) }
 //! ```
-//!
-//! Lower down, [`execute`] runs a request with dependencies of your own ([`Deps`]: a mocked
-//! Vault, a fixed clock, a recording runner), as the unit tests do.
 
 #![forbid(unsafe_code)]
 #![deny(missing_docs)]
@@ -54,71 +49,70 @@ mod change;
 mod checks;
 #[cfg(feature = "cli")]
 mod cli;
-mod config;
+pub mod config;
 mod deps;
 mod engine;
 mod error;
 mod exit;
 mod host;
-mod metrics;
+pub mod metrics;
 mod pause;
 mod policy_fix;
 mod render;
 mod repair;
 mod rotation;
-mod served;
+pub mod served;
 mod session;
 mod state;
 mod status;
 mod step_id;
-mod steps;
+pub mod steps;
 #[cfg(any(test, feature = "test-kit"))]
 pub mod testing;
 mod text;
 mod topology;
 mod verify;
 
-pub use change::{Change, ChangeKind, FieldDiff};
-pub use checks::{Check, Labels, Material, MaterialKind, PreflightReport, VerifyReport};
+// What an embedder needs first.
 #[cfg(feature = "cli")]
 pub use cli::{Cli, Command, KvFlags, LogWriter, Output, SCHEMA_VERSION, Selection, run};
-pub use config::{
-    AdminSection, AgentsSection, AppConfig, Config, ConfigError, HealthSection, KeyMode,
-    LeafSection, ListenerSection, PkiSection, ProxyIdentity, ProxySection, ProxyTrust,
-    RestartsSection, RunSection, VaultSection, VaultWhen,
-};
-pub use deps::{AdminApi, FreshClients, GateConnector, TlsIdentity, Vault};
-pub use engine::context::Deps;
-pub use engine::unwind::{IssuedIndex, UndoDeps, UnwindOutcome, carry_out, unwind};
-pub use engine::{
-    Cancel, Fact, Outcome, Singleton, Step, StepReport, Target, TargetPlan, TargetReport, Tx,
-};
-pub use error::StepError;
+pub use config::{Config, ConfigError};
+pub use engine::Cancel;
 pub use exit::Exit;
-pub use metrics::{Extra, Inventory, inventory, textfile, write_textfile};
-pub use repair::{refuse_if_torn, repair_torn_pairs};
-pub use rotation::{Mode, RotationError, RunReport, execute};
-pub use served::{
-    AdminIdentity, ClientCaDrift, HealthFailure, HealthProof, Served, WaitError, healthcheck, look,
-    prove_admin, wait_for_serial,
-};
+pub use rotation::{Mode, RunReport};
 pub use session::{Request, Session, SessionError};
-pub use state::journal::{
-    Event, Journal, JournalError, RunRecord, RunRequest, RunState, StepId, TargetRecord,
-    TargetState, check_state_dir, last_run,
-};
-pub use state::lock::{LockError, StateLock};
-pub use state::outcome::LastRun;
-pub use state::undo::UndoAction;
-pub use status::{Identity, NodeStatus, StatusReport, status};
-pub use steps::admin::{AdminApplied, AdminPlan, AdminProof, AdminStep};
-pub use steps::agents::{AgentApplied, AgentProof, AgentsStep};
-pub use steps::health::{HealthApplied, HealthReport, HealthStep};
-pub use steps::leaf::{LeafApplied, LeafExpectation, LeafProof, LeafStep, verify_leaf};
-pub use steps::listener::{ListenerApplied, ListenerPlan, ListenerProof, ListenerStep};
-pub use steps::preflight::preflight;
-pub use steps::proxy::{ProxyApplied, ProxyPlan, ProxyProof, ProxyStep};
-pub use steps::restarts::{RestartsApplied, RestartsPlan, RestartsProof, RestartsStep};
-pub use text::escape_controls;
-pub use topology::kv_policy_name;
-pub use verify::verify;
+pub use step_id::StepId;
+
+/// A rotation as a transaction, and the read-only commands.
+pub mod run {
+    pub use crate::engine::unwind::{IssuedIndex, UndoDeps, carry_out, unwind};
+    pub use crate::repair::{refuse_if_torn, repair_torn_pairs};
+    pub use crate::rotation::{Mode, RotationError, execute};
+    pub use crate::status::status;
+    pub use crate::verify::verify;
+}
+
+/// What the commands report (human text and JSON, `schemas/rotate.schema.json`).
+pub mod report {
+    pub use crate::change::{Change, ChangeKind, FieldDiff};
+    pub use crate::checks::{Check, Labels, Material, MaterialKind, PreflightReport, VerifyReport};
+    pub use crate::engine::unwind::UnwindOutcome;
+    pub use crate::engine::{Outcome, StepReport, TargetReport};
+    pub use crate::metrics::Inventory;
+    pub use crate::rotation::RunReport;
+    pub use crate::state::outcome::LastRun;
+    pub use crate::status::{Identity, NodeStatus, StatusReport};
+    pub use crate::steps::health::HealthReport;
+    pub use crate::text::escape_controls;
+}
+
+/// The run's durable record: events, undo actions, the lock of its state directory.
+pub mod journal {
+    pub use crate::state::journal::{
+        Event, Journal, JournalError, RunRecord, RunRequest, RunState, TargetRecord, TargetState,
+        check_state_dir, last_run,
+    };
+    pub use crate::state::lock::{LockError, StateLock};
+    pub use crate::state::undo::UndoAction;
+    pub use crate::step_id::StepId;
+}

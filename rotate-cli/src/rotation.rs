@@ -54,7 +54,7 @@ pub struct RunReport {
     /// `rollback`: what was unwound.
     pub rolled_back: Vec<TargetReport>,
     /// Files put back before any client was built (a key and certificate an interrupted
-    /// run or rollback left torn, see [`crate::repair_torn_pairs`]).
+    /// run or rollback left torn, see [`crate::run::repair_torn_pairs`]).
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub repaired: Vec<String>,
     /// Steps not attempted because a global step (admin, listener) before them failed.

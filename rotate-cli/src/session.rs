@@ -107,7 +107,8 @@ impl Session {
     /// built in code gets the same errors). Vault is reached with `[vault]` alone: the
     /// process's `VAULT_*`/`BAO_*` and `~/.vault-token` are read only
     /// [`Session::with_environment`].
-    pub fn new(config: Config) -> Result<Session, SessionError> {
+    pub fn new(mut config: Config) -> Result<Session, SessionError> {
+        config.complete();
         config.validate()?;
         Ok(Session {
             config,

@@ -9,7 +9,8 @@ use std::os::unix::fs::PermissionsExt as _;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
-use rotate_cli::{Event, Exit, Journal, RunRequest, RunState, StepId, TargetState, UndoAction};
+use rotate_cli::journal::{Event, Journal, RunRequest, RunState, TargetState, UndoAction};
+use rotate_cli::{Exit, StepId};
 use rotate_tests::{Lab, SERVER_NAME, shared};
 use vault_client::{CertAuthApi, SysApi};
 

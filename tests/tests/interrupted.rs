@@ -428,8 +428,11 @@ async fn resume_after_an_incomplete_rollback_retries_the_undo_and_never_reapplie
     let (dir, cfg) = after_step_3(lab, "intr-inc", &[app], "").await;
     // A rollback that cannot finish: the journal's proxy reload is not the config's.
     let state = dir.join("state");
-    let j = rotate_cli::Journal::reopen(&state).unwrap().unwrap();
-    use rotate_cli::{StepId, TargetState, UndoAction};
+    let j = rotate_cli::journal::Journal::reopen(&state)
+        .unwrap()
+        .unwrap();
+    use rotate_cli::StepId;
+    use rotate_cli::journal::{TargetState, UndoAction};
     j.set_state(StepId::Proxy, "proxy", TargetState::Applying, None)
         .unwrap();
     j.record_undo(

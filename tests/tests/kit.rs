@@ -1,8 +1,10 @@
 //! An embedder's unit test of a step against a mocked Vault, with the public test kit
 //! (`rotate-cli` feature `test-kit`): step 3's plan for a new app reads, and writes nothing.
 
+use rotate_cli::report::ChangeKind;
+use rotate_cli::steps::{AgentsStep, Deps, Step};
 use rotate_cli::testing::{Mocks, answers, ca_and_leaf};
-use rotate_cli::{AgentsStep, Cancel, ChangeKind, Config, Deps, Step};
+use rotate_cli::{Cancel, Config};
 
 #[tokio::test]
 async fn step_3_plans_a_new_app_against_a_mocked_vault_reading_only() {

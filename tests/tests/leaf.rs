@@ -452,13 +452,13 @@ fn leaf_gate_rejects_a_wrong_cn_and_a_foreign_key() {
         .as_secs() as i64;
     let hour = Duration::from_secs(3600);
     let read = |p: &std::path::Path| std::fs::read_to_string(p).unwrap();
-    let want = |cn: &'static str| rotate_cli::LeafExpectation {
+    let want = |cn: &'static str| rotate_cli::steps::LeafExpectation {
         cn,
         issuer: "PrivSec Intermediate CA (prod)",
         min_remaining: Duration::from_secs(60),
         max_lifetime: hour * 3,
     };
-    let ok = rotate_cli::verify_leaf(
+    let ok = rotate_cli::steps::verify_leaf(
         &read(&fullchain),
         &read(&key),
         &read(&lab.paths.ca_bundle),
@@ -466,7 +466,7 @@ fn leaf_gate_rejects_a_wrong_cn_and_a_foreign_key() {
         now,
     );
     assert!(ok.is_ok(), "{ok:?}");
-    let err = rotate_cli::verify_leaf(
+    let err = rotate_cli::steps::verify_leaf(
         &read(&fullchain),
         &read(&key),
         &read(&lab.paths.ca_bundle),
@@ -486,7 +486,7 @@ fn leaf_gate_rejects_a_wrong_cn_and_a_foreign_key() {
         .leaf("x", &["x"], &[], true, time::Duration::hours(1))
         .unwrap();
     std::fs::write(&key, other.key_pem.as_bytes()).unwrap();
-    let err = rotate_cli::verify_leaf(
+    let err = rotate_cli::steps::verify_leaf(
         &read(&fullchain),
         &read(&key),
         &read(&lab.paths.ca_bundle),

@@ -20,7 +20,7 @@ use std::sync::Mutex;
 use serde::{Deserialize, Serialize};
 
 use super::undo::UndoAction;
-pub use crate::step_id::StepId;
+pub(crate) use crate::step_id::StepId;
 
 /// A failure of the journal itself (the state directory cannot be used).
 #[derive(Debug, thiserror::Error)]

@@ -1,9 +1,30 @@
-//! The steps of the order, one file each, and [`ORDER`]: the one list the run, resume,
-//! plan, preflight and verify iterate. Step 0 (preflight) runs before the list.
+//! The steps of the order, the [`Step`] trait they implement, and what they reach the
+//! world through ([`Deps`]; Vault as [`Vault`], narrow traits, so a step runs against
+//! mocks): [`AdminStep`] (1, the admin's client certificate, proven by a brand-new client
+//! before it replaces the identity), [`ListenerStep`] (2, the listener certificate,
+//! proven by the served serial on new handshakes), [`AgentsStep`] (3, agent login
+//! certificates and cert auth mappings), [`LeafStep`] (4, leaves through the agents,
+//! post-hooks, restarts), [`ProxyStep`] (5, the proxy's CA bundle and client identity),
+//! [`RestartsStep`] (6, the proxy stack, then Vault when its listener has not loaded its
+//! client CAs), [`HealthStep`] (7). Step 0, [`preflight`], runs before them.
 //!
-//! Adding a step: a file under `steps/` with the step ([`crate::engine::Step`]) and a unit
-//! struct implementing [`def::StepDef`], one line in [`ORDER`], a [`StepId`] variant and
-//! its config section.
+//! Inside the crate, `ORDER` is the one list the run, resume, plan, preflight and verify
+//! iterate. Adding a step: a file under `steps/` with the step and a unit struct
+//! implementing `def::StepDef`, one line in `ORDER`, a [`crate::StepId`] variant and its
+//! config section.
+
+pub use crate::deps::{AdminApi, FreshClients, GateConnector, TlsIdentity, Vault};
+pub use crate::engine::context::Deps;
+pub use crate::engine::{Fact, Singleton, Step, Target, TargetPlan, Tx};
+pub use crate::error::StepError;
+pub use admin::{AdminApplied, AdminPlan, AdminProof, AdminStep};
+pub use agents::{AgentApplied, AgentProof, AgentsStep};
+pub use health::{HealthApplied, HealthStep};
+pub use leaf::{LeafApplied, LeafExpectation, LeafProof, LeafStep, verify_leaf};
+pub use listener::{ListenerApplied, ListenerPlan, ListenerProof, ListenerStep};
+pub use preflight::preflight;
+pub use proxy::{ProxyApplied, ProxyPlan, ProxyProof, ProxyStep};
+pub use restarts::{RestartsApplied, RestartsPlan, RestartsProof, RestartsStep};
 
 pub(crate) mod admin;
 pub(crate) mod agents;
@@ -20,7 +41,6 @@ pub(crate) mod restarts;
 
 use crate::config::Config;
 use crate::engine::DynStep;
-use crate::engine::context::Deps;
 use crate::state::journal::RunRequest;
 use def::StepDef;
 
