@@ -38,7 +38,7 @@ fn needs_escape(c: char) -> bool {
 /// `\u{1b}`: for text from outside on its way to a terminal.
 ///
 /// ```
-/// assert_eq!(rotate_cli::escape_controls("ok\x1b[2J\rdone"), "ok\\u{1b}[2J\\u{d}done");
+/// assert_eq!(rotate_cli::report::escape_controls("ok\x1b[2J\rdone"), "ok\\u{1b}[2J\\u{d}done");
 /// ```
 pub fn escape_controls(s: &str) -> String {
     let mut out = String::with_capacity(s.len());
