@@ -1901,25 +1901,40 @@ pub(crate) fn home_token() -> Result<Option<zeroize::Zeroizing<String>>, ConfigE
 /// The token in `path` if it exists and is the caller's own regular file, not writable by
 /// group or others; `None` if absent or empty.
 fn token_file_of_caller(path: &Path) -> Result<Option<zeroize::Zeroizing<String>>, ConfigError> {
-    use std::os::unix::fs::MetadataExt as _;
-    let meta = match std::fs::symlink_metadata(path) {
-        Ok(m) => m,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
-        Err(source) => return Err(token_read_error(path, source)),
-    };
+    use std::io::Read as _;
+    use std::os::unix::fs::{MetadataExt as _, OpenOptionsExt as _};
     let refuse = |reason: &str| {
         ConfigError::from(vault_client::Error::Config {
             setting: path.display().to_string(),
             reason: format!("{reason}: refusing the token in it (set [vault] token_file)"),
         })
     };
+    // Checked and read through one descriptor: never a symlink, never a FIFO that blocks,
+    // and no swap between the check and the read.
+    let flags = nix::fcntl::OFlag::O_NOFOLLOW | nix::fcntl::OFlag::O_NONBLOCK;
+    let file = match std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(flags.bits())
+        .open(path)
+    {
+        Ok(f) => f,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) if e.raw_os_error() == Some(nix::libc::ELOOP) => {
+            return Err(refuse("not a regular file"));
+        }
+        Err(source) => return Err(token_read_error(path, source)),
+    };
+    let meta = file.metadata().map_err(|e| token_read_error(path, e))?;
     if !meta.is_file() {
         return Err(refuse("not a regular file"));
     }
     if meta.uid() != nix::unistd::geteuid().as_raw() || meta.mode() & 0o022 != 0 {
         return Err(refuse("owned by another user or writable by others"));
     }
-    let text = std::fs::read_to_string(path).map_err(|e| token_read_error(path, e))?;
+    let mut text = zeroize::Zeroizing::new(String::new());
+    file.take(64 * 1024)
+        .read_to_string(&mut text)
+        .map_err(|e| token_read_error(path, e))?;
     let token = zeroize::Zeroizing::new(text.trim().to_owned());
     Ok((!token.is_empty()).then_some(token))
 }
